@@ -1,0 +1,347 @@
+"""Grid expansion: a `StudySpec` -> the complete `TrialSpec` of every grid point, or a `SpecError` for any that
+cannot run (checked here once, so `validate`, `plan` and `run` all refuse the same studies)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+from typing import Annotated, Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from crossover.specs.errors import Path, Problem, SpecError
+from crossover.specs.model import PRESETS, ModelConfig
+from crossover.specs.study import (
+    AXES,
+    HYPERPARAMETERS,
+    ModelSpec,
+    NoiseSpec,
+    Objective,
+    Quality,
+    SparsitySpec,
+    StudySpec,
+    Tokens,
+    TrainSpec,
+    TrialSpec,
+    closest,
+)
+from crossover.specs.tokens import format_tokens
+
+_AXIS_TYPES: dict[str, Any] = {
+    "objective": Objective,
+    "unique_tokens": Tokens,
+    "total_tokens": Tokens,
+    "quality": Quality,
+    "model": ModelSpec,
+    "sparsity": SparsitySpec,
+    "noise": NoiseSpec,
+    "seed": int,
+}
+
+
+@functools.cache
+def _adapter(axis: str) -> TypeAdapter:
+    if axis in HYPERPARAMETERS:
+        field = TrainSpec.model_fields[axis]
+        return TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
+    return TypeAdapter(_AXIS_TYPES[axis])
+
+
+def padded_vocab(size: int) -> int:
+    """Embedding rows: the tokenizer's size rounded up to a multiple of 64 for efficient matmuls."""
+    return -(-size // 64) * 64
+
+
+@functools.cache
+def resolve_model(model: ModelSpec, sparsity: SparsitySpec, dropout: float, vocab_size: int) -> ModelConfig:
+    dims: dict[str, Any] = dict(PRESETS[model.preset]) if model.preset else {"max_seq_len": 4096}
+    dims.update(model.model_dump(exclude_none=True, exclude={"preset"}))
+    dims.setdefault("kv_heads", dims["heads"])
+    if sparsity.experts is not None:
+        dims["experts"] = sparsity.experts
+        dims["top_k"] = sparsity.top_k if sparsity.top_k is not None else 1
+    elif sparsity.top_k is not None:
+        dims["top_k"] = sparsity.top_k
+    return ModelConfig(
+        preset=model.preset,
+        vocab_size=vocab_size,
+        dropout=dropout,
+        moe_aux_coef=sparsity.aux_coef,
+        moe_z_coef=sparsity.z_coef,
+        **dims,
+    )
+
+
+def _label(axis: str, value: Any) -> str:
+    """Readable value for names, cells and tables."""
+    if axis in ("unique_tokens", "total_tokens", "warmup_tokens", "global_batch_tokens"):
+        return format_tokens(value)
+    if axis == "model":
+        return value.label
+    if axis == "sparsity":
+        return "dense" if value.experts in (None, 1) else f"moe{value.experts}x{value.top_k or 1}"
+    if axis == "noise":
+        return value.label
+    if isinstance(value, tuple):
+        return "/".join(f"{v:g}" for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+_NAME_PREFIX = {"total_tokens": "T", "quality": "q_", "seed": "s"}
+
+
+def _trial_name(objective: str, unique: int, model_label: str, axes: dict[str, str], seed: int) -> str:
+    parts = [objective, f"U{format_tokens(unique)}", model_label]
+    for axis, label in axes.items():
+        if axis in ("objective", "unique_tokens", "model", "seed"):
+            continue
+        parts.append(f"{_NAME_PREFIX.get(axis, axis + '=' if axis in HYPERPARAMETERS else '')}{label}")
+    parts.append(f"s{seed}")
+    return "-".join(parts)
+
+
+def _content_id(trial: dict) -> str:
+    text = json.dumps(trial, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class _Expander:
+    def __init__(self, spec: StudySpec):
+        from crossover.specs.loader import Source
+
+        self.spec = spec
+        self.source: Source = spec._source or Source(None)
+        self.problems: list[Problem] = []
+
+    def fail(self, path: Path, message: str) -> None:
+        problem = self.source.problem(path, message)
+        if problem not in self.problems:
+            self.problems.append(problem)
+
+    def axis_values(self) -> dict[str, list[Any]]:
+        """Each grid axis validated once, value by value, so errors point at grid.<axis>[i]."""
+        from crossover.specs.loader import problems_from_validation
+
+        for axis, values in self.spec.grid.items():
+            if axis not in AXES:
+                self.fail(("grid", axis), f"unknown grid axis '{axis}'{closest(axis, AXES)}; axes: {', '.join(AXES)}")
+            elif not values:
+                self.fail(("grid", axis), f"grid axis '{axis}' has no values; give a list of at least one")
+        for i, rule in enumerate(self.spec.exclude):
+            if not rule:
+                self.fail(("exclude", i), "an exclude rule is empty: it would drop every grid point")
+            for axis in rule:
+                if axis not in AXES:
+                    self.fail(
+                        ("exclude", i, axis), f"unknown axis '{axis}'{closest(axis, AXES)}; axes: {', '.join(AXES)}"
+                    )
+        if self.problems:
+            return {}
+        axes: dict[str, list[Any]] = {}
+        grid = dict(self.spec.grid)
+        if "seed" not in grid:
+            grid["seed"] = list(self.spec.seeds)
+        for axis, raw_values in grid.items():
+            values = []
+            for i, raw in enumerate(raw_values):
+                path = ("grid", axis, i) if axis in self.spec.grid else ("seeds", i)
+                try:
+                    value = _adapter(axis).validate_python(raw)
+                except ValidationError as exc:
+                    data = {"grid": {axis: {i: raw}}} if axis in self.spec.grid else {}
+                    for problem in problems_from_validation(exc, data, self.source):
+                        self.problems.append(self.source.problem(path, problem.message))
+                    continue
+                if value in values:
+                    self.fail(path, f"repeats an earlier value of this axis ({_label(axis, value)}); remove it")
+                values.append(value)
+            axes[axis] = values
+        return axes
+
+    def excluded(self, point: dict[str, Any]) -> bool:
+        for rule_index, rule in enumerate(self.spec.exclude):
+            if all(self._rule_matches(rule_index, axis, wanted, point.get(axis)) for axis, wanted in rule.items()):
+                return True
+        return False
+
+    def _rule_matches(self, rule_index: int, axis: str, wanted: Any, actual: Any) -> bool:
+        options = wanted if isinstance(wanted, list) and axis != "betas" else [wanted]
+        try:
+            return actual in [_adapter(axis).validate_python(option) for option in options]
+        except ValidationError as exc:
+            self.fail(("exclude", rule_index, axis), f"not a valid {axis} value: {exc.errors()[0]['msg']}")
+            return False
+
+    def base_path(self, axis: str) -> Path:
+        if axis in self.spec.grid:
+            return ("grid", axis)
+        return {
+            "objective": ("objective",),
+            "unique_tokens": ("data", "unique_tokens"),
+            "quality": ("data", "quality"),
+            "total_tokens": ("train", "total_tokens"),
+            "model": ("model",),
+            "sparsity": ("sparsity",),
+            "noise": ("noise",),
+            "seed": ("seeds",),
+        }.get(axis, ("train", axis))
+
+    def where(self, axis: str, index: dict[str, int]) -> Path:
+        """The YAML path of the value `axis` takes at this grid point: the grid entry if the grid varies it."""
+        if axis in self.spec.grid:
+            return ("grid", axis, index[axis])
+        return self.base_path(axis)
+
+    def build(self, point: dict[str, Any], index: dict[str, int]) -> TrialSpec | None:
+        spec = self.spec
+        objective = point.get("objective", spec.objective)
+        unique = point.get("unique_tokens", spec.data.unique_tokens)
+        total = point.get("total_tokens", spec.train.total_tokens)
+        if objective is None:
+            self.fail(("objective",), "no objective: set `objective: ar|mdlm` or a grid axis `objective: [ar, mdlm]`")
+        if unique is None:
+            self.fail(
+                ("data", "unique_tokens"), "no unique-token budget: set data.unique_tokens or a grid axis unique_tokens"
+            )
+        if total is None:
+            self.fail(
+                ("train", "total_tokens"), "no compute budget: set train.total_tokens or a grid axis total_tokens"
+            )
+        if objective is None or unique is None or total is None:
+            return None
+
+        data = spec.data.model_copy(
+            update={"unique_tokens": unique, "quality": point.get("quality", spec.data.quality)}
+        )
+        train = spec.train.model_copy(
+            update={"total_tokens": total, **{k: point[k] for k in HYPERPARAMETERS if k in point}}
+        )
+        noise: NoiseSpec = point.get("noise", spec.noise)
+        model_spec: ModelSpec = point.get("model", spec.model)
+        sparsity: SparsitySpec = point.get("sparsity", spec.sparsity)
+        seed = point["seed"]
+        workers = spec.resources.workers
+
+        try:
+            model = resolve_model(model_spec, sparsity, noise.dropout, padded_vocab(data.tokenizer.size))
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            culprit = "sparsity" if "top_k" in message or "experts" in message else "model"
+            self.fail(self.where(culprit, index), message)
+            return None
+
+        ok = True
+
+        def check(condition: bool, axis_or_path: str | Path, message: str) -> None:
+            nonlocal ok
+            if not condition:
+                ok = False
+                path = self.where(axis_or_path, index) if isinstance(axis_or_path, str) else axis_or_path
+                self.fail(path, message)
+
+        budget_axis = (
+            "total_tokens" if "total_tokens" in spec.grid and "unique_tokens" not in spec.grid else "unique_tokens"
+        )
+        check(
+            unique <= total,
+            budget_axis,
+            f"unique_tokens {format_tokens(unique)} exceeds total_tokens {format_tokens(total)}: a trial cannot see "
+            f"more unique tokens than it trains on; lower unique_tokens or raise train.total_tokens",
+        )
+        check(
+            data.seq_len <= model.max_seq_len,
+            ("data", "seq_len"),
+            f"seq_len {data.seq_len} exceeds the model's maximum {model.max_seq_len} ({model_spec.label}); "
+            f"shorten data.seq_len or set model.max_seq_len",
+        )
+        check(
+            train.global_batch_tokens % data.seq_len == 0,
+            "global_batch_tokens",
+            f"global_batch_tokens {train.global_batch_tokens} is not a whole number of {data.seq_len}-token sequences; "
+            f"use a multiple of seq_len, e.g. {max(1, train.global_batch_tokens // data.seq_len) * data.seq_len}",
+        )
+        sequences = train.global_batch_tokens // data.seq_len
+        per_step = train.micro_batch * workers
+        if train.global_batch_tokens % data.seq_len == 0:
+            check(
+                sequences % per_step == 0 and sequences >= per_step,
+                "micro_batch",
+                f"the global batch of {sequences} sequences cannot be split into micro batches of {train.micro_batch} "
+                f"on {workers} worker(s) ({per_step} sequences per accumulation step); make global_batch_tokens/seq_len "
+                f"a multiple of micro_batch x workers",
+            )
+        check(
+            total >= train.global_batch_tokens,
+            "total_tokens",
+            f"total_tokens {format_tokens(total)} is less than one global batch ({format_tokens(train.global_batch_tokens)})",
+        )
+        check(
+            train.warmup_tokens < total,
+            "warmup_tokens",
+            f"warmup_tokens {format_tokens(train.warmup_tokens)} must be less than total_tokens {format_tokens(total)}",
+        )
+        check(train.min_lr <= train.lr, "min_lr", f"min_lr {train.min_lr:g} exceeds lr {train.lr:g}")
+        check(
+            objective == "ar" or noise.input_mask == 0,
+            "noise",
+            "input_mask noise applies to AR trials only; drop these MDLM points with an exclude rule, e.g. "
+            f"exclude: [{{objective: mdlm, noise: {{input_mask: {noise.input_mask:g}}}}}]",
+        )
+        if not ok:
+            return None
+
+        axes = {axis: _label(axis, point[axis]) for axis in spec.grid}
+        varied = {axis: label for axis, label in axes.items() if axis not in ("objective", "seed")}
+        cell = ",".join(f"{axis}={label}" for axis, label in varied.items()) or "base"
+        content = dict(
+            study=spec.name,
+            cell=cell,
+            objective=objective,
+            seed=seed,
+            axes=axes,
+            data=data.model_dump(mode="json"),
+            model=model.model_dump(mode="json"),
+            noise=noise.model_dump(mode="json"),
+            train=train.model_dump(mode="json"),
+            eval=spec.eval.model_dump(mode="json"),
+            resources=spec.resources.model_dump(mode="json"),
+        )
+        return TrialSpec.model_validate(
+            {
+                **content,
+                "trial_id": _content_id(content),
+                "name": _trial_name(objective, unique, model_spec.label, axes, seed),
+            }
+        )
+
+
+def expand_study(spec: StudySpec) -> list[TrialSpec]:
+    """The cartesian product of the grid axes (seeds last), minus `exclude` rules, as complete TrialSpecs."""
+    expander = _Expander(spec)
+    axes = expander.axis_values()
+    if expander.problems:
+        raise SpecError(expander.source.file, expander.problems)
+    names = list(axes)
+    trials: list[TrialSpec] = []
+    for indices in itertools.product(*(range(len(axes[n])) for n in names)):
+        index = dict(zip(names, indices, strict=True))
+        point = {n: axes[n][i] for n, i in index.items()}
+        if expander.excluded(point):
+            continue
+        trial = expander.build(point, index)
+        if trial is not None:
+            trials.append(trial)
+    if not trials and not expander.problems:
+        expander.fail(("exclude",) if spec.exclude else ("grid",), "no trials left: every grid point is excluded")
+    if expander.problems:
+        raise SpecError(expander.source.file, expander.problems)
+    seen: dict[str, int] = {}
+    for i, trial in enumerate(trials):  # readable names are unique within a study
+        if trial.name in seen:
+            trials[i] = trial.model_copy(update={"name": f"{trial.name}-{trial.trial_id[:6]}"})
+        seen[trial.name] = i
+    return trials

@@ -1,0 +1,64 @@
+"""What a study will cost: per-trial epochs, parameters, training FLOPs and GPU-hours, from the analytic counts."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from crossover.specs.model import count_params, training_flops_per_token
+from crossover.specs.study import StudySpec
+
+
+class PlanRow(BaseModel):
+    name: str
+    trial_id: str
+    cell: str
+    objective: str
+    axes: dict[str, str]
+    unique_tokens: int
+    total_tokens: int
+    epochs: float
+    params_total: int
+    params_active: int
+    flops: float  # training FLOPs (forward + backward), evaluation not included
+    gpu_hours: float
+
+
+class Plan(BaseModel):
+    study: str
+    mfu: float
+    gpu_tflops: float
+    trials: list[PlanRow]
+    total_flops: float
+    total_gpu_hours: float
+
+
+def plan_study(spec: StudySpec, mfu: float = 0.4, gpu_tflops: float = 989.0) -> Plan:
+    """GPU-hours = FLOPs / (MFU x peak FLOP/s); the defaults are an H100's dense bf16 peak at 40% utilisation."""
+    rows = []
+    for trial in spec.expand():
+        counts = count_params(trial.model)
+        flops = training_flops_per_token(trial.model, trial.data.seq_len) * trial.total_tokens
+        rows.append(
+            PlanRow(
+                name=trial.name,
+                trial_id=trial.trial_id,
+                cell=trial.cell,
+                objective=trial.objective,
+                axes=trial.axes,
+                unique_tokens=trial.unique_tokens,
+                total_tokens=trial.total_tokens,
+                epochs=trial.epochs,
+                params_total=counts.total,
+                params_active=counts.active,
+                flops=flops,
+                gpu_hours=flops / (mfu * gpu_tflops * 1e12) / 3600,
+            )
+        )
+    return Plan(
+        study=spec.name,
+        mfu=mfu,
+        gpu_tflops=gpu_tflops,
+        trials=rows,
+        total_flops=sum(r.flops for r in rows),
+        total_gpu_hours=sum(r.gpu_hours for r in rows),
+    )

@@ -1,0 +1,45 @@
+"""Token counts written the way researchers write them: 96B, 1.5B, 500M, 50k, 1.5e9, 1000."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+_SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def parse_tokens(value: object) -> int:
+    """Return the exact integer a token count denotes; raise ValueError naming the accepted forms."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a token count such as 50k, 1.5B or 2000000, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"a token count must be a whole number, got {value!r}")
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a token count such as 50k, 1.5B or 2000000, got {value!r}")
+    text = value.strip().replace("_", "").replace(",", "")
+    scale = 1
+    if text and text[-1].lower() in _SUFFIXES:
+        scale = _SUFFIXES[text[-1].lower()]
+        text = text[:-1]
+    try:
+        number = Decimal(text) * scale
+    except InvalidOperation:
+        raise ValueError(
+            f"expected a token count such as 50k, 500M, 1.5B, 96B, 1.5e9 or 2000000, got {value!r}"
+        ) from None
+    if number != number.to_integral_value():
+        raise ValueError(f"a token count must be a whole number of tokens, got {value!r} = {number}")
+    return int(number)
+
+
+def format_tokens(n: int | float) -> str:
+    """Short readable form used in trial names and tables: 50000 -> 50k, 1500000000 -> 1.5B."""
+    for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if abs(n) >= scale * 0.9995:  # 999,999 reads 1M, not 1e+03k
+            text = f"{n / scale:.3g}"
+            if "e" not in text:
+                return text + suffix
+    return f"{n:.3g}"
