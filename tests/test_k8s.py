@@ -1,0 +1,431 @@
+"""The Kubernetes manifests in k8s/: both overlays render, every object validates against its real schema, and the
+properties the cluster relies on hold (resources, no literal credentials, a CPU-only head, GPU workers, shared
+storage, the RayJob's study spec, and network policies that keep Ray and the database inside the namespace).
+
+Core kinds validate with kubernetes-validate (strict: unknown fields are errors, as `kubectl apply` makes them);
+RayCluster and RayJob validate against the openAPIV3Schema of the KubeRay v1.7.0 CRDs in ../shared/k8s-schemas/,
+made strict the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from crossover.specs import load_study
+
+from .conftest import ROOT
+
+K8S = ROOT / "k8s"
+OVERLAYS = ["dev", "prod"]
+KUBERNETES_VERSION = "1.32.0"  # the schemas kubernetes-validate ships for this release
+CRD_DIR = ROOT.parent / "shared" / "k8s-schemas"
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
+KUBERAY_RELEASE = "https://github.com/ray-project/kuberay/tree/v1.7.0/ray-operator/config/crd/bases"
+RAY_HOME = "/home/ray"  # HOME of the image's user (k8s/docker/Dockerfile)
+
+
+@functools.cache
+def render(target: str) -> tuple[dict[str, Any], ...]:
+    """`kubectl kustomize k8s/<target>` as a tuple of objects (cached: each overlay renders once per session)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: install kubectl (it bundles kustomize) to render k8s/ overlays")
+    done = subprocess.run([kubectl, "kustomize", str(K8S / target)], capture_output=True, text=True)
+    assert done.returncode == 0, f"kubectl kustomize k8s/{target} failed:\n{done.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+
+
+def overlay(name: str) -> tuple[dict[str, Any], ...]:
+    return render(f"overlays/{name}")
+
+
+def one(objects: tuple[dict[str, Any], ...], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every pod spec an object creates: (where, spec)."""
+    kind, spec = obj["kind"], obj.get("spec", {})
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        yield "template", spec["template"]["spec"]
+    elif kind == "RayCluster":
+        yield "head", spec["headGroupSpec"]["template"]["spec"]
+        for group in spec.get("workerGroupSpecs", []):
+            yield f"worker group {group['groupName']}", group["template"]["spec"]
+    elif kind == "RayJob":
+        if "submitterPodTemplate" in spec:
+            yield "submitter", spec["submitterPodTemplate"]["spec"]
+        if "rayClusterSpec" in spec:
+            yield from pod_specs({"kind": "RayCluster", "spec": spec["rayClusterSpec"]})
+
+
+def containers(objects: tuple[dict[str, Any], ...]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every container (init containers included) of every pod the objects create, plus KubeRay's autoscaler."""
+    for obj in objects:
+        for where, spec in pod_specs(obj):
+            for field in ("initContainers", "containers"):
+                for c in spec.get(field, []):
+                    yield f"{obj['kind']}/{obj['metadata']['name']} {where} {field[:-1]} {c['name']}", c
+        if obj["kind"] == "RayCluster" and obj["spec"].get("enableInTreeAutoscaling"):
+            yield f"RayCluster/{obj['metadata']['name']} autoscaler", obj["spec"].get("autoscalerOptions", {})
+
+
+# ---- rendering and schemas -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_overlay_renders_one_namespace(name):
+    objects = overlay(name)
+    kinds = {o["kind"] for o in objects}
+    expected = {"Namespace", "ConfigMap", "PersistentVolumeClaim", "StatefulSet", "Deployment", "Service"}
+    assert expected | {"NetworkPolicy", "RayCluster", "RayJob"} <= kinds
+    namespace = one(objects, "Namespace")["metadata"]["name"]
+    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {namespace}
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_core_objects_validate_with_kubernetes_validate(name):
+    checked = 0
+    for obj in overlay(name):
+        if obj["kind"] in CRD_FILES:
+            # Their pod templates are core PodTemplateSpecs: validate those with the core schema too.
+            for where, spec in pod_specs(obj):
+                template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": {}}
+                template["template"] = {"spec": spec}
+                _validate_core(template, f"{obj['kind']}/{obj['metadata']['name']} {where}")
+            continue
+        _validate_core(obj, f"{obj['kind']}/{obj['metadata']['name']}")
+        checked += 1
+    assert checked >= 10
+
+
+def _validate_core(obj: dict[str, Any], label: str) -> None:
+    try:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        path = "/".join(str(p) for p in exc.path)
+        pytest.fail(f"{label} is invalid for Kubernetes {KUBERNETES_VERSION} at {path}: {exc.message}")
+
+
+def _strict(schema: Any) -> Any:
+    """The CRD schema with unknown fields made errors, as the API server's strict field validation does."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items()}
+    if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        out.setdefault("additionalProperties", False)
+    return out
+
+
+@functools.cache
+def crd_validator(kind: str) -> jsonschema.protocols.Validator:
+    path = CRD_DIR / CRD_FILES[kind]
+    if not path.exists():
+        pytest.skip(
+            f"{path} is missing: put the KubeRay v1.7.0 CRDs ({', '.join(CRD_FILES.values())}) from {KUBERAY_RELEASE} "
+            f"in {CRD_DIR} to validate the {kind} manifests"
+        )
+    crd = yaml.safe_load(path.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = {"type": "object"}  # the API server validates metadata separately
+    return jsonschema.Draft7Validator(_strict(schema))
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+@pytest.mark.parametrize("kind", sorted(CRD_FILES))
+def test_kuberay_objects_validate_against_crds(name, kind):
+    validator = crd_validator(kind)
+    objects = [o for o in overlay(name) if o["kind"] == kind]
+    assert objects, f"overlay {name} renders no {kind}"
+    for obj in objects:
+        assert obj["apiVersion"] == "ray.io/v1"
+        errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+        assert not errors, "\n".join(
+            f"{kind}/{obj['metadata']['name']} at {'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
+        )
+
+
+def test_strict_crd_validation_catches_a_misspelt_field():
+    """Guards the check above: a typo deep in a pod template is an error, not a silently pruned field."""
+    cluster = copy.deepcopy(one(overlay("dev"), "RayCluster"))
+    cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resource"] = {}
+    assert any("resource" in e.message for e in crd_validator("RayCluster").iter_errors(cluster))
+
+
+# ---- resources, credentials, GPUs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_every_container_has_requests_and_limits(name):
+    seen = list(containers(overlay(name)))
+    assert len(seen) >= 6
+    for label, container in seen:
+        resources = container.get("resources", {})
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{label}: no cpu and memory {kind}"
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_no_literal_credentials(name):
+    """Credentials reach pods only through secretKeyRef/secretRef; no Secret object (and so no password) is rendered."""
+    objects = overlay(name)
+    assert not [o for o in objects if o["kind"] == "Secret"], "Secrets are created by the user (k8s/README.md)"
+    sensitive = re.compile(r"PASSWORD|SECRET|TOKEN|USERNAME|_USER$|ACCESS_KEY")
+    for label, container in containers(objects):
+        for var in container.get("env", []):
+            if sensitive.search(var["name"]):
+                assert "secretKeyRef" in var.get("valueFrom", {}), f"{label}: {var['name']} is not read from a Secret"
+            # A URI with credentials may only embed them as $(VAR) references to Secret-backed variables.
+            userinfo = re.match(r"^\w+://([^@/]*)@", var.get("value", ""))
+            if userinfo:
+                assert re.fullmatch(r"(\$\(\w+\)|:)+", userinfo.group(1)), f"{label}: {var['name']} embeds a credential"
+
+
+def _secret_refs(objects: tuple[dict[str, Any], ...]) -> set[tuple[str, str | None]]:
+    """(secret, key) every container needs; key None for a whole envFrom secret. Optional references left out."""
+    refs = set()
+    for _, container in containers(objects):
+        for var in container.get("env", []):
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref and not ref.get("optional"):
+                refs.add((ref["name"], ref["key"]))
+        for source in container.get("envFrom", []):
+            ref = source.get("secretRef")
+            if ref and not ref.get("optional"):
+                refs.add((ref["name"], None))
+    return refs
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_readme_creates_every_secret_the_pods_need(name):
+    readme = (K8S / "README.md").read_text()
+    commands = re.findall(r"kubectl[^\n]*create secret generic (\S+)((?:[^\n]*\\\n)*[^\n]*)", readme)
+    created = {secret: set(re.findall(r"--from-literal=([\w.-]+)=", rest)) for secret, rest in commands}
+    refs = _secret_refs(overlay(name))
+    assert refs
+    for secret, key in refs:
+        assert secret in created, f"k8s/README.md never creates Secret {secret}"
+        assert key is None or key in created[secret], f"k8s/README.md creates {secret} without key {key}"
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_head_is_cpu_only_and_workers_have_gpus(name):
+    cluster = one(overlay(name), "RayCluster")
+    head = cluster["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == "0"
+    assert head["rayStartParams"]["num-cpus"] == "0", "trials must not be scheduled on the head"
+    head_pod = head["template"]["spec"]
+    for c in head_pod["containers"]:
+        for kind in ("requests", "limits"):
+            assert not [r for r in c["resources"][kind] if r.endswith("/gpu")], f"head container {c['name']} has a GPU"
+    assert "tolerations" not in head_pod and "nodeSelector" not in head_pod
+
+    groups = cluster["spec"]["workerGroupSpecs"]
+    assert groups
+    for group in groups:
+        pod = group["template"]["spec"]
+        ray = pod["containers"][0]
+        gpus = ray["resources"]["limits"].get("nvidia.com/gpu")
+        assert gpus and int(gpus) >= 1, f"worker group {group['groupName']} has no GPU"
+        assert ray["resources"]["requests"]["nvidia.com/gpu"] == gpus  # extended resources: request == limit
+        assert pod["nodeSelector"], f"worker group {group['groupName']} has no node selector"
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        assert group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
+
+
+def _volume(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    (volume,) = [v for v in pod["volumes"] if v["name"] == name]
+    return volume
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_ray_pods_share_storage_and_have_memory_backed_shm(name):
+    objects = overlay(name)
+    pvc = one(objects, "PersistentVolumeClaim", "crossover-shared")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    for where, pod in pod_specs(one(objects, "RayCluster")):
+        mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+        # Ray's default storage path and the default token-store cache, on the shared volume for every node.
+        for path in (f"{RAY_HOME}/ray_results", f"{RAY_HOME}/.cache/crossover"):
+            assert path in mounts, f"{where}: {path} is not mounted"
+            volume = _volume(pod, mounts[path]["name"])
+            assert volume["persistentVolumeClaim"]["claimName"] == "crossover-shared", where
+        shm = _volume(pod, mounts["/dev/shm"]["name"])["emptyDir"]
+        assert shm["medium"] == "Memory" and shm["sizeLimit"], where
+        assert pod["securityContext"]["fsGroup"] == 1000, f"{where}: the shared volume must be writable by uid 1000"
+
+
+# ---- autoscaling and the overlays' sizes ------------------------------------------------------------------------
+
+
+def test_dev_has_one_small_gpu_worker():
+    cluster = one(overlay("dev"), "RayCluster")
+    (group,) = cluster["spec"]["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 1
+    assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_prod_autoscales_many_gpu_workers():
+    cluster = one(overlay("prod"), "RayCluster")
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
+    gpus = sum(
+        g["maxReplicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        for g in cluster["spec"]["workerGroupSpecs"]
+    )
+    assert gpus >= 32
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        assert group["minReplicas"] < group["maxReplicas"]
+
+
+# ---- the RayJob -----------------------------------------------------------------------------------------------
+
+
+def _entrypoint(objects: tuple[dict[str, Any], ...]) -> list[str]:
+    argv = shlex.split(one(objects, "RayJob")["spec"]["entrypoint"])
+    assert argv[:2] == ["crossover", "run"], argv
+    return argv
+
+
+@pytest.mark.parametrize(
+    ("name", "spec"), [("dev", "study_specs/smoke.yaml"), ("prod", "study_specs/paper_data_budget.yaml")]
+)
+def test_rayjob_runs_a_valid_spec_on_the_cluster(name, spec):
+    objects = overlay(name)
+    argv = _entrypoint(objects)
+    assert argv[2] == spec
+    job = one(objects, "RayJob")["spec"]
+    assert job["clusterSelector"] == {"ray.io/cluster": one(objects, "RayCluster")["metadata"]["name"]}
+    assert not job.get("shutdownAfterJobFinishes"), "the RayJob must not tear down the shared cluster"
+    # The real CLI, as a user would run it: exit 0 and an ok line for the spec.
+    cli = Path(sys.executable).with_name("crossover")
+    done = subprocess.run([str(cli), "validate", spec], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"ok {spec}" in done.stdout
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_rayjob_and_trials_get_the_tracking_uri_of_the_mlflow_service(name):
+    objects = overlay(name)
+    argv = _entrypoint(objects)
+    uri = argv[argv.index("--tracking-uri") + 1]
+    assert one(objects, "ConfigMap", "crossover-env")["data"]["MLFLOW_TRACKING_URI"] == uri
+    service = one(objects, "Service", "crossover-mlflow")
+    assert uri == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    for where, pod in pod_specs(one(objects, "RayCluster")):
+        env_from = [s.get("configMapRef", {}).get("name") for s in pod["containers"][0].get("envFrom", [])]
+        assert "crossover-env" in env_from, where
+        names = {v["name"] for v in pod["containers"][0]["env"]}
+        assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= names, where
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_cluster_can_hold_one_trial_of_its_study(name):
+    objects = overlay(name)
+    study = load_study(ROOT / _entrypoint(objects)[2])
+    groups = one(objects, "RayCluster")["spec"]["workerGroupSpecs"]
+    limits = [(g["maxReplicas"], g["template"]["spec"]["containers"][0]["resources"]["limits"]) for g in groups]
+    cpus = sum(n * float(lim["cpu"]) for n, lim in limits)
+    gpus = sum(n * int(lim.get("nvidia.com/gpu", 0)) for n, lim in limits)
+    r = study.resources
+    assert r.workers * r.cpus_per_worker <= cpus
+    assert r.workers * r.gpus_per_worker <= gpus
+    # And one worker of the trial fits in one pod.
+    assert any(
+        r.cpus_per_worker <= float(lim["cpu"]) and r.gpus_per_worker <= int(lim.get("nvidia.com/gpu", 0))
+        for _, lim in limits
+    )
+
+
+# ---- network policies ---------------------------------------------------------------------------------------
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert not selector.get("matchExpressions"), "the evaluator below reads matchLabels only"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _sources(objects: tuple[dict[str, Any], ...], labels: dict[str, str], port: int) -> list[dict[str, Any]]:
+    """The peers the namespace's policies let reach a pod with these labels on this TCP port."""
+    policies = [p for p in objects if p["kind"] == "NetworkPolicy" and _selects(p["spec"]["podSelector"], labels)]
+    assert any("Ingress" in p["spec"]["policyTypes"] for p in policies), f"no ingress policy selects {labels}"
+    peers = []
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = [p.get("port") for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            peers.extend(rule.get("from", [{"ipBlock": {"cidr": "0.0.0.0/0"}}]))  # no `from`: every source
+    return peers
+
+
+def _in_namespace(peer: dict[str, Any]) -> bool:
+    return set(peer) == {"podSelector"}  # a podSelector alone means pods of the policy's own namespace
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_network_policies_keep_ray_and_the_database_in_the_namespace(name):
+    objects = overlay(name)
+    cluster = one(objects, "RayCluster")["metadata"]["name"]
+    head = {"ray.io/cluster": cluster, "ray.io/node-type": "head"}
+    worker = {"ray.io/cluster": cluster, "ray.io/node-type": "worker"}
+    for port in (6379, 10001, 12345):  # GCS, Ray client, a raylet/worker port
+        for labels in (head, worker):
+            peers = _sources(objects, labels, port)
+            assert peers and all(_in_namespace(p) for p in peers), (labels, port, peers)
+    # The dashboard (job API): the namespace, plus only the KubeRay operator from elsewhere.
+    for peer in _sources(objects, head, 8265):
+        if not _in_namespace(peer):
+            assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}, peer
+
+    postgres = one(objects, "StatefulSet", "crossover-postgres")["spec"]["template"]["metadata"]["labels"]
+    mlflow = one(objects, "Deployment", "crossover-mlflow")["spec"]["template"]["metadata"]["labels"]
+    peers = _sources(objects, postgres, 5432)
+    assert peers and all(_in_namespace(p) and _selects(p["podSelector"], mlflow) for p in peers), peers
+    # MLflow itself is for the team: open on its port only, behind basic auth.
+    assert _sources(objects, mlflow, 5000)
+
+
+# ---- images ---------------------------------------------------------------------------------------------------
+
+
+def _build_args(dockerfile: Path) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)", dockerfile.read_text(), flags=re.M))
+
+
+def test_dockerfiles_take_versions_as_build_args_and_agree_with_the_manifests():
+    gpu = K8S / "docker" / "Dockerfile"
+    args = _build_args(gpu)
+    for name in ("VARIANT", "CUDA_BASE_IMAGE", "CPU_BASE_IMAGE", "TORCH_VERSION", "FLASH_ATTN_VERSION"):
+        assert name in args, f"{gpu} has no build arg {name}"
+    for name in ("RAY_VERSION", "DEEPSPEED_VERSION", "MLFLOW_VERSION"):
+        assert name in args
+    text = gpu.read_text()
+    assert "FROM ${CUDA_BASE_IMAGE} AS base-gpu" in text and "FROM ${CPU_BASE_IMAGE} AS base-cpu" in text
+    assert "FROM base-${VARIANT}" in text
+    for source in re.findall(r"^COPY (\S+)", text, flags=re.M):
+        assert (ROOT / source).exists(), f"{gpu} copies {source}, which does not exist"
+    assert f"ENV HOME={RAY_HOME}" in text and f"{RAY_HOME}/ray_results" in text, "the mounts assume this HOME"
+    mlflow_args = _build_args(K8S / "docker" / "mlflow.Dockerfile")
+    assert mlflow_args["MLFLOW_VERSION"] == args["MLFLOW_VERSION"], "MLflow server and client versions differ"
+    assert "mlflow[auth]" in (K8S / "docker" / "mlflow.Dockerfile").read_text()
+    for name in OVERLAYS:
+        assert one(overlay(name), "RayCluster")["spec"]["rayVersion"] == args["RAY_VERSION"]
