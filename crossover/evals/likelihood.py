@@ -1,0 +1,126 @@
+"""Per-example log-likelihood of continuations, for multiple-choice scoring and held-out NLL.
+
+Inputs, shared by both estimators (a scorer packs (context, continuation) pairs into one padded batch):
+- tokens [B, T]: context followed by continuation, right-padded (any pad id: padding is never attended to);
+- continuation_mask [B, T] bool: True at the continuation tokens whose log-likelihood is summed;
+- lengths [B] (optional): the number of real tokens per row; None = no padding.
+Both return log p(continuation | context) per example, float32 [B] (0 for a row without continuation tokens).
+
+`model` is anything called as model(tokens, attention_mask=...) that returns a `crossover.models.ModelOutput`
+(or plain logits): the AR model for `ar_loglik`, the MDLM model for `mdlm_loglik`. The model is put in eval mode for
+the call and restored afterwards; no gradients are recorded.
+
+`ar_loglik` is exact: sum over continuation positions i of log p(x_i | x_<i).
+
+`mdlm_loglik` is the Monte Carlo ELBO (a lower bound in expectation), masking only continuation tokens. With L the
+continuation length, the masked-diffusion bound
+    E_{t ~ U(0,1]} E_{each token masked w.p. t} [ (1/t) * sum_{masked i} log p(x_i | noisy) ]
+equals, because integral_0^1 (1/t) P(Binomial(L, t) = m) dt = 1/m, the same average over the number of masked tokens
+m ~ U{1..L} with an exactly-m subset and weight L/m (the LLaDA form). This module samples that form: it has the same
+expectation and finite variance (the Bernoulli form's 1/t weight gives unbounded variance as t -> 0). The K samples per
+example use stratified t: t_j = (j + u_j) / K, j = 0..K-1, m_j = ceil(t_j * L); they run batched, as many rows per
+forward as fit in `max_tokens` token positions (logits are [rows, T, V]: size it to the accelerator's memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@contextlib.contextmanager
+def _evaluating(model: Callable) -> Iterator[None]:
+    was_training = isinstance(model, nn.Module) and model.training
+    if was_training:
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def _logits(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def _valid_and_continuation(
+    tokens: torch.Tensor, continuation_mask: torch.Tensor, lengths: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    if tokens.shape != continuation_mask.shape:
+        raise ValueError(f"tokens {tuple(tokens.shape)} and continuation_mask {tuple(continuation_mask.shape)} differ")
+    if lengths is None:
+        return None, continuation_mask.bool()
+    valid = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths.to(tokens.device)[:, None]
+    return valid, continuation_mask.bool() & valid
+
+
+def _summed_logp(logits: torch.Tensor, targets: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """Per row, sum of log p(targets) over the selected positions; float32 only at the selected positions [B]."""
+    row = select.nonzero()[:, 0]
+    logp = -F.cross_entropy(logits[select].float(), targets[select], reduction="none")
+    return torch.zeros(select.shape[0], device=logits.device).index_add_(0, row, logp)
+
+
+def ar_loglik(
+    model: Callable,
+    tokens: torch.Tensor,
+    continuation_mask: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Exact log p(continuation | context) per example [B] under a causal model."""
+    valid, cont = _valid_and_continuation(tokens, continuation_mask, lengths)
+    if cont[:, 0].any():
+        raise ValueError("the first position cannot be a continuation token for AR scoring: start with a context (BOS)")
+    with _evaluating(model):
+        logits = _logits(model(tokens, attention_mask=valid))
+    return _summed_logp(logits[:, :-1], tokens[:, 1:], cont[:, 1:])  # logits at i-1 predict the token at i
+
+
+def mdlm_loglik(
+    model: Callable,
+    tokens: torch.Tensor,
+    continuation_mask: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    mask_id: int,
+    k: int = 128,
+    generator: torch.Generator | None = None,
+    max_tokens: int = 16384,
+) -> torch.Tensor:
+    """Monte Carlo ELBO of log p(continuation | context) per example [B] under a bidirectional model, K samples."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    B, T = tokens.shape
+    device = tokens.device
+    valid, cont = _valid_and_continuation(tokens, continuation_mask, lengths)
+    L = cont.sum(-1)  # continuation length per example [B]
+
+    # Stratified t per example, then exactly m = ceil(t * L) masked continuation positions, chosen uniformly.
+    draw = generator.device if generator is not None else device  # a CPU generator may drive a CUDA batch
+    u = 1.0 - torch.rand(B, k, generator=generator, device=draw).to(device)  # (0, 1]
+    t = (torch.arange(k, device=device) + u) / k  # (0, 1], stratum j = ((j)/K, (j+1)/K]
+    m = torch.ceil(t * L[:, None]).clamp(min=1).long()  # [B, K], in 1..L (L >= 1)
+    rows_tokens = tokens.repeat_interleave(k, 0)  # [B*K, T], sample j of example b at row b*K + j
+    rows_cont = cont.repeat_interleave(k, 0)
+    keys = torch.rand(B * k, T, generator=generator, device=draw).to(device).masked_fill(~rows_cont, 2.0)
+    rank = keys.argsort(-1).argsort(-1)  # continuation positions come first, in random order
+    masked = (rank < m.reshape(-1, 1)) & rows_cont
+    noisy = rows_tokens.masked_fill(masked, mask_id)
+    rows_valid = None if valid is None else valid.repeat_interleave(k, 0)
+
+    estimates = torch.empty(B * k, device=device, dtype=torch.float32)
+    max_rows = max(1, max_tokens // T)
+    with _evaluating(model):
+        for start in range(0, B * k, max_rows):
+            rows = slice(start, start + max_rows)
+            attn = None if rows_valid is None else rows_valid[rows]
+            logits = _logits(model(noisy[rows], attention_mask=attn))
+            estimates[rows] = _summed_logp(logits, rows_tokens[rows], masked[rows])
+    weight = L.repeat_interleave(k).float() / m.reshape(-1).float()
+    return (estimates * weight).view(B, k).mean(-1) * (L > 0)
