@@ -44,6 +44,29 @@ def _load(path: Path) -> StudySpec:
         raise typer.Exit(USER_ERROR) from None
 
 
+def _check_data(spec: StudySpec) -> list[str]:
+    """Every unique budget fits its corpus or quality tier (exact with a token store, else a size bound); raises
+    SpecError naming the available size. Imports no torch."""
+    from crossover.data.check import check_study_data
+
+    return check_study_data(spec)
+
+
+def _load_checked(path: Path, quiet: bool = False) -> StudySpec:
+    """`_load`, then the data-size check; exit 2 naming the available size when a budget cannot fit. The notes
+    (how the sizes were checked) go to stderr unless `quiet`."""
+    spec = _load(path)
+    try:
+        notes = _check_data(spec)
+    except SpecError as exc:
+        err.print(f"[bold red]invalid study spec[/] {path}", highlight=False)
+        err.print(exc.render(), markup=False, highlight=False)
+        raise typer.Exit(USER_ERROR) from None
+    for note in [] if quiet else notes:
+        err.print(f"[dim]{note}[/]", highlight=False)
+    return spec
+
+
 def _text_table(headers: list[str], rows: list[list[str]]) -> str:
     """A plain aligned table: fast for 10,000-trial plans (rich tables take ~0.5 ms a row) and easy to grep."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
@@ -63,11 +86,14 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="Study spec YAML f
     for path in specs:
         try:
             spec = load_study(path)
+            notes = _check_data(spec)
         except SpecError as exc:
             failed = True
             err.print(exc.render(), markup=False, highlight=False)
             continue
         out.print(f"[green]ok[/] {path}: study '{spec.name}', {len(spec.expand())} trials", highlight=False)
+        for note in notes:
+            out.print(f"  [dim]{note}[/]", highlight=False)
     if failed:
         raise typer.Exit(USER_ERROR)
 
@@ -82,7 +108,7 @@ def plan(
     ] = 989.0,
 ) -> None:
     """One row per trial: epochs, parameters, training FLOPs and estimated GPU-hours."""
-    study_plan = plan_study(_load(spec_path), mfu=mfu, gpu_tflops=gpu_tflops)
+    study_plan = plan_study(_load_checked(spec_path, quiet=as_json), mfu=mfu, gpu_tflops=gpu_tflops)
     if as_json:
         print(json.dumps(study_plan.model_dump(mode="json"), indent=1))
         return
@@ -105,6 +131,191 @@ def plan(
         f"total: {study_plan.total_flops:.3g} training FLOPs, {study_plan.total_gpu_hours:,.1f} GPU-hours "
         f"at {mfu:.0%} MFU of {gpu_tflops:g} TFLOP/s (evaluation not included)"
     )
+
+
+# ---- crossover data: build and inspect token stores (logic in crossover.data; this is only the shell)
+
+data_app = typer.Typer(no_args_is_help=True, help="Build and inspect the token store of a study's data settings.")
+app.add_typer(data_app, name="data")
+
+
+def _prepare(spec: StudySpec, rebuild: bool = False, verify: bool = False):  # -> crossover.data.PreparedData
+    """prepare() with a rich progress bar; DataError exits 2 with its message."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from crossover.data import DataError, prepare
+
+    with Progress(
+        TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                for task in tasks.values():
+                    bar.update(task, completed=bar.tasks[task].total or 1, total=bar.tasks[task].total or 1)
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            return prepare(
+                spec.data,
+                progress=progress,
+                notify=lambda m: err.print(f"[yellow]{m}[/]", highlight=False),
+                rebuild=rebuild,
+                full_verify=verify,
+            )
+        except DataError as exc:
+            err.print(f"[bold red]data error[/] {exc}", highlight=False)
+            raise typer.Exit(USER_ERROR) from None
+
+
+def _budget_lines(spec: StudySpec, prepared) -> tuple[list[list[str]], int]:
+    from crossover.data.check import budget_fits
+
+    rows = budget_fits(spec, prepared)
+    table = [
+        [r["quality"], format_tokens(r["unique_tokens"]), format_tokens(r["total_tokens"]), f"{r['epochs']:.3g}",
+         format_tokens(r["available"]), "yes" if r["fits"] else "NO"]
+        for r in rows
+    ]  # fmt: skip
+    return table, sum(not r["fits"] for r in rows)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec YAML file.")],
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild even when a valid store is cached.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Hash every file of a cached store.")] = False,
+) -> None:
+    """Build (or load from the cache and verify) the tokenizer and token store of a study's data settings."""
+    import time
+
+    spec = _load(spec_path)
+    started = time.perf_counter()
+    prepared = _prepare(spec, rebuild=rebuild, verify=verify)
+    seconds = time.perf_counter() - started
+    m = prepared.manifest
+    verb = "built" if prepared.built else "cached"
+    out.print(
+        f"[green]{verb}[/] {prepared.root} in {seconds:.2f}s: {m['documents']:,} documents, "
+        f"{format_tokens(m['tokens'])} tokens ({m['dtype']}), tokenizer {m['tokenizer']['name']} "
+        f"({m['tokenizer']['size']} tokens), {format_tokens(m['heldout']['tokens'])} held out",
+        highlight=False,
+    )
+    _, too_big = _budget_lines(spec, prepared)
+    if too_big:
+        out.print(
+            f"[red]{too_big} budget(s) do not fit[/]: `crossover data stats {spec_path}` lists them; "
+            "`crossover validate` rejects this spec",
+            highlight=False,
+        )
+
+
+@data_app.command("stats")
+def data_stats(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec YAML file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
+) -> None:
+    """Documents, tokens, held-out size, quality tiers, and whether each unique budget of the grid fits (builds the
+    token store first when it is not cached)."""
+    from crossover.data.check import budget_fits
+
+    spec = _load(spec_path)
+    prepared = _prepare(spec)
+    stats = prepared.stats()
+    if as_json:
+        print(json.dumps({**stats, "budgets": budget_fits(spec, prepared)}, indent=1))
+        return
+    tok, held, train = stats["tokenizer"], stats["heldout"], stats["train"]
+    out.print(f"[bold]store[/] {stats['store']}", highlight=False)
+    print(
+        f"corpus      {stats['corpus']}: {stats['documents']:,} documents ({stats['duplicates_dropped']} duplicates, "
+        f"{stats['empty_dropped']} empty dropped), {stats['tokens']:,} tokens ({stats['dtype']})\n"
+        f"tokenizer   {tok['name']}: {tok['size']} tokens, embedding rows {tok['padded_vocab']}, "
+        f"eod {tok['eod_id']}, mask {tok['mask_id']}, pad {tok['pad_id']}\n"
+        f"held out    {held['documents']:,} documents, {held['tokens']:,} tokens (requested {held['requested']:,})\n"
+        f"training    {train['documents']:,} documents, {train['tokens']:,} tokens"
+    )
+    tiers = stats["quality"]["tiers"]
+    print(f"\nquality tiers ({stats['quality']['scorer']} scores, token terciles)")
+    print(
+        _text_table(
+            ["tier", "documents", "tokens", "scores"],
+            [
+                [
+                    name,
+                    f"{t['documents']:,}",
+                    f"{t['tokens']:,}",
+                    "-" if t["score_min"] is None else f"{t['score_min']:.3g}..{t['score_max']:.3g}",
+                ]
+                for name, t in tiers.items()
+            ],
+        )
+    )
+    table, too_big = _budget_lines(spec, prepared)
+    print("\nbudgets of the grid")
+    print(_text_table(["quality", "unique", "total", "epochs", "available", "fits"], table))
+    if too_big:
+        out.print(f"[red]{too_big} budget(s) do not fit[/]", highlight=False)
+
+
+@app.command()
+def analyze(
+    study: Annotated[str, typer.Argument(metavar="STUDY", help="Study name (its MLflow experiment) or its spec YAML.")],
+    metric: Annotated[
+        str | None,
+        typer.Option(help="Eval metric to compare, e.g. eval/heldout_loss/loss (default: cloze accuracy, else loss)."),
+    ] = None,
+    x: Annotated[str, typer.Option("--x", help="Compute axis: tokens, flops or epochs.")] = "tokens",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Report directory (default: reports/<study>).")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+    ] = None,
+    confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="Level of the bootstrap intervals.")] = 0.9,
+) -> None:
+    """Crossovers, data efficiency, scaling-law fits and a report (HTML + Markdown) from a study's MLflow records."""
+    from crossover.analysis import AnalysisError, analyze_study, load_study, log_report, write_report
+
+    name = _load(Path(study)).name if study.endswith((".yaml", ".yml")) and Path(study).is_file() else study
+    try:
+        data = load_study(name, tracking_uri)
+        analysis = analyze_study(data, metric=metric, x=x, confidence=confidence)
+        report = write_report(analysis, data, out_dir or Path("reports") / name)
+    except AnalysisError as exc:
+        err.print("[bold red]cannot analyse:[/] ", end="", highlight=False)
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(USER_ERROR) from None
+    table = analysis.crossovers
+    axis = analysis.x_axis
+
+    def number(value: object) -> str:
+        if not isinstance(value, float) or value != value:
+            return ""
+        if value in (float("inf"), float("-inf")):
+            return "beyond the end" if value > 0 else "before the start"
+        return format_tokens(value) if axis == "tokens" else f"{value:.4g}"
+
+    rows = [
+        [
+            str(r["cell"]),
+            str(r["status"]),
+            number(r.get("x")),
+            f"[{number(r['ci_low'])}, {number(r['ci_high'])}]" if number(r.get("ci_low")) else "",
+        ]
+        for r in table.head(50).to_dict("records")
+    ]
+    out.print(f"[bold]study {name}[/]: {analysis.metric} against {axis}", highlight=False)
+    print(_text_table(["cell", "status", f"crossover ({axis})", f"{confidence:.0%} CI"], rows))
+    if len(table) > 50:
+        print(f"... {len(table) - 50} more cells in the report")
+    try:
+        run_id = log_report(data, report.parent)
+    except Exception as exc:  # noqa: BLE001 - the report on disk is complete; MLflow logging is a copy
+        err.print(f"[yellow]warning:[/] the report was not logged to MLflow: {exc}", highlight=False)
+        run_id = None
+    out.print(f"report: {report}" + (f" (also on MLflow run {run_id}, artifacts report/)" if run_id else ""))
 
 
 if __name__ == "__main__":

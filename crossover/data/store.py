@@ -1,0 +1,535 @@
+"""The token store: every document tokenized once into one flat memmap, with offsets, hashes, scores and tiers.
+
+Layout of `<cache>/stores/<key>/` (the key hashes the corpus fingerprint and every setting that changes the bytes):
+
+    tokens.bin      uint16 (vocabulary <= 65536) or uint32 token ids; each document followed by end-of-document
+    docs.npz        offsets [n+1] int64, digest [n] uint64, score [n] float64, tier [n] int8 (-1 held out),
+                    heldout [n] bool; documents in corpus order, exact duplicates and empty documents dropped
+    heldout.jsonl   the held-out documents (id, text) in hash order, for cloze-style evaluations
+    tokenizer.json  the tokenizer the ids belong to
+    manifest.json   sizes and sha256 of the files above, counts, tiers, special ids; written last
+
+A store is built under a temporary name and renamed into place when complete; one that fails verification (a
+missing file, a wrong size or hash) is reported, removed and rebuilt.
+
+Held-out split: documents ordered by content hash; the held-out set is the shortest prefix of that order holding
+`heldout_tokens` tokens. The BPE is trained on the documents outside a reserve (the prefix holding 8 bytes per
+held-out token), so it never sees held-out text unless the reserve falls short (then the manifest says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crossover.data import corpus as corpora
+from crossover.data.cache import (
+    cache_root,
+    content_key,
+    file_lock,
+    file_sha256,
+    remove_stale_tmp,
+    tmp_path_for,
+    write_json_atomic,
+)
+from crossover.data.errors import DataError
+from crossover.data.quality import SCORE_COLUMN, TIERS, QualityScorer, assign_tiers, resolve_scorer
+from crossover.data.tokenizer import check_size, get_tokenizer, real_size, special_ids
+from crossover.specs.expand import padded_vocab
+from crossover.specs.study import DataSpec
+
+if TYPE_CHECKING:
+    import datasets
+    from tokenizers import Tokenizer
+
+STORE_VERSION = 1
+RESERVE_BYTES_PER_TOKEN = 8  # held-out reserve kept from tokenizer training: 8 bytes per held-out token
+BATCH_DOCS = 512
+FULL_VERIFY_BYTES = 1 << 30  # stores up to 1 GiB are hashed on every load; larger ones when their stat changes
+FILES = ("tokens.bin", "docs.npz", "heldout.jsonl", "tokenizer.json")
+
+Progress = Callable[[str, int, int | None], None]  # (stage, done, total or None)
+Notify = Callable[[str], None]
+
+
+def _quiet_progress(stage: str, done: int, total: int | None) -> None:
+    pass
+
+
+def _log_notify(message: str) -> None:
+    import logging
+
+    logging.getLogger("crossover.data").warning(message)
+
+
+def corpus_key(data: DataSpec) -> str:
+    """The corpus as this data spec splits it: its fingerprint and the held-out size (cheap: no reads)."""
+    return content_key("corpus", corpora.fingerprint(data.corpus), data.heldout_tokens, RESERVE_BYTES_PER_TOKEN)
+
+
+def store_key(data: DataSpec) -> str:
+    from crossover.data.tokenizer import tokenizer_key
+
+    ckey = corpus_key(data)
+    return content_key("store", STORE_VERSION, ckey, tokenizer_key(data.tokenizer, ckey), data.quality_scorer)
+
+
+def store_dir(data: DataSpec) -> Path:
+    return cache_root(data.cache_dir) / "stores" / store_key(data)
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class PreparedData:
+    """A verified token store, memory-mapped: the tokenizer, special ids, documents, held-out split and tiers."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], built: bool = False):
+        self.root = root
+        self.manifest = manifest
+        self.built = built  # True when this call built the store, False when it came from the cache
+        tok = manifest["tokenizer"]
+        self.eod_id: int = tok["eod_id"]
+        self.mask_id: int = tok["mask_id"]
+        self.pad_id: int = tok["pad_id"]
+        self.vocab_size: int = tok["size"]  # the tokenizer's real size (largest id + 1)
+        self.padded_vocab: int = tok["padded_vocab"]  # embedding rows: padded_vocab(spec size)
+        self.dtype = np.dtype(manifest["dtype"])
+        self.tokens = np.memmap(root / "tokens.bin", dtype=self.dtype, mode="r") if manifest["tokens"] else (
+            np.zeros(0, self.dtype))  # fmt: skip
+        with np.load(root / "docs.npz") as docs:
+            self.offsets: np.ndarray = docs["offsets"]
+            self.digests: np.ndarray = docs["digest"]
+            self.scores: np.ndarray = docs["score"]
+            self.tiers: np.ndarray = docs["tier"]
+            self.heldout: np.ndarray = docs["heldout"]
+        self._tokenizer: Tokenizer | None = None
+
+    # ---- sizes
+    @property
+    def num_documents(self) -> int:
+        return len(self.digests)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def heldout_tokens(self) -> int:
+        return int(self.manifest["heldout"]["tokens"])
+
+    def training_documents(self, quality: str = "all") -> np.ndarray:
+        """Indices of the training documents (never held out) of a tier, or of all tiers for 'all'."""
+        if quality == "all":
+            return np.flatnonzero(~self.heldout)
+        if quality not in TIERS:
+            raise DataError(f"unknown quality tier '{quality}'; tiers: all, {', '.join(TIERS)}")
+        return np.flatnonzero(self.tiers == TIERS.index(quality))
+
+    def document_lengths(self, docs: np.ndarray) -> np.ndarray:
+        return self.offsets[docs + 1] - self.offsets[docs]
+
+    def available_tokens(self, quality: str = "all") -> int:
+        """Training tokens a unique budget of this tier can draw from (end-of-document tokens included)."""
+        return int(self.document_lengths(self.training_documents(quality)).sum())
+
+    # ---- tokenizer
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(self.root / "tokenizer.json"))
+        return self._tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a text exactly as the store tokenized documents (special-token text stays text)."""
+        tok = self.tokenizer
+        tok.encode_special_tokens = True
+        return tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Any) -> str:
+        return self.tokenizer.decode(list(map(int, ids)), skip_special_tokens=False)
+
+    # ---- held-out data
+    def heldout_documents(self, limit: int | None = None) -> list[dict[str, str]]:
+        """Held-out documents as {'id', 'text'} in hash order (the first `limit`), e.g. for a cloze task."""
+        out = []
+        with open(self.root / "heldout.jsonl") as f:
+            for line in f:
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append(json.loads(line))
+        return out
+
+    def heldout_stream(self) -> np.ndarray:
+        """All held-out tokens, documents in hash order, each followed by end-of-document (int64)."""
+        docs = np.flatnonzero(self.heldout)
+        docs = docs[np.argsort(self.digests[docs], kind="stable")]
+        if len(docs) == 0:
+            return np.zeros(0, np.int64)
+        return np.concatenate([self.tokens[self.offsets[d] : self.offsets[d + 1]] for d in docs]).astype(np.int64)
+
+    def heldout_windows(self, seq_len: int, max_windows: int | None = None) -> np.ndarray:
+        """Held-out tokens packed into [N, seq_len] int64 windows (the partial last window dropped)."""
+        stream = self.heldout_stream()
+        n = len(stream) // seq_len
+        if max_windows is not None:
+            n = min(n, max_windows)
+        return stream[: n * seq_len].reshape(n, seq_len)
+
+    def stats(self) -> dict[str, Any]:
+        """What `crossover data stats` prints: documents, tokens, held-out and tiers (from the manifest)."""
+        m = self.manifest
+        return {
+            "store": str(self.root),
+            "corpus": m["corpus"]["source"],
+            "documents": m["documents"],
+            "duplicates_dropped": m["duplicates_dropped"],
+            "empty_dropped": m["empty_dropped"],
+            "tokens": m["tokens"],
+            "dtype": m["dtype"],
+            "tokenizer": m["tokenizer"],
+            "heldout": m["heldout"],
+            "train": m["train"],
+            "quality": m["quality"],
+        }
+
+
+# ---------------------------------------------------------------------------------------------------- prepare
+
+
+def prepare(
+    data: DataSpec,
+    *,
+    progress: Progress | None = None,
+    notify: Notify | None = None,
+    rebuild: bool = False,
+    full_verify: bool = False,
+) -> PreparedData:
+    """The tokenizer and token store of a data spec, loaded from the cache (and verified) or built.
+
+    Only `corpus`, `tokenizer`, `heldout_tokens`, `quality_scorer` and `cache_dir` matter: every trial of a study
+    (any budget, tier, seq_len or objective) shares one store. `progress(stage, done, total)` reports building;
+    `notify(message)` reports a corrupted store being rebuilt and similar (default: a logging warning).
+    Raises DataError for problems the user can fix.
+    """
+    progress = progress or _quiet_progress
+    notify = notify or _log_notify
+    cache = cache_root(data.cache_dir)
+    key = store_key(data)
+    final = cache / "stores" / key
+    with file_lock(cache / "stores" / f".{key}.lock"):
+        remove_stale_tmp(final.parent, key)
+        if final.exists():
+            if rebuild:
+                shutil.rmtree(final)
+            else:
+                problem = verify_store(final, key, full=full_verify)
+                if problem is None:
+                    return PreparedData(final, read_manifest(final) or {})
+                notify(f"token store {final} is {problem}; rebuilding it")
+                shutil.rmtree(final)
+        tmp = tmp_path_for(final)
+        tmp.mkdir(parents=True)
+        try:
+            manifest = _build(data, key, cache, tmp, progress, notify)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _record_verified(final, manifest)
+        return PreparedData(final, manifest, built=True)
+
+
+def verify_store(root: Path, key: str, full: bool = False) -> str | None:
+    """None when the store is complete and intact, else what is wrong with it ('incomplete: ...')."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        return "incomplete (no readable manifest.json)"
+    if manifest.get("version") != STORE_VERSION or manifest.get("key") != key:
+        return "from another version or settings"
+    files = manifest.get("files", {})
+    total = 0
+    for name in FILES:
+        entry = files.get(name)
+        path = root / name
+        if entry is None:
+            return f"incomplete (manifest lacks {name})"
+        if not path.exists():
+            return f"incomplete ({name} is missing)"
+        size = path.stat().st_size
+        if size != entry["size"]:
+            return f"corrupted ({name} has {size} bytes, the manifest says {entry['size']})"
+        total += size
+    if full or total <= FULL_VERIFY_BYTES or not _stat_unchanged(root, manifest):
+        for name in FILES:
+            if file_sha256(root / name) != files[name]["sha256"]:
+                return f"corrupted ({name} does not match its sha256 in the manifest)"
+        _record_verified(root, manifest)
+    return None
+
+
+def _stat_signature(root: Path) -> list[list[int]]:
+    out = []
+    for name in FILES:
+        st = (root / name).stat()
+        out.append([st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    return out
+
+
+def _record_verified(root: Path, manifest: dict[str, Any]) -> None:
+    """Remember the files' stat after a full check, so large stores are re-hashed only when their files change."""
+    if sum(e["size"] for e in manifest["files"].values()) > FULL_VERIFY_BYTES:
+        try:
+            write_json_atomic(root / "verified.json", _stat_signature(root))
+        except OSError:
+            pass  # a read-only cache: verify fully next time
+
+
+def _stat_unchanged(root: Path, manifest: dict[str, Any]) -> bool:
+    try:
+        return json.loads((root / "verified.json").read_text()) == _stat_signature(root)
+    except (OSError, ValueError):
+        return False
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=16).digest()
+
+
+def _batches(ds: datasets.Dataset, columns: list[str]) -> Iterator[tuple[int, dict[str, list]]]:
+    """(first row index, batch) over the dataset."""
+    start = 0
+    for batch in ds.select_columns(columns).iter(batch_size=BATCH_DOCS):
+        yield start, batch
+        start += len(next(iter(batch.values())))
+
+
+def _build(data: DataSpec, key: str, cache: Path, out: Path, progress: Progress, notify: Notify) -> dict[str, Any]:
+    started = time.time()
+    spec_corpus = data.corpus
+    progress("reading corpus", 0, None)
+    extra = [SCORE_COLUMN] if data.quality_scorer == "auto" else (
+        [] if data.quality_scorer in ("code", "prose") else [data.quality_scorer])  # fmt: skip
+    named_column = data.quality_scorer not in ("auto", "code", "prose")
+    ds = corpora.load_corpus(spec_corpus, cache / "hf-datasets", columns=extra, required=named_column)
+    n_rows = len(ds)
+
+    # 1. content hashes; drop empty documents and exact duplicates (keep the first)
+    keep = np.zeros(n_rows, dtype=bool)
+    digests = np.zeros(n_rows, dtype=np.uint64)
+    nbytes = np.zeros(n_rows, dtype=np.int64)
+    seen: set[bytes] = set()
+    empty = duplicates = 0
+    samples: list[tuple[str, str]] = []
+    for start, batch in _batches(ds, ["id", "text"]):
+        for j, (doc_id, text) in enumerate(zip(batch["id"], batch["text"], strict=True)):
+            if not text or not text.strip():
+                empty += 1
+                continue
+            d = _digest(text)
+            if d in seen:
+                duplicates += 1
+                continue
+            seen.add(d)
+            keep[start + j] = True
+            digests[start + j] = int.from_bytes(d[:8], "big")
+            nbytes[start + j] = len(text.encode("utf-8", errors="surrogatepass"))
+            if len(samples) < 200:
+                samples.append((doc_id, text))
+        progress("hashing documents", start + len(batch["id"]), n_rows)
+    del seen
+    kept = np.flatnonzero(keep)
+    if len(kept) == 0:
+        raise DataError(f"corpus '{spec_corpus.source}' has no non-empty documents")
+
+    try:
+        scorer_name, scorer = resolve_scorer(
+            data.quality_scorer, ds.column_names, True if corpora.kind(spec_corpus) == "stdlib" else None, samples
+        )
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+    # 2. the held-out reserve: a prefix of the hash order, never shown to the BPE trainer
+    by_hash = kept[np.argsort(digests[kept], kind="stable")]
+    reserve_bytes = np.cumsum(nbytes[by_hash])
+    reserve_n = int(np.searchsorted(reserve_bytes, RESERVE_BYTES_PER_TOKEN * data.heldout_tokens, side="left")) + 1
+    reserved = np.zeros(n_rows, dtype=bool)
+    reserved[by_hash[:reserve_n]] = True
+    tokenizer_docs = keep & ~reserved
+
+    def training_texts() -> tuple[Iterator[str], int]:
+        def texts() -> Iterator[str]:
+            for start, batch in _batches(ds, ["text"]):
+                for j, text in enumerate(batch["text"]):
+                    if tokenizer_docs[start + j]:
+                        yield text
+
+        return texts(), int(tokenizer_docs.sum())
+
+    progress("training tokenizer", 0, None)
+    tok, tok_key = get_tokenizer(data.tokenizer, cache, corpus_key(data), training_texts, notify)
+    ids = special_ids(tok)
+    size = check_size(tok, data.tokenizer)
+    dtype = np.dtype(np.uint16 if size <= 1 << 16 else np.uint32)
+    tok.encode_special_tokens = True  # a literal "<|endoftext|>" in a document is text, not a separator
+
+    # 3. tokenize (the tokenizers library encodes each batch on all cores) and score
+    lengths = np.zeros(n_rows, dtype=np.int64)
+    scores = np.zeros(n_rows, dtype=np.float64)
+    tokens_hash = hashlib.sha256()
+    score_cols = ["id", "text"] + ([scorer_name] if scorer is None else [])
+    eod = np.array([ids.eod], dtype=dtype)
+    done = 0
+
+    def encode(start: int, batch: dict[str, list]) -> tuple[int, dict[str, list], list[int], list]:
+        rows = [j for j in range(len(batch["text"])) if keep[start + j]]
+        texts = [batch["text"][j] for j in rows]
+        return start, batch, rows, tok.encode_batch_fast(texts, add_special_tokens=False) if texts else []
+
+    def encoded() -> Iterator[tuple[int, dict[str, list], list[int], list]]:
+        """Batches encoded one ahead on a thread (the tokenizer releases the GIL), so scoring overlaps encoding."""
+        with ThreadPoolExecutor(1) as pool:
+            pending = None
+            for start, batch in _batches(ds, score_cols):
+                future = pool.submit(encode, start, batch)
+                if pending is not None:
+                    yield pending.result()
+                pending = future
+            if pending is not None:
+                yield pending.result()
+
+    with open(out / "tokens.bin", "wb") as f:
+        for start, batch, rows, encodings in encoded():
+            pieces = []
+            for j, enc in zip(rows, encodings, strict=True):
+                pieces.append(np.asarray(enc.ids, dtype=dtype))
+                pieces.append(eod)
+                lengths[start + j] = len(enc.ids) + 1
+            if pieces:
+                block = np.concatenate(pieces).tobytes()
+                f.write(block)
+                tokens_hash.update(block)
+            scores_batch = _score(scorer, scorer_name, batch, rows)
+            for j, s in zip(rows, scores_batch, strict=True):
+                scores[start + j] = s
+            done += len(batch["text"])
+            progress("tokenizing", done, n_rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+    # 4. compact to the kept documents (corpus order), held-out split by hash, tiers of the training documents
+    progress("writing store", 0, None)
+    lengths, scores, digests_k = lengths[kept], scores[kept], digests[kept]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    order = np.argsort(digests_k, kind="stable")
+    cum = np.cumsum(lengths[order])
+    total_tokens = int(offsets[-1])
+    n_heldout = int(np.searchsorted(cum, data.heldout_tokens, side="left")) + 1
+    if n_heldout >= len(kept):
+        raise DataError(
+            f"corpus '{spec_corpus.source}' has {total_tokens:,} tokens in {len(kept)} documents: heldout_tokens "
+            f"{data.heldout_tokens:,} leaves no training documents; lower data.heldout_tokens or use a larger corpus"
+        )
+    heldout = np.zeros(len(kept), dtype=bool)
+    heldout[order[:n_heldout]] = True
+    tokenizer_saw_heldout = bool(reserved[kept[order[:n_heldout]]].sum() < n_heldout)
+    if tokenizer_saw_heldout and data.tokenizer.pretrained is None:
+        notify("the held-out reserve was too small: the BPE was trained on some held-out documents")
+    tiers = np.full(len(kept), -1, dtype=np.int8)
+    train = np.flatnonzero(~heldout)
+    tiers[train] = assign_tiers(scores[train], lengths[train], digests_k[train])
+    np.savez(out / "docs.npz", offsets=offsets, digest=digests_k, score=scores, tier=tiers, heldout=heldout)
+
+    with open(out / "heldout.jsonl", "w") as f:
+        held_rows = set(kept[order[:n_heldout]].tolist())
+        texts_by_row: dict[int, dict[str, str]] = {}
+        for start, batch in _batches(ds, ["id", "text"]):
+            for j in range(len(batch["text"])):
+                if start + j in held_rows:
+                    texts_by_row[start + j] = {"id": batch["id"][j], "text": batch["text"][j]}
+        for row in kept[order[:n_heldout]]:
+            f.write(json.dumps(texts_by_row[int(row)]) + "\n")
+    tok.encode_special_tokens = False
+    tok.save(str(out / "tokenizer.json"))
+
+    heldout_count = int(lengths[heldout].sum())
+    tier_info = {}
+    for t, name in enumerate(TIERS):
+        members = tiers == t
+        tier_info[name] = {
+            "documents": int(members.sum()),
+            "tokens": int(lengths[members].sum()),
+            "score_min": float(scores[members].min()) if members.any() else None,
+            "score_max": float(scores[members].max()) if members.any() else None,
+        }
+    files = {}
+    for name in FILES:
+        path = out / name
+        files[name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    assert files["tokens.bin"]["sha256"] == tokens_hash.hexdigest()
+    manifest = {
+        "version": STORE_VERSION,
+        "key": key,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "build_seconds": round(time.time() - started, 3),
+        "corpus": {**spec_corpus.model_dump(), "rows": n_rows},
+        "documents": int(len(kept)),
+        "duplicates_dropped": duplicates,
+        "empty_dropped": empty,
+        "tokens": total_tokens,
+        "max_document_tokens": int(lengths.max()),
+        "dtype": dtype.name,
+        "tokenizer": {
+            "key": tok_key,
+            "kind": "pretrained" if data.tokenizer.pretrained else "bpe",
+            "name": data.tokenizer.pretrained or f"bpe{data.tokenizer.bpe_vocab}",
+            "size": size,
+            "real_size": real_size(tok),
+            "padded_vocab": padded_vocab(data.tokenizer.size),
+            "eod_id": ids.eod,
+            "mask_id": ids.mask,
+            "pad_id": ids.pad,
+        },
+        "heldout": {
+            "requested": data.heldout_tokens,
+            "documents": n_heldout,
+            "tokens": heldout_count,
+            "tokenizer_saw_heldout": tokenizer_saw_heldout,
+        },
+        "train": {"documents": int(len(kept) - n_heldout), "tokens": total_tokens - heldout_count},
+        "quality": {"scorer": scorer_name, "tiers": tier_info},
+        "files": files,
+    }
+    with open(out / "manifest.json", "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    return manifest
+
+
+def _score(scorer: QualityScorer | None, column: str, batch: dict[str, list], rows: list[int]) -> list[float]:
+    if scorer is None:
+        out = []
+        for j in rows:
+            value = batch[column][j]
+            try:
+                out.append(float("nan") if value is None else float(value))
+            except (TypeError, ValueError):
+                raise DataError(f"quality column '{column}' holds a non-number: {value!r}") from None
+        return out
+    return [scorer.score(batch["text"][j], batch["id"][j]) for j in rows]
