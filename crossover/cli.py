@@ -318,5 +318,187 @@ def analyze(
     out.print(f"report: {report}" + (f" (also on MLflow run {run_id}, artifacts report/)" if run_id else ""))
 
 
+# ---- crossover run / status / ui: studies on Ray Tune, tracked in MLflow (logic in crossover.platform)
+
+
+@app.command()
+def run(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec YAML file.")],
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (else RAY_ADDRESS, else a local instance).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI, else ./mlflow.db)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the study's Tune experiment (also the default when one exists).")
+    ] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Start the study over: new MLflow parent run, old Tune state removed.")
+    ] = False,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option("--max-concurrent", min=1, help="Trials at once (default: the spec's, else fill the cluster)."),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage", help="Ray storage path or URI (default: the spec's resources.storage, else ~/ray_results)."
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="One line per trial event instead of a live table.")] = False,
+) -> None:
+    """Run every trial of a study on Ray Tune, recording it in MLflow; continues a study that was interrupted."""
+    import os
+
+    from crossover.platform.tracking import TrackingError, check_tracking, resolve_tracking_uri
+
+    if resume and fresh:
+        err.print("[bold red]--resume and --fresh contradict each other[/]: choose one")
+        raise typer.Exit(USER_ERROR)
+    spec = _load_checked(spec_path)
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        check_tracking(uri)
+    except TrackingError as exc:
+        err.print(f"[bold red]tracking store unusable:[/] {exc}", highlight=False)
+        raise typer.Exit(USER_ERROR) from None
+    _prepare(spec)  # once, on the driver, so trials never race to build the token store
+    spec = _load_checked(spec_path, quiet=True)  # exact budget check now that the store exists
+
+    from crossover.platform.progress import StudyProgress
+    from crossover.platform.study import run_study
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    out.print(f"study [bold]{spec.name}[/]: {len(spec.expand())} trials; MLflow {uri}", highlight=False)
+    progress = StudyProgress(spec.name, spec.expand(), out, quiet=quiet)
+    try:
+        with progress:
+            outcome = run_study(
+                spec, spec_path.read_text(), uri, address=address, fresh=fresh, max_concurrent=max_concurrent,
+                storage=storage, callbacks=[progress.callback()],
+            )  # fmt: skip
+    except TrackingError as exc:
+        err.print(f"[bold red]cannot continue:[/] {exc}", highlight=False)
+        raise typer.Exit(USER_ERROR) from None
+    out.print(
+        f"{len(outcome.finished)} trials finished, {len(outcome.failed)} failed; MLflow: {uri} "
+        f"(parent run {outcome.parent_run_id}); Ray: {outcome.experiment_path}",
+        highlight=False,
+    )
+    for name, error in outcome.failed.items():
+        err.print(f"[red]{name}[/]: {error}", highlight=False)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    study: Annotated[str, typer.Argument(help="Study name (the MLflow experiment).")],
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+) -> None:
+    """Per-trial progress of a study, read from MLflow."""
+    from crossover.platform.tracking import TrackingError, check_tracking, resolve_tracking_uri, study_status
+
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        check_tracking(uri)
+        rows = study_status(study, uri)
+    except TrackingError as exc:
+        err.print(f"[bold red]cannot read the study:[/] {exc}", highlight=False)
+        raise typer.Exit(USER_ERROR) from None
+    headers = ["trial", "status", "tokens", "epoch", "train/loss", "eval/heldout_loss/loss"]
+    table = [
+        [r["name"], r["status"], format_tokens(r.get("tokens", 0)), f"{r.get('epoch', 0):.2f}",
+         *[f"{r[m]:.4f}" if m in r else "" for m in headers[4:]]]
+        for r in rows
+    ]  # fmt: skip
+    out.print(f"[bold]study {study}[/]: {len(rows)} trials in {uri}", highlight=False)
+    print(_text_table(headers, table))
+
+
+@app.command()
+def ui(
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+    port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+) -> None:
+    """Start the MLflow UI on the study store (the local SQLite store by default)."""
+    import os
+    import sys
+
+    from crossover.platform.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        out.print(f"the tracking server already serves its UI: open {uri}")
+        return
+    out.print(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    os.execv(sys.executable, command)
+
+
+# ---- crossover train: one trial on this machine, for debugging (logic in crossover.trainers)
+
+
+def _pick_trial(spec: StudySpec, which: str):
+    """A trial by index, name or trial_id (prefix); exit 2 listing the names otherwise."""
+    trials = spec.expand()
+    if which.isdigit() and int(which) < len(trials):
+        return trials[int(which)]
+    found = [t for t in trials if which in (t.name, t.trial_id) or t.trial_id.startswith(which)]
+    if len(found) == 1:
+        return found[0]
+    names = ", ".join(f"{i}: {t.name}" for i, t in enumerate(trials))
+    err.print(f"[bold red]no single trial[/] matches '{which}'; trials are {names}", highlight=False)
+    raise typer.Exit(USER_ERROR)
+
+
+@app.command()
+def train(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec YAML file.")],
+    which: Annotated[str, typer.Option("--trial", help="Trial index, name or trial_id.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Checkpoints and metrics folder.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the folder's latest checkpoint.")] = False,
+) -> None:
+    """Train one trial locally, printing progress (no MLflow): for debugging a spec or the loop."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from crossover.data import DataError
+    from crossover.trainers.launch import LocalReporter, run_workers
+    from crossover.trainers.loop import NonFiniteLoss
+    from crossover.trainers.loop import train as train_trial
+
+    spec = _load_checked(spec_path)
+    trial = _pick_trial(spec, which)
+    folder = out_dir or Path(".crossover") / "train" / spec.name / trial.name
+    if folder.exists() and any(folder.iterdir()) and not resume:
+        err.print(f"[bold red]{folder} already holds a run[/]: pass --resume to continue it, or --out for a new folder")
+        raise typer.Exit(USER_ERROR)
+    with Progress(
+        TextColumn(f"{trial.name}"), BarColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+        console=out,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("train", total=trial.total_tokens, status="starting")
+
+        def show(metrics: dict[str, float], step: int) -> None:
+            fields = [f"{format_tokens(step)} tokens", f"epoch {metrics.get('epoch', 0):.2f}"]
+            fields += [f"{k} {v:.4g}" for k, v in metrics.items() if k in ("train/loss", "eval/heldout_loss/loss")]
+            bar.update(task, completed=step, status="  ".join(fields))
+
+        try:
+            if trial.resources.workers > 1:
+                result = run_workers(trial, folder.resolve() / "ray", name=trial.name, sink_factory=None)
+                if result.error:
+                    raise result.error
+            else:
+                train_trial(trial, LocalReporter(folder, keep=trial.train.keep_checkpoints, sink=show))
+        except (NonFiniteLoss, DataError) as exc:
+            err.print(f"[bold red]training stopped:[/] {exc}", highlight=False)
+            raise typer.Exit(USER_ERROR) from None
+    out.print(f"[green]done[/] {trial.name}: checkpoints and metrics in {folder}", highlight=False)
+
+
 if __name__ == "__main__":
     app()

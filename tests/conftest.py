@@ -18,3 +18,41 @@ def write_spec(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real corpus: 200 modules of the standard library as JSON lines (fast to tokenize and train on)."""
+    import json
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.glob("*.py") if p.stat().st_size < 60_000)[:200]
+    path = tmp_path_factory.mktemp("corpus") / "tiny.jsonl"
+    with open(path, "w") as f:
+        for p in files:
+            f.write(json.dumps({"text": p.read_text(encoding="utf-8", errors="replace")}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One token-store cache for the session, so each corpus is tokenized once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def tiny_study(corpus: Path, **blocks) -> dict:
+    """A small study over `corpus`: nano model, 64-token windows, 1k-token global batches."""
+    spec = {
+        "name": "tiny",
+        "data": {"corpus": {"source": str(corpus), "format": "jsonl"}, "tokenizer": {"bpe_vocab": 512},
+                 "seq_len": 64, "heldout_tokens": "8k"},
+        "model": "nano",
+        "train": {"total_tokens": "40960", "global_batch_tokens": 1024, "micro_batch": 8, "lr": 3e-3,
+                  "min_lr": 3e-4, "warmup_tokens": 2048, "precision": "bf16", "zero_stage": 1},
+        "eval": {"every": "log:3", "tasks": ["heldout_loss"], "mc_samples": 2, "max_items": 16},
+        "grid": {"objective": ["ar", "mdlm"], "unique_tokens": ["10k"]},
+    }  # fmt: skip
+    for key, value in blocks.items():
+        spec[key] = {**spec[key], **value} if isinstance(spec.get(key), dict) else value
+    return spec

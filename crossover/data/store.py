@@ -184,12 +184,16 @@ class PreparedData:
         return np.concatenate([self.tokens[self.offsets[d] : self.offsets[d + 1]] for d in docs]).astype(np.int64)
 
     def heldout_windows(self, seq_len: int, max_windows: int | None = None) -> np.ndarray:
-        """Held-out tokens packed into [N, seq_len] int64 windows (the partial last window dropped)."""
+        """Held-out tokens packed into [N, seq_len] int64 windows (the partial last window dropped).
+
+        With `max_windows`, that many windows spread evenly over the whole held-out set, so a small evaluation
+        budget still samples every part of it rather than its first documents only."""
         stream = self.heldout_stream()
         n = len(stream) // seq_len
-        if max_windows is not None:
-            n = min(n, max_windows)
-        return stream[: n * seq_len].reshape(n, seq_len)
+        windows = stream[: n * seq_len].reshape(n, seq_len)
+        if max_windows is not None and max_windows < n:
+            windows = windows[np.linspace(0, n - 1, max_windows).round().astype(np.int64)]
+        return windows
 
     def stats(self) -> dict[str, Any]:
         """What `crossover data stats` prints: documents, tokens, held-out and tiers (from the manifest)."""

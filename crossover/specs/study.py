@@ -251,6 +251,7 @@ class ResourcesSpec(Strict):
     gpus_per_worker: float = Field(default=0, ge=0)
     max_concurrent: int | None = Field(default=None, gt=0)  # None fills the cluster
     storage: str | None = None  # Ray storage path or URI for checkpoints; default ~/ray_results
+    max_failures: int = Field(default=2, ge=0)  # restarts of a failed trial, each from its last checkpoint
 
 
 class Distribution(Strict):

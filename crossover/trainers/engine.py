@@ -1,0 +1,68 @@
+"""DeepSpeed engine from a TrialSpec: one code path on CPU (gloo) and GPU (nccl)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import torch
+
+from crossover.specs import TrialSpec
+
+
+def deepspeed_config(trial: TrialSpec) -> dict[str, Any]:
+    """ZeRO stage, precision, clipping and batch geometry; the global batch in tokens is fixed by the spec, so
+    gradient accumulation absorbs the worker count."""
+    train = trial.train
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": train.micro_batch,
+        "gradient_accumulation_steps": trial.grad_accum_steps,
+        "train_batch_size": train.micro_batch * trial.grad_accum_steps * trial.resources.workers,
+        "zero_optimization": {"stage": train.zero_stage},
+        "bf16": {"enabled": train.precision == "bf16"},
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+    if train.grad_clip > 0:
+        config["gradient_clipping"] = train.grad_clip
+    return config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Join the worker group Ray Train set up, or make a one-process group for a trial run in the calling process."""
+    import deepspeed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+        )
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+
+
+def build_optimizer(model: torch.nn.Module, trial: TrialSpec) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not norms), as in the paper's recipe."""
+    train = trial.train
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, eps=train.eps, fused=torch.cuda.is_available())
+
+
+def build_engine(model: torch.nn.Module, trial: TrialSpec):
+    """Wrap the model in a DeepSpeed engine with the spec's optimizer; the LR is set per step by the loop."""
+    import deepspeed
+
+    init_distributed()
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=build_optimizer(model, trial), config=deepspeed_config(trial)
+    )
+    return engine

@@ -1,0 +1,145 @@
+"""Where a trial's loop runs, kept apart from the loop itself (as torchtitan keeps launch code apart from models).
+
+- One worker: the loop runs in the calling process (a Tune trial, `crossover train`, a test): no worker group to
+  start, which is most of the cost of a small trial.
+- Several workers: a Ray Train `TorchTrainer` runs the same loop in each worker; Ray Train sets up the process group
+  (gloo on CPU, nccl on GPU) and merges each worker's checkpoint files into one checkpoint.
+
+Reporters decide where metrics and checkpoints go; `LocalReporter` keeps them in a folder on this machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from crossover.specs import TrialSpec
+from crossover.trainers.loop import train
+
+MetricSink = Callable[[dict[str, float], int], None]
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+class LocalReporter:
+    """Metrics in `folder/metrics.jsonl`, checkpoints in `folder/checkpoint_<tokens>` (the last `keep` kept) with
+    their eval metrics in `folder/evals.jsonl`. Used by `crossover train` and the tests."""
+
+    def __init__(self, folder: str | Path, keep: int = 2, sink: MetricSink | None = None):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.keep, self.sink = keep, sink
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        append_jsonl(self.folder / "metrics.jsonl", {"step": step, **metrics})
+        if self.sink:
+            self.sink(metrics, step)
+
+    def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str) -> None:
+        target = self.folder / f"checkpoint_{step:015d}"
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, partial, dirs_exist_ok=True)
+        partial.rename(target)  # a checkpoint appears whole or not at all
+        append_jsonl(self.folder / "evals.jsonl", {"step": step, **metrics})
+        for old in self.checkpoints()[: -self.keep]:
+            shutil.rmtree(old)
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(p for p in self.folder.glob("checkpoint_*") if not p.name.endswith(".partial"))
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        found = self.checkpoints()
+        yield str(found[-1]) if found else None
+
+    def history(self, name: str = "evals") -> list[dict[str, Any]]:
+        path = self.folder / f"{name}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class RayReporter:
+    """Inside a Ray Tune trial (`api="tune"`, one worker in the trial's process) or a Ray Train worker
+    (`api="train"`): checkpoints go to Ray's storage, metrics to the sink (MLflow)."""
+
+    def __init__(self, api: str, sink: MetricSink | None = None):
+        self.api, self.sink = api, sink
+
+    def _ray(self):
+        import ray.train
+        import ray.tune
+
+        return ray.tune if self.api == "tune" else ray.train
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.sink:
+            self.sink(metrics, step)
+
+    def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str) -> None:
+        ray = self._ray()
+        ray.report(metrics, checkpoint=ray.Checkpoint.from_directory(checkpoint_dir))
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        checkpoint = self._ray().get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as folder:
+            yield folder
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker entry point: the same loop, reporting through Ray Train."""
+    import ray.train
+
+    trial = TrialSpec.model_validate(config["trial"])
+    sink_factory = config.get("sink_factory")
+    sink = sink_factory() if sink_factory and ray.train.get_context().get_world_rank() == 0 else None
+    train(trial, RayReporter("train", sink), config.get("stop_after_steps"))
+
+
+def run_workers(
+    trial: TrialSpec,
+    storage: str | Path,
+    *,
+    name: str | None = None,
+    sink_factory: Callable[[], MetricSink] | None = None,
+    callbacks: list | None = None,
+    max_failures: int = 0,
+    stop_after_steps: int | None = None,
+):
+    """Run a trial as a Ray Train `TorchTrainer` with `trial.resources.workers` workers; returns the Ray Result.
+
+    Re-running with the same storage and name resumes from the latest checkpoint (Ray Train restores the run).
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = trial.resources
+    use_gpu = resources.gpus_per_worker > 0
+    worker_resources = {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"trial": trial.model_dump(mode="json"), "sink_factory": sink_factory,
+                           "stop_after_steps": stop_after_steps},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=worker_resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name or trial.name,
+            storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=trial.train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
+        ),
+    )  # fmt: skip
+    return trainer.fit()

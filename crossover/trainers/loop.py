@@ -1,0 +1,251 @@
+"""The one training loop, for AR and MDLM alike, run by every worker of a trial.
+
+    data (crossover.data) -> model (crossover.models) in a DeepSpeed engine -> objective (the only difference
+    between matched trials) -> LR set per step from tokens seen -> metrics, eval and checkpoints at eval points
+
+Where the loop runs (in the calling process or in Ray Train workers) and where metrics go (Ray, MLflow, the
+console) is the `Reporter`'s business: see crossover.trainers.launch. Resume restores the model, the optimizer, the
+data position and every random stream, so an interrupted trial continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from crossover.specs import TrialSpec, training_flops_per_token
+from crossover.trainers.engine import build_engine
+from crossover.trainers.objectives import ar_inputs_targets, ar_loss, input_mask_noise, mask_tokens, mdlm_loss, sample_t
+from crossover.trainers.schedules import eval_steps, lr_at
+
+CLIENT_STATE = "crossover_state.json"
+LOG_POINTS = 200  # train metrics are logged about this many times per trial, and at every eval point
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: the trial stops instead of training on garbage."""
+
+
+class Reporter(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Train metrics, and eval metrics at eval points (rank 0 only); step = tokens seen."""
+
+    def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str) -> None:
+        """A checkpoint at an eval point, with that point's metrics (every rank; the directory is deleted after)."""
+
+    def latest_checkpoint(self) -> AbstractContextManager[str | None]:
+        """The directory of the checkpoint to resume from, or None for a fresh start."""
+
+
+# Peak dense bf16 FLOP/s per GPU, for MFU. Unknown devices report no MFU rather than a wrong one.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _chain_hash(previous: str, batch: torch.Tensor) -> str:
+    return hashlib.sha256(previous.encode() + batch.numpy().tobytes()).hexdigest()
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+class Trainer:
+    """One trial on one worker. `run()` trains to the end (or `stop_after_steps`) and returns the final metrics."""
+
+    def __init__(self, trial: TrialSpec, reporter: Reporter):
+        from crossover.data import prepare, train_stream
+        from crossover.models import build_model
+
+        self.trial, self.reporter = trial, reporter
+        self.rank, self.world = 0, trial.resources.workers
+        torch.set_num_threads(max(1, int(trial.resources.cpus_per_worker)))
+        self.data = prepare(trial.data)  # every rank: built once, then a verified cache hit
+        torch.manual_seed(trial.seed)  # same seed, same shapes: the AR and MDLM models of a cell start identical
+        model = build_model(trial.model, causal=trial.objective == "ar")
+        self.engine = build_engine(model, trial)
+        self.rank, self.world = _rank_and_world()
+        self.device = self.engine.device
+        self.generator = torch.Generator(device=self.device).manual_seed(1_000_003 * trial.seed + self.rank + 1)
+        self.stream = train_stream(trial, self.data, rank=self.rank, world_size=self.world)
+        self.data_hash = self.stream.order_hash
+        self.eval_at = eval_steps(trial)
+        self.flops_per_token = training_flops_per_token(trial.model, trial.data.seq_len)
+        self.log_every = max(1, self.stream.num_steps // LOG_POINTS)
+        self.heldout = self.data.heldout_windows(trial.data.seq_len, max_windows=trial.eval.max_items)
+        self.peak = peak_flops(self.device)
+        with reporter.latest_checkpoint() as resume_dir:
+            if resume_dir:
+                self._restore(resume_dir)
+
+    # ---- one step
+    def _loss(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        trial, mask_id = self.trial, self.data.mask_id
+        tokens = tokens.to(self.device)
+        if trial.objective == "ar":
+            inputs, targets = ar_inputs_targets(tokens)
+            inputs = input_mask_noise(inputs, trial.noise.input_mask, mask_id, self.generator)
+            out = self.engine(inputs)
+            return ar_loss(out.logits, targets) + out.aux_loss, out
+        t = sample_t(
+            len(tokens), trial.train.mdlm_t_min, self.generator, stratified=True
+        )  # MDLM's low-variance sampler
+        noisy, masked = mask_tokens(tokens, t, mask_id, self.generator)
+        out = self.engine(noisy)
+        return mdlm_loss(out.logits, tokens, masked, t) + out.aux_loss, out
+
+    def _set_lr(self, tokens_before: int) -> float:
+        lr = lr_at(tokens_before, self.trial.train)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    # ---- the loop
+    def run(self, stop_after_steps: int | None = None) -> dict[str, Any]:
+        engine, stream = self.engine, self.stream
+        engine.train()
+        started, window_start, window_tokens = time.perf_counter(), time.perf_counter(), 0
+        metrics: dict[str, float] = {}
+        for batch in stream:
+            lr = self._set_lr(batch.tokens_seen - self.trial.train.global_batch_tokens)
+            loss_sum, out = 0.0, None
+            for tokens in batch.micro_batches:
+                self.data_hash = _chain_hash(self.data_hash, tokens)
+                loss, out = self._loss(tokens)
+                engine.backward(loss)
+                engine.step()
+                loss_sum += loss.detach().float().item()
+            loss_value = _all_reduce_sum([loss_sum / len(batch.micro_batches)], self.device)[0] / self.world
+            norm = engine.get_global_grad_norm()  # None where DeepSpeed computes none
+            grad_norm = float(norm) if norm is not None else float("nan")
+            # DeepSpeed silently skips steps whose gradients are not finite: a diverged trial all the same.
+            checks = {"training loss": loss_value, **({"gradient norm": grad_norm} if norm is not None else {})}
+            for what, value in checks.items():
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(
+                        f"trial {self.trial.name}: the {what} became {value} at step {batch.step + 1} after "
+                        f"{batch.tokens_seen:,} tokens; lower train.lr, keep train.grad_clip on, or use fp32 precision"
+                    )
+            window_tokens += self.trial.train.global_batch_tokens
+            done = batch.step + 1
+            if done % self.log_every == 0 or done in self.eval_at:
+                elapsed = time.perf_counter() - window_start
+                metrics = {
+                    "train/loss": loss_value,
+                    "tokens": batch.tokens_seen,
+                    "epoch": batch.epoch,
+                    "unique_tokens": batch.unique_tokens_seen,
+                    "flops": self.flops_per_token * batch.tokens_seen,
+                    "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "loop_seconds": time.perf_counter() - started,  # training and eval so far: overhead is the rest
+                    **self._moe_metrics(out),
+                }
+                if self.peak:
+                    metrics["mfu"] = metrics["tokens_per_s"] * self.flops_per_token / (self.peak * self.world)
+                if done in self.eval_at:
+                    metrics.update(self.evaluate())
+                if self.rank == 0:
+                    self.reporter.log(metrics, batch.tokens_seen)
+                if done in self.eval_at:
+                    self._checkpoint(metrics, batch.tokens_seen)
+                    engine.train()
+                window_start, window_tokens = time.perf_counter(), 0  # evaluation time is not training throughput
+            if stop_after_steps is not None and done >= stop_after_steps:
+                break
+        return {**metrics, "data_hash": self.data_hash, "steps": stream.step, "seconds": time.perf_counter() - started}
+
+    def _moe_metrics(self, out: Any) -> dict[str, float]:
+        if out is None or out.expert_load is None:
+            return {}
+        load = out.expert_load.float()
+        return {
+            "moe/load_max": float(load.max() * load.shape[-1]),  # 1.0 = perfectly balanced
+            "moe/load_min": float(load.min() * load.shape[-1]),
+            "moe/balance_loss": float(out.balance_loss),
+            "moe/z_loss": float(out.z_loss),
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out loss per token (AR exact NLL, MDLM ELBO), each rank scoring its share of the windows."""
+        from crossover.evals.heldout import heldout_loss
+
+        self.engine.eval()
+        mine = self.heldout[self.rank :: self.world]
+        total, count = heldout_loss(
+            lambda tokens: self.engine(tokens).logits,
+            mine,
+            objective=self.trial.objective,
+            mask_id=self.data.mask_id,
+            batch_size=self.trial.train.micro_batch,
+            mc_samples=self.trial.eval.mc_samples,
+            t_min=self.trial.train.mdlm_t_min,
+            seed=self.trial.seed * 7919 + self.rank,
+            device=self.device,
+        )
+        total, count = _all_reduce_sum([total, count], self.device)
+        return {"eval/heldout_loss/loss": total / max(count, 1)}
+
+    # ---- checkpoints
+    def _checkpoint(self, metrics: dict[str, float], tokens: int) -> None:
+        """Every rank writes its own files (DeepSpeed names them by rank) into a local directory and hands it to the
+        reporter, which merges the ranks' files into one checkpoint (Ray Train does this for its workers)."""
+        folder = Path(tempfile.mkdtemp(prefix="crossover-ckpt-"))
+        state = {
+            "data": self.stream.state(),
+            "data_hash": self.data_hash,
+            "torch_rng": torch.get_rng_state().tolist(),
+            "generator": self.generator.get_state().tolist(),
+        }
+        self.engine.save_checkpoint(str(folder), tag="model", client_state={"crossover": state})
+        (folder / f"rank{self.rank}_{CLIENT_STATE}").write_text(json.dumps(state))
+        try:
+            self.reporter.checkpoint({**metrics, "tokens": tokens}, tokens, str(folder))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _restore(self, folder: str) -> None:
+        path = Path(folder) / f"rank{self.rank}_{CLIENT_STATE}"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"checkpoint {folder} has no state for rank {self.rank} (was the worker count changed?)"
+            )
+        self.engine.load_checkpoint(folder, tag="model")
+        state = json.loads(path.read_text())
+        self.stream.load_state(state["data"])
+        self.data_hash = state["data_hash"]
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+
+def train(trial: TrialSpec, reporter: Reporter, stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train one trial on this worker (see `Trainer`)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return Trainer(trial, reporter).run(stop_after_steps)

@@ -1,0 +1,68 @@
+"""The training loop with real DeepSpeed on CPU: matched pairs, exact resume, ZeRO stages, NaN, workers."""
+
+import math
+
+import pytest
+
+from crossover.specs import parse_study
+from crossover.trainers.launch import LocalReporter
+from crossover.trainers.loop import NonFiniteLoss, train
+from crossover.trainers.schedules import eval_steps
+
+from .conftest import tiny_study
+
+
+@pytest.fixture(autouse=True)
+def _cache(session_cache, monkeypatch):
+    monkeypatch.setenv("CROSSOVER_CACHE", str(session_cache))
+
+
+def trials(corpus, **blocks):
+    return {t.objective: t for t in parse_study(tiny_study(corpus, **blocks)).expand()}
+
+
+def test_matched_pair_sees_identical_data_and_settings(tiny_corpus, tmp_path):
+    pair = trials(tiny_corpus)
+    results = {obj: train(t, LocalReporter(tmp_path / obj)) for obj, t in pair.items()}
+    assert results["ar"]["data_hash"] == results["mdlm"]["data_hash"]
+    assert pair["ar"].train == pair["mdlm"].train and pair["ar"].cell == pair["mdlm"].cell
+    for obj, t in pair.items():
+        evals = LocalReporter(tmp_path / obj).history()
+        assert [e["step"] // 1024 for e in evals] == eval_steps(t)
+        assert results[obj]["tokens"] == 40 * 1024 and results[obj]["steps"] == 40
+        assert all(math.isfinite(e["eval/heldout_loss/loss"]) for e in evals)
+        losses = [m["train/loss"] for m in LocalReporter(tmp_path / obj).history("metrics")]
+        assert losses[-1] < losses[0] - 1.0  # it learns
+
+
+@pytest.mark.parametrize("objective", ["ar", "mdlm"])
+def test_resume_continues_exactly(tiny_corpus, tmp_path, objective):
+    trial = trials(tiny_corpus, eval={"every": "8k"})[objective]  # eval and checkpoint every 8 steps
+    whole = train(trial, LocalReporter(tmp_path / "whole"))
+    interrupted = LocalReporter(tmp_path / "split", keep=1)
+    train(trial, interrupted, stop_after_steps=19)  # stops between checkpoints (16 and 24)
+    assert [p.name for p in interrupted.checkpoints()] == ["checkpoint_000000000016384"]
+    resumed = train(trial, LocalReporter(tmp_path / "split", keep=1))
+    assert resumed["tokens"] == whole["tokens"] == 40 * 1024
+    assert resumed["data_hash"] == whole["data_hash"]
+    assert resumed["train/loss"] == pytest.approx(whole["train/loss"], rel=1e-4, abs=1e-4)
+    evals_whole = LocalReporter(tmp_path / "whole").history()
+    evals_split = LocalReporter(tmp_path / "split").history()
+    assert [e["step"] for e in evals_split] == [e["step"] for e in evals_whole]  # none duplicated or missing
+    for a, b in zip(evals_whole, evals_split, strict=True):
+        assert b["eval/heldout_loss/loss"] == pytest.approx(a["eval/heldout_loss/loss"], rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_stages_train_on_cpu(tiny_corpus, tmp_path, stage):
+    trial = trials(tiny_corpus, train={"zero_stage": stage, "total_tokens": 16384}, eval={"every": "log:2"})["ar"]
+    reporter = LocalReporter(tmp_path)
+    result = train(trial, reporter)
+    losses = [m["train/loss"] for m in reporter.history("metrics")]
+    assert result["steps"] == 16 and losses[-1] < losses[0]
+
+
+def test_nan_loss_stops_the_trial_naming_step_and_tokens(tiny_corpus, tmp_path):
+    trial = trials(tiny_corpus, train={"lr": 1e6, "min_lr": 1.0, "grad_clip": 0.0, "precision": "fp32"})["ar"]
+    with pytest.raises(NonFiniteLoss, match=r"at step \d+ after [\d,]+ tokens"):
+        train(trial, LocalReporter(tmp_path))

@@ -1,0 +1,44 @@
+"""A two-worker trial runs the same loop in a Ray Train worker group and matches the one-worker run."""
+
+import pytest
+
+from crossover.specs import parse_study
+from crossover.trainers.launch import LocalReporter, run_workers
+from crossover.trainers.loop import train
+
+from .conftest import tiny_study
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_two_workers_match_one_worker(tiny_corpus, session_cache, tmp_path, monkeypatch, ray_cluster):
+    monkeypatch.setenv("CROSSOVER_CACHE", str(session_cache))
+    spec = tiny_study(
+        tiny_corpus,
+        train={"total_tokens": 4096, "warmup_tokens": 0, "keep_checkpoints": 4},  # 4 steps
+        eval={"every": 1024},  # report every step
+        grid={"objective": ["ar"], "unique_tokens": [4096]},
+    )
+    one = parse_study(spec).expand()[0]
+    two = parse_study({**spec, "resources": {"workers": 2, "cpus_per_worker": 1}}).expand()[0]
+    assert one.train.global_batch_tokens == two.train.global_batch_tokens
+    assert (one.grad_accum_steps, two.grad_accum_steps) == (2, 1)
+
+    reporter = LocalReporter(tmp_path / "one")
+    train(one, reporter)
+    single = [(e["step"], e["train/loss"]) for e in reporter.history()]
+
+    result = run_workers(two, tmp_path / "ray", name="two-workers")
+    assert result.error is None
+    frame = result.metrics_dataframe
+    double = list(zip(frame["tokens"].astype(int), frame["train/loss"], strict=True))
+    assert [s for s, _ in double] == [s for s, _ in single] == [1024, 2048, 3072, 4096]
+    for (_, a), (_, b) in zip(single, double, strict=True):
+        assert b == pytest.approx(a, rel=2e-2)
+    assert result.checkpoint is not None
