@@ -1,0 +1,297 @@
+"""Crossover detection: where the MDLM curve passes the AR curve for good, robust to evaluation noise.
+
+Method. The margin m(x) = MDLM - AR (AR - MDLM when lower is better, so positive always means "MDLM ahead") is
+smoothed with LOWESS in log x: local-linear fits with tricube weights, twiced (the residuals smoothed once more
+and added back, against curvature bias), the span chosen by leave-one-out cross-validation with the one-standard-error
+rule, then two bisquare robustness passes (a single broken evaluation cannot move the answer). The
+smoothed margin is evaluated on a fine grid in log x; the crossover is the zero crossing after which it stays
+positive to the end of the observation, interpolated linearly in log x. With fewer than `MIN_SMOOTH_POINTS` points
+the raw margin is used (there is too little data to smooth).
+
+Uncertainty. Given per-item (or per-seed) samples, items (seeds) are resampled with replacement -- the same items
+for AR and MDLM when paired, since both models answer the same items -- and the whole detector is re-run on every
+replicate with the smoother fixed (a linear map, so all replicates cost one matrix product). The confidence
+interval holds the percentiles of the replicate crossovers, where a replicate that never crosses counts as
++inf (beyond the observation) and one where MDLM leads throughout as -inf (before it): an interval bound that is
+infinite says honestly that the data cannot place the crossover inside the window on that side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+Status = Literal["crossed", "not_crossed", "dlm_always_ahead"]
+CROSSED: Status = "crossed"
+NOT_CROSSED: Status = "not_crossed"
+ALWAYS_AHEAD: Status = "dlm_always_ahead"
+
+MIN_SMOOTH_POINTS = 6
+GRID_POINTS = 200  # 0.5% of the log-x range per step, interpolated linearly within a step
+SPANS = (0.15, 0.25, 0.35, 0.5, 0.7)
+MIN_WINDOW = 4  # points in every local fit
+
+
+@dataclass(frozen=True)
+class Crossover:
+    """The answer of `find_crossover`. `x` is on the compute axis given (tokens, FLOPs or epochs)."""
+
+    x: float | None
+    status: Status
+    ci: tuple[float, float] | None = None  # bounds may be -inf / +inf: see the module docstring
+    confidence: float = 0.9
+    ci_source: str | None = None  # "items", "seeds" or None (no samples given: no interval)
+    p_crossed: float | None = None  # share of bootstrap replicates that cross inside the window
+    n_points: int = 0
+    x_range: tuple[float, float] | None = None
+    span: float | None = None  # LOWESS span used; None when the raw margin was used
+    grid: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)  # x values of `margin`
+    margin: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)  # smoothed MDLM advantage
+
+    def scaled(self, factor: float) -> Crossover:
+        """The same crossover on another compute axis that is a constant multiple of this one
+        (FLOPs = tokens x FLOPs-per-token; epochs = tokens / unique tokens)."""
+        return replace(
+            self,
+            x=None if self.x is None else self.x * factor,
+            ci=None if self.ci is None else (self.ci[0] * factor, self.ci[1] * factor),
+            x_range=None if self.x_range is None else (self.x_range[0] * factor, self.x_range[1] * factor),
+            grid=self.grid * factor,
+        )
+
+
+def convert_x(
+    value: float | np.ndarray,
+    frm: str,
+    to: str,
+    *,
+    unique_tokens: float | None = None,
+    flops_per_token: float | None = None,
+) -> float | np.ndarray:
+    """Convert between the compute axes `tokens`, `flops` and `epochs` (epochs = tokens / unique tokens;
+    FLOPs = tokens x training FLOPs per token; AR and MDLM of one cell have the same FLOPs per token)."""
+    factors = {"tokens": 1.0}
+    if unique_tokens is not None:
+        factors["epochs"] = 1.0 / unique_tokens
+    if flops_per_token is not None:
+        factors["flops"] = flops_per_token
+    for axis in (frm, to):
+        if axis not in ("tokens", "flops", "epochs"):
+            raise ValueError(f"unknown compute axis {axis!r}; use tokens, flops or epochs")
+        if axis not in factors:
+            need = "unique_tokens" if axis == "epochs" else "flops_per_token"
+            raise ValueError(f"converting to or from {axis} needs {need}")
+    return value * (factors[to] / factors[frm])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LOWESS as a linear smoother
+
+
+def lowess_matrix(lx: np.ndarray, at: np.ndarray, span: float, robust: np.ndarray | None = None) -> np.ndarray:
+    """Rows: the weights that map data values at `lx` to the local-linear LOWESS fit at each point of `at`."""
+    n = len(lx)
+    k = min(n, max(MIN_WINDOW, math.ceil(span * n)))
+    u = lx[None, :] - at[:, None]  # (m, n)
+    dist = np.abs(u)
+    h = np.partition(dist, k - 1, axis=1)[:, k - 1]
+    h = np.maximum(h * 1.000001, 1e-12)
+    w = np.clip(1 - (dist / h[:, None]) ** 3, 0, None) ** 3
+    if robust is not None:
+        w = w * robust[None, :]
+    s0 = w.sum(axis=1)
+    s1 = (w * u).sum(axis=1)
+    s2 = (w * u * u).sum(axis=1)
+    det = s0 * s2 - s1 * s1
+    ok = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
+    local_linear = w * (s2[:, None] - s1[:, None] * u) / np.where(ok, det, 1.0)[:, None]
+    local_constant = w / np.maximum(s0, 1e-300)[:, None]
+    return np.where(ok[:, None], local_linear, local_constant)
+
+
+def smoother_matrix(lx: np.ndarray, at: np.ndarray, span: float, robust: np.ndarray | None = None) -> np.ndarray:
+    """LOWESS with Tukey's twicing: S y + S (y - S y). Smoothing the residuals once more and adding them back
+    removes most of the curvature bias of a wide local-linear fit (which would shift a crossover by a few percent of
+    the range) while keeping the variance of the wide span; the result is still a linear map of y."""
+    data = lowess_matrix(lx, lx, span, robust)
+    return lowess_matrix(lx, at, span, robust) @ (2 * np.eye(len(lx)) - data)
+
+
+def choose_span(lx: np.ndarray, y: np.ndarray) -> float:
+    """The LOWESS span by leave-one-out cross-validation (exact for a linear smoother) with the one-standard-error
+    rule: the widest span whose error is within one standard error of the best. Plain LOO picks spans that chase
+    noise about as often as not, and wiggles near zero are exactly what would move a crossover."""
+    n = len(lx)
+    spans = sorted({max(s, MIN_WINDOW / n) for s in SPANS})
+    errors = []
+    for span in spans:
+        s = smoother_matrix(lx, lx, span)
+        leverage = np.clip(np.diag(s), None, 0.99)
+        errors.append(((y - s @ y) / (1 - leverage)) ** 2)
+    scores = np.array([e.mean() for e in errors])
+    best = int(np.argmin(scores))
+    limit = scores[best] + errors[best].std(ddof=1) / math.sqrt(n)
+    return max(span for span, score in zip(spans, scores, strict=True) if score <= limit)
+
+
+def robustness_weights(lx: np.ndarray, y: np.ndarray, span: float, passes: int = 2) -> np.ndarray:
+    """Cleveland's bisquare weights: points far off the local fit (broken evaluations) count less."""
+    robust = np.ones_like(y)
+    for _ in range(passes):
+        resid = y - smoother_matrix(lx, lx, span, robust) @ y
+        scale = np.median(np.abs(resid))
+        if scale <= 1e-12 * max(1.0, float(np.max(np.abs(y)))):
+            break
+        robust = np.clip(1 - (resid / (6 * scale)) ** 2, 0, None) ** 2
+    return robust
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Detection
+
+
+def _crossings(grid: np.ndarray, margins: np.ndarray) -> np.ndarray:
+    """Per row of `margins` (replicates x grid): the log-x crossover, +inf if MDLM is not ahead at the end, -inf if
+    it is ahead everywhere."""
+    ahead = margins > 0
+    behind = ~ahead
+    any_behind = behind.any(axis=1)
+    # index of the last grid point where MDLM is not ahead
+    last = margins.shape[1] - 1 - np.argmax(behind[:, ::-1], axis=1)
+    out = np.full(margins.shape[0], np.nan)
+    out[~any_behind] = -np.inf
+    end_behind = behind[:, -1]
+    out[end_behind] = np.inf
+    rows = np.flatnonzero(any_behind & ~end_behind)
+    if rows.size:
+        j = last[rows]
+        m0, m1 = margins[rows, j], margins[rows, j + 1]
+        t = np.where(m1 - m0 > 0, -m0 / np.where(m1 - m0 > 0, m1 - m0, 1.0), 0.5)
+        out[rows] = grid[j] + np.clip(t, 0, 1) * (grid[j + 1] - grid[j])
+    return out
+
+
+def _to_x(log_x: float) -> float:
+    return float(np.exp(log_x)) if math.isfinite(log_x) else log_x
+
+
+def _bootstrap_curves(
+    center: np.ndarray, samples: np.ndarray, weights: np.ndarray
+) -> np.ndarray:  # (B, n): replicate means, shifted so that they scatter around `center`
+    finite = np.isfinite(samples)
+    filled = np.where(finite, samples, 0.0)
+    counts = weights @ finite.T.astype(float)
+    sums = weights @ filled.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = sums / counts
+        base = np.nanmean(np.where(finite, samples, np.nan), axis=1)
+    reps = np.where(counts > 0, reps, base[None, :])
+    return center[None, :] + (reps - base[None, :])
+
+
+def _as_samples(samples: object, n: int, name: str) -> np.ndarray:
+    arr = np.asarray(samples, dtype=float)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise ValueError(f"{name} must have one row per x value ({n}), got shape {arr.shape}")
+    return arr
+
+
+def find_crossover(
+    x: Sequence[float] | np.ndarray,
+    ar: Sequence[float] | np.ndarray,
+    dlm: Sequence[float] | np.ndarray,
+    higher_is_better: bool = True,
+    *,
+    ar_samples: np.ndarray | None = None,
+    dlm_samples: np.ndarray | None = None,
+    paired: bool | None = None,
+    sample_kind: str = "items",
+    confidence: float = 0.9,
+    n_boot: int = 1000,
+    span: float | None = None,
+    seed: int = 0,
+) -> Crossover:
+    """The first x after which MDLM stays ahead of AR to the end of the observation.
+
+    `x`, `ar`, `dlm`: equal-length sequences, x positive and increasing (tokens, FLOPs or epochs). Optional
+    `ar_samples` / `dlm_samples` of shape (len(x), k): per-item scores (or per-seed curves, `sample_kind="seeds"`)
+    whose mean is the curve; they give the bootstrap interval `ci` at level `confidence`. Items are paired (the same
+    item resampled for both objectives) when both have the same k, unless `paired=False`.
+    """
+    xs = np.asarray(x, dtype=float)
+    a = np.asarray(ar, dtype=float)
+    d = np.asarray(dlm, dtype=float)
+    if not (xs.ndim == a.ndim == d.ndim == 1) or not (len(xs) == len(a) == len(d)):
+        raise ValueError(f"x, ar and dlm must be 1-D and of equal length (got {len(xs)}, {len(a)}, {len(d)})")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    keep = np.isfinite(xs) & np.isfinite(a) & np.isfinite(d)
+    if np.any(xs[keep] <= 0):
+        raise ValueError("x must be positive: the crossover is located in log x")
+    if np.any(np.diff(xs[keep]) <= 0):
+        raise ValueError("x must be strictly increasing")
+    a_s = d_s = None
+    if (ar_samples is None) != (dlm_samples is None):
+        raise ValueError("give both ar_samples and dlm_samples, or neither")
+    if ar_samples is not None:
+        a_s = _as_samples(ar_samples, len(xs), "ar_samples")[keep]
+        d_s = _as_samples(dlm_samples, len(xs), "dlm_samples")[keep]
+    xs, a, d = xs[keep], a[keep], d[keep]
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no finite points to compare")
+    sign = 1.0 if higher_is_better else -1.0
+    margin = sign * (d - a)
+    lx = np.log(xs)
+    x_range = (float(xs[0]), float(xs[-1]))
+
+    if n >= MIN_SMOOTH_POINTS:
+        used_span = span if span is not None else choose_span(lx, margin)
+        robust = robustness_weights(lx, margin, used_span)
+        grid = np.linspace(lx[0], lx[-1], GRID_POINTS)
+        smoother = smoother_matrix(lx, grid, used_span, robust)
+    else:  # too few points to smooth: the raw margin, interpolated between points
+        used_span = None
+        grid = lx
+        smoother = np.eye(n)
+    smooth = smoother @ margin
+
+    point = _crossings(grid, smooth[None, :])[0]
+    status: Status = ALWAYS_AHEAD if point == -np.inf else NOT_CROSSED if point == np.inf else CROSSED
+    result = Crossover(
+        x=float(np.exp(point)) if status == CROSSED else None,
+        status=status,
+        confidence=confidence,
+        n_points=n,
+        x_range=x_range,
+        span=used_span,
+        grid=np.exp(grid),
+        margin=smooth,
+    )
+    if a_s is None or d_s is None:
+        return result
+
+    rng = np.random.default_rng(seed)
+    ka, kd = a_s.shape[1], d_s.shape[1]
+    pair = (ka == kd) if paired is None else paired
+    if pair and ka != kd:
+        raise ValueError(f"paired samples need the same number of items for AR and MDLM ({ka} vs {kd})")
+    wa = rng.multinomial(ka, np.full(ka, 1 / ka), size=n_boot).astype(float)
+    wd = wa if pair else rng.multinomial(kd, np.full(kd, 1 / kd), size=n_boot).astype(float)
+    reps = sign * (_bootstrap_curves(d, d_s, wd) - _bootstrap_curves(a, a_s, wa))
+    crossings = _crossings(grid, reps @ smoother.T)
+    alpha = (1 - confidence) / 2
+    low = float(np.quantile(crossings, alpha, method="inverted_cdf"))
+    high = float(np.quantile(crossings, 1 - alpha, method="inverted_cdf"))
+    return replace(
+        result,
+        ci=(_to_x(low), _to_x(high)),
+        ci_source=sample_kind,
+        p_crossed=float(np.mean(np.isfinite(crossings))),
+    )

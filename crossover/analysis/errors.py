@@ -1,0 +1,7 @@
+"""Errors a user can cause (unknown study, unreachable tracking server, nothing evaluated yet): one clear message."""
+
+from __future__ import annotations
+
+
+class AnalysisError(Exception):
+    """A problem with the user's input or environment; `crossover analyze` prints the message and exits 2."""

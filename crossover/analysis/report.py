@@ -1,0 +1,505 @@
+"""The report: one list of blocks rendered twice, as self-contained HTML (figures embedded as PNG data, SVG files
+linked relatively) and as Markdown (figures referenced relatively), plus CSV tables and a JSON summary; then logged
+to the study's parent MLflow run under `report/` so it shows in the MLflow UI."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
+from crossover.analysis.curves import StudyData, redact
+from crossover.analysis.study import X_COLUMNS, StudyAnalysis
+from crossover.specs import format_tokens
+from crossover.specs.tracking import REPORT_DIR
+
+MAX_TABLE_ROWS = 200
+
+
+@dataclass
+class Block:
+    kind: str  # h1 | h2 | p | table | figure | list
+    content: Any
+    caption: str = ""
+
+
+def _tokens(v: Any) -> str:
+    return "" if v is None or pd.isna(v) else format_tokens(float(v))
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return ""
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{float(v):.{digits}g}"
+
+
+def _x(v: Any, axis: str) -> str:
+    if v is None or pd.isna(v):
+        return ""
+    if math.isinf(v):
+        return "beyond the end" if v > 0 else "before the start"
+    return format_tokens(v) if axis == "tokens" else f"{v:.3g}"
+
+
+def _status_text(status: str) -> str:
+    return {
+        CROSSED: "crossed",
+        NOT_CROSSED: "not crossed: AR still ahead at the end",
+        ALWAYS_AHEAD: "MDLM ahead at every point",
+    }.get(status, status)
+
+
+def _crossover_table(analysis: StudyAnalysis) -> pd.DataFrame:
+    table = analysis.crossovers
+    if table.empty:
+        return table
+    axis = analysis.x_axis
+    out = pd.DataFrame({"cell": table["cell"]})
+    for a in analysis.axes:
+        out[a] = table[a]
+    out["status"] = table["status"].map(_status_text)
+    if "reference" in table:
+        out["compared with"] = table["reference"].fillna("")
+    out[f"crossover ({axis})"] = table.get("x", pd.Series(dtype=float)).map(lambda v: _x(v, axis))
+    if "ci_low" in table:
+        out[f"{analysis.confidence:.0%} CI"] = [
+            "" if lo is None or pd.isna(lo) else f"[{_x(lo, axis)}, {_x(hi, axis)}]"
+            for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
+        ]
+        out["P(crossed)"] = table["p_crossed"].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.0%}")
+    if "crossover_tokens" in table:
+        out["tokens"] = table["crossover_tokens"].map(_tokens)
+        out["FLOPs"] = table["crossover_flops"].map(_num)
+        out["epochs"] = table["crossover_epochs"].map(_num)
+        out["observed"] = [
+            "" if pd.isna(s) else f"{_x(s, axis)} to {_x(e, axis)}"
+            for s, e in zip(table["x_start"], table["x_end"], strict=True)
+        ]
+        out["AR / MDLM final"] = [
+            "" if pd.isna(a) else f"{a:.4g} / {d:.4g}"
+            for a, d in zip(table["ar_final"], table["mdlm_final"], strict=True)
+        ]
+    return out
+
+
+def _efficiency_table(analysis: StudyAnalysis) -> pd.DataFrame:
+    t = analysis.efficiency
+    if t.empty:
+        return t
+
+    def ratio(row: pd.Series) -> str:
+        if row["ratio"] is not None and not pd.isna(row["ratio"]):
+            return f"{row['ratio']:.3g}x"
+        if row["status"] == "above_range":
+            return f"> {row['bound']:.3g}x (beyond the largest AR budget)"
+        if row["status"] == "below_range":
+            return f"< {row['bound']:.3g}x (below the smallest AR budget)"
+        return "n/a"
+
+    return pd.DataFrame(
+        {
+            "group": t["group"],
+            "MDLM budget U": t["unique_tokens"].map(_tokens),
+            "MDLM final": t["mdlm_final"].map(lambda v: f"{v:.4g}"),
+            "AR budget of equal performance U'": t["ar_equivalent"].map(_tokens),
+            "U'/U": t.apply(ratio, axis=1),
+        }
+    )
+
+
+def _fit_table(analysis: StudyAnalysis) -> pd.DataFrame:
+    rows = []
+    for label, fit in analysis.fits:
+        if fit.identified:
+            r_star = f"{fit.r_star:.3g} (x/÷ {fit.r_star_factor:.2g})"
+            note = "beyond the repetitions observed" if fit.extrapolated else ""
+        else:
+            r_star = f"not identified (fit {fit.r_star:.3g})"
+            note = f"repeats had not lost much value by R = {fit.max_repetitions:.3g}: train longer to measure R_D*"
+        rows.append(
+            {
+                "group": label,
+                "objective": fit.objective,
+                "R_D*": r_star,
+                "E": f"{fit.e:.3g}",
+                "B": f"{fit.b:.3g}",
+                "beta": f"{fit.beta:.3g}",
+                "points": fit.n_points,
+                "max repetitions": f"{fit.max_repetitions:.3g}",
+                "rmse (log loss)": f"{fit.rmse:.2g}",
+                "note": note,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _critical_table(analysis: StudyAnalysis) -> pd.DataFrame:
+    t = analysis.critical
+    if t.empty:
+        return t
+    return pd.DataFrame(
+        {
+            "group": t["group"],
+            "U": t["unique_tokens"].map(_tokens),
+            "C_crit (fitted laws, FLOPs)": t["critical_flops"].map(
+                lambda v: "not within 10,000 epochs" if v is None or pd.isna(v) else f"{v:.3g}"
+            ),
+            "tokens": t["critical_tokens"].map(_tokens),
+            "epochs": t["critical_epochs"].map(_num),
+            "Prabhudesai et al. (FLOPs)": t["prabhudesai_flops"].map(lambda v: f"{v:.3g}"),
+            "ratio ours/theirs": [
+                "" if c is None or pd.isna(c) else f"{c / p:.3g}"
+                for c, p in zip(t["critical_flops"], t["prabhudesai_flops"], strict=True)
+            ],
+            "note": t["note"],
+        }
+    )
+
+
+def _delta_table(analysis: StudyAnalysis) -> pd.DataFrame:
+    t = analysis.delta_nll
+    if t.empty:
+        return t
+    out = pd.DataFrame(
+        {
+            "trial": t["trial"],
+            "loss min at": t["loss_min_tokens"].map(_tokens),
+            "loss min -> final": [f"{a:.4g} -> {b:.4g}" for a, b in zip(t["loss_min"], t["loss_final"], strict=True)],
+            "loss rise": t["loss_rise"].map(lambda v: f"{v:+.1%}"),
+        }
+    )
+    if "acc_at_min" in t:
+        out["accuracy at min -> final"] = [
+            f"{a:.3f} -> {b:.3f}" for a, b in zip(t["acc_at_min"], t["acc_final"], strict=True)
+        ]
+    out["Delta NLL at min -> final"] = [
+        f"{a:.3g} -> {b:.3g}" for a, b in zip(t["delta_nll_at_min"], t["delta_nll_final"], strict=True)
+    ]
+    return out
+
+
+def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, str]) -> list[Block]:
+    axis = analysis.x_axis
+    blocks = [Block("h1", f"Study {analysis.study}: AR vs MDLM")]
+    crossed = (analysis.crossovers.get("status", pd.Series(dtype=str)) == CROSSED).sum()
+    seeds = data.trials.groupby("objective")["seed"].nunique().to_dict()
+    blocks.append(
+        Block(
+            "list",
+            [
+                f"Tracking store: {redact(analysis.tracking_uri)}; {len(data.trials)} trial runs in "
+                f"{data.trials['cell'].nunique()} cells; seeds per objective: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(seeds.items())),
+                f"Metric: {analysis.metric} ({'higher' if analysis.higher_is_better else 'lower'} is better); "
+                f"compute axis: {axis} ({X_COLUMNS[axis]}); {data.curves['step'].nunique()} distinct eval points.",
+                f"Crossed: {crossed} of {len(analysis.crossovers)} cells. Confidence intervals: "
+                + (
+                    f"{analysis.confidence:.0%} bootstrap over {analysis.ci_source}"
+                    if analysis.ci_source
+                    else "none (no per-item results and fewer than two seeds per objective)"
+                )
+                + ".",
+                f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `crossover analyze`.",
+            ],
+        )
+    )
+    blocks.append(Block("h2", "Crossover per cell"))
+    blocks.append(
+        Block(
+            "p",
+            "The crossover is the first point after which the MDLM curve stays ahead of AR to the end of the "
+            "observation, found on the AR-MDLM margin smoothed in log compute (LOWESS, robust to single bad "
+            "evaluations). 'not crossed' means AR is still ahead at the last point: the crossover, if any, lies beyond "
+            "the observed compute. An interval bound 'beyond the end' or 'before the start' means some bootstrap "
+            "replicates place it outside the window. P(crossed) is the share of replicates that cross inside it.",
+        )
+    )
+    blocks.append(Block("table", _crossover_table(analysis)))
+    if "cells" in figures:
+        blocks.append(
+            Block("figure", figures["cells"], "AR and MDLM curves per cell; dashed: crossover; grey: interval")
+        )
+    for a in analysis.axes:
+        if f"axis:{a}" in figures:
+            blocks.append(Block("figure", figures[f"axis:{a}"], f"Crossover against {a.replace('_', ' ')}"))
+    blocks.append(Block("h2", "Data efficiency"))
+    if analysis.efficiency_note:
+        blocks.append(Block("p", analysis.efficiency_note))
+    else:
+        blocks.append(
+            Block(
+                "p",
+                "For each MDLM unique-token budget U: the AR budget U' that reaches the same final performance "
+                "(interpolated in log U over the AR budgets observed, never extrapolated) and the ratio U'/U. The paper "
+                "reports about 3x.",
+            )
+        )
+        blocks.append(Block("table", _efficiency_table(analysis)))
+        if "efficiency" in figures:
+            blocks.append(Block("figure", figures["efficiency"], "U'/U per MDLM budget"))
+    blocks.append(Block("h2", "Data-constrained scaling laws"))
+    blocks.append(
+        Block(
+            "p",
+            "L(D, U) = E + B / D'^beta with effective data D' = U + U R_D* (1 - exp(-R / R_D*)), R the repetitions "
+            "beyond the first epoch (Muennighoff et al.), fitted per objective with a robust loss and several starts, "
+            "on the held-out loss after warm-up. Prabhudesai et al. report R_D* of about 15 for AR and about 500 for "
+            "diffusion.",
+        )
+    )
+    if analysis.fits:
+        blocks.append(Block("table", _fit_table(analysis)))
+    for note in analysis.fit_notes:
+        blocks.append(Block("p", note))
+    if "scaling" in figures:
+        blocks.append(Block("figure", figures["scaling"], "Observed held-out loss and the fitted laws"))
+    if not analysis.critical.empty:
+        blocks.append(
+            Block(
+                "p",
+                "Critical compute: the training compute beyond which the fitted MDLM law predicts a lower loss than the "
+                "AR law, against Prabhudesai et al.'s C_crit(U) = 2.12e15 U^2.174 (U in millions of unique tokens).",
+            )
+        )
+        blocks.append(Block("table", _critical_table(analysis)))
+        if analysis.critical_power_law:
+            coef, exponent = analysis.critical_power_law
+            blocks.append(Block("p", f"Our fit across budgets: C_crit(U) = {coef:.3g} U^{exponent:.3g}."))
+    blocks.append(Block("h2", "Delta NLL: rising loss is not worse accuracy"))
+    if analysis.delta_note:
+        blocks.append(Block("p", analysis.delta_note))
+    else:
+        blocks.append(
+            Block(
+                "p",
+                f"Validation loss, accuracy and Delta NLL (mean NLL of the wrong options minus that of the right one) "
+                f"on {analysis.delta_task}, per trial: from the point of lowest loss to the end of training.",
+            )
+        )
+        blocks.append(Block("table", _delta_table(analysis)))
+        if "delta" in figures:
+            blocks.append(Block("figure", figures["delta"], "Loss, accuracy and Delta NLL over training"))
+    if analysis.notes:
+        blocks.append(Block("h2", "Notes"))
+        blocks.append(Block("list", analysis.notes))
+    return blocks
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "(none)"
+    shown = df.head(MAX_TABLE_ROWS)
+    cells = [[str(v).replace("|", "\\|") for v in row] for row in shown.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(r) + " |" for r in cells]
+    if len(df) > MAX_TABLE_ROWS:
+        lines.append(f"\n{len(df) - MAX_TABLE_ROWS} more rows in the CSV files beside this report.")
+    return "\n".join(lines)
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    parts = []
+    for b in blocks:
+        if b.kind == "h1":
+            parts.append(f"# {b.content}")
+        elif b.kind == "h2":
+            parts.append(f"## {b.content}")
+        elif b.kind == "p":
+            parts.append(str(b.content))
+        elif b.kind == "list":
+            parts.append("\n".join(f"- {item}" for item in b.content))
+        elif b.kind == "table":
+            parts.append(_md_table(b.content))
+        elif b.kind == "figure":
+            svg = b.content.replace(".png", ".svg")
+            parts.append(f"![{b.caption}](figures/{b.content})\n\n*{b.caption}* ([SVG](figures/{svg}))")
+    return "\n\n".join(parts) + "\n"
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#222;
+padding:0 1rem;line-height:1.45}
+h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+table{border-collapse:collapse;font-size:.82rem;margin:.6rem 0;display:block;overflow-x:auto}
+th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;white-space:nowrap}th{background:#f4f4f4}
+figure{margin:1rem 0}img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85rem;color:#555}
+#image-warning{display:none;background:#fde2e2;padding:.5rem;border:1px solid #e99}
+"""
+
+# Marks the page once every figure has loaded (data-images="loaded/total"), and shows a warning if one did not.
+CHECK_IMAGES = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images', ok + '/' + imgs.length);
+  if (ok < imgs.length) { document.getElementById('image-warning').style.display = 'block'; }
+});
+"""
+
+
+def render_html(blocks: list[Block], figure_dir: Path, title: str) -> str:
+    e = html.escape
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title><style>{CSS}</style></head><body>",
+        '<p id="image-warning">Some figures failed to load.</p>',
+    ]
+    for b in blocks:
+        if b.kind == "h1":
+            parts.append(f"<h1>{e(b.content)}</h1>")
+        elif b.kind == "h2":
+            parts.append(f"<h2>{e(b.content)}</h2>")
+        elif b.kind == "p":
+            parts.append(f"<p>{e(str(b.content))}</p>")
+        elif b.kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{e(str(i))}</li>" for i in b.content) + "</ul>")
+        elif b.kind == "table":
+            df = b.content
+            if df.empty:
+                parts.append("<p>(none)</p>")
+                continue
+            shown = df.head(MAX_TABLE_ROWS)
+            head = "".join(f"<th>{e(str(c))}</th>" for c in shown.columns)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>"
+                for row in shown.itertuples(index=False)
+            )
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            if len(df) > MAX_TABLE_ROWS:
+                parts.append(f"<p>{len(df) - MAX_TABLE_ROWS} more rows in the CSV files beside this report.</p>")
+        elif b.kind == "figure":
+            data = base64.b64encode((figure_dir / b.content).read_bytes()).decode()
+            svg = b.content.replace(".png", ".svg")
+            parts.append(
+                f'<figure><img alt="{e(b.caption)}" src="data:image/png;base64,{data}">'
+                f'<figcaption>{e(b.caption)} (<a href="figures/{e(svg)}">SVG</a>)</figcaption></figure>'
+            )
+    parts.append(f"<script>{CHECK_IMAGES}</script></body></html>")
+    return "\n".join(parts)
+
+
+def _draw(analysis: StudyAnalysis, data: StudyData, figure_dir: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from crossover.analysis import plots
+
+    figures: dict[str, str] = {}
+    drawings: list[tuple[str, str, Any]] = [("cells", "curves", lambda: plots.cell_curves(analysis))]
+    for a in analysis.axes:
+        drawings.append((f"axis:{a}", f"crossover_vs_{a}", lambda a=a: plots.crossover_vs_axis(analysis, a)))
+    drawings += [
+        ("efficiency", "efficiency", lambda: plots.efficiency_bars(analysis)),
+        ("scaling", "scaling_fits", lambda: plots.scaling_fits(analysis, data)),
+        ("delta", "delta_nll", lambda: plots.delta_nll_view(analysis, data)),
+    ]
+    for key, name, draw in drawings:
+        fig = draw()
+        if fig is not None:
+            figures[key] = plots.save(fig, figure_dir, name)
+    return figures
+
+
+def _json_value(v: Any) -> Any:
+    """JSON has no infinity: interval bounds outside the window are written as the strings "inf" / "-inf"."""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return None
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+    if hasattr(v, "item"):  # numpy scalars
+        return _json_value(v.item())
+    return v
+
+
+def _json_ready(df: pd.DataFrame) -> list[dict]:
+    return [{k: _json_value(v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
+def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, log_to_mlflow: bool = False) -> Path:
+    """Write report.html, report.md, figures/, CSV tables and summary.json into `out_dir` (replacing an earlier
+    report there; written aside first so a failure leaves no half report), and, with `log_to_mlflow`, log them to
+    the study's parent run (`log_report`). Returns the HTML path."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        figures = _draw(analysis, data, staging / "figures")
+        blocks = build_blocks(analysis, data, figures)
+        (staging / "report.md").write_text(render_markdown(blocks))
+        title = f"crossover report: {analysis.study}"
+        (staging / "report.html").write_text(render_html(blocks, staging / "figures", title))
+        analysis.crossovers.to_csv(staging / "crossovers.csv", index=False)
+        analysis.efficiency.to_csv(staging / "efficiency.csv", index=False)
+        _fit_frame(analysis).to_csv(staging / "scaling.csv", index=False)
+        analysis.critical.to_csv(staging / "critical_compute.csv", index=False)
+        analysis.delta_nll.to_csv(staging / "delta_nll.csv", index=False)
+        summary = {
+            "study": analysis.study,
+            "metric": analysis.metric,
+            "x_axis": analysis.x_axis,
+            "higher_is_better": analysis.higher_is_better,
+            "confidence": analysis.confidence,
+            "ci_source": analysis.ci_source,
+            "crossovers": _json_ready(analysis.crossovers),
+            "efficiency": _json_ready(analysis.efficiency),
+            "scaling": _json_ready(_fit_frame(analysis)),
+            "critical_compute": _json_ready(analysis.critical),
+            "notes": analysis.notes + analysis.fit_notes,
+        }
+        (staging / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.chmod(0o755)  # mkdtemp makes it private
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if log_to_mlflow:
+        log_report(data, out_dir)
+    return out_dir / "report.html"
+
+
+def log_report(data: StudyData, out_dir: Path | str) -> str | None:
+    """Log the report directory to the study's parent run under `report/`; returns the run id (None: no parent)."""
+    if not data.parent_run_id:
+        return None
+    from mlflow import MlflowClient
+
+    MlflowClient(data.tracking_uri).log_artifacts(data.parent_run_id, str(out_dir), REPORT_DIR)
+    return data.parent_run_id
+
+
+def _fit_frame(analysis: StudyAnalysis) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "group": label,
+                "objective": f.objective,
+                "r_star": f.r_star,
+                "r_star_factor": f.r_star_factor,
+                "e": f.e,
+                "b": f.b,
+                "beta": f.beta,
+                "n_points": f.n_points,
+                "max_repetitions": f.max_repetitions,
+                "rmse": f.rmse,
+                "extrapolated": f.extrapolated,
+                "identified": f.identified,
+            }
+            for label, f in analysis.fits
+        ]
+    )

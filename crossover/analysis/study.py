@@ -1,0 +1,457 @@
+"""The in-memory analysis of a whole study: crossovers per cell, data efficiency, scaling fits, the Delta NLL view.
+
+`analyze_study(load_study(...))` computes everything `crossover analyze` reports, without plotting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crossover.analysis.crossing import CROSSED, Crossover, find_crossover
+from crossover.analysis.curves import StudyData
+from crossover.analysis.efficiency import efficiency_details
+from crossover.analysis.errors import AnalysisError
+from crossover.analysis.scaling import (
+    InsufficientData,
+    ScalingFit,
+    critical_tokens,
+    fit_data_constrained,
+    prabhudesai_critical_compute,
+)
+
+X_COLUMNS = {"tokens": "tokens", "flops": "flops", "epochs": "epoch"}
+LOSS_METRIC = "eval/heldout_loss/loss"
+_LOWER_SUFFIXES = ("loss", "nll", "ppl", "perplexity", "bpb")
+_DEFAULT_METRICS = ("eval/heldout_cloze/acc", "acc_norm", "acc", LOSS_METRIC)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction from the metric name: loss, nll, ppl, perplexity and bpb are lower-is-better, delta_nll and
+    everything else (acc, acc_norm, pass_at_k, ...) higher-is-better."""
+    last = metric.rsplit("/", 1)[-1].lower()
+    if last.startswith("delta"):
+        return True
+    return not last.endswith(_LOWER_SUFFIXES)
+
+
+def default_metric(metrics: list[str]) -> str:
+    """The paper's crossover is on downstream accuracy: held-out cloze accuracy, else any accuracy, else the
+    held-out loss, else the first eval metric."""
+    for wanted in _DEFAULT_METRICS:
+        if wanted.startswith("eval/"):
+            if wanted in metrics:
+                return wanted
+        else:
+            hits = [m for m in metrics if m.rsplit("/", 1)[-1] == wanted]
+            if hits:
+                return hits[0]
+    return metrics[0]
+
+
+@dataclass
+class CellCurves:
+    """The matched AR and MDLM curves of one cell on the common eval points (means over seeds)."""
+
+    cell: str
+    x: np.ndarray
+    ar: np.ndarray
+    dlm: np.ndarray
+    tokens: np.ndarray
+    flops: np.ndarray
+    epochs: np.ndarray
+
+
+@dataclass
+class StudyAnalysis:
+    study: str
+    tracking_uri: str
+    metric: str
+    x_axis: str
+    higher_is_better: bool
+    confidence: float
+    axes: list[str]
+    crossovers: pd.DataFrame  # one row per cell
+    results: dict[str, Crossover] = field(default_factory=dict)
+    cells: dict[str, CellCurves] = field(default_factory=dict)
+    ci_source: str | None = None
+    efficiency: pd.DataFrame = field(default_factory=pd.DataFrame)
+    efficiency_note: str | None = None
+    fits: list[tuple[str, ScalingFit]] = field(default_factory=list)  # (group label, fit)
+    fit_notes: list[str] = field(default_factory=list)
+    critical: pd.DataFrame = field(default_factory=pd.DataFrame)
+    critical_power_law: tuple[float, float] | None = None  # (coef, exponent) of our C_crit(U), U in millions
+    delta_nll: pd.DataFrame = field(default_factory=pd.DataFrame)
+    delta_task: str | None = None
+    delta_note: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _axis_values(data: StudyData) -> pd.DataFrame:
+    """Per cell: the readable value of each varied axis."""
+    cols = [f"axes.{a}" for a in data.axes]
+    return data.trials.drop_duplicates("cell").set_index("cell")[cols].rename(columns=lambda c: c[5:])
+
+
+def _interp_log(value: float, xs: np.ndarray, ys: np.ndarray) -> float:
+    ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0) & (ys > 0)
+    if not math.isfinite(value) or value <= 0 or ok.sum() < 2:
+        return value if not math.isfinite(value) else math.nan
+    return float(np.exp(np.interp(math.log(value), np.log(xs[ok]), np.log(ys[ok]))))
+
+
+def _item_samples(
+    sub: pd.DataFrame, column: str, field_name: str, steps: np.ndarray, objective: str
+) -> np.ndarray | None:
+    """(steps x items) per-item scores of one objective in one cell, averaged over seeds, aligned by item id."""
+    rows = sub[(sub["objective"] == objective) & sub["step"].isin(steps)]
+    ids: list[str] | None = None
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, np.ndarray] = {}
+    for step, items in zip(rows["step"], rows[column], strict=True):
+        if not isinstance(items, dict) or field_name not in items:
+            continue
+        if ids is None:
+            ids = list(items["ids"])
+            index = {item: i for i, item in enumerate(ids)}
+        values = np.full(len(ids), np.nan)
+        if list(items["ids"]) == ids:
+            values = np.asarray(items[field_name], dtype=float)
+        else:
+            for item, v in zip(items["ids"], items[field_name], strict=True):
+                if item in index:
+                    values[index[item]] = v
+        ok = np.isfinite(values)
+        sums[step] = sums.get(step, np.zeros(len(ids))) + np.where(ok, values, 0)
+        counts[step] = counts.get(step, np.zeros(len(ids))) + ok
+    if ids is None or any(s not in sums for s in steps):
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([np.where(counts[s] > 0, sums[s] / counts[s], np.nan) for s in steps])
+
+
+def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int) -> None:
+    curves = data.curves
+    metric, xcol = analysis.metric, X_COLUMNS[analysis.x_axis]
+    task, field_name = metric.split("/")[1], metric.rsplit("/", 1)[-1]
+    item_column = f"items/{task}" if task in data.item_tasks else None
+    valid = curves[curves[metric].notna() & curves[xcol].notna()]
+    by_seed = valid.groupby(["cell", "step", "objective", "seed"])[metric].mean().unstack(["objective", "seed"])
+    axis_cols = valid.groupby(["cell", "step"])[list(dict.fromkeys(["tokens", "flops", "epoch", xcol]))].mean()
+    axis_values = _axis_values(data)
+    rows = []
+    sources = set()
+    cells_by_name = dict(tuple(valid.groupby("cell", sort=False))) if item_column else {}
+    seed_tables = {cell: t.droplevel(0) for cell, t in by_seed.groupby(level=0, sort=False)}
+    axis_tables = {cell: t.droplevel(0) for cell, t in axis_cols.groupby(level=0, sort=False)}
+
+    def seeds_of(cell: str, objective: str) -> pd.DataFrame | None:
+        table = seed_tables.get(cell)
+        if table is None or objective not in table.columns.get_level_values(0):
+            return None
+        table = table[objective].dropna(axis=1, how="all")
+        return table if table.shape[1] else None
+
+    def reference(cell: str, objective: str) -> str | None:
+        """MDLM trials never carry AR input noise (specs refuse it), so an AR noise variant is compared with the
+        MDLM trials that match it on every other axis: the study's clean reference."""
+        if "noise" not in axis_values.columns:
+            return None
+        mine = axis_values.loc[cell].drop("noise")
+        others = [
+            c
+            for c in axis_values.index
+            if c != cell and seeds_of(c, objective) is not None and axis_values.loc[c].drop("noise").equals(mine)
+        ]
+        clean = [c for c in others if axis_values.loc[c, "noise"] == "clean"]
+        choice = clean or others
+        return choice[0] if len(choice) == 1 else None
+
+    for cell in axis_values.index:
+        row: dict[str, Any] = {"cell": cell, **axis_values.loc[cell].to_dict()}
+        if cell not in seed_tables:
+            rows.append({**row, "status": "no_data"})
+            continue
+        source = {"ar": cell, "mdlm": cell}
+        for objective in ("ar", "mdlm"):
+            if seeds_of(cell, objective) is None and (ref := reference(cell, objective)) is not None:
+                source[objective] = ref
+                row["reference"] = f"{objective.upper()} from {ref}"
+        ar_seeds, dlm_seeds = seeds_of(source["ar"], "ar"), seeds_of(source["mdlm"], "mdlm")
+        if ar_seeds is None or dlm_seeds is None:
+            missing = ", ".join(o for o, t in (("ar", ar_seeds), ("mdlm", dlm_seeds)) if t is None)
+            rows.append({**row, "status": f"missing {missing}"})
+            continue
+        means = pd.concat([ar_seeds.mean(axis=1).rename("ar"), dlm_seeds.mean(axis=1).rename("mdlm")], axis=1)
+        means = means.dropna().sort_index()
+        ar_seeds, dlm_seeds = ar_seeds.reindex(means.index), dlm_seeds.reindex(means.index)
+        steps = means.index.to_numpy()
+        ax = axis_tables[cell].reindex(steps)
+        x = ax[xcol].to_numpy(dtype=float)
+        keep = np.flatnonzero(np.isfinite(x))
+        keep = keep[np.concatenate([[True], np.diff(x[keep]) > 0])] if len(keep) else keep
+        steps, x = steps[keep], x[keep]
+        ar = means["ar"].to_numpy()[keep]
+        dlm = means["mdlm"].to_numpy()[keep]
+        samples: dict[str, Any] = {}
+        if item_column and len(steps):
+            a_items = _item_samples(cells_by_name[source["ar"]], item_column, field_name, steps, "ar")
+            d_items = _item_samples(cells_by_name[source["mdlm"]], item_column, field_name, steps, "mdlm")
+            if a_items is not None and d_items is not None and a_items.shape[1] == d_items.shape[1]:
+                samples = dict(ar_samples=a_items, dlm_samples=d_items, sample_kind="items")
+        if not samples and ar_seeds.shape[1] >= 2 and dlm_seeds.shape[1] >= 2:
+            a_s = ar_seeds.to_numpy()[keep]
+            d_s = dlm_seeds.to_numpy()[keep]
+            same = sorted(ar_seeds.columns) == sorted(dlm_seeds.columns)
+            samples = dict(ar_samples=a_s, dlm_samples=d_s, sample_kind="seeds", paired=same)
+        if len(steps) == 0:
+            rows.append({**row, "status": "no_common_points"})
+            continue
+        result = find_crossover(
+            x, ar, dlm, analysis.higher_is_better, confidence=analysis.confidence, n_boot=n_boot, seed=seed, **samples
+        )
+        if result.ci_source:
+            sources.add(result.ci_source)
+        analysis.results[cell] = result
+        tokens, flops, epochs = (ax[c].to_numpy(dtype=float)[keep] for c in ("tokens", "flops", "epoch"))
+        analysis.cells[cell] = CellCurves(cell, x, ar, dlm, tokens, flops, epochs)
+        at = result.x if result.x is not None else math.nan
+        rows.append(
+            {
+                **row,
+                "status": result.status,
+                "x": result.x,
+                "ci_low": result.ci[0] if result.ci else None,
+                "ci_high": result.ci[1] if result.ci else None,
+                "p_crossed": result.p_crossed,
+                "ci_source": result.ci_source,
+                "crossover_tokens": _interp_log(at, x, tokens),
+                "crossover_flops": _interp_log(at, x, flops),
+                "crossover_epochs": _interp_log(at, x, epochs),
+                "flops_per_token": float(np.nanmedian(flops / tokens)) if np.isfinite(flops).any() else math.nan,
+                "x_start": float(x[0]),
+                "x_end": float(x[-1]),
+                "points": len(x),
+                "ar_final": float(ar[-1]),
+                "mdlm_final": float(dlm[-1]),
+                "seeds_ar": int(ar_seeds.shape[1]),
+                "seeds_mdlm": int(dlm_seeds.shape[1]),
+            }
+        )
+    analysis.crossovers = pd.DataFrame(rows)
+    analysis.ci_source = "/".join(sorted(sources)) or None
+    if not sources:
+        analysis.notes.append(
+            "No confidence intervals: they need per-item eval results (items/<task>/ artifacts) or two or more "
+            "seeds per objective."
+        )
+
+
+def _finals(data: StudyData, metric: str) -> pd.DataFrame:
+    """The last logged value of `metric` per trial."""
+    valid = data.curves[data.curves[metric].notna()]
+    last = valid.sort_values("step").groupby("run_id").tail(1)
+    return last[["run_id", "cell", "objective", "seed", "unique_budget", metric, "step"]]
+
+
+def _other_axes_key(trials: pd.DataFrame, exclude: tuple[str, ...], axes: list[str]) -> pd.Series:
+    cols = [f"axes.{a}" for a in axes if a not in exclude]
+    if not cols:
+        return pd.Series("all", index=trials.index)
+    return trials[cols].astype(str).apply(lambda r: ", ".join(f"{c[5:]}={v}" for c, v in r.items()), axis=1)
+
+
+def _efficiency(data: StudyData, analysis: StudyAnalysis) -> None:
+    if "unique_tokens" not in analysis.axes:
+        analysis.efficiency_note = "Not applicable: the study does not vary the unique-token budget."
+        return
+    finals = _finals(data, analysis.metric)
+    unfinished = finals["step"] < 0.99 * finals["run_id"].map(data.trials.set_index("run_id")["total_budget"])
+    if unfinished.any():
+        analysis.notes.append(
+            f"Data efficiency leaves out {int(unfinished.sum())} trial(s) whose last evaluation is before the end of "
+            f"their training budget: their final performance is not known yet."
+        )
+        finals = finals[~unfinished]
+    trials = data.trials.set_index("run_id")
+    finals = finals.assign(
+        group=_other_axes_key(trials, ("unique_tokens",), analysis.axes).reindex(finals["run_id"]).to_numpy()
+    )
+    per_budget = finals.groupby(["group", "objective", "unique_budget"])[analysis.metric].mean()
+    rows = []
+    for group in sorted(finals["group"].unique()):
+        try:
+            ar = per_budget.loc[(group, "ar")].to_dict()
+            dlm = per_budget.loc[(group, "mdlm")].to_dict()
+        except KeyError:
+            continue
+        for eff in efficiency_details(ar, dlm, analysis.higher_is_better):
+            rows.append(
+                {
+                    "group": group,
+                    "unique_tokens": eff.unique_tokens,
+                    "mdlm_final": eff.performance,
+                    "ar_equivalent": eff.ar_equivalent,
+                    "ratio": eff.ratio,
+                    "status": eff.status,
+                    "bound": eff.bound,
+                }
+            )
+    analysis.efficiency = pd.DataFrame(rows)
+    if not rows:
+        analysis.efficiency_note = "No group has both AR and MDLM trials at two or more unique budgets."
+
+
+def _scaling(data: StudyData, analysis: StudyAnalysis) -> None:
+    if LOSS_METRIC not in data.curves:
+        analysis.fit_notes.append(f"No scaling-law fit: the study logged no {LOSS_METRIC}.")
+        return
+    curves = data.curves[data.curves[LOSS_METRIC].notna()]
+    trials = data.trials.set_index("run_id")
+    group = _other_axes_key(trials, ("unique_tokens", "total_tokens"), analysis.axes)
+    warmup = pd.to_numeric(trials.get("train.warmup_tokens", pd.Series(0, index=trials.index)), errors="coerce")
+    curves = curves.assign(
+        group=group.reindex(curves["run_id"]).to_numpy(),
+        warmup=warmup.reindex(curves["run_id"]).fillna(0).to_numpy(),
+    )
+    curves = curves[curves["tokens"] > curves["warmup"]]
+    fits: dict[tuple[str, str], ScalingFit] = {}
+    for (label, objective), sub in curves.groupby(["group", "objective"], sort=True):
+        try:
+            fit = fit_data_constrained(
+                sub["tokens"].to_numpy(), sub["unique_budget"].to_numpy(), sub[LOSS_METRIC].to_numpy(), objective, label
+            )
+        except InsufficientData as exc:
+            analysis.fit_notes.append(f"No fit for {objective} ({label}): {exc}")
+            continue
+        fits[(label, objective)] = fit
+        analysis.fits.append((label, fit))
+    rows = []
+    for label in sorted({g for g, _ in fits}):
+        if (label, "ar") not in fits or (label, "mdlm") not in fits:
+            continue
+        sub = curves[curves["group"] == label]
+        per_token = float(np.nanmedian(sub["flops"] / sub["tokens"])) if sub["flops"].notna().any() else math.nan
+        for unique in sorted(sub["unique_budget"].dropna().unique()):
+            d_crit = critical_tokens(fits[(label, "ar")], fits[(label, "mdlm")], unique)
+            rows.append(
+                {
+                    "group": label,
+                    "unique_tokens": unique,
+                    "critical_tokens": d_crit,
+                    "critical_epochs": None if d_crit is None else d_crit / unique,
+                    "critical_flops": None if d_crit is None else d_crit * per_token,
+                    "prabhudesai_flops": prabhudesai_critical_compute(unique),
+                    "note": ""
+                    if fits[(label, "ar")].identified and fits[(label, "mdlm")].identified
+                    else "extrapolates an R_D* the data does not identify",
+                }
+            )
+    analysis.critical = pd.DataFrame(rows)
+    if rows:
+        finite = analysis.critical.dropna(subset=["critical_flops"])
+        finite = finite[finite["critical_flops"] > 0]
+        if finite["unique_tokens"].nunique() >= 2:
+            slope, intercept = np.polyfit(
+                np.log(finite["unique_tokens"] / 1e6), np.log(finite["critical_flops"].astype(float)), 1
+            )
+            analysis.critical_power_law = (float(math.exp(intercept)), float(slope))
+
+
+def _delta_nll(data: StudyData, analysis: StudyAnalysis) -> None:
+    curves = data.curves
+    tasks = [c.split("/")[1] for c in curves.columns if c.startswith("eval/") and c.endswith("/delta_nll")]
+    if not tasks:
+        analysis.delta_note = (
+            "No Delta NLL logged: it needs a multiple-choice task such as heldout_cloze (eval/<task>/delta_nll)."
+        )
+        return
+    metric_task = analysis.metric.split("/")[1]
+    task = metric_task if metric_task in tasks else tasks[0]
+    analysis.delta_task = task
+    loss = LOSS_METRIC if LOSS_METRIC in curves else f"eval/{task}/nll"
+    acc = next((f"eval/{task}/{m}" for m in ("acc", "acc_norm") if f"eval/{task}/{m}" in curves), None)
+    delta = f"eval/{task}/delta_nll"
+    cols = [c for c in (loss, acc, delta) if c is not None and c in curves]
+    valid = curves.dropna(subset=cols).sort_values(["run_id", "step"])
+    groups = valid.groupby("run_id", sort=False)
+    first = groups.head(1).set_index("run_id")
+    last = groups.tail(1).set_index("run_id")
+    best = valid.loc[groups[loss].idxmin()].set_index("run_id")
+    table = pd.DataFrame(
+        {
+            "trial": last["trial"],
+            "objective": last["objective"],
+            "cell": last["cell"],
+            "loss_min_tokens": best["tokens"],
+            "loss_min": best[loss],
+            "loss_final": last[loss],
+            "loss_rise": last[loss] / best[loss] - 1,
+            "delta_nll_at_min": best[delta],
+            "delta_nll_final": last[delta],
+            "delta_nll_first": first[delta],
+        }
+    )
+    if acc:
+        table["acc_at_min"] = best[acc]
+        table["acc_final"] = last[acc]
+    analysis.delta_nll = table.sort_values(["cell", "objective", "trial"]).reset_index(drop=True)
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """The matrices here are small (hundreds of rows): BLAS threads only add contention, several-fold on a busy
+    machine. threadpoolctl is optional."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+def analyze_study(
+    data: StudyData,
+    metric: str | None = None,
+    x: str = "tokens",
+    higher: bool | None = None,
+    confidence: float = 0.9,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> StudyAnalysis:
+    """Everything the report shows, computed in memory. Raises AnalysisError for an unknown metric or axis."""
+    if x not in X_COLUMNS:
+        raise AnalysisError(f"unknown compute axis '{x}'; use tokens, flops or epochs")
+    metrics = sorted(c for c in data.curves.columns if c.startswith("eval/") and data.curves[c].notna().any())
+    if metric is None:
+        metric = default_metric(metrics)
+    elif metric not in metrics:
+        raise AnalysisError(f"study '{data.study}' logged no metric '{metric}'; eval metrics: {', '.join(metrics)}")
+    if x == "flops" and not data.curves["flops"].notna().any():
+        raise AnalysisError("the study logged no `flops` metric, so there is no FLOPs axis; use --x tokens or epochs")
+    analysis = StudyAnalysis(
+        study=data.study,
+        tracking_uri=data.tracking_uri,
+        metric=metric,
+        x_axis=x,
+        higher_is_better=higher_is_better(metric) if higher is None else higher,
+        confidence=confidence,
+        axes=data.axes,
+        crossovers=pd.DataFrame(),
+    )
+    with _single_threaded_blas():
+        _crossovers(data, analysis, n_boot, seed)
+        _efficiency(data, analysis)
+        _scaling(data, analysis)
+        _delta_nll(data, analysis)
+    crossed = analysis.crossovers.get("status", pd.Series(dtype=str)).eq(CROSSED).sum()
+    if len(analysis.crossovers) and not crossed:
+        analysis.notes.append("No cell crossed inside the observed window.")
+    return analysis

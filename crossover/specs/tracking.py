@@ -1,0 +1,77 @@
+"""The MLflow tracking contract in code: tag and metric names, artifact folders, and how a TrialSpec becomes params.
+
+The platform writes by these names (crossover.platform.tracking) and the analysis reads by them
+(crossover.analysis), so the two cannot drift apart. Pure names: no mlflow import. The contract in words is in
+the docstring of crossover.analysis.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crossover.specs.study import TrialSpec
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+# Tags
+TAG_STUDY = "crossover.study"
+TAG_ROLE = "crossover.role"  # "study" on the parent run, "trial" on each child run
+TAG_CELL = "crossover.cell"
+TAG_OBJECTIVE = "crossover.objective"
+TAG_TRIAL_ID = "crossover.trial_id"
+TAG_ITEMS = "crossover.items"  # comma-separated tasks with per-item artifacts (absent: none)
+TAG_PARENT = "mlflow.parentRunId"
+ROLE_STUDY = "study"
+ROLE_TRIAL = "trial"
+
+# Metrics (step = tokens seen)
+TRAIN_METRICS = ("train/loss", "tokens", "epoch", "unique_tokens", "flops", "tokens_per_s", "lr", "grad_norm", "mfu")
+EVAL_PREFIX = "eval/"
+ITEMS_DIR = "items"  # per-item artifacts: items/<task>/<tokens>.json
+SPEC_DIR = "spec"  # the parent run's spec/study.yaml and spec/trials.json
+REPORT_DIR = "report"  # where `crossover analyze` logs its report on the parent run
+
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def task_key(task: str) -> str:
+    """A task name as it appears in metric keys and artifact paths: MLflow allows only `/\\w.- :`, so
+    `humaneval_pass@k` becomes `humaneval_pass_at_k`; `lm_eval:hellaswag` stays as it is."""
+    return _BAD_KEY_CHARS.sub("_", task.replace("@", "_at_")).replace("/", "_")
+
+
+def eval_key(task: str, metric: str) -> str:
+    """`eval/<task>/<metric>`, e.g. eval/heldout_cloze/acc."""
+    return f"{EVAL_PREFIX}{task_key(task)}/{metric}"
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts become dotted keys; lists become JSON; None becomes 'None'; everything else str()."""
+    if isinstance(value, Mapping):
+        flat: dict[str, str] = {}
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    if isinstance(value, (list, tuple)):
+        return {prefix: json.dumps(list(value))}
+    return {prefix: str(value)}
+
+
+def trial_params(trial: TrialSpec) -> dict[str, str]:
+    """The flattened TrialSpec: `data.unique_tokens`, `train.total_tokens`, `model.layers`, `axes.<axis>`, ..."""
+    return flatten(trial.model_dump(mode="json"))
+
+
+def trial_tags(trial: TrialSpec, parent_run_id: str) -> dict[str, str]:
+    return {
+        TAG_PARENT: parent_run_id,
+        TAG_STUDY: trial.study,
+        TAG_ROLE: ROLE_TRIAL,
+        TAG_CELL: trial.cell,
+        TAG_OBJECTIVE: trial.objective,
+        TAG_TRIAL_ID: trial.trial_id,
+    }

@@ -1,0 +1,167 @@
+"""Real services for integration tests, on loopback only, always stopped: an MLflow server and a Ray head."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, port: int | None = None, backend_uri: str | None = None) -> Iterator[str]:
+    """`mlflow server` in its own process group with a SQLite backend (in `folder`, or `backend_uri`); yields its URL."""
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    backend_uri = backend_uri or f"sqlite:///{folder / 'mlflow.db'}"
+    command = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", backend_uri, "--artifacts-destination", str(folder / "artifacts"),
+        "--workers", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(folder / f"server-{port}.log", "ab") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while not _up(f"{url}/health"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"mlflow server did not start: {(folder / f'server-{port}.log').read_text()[-3000:]}"
+                )
+            time.sleep(0.3)
+        yield url
+    finally:
+        stop_group(proc)
+
+
+def ray_temp_dir() -> str:
+    """A short private temp dir for a Ray instance (unix socket paths must stay under 108 characters)."""
+    return tempfile.mkdtemp(prefix="rt", dir="/tmp")
+
+
+def kill_ray_processes(temp_dir: str) -> None:
+    """Stop every process of the Ray instance that lives in `temp_dir`, and nothing else."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(temp_dir in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+
+
+@contextlib.contextmanager
+def ray_head(env: dict[str, str], num_cpus: int = 2) -> Iterator[tuple[str, str]]:
+    """`ray start --head` on loopback; yields (cluster address, dashboard URL for `ray job submit`)."""
+    port, dashboard = free_port(), free_port()
+    temp_dir = ray_temp_dir()
+    command = [
+        str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+        "--num-cpus", str(num_cpus), "--num-gpus", "0", "--include-dashboard", "true",
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--temp-dir", temp_dir,
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=180)
+    try:
+        url = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 60
+        while not _up(f"{url}/api/version"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Ray dashboard did not come up")
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}", url
+    finally:
+        kill_ray_processes(temp_dir)
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    reason = "headless report check needs Debian's `chromium` package (apt-get install -y chromium)"
+    if os.environ.get("CROSSOVER_REQUIRE_CHROMIUM") == "1":
+        pytest.fail(reason + "; CROSSOVER_REQUIRE_CHROMIUM=1 requires it")
+    pytest.skip(reason)
+
+
+def assert_report_renders(report: Path, tmp_path: Path) -> Path:
+    """Open an analysis report in headless Chromium: every image loads, the page is not blank. Returns the
+    screenshot."""
+    chromium = _chromium()
+    page = report.resolve().as_uri()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    dom = run("--virtual-time-budget=10000", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    marker = re.search(r'data-images="(\d+)/(\d+)"', dom.stdout)
+    assert marker, "the report's image check did not run: " + dom.stdout[:500]
+    loaded, total = map(int, marker.groups())
+    assert total >= 5 and loaded == total, f"{loaded} of {total} images loaded"
+    assert "Some figures failed to load" in dom.stdout  # the warning exists ...
+    assert 'id="image-warning" style="display: block' not in dom.stdout  # ... and stays hidden
+
+    shot = tmp_path / "report.png"
+    screenshot = run("--window-size=1280,2400", "--hide-scrollbars", f"--screenshot={shot}")
+    assert screenshot.returncode == 0 and shot.is_file(), screenshot.stderr[-2000:]
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[0] >= 2000 and pixels.shape[1] >= 1200
+    assert pixels[..., :3].std() > 0.05  # not a blank page: text and figures rendered
+    return shot

@@ -1,0 +1,207 @@
+"""find_crossover on synthetic curves with a known crossover and realistic evaluation noise.
+
+The noise model is the one of a multiple-choice benchmark: items of varying difficulty, each answered correctly with
+probability chance + (1 - chance) * sigmoid(skill - difficulty), independently at every eval point. AR and MDLM
+answer the same items. The population curves cross exactly where the two skills are equal.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from crossover.analysis import Crossover, convert_x, find_crossover
+
+X = np.geomspace(1e6, 1e9, 40)  # 40 log-spaced eval points over three decades of training tokens
+SPAN = math.log(X[-1] / X[0])
+
+
+def skills(lx: np.ndarray, kind: str, where: float) -> tuple[np.ndarray, np.ndarray]:
+    """AR saturates (tanh); MDLM = AR + a margin that is negative before `where` and positive after it."""
+    z_ar = 2.5 * np.tanh(3 * lx) - 1
+    if kind == "cross":
+        return z_ar, z_ar + 2.0 * (lx - where)
+    if kind == "never":
+        return z_ar, z_ar - 0.4
+    return z_ar, z_ar + 0.4
+
+
+def draw_items(
+    rng: np.random.Generator, kind: str = "cross", where: float = 0.5, items: int = 500, x: np.ndarray = X
+) -> tuple[np.ndarray, np.ndarray]:
+    """(points x items) 0/1 outcomes for AR and MDLM on the same items."""
+    lx = np.linspace(0, 1, len(x))
+    z_ar, z_dlm = skills(lx, kind, where)
+    difficulty = 1.5 * rng.standard_normal(items)
+    p_ar = 0.25 + 0.75 / (1 + np.exp(-(z_ar[:, None] - difficulty)))
+    p_dlm = 0.25 + 0.75 / (1 + np.exp(-(z_dlm[:, None] - difficulty)))
+    return (rng.random(p_ar.shape) < p_ar).astype(float), (rng.random(p_dlm.shape) < p_dlm).astype(float)
+
+
+def true_x(where: float, x: np.ndarray = X) -> float:
+    return float(x[0] * math.exp(where * math.log(x[-1] / x[0])))
+
+
+@pytest.mark.parametrize("where", [0.2, 0.35, 0.5, 0.65, 0.8])
+def test_recovers_a_planted_crossover_within_5_percent_of_the_log_range(where):
+    """2,000 items per eval point (the paper's specs' max_items): per-point accuracy noise of about 1 point."""
+    for seed in range(3):
+        ar, dlm = draw_items(np.random.default_rng(seed), where=where, items=2000)
+        result = find_crossover(X, ar.mean(1), dlm.mean(1))
+        assert result.status == "crossed"
+        error = abs(math.log(result.x / true_x(where))) / SPAN
+        assert error < 0.05, (where, seed, error)
+
+
+def test_recovery_is_unbiased_over_many_draws_at_500_items():
+    errors = []
+    for seed in range(60):
+        rng = np.random.default_rng(100 + seed)
+        where = rng.uniform(0.25, 0.75)
+        ar, dlm = draw_items(rng, where=where, items=500)
+        result = find_crossover(X, ar.mean(1), dlm.mean(1))
+        errors.append(math.log(result.x / true_x(where)) / SPAN)
+    errors = np.array(errors)
+    assert abs(np.median(errors)) < 0.02
+    assert np.mean(np.abs(errors) < 0.05) >= 0.85
+
+
+def test_lower_is_better_metrics_flip_the_sign():
+    """Losses: MDLM ahead means MDLM lower."""
+    ar, dlm = draw_items(np.random.default_rng(7), where=0.4, items=2000)
+    up = find_crossover(X, ar.mean(1), dlm.mean(1))
+    down = find_crossover(X, -ar.mean(1), -dlm.mean(1), higher_is_better=False)
+    assert up.status == down.status == "crossed"
+    assert down.x == pytest.approx(up.x)
+
+
+@pytest.mark.parametrize(("kind", "status"), [("never", "not_crossed"), ("ahead", "dlm_always_ahead")])
+def test_never_crossing_and_always_ahead(kind, status):
+    for seed in range(20):
+        ar, dlm = draw_items(np.random.default_rng(seed), kind=kind, items=500)
+        result = find_crossover(X, ar.mean(1), dlm.mean(1), ar_samples=ar, dlm_samples=dlm, n_boot=300)
+        assert result.status == status, seed
+        assert result.x is None
+        assert result.p_crossed is not None and result.p_crossed < 0.5
+
+
+def test_mdlm_approaching_but_not_passing_is_not_crossed():
+    """The margin shrinks towards zero but AR is still ahead at the end: no crossover may be claimed."""
+    lx = np.linspace(0, 1, 30)
+    x = np.geomspace(1e6, 1e8, 30)
+    ar = 0.6 + 0.1 * lx
+    dlm = ar - 0.05 * (1 - lx) - 0.01
+    assert find_crossover(x, ar, dlm).status == "not_crossed"
+
+
+def test_dip_after_crossing_moves_the_crossover_to_the_last_passage():
+    """'Stays ahead to the end': an early lead that is lost again does not count."""
+    x = np.geomspace(1, 1000, 60)
+    lx = np.log10(x)
+    margin = np.where(lx < 1, 0.05, np.where(lx < 2, -0.05, 0.05)) + 0.0 * lx
+    result = find_crossover(x, np.zeros(60), margin)
+    assert result.status == "crossed"
+    assert 50 < result.x < 200  # the second passage, near x = 100
+
+
+def test_a_single_broken_evaluation_does_not_move_the_crossover():
+    ar, dlm = draw_items(np.random.default_rng(3), where=0.5, items=2000)
+    a, d = ar.mean(1), dlm.mean(1)
+    clean = find_crossover(X, a, d)
+    broken = d.copy()
+    broken[-5] = 0.0  # a failed eval logged as zero accuracy near the end
+    robust = find_crossover(X, a, broken)
+    assert robust.status == "crossed"
+    assert abs(math.log(robust.x / clean.x)) / SPAN < 0.03
+
+
+@pytest.mark.parametrize("points", [2, 3, 5])
+def test_few_points_use_the_raw_margin(points):
+    x = np.geomspace(10, 1000, points)
+    ar = np.linspace(0.5, 0.6, points)
+    dlm = np.linspace(0.4, 0.7, points)
+    result = find_crossover(x, ar, dlm)
+    assert result.span is None
+    assert result.status == "crossed"
+    # raw margin -0.1 -> +0.1 linearly in log x: zero crossing exactly at the geometric middle
+    assert result.x == pytest.approx(100, rel=1e-6)
+
+
+def test_single_point():
+    assert find_crossover([5.0], [0.5], [0.6]).status == "dlm_always_ahead"
+    assert find_crossover([5.0], [0.6], [0.5]).status == "not_crossed"
+
+
+def test_confidence_interval_covers_the_truth_about_90_percent_of_the_time():
+    """200 repeated draws of 500 items at 40 points; the planted crossover moves around the window."""
+    covered = 0
+    reps = 200
+    for seed in range(reps):
+        rng = np.random.default_rng(10_000 + seed)
+        where = rng.uniform(0.25, 0.75)
+        ar, dlm = draw_items(rng, where=where, items=500)
+        result = find_crossover(
+            X, ar.mean(1), dlm.mean(1), ar_samples=ar, dlm_samples=dlm, confidence=0.9, n_boot=400, seed=seed
+        )
+        assert result.ci is not None and result.ci[0] <= result.ci[1]
+        covered += result.ci[0] <= true_x(where) <= result.ci[1]
+    assert 0.75 <= covered / reps <= 0.98, covered / reps
+
+
+def test_interval_is_honest_when_the_crossing_is_near_the_end():
+    """A crossing right at the edge: some replicates do not cross inside the window, so the upper bound is +inf."""
+    ar, dlm = draw_items(np.random.default_rng(5), where=0.97, items=300)
+    result = find_crossover(X, ar.mean(1), dlm.mean(1), ar_samples=ar, dlm_samples=dlm, n_boot=500)
+    assert result.ci is not None
+    assert result.ci[1] == math.inf
+    assert result.p_crossed < 1
+
+
+def test_seed_bootstrap_unpaired_and_missing_values():
+    rng = np.random.default_rng(0)
+    lx = np.linspace(0, 1, 20)
+    x = np.geomspace(1e5, 1e7, 20)
+    ar = 0.5 + 0.2 * lx + 0.01 * rng.standard_normal((3, 20))
+    dlm = 0.4 + 0.4 * lx + 0.01 * rng.standard_normal((2, 20))
+    ar[1, 4] = np.nan  # one seed missed one eval
+    result = find_crossover(
+        x, np.nanmean(ar, 0), dlm.mean(0), ar_samples=ar.T, dlm_samples=dlm.T, sample_kind="seeds", n_boot=200
+    )
+    assert result.status == "crossed" and result.ci_source == "seeds"
+    assert result.ci[0] <= result.x <= result.ci[1]
+    # truth: 0.5 + 0.2 t = 0.4 + 0.4 t at t = 0.5, the geometric middle of the x range
+    assert abs(math.log(result.x / 1e6)) / math.log(100) < 0.1
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="equal length"):
+        find_crossover([1, 2, 3], [1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="increasing"):
+        find_crossover([1, 3, 2], [1, 2, 3], [1, 2, 3])
+    with pytest.raises(ValueError, match="positive"):
+        find_crossover([0, 1, 2], [1, 2, 3], [1, 2, 3])
+    with pytest.raises(ValueError, match="both"):
+        find_crossover([1, 2, 3], [1, 2, 3], [1, 2, 3], ar_samples=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="one row per x"):
+        find_crossover([1, 2, 3], [1, 2, 3], [1, 2, 3], ar_samples=np.ones((2, 2)), dlm_samples=np.ones((2, 2)))
+    nan_points = find_crossover([1, 2, 3, 4], [0.5, np.nan, 0.5, 0.5], [0.4, 0.6, 0.6, 0.6])
+    assert nan_points.n_points == 3 and nan_points.status == "crossed"
+
+
+def test_conversions_between_tokens_flops_and_epochs():
+    assert convert_x(3e6, "tokens", "epochs", unique_tokens=1e6) == pytest.approx(3.0)
+    assert convert_x(2.0, "epochs", "flops", unique_tokens=1e6, flops_per_token=6e8) == pytest.approx(1.2e15)
+    assert convert_x(1.2e15, "flops", "tokens", flops_per_token=6e8) == pytest.approx(2e6)
+    with pytest.raises(ValueError, match="needs unique_tokens"):
+        convert_x(1.0, "tokens", "epochs")
+    with pytest.raises(ValueError, match="unknown compute axis"):
+        convert_x(1.0, "tokens", "steps")
+    ar, dlm = draw_items(np.random.default_rng(1), where=0.5, items=2000)
+    tokens = find_crossover(X, ar.mean(1), dlm.mean(1))
+    flops = find_crossover(X * 6e8, ar.mean(1), dlm.mean(1))
+    assert isinstance(tokens, Crossover)
+    assert flops.x == pytest.approx(tokens.scaled(6e8).x, rel=1e-9)  # the detector is scale-free in log x
+    epochs = tokens.scaled(1 / 1e6)
+    assert epochs.x == pytest.approx(tokens.x / 1e6) and epochs.x_range[1] == pytest.approx(1000)

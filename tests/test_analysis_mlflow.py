@@ -1,0 +1,315 @@
+"""Analysis of a real MLflow store (SQLite, written by the platform's writer, crossover.platform.tracking):
+`load_curves`, the `crossover analyze` command and its report, opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from crossover.analysis import load_curves, load_study
+from crossover.analysis.synthetic import Truth
+from crossover.cli import app
+from crossover.platform.tracking import TrialRun, finish_study
+from crossover.specs import parse_study
+from crossover.specs.tracking import REPORT_DIR, TAG_ITEMS, TAG_PARENT, TAG_ROLE, eval_key, task_key, trial_params
+
+from .analysis_support import start, write_study
+from .conftest import SPECS
+from .services import assert_report_renders, free_port, mlflow_server
+
+runner = CliRunner()
+
+# The smoke study's four trials (AR and MDLM x 50k and 200k unique tokens, 400k training tokens), evaluated at 12
+# log-spaced points on the held-out loss and a 300-item cloze task. In this synthetic world AR's repeated tokens lose
+# their value fast (R_D* = 1) and its validation loss rises after 4 epochs while its accuracy holds; MDLM learns half
+# as much per token but keeps its value. The population accuracy curves cross at ~194k tokens (3.9 epochs) of the
+# 50k budget (MDLM ahead by 8 points at the end) and not at all within the two epochs of the 200k budget.
+SMOKE_TRUTH = Truth(
+    r_star_ar=1.0,
+    mdlm_data_factor=0.5,
+    ar_overfit_epochs=4,
+    ar_overfit_loss=0.08,
+    ar_overfit_skill=0.0,
+    midpoint_tokens=1e5,
+    items=300,
+)
+PLANTED = 194_000
+
+
+def smoke_spec(name: str = "smoke") -> dict:
+    raw = yaml.safe_load((SPECS / "smoke.yaml").read_text())
+    raw["name"] = name
+    raw["eval"] = {"every": "log:12", "tasks": ["heldout_loss", "heldout_cloze"], "mc_samples": 8, "max_items": 300}
+    return raw
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    raw = smoke_spec()
+    trials = parse_study(raw).expand()
+    write_study(raw, uri, SMOKE_TRUTH)
+    # a study whose only trial has started but not been evaluated yet
+    waiting, parent_run_id = start(smoke_spec("waiting"), uri)
+    TrialRun(waiting.expand()[0], uri, parent_run_id).log({"train/loss": 6.0, "tokens": 4096}, step=4096)
+    return SimpleNamespace(uri=uri, root=root, trials=trials)
+
+
+def test_load_curves_one_row_per_trial_and_eval_point(store):
+    curves = load_curves("smoke", store.uri)
+    assert len(curves) == 4 * 12
+    assert sorted(curves["trial"].unique()) == sorted(t.name for t in store.trials)
+    for column in ("cell", "objective", "seed", "unique_budget", "axes.unique_tokens", "tokens", "epoch", "flops",
+                   "train/loss", "lr", "grad_norm", "tokens_per_s", "unique_tokens", "eval/heldout_loss/loss",
+                   "eval/heldout_cloze/acc", "eval/heldout_cloze/delta_nll", "items/heldout_cloze"):  # fmt: skip
+        assert column in curves, column
+        assert curves[column].notna().all(), column
+    ar50 = curves[curves["trial"] == "ar-U50k-nano-s0"]
+    assert ar50["step"].is_monotonic_increasing and ar50["tokens"].iloc[-1] == 400_000
+    assert ar50["epoch"].iloc[-1] == pytest.approx(8.0)
+    assert set(curves["cell"]) == {"unique_tokens=50k", "unique_tokens=200k"}
+    assert (curves["flops"] / curves["tokens"]).nunique() == 1  # same model: same FLOPs per token
+    items = ar50["items/heldout_cloze"].iloc[-1]
+    assert len(items["ids"]) == 300 and items["acc"].mean() == pytest.approx(ar50["eval/heldout_cloze/acc"].iloc[-1])
+
+
+def test_bulk_sql_path_equals_the_public_client_path(store):
+    fast = load_study("smoke", store.uri, items=False)
+    slow = load_study("smoke", store.uri, items=False, bulk=False)
+    cols = [c for c in fast.curves.columns if not c.startswith("items/")]
+    assert fast.curves[cols].equals(slow.curves[cols])
+
+
+def test_tracking_uri_from_the_environment(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    assert len(load_curves("smoke", items=False)) == 48
+
+
+def test_the_cli_stays_light():
+    """`crossover validate` must not pay for MLflow or matplotlib: `analyze` imports them inside the command."""
+    import sys
+
+    code = "import sys, crossover.cli; print([m for m in ('mlflow', 'matplotlib', 'crossover.analysis') if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_params_follow_the_contract():
+    trial = next(t for t in parse_study(smoke_spec()).expand() if t.name == "mdlm-U50k-nano-s0")
+    params = trial_params(trial)
+    assert params["data.unique_tokens"] == "50000" and params["train.total_tokens"] == "400000"
+    assert params["axes.unique_tokens"] == "50k" and params["objective"] == "mdlm" and params["seed"] == "0"
+    assert params["model.layers"] == "4" and params["train.betas"] == "[0.9, 0.95]"
+    assert (
+        task_key("humaneval_pass@k") == "humaneval_pass_at_k" and task_key("lm_eval:hellaswag") == "lm_eval:hellaswag"
+    )
+    assert eval_key("heldout_cloze", "acc") == "eval/heldout_cloze/acc"
+
+
+def test_analyze_command_writes_the_report_and_logs_it_to_the_parent_run(store, tmp_path):
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["analyze", "smoke", "--tracking-uri", store.uri, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "unique_tokens=50k" in result.output and "crossed" in result.output
+    for name in ("report.html", "report.md", "crossovers.csv", "efficiency.csv", "scaling.csv", "summary.json",
+                 "figures/curves.png", "figures/curves.svg", "figures/crossover_vs_unique_tokens.png",
+                 "figures/efficiency.svg", "figures/scaling_fits.png", "figures/delta_nll.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "eval/heldout_cloze/acc" and summary["ci_source"] == "items"
+    cells = {row["cell"]: row for row in summary["crossovers"]}
+    small, large = cells["unique_tokens=50k"], cells["unique_tokens=200k"]
+    assert small["status"] == "crossed" and large["status"] == "not_crossed"
+    # 300 items at 12 points are noisy: the estimate is near the planted crossover and the interval holds it
+    high = float(small["ci_high"])  # "inf" when some replicates do not cross inside the window
+    assert abs(np.log(small["x"] / PLANTED)) / np.log(400_000 / 8192) < 0.1
+    assert small["ci_low"] <= PLANTED <= high
+    assert small["crossover_epochs"] == pytest.approx(small["x"] / 50_000)
+    markdown = (out / "report.md").read_text()
+    assert "](figures/curves.png)" in markdown and "R_D*" in markdown
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5
+    # the same report is on the study's parent run in MLflow
+    from mlflow import MlflowClient
+
+    data = load_study("smoke", store.uri, items=False)
+    logged = {a.path for a in MlflowClient(store.uri).list_artifacts(data.parent_run_id, REPORT_DIR)}
+    assert {f"{REPORT_DIR}/report.html", f"{REPORT_DIR}/report.md", f"{REPORT_DIR}/figures"} <= logged
+
+
+def test_analyze_on_loss_and_flops_axis(store, tmp_path):
+    out = tmp_path / "loss"
+    result = runner.invoke(
+        app,
+        ["analyze", "smoke", "--tracking-uri", store.uri, "--out", str(out), "--metric", "eval/heldout_loss/loss",
+         "--x", "flops"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["higher_is_better"] is False and summary["x_axis"] == "flops"
+    fits = {row["objective"]: row for row in summary["scaling"]}
+    assert set(fits) == {"ar", "mdlm"}
+    assert fits["ar"]["r_star"] < fits["mdlm"]["r_star"]  # AR's repeats lose their value sooner
+
+
+def test_analyze_reads_the_study_name_from_a_spec_file(store, tmp_path):
+    spec = tmp_path / "smoke.yaml"
+    spec.write_text(yaml.safe_dump(smoke_spec()))
+    result = runner.invoke(app, ["analyze", str(spec), "--tracking-uri", store.uri, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nosuchstudy"], "no study named 'nosuchstudy'"),
+        (["smok"], "did you mean 'smoke'?"),
+        (["waiting"], "no evaluation points yet"),
+        (["smoke", "--metric", "eval/nope/acc"], "logged no metric 'eval/nope/acc'"),
+        (["smoke", "--x", "steps"], "unknown compute axis 'steps'"),
+    ],
+)
+def test_user_errors_exit_2_with_one_clear_message(store, tmp_path, args, message):
+    result = runner.invoke(app, ["analyze", *args, "--tracking-uri", store.uri, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_analysis_through_a_real_mlflow_server_matches_the_sqlite_store(store, tmp_path):
+    """The cluster path: the same store served by `mlflow server` on loopback is read through the REST API (the
+    public per-run client calls instead of the bulk SQL read) and gives the same curves and the same report."""
+    with mlflow_server(tmp_path / "server", backend_uri=store.uri) as url:
+        remote = load_study("smoke", url)
+        local = load_study("smoke", store.uri)
+        cols = [c for c in local.curves.columns if not c.startswith("items/")]
+        assert remote.curves[cols].equals(local.curves[cols])
+        assert remote.item_tasks == ["heldout_cloze"]
+        result = runner.invoke(app, ["analyze", "smoke", "--tracking-uri", url, "--out", str(tmp_path / "r")])
+        assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    cells = {row["cell"]: row for row in summary["crossovers"]}
+    assert cells["unique_tokens=50k"]["status"] == "crossed"
+
+
+def test_missing_store_and_unreachable_server_exit_2(tmp_path):
+    missing = tmp_path / "nothing.db"
+    result = runner.invoke(app, ["analyze", "smoke", "--tracking-uri", f"sqlite:///{missing}"])
+    assert result.exit_code == 2 and "no MLflow store at" in result.output
+    assert not missing.exists()  # MLflow would have created an empty database
+    url = f"http://127.0.0.1:{free_port()}"
+    result = runner.invoke(app, ["analyze", "smoke", "--tracking-uri", url])
+    assert result.exit_code == 2 and "cannot reach the MLflow tracking server" in result.output
+
+
+def _log_points(run: TrialRun, points: int, first: float = 5.0) -> None:
+    for i in range(points):
+        run.log({eval_key("heldout_loss", "loss"): first - i, "tokens": 4096 * (i + 1)}, step=4096 * (i + 1))
+
+
+def test_a_retried_trial_counts_once(tmp_path):
+    """A crashed trial that reruns continues its run (the platform finds it by trial id and parent) and logs its
+    steps again: one run, one row per step, the rerun's values."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec, parent_run_id = start(smoke_spec("retry"), uri)
+    for trial in spec.expand():
+        for points in (2, 3) if trial.objective == "ar" else (3,):  # AR crashed once after 2 evals, then reran
+            run = TrialRun(trial, uri, parent_run_id)
+            _log_points(run, points, first=5.0 if points == 3 else 9.0)
+            run.finish(error="worker died" if points == 2 else None)
+    data = load_study("retry", uri, items=False)
+    assert len(data.trials) == 4 and set(data.trials["status"]) == {"FINISHED"}
+    assert len(data.curves) == 4 * 3
+    assert (data.curves.groupby("trial")["eval/heldout_loss/loss"].first() == 5.0).all()
+
+
+def test_only_the_current_parent_runs_are_read_after_a_fresh_start(tmp_path):
+    """`crossover run --fresh` marks the old parent `superseded` and starts a new one: the analysis reads only the
+    new parent's trial runs, even where the old ones went further. Without a current parent (a fresh start cut off
+    between the two steps) it falls back to every trial run, one per trial id: the one with the most eval points."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = smoke_spec("again")
+    old_parent = write_study(raw, uri, SMOKE_TRUTH, items=False)
+    spec, new_parent = start(raw, uri, fresh=True)
+    assert new_parent != old_parent
+    for trial in spec.expand()[:2]:  # the fresh start has run two of its four trials so far, 3 eval points each
+        run = TrialRun(trial, uri, new_parent)
+        _log_points(run, 3)
+        run.finish()
+    finish_study(uri, new_parent, failed=False)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    assert client.get_run(old_parent).data.tags[TAG_ROLE] == "superseded"
+    data = load_study("again", uri, items=False)
+    assert data.parent_run_id == new_parent
+    assert len(data.trials) == 2 and set(data.trials["parent_run_id"]) == {new_parent}
+    assert len(load_curves("again", uri)) == 2 * 3
+    assert set(data.curves["run_id"]) == set(data.trials["run_id"])
+
+    client.set_tag(new_parent, TAG_ROLE, "superseded")  # no current parent: every trial run, deduplicated
+    data = load_study("again", uri, items=False)
+    assert len(data.trials) == 4 and data.trials["trial_id"].is_unique
+    old_runs = {
+        r.info.run_id for r in client.search_runs([data.experiment_id], f"tags.`{TAG_PARENT}` = '{old_parent}'")
+    }
+    assert set(data.trials["run_id"]) <= old_runs  # 12 eval points beat the new runs' 3
+    assert len(data.curves) == 4 * 12
+
+
+def test_items_tag_marks_the_runs_with_item_artifacts(store):
+    data = load_study("smoke", store.uri)
+    assert data.item_tasks == ["heldout_cloze"]
+    assert set(data.trials["item_tasks"]) == {"heldout_cloze"}
+    assert TAG_ITEMS == "crossover.items"
+    first = data.curves["items/heldout_cloze"].iloc[0]
+    assert set(first) == {"ids", "acc", "delta_nll", "nll"} and isinstance(first["acc"], np.ndarray)
+
+
+def test_report_opens_in_headless_chromium_with_every_image_loaded(store, tmp_path):
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["analyze", "smoke", "--tracking-uri", store.uri, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    shot = assert_report_renders(out / "report.html", tmp_path)
+    keep = os.environ.get("CROSSOVER_KEEP_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
+
+
+def test_noise_study_compares_ar_noise_variants_with_the_clean_mdlm(tmp_path):
+    """As in paper_noise.yaml: only AR gets input-mask or dropout noise; MDLM is the clean reference. Two seeds give
+    seed-bootstrap intervals; the crossover is plotted against the categorical noise axis."""
+    raw = smoke_spec("noise")
+    raw["grid"] = {"objective": ["ar", "mdlm"], "noise": [{}, {"input_mask": 0.1}, {"dropout": 0.1}]}
+    raw["data"]["unique_tokens"] = "50k"
+    raw["eval"]["tasks"] = ["heldout_loss", "heldout_cloze"]
+    raw["exclude"] = [{"objective": "mdlm", "noise": [{"input_mask": 0.1}, {"dropout": 0.1}]}]
+    raw["seeds"] = [0, 1]
+    trials = parse_study(raw).expand()
+    assert len(trials) == 8
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    write_study(raw, uri, SMOKE_TRUTH, items=False)
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["analyze", "noise", "--tracking-uri", uri, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {row["noise"]: row for row in summary["crossovers"]}
+    assert set(rows) == {"clean", "im0.1", "do0.1"}
+    for noise in ("im0.1", "do0.1"):
+        assert rows[noise]["reference"] == "MDLM from noise=clean"
+        assert rows[noise]["status"] in ("crossed", "not_crossed", "dlm_always_ahead")
+        assert rows[noise]["ci_source"] == "seeds"
+    assert (out / "figures" / "crossover_vs_noise.png").is_file()
+    assert "compared with" in (out / "report.md").read_text()
