@@ -21,8 +21,16 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
+# A real small study end to end on the embedded defaults: the stdlib corpus, a local Ray instance, SQLite MLflow.
+DEMO_STORE := sqlite:///$(CURDIR)/mlflow.db
 demo: setup
-	@for spec in study_specs/*.yaml; do $(CROSSOVER) plan $$spec || exit $$?; done
+	$(CROSSOVER) validate study_specs/*.yaml
+	$(CROSSOVER) data prepare study_specs/smoke.yaml
+	$(CROSSOVER) run study_specs/smoke.yaml --fresh --tracking-uri $(DEMO_STORE) --storage $(CURDIR)/.crossover/ray_results
+	$(CROSSOVER) analyze smoke --tracking-uri $(DEMO_STORE) --out reports/smoke
+	@echo ""
+	@echo "MLflow store: $(CURDIR)/mlflow.db   open it with: .venv/bin/crossover ui   (then http://127.0.0.1:5000)"
+	@echo "Report:       $(CURDIR)/reports/smoke/report.html   (also under the study's parent run in MLflow)"
 
 lint: setup
 	$(VENV)/bin/ruff check crossover tests bench

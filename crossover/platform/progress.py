@@ -1,0 +1,115 @@
+"""Live progress of a study on the driver: a rich table that a Tune callback keeps up to date (or one line per
+event with --quiet, for jobs and logs).
+
+Tune pickles its callbacks with the experiment state, and a live terminal display does not pickle, so the callback
+holds only the study's name and forwards events to the display registered under it in this process; a study
+continued by a new driver gets the new driver's display.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray.tune import Callback
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from crossover.specs import TrialSpec, format_tokens
+
+SHOWN_METRICS = ("train/loss", "eval/heldout_loss/loss")
+
+
+def _name(trial: Any) -> str:
+    config = trial.config
+    return config["trial"]["name"] if "trial" in config else f"{config.get('point', '?')}-{trial.trial_id}"
+
+
+DISPLAYS: dict[str, StudyProgress] = {}
+
+
+class ProgressCallback(Callback):
+    """Forwards Tune's trial events to the study's display in this process, if there is one."""
+
+    def __init__(self, study: str):
+        self.study = study
+
+    def _display(self) -> StudyProgress | None:
+        return DISPLAYS.get(self.study)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if display := self._display():
+            display.event(trial, "running", started=time.time())
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if display := self._display():
+            metrics = {k: result[k] for k in SHOWN_METRICS if isinstance(result.get(k), (int, float))}
+            display.event(trial, "running", tokens=int(result.get("tokens", 0)), epoch=result.get("epoch", 0.0),
+                          metrics=metrics)  # fmt: skip
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if display := self._display():
+            display.event(trial, "finished")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if display := self._display():
+            display.event(trial, "error")
+
+
+class StudyProgress:
+    """Trial, status, tokens, epoch, latest metrics and ETA for every trial; updated on each Tune event."""
+
+    def __init__(self, study: str, trials: list[TrialSpec], console: Console, quiet: bool = False):
+        self.study = study
+        self.totals = {t.name: t.total_tokens for t in trials}
+        self.rows: dict[str, dict[str, Any]] = {t.name: {"status": "pending"} for t in trials}
+        self.console, self.quiet = console, quiet
+        self.live = None if quiet else Live(self.render(), console=console, refresh_per_second=2, transient=False)
+
+    def callback(self) -> ProgressCallback:
+        return ProgressCallback(self.study)
+
+    def __enter__(self) -> StudyProgress:
+        DISPLAYS[self.study] = self
+        if self.live:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        DISPLAYS.pop(self.study, None)
+        if self.live:
+            self.live.update(self.render())
+            self.live.stop()
+
+    def event(self, trial: Any, status: str, **fields: Any) -> None:
+        name = _name(trial)
+        row = self.rows.setdefault(name, {"status": "pending"})
+        row.update(status=status, **fields)
+        row.setdefault("started", time.time())
+        if self.quiet:
+            extra = "  ".join(f"{k} {v:.4g}" for k, v in row.get("metrics", {}).items())
+            self.console.print(
+                f"{name}: {status} {format_tokens(row.get('tokens', 0))} tokens {extra}", highlight=False
+            )
+        elif self.live:
+            self.live.update(self.render())
+
+    def render(self) -> Table:
+        table = Table(title="crossover study", expand=False)
+        for column in ("trial", "status", "tokens", "epoch", "train loss", "held-out loss", "ETA"):
+            table.add_column(column, justify="left" if column in ("trial", "status") else "right", no_wrap=True)
+        colors = {"finished": "green", "error": "red", "running": "yellow"}
+        for name, row in self.rows.items():
+            tokens, total = row.get("tokens", 0), self.totals.get(name)
+            eta = ""
+            if row["status"] == "running" and tokens and total:
+                rate = tokens / max(time.time() - row["started"], 1e-9)
+                eta = f"{(total - tokens) / rate:.0f}s"
+            metrics = row.get("metrics", {})
+            table.add_row(
+                name, f"[{colors.get(row['status'], 'dim')}]{row['status']}[/]", format_tokens(tokens),
+                f"{row.get('epoch', 0):.2f}", *[f"{metrics[m]:.4f}" if m in metrics else "" for m in SHOWN_METRICS],
+                eta,
+            )  # fmt: skip
+        return table

@@ -1,0 +1,225 @@
+"""Run a study on Ray Tune: one Tune trial per TrialSpec, tracked in MLflow, resumable after a crash.
+
+    spec -> data prepared once on the driver -> MLflow parent run -> Tuner (grid, or Optuna when the spec has a
+    `search` block) -> per trial: the training loop in the trial's own process (one worker) or a Ray Train worker
+    group (several workers) -> MLflow child run -> parent run FINISHED or FAILED
+
+The same command runs on a laptop (a local Ray instance, SQLite MLflow store) and on a cluster (`--address`, or as
+the entrypoint of `ray job submit`, with an MLflow server).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crossover.platform.tracking import TrialRun, finish_study, start_study
+from crossover.specs import StudySpec, TrialSpec
+
+# Environment the trials need that a local Ray instance would not otherwise pass on.
+FORWARDED_ENV = ("CROSSOVER_CACHE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "TOKENIZERS_PARALLELISM")
+
+
+@dataclass
+class StudyOutcome:
+    finished: list[str]
+    failed: dict[str, str]  # trial name -> error
+    parent_run_id: str
+    experiment_path: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _mlflow_sink(trial_json: dict[str, Any], uri: str, parent_run_id: str):
+    """Built inside the process that trains (rank 0): trials log to MLflow from where they run."""
+    return TrialRun(TrialSpec.model_validate(trial_json), uri, parent_run_id).log
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The Tune trainable: train one trial and keep its MLflow child run in step with it."""
+    if "point" in config:  # a search sample: the grid point with the sampled hyper-parameters
+        trial = searched_trial(config["study"], config["point"], config["hparams"])
+        config = {**config, "trial": trial.model_dump(mode="json")}
+    trial = TrialSpec.model_validate(config["trial"])
+    run = TrialRun(trial, config["tracking_uri"], config["parent_run_id"])
+    if run.already_finished:  # finished before a driver crash that Tune's state did not see: never train twice
+        return
+    try:
+        if trial.resources.workers == 1:
+            from crossover.trainers.launch import RayReporter
+            from crossover.trainers.loop import train
+
+            result = train(trial, RayReporter("tune", run.log))
+            run.set_tags({"crossover.data_hash": result["data_hash"]})
+        else:
+            from ray.tune.integration.ray_train import TuneReportCallback
+
+            from crossover.trainers.launch import run_workers
+
+            sink = functools.partial(_mlflow_sink, config["trial"], config["tracking_uri"], config["parent_run_id"])
+            outcome = run_workers(
+                trial, config["storage"], name=f"{trial.study}-{trial.trial_id}", sink_factory=sink,
+                callbacks=[TuneReportCallback()], max_failures=trial.resources.max_failures,
+            )  # fmt: skip
+            if outcome.error is not None:
+                raise outcome.error
+    except BaseException as exc:
+        run.finish(error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+        raise
+    run.finish()
+
+
+def _trials_hash(trials: list[TrialSpec]) -> str:
+    return hashlib.sha256(",".join(sorted(t.trial_id for t in trials)).encode()).hexdigest()[:16]
+
+
+def storage_path(spec: StudySpec, override: str | None = None) -> str:
+    """Ray storage for Tune state and checkpoints: the override (--storage), the spec's URI or path, else
+    ~/ray_results. Local paths are made absolute (Ray requires it)."""
+    storage = override or spec.resources.storage or str(Path.home() / "ray_results")
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def run_study(
+    spec: StudySpec,
+    spec_text: str,
+    tracking_uri: str,
+    *,
+    address: str | None = None,
+    fresh: bool = False,
+    max_concurrent: int | None = None,
+    storage: str | None = None,
+    callbacks: list | None = None,
+) -> StudyOutcome:
+    """Run (or continue) every trial of the study; returns which finished and which failed.
+
+    An existing Tune experiment of the same study at the same storage is continued: finished trials are not run
+    again, unfinished ones restart from their last checkpoint, and their MLflow runs are continued. `fresh` starts
+    over instead (new MLflow parent run, old Tune state removed).
+    """
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress table replaces Tune's console output
+    import ray
+    from ray import tune
+
+    trials = spec.expand()
+    storage = storage_path(spec, storage)
+    experiment = f"{storage.rstrip('/')}/{spec.name}"
+    if fresh and "://" not in storage:  # per-cell searches keep one Tune experiment per trial: <study>.<trial>
+        for path in [Path(experiment), *Path(storage).glob(f"{spec.name}.*")]:
+            shutil.rmtree(path, ignore_errors=True)
+    parent_run_id = start_study(spec, spec_text, tracking_uri, fresh=fresh, trials_hash=_trials_hash(trials))
+
+    if not ray.is_initialized():
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:  # the embedded default: a local instance with this machine's cores
+            ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
+
+    resources = spec.resources
+    if resources.workers == 1:
+        per_trial = {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
+    else:  # the trial only waits on its Ray Train worker group, which reserves the workers' resources itself
+        per_trial = {"cpu": 0}
+    trainable = tune.with_resources(run_trial, per_trial)
+    common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage}
+    results = []
+    for name, tune_config, space in _tuners(spec, trials, max_concurrent or resources.max_concurrent):
+        path = f"{storage.rstrip('/')}/{name}"
+        if tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(
+                path, trainable, resume_unfinished=True, resume_errored=True, param_space={**space, **common}
+            )
+        else:
+            run_config = tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+                callbacks=callbacks,
+                verbose=0,
+            )
+            tuner = tune.Tuner(
+                trainable, param_space={**space, **common}, tune_config=tune_config, run_config=run_config
+            )
+        results.extend(tuner.fit())
+
+    finished, failed = [], {}
+    for result in results:
+        name = result.config["trial"]["name"] if "trial" in result.config else result.config["point"]
+        if result.error is not None:
+            failed[name] = f"{type(result.error).__name__}: {result.error}"
+        else:
+            finished.append(name)
+    finish_study(tracking_uri, parent_run_id, failed=bool(failed))
+    return StudyOutcome(finished, failed, parent_run_id, experiment)
+
+
+def _tuners(spec: StudySpec, trials: list[TrialSpec], max_concurrent: int | None):
+    """(experiment name, TuneConfig, parameter space) of each Tuner the study needs.
+
+    No search: one Tuner over every trial of the grid. Search scope `grid`: one Optuna study whose dimensions are
+    the grid point (categorical over the grid's trials) and the hyper-parameters. Scope `per_cell`: one Optuna study
+    per grid trial over the hyper-parameters (each cell's AR and MDLM tuned alone), `num_samples` each.
+    """
+    from ray import tune
+
+    def name_of(t) -> str:
+        config = t.config
+        return config["trial"]["name"] if "trial" in config else f"{config['point']}-{t.trial_id}"
+
+    names = {"trial_name_creator": name_of, "trial_dirname_creator": name_of}
+    if spec.search is None:
+        space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in trials])}
+        return [(spec.name, tune.TuneConfig(max_concurrent_trials=max_concurrent, **names), space)]
+
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = spec.search
+    hparams = {name: _distribution(dist) for name, dist in search.space.items()}
+    study = spec.model_dump(mode="json")
+
+    def tuner(points: list[str]) -> tuple[tune.TuneConfig, dict]:
+        algorithm = OptunaSearch(metric=search.metric, mode=search.mode, seed=0)
+        if max_concurrent:
+            algorithm = ConcurrencyLimiter(algorithm, max_concurrent=max_concurrent)
+        space = {"point": tune.choice(points), "hparams": hparams, "study": study}
+        return tune.TuneConfig(search_alg=algorithm, num_samples=search.num_samples, **names), space
+
+    if search.scope == "grid":
+        return [(spec.name, *tuner([t.name for t in trials]))]
+    return [(f"{spec.name}.{t.name}", *tuner([t.name])) for t in trials]
+
+
+def _distribution(dist):
+    from ray import tune
+
+    if dist.uniform is not None:
+        return tune.uniform(*dist.uniform)
+    if dist.loguniform is not None:
+        return tune.loguniform(*dist.loguniform)
+    if dist.int is not None:
+        return tune.randint(dist.int[0], dist.int[1] + 1)
+    return tune.choice(dist.choice)
+
+
+def searched_trial(study: dict[str, Any], point: str, hparams: dict[str, Any]) -> TrialSpec:
+    """The grid trial `point` with the sampled hyper-parameters, validated and identified like any other trial
+    (the samples become single-value grid axes, so a bad sample fails with the usual spec error)."""
+    from crossover.specs import parse_study
+
+    base = next(t for t in parse_study(study).expand() if t.name == point)
+    grid = {**study.get("grid", {}), **{name: [value] for name, value in hparams.items()}}
+    candidates = parse_study({**study, "grid": grid}).expand()
+    return next(
+        t for t in candidates
+        if t.objective == base.objective and t.seed == base.seed and base.axes.items() <= t.axes.items()
+    )  # fmt: skip

@@ -1,0 +1,235 @@
+"""The MLflow writer of the tracking contract (names in crossover.specs.tracking, the contract in words in the
+docstring of crossover.analysis, which reads what this writes).
+
+One experiment per study; a parent run for the study (tag `crossover.role=study`, spec/study.yaml and
+spec/trials.json as artifacts); one child run per trial (tag `mlflow.parentRunId`), named by the trial, holding the
+flattened TrialSpec as params, the `crossover.*` tags and metrics keyed by tokens seen. Runs are found again by tag,
+so a continued study continues its runs instead of duplicating them. Trials log from wherever they run (only the
+URI travels). A tracking server that stops answering mid-run loses nothing: metrics wait in a buffer and are sent
+when it answers again (retried with backoff when the trial ends).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from crossover.specs import StudySpec, TrialSpec
+from crossover.specs.tracking import (
+    DEFAULT_TRACKING_URI,
+    ITEMS_DIR,
+    ROLE_STUDY,
+    SPEC_DIR,
+    TAG_ITEMS,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_STUDY,
+    TAG_TRIAL_ID,
+    task_key,
+    trial_params,
+    trial_tags,
+)
+
+
+class TrackingError(Exception):
+    """The tracking store cannot be used (a user error: wrong URI, server down, bad credentials)."""
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The flag, else MLFLOW_TRACKING_URI, else the embedded SQLite store `./mlflow.db` (made absolute, because Ray
+    runs trials in other working directories)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any trial starts, when the store is unreachable or refuses our credentials."""
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        auth = None
+        if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+            auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+        url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
+        try:
+            response = requests.get(url, params={"max_results": 1}, auth=auth, timeout=timeout_s)
+        except requests.RequestException as exc:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}); start it, fix --tracking-uri or "
+                f"MLFLOW_TRACKING_URI, or unset it to use the local SQLite store"
+            ) from None
+        if response.status_code in (401, 403):
+            raise TrackingError(
+                f"MLflow tracking server {uri} refused the credentials (HTTP {response.status_code}); "
+                f"set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            )
+        if response.status_code >= 400:
+            raise TrackingError(
+                f"MLflow tracking server {uri} answered HTTP {response.status_code}: {response.text[:200]}"
+            )
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"cannot write the SQLite tracking store in {folder}; choose a writable --tracking-uri")
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(mlflow_client, uri: str, study: str) -> str:
+    experiment = mlflow_client.get_experiment_by_name(study)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:///"):  # absolute, next to the database: trials run in other working directories
+        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return mlflow_client.create_experiment(study, artifact_location=artifact_location)
+
+
+def _find_run(mlflow_client, experiment_id: str, tags: dict[str, str]):
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = mlflow_client.search_runs([experiment_id], filter_string=query, max_results=1)
+    return runs[0] if runs else None
+
+
+def start_study(spec: StudySpec, spec_text: str, uri: str, *, fresh: bool = False, trials_hash: str = "") -> str:
+    """The study's parent run: found again when continuing a study, new for a first or `fresh` start.
+
+    A study whose trials changed since its parent run began cannot be continued (its finished trials would not
+    match the spec): that is a TrackingError asking for --fresh or a new study name.
+    """
+    mlflow_client = client(uri)
+    experiment_id = _experiment_id(mlflow_client, uri, spec.name)
+    tags = {TAG_ROLE: ROLE_STUDY, TAG_STUDY: spec.name}
+    run = _find_run(mlflow_client, experiment_id, tags)
+    if run is not None and fresh:
+        mlflow_client.set_tag(run.info.run_id, TAG_ROLE, "superseded")
+        run = None
+    if run is not None and run.data.tags.get("crossover.trials_hash", trials_hash) != trials_hash:
+        raise TrackingError(
+            f"study '{spec.name}' already has runs in {uri} for a different set of trials (the spec changed): "
+            f"run with --fresh to start it over, or give the study a new name"
+        )
+    if run is None:
+        run = mlflow_client.create_run(
+            experiment_id, tags={**tags, "crossover.trials_hash": trials_hash}, run_name=spec.name
+        )
+        mlflow_client.log_text(run.info.run_id, spec_text, f"{SPEC_DIR}/study.yaml")
+        table = [t.model_dump(mode="json") for t in spec.expand()]
+        mlflow_client.log_text(run.info.run_id, json.dumps(table, indent=1), f"{SPEC_DIR}/trials.json")
+    elif run.info.status != "RUNNING":
+        mlflow_client.update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id
+
+
+def finish_study(uri: str, parent_run_id: str, failed: bool) -> None:
+    client(uri).set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")
+
+
+class TrialRun:
+    """The MLflow child run of one trial. Metrics are buffered and retried, so a tracking server that is down
+    for a while mid-run loses nothing: they are sent when it answers again, at the latest when the trial ends."""
+
+    def __init__(self, trial: TrialSpec, uri: str, parent_run_id: str):
+        from mlflow.entities import Param, RunTag
+
+        # A run is written from inside training: a down server must cost a failed call, not MLflow's minutes of
+        # internal retries. This process retries itself (the buffer below), so turn MLflow's own retries off.
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+        self.uri = uri
+        self.client = client(uri)
+        experiment_id = _experiment_id(self.client, uri, trial.study)
+        run = _find_run(self.client, experiment_id, {TAG_TRIAL_ID: trial.trial_id, TAG_PARENT: parent_run_id})
+        if run is None:
+            run = self.client.create_run(experiment_id, tags=trial_tags(trial, parent_run_id), run_name=trial.name)
+            params = [Param(k, v) for k, v in trial_params(trial).items()]
+            for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
+                self.client.log_batch(run.info.run_id, params=params[start : start + 100])
+        # MLflow is the record of which trials are done: Tune's own state may lag a crashed driver by a few seconds.
+        self.already_finished = run.info.status == "FINISHED"
+        if run.info.status not in ("RUNNING", "FINISHED"):
+            self.client.update_run(run.info.run_id, status="RUNNING")
+        self.run_id = run.info.run_id
+        self._pending: list = []
+        self._tag = RunTag
+
+    def log(self, metrics: dict[str, float], step: int, flush: bool = True) -> None:
+        """`flush=False` only buffers (sent in batches of 1,000 values, and by `flush`/`finish`): for bulk writers."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending += [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        if flush or len(self._pending) >= 1000:
+            self.flush(retries=0)
+
+    def flush(self, retries: int = 5, wait_s: float = 2.0) -> bool:
+        """Send buffered metrics; True when nothing is left pending."""
+        for attempt in range(retries + 1):
+            try:
+                while self._pending:
+                    batch = self._pending[:1000]
+                    self.client.log_batch(self.run_id, metrics=batch)
+                    del self._pending[: len(batch)]
+                return True
+            except Exception:  # noqa: BLE001 - any transport error: keep the buffer and retry later
+                if attempt < retries:
+                    time.sleep(wait_s * 2**attempt)
+        return False
+
+    def log_items(self, task: str, step: int, ids: list[str], metrics: dict[str, list[float]]) -> None:
+        """Per-item results of one task at one eval point (artifact items/<task>/<step>.json), for the bootstrap:
+        eval/<task>/<metric> is the mean of each list."""
+        payload = {"task": task, "step": int(step), "ids": [str(i) for i in ids],
+                   "metrics": {k: [float(v) for v in vs] for k, vs in metrics.items()}}  # fmt: skip
+        self.client.log_text(self.run_id, json.dumps(payload), f"{ITEMS_DIR}/{task_key(task)}/{int(step)}.json")
+        tasks = set(filter(None, self.client.get_run(self.run_id).data.tags.get(TAG_ITEMS, "").split(",")))
+        if task_key(task) not in tasks:
+            self.client.set_tag(self.run_id, TAG_ITEMS, ",".join(sorted(tasks | {task_key(task)})))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[self._tag(k, v) for k, v in tags.items()])
+
+    def finish(self, error: str | None = None) -> None:
+        """Send what is pending (retrying with backoff for about a minute), record the error or clear an earlier
+        one, and close the run. Metrics that still cannot be sent are saved next to the trial and named in the
+        error, so nothing is lost silently."""
+        if not self.flush():
+            saved = Path.cwd() / f"unsent-metrics-{self.run_id}.jsonl"
+            with open(saved, "w") as f:
+                for m in self._pending:
+                    f.write(
+                        json.dumps({"key": m.key, "value": m.value, "step": m.step, "timestamp": m.timestamp}) + "\n"
+                    )
+            raise TrackingError(
+                f"{len(self._pending)} metric values could not be sent to {self.uri}; they are saved in {saved}"
+            )
+        if error:
+            self.client.set_tag(self.run_id, "crossover.error", error[:5000])
+        elif "crossover.error" in self.client.get_run(self.run_id).data.tags:  # an earlier attempt failed
+            self.client.delete_tag(self.run_id, "crossover.error")
+        self.client.set_terminated(self.run_id, status="FAILED" if error else "FINISHED")
+
+
+def study_status(study: str, uri: str) -> list[dict[str, Any]]:
+    """Each trial of the study's current parent run: name, status and latest metrics (tokens, epoch, losses)."""
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_experiment_by_name(study)
+    if experiment is None:
+        raise TrackingError(f"no study '{study}' in {uri}; `crossover run SPEC` creates it (check --tracking-uri)")
+    parent = _find_run(mlflow_client, experiment.experiment_id, {TAG_ROLE: ROLE_STUDY, TAG_STUDY: study})
+    if parent is None:
+        return []
+    children = mlflow_client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'",
+        order_by=["attributes.run_name"], max_results=10_000,
+    )  # fmt: skip
+    return [{"name": run.info.run_name, "status": run.info.status, **run.data.metrics} for run in children]

@@ -1,0 +1,224 @@
+"""`crossover run` end to end on a real local Ray instance with real MLflow stores: the contract, resume after a
+killed driver, a killed training worker, Optuna search, and an unreachable tracking server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crossover.platform.tracking import TrialRun, start_study
+from crossover.specs import parse_study
+from crossover.specs.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS
+
+from .conftest import tiny_study
+from .services import free_port, kill_ray_processes, mlflow_server, ray_temp_dir, stop_group
+
+CROSSOVER = [sys.executable, "-m", "crossover.cli"]
+CONTRACT_METRICS = {m for m in TRAIN_METRICS if m != "mfu"} | {"eval/heldout_loss/loss"}
+
+
+@pytest.fixture
+def study(tmp_path, tiny_corpus, session_cache):
+    """A tiny study file, a private Ray temp dir and storage, and the environment to run it in."""
+    temp_dir = ray_temp_dir()
+    env = {**os.environ, "CROSSOVER_CACHE": str(session_cache), "RAY_TMPDIR": temp_dir}
+
+    def write(**blocks) -> Path:
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump(tiny_study(tiny_corpus, **blocks)))
+        return path
+
+    yield {"write": write, "env": env, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "storage": str(tmp_path / "ray")}
+    kill_ray_processes(temp_dir)
+
+
+def run(study, spec: Path, *args: str, timeout: int = 420) -> subprocess.CompletedProcess:
+    command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"], "--quiet"]
+    return subprocess.run([*command, *args], env=study["env"], capture_output=True, text=True, timeout=timeout,
+                          cwd=spec.parent)  # fmt: skip
+
+
+def poll_runs(uri: str):
+    """`runs` while a study is starting: nothing until the driver has created the store (never race its schema)."""
+    if not Path(uri.removeprefix("sqlite:///")).exists():
+        return None, [], []
+    try:
+        return runs(uri)
+    except Exception:  # noqa: BLE001 - the driver is still creating the tables
+        return None, [], []
+
+
+def runs(uri: str, name: str = "tiny"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    found = client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
+    parents = [r for r in found if r.data.tags.get(TAG_ROLE) == "study"]
+    children = [r for r in found if TAG_TRIAL_ID in r.data.tags]
+    return client, parents, children
+
+
+def history_steps(client, run, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+
+
+def test_run_records_every_trial_by_the_contract_and_a_rerun_trains_nothing(study):
+    spec = study["write"](train={"total_tokens": 8192}, eval={"every": "log:2"},
+                          grid={"objective": ["ar", "mdlm"], "unique_tokens": ["4k", "8k"]})  # fmt: skip
+    trials = parse_study(yaml.safe_load(spec.read_text())).expand()
+    result = run(study, spec)
+    assert result.returncode == 0, result.stdout + result.stderr
+    client, parents, children = runs(study["uri"])
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "spec")}
+    assert artifacts == {"spec/study.yaml", "spec/trials.json"}
+    assert sorted(r.info.run_name for r in children) == sorted(t.name for t in trials)
+    by_name = {t.name: t for t in trials}
+    for child in children:
+        trial = by_name[child.info.run_name]
+        assert child.info.status == "FINISHED"
+        assert child.data.tags[TAG_PARENT] == parents[0].info.run_id
+        assert child.data.tags["crossover.cell"] == trial.cell
+        assert child.data.tags["crossover.objective"] == trial.objective
+        assert child.data.tags[TAG_TRIAL_ID] == trial.trial_id
+        params = child.data.params
+        assert params["data.unique_tokens"] == str(trial.unique_tokens)
+        assert params["train.total_tokens"] == "8192" and params["model.layers"] == "4"
+        assert params["objective"] == trial.objective and params["axes.unique_tokens"] == trial.axes["unique_tokens"]
+        assert CONTRACT_METRICS <= set(child.data.metrics)
+        tokens = client.get_metric_history(child.info.run_id, "tokens")
+        assert all(m.step == m.value for m in tokens) and max(m.step for m in tokens) == 8192
+    listed = subprocess.run([*CROSSOVER, "status", "tiny", "--tracking-uri", study["uri"]], capture_output=True,
+                            text=True, env=study["env"])  # fmt: skip
+    assert listed.returncode == 0 and listed.stdout.count("FINISHED") == len(trials), listed.stdout
+
+    steps_before = {c.info.run_name: history_steps(client, c, "train/loss") for c in children}
+    again = run(study, spec)
+    assert again.returncode == 0, again.stderr
+    client, parents, children = runs(study["uri"])
+    assert len(parents) == 1 and len(children) == len(trials)
+    assert {c.info.run_name: history_steps(client, c, "train/loss") for c in children} == steps_before
+
+
+def test_driver_killed_mid_study_resumes_without_rerunning_finished_trials(study):
+    spec = study["write"](train={"total_tokens": 16384}, eval={"every": 4096},
+                          resources={"max_concurrent": 1})  # fmt: skip
+    trials = parse_study(yaml.safe_load(spec.read_text())).expand()
+    command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"], "--quiet"]
+    driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            _, _, children = poll_runs(study["uri"])
+            if any(c.info.status == "FINISHED" for c in children):
+                break
+        else:
+            pytest.fail("no trial finished in time")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver crashes
+        driver.wait()
+        kill_ray_processes(study["env"]["RAY_TMPDIR"])
+    client, _, children = runs(study["uri"])
+    finished = {
+        c.info.run_name: history_steps(client, c, "train/loss") for c in children if c.info.status == "FINISHED"
+    }
+    assert 1 <= len(finished) < len(trials)
+
+    resumed = run(study, spec, "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    client, parents, children = runs(study["uri"])
+    assert len(parents) == 1
+    assert sorted(c.info.run_name for c in children) == sorted(t.name for t in trials)  # no duplicate runs
+    assert all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        steps = history_steps(client, child, "train/loss")
+        if child.info.run_name in finished:
+            assert steps == finished[child.info.run_name]  # not trained again
+        assert history_steps(client, child, "eval/heldout_loss/loss") == [4096, 8192, 12288, 16384]
+
+
+def test_killed_training_process_restarts_from_its_checkpoint(study):
+    import psutil
+
+    spec = study["write"](train={"total_tokens": 24576}, eval={"every": 4096},
+                          grid={"objective": ["ar"], "unique_tokens": ["10k"]})  # fmt: skip
+    command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"], "--quiet"]
+    driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    killed = None
+    try:
+        deadline = time.monotonic() + 300
+        while killed is None and time.monotonic() < deadline:
+            time.sleep(1)
+            client, _, children = poll_runs(study["uri"])
+            if children and history_steps(client, children[0], "eval/heldout_loss/loss"):
+                for proc in psutil.process_iter(["cmdline"]):
+                    cmdline = " ".join(proc.info["cmdline"] or [])
+                    if cmdline.startswith("ray::ImplicitFunc") or cmdline.startswith("ray::run_trial"):
+                        proc.kill()  # the process training the trial dies
+                        killed = proc.pid
+        assert killed, "never saw the trial's process after its first checkpoint"
+        output, _ = driver.communicate(timeout=400)
+    finally:
+        stop_group(driver)
+    assert driver.returncode == 0, output
+    client, _, children = runs(study["uri"])
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    assert history_steps(client, children[0], "eval/heldout_loss/loss") == [4096 * i for i in range(1, 7)]
+    assert max(history_steps(client, children[0], "tokens")) == 24576
+
+
+def test_optuna_search_samples_hyperparameters(study):
+    spec = study["write"](
+        train={"total_tokens": 4096}, eval={"every": "log:1"},
+        grid={"objective": ["ar"], "unique_tokens": ["4k"]},
+        search={"metric": "eval/heldout_loss/loss", "mode": "min", "num_samples": 2, "scope": "per_cell",
+                "space": {"lr": {"loguniform": [1e-3, 1e-2]}}},
+    )  # fmt: skip
+    result = run(study, spec)
+    assert result.returncode == 0, result.stdout + result.stderr
+    _, _, children = runs(study["uri"])
+    lrs = {float(c.data.params["train.lr"]) for c in children}
+    assert len(children) == 2 and len(lrs) == 2 and all(1e-3 <= lr <= 1e-2 for lr in lrs)
+    assert all(c.info.status == "FINISHED" for c in children)
+
+
+def test_unreachable_tracking_server_exits_2_before_any_trial(study, tmp_path):
+    spec = study["write"]()
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = subprocess.run([*CROSSOVER, "run", str(spec), "--tracking-uri", url, "--storage", study["storage"]],
+                            env=study["env"], capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert result.returncode == 2
+    assert "unreachable" in result.stderr and url in result.stderr
+    assert "Ray" not in result.stdout + result.stderr  # no Ray instance was started
+    assert not Path(study["storage"]).exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_metrics_logged_while_the_server_is_down_are_not_lost(tmp_path, tiny_corpus):
+    spec = parse_study(tiny_study(tiny_corpus))
+    trial = spec.expand()[0]
+    port = free_port()
+    with mlflow_server(tmp_path / "store", port) as url:
+        parent = start_study(spec, "name: tiny\n", url)
+        run_ = TrialRun(trial, url, parent)
+        run_.log({"train/loss": 5.0}, 1024)
+    for step in (2048, 3072):  # the server is down: buffered, no exception
+        run_.log({"train/loss": 4.0, "tokens": step}, step)
+    assert len(run_._pending) == 4  # two steps of two metrics wait in the buffer
+    with mlflow_server(tmp_path / "store", port) as url:
+        run_.finish()
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(url)
+        assert sorted(m.step for m in client.get_metric_history(run_.run_id, "train/loss")) == [1024, 2048, 3072]
+        assert client.get_run(run_.run_id).info.status == "FINISHED"
