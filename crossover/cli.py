@@ -67,6 +67,17 @@ def _load_checked(path: Path, quiet: bool = False) -> StudySpec:
     return spec
 
 
+def _check_tasks(spec: StudySpec) -> None:
+    """Exit 2 before anything starts when the spec asks for an eval task this version cannot run yet."""
+    from crossover.evals import check_tasks
+
+    try:
+        check_tasks(spec.eval.tasks)
+    except ValueError as exc:
+        err.print(f"[bold red]cannot run this spec:[/] {exc}", highlight=False)
+        raise typer.Exit(USER_ERROR) from None
+
+
 def _text_table(headers: list[str], rows: list[list[str]]) -> str:
     """A plain aligned table: fast for 10,000-trial plans (rich tables take ~0.5 ms a row) and easy to grep."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
@@ -358,6 +369,7 @@ def run(
         err.print("[bold red]--resume and --fresh contradict each other[/]: choose one")
         raise typer.Exit(USER_ERROR)
     spec = _load_checked(spec_path)
+    _check_tasks(spec)
     uri = resolve_tracking_uri(tracking_uri)
     try:
         check_tracking(uri)
@@ -471,6 +483,7 @@ def train(
     from crossover.trainers.loop import train as train_trial
 
     spec = _load_checked(spec_path)
+    _check_tasks(spec)
     trial = _pick_trial(spec, which)
     folder = out_dir or Path(".crossover") / "train" / spec.name / trial.name
     if folder.exists() and any(folder.iterdir()) and not resume:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import configparser
 import importlib.util
-import json
 import os
 import re
 import secrets
@@ -199,24 +198,30 @@ def test_manifest_server_logs_a_run_with_credentials_and_refuses_anonymous_reque
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from crossover.platform.tracking import TrackingError, TrialRun, check_tracking, start_study
+    from crossover.specs import parse_study
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    # The platform's own path: the start-up check, the study's parent run, a trial's child run.
+    check_tracking(url)
+    spec = parse_study({"name": "k8s-manifest-check", "objective": "ar", "data": {"unique_tokens": "50k"},
+                        "train": {"total_tokens": "1M"}})  # fmt: skip
+    parent = start_study(spec, "name: k8s-manifest-check\n", url)
+    trial_run = TrialRun(spec.expand()[0], url, parent)
+    trial_run.log({"train/loss": 3.25}, 4096)
+    trial_run.finish()
     client = mlflow.MlflowClient(tracking_uri=url)
-    experiment_id = client.create_experiment("k8s-manifest-check")
-    run = client.create_run(experiment_id, run_name="ar-U50k-nano-s0")
-    client.log_param(run.info.run_id, "objective", "ar")
-    client.log_metric(run.info.run_id, "train/loss", 3.25, step=4096)
-    client.log_text(run.info.run_id, json.dumps({"study": "smoke"}), "spec/study.json")
-    client.set_terminated(run.info.run_id)
-
-    logged = client.get_run(run.info.run_id)
-    assert logged.data.params == {"objective": "ar"}
+    logged = client.get_run(trial_run.run_id)
+    assert logged.data.params["objective"] == "ar" and logged.data.params["data.unique_tokens"] == "50000"
     assert logged.data.metrics == {"train/loss": 3.25}
     assert logged.info.status == "FINISHED"
     # Artifacts went through the server's proxy to --artifacts-destination.
-    assert [p.name for p in mlflow_server["artifacts"].rglob("study.json")] == ["study.json"]
+    assert [p.name for p in mlflow_server["artifacts"].rglob("study.yaml")] == ["study.yaml"]
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password-123")
+    with pytest.raises(TrackingError, match="refused the credentials"):
+        check_tracking(url)
     with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
-        mlflow.MlflowClient(tracking_uri=url).get_run(run.info.run_id)
+        mlflow.MlflowClient(tracking_uri=url).get_run(trial_run.run_id)

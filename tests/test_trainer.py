@@ -66,3 +66,25 @@ def test_nan_loss_stops_the_trial_naming_step_and_tokens(tiny_corpus, tmp_path):
     trial = trials(tiny_corpus, train={"lr": 1e6, "min_lr": 1.0, "grad_clip": 0.0, "precision": "fp32"})["ar"]
     with pytest.raises(NonFiniteLoss, match=r"at step \d+ after [\d,]+ tokens"):
         train(trial, LocalReporter(tmp_path))
+
+
+def test_train_command_runs_one_trial_and_keeps_earlier_runs(tiny_corpus, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from crossover.cli import app
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tiny_study(tiny_corpus, train={"total_tokens": 4096},
+                                              grid={"objective": ["mdlm"], "unique_tokens": ["4k"]})))  # fmt: skip
+    out = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(spec), "--trial", "mdlm-U4k-nano-s0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "done mdlm-U4k-nano-s0" in result.output
+    assert [p.name for p in LocalReporter(out).checkpoints()][-1] == "checkpoint_000000000004096"
+    again = runner.invoke(app, ["train", str(spec), "--trial", "0", "--out", str(out)])
+    assert again.exit_code == 2 and "--resume" in again.output
+    assert runner.invoke(app, ["train", str(spec), "--trial", "0", "--out", str(out), "--resume"]).exit_code == 0
+    unknown = runner.invoke(app, ["train", str(spec), "--trial", "ar-U9k", "--out", str(tmp_path / "x")])
+    assert unknown.exit_code == 2 and "0: mdlm-U4k-nano-s0" in unknown.output

@@ -80,8 +80,10 @@ class Trainer:
 
     def __init__(self, trial: TrialSpec, reporter: Reporter):
         from crossover.data import prepare, train_stream
+        from crossover.evals import check_tasks
         from crossover.models import build_model
 
+        check_tasks(trial.eval.tasks)
         self.trial, self.reporter = trial, reporter
         self.rank, self.world = 0, trial.resources.workers
         torch.set_num_threads(max(1, int(trial.resources.cpus_per_worker)))

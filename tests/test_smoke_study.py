@@ -1,0 +1,113 @@
+"""The smoke study end to end, as on a cluster: `ray start --head` on loopback (2 CPUs), `ray job submit` of
+`crossover run study_specs/smoke.yaml`, a real `mlflow server`; then the trainer's and the analysis' checks on the
+records it made."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from crossover.cli import app
+from crossover.specs import load_study
+from crossover.specs.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS
+
+from .conftest import ROOT, SPECS
+from .services import BIN, assert_report_renders, mlflow_server, ray_head
+
+SMOKE = SPECS / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, session_cache):
+    base = tmp_path_factory.mktemp("smoke")
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "CROSSOVER_CACHE": str(session_cache),
+        "RAY_AUTH_MODE": "disabled",
+    }  # a throwaway loopback cluster: no token to hand to `ray job submit`
+    with mlflow_server(base / "mlflow") as url, ray_head(env) as (_, dashboard):
+        runtime_env = {"env_vars": {"CROSSOVER_CACHE": str(session_cache)}}
+        command = [
+            str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(ROOT),
+            "--runtime-env-json", json.dumps(runtime_env), "--",
+            "crossover", "run", "study_specs/smoke.yaml", "--tracking-uri", url, "--storage", str(base / "ray"),
+            "--quiet",
+        ]  # fmt: skip
+        for _ in range(30):  # the head's job agent starts a few seconds after the dashboard answers
+            job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+            if "No available agent" not in job.stderr:
+                break
+            time.sleep(3)
+        yield {"job": job, "uri": url, "base": base}
+
+
+def smoke_runs(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("smoke")
+    found = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in found if r.data.tags.get(TAG_ROLE) == "study"]
+    return client, parents, [r for r in found if TAG_TRIAL_ID in r.data.tags]
+
+
+def test_smoke_study_runs_under_ray_job_submit(smoke):
+    job = smoke["job"]
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
+    assert "4 trials finished, 0 failed" in job.stdout
+    trials = load_study(SMOKE).expand()
+    client, parents, children = smoke_runs(smoke["uri"])
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.info.run_name for c in children) == sorted(t.name for t in trials)
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags[TAG_PARENT] == parents[0].info.run_id
+        assert {"crossover.study", "crossover.cell", "crossover.objective"} <= set(child.data.tags)
+        assert child.data.params["train.total_tokens"] == "400000"
+        assert {m for m in TRAIN_METRICS if m != "mfu"} | {"eval/heldout_loss/loss"} <= set(child.data.metrics)
+    cells = {}
+    for child in children:
+        cells.setdefault(child.data.tags["crossover.cell"], {})[child.data.tags["crossover.objective"]] = child
+    for pair in cells.values():  # a matched pair saw the same data in the same order
+        assert pair["ar"].data.tags["crossover.data_hash"] == pair["mdlm"].data.tags["crossover.data_hash"]
+
+
+def test_both_objectives_learn_on_the_smoke_study(smoke, session_cache, monkeypatch):
+    """Held-out loss per token falls for both objectives; AR (exact NLL) ends clearly below the corpus' unigram
+    entropy, the loss of the best model that ignores context."""
+    from crossover.data import prepare
+
+    monkeypatch.setenv("CROSSOVER_CACHE", str(session_cache))
+    data = prepare(load_study(SMOKE).data)
+    counts = np.bincount(np.asarray(data.tokens), minlength=data.padded_vocab).astype(float)
+    p = counts[counts > 0] / counts.sum()
+    unigram_entropy = float(-(p * np.log(p)).sum())
+    client, _, children = smoke_runs(smoke["uri"])
+    final = {}
+    for child in children:
+        history = sorted(client.get_metric_history(child.info.run_id, "eval/heldout_loss/loss"), key=lambda m: m.step)
+        assert history[-1].value < history[0].value - 0.5, child.info.run_name
+        final[child.info.run_name] = history[-1].value
+    print(f"unigram entropy {unigram_entropy:.3f} nats; final held-out losses {final}")
+    assert all(v < unigram_entropy - 0.25 for k, v in final.items() if k.startswith("ar-"))
+    assert all(v < math.log(data.padded_vocab) for v in final.values())
+
+
+def test_smoke_report_opens_in_headless_chromium(smoke, tmp_path):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["analyze", "smoke", "--tracking-uri", smoke["uri"], "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    shot = assert_report_renders(out / "report.html", tmp_path, min_images=3)  # curves, crossovers, budget axis
+    if os.environ.get("CROSSOVER_KEEP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["CROSSOVER_KEEP_SCREENSHOT"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert {row["cell"] for row in summary["crossovers"]} == {"unique_tokens=50k", "unique_tokens=200k"}
