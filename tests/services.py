@@ -84,15 +84,17 @@ def ray_temp_dir() -> str:
     return tempfile.mkdtemp(prefix="rt", dir="/tmp")
 
 
-def kill_ray_processes(temp_dir: str) -> None:
-    """Stop every process of the Ray instance that lives in `temp_dir` (its daemons name the folder on their command
-    line; their agents and workers are their children), and nothing else."""
+def kill_ray_processes(temp_dir: str, gcs_port: int | None = None) -> None:
+    """Stop every process of one Ray instance: those naming its temp dir or its GCS address on their command line,
+    and their children (agents, workers); nothing else."""
     import psutil
 
     doomed: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
-            if proc.pid != os.getpid() and any(temp_dir in part for part in proc.info["cmdline"] or []):
+            cmdline = proc.info["cmdline"] or []
+            mine = any(temp_dir in part or (gcs_port and part.endswith(f":{gcs_port}")) for part in cmdline)
+            if proc.pid != os.getpid() and mine:
                 doomed[proc.pid] = proc
                 doomed.update((child.pid, child) for child in proc.children(recursive=True))
     for proc in doomed.values():
@@ -114,6 +116,7 @@ def ray_head(env: dict[str, str], num_cpus: int = 2) -> Iterator[tuple[str, str]
         # free ports, not Ray's fixed defaults: a stale agent elsewhere on the machine must not block this one
         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
         "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+        "--ray-client-server-port", str(free_port()),
     ]  # fmt: skip
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=180)
     try:
@@ -125,7 +128,7 @@ def ray_head(env: dict[str, str], num_cpus: int = 2) -> Iterator[tuple[str, str]
             time.sleep(0.5)
         yield f"127.0.0.1:{port}", url
     finally:
-        kill_ray_processes(temp_dir)
+        kill_ray_processes(temp_dir, port)
 
 
 CHROMIUM_FLAGS = [
