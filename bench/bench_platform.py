@@ -84,7 +84,8 @@ def demo() -> None:
 
 
 if __name__ == "__main__":
-    overhead(workers=1, trials=4)
+    if "--two-workers-only" not in sys.argv:
+        overhead(workers=1, trials=4)
     overhead(workers=2, trials=2)
     if "--demo" in sys.argv:
         demo()

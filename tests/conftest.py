@@ -9,15 +9,36 @@ SPECS = ROOT / "study_specs"
 
 
 @pytest.fixture
-def write_spec(tmp_path: Path):
-    """Write a spec file into a fresh directory and return its path."""
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core machine."""
+    import torch
 
-    def write(text: str, name: str = "study.yaml") -> Path:
-        path = tmp_path / name
-        path.write_text(text)
-        return path
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
-    return write
+
+@pytest.fixture
+def default_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything that falls back to the default cache root writes to a temporary directory, never ~/.cache."""
+    monkeypatch.setenv("CROSSOVER_CACHE", str(tmp_path_factory.getbasetemp() / "default-cache"))
+
+
+@pytest.fixture
+def small_spec(tmp_path_factory: pytest.TempPathFactory):
+    """The data tests' small corpus and its DataSpec (built once per session)."""
+    from .test_data_support import shared_spec
+
+    return shared_spec(tmp_path_factory)
+
+
+@pytest.fixture
+def small(tmp_path_factory: pytest.TempPathFactory):
+    """The prepared token store of `small_spec`."""
+    from .test_data_support import shared_store
+
+    return shared_store(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

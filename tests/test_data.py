@@ -23,7 +23,6 @@ from crossover.data import (
     TIERS,
     CodeQualityScorer,
     DataError,
-    PreparedData,
     ProseQualityScorer,
     QualityScorer,
     load_corpus,
@@ -33,7 +32,7 @@ from crossover.data import (
 )
 from crossover.data.corpus import fingerprint, size_bound, stdlib_files
 from crossover.specs import padded_vocab
-from crossover.specs.study import CorpusSpec, DataSpec
+from crossover.specs.study import CorpusSpec
 
 from .conftest import ROOT
 from .test_data_support import (
@@ -41,33 +40,18 @@ from .test_data_support import (
     make_documents,
     make_trials,
     shared_corpus,
-    shared_spec,
-    shared_store,
     write_jsonl,
 )
 
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _default_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Anything that falls back to the default cache root writes to a temporary directory, never ~/.cache."""
-    monkeypatch.setenv("CROSSOVER_CACHE", str(tmp_path_factory.getbasetemp() / "default-cache"))
+pytestmark = pytest.mark.usefixtures("default_cache")
 
 
 @pytest.fixture
 def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_corpus(tmp_path_factory)
-
-
-@pytest.fixture
-def small_spec(tmp_path_factory: pytest.TempPathFactory) -> DataSpec:
-    return shared_spec(tmp_path_factory)
-
-
-@pytest.fixture
-def small(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
-    return shared_store(tmp_path_factory)
 
 
 # ------------------------------------------------------------------------------------------------------ corpora

@@ -15,32 +15,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crossover.data import Budget, PreparedData, seeded_order, train_stream
+from crossover.data import Budget, seeded_order, train_stream
 from crossover.data.quality import TIERS, assign_tiers
 from crossover.data.stream import EpochOrder
-from crossover.specs.study import DataSpec
 
-from .test_data_support import make_trials, shared_spec, shared_store
+from .test_data_support import make_trials
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 QUALITIES = st.sampled_from(["all", *TIERS])
 SEEDS = st.integers(0, 2**31 - 1)
 
 
-@pytest.fixture(autouse=True)
-def _default_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Anything that falls back to the default cache root writes to a temporary directory, never ~/.cache."""
-    monkeypatch.setenv("CROSSOVER_CACHE", str(tmp_path_factory.getbasetemp() / "default-cache"))
-
-
-@pytest.fixture
-def small_spec(tmp_path_factory: pytest.TempPathFactory) -> DataSpec:
-    return shared_spec(tmp_path_factory)
-
-
-@pytest.fixture
-def small(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
-    return shared_store(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("default_cache")
 
 
 def _stream_tokens(stream) -> np.ndarray:

@@ -12,13 +12,7 @@ CFG = ModelConfig(layers=2, d_model=64, heads=4, kv_heads=4, ffn=96, vocab_size=
 MASK = 63
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Unigram(nn.Module):

@@ -14,13 +14,7 @@ TINY = ModelConfig(layers=2, d_model=64, heads=4, kv_heads=2, ffn=96, vocab_size
 TINY_MOE = TINY.model_copy(update={"experts": 4, "top_k": 2})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(causal: bool, cfg: ModelConfig = TINY, seed: int = 0) -> Transformer:

@@ -20,13 +20,7 @@ from crossover.trainers.objectives import (
 MASK = 31
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_batch(seed: int, B: int = 3, T: int = 7, V: int = 32):

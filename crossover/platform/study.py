@@ -128,7 +128,7 @@ def run_study(
     if resources.workers == 1:
         per_trial = {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
     else:  # the trial only waits on its Ray Train worker group, which reserves the workers' resources itself
-        per_trial = {"cpu": 0}
+        per_trial = {"cpu": 0.01}  # Tune needs a non-empty request; a sliver never competes with the workers
     trainable = tune.with_resources(run_trial, per_trial)
     common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage}
     results = []
