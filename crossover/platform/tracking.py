@@ -139,7 +139,7 @@ class TrialRun:
     for a while mid-run loses nothing: they are sent when it answers again, at the latest when the trial ends."""
 
     def __init__(self, trial: TrialSpec, uri: str, parent_run_id: str):
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         # A run is written from inside training: a down server must cost a failed call, not MLflow's minutes of
         # internal retries. This process retries itself (the buffer below), so turn MLflow's own retries off.
@@ -160,7 +160,6 @@ class TrialRun:
             self.client.update_run(run.info.run_id, status="RUNNING")
         self.run_id = run.info.run_id
         self._pending: list = []
-        self._tag = RunTag
 
     def log(self, metrics: dict[str, float], step: int, flush: bool = True) -> None:
         """`flush=False` only buffers (sent in batches of 1,000 values, and by `flush`/`finish`): for bulk writers."""
@@ -196,7 +195,9 @@ class TrialRun:
             self.client.set_tag(self.run_id, TAG_ITEMS, ",".join(sorted(tasks | {task_key(task)})))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[self._tag(k, v) for k, v in tags.items()])
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def finish(self, error: str | None = None) -> None:
         """Send what is pending (retrying with backoff for about a minute), record the error or clear an earlier

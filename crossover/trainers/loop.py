@@ -85,7 +85,6 @@ class Trainer:
 
         check_tasks(trial.eval.tasks)
         self.trial, self.reporter = trial, reporter
-        self.rank, self.world = 0, trial.resources.workers
         torch.set_num_threads(max(1, int(trial.resources.cpus_per_worker)))
         self.data = prepare(trial.data)  # every rank: built once, then a verified cache hit
         torch.manual_seed(trial.seed)  # same seed, same shapes: the AR and MDLM models of a cell start identical
