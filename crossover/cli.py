@@ -454,6 +454,50 @@ def ui(
 # ---- crossover train: one trial on this machine, for debugging (logic in crossover.trainers)
 
 
+@app.command("eval")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint directory (checkpoint_* of a trial).")],
+    tasks: Annotated[
+        str,
+        typer.Option(
+            "--tasks",
+            help="Comma-separated: heldout_loss, heldout_cloze, "
+            "humaneval_likelihood, humaneval_pass@k, lm_eval:<task>.",
+        ),
+    ] = "heldout_loss",
+    max_items: Annotated[int | None, typer.Option(help="Items per task (default: the trial's eval.max_items).")] = None,
+    mc_samples: Annotated[int | None, typer.Option(help="Monte Carlo samples per MDLM likelihood.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    lm_eval_include: Annotated[Path | None, typer.Option(help="A folder of lm-eval task YAMLs.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics and per-item results here.")] = None,
+) -> None:
+    """Evaluate a checkpoint on the platform's tasks (the same code the trainer runs at its eval points)."""
+    from crossover.data import DataError
+    from crossover.evals.checkpoint import CheckpointError
+    from crossover.evals.suite import evaluate_checkpoint
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    try:
+        results = evaluate_checkpoint(str(checkpoint), names, max_items=max_items, mc_samples=mc_samples,
+                                      device=device, lm_eval_include=str(lm_eval_include) if lm_eval_include else None)  # fmt: skip
+    except (CheckpointError, DataError, ValueError, KeyError) as exc:  # KeyError: lm-eval's unknown task
+        err.print(f"[bold red]cannot evaluate {checkpoint}:[/] {exc}", highlight=False)
+        raise typer.Exit(USER_ERROR) from None
+    rows = []
+    for result in results:
+        for metric, value in result.metrics.items():
+            if metric.endswith("_stderr"):
+                continue
+            stderr = result.metrics.get(f"{metric}_stderr")
+            rows.append([result.task, metric, f"{value:.4f}", "" if stderr is None else f"± {stderr:.4f}"])
+    out.print(_text_table(["task", "metric", "value", "stderr"], rows), markup=False, highlight=False)
+    if json_out:
+        from dataclasses import asdict
+
+        json_out.write_text(json.dumps([asdict(r) for r in results], indent=1))
+        out.print(f"results: {json_out}", highlight=False)
+
+
 def _pick_trial(spec: StudySpec, which: str):
     """A trial by index, name or trial_id (prefix); exit 2 listing the names otherwise."""
     trials = spec.expand()
@@ -502,7 +546,7 @@ def train(
 
         try:
             if trial.resources.workers > 1:
-                result = run_workers(trial, folder.resolve() / "ray", name=trial.name, sink_factory=None)
+                result = run_workers(trial, folder.resolve() / "ray", name=trial.name)
                 if result.error:
                     raise result.error
             else:

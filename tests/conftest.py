@@ -77,3 +77,28 @@ def tiny_study(corpus: Path, **blocks) -> dict:
     for key, value in blocks.items():
         spec[key] = {**spec[key], **value} if isinstance(spec.get(key), dict) else value
     return spec
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_corpus: Path, session_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """{'ar': dir, 'mdlm': dir}: the last checkpoint of each objective of `tiny_study`, trained once per session."""
+    import os
+
+    from crossover.specs import parse_study
+    from crossover.trainers.launch import LocalReporter
+    from crossover.trainers.loop import train
+
+    previous = os.environ.get("CROSSOVER_CACHE")
+    os.environ["CROSSOVER_CACHE"] = str(session_cache)
+    try:
+        found = {}
+        for trial in parse_study(tiny_study(tiny_corpus)).expand():
+            reporter = LocalReporter(tmp_path_factory.mktemp(f"ckpt-{trial.objective}"), keep=1)
+            train(trial, reporter)
+            found[trial.objective] = reporter.checkpoints()[-1]
+        return found
+    finally:
+        if previous is None:
+            os.environ.pop("CROSSOVER_CACHE", None)
+        else:
+            os.environ["CROSSOVER_CACHE"] = previous

@@ -88,3 +88,22 @@ def test_train_command_runs_one_trial_and_keeps_earlier_runs(tiny_corpus, tmp_pa
     assert runner.invoke(app, ["train", str(spec), "--trial", "0", "--out", str(out), "--resume"]).exit_code == 0
     unknown = runner.invoke(app, ["train", str(spec), "--trial", "ar-U9k", "--out", str(tmp_path / "x")])
     assert unknown.exit_code == 2 and "0: mdlm-U4k-nano-s0" in unknown.output
+
+
+def test_eval_tasks_run_at_eval_points_with_per_item_results(tiny_corpus, tmp_path):
+    import json
+
+    trial = trials(tiny_corpus, train={"total_tokens": 4096}, eval={"every": "log:2", "tasks": ["heldout_loss",
+                   "heldout_cloze"], "max_items": 12}, grid={"objective": ["mdlm"], "unique_tokens": [4096]})["mdlm"]  # fmt: skip
+    reporter = LocalReporter(tmp_path)
+    train(trial, reporter)
+    evals = reporter.history()
+    assert [e["step"] for e in evals] == [1024, 4096]  # log:2 of 4 steps
+    for e in evals:
+        assert 0.0 <= e["eval/heldout_cloze/acc"] <= 1.0 and math.isfinite(e["eval/heldout_cloze/delta_nll"])
+        assert e["eval_seconds"] > 0
+        items = json.loads((tmp_path / "items" / "heldout_cloze" / f"{e['step']}.json").read_text())
+        assert items["task"] == "heldout_cloze" and len(items["ids"]) == len(items["metrics"]["acc"]) > 0
+        assert sum(items["metrics"]["acc"]) / len(items["ids"]) == pytest.approx(e["eval/heldout_cloze/acc"])
+    first, last = (json.loads((tmp_path / "items" / "heldout_cloze" / f"{s}.json").read_text()) for s in (1024, 4096))
+    assert first["ids"] == last["ids"]  # the same items at every eval point

@@ -212,6 +212,15 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
                 )
                 + ".",
                 f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `crossover analyze`.",
+                *(
+                    [
+                        "Caution: this compares AR's exact held-out NLL with MDLM's ELBO, an upper bound on its NLL, "
+                        "so MDLM looks worse than it is and a crossover found here is conservative. The paper reads "
+                        "crossovers from downstream accuracy: add heldout_cloze (or another task) to eval.tasks."
+                    ]
+                    if analysis.metric.startswith("eval/heldout_loss/")
+                    else []
+                ),
             ],
         )
     )

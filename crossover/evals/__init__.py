@@ -1,19 +1,24 @@
-"""Evaluation: likelihoods (AR exact, MDLM Monte Carlo ELBO); tasks, samplers and the lm-eval bridge build on them."""
+"""Evaluation: likelihoods (AR exact, MDLM Monte Carlo ELBO), held-out loss, likelihood multiple-choice tasks,
+HumanEval (likelihood and pass@k), samplers, and the lm-eval bridge. `EvalSuite` runs a spec's tasks the same way at
+a trainer's eval points and in `crossover eval`."""
 
 from crossover.evals.likelihood import ar_loglik, mdlm_loglik
+from crossover.evals.results import TaskResult
+from crossover.specs.study import EVAL_TASKS
 
-# Tasks the trainer can run at its eval points today; the spec also names the ones still being built.
-AVAILABLE_TASKS = ("heldout_loss",)
+LM_EVAL_PREFIX = "lm_eval:"
 
 
 def check_tasks(tasks: list[str]) -> None:
-    """Refuse, before any training, a task that specs accept but this version cannot evaluate yet."""
-    missing = [t for t in tasks if t not in AVAILABLE_TASKS]
-    if missing:
-        raise ValueError(
-            f"eval task(s) {', '.join(missing)} are not available in this version of crossover; "
-            f"use eval.tasks: [{', '.join(AVAILABLE_TASKS)}]"
-        )
+    """Refuse, before any training, a task this installation cannot evaluate (lm-eval tasks need the `eval` extra)."""
+    unknown = [t for t in tasks if t not in EVAL_TASKS and not t.startswith(LM_EVAL_PREFIX)]
+    if unknown:
+        raise ValueError(f"unknown eval task(s) {', '.join(unknown)}; tasks: {', '.join(EVAL_TASKS)}, lm_eval:<task>")
+    if any(t.startswith(LM_EVAL_PREFIX) for t in tasks):
+        import importlib.util
+
+        if importlib.util.find_spec("lm_eval") is None:
+            raise ValueError("lm_eval:<task> needs the lm-eval harness: pip install 'crossover[eval]'")
 
 
-__all__ = ["AVAILABLE_TASKS", "ar_loglik", "check_tasks", "mdlm_loglik"]
+__all__ = ["EVAL_TASKS", "TaskResult", "ar_loglik", "check_tasks", "mdlm_loglik"]

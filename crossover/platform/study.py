@@ -38,9 +38,9 @@ class StudyOutcome:
         return not self.failed
 
 
-def _mlflow_sink(trial_json: dict[str, Any], uri: str, parent_run_id: str):
+def _tracked_run(trial_json: dict[str, Any], uri: str, parent_run_id: str) -> TrialRun:
     """Built inside the process that trains (rank 0): trials log to MLflow from where they run."""
-    return TrialRun(TrialSpec.model_validate(trial_json), uri, parent_run_id).log
+    return TrialRun(TrialSpec.model_validate(trial_json), uri, parent_run_id)
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -57,16 +57,16 @@ def run_trial(config: dict[str, Any]) -> None:
             from crossover.trainers.launch import RayReporter
             from crossover.trainers.loop import train
 
-            result = train(trial, RayReporter("tune", run.log))
+            result = train(trial, RayReporter("tune", run))
             run.set_tags({"crossover.data_hash": result["data_hash"]})
         else:
             from ray.tune.integration.ray_train import TuneReportCallback
 
             from crossover.trainers.launch import run_workers
 
-            sink = functools.partial(_mlflow_sink, config["trial"], config["tracking_uri"], config["parent_run_id"])
+            tracked = functools.partial(_tracked_run, config["trial"], config["tracking_uri"], config["parent_run_id"])
             outcome = run_workers(
-                trial, config["storage"], name=f"{trial.study}-{trial.trial_id}", sink_factory=sink,
+                trial, config["storage"], name=f"{trial.study}-{trial.trial_id}", run_factory=tracked,
                 callbacks=[TuneReportCallback()], max_failures=trial.resources.max_failures,
             )  # fmt: skip
             if outcome.error is not None:
@@ -127,12 +127,15 @@ def run_study(
     resources = spec.resources
     if resources.workers == 1:
         per_trial = {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
-    else:  # the trial only waits on its Ray Train worker group, which reserves the workers' resources itself
-        per_trial = {"cpu": 0.01}  # Tune needs a non-empty request; a sliver never competes with the workers
+    else:  # the trial only waits on its Ray Train worker group, which reserves the workers' resources itself.
+        # Tune needs a non-empty request: one byte of memory, as any CPU the trial held would be missing from the
+        # worker group (on a 2-CPU machine a 0.01-CPU trial leaves 1.99 CPUs for two 1-CPU workers: no start).
+        per_trial = {"cpu": 0, "memory": 1}
     trainable = tune.with_resources(run_trial, per_trial)
+    concurrent = max_concurrent or resources.max_concurrent or worker_groups_that_fit(spec, ray.cluster_resources())
     common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage}
     results = []
-    for name, tune_config, space in _tuners(spec, trials, max_concurrent or resources.max_concurrent):
+    for name, tune_config, space in _tuners(spec, trials, concurrent):
         path = f"{storage.rstrip('/')}/{name}"
         if tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(
@@ -162,6 +165,18 @@ def run_study(
     return StudyOutcome(finished, failed, parent_run_id, experiment)
 
 
+def worker_groups_that_fit(spec: StudySpec, cluster: dict[str, float]) -> int | None:
+    """How many multi-worker trials can run at once on `cluster` (Ray's resource totals); None for one-worker
+    trials, whose own requests let Tune fill the cluster. A trial whose worker group must wait for another's to
+    finish would time out starting it, so the limit is set up front (an autoscaling cluster: set max_concurrent)."""
+    res = spec.resources
+    if res.workers == 1:
+        return None
+    need = {"CPU": res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}
+    fits = [int(cluster.get(key, 0.0) // amount) for key, amount in need.items() if amount > 0]
+    return max(1, min(fits))
+
+
 def _tuners(spec: StudySpec, trials: list[TrialSpec], max_concurrent: int | None):
     """(experiment name, TuneConfig, parameter space) of each Tuner the study needs.
 
@@ -175,7 +190,8 @@ def _tuners(spec: StudySpec, trials: list[TrialSpec], max_concurrent: int | None
         config = t.config
         return config["trial"]["name"] if "trial" in config else f"{config['point']}-{t.trial_id}"
 
-    names = {"trial_name_creator": name_of, "trial_dirname_creator": name_of}
+    # Reusing a finished trial's process for the next saves its imports (torch, DeepSpeed: seconds per trial).
+    names = {"trial_name_creator": name_of, "trial_dirname_creator": name_of, "reuse_actors": True}
     if spec.search is None:
         space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in trials])}
         return [(spec.name, tune.TuneConfig(max_concurrent_trials=max_concurrent, **names), space)]

@@ -20,7 +20,6 @@ from typing import Any
 from crossover.specs import StudySpec, TrialSpec
 from crossover.specs.tracking import (
     DEFAULT_TRACKING_URI,
-    ITEMS_DIR,
     ROLE_STUDY,
     SPEC_DIR,
     TAG_ITEMS,
@@ -28,6 +27,8 @@ from crossover.specs.tracking import (
     TAG_ROLE,
     TAG_STUDY,
     TAG_TRIAL_ID,
+    items_path,
+    items_payload,
     task_key,
     trial_params,
     trial_tags,
@@ -187,9 +188,7 @@ class TrialRun:
     def log_items(self, task: str, step: int, ids: list[str], metrics: dict[str, list[float]]) -> None:
         """Per-item results of one task at one eval point (artifact items/<task>/<step>.json), for the bootstrap:
         eval/<task>/<metric> is the mean of each list."""
-        payload = {"task": task, "step": int(step), "ids": [str(i) for i in ids],
-                   "metrics": {k: [float(v) for v in vs] for k, vs in metrics.items()}}  # fmt: skip
-        self.client.log_text(self.run_id, json.dumps(payload), f"{ITEMS_DIR}/{task_key(task)}/{int(step)}.json")
+        self.client.log_text(self.run_id, json.dumps(items_payload(task, step, ids, metrics)), items_path(task, step))
         tasks = set(filter(None, self.client.get_run(self.run_id).data.tags.get(TAG_ITEMS, "").split(",")))
         if task_key(task) not in tasks:
             self.client.set_tag(self.run_id, TAG_ITEMS, ",".join(sorted(tasks | {task_key(task)})))

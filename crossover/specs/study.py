@@ -218,6 +218,7 @@ class EvalSpec(Strict):
     tasks: list[str] = ["heldout_loss"]
     mc_samples: int = Field(default=32, gt=0)  # Monte Carlo samples for MDLM likelihoods
     max_items: int = Field(default=200, gt=0)  # items per task per eval point
+    lm_eval_include: str | None = None  # a folder of lm-eval task YAMLs (local tasks) beside lm-eval's own
 
     @field_validator("every")
     @classmethod

@@ -49,6 +49,17 @@ def eval_key(task: str, metric: str) -> str:
     return f"{EVAL_PREFIX}{task_key(task)}/{metric}"
 
 
+def items_path(task: str, step: int) -> str:
+    """Where the per-item results of one task at one eval point are stored (on the child run, or in a folder)."""
+    return f"{ITEMS_DIR}/{task_key(task)}/{int(step)}.json"
+
+
+def items_payload(task: str, step: int, ids: list[str], metrics: Mapping[str, list[float]]) -> dict[str, Any]:
+    """The per-item file's content: eval/<task>/<metric> is the mean of each list, in the order of `ids`."""
+    return {"task": task, "step": int(step), "ids": [str(i) for i in ids],
+            "metrics": {k: [float(v) for v in vs] for k, vs in metrics.items()}}  # fmt: skip
+
+
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     """Nested dicts become dotted keys; lists become JSON; None becomes 'None'; everything else str()."""
     if isinstance(value, Mapping):

@@ -15,9 +15,11 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from crossover.evals.results import TaskResult
 from crossover.specs import TrialSpec
+from crossover.specs.tracking import items_path, items_payload
 from crossover.trainers.loop import train
 
 MetricSink = Callable[[dict[str, float], int], None]
@@ -52,6 +54,11 @@ class LocalReporter:
         for old in self.checkpoints()[: -self.keep]:
             shutil.rmtree(old)
 
+    def log_items(self, result: TaskResult, step: int) -> None:
+        path = self.folder / items_path(result.task, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(items_payload(result.task, step, result.item_ids, result.item_metrics)))
+
     def checkpoints(self) -> list[Path]:
         return sorted(p for p in self.folder.glob("checkpoint_*") if not p.name.endswith(".partial"))
 
@@ -65,12 +72,20 @@ class LocalReporter:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+class TrackedRun(Protocol):
+    """Where a Ray trial's metrics and per-item results go: a `crossover.platform.tracking.TrialRun` (MLflow)."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_items(self, task: str, step: int, ids: list[str], metrics: dict[str, list[float]]) -> None: ...
+
+
 class RayReporter:
     """Inside a Ray Tune trial (`api="tune"`, one worker in the trial's process) or a Ray Train worker
-    (`api="train"`): checkpoints go to Ray's storage, metrics to the sink (MLflow)."""
+    (`api="train"`): checkpoints go to Ray's storage, metrics and per-item results to the tracked run (MLflow)."""
 
-    def __init__(self, api: str, sink: MetricSink | None = None):
-        self.api, self.sink = api, sink
+    def __init__(self, api: str, run: TrackedRun | None = None):
+        self.api, self.run = api, run
 
     def _ray(self):
         import ray.train
@@ -79,8 +94,12 @@ class RayReporter:
         return ray.tune if self.api == "tune" else ray.train
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.sink:
-            self.sink(metrics, step)
+        if self.run:
+            self.run.log(metrics, step)
+
+    def log_items(self, result: TaskResult, step: int) -> None:
+        if self.run:
+            self.run.log_items(result.task, step, result.item_ids, result.item_metrics)
 
     def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str) -> None:
         ray = self._ray()
@@ -101,9 +120,9 @@ def _train_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     trial = TrialSpec.model_validate(config["trial"])
-    sink_factory = config.get("sink_factory")
-    sink = sink_factory() if sink_factory and ray.train.get_context().get_world_rank() == 0 else None
-    train(trial, RayReporter("train", sink), config.get("stop_after_steps"))
+    run_factory = config.get("run_factory")
+    run = run_factory() if run_factory and ray.train.get_context().get_world_rank() == 0 else None
+    train(trial, RayReporter("train", run), config.get("stop_after_steps"))
 
 
 def run_workers(
@@ -111,7 +130,7 @@ def run_workers(
     storage: str | Path,
     *,
     name: str | None = None,
-    sink_factory: Callable[[], MetricSink] | None = None,
+    run_factory: Callable[[], TrackedRun] | None = None,
     callbacks: list | None = None,
     max_failures: int = 0,
     stop_after_steps: int | None = None,
@@ -128,7 +147,7 @@ def run_workers(
     worker_resources = {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"trial": trial.model_dump(mode="json"), "sink_factory": sink_factory,
+        train_loop_config={"trial": trial.model_dump(mode="json"), "run_factory": run_factory,
                            "stop_after_steps": stop_after_steps},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(

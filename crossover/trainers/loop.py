@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import torch
 
+from crossover.evals.checkpoint import EvalModel, write_checkpoint_extras
+from crossover.evals.results import TaskResult
 from crossover.specs import TrialSpec, training_flops_per_token
 from crossover.trainers.engine import build_engine
 from crossover.trainers.objectives import ar_inputs_targets, ar_loss, input_mask_noise, mask_tokens, mdlm_loss, sample_t
@@ -45,6 +47,9 @@ class Reporter(Protocol):
 
     def latest_checkpoint(self) -> AbstractContextManager[str | None]:
         """The directory of the checkpoint to resume from, or None for a fresh start."""
+
+    def log_items(self, result: TaskResult, step: int) -> None:
+        """Per-item results of one eval task at an eval point (rank 0 only), for the analysis's bootstrap."""
 
 
 # Peak dense bf16 FLOP/s per GPU, for MFU. Unknown devices report no MFU rather than a wrong one.
@@ -81,6 +86,7 @@ class Trainer:
     def __init__(self, trial: TrialSpec, reporter: Reporter):
         from crossover.data import prepare, train_stream
         from crossover.evals import check_tasks
+        from crossover.evals.suite import EvalSuite
         from crossover.models import build_model
 
         check_tasks(trial.eval.tasks)
@@ -99,6 +105,10 @@ class Trainer:
         self.flops_per_token = training_flops_per_token(trial.model, trial.data.seq_len)
         self.log_every = max(1, self.stream.num_steps // LOG_POINTS)
         self.heldout = self.data.heldout_windows(trial.data.seq_len, max_windows=trial.eval.max_items)
+        ev = trial.eval
+        self.suite = EvalSuite(ev.tasks, max_items=ev.max_items, mc_samples=ev.mc_samples, data=self.data,
+                               seq_len=trial.data.seq_len, max_seq_len=trial.model.max_seq_len,
+                               lm_eval_include=ev.lm_eval_include)  # fmt: skip
         self.peak = peak_flops(self.device)
         with reporter.latest_checkpoint() as resume_dir:
             if resume_dir:
@@ -170,10 +180,15 @@ class Trainer:
                 }
                 if self.peak:
                     metrics["mfu"] = metrics["tokens_per_s"] * self.flops_per_token / (self.peak * self.world)
+                results: list[TaskResult] = []
                 if done in self.eval_at:
-                    metrics.update(self.evaluate())
+                    eval_started = time.perf_counter()
+                    eval_metrics, results = self.evaluate()
+                    metrics.update(eval_metrics, eval_seconds=time.perf_counter() - eval_started)
                 if self.rank == 0:
                     self.reporter.log(metrics, batch.tokens_seen)
+                    for result in results:
+                        self.reporter.log_items(result, batch.tokens_seen)
                 if done in self.eval_at:
                     self._checkpoint(metrics, batch.tokens_seen)
                     engine.train()
@@ -194,9 +209,12 @@ class Trainer:
         }
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Held-out loss per token (AR exact NLL, MDLM ELBO), each rank scoring its share of the windows."""
+    def evaluate(self) -> tuple[dict[str, float], list[TaskResult]]:
+        """Held-out loss per token (AR exact NLL, MDLM ELBO), each rank scoring its share of the windows; then the
+        spec's other tasks. Every rank runs those in full (same items, same random streams), so the forward passes
+        match across ranks, as ZeRO-3's gathered parameters require; rank 0 reports them."""
         from crossover.evals.heldout import heldout_loss
+        from crossover.evals.suite import metrics_of
 
         self.engine.eval()
         mine = self.heldout[self.rank :: self.world]
@@ -212,7 +230,9 @@ class Trainer:
             device=self.device,
         )
         total, count = _all_reduce_sum([total, count], self.device)
-        return {"eval/heldout_loss/loss": total / max(count, 1)}
+        metrics = {"eval/heldout_loss/loss": total / max(count, 1)}
+        results = self.suite.run(EvalModel.from_data(self.engine.module, self.trial.objective, self.data, self.trial))
+        return {**metrics, **metrics_of(results)}, results
 
     # ---- checkpoints
     def _checkpoint(self, metrics: dict[str, float], tokens: int) -> None:
@@ -227,6 +247,8 @@ class Trainer:
         }
         self.engine.save_checkpoint(str(folder), tag="model", client_state={"crossover": state})
         (folder / f"rank{self.rank}_{CLIENT_STATE}").write_text(json.dumps(state))
+        if self.rank == 0:
+            write_checkpoint_extras(folder, self.trial, self.data.root / "tokenizer.json")
         try:
             self.reporter.checkpoint({**metrics, "tokens": tokens}, tokens, str(folder))
         finally:

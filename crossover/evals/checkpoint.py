@@ -1,0 +1,111 @@
+"""A trained model ready to evaluate: the network, its objective and its tokenizer, from the trainer or a checkpoint.
+
+A checkpoint directory (what the trainer reports at each eval point, kept by Ray storage or `crossover train`) holds
+
+    model/                          DeepSpeed's files (tag "model")
+    trial.json                      the TrialSpec the model was trained from
+    tokenizer.json                  the tokenizer, so evaluating needs no token store
+    rank<r>_crossover_state.json    the resume state of each rank
+
+`load_checkpoint(path)` turns it into an `EvalModel` in fp32 (or `dtype`) on `device`, for `crossover eval`, the
+lm-eval bridge and the samplers; the trainer builds the same `EvalModel` around its live network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossover.specs import TrialSpec
+
+TRIAL_FILE = "trial.json"
+TOKENIZER_FILE = "tokenizer.json"
+DEEPSPEED_TAG = "model"
+
+
+class CheckpointError(Exception):
+    """A directory that is not a usable crossover checkpoint (a user error: the message says what is missing)."""
+
+
+@dataclass
+class EvalModel:
+    """What every evaluator takes. `model(tokens, attention_mask=...)` follows the crossover.models forward contract."""
+
+    model: nn.Module
+    objective: str  # "ar" (score with ar_loglik, sample left to right) or "mdlm" (ELBO, iterative unmasking)
+    tokenizer: Any  # a `tokenizers.Tokenizer`
+    eod_id: int
+    mask_id: int
+    pad_id: int
+    trial: TrialSpec | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.model.cfg.max_seq_len
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids exactly as the token store tokenized documents (special-token text stays text)."""
+        self.tokenizer.encode_special_tokens = True
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Any) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    @classmethod
+    def from_data(cls, model: nn.Module, objective: str, data: Any, trial: TrialSpec | None = None) -> EvalModel:
+        """Around a live model and its `crossover.data.PreparedData` (the trainer's eval points)."""
+        return cls(model, objective, data.tokenizer, data.eod_id, data.mask_id, data.pad_id, trial)
+
+
+def write_checkpoint_extras(folder: str | Path, trial: TrialSpec, tokenizer_path: str | Path) -> None:
+    """The files beside DeepSpeed's that make a checkpoint self-describing (rank 0 writes them)."""
+    folder = Path(folder)
+    (folder / TRIAL_FILE).write_text(trial.model_dump_json(indent=1))
+    (folder / TOKENIZER_FILE).write_bytes(Path(tokenizer_path).read_bytes())
+
+
+def _module_state(folder: Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    model_states = folder / DEEPSPEED_TAG / "mp_rank_00_model_states.pt"
+    if not model_states.exists():
+        raise CheckpointError(f"{folder} has no DeepSpeed model states ({model_states.relative_to(folder)})")
+    if zero_stage >= 3:  # parameters are partitioned across ranks: gather the fp32 copies from the optimizer files
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=DEEPSPEED_TAG)
+    return torch.load(model_states, map_location="cpu", weights_only=False)["module"]
+
+
+def load_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> EvalModel:
+    """The model of a crossover checkpoint directory, in eval mode on `device`."""
+    from tokenizers import Tokenizer
+
+    from crossover.data.tokenizer import special_ids
+    from crossover.models import build_model
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder} does not exist or is not a directory")
+    missing = [name for name in (TRIAL_FILE, TOKENIZER_FILE) if not (folder / name).exists()]
+    if missing:
+        raise CheckpointError(
+            f"{folder} is not a crossover checkpoint: {', '.join(missing)} missing; pass a checkpoint_* directory "
+            "written by `crossover train` or a trial's Ray storage"
+        )
+    trial = TrialSpec.model_validate_json((folder / TRIAL_FILE).read_text())
+    model = build_model(trial.model, causal=trial.objective == "ar")
+    state = _module_state(folder, trial.train.zero_stage)
+    model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    model.to(device=device, dtype=dtype).eval()
+    tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    ids = special_ids(tokenizer)
+    return EvalModel(model, trial.objective, tokenizer, ids.eod, ids.mask, ids.pad, trial)

@@ -1,0 +1,128 @@
+"""The evaluation tasks of a spec, run the same way at a trainer's eval points and by `crossover eval CHECKPOINT`.
+
+    EvalSuite(tasks, settings, data) -> items built once (the same items at every eval point and for every trial
+    of a study, so curves and matched pairs compare item by item) -> suite.run(em) -> [TaskResult]
+
+Tasks:
+- `heldout_loss`: held-out loss per token (AR exact NLL, MDLM ELBO); computed by the caller, which can share the
+  windows across ranks (see `crossover.evals.heldout`).
+- `heldout_cloze`, `humaneval_likelihood`: likelihood multiple choice (`crossover.evals.tasks`).
+- `humaneval_pass@k`: greedy completions of `max_items` problems, executed in subprocesses (pass@1).
+- `lm_eval:<task>`: any lm-eval task through the bridge, `max_items` documents (its data must be reachable).
+
+Budgets come from the spec's eval block: `max_items` items per task and `mc_samples` Monte Carlo samples per MDLM
+likelihood. Per-item results are kept for the analysis's bootstrap (`crossover.specs.tracking.items_payload`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from crossover.evals.checkpoint import EvalModel
+from crossover.evals.results import TaskResult
+
+HELDOUT_LOSS = "heldout_loss"
+ITEM_SEED = 0  # every trial of a study scores the same items: matched pairs and seeds compare item by item
+
+
+class EvalSuite:
+    """The spec's tasks other than `heldout_loss`, with their items built once."""
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        *,
+        max_items: int,
+        mc_samples: int,
+        data: Any = None,
+        seq_len: int | None = None,
+        max_seq_len: int | None = None,
+        lm_eval_include: str | None = None,
+    ):
+        """`data`: a `crossover.data.PreparedData` (held-out documents and the tokenizer) or an EvalModel (no
+        held-out documents). `seq_len`: the training window, which cloze items fit; `max_seq_len`: the model's
+        limit, which HumanEval items (longer than a small study's windows) fit."""
+        from crossover.evals.tasks import MC_TASKS, build_items
+
+        self.tasks = [t for t in tasks if t != HELDOUT_LOSS]
+        self.max_items, self.mc_samples, self.lm_eval_include = max_items, mc_samples, lm_eval_include
+        self.items = {}
+        for task in self.tasks:
+            if task in MC_TASKS:
+                fit = seq_len if task == "heldout_cloze" else max_seq_len
+                self.items[task] = build_items(task, data, max_items=max_items, seed=ITEM_SEED, max_seq_len=fit)
+
+    def run(self, em: EvalModel) -> list[TaskResult]:
+        from crossover.evals.tasks import score_multiple_choice
+
+        results = []
+        for task in self.tasks:
+            if task in self.items:
+                results.append(
+                    score_multiple_choice(task, em, self.items[task], mc_samples=self.mc_samples, seed=ITEM_SEED)
+                )
+            elif task == "humaneval_pass@k":
+                from crossover.evals.humaneval import humaneval_pass_at_k, humaneval_problems
+
+                problems = humaneval_problems(limit=self.max_items)
+                results.append(humaneval_pass_at_k(em, problems, n_samples=1, ks=(1,), seed=ITEM_SEED))
+            elif task.startswith("lm_eval:"):
+                from crossover.evals.lm_eval_bridge import run_lm_eval
+
+                name = task.removeprefix("lm_eval:")
+                found = run_lm_eval(em, [name], include_path=self.lm_eval_include, limit=self.max_items,
+                                    mc_samples=self.mc_samples, seed=ITEM_SEED)  # fmt: skip
+                results.extend(found.values())
+            else:
+                raise ValueError(f"unknown eval task '{task}'")
+        return results
+
+
+def metrics_of(results: Sequence[TaskResult]) -> dict[str, float]:
+    """eval/<task>/<metric> for every result (the MLflow metric names of the tracking contract)."""
+    from crossover.specs.tracking import eval_key
+
+    return {eval_key(r.task, name): value for r in results for name, value in r.metrics.items()}
+
+
+def evaluate_checkpoint(
+    path: str,
+    tasks: Sequence[str],
+    *,
+    max_items: int | None = None,
+    mc_samples: int | None = None,
+    device: str = "cpu",
+    lm_eval_include: str | None = None,
+) -> list[TaskResult]:
+    """`crossover eval`: the tasks on a checkpoint, with the budgets of its trial's eval block unless given.
+
+    Held-out tasks read the trial's token store (built again from its corpus if this machine lacks it)."""
+    from crossover.evals import check_tasks
+    from crossover.evals.checkpoint import load_checkpoint
+    from crossover.evals.heldout import heldout_loss
+
+    check_tasks(list(tasks))
+    em = load_checkpoint(path, device=device)
+    trial = em.trial
+    max_items = max_items or trial.eval.max_items
+    mc_samples = mc_samples or trial.eval.mc_samples
+    needs_data = any(t in (HELDOUT_LOSS, "heldout_cloze") for t in tasks)
+    data = None
+    if needs_data:
+        from crossover.data import prepare
+
+        data = prepare(trial.data)
+    suite = EvalSuite(tasks, max_items=max_items, mc_samples=mc_samples, data=data if data is not None else em,
+                      seq_len=trial.data.seq_len, max_seq_len=em.max_seq_len,
+                      lm_eval_include=lm_eval_include or trial.eval.lm_eval_include)  # fmt: skip
+    results = []
+    if HELDOUT_LOSS in tasks:
+        windows = data.heldout_windows(trial.data.seq_len, max_windows=max_items)
+        total, count = heldout_loss(
+            lambda tokens: em.model(tokens).logits, windows, objective=em.objective, mask_id=em.mask_id,
+            batch_size=trial.train.micro_batch, mc_samples=mc_samples, t_min=trial.train.mdlm_t_min, seed=0,
+            device=em.device,
+        )  # fmt: skip
+        results.append(TaskResult(HELDOUT_LOSS, {"loss": total / max(count, 1)}, [], {}))
+    return results + suite.run(em)

