@@ -69,6 +69,7 @@ def main() -> None:
         seen.add(trial.objective)
         data = prepare(trial.data)
         trainer = Trainer(trial, LocalReporter(f"/tmp/bench-trainer-{trial.name}"))
+        trainer.eval_at = set()  # training throughput only: the plain loop evaluates nothing either
         plain = PlainLoop(trial, data)
         tokens_per_step = trial.train.global_batch_tokens
         trainer.run(stop_after_steps=1)  # warm both up

@@ -47,6 +47,9 @@ PLANTED = 194_000
 def smoke_spec(name: str = "smoke") -> dict:
     raw = yaml.safe_load((SPECS / "smoke.yaml").read_text())
     raw["name"] = name
+    # the synthetic world below is planted on this shape, whatever size the shipped smoke study has
+    raw["train"].update(total_tokens="400k", global_batch_tokens=4096)
+    raw["grid"]["unique_tokens"] = ["50k", "200k"]
     raw["eval"] = {"every": "log:12", "tasks": ["heldout_loss", "heldout_cloze"], "mc_samples": 8, "max_items": 300}
     return raw
 
