@@ -107,3 +107,26 @@ def test_eval_tasks_run_at_eval_points_with_per_item_results(tiny_corpus, tmp_pa
         assert sum(items["metrics"]["acc"]) / len(items["ids"]) == pytest.approx(e["eval/heldout_cloze/acc"])
     first, last = (json.loads((tmp_path / "items" / "heldout_cloze" / f"{s}.json").read_text()) for s in (1024, 4096))
     assert first["ids"] == last["ids"]  # the same items at every eval point
+
+
+def test_a_trial_started_from_a_process_that_trained_in_process_gets_its_own_port(tiny_corpus, tmp_path):
+    """A one-process trial never reuses the MASTER_PORT it inherits: the parent (a test session, a notebook that
+    trained in-process) may still hold it, as here."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tiny_study(tiny_corpus, train={"total_tokens": 2048, "warmup_tokens": 0},
+                                              grid={"objective": ["ar"], "unique_tokens": [2048]})))  # fmt: skip
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(held.getsockname()[1])}  # fmt: skip
+        result = subprocess.run([sys.executable, "-m", "crossover.cli", "train", str(spec), "--trial", "0", "--out",
+                                 str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

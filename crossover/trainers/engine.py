@@ -41,7 +41,9 @@ def init_distributed() -> None:
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
-    if "RANK" not in os.environ:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        # One process: always a fresh port. Variables inherited from a parent that trained in-process (a test
+        # session, a notebook) name a port that parent still holds.
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
         )
