@@ -3,6 +3,7 @@ killed driver, a killed training worker, Optuna search, and an unreachable track
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -241,3 +242,27 @@ def test_metrics_logged_while_the_server_is_down_are_not_lost(tmp_path, tiny_cor
         client = MlflowClient(url)
         assert sorted(m.step for m in client.get_metric_history(run_.run_id, "train/loss")) == [1024, 2048, 3072]
         assert client.get_run(run_.run_id).info.status == "FINISHED"
+
+
+def test_a_restarted_trial_does_not_log_an_eval_point_twice(tmp_path, tiny_corpus):
+    """A trial restarted before its first checkpoint was recorded (a driver killed in between) trains again from
+    the start: the MLflow run it continues keeps one value per step, and per-item files are not rewritten."""
+    from mlflow.tracking import MlflowClient
+
+    spec = parse_study(tiny_study(tiny_corpus))
+    trial, uri = spec.expand()[0], f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = start_study(spec, "name: tiny\n", uri)
+    first = TrialRun(trial, uri, parent)
+    for step in (1024, 2048):
+        first.log({"train/loss": 5.0 - step / 1024, "tokens": step}, step)
+    first.log_items("heldout_cloze", 2048, ["a", "b"], {"acc": [1.0, 0.0]})
+    again = TrialRun(trial, uri, parent)  # the restart
+    assert again.run_id == first.run_id and again.logged_through == 2048
+    for step in (1024, 2048, 3072):
+        again.log({"train/loss": 5.0 - step / 1024, "tokens": step}, step)
+    again.log_items("heldout_cloze", 2048, ["a", "b"], {"acc": [0.0, 0.0]})
+    again.finish()
+    client = MlflowClient(uri)
+    assert sorted(m.step for m in client.get_metric_history(first.run_id, "train/loss")) == [1024, 2048, 3072]
+    items = json.loads(Path(client.download_artifacts(first.run_id, "items/heldout_cloze/2048.json")).read_text())
+    assert items["metrics"]["acc"] == [1.0, 0.0]

@@ -150,11 +150,17 @@ class TrialRun:
         self.client = client(uri)
         experiment_id = _experiment_id(self.client, uri, trial.study)
         run = _find_run(self.client, experiment_id, {TAG_TRIAL_ID: trial.trial_id, TAG_PARENT: parent_run_id})
+        # A trial restarted from a checkpoint (or from scratch, when a crash came before its first checkpoint was
+        # recorded) recomputes the same values up to where it had logged: they are not logged twice.
+        self.logged_through = -1
         if run is None:
             run = self.client.create_run(experiment_id, tags=trial_tags(trial, parent_run_id), run_name=trial.name)
             params = [Param(k, v) for k, v in trial_params(trial).items()]
             for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
                 self.client.log_batch(run.info.run_id, params=params[start : start + 100])
+        else:
+            self.logged_through = max((m.step for m in self.client.get_metric_history(run.info.run_id, "tokens")),
+                                      default=-1)  # fmt: skip
         # MLflow is the record of which trials are done: Tune's own state may lag a crashed driver by a few seconds.
         self.already_finished = run.info.status == "FINISHED"
         if run.info.status not in ("RUNNING", "FINISHED"):
@@ -166,6 +172,8 @@ class TrialRun:
         """`flush=False` only buffers (sent in batches of 1,000 values, and by `flush`/`finish`): for bulk writers."""
         from mlflow.entities import Metric
 
+        if step <= self.logged_through:
+            return
         now = int(time.time() * 1000)
         self._pending += [Metric(key, float(value), now, step) for key, value in metrics.items()]
         if flush or len(self._pending) >= 1000:
@@ -188,6 +196,8 @@ class TrialRun:
     def log_items(self, task: str, step: int, ids: list[str], metrics: dict[str, list[float]]) -> None:
         """Per-item results of one task at one eval point (artifact items/<task>/<step>.json), for the bootstrap:
         eval/<task>/<metric> is the mean of each list."""
+        if step <= self.logged_through:
+            return
         self.client.log_text(self.run_id, json.dumps(items_payload(task, step, ids, metrics)), items_path(task, step))
         tasks = set(filter(None, self.client.get_run(self.run_id).data.tags.get(TAG_ITEMS, "").split(",")))
         if task_key(task) not in tasks:
