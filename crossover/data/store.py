@@ -43,7 +43,7 @@ from crossover.data.cache import (
 )
 from crossover.data.errors import DataError
 from crossover.data.quality import SCORE_COLUMN, TIERS, QualityScorer, assign_tiers, resolve_scorer
-from crossover.data.tokenizer import check_size, get_tokenizer, real_size, special_ids
+from crossover.data.tokenizer import check_size, decode_ids, encode_text, get_tokenizer, real_size, special_ids
 from crossover.specs.expand import padded_vocab
 from crossover.specs.study import DataSpec
 
@@ -157,12 +157,10 @@ class PreparedData:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a text exactly as the store tokenized documents (special-token text stays text)."""
-        tok = self.tokenizer
-        tok.encode_special_tokens = True
-        return tok.encode(text, add_special_tokens=False).ids
+        return encode_text(self.tokenizer, text)
 
     def decode(self, ids: Any) -> str:
-        return self.tokenizer.decode(list(map(int, ids)), skip_special_tokens=False)
+        return decode_ids(self.tokenizer, ids)
 
     # ---- held-out data
     def heldout_documents(self, limit: int | None = None) -> list[dict[str, str]]:

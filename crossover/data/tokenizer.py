@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crossover.data.cache import content_key, file_sha256, remove_stale_tmp, tmp_path_for
 from crossover.data.errors import DataError
@@ -43,6 +43,16 @@ def special_ids(tok: Tokenizer) -> SpecialIds:
         raise DataError("tokenizer lacks an end-of-document or mask token")  # ensure_specials adds them
     pad = _find(tok, PAD_NAMES)
     return SpecialIds(eod=eod, mask=mask, pad=eod if pad is None else pad)
+
+
+def encode_text(tok: Tokenizer, text: str) -> list[int]:
+    """Token ids of a text exactly as the store tokenizes documents: special-token text stays text."""
+    tok.encode_special_tokens = True
+    return tok.encode(text, add_special_tokens=False).ids
+
+
+def decode_ids(tok: Tokenizer, ids: Any) -> str:
+    return tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
 def _find(tok: Tokenizer, names: Iterable[str]) -> int | None:

@@ -53,11 +53,14 @@ class EvalModel:
 
     def encode(self, text: str) -> list[int]:
         """Token ids exactly as the token store tokenized documents (special-token text stays text)."""
-        self.tokenizer.encode_special_tokens = True
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        from crossover.data.tokenizer import encode_text
+
+        return encode_text(self.tokenizer, text)
 
     def decode(self, ids: Any) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+        from crossover.data.tokenizer import decode_ids
+
+        return decode_ids(self.tokenizer, ids)
 
     @classmethod
     def from_data(cls, model: nn.Module, objective: str, data: Any, trial: TrialSpec | None = None) -> EvalModel:

@@ -33,7 +33,8 @@ from torch import nn
 
 
 @contextlib.contextmanager
-def _evaluating(model: Callable) -> Iterator[None]:
+def evaluating(model: Callable) -> Iterator[None]:
+    """Eval mode and no gradients for the duration; a live trainer model goes back to training mode afterwards."""
     was_training = isinstance(model, nn.Module) and model.training
     if was_training:
         model.eval()
@@ -45,7 +46,8 @@ def _evaluating(model: Callable) -> Iterator[None]:
             model.train()
 
 
-def _logits(out) -> torch.Tensor:
+def logits_of(out) -> torch.Tensor:
+    """The logits of a forward: a `ModelOutput` or plain logits."""
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
@@ -77,8 +79,8 @@ def ar_loglik(
     valid, cont = _valid_and_continuation(tokens, continuation_mask, lengths)
     if cont[:, 0].any():
         raise ValueError("the first position cannot be a continuation token for AR scoring: start with a context (BOS)")
-    with _evaluating(model):
-        logits = _logits(model(tokens, attention_mask=valid))
+    with evaluating(model):
+        logits = logits_of(model(tokens, attention_mask=valid))
     return _summed_logp(logits[:, :-1], tokens[:, 1:], cont[:, 1:])  # logits at i-1 predict the token at i
 
 
@@ -116,11 +118,11 @@ def mdlm_loglik(
 
     estimates = torch.empty(B * k, device=device, dtype=torch.float32)
     max_rows = max(1, max_tokens // T)
-    with _evaluating(model):
+    with evaluating(model):
         for start in range(0, B * k, max_rows):
             rows = slice(start, start + max_rows)
             attn = None if rows_valid is None else rows_valid[rows]
-            logits = _logits(model(noisy[rows], attention_mask=attn))
+            logits = logits_of(model(noisy[rows], attention_mask=attn))
             estimates[rows] = _summed_logp(logits, rows_tokens[rows], masked[rows])
     weight = L.repeat_interleave(k).float() / m.reshape(-1).float()
     return (estimates * weight).view(B, k).mean(-1) * (L > 0)

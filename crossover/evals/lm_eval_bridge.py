@@ -48,24 +48,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import nn
 
 from crossover.evals.checkpoint import EvalModel, load_checkpoint
-from crossover.evals.likelihood import ar_loglik, mdlm_loglik
+from crossover.evals.likelihood import ar_loglik, evaluating, logits_of, mdlm_loglik
 from crossover.evals.results import TaskResult
-
-
-@contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients for the duration; a live trainer model goes back to its own mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _logits(out: Any) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out.logits
 
 
 class _KeepLogits:
@@ -76,7 +60,7 @@ class _KeepLogits:
         self.logits: torch.Tensor | None = None
 
     def __call__(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        self.logits = _logits(self.model(tokens, attention_mask=attention_mask))
+        self.logits = logits_of(self.model(tokens, attention_mask=attention_mask))
         return self.logits
 
 
@@ -175,7 +159,7 @@ class CrossoverLM(LM):
         order = sorted(range(len(rows)), key=lambda i: (-len(rows[i][0]), rows[i][0], rows[i][1]))
         generator = torch.Generator().manual_seed(self.seed)  # CPU: the same draws whatever the device
         results: list[tuple[float, bool]] = [(0.0, True)] * len(rows)
-        with _evaluating(self.em.model):
+        with evaluating(self.em.model):
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 for i, result in zip(batch, self._score_batch([rows[i] for i in batch], generator), strict=True):
@@ -205,7 +189,7 @@ class CrossoverLM(LM):
             )  # fmt: skip
             valid = None if padded is None else torch.arange(width, device=device)[None, :] < lengths[:, None]
             all_masked = tokens.masked_fill(continuation, self.em.mask_id)
-            hit = _logits(self.em.model(all_masked, attention_mask=valid)).argmax(-1) == tokens
+            hit = logits_of(self.em.model(all_masked, attention_mask=valid)).argmax(-1) == tokens
             greedy = (hit | ~continuation).all(-1)
         return [(float(lp), bool(g)) for lp, g in zip(logp.tolist(), greedy.tolist(), strict=True)]
 

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossover.evals.likelihood import evaluating
+
 REMASKING = ("low_confidence", "random")
 
 
@@ -81,7 +83,6 @@ def _cut(ids: list[int], stop_ids: Sequence[int]) -> list[int]:
     return ids
 
 
-@torch.no_grad()
 def ar_generate(
     model: nn.Module,
     prompts: list[list[int]],
@@ -106,9 +107,7 @@ def ar_generate(
     width = tokens.shape[1]
     stopped = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for _ in range(max_new_tokens):
             logits = model(tokens, attention_mask=real).logits[:, -1].float()
             next_token = _sample(_suppress(logits, suppress_ids), temperature, top_p, generator)
@@ -118,8 +117,6 @@ def ar_generate(
             stopped |= torch.isin(next_token, stops)
             if bool(stopped.all()):
                 break
-    finally:
-        model.train(was_training)
     return [_cut(row, stop_ids) for row in tokens[:, width:].tolist()]
 
 
@@ -129,7 +126,6 @@ def _split(total: int, parts: int) -> list[int]:
     return [base + (i < extra) for i in range(parts)]
 
 
-@torch.no_grad()
 def mdlm_generate(
     model: nn.Module,
     prompts: list[list[int]],
@@ -168,9 +164,7 @@ def mdlm_generate(
         raise ValueError(f"block_length must be positive, got {block_length}")
     block_starts = list(range(start, start + length, block_length))
     steps_per_block = _split(max(steps, len(block_starts)), len(block_starts))  # at least one step per block
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for b0, block_steps in zip(block_starts, steps_per_block, strict=True):
             b1 = min(b0 + block_length, start + length)
             for count in _split(b1 - b0, block_steps):
@@ -189,8 +183,6 @@ def mdlm_generate(
                 confidence = confidence.masked_fill(~candidate, float("-inf"))
                 commit = confidence.topk(count, dim=-1).indices
                 x.scatter_(1, commit, chosen.gather(1, commit))
-    finally:
-        model.train(was_training)
     return x[:, start:].tolist()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from crossover.evals import LM_EVAL_PREFIX
 from crossover.evals.checkpoint import EvalModel
 from crossover.evals.results import TaskResult
 
@@ -67,10 +68,10 @@ class EvalSuite:
 
                 problems = humaneval_problems(limit=self.max_items)
                 results.append(humaneval_pass_at_k(em, problems, n_samples=1, ks=(1,), seed=ITEM_SEED))
-            elif task.startswith("lm_eval:"):
+            elif task.startswith(LM_EVAL_PREFIX):
                 from crossover.evals.lm_eval_bridge import run_lm_eval
 
-                name = task.removeprefix("lm_eval:")
+                name = task.removeprefix(LM_EVAL_PREFIX)
                 found = run_lm_eval(em, [name], include_path=self.lm_eval_include, limit=self.max_items,
                                     mc_samples=self.mc_samples, seed=ITEM_SEED)  # fmt: skip
                 results.extend(found.values())
