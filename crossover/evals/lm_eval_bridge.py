@@ -323,19 +323,21 @@ def run_lm_eval(
     batch_size: int = 16,
     seed: int = 0,
     bootstrap_iters: int = 1000,
+    task_manager: Any = None,
 ) -> dict[str, TaskResult]:
     """lm-eval `tasks` (names from lm-eval and from `include_path`'s task YAMLs) on `em`: {"lm_eval:<task>": result}.
 
     `include_defaults=False` skips indexing lm-eval's ~15k built-in task files (seconds) when every task comes from
     `include_path`. `seed` drives the MDLM Monte Carlo draws, sampling, lm-eval's few-shot choice and its seeding of
     the global generators, which are restored afterwards. `bootstrap_iters` only matters for metrics without a closed
-    form standard error (perplexities); lm-eval runs them in a process pool.
+    form standard error (perplexities); lm-eval runs them in a process pool. `task_manager`: one built before
+    (`lm_eval.tasks.TaskManager`), so a caller evaluating repeatedly indexes the task files once.
     """
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     lm = CrossoverLM(em, mc_samples=mc_samples, batch_size=batch_size, seed=seed)
-    manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
+    manager = task_manager or TaskManager(include_path=include_path, include_defaults=include_defaults)
     with _own_rng(em.device):
         output = simple_evaluate(
             model=lm, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=num_fewshot, log_samples=True,

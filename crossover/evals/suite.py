@@ -48,6 +48,7 @@ class EvalSuite:
 
         self.tasks = [t for t in tasks if t != HELDOUT_LOSS]
         self.max_items, self.mc_samples, self.lm_eval_include = max_items, mc_samples, lm_eval_include
+        self._lm_eval_tasks = None  # lm-eval's task index (seconds to build), built at the first eval point
         self.items = {}
         for task in self.tasks:
             if task in MC_TASKS:
@@ -69,11 +70,15 @@ class EvalSuite:
                 problems = humaneval_problems(limit=self.max_items)
                 results.append(humaneval_pass_at_k(em, problems, n_samples=1, ks=(1,), seed=ITEM_SEED))
             elif task.startswith(LM_EVAL_PREFIX):
+                from lm_eval.tasks import TaskManager
+
                 from crossover.evals.lm_eval_bridge import run_lm_eval
 
+                if self._lm_eval_tasks is None:
+                    self._lm_eval_tasks = TaskManager(include_path=self.lm_eval_include)
                 name = task.removeprefix(LM_EVAL_PREFIX)
-                found = run_lm_eval(em, [name], include_path=self.lm_eval_include, limit=self.max_items,
-                                    mc_samples=self.mc_samples, seed=ITEM_SEED)  # fmt: skip
+                found = run_lm_eval(em, [name], limit=self.max_items, mc_samples=self.mc_samples, seed=ITEM_SEED,
+                                    task_manager=self._lm_eval_tasks)  # fmt: skip
                 results.extend(found.values())
             else:
                 raise ValueError(f"unknown eval task '{task}'")
