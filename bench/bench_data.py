@@ -67,7 +67,7 @@ def nano_step(trial):
 
     try:
         from crossover.models import build_model
-        from crossover.trainers.objectives import ar_inputs_targets, ar_loss
+        from crossover.models.objectives import ar_inputs_targets, ar_loss
 
         model = build_model(trial.model, causal=True)
         which = "crossover.models nano"

@@ -17,8 +17,8 @@ import time
 import torch
 
 from crossover.models import build_model, flash_available
+from crossover.models.objectives import ar_inputs_targets, ar_loss, mask_tokens, mdlm_loss, sample_t
 from crossover.specs import PRESETS, ModelConfig, training_flops_per_token
-from crossover.trainers.objectives import ar_inputs_targets, ar_loss, mask_tokens, mdlm_loss, sample_t
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}  # dense
 

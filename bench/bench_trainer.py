@@ -16,10 +16,10 @@ import torch
 
 from crossover.data import prepare, train_stream
 from crossover.models import build_model
+from crossover.models.objectives import ar_inputs_targets, ar_loss, mask_tokens, mdlm_loss, sample_t
 from crossover.specs import load_study
 from crossover.trainers.launch import LocalReporter
 from crossover.trainers.loop import Trainer
-from crossover.trainers.objectives import ar_inputs_targets, ar_loss, mask_tokens, mdlm_loss, sample_t
 
 STEPS, BLOCKS = 6, 3
 

@@ -70,7 +70,7 @@ def tiny_study(corpus: Path, **blocks) -> dict:
                  "seq_len": 64, "heldout_tokens": "8k"},
         "model": "nano",
         "train": {"total_tokens": "40960", "global_batch_tokens": 1024, "micro_batch": 8, "lr": 3e-3,
-                  "min_lr": 3e-4, "warmup_tokens": 2048, "precision": "bf16", "zero_stage": 1},
+                  "min_lr": 3e-4, "warmup_tokens": 2048, "zero_stage": 1},
         "eval": {"every": "log:3", "tasks": ["heldout_loss"], "mc_samples": 2, "max_items": 16},
         "grid": {"objective": ["ar", "mdlm"], "unique_tokens": ["10k"]},
     }  # fmt: skip

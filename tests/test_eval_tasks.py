@@ -26,9 +26,9 @@ from crossover.evals.tasks import (
     score_multiple_choice,
 )
 from crossover.models import build_model
+from crossover.models.objectives import ar_loss
 from crossover.specs import ModelConfig
 from crossover.specs.expand import padded_vocab
-from crossover.trainers.objectives import ar_loss
 
 CFG = ModelConfig(layers=2, d_model=64, heads=4, kv_heads=4, ffn=96, vocab_size=64, max_seq_len=64)
 EOD, MASK, PAD = 0, 1, 2

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crossover.trainers.objectives import (
+from crossover.models.objectives import (
     ar_inputs_targets,
     ar_loss,
     input_mask_noise,

@@ -16,6 +16,7 @@ import yaml
 
 from crossover.platform.tracking import TrialRun, start_study
 from crossover.specs import parse_study
+from crossover.specs.hardware import Runtime, resolve_runtime
 from crossover.specs.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS
 
 from .conftest import tiny_study
@@ -81,6 +82,8 @@ def test_run_records_every_trial_by_the_contract_and_a_rerun_trains_nothing(stud
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "spec")}
     assert artifacts == {"spec/study.yaml", "spec/trials.json"}
+    runtime = Runtime.model_validate_json(parents[0].data.tags["crossover.runtime"])
+    assert runtime == resolve_runtime(trials[0].train, trials[0].model, trials[0].resources)
     assert sorted(r.info.run_name for r in children) == sorted(t.name for t in trials)
     by_name = {t.name: t for t in trials}
     for child in children:
@@ -94,6 +97,9 @@ def test_run_records_every_trial_by_the_contract_and_a_rerun_trains_nothing(stud
         assert params["data.unique_tokens"] == str(trial.unique_tokens)
         assert params["train.total_tokens"] == "8192" and params["model.layers"] == "4"
         assert params["objective"] == trial.objective and params["axes.unique_tokens"] == trial.axes["unique_tokens"]
+        # `auto` resolved once for the study (recorded on the parent run), the same for every trial
+        assert (params["train.precision"], params["model.compile"]) == ("auto", "auto")
+        assert (params["runtime.precision"], params["runtime.compile"]) == (runtime.precision, str(runtime.compile))
         assert CONTRACT_METRICS <= set(child.data.metrics)
         tokens = client.get_metric_history(child.info.run_id, "tokens")
         assert all(m.step == m.value for m in tokens) and max(m.step for m in tokens) == 8192

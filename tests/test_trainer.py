@@ -1,12 +1,14 @@
 """The training loop with real DeepSpeed on CPU: matched pairs, exact resume, ZeRO stages, NaN, workers."""
 
 import math
+import time
 
 import pytest
 
 from crossover.specs import parse_study
+from crossover.specs.hardware import Runtime
 from crossover.trainers.launch import LocalReporter
-from crossover.trainers.loop import NonFiniteLoss, train
+from crossover.trainers.loop import NonFiniteLoss, Trainer, train
 from crossover.trainers.schedules import eval_steps
 
 from .conftest import tiny_study
@@ -62,10 +64,77 @@ def test_zero_stages_train_on_cpu(tiny_corpus, tmp_path, stage):
     assert result["steps"] == 16 and losses[-1] < losses[0]
 
 
+def test_bf16_trains_on_cpu_through_deepspeed(tiny_corpus, tmp_path):
+    trial = trials(tiny_corpus, train={"precision": "bf16", "total_tokens": 10240}, eval={"every": "log:2"})["ar"]
+    reporter = LocalReporter(tmp_path)
+    train(trial, reporter)
+    losses = [m["train/loss"] for m in reporter.history("metrics")]
+    assert len(losses) == 10 and losses[-1] < losses[0] - 1.0  # it learns in bf16
+
+
+@pytest.mark.parametrize(("objective", "stage"), [("ar", 0), ("mdlm", 1), ("ar", 2), ("mdlm", 3)])
+def test_compiled_training_matches_eager_through_every_zero_stage(tiny_corpus, tmp_path, objective, stage):
+    """Compiled blocks (what `compile: auto` does on CUDA) train through the one DeepSpeed path, with the same losses
+    as eager training; inductor runs on CPU, so this checks it here."""
+    trial = trials(tiny_corpus, train={"zero_stage": stage, "total_tokens": 10240}, eval={"every": "log:2"})[objective]
+    losses = {}
+    for compiled in (False, True):
+        runtime = Runtime(device="cpu", precision="fp32", compile=compiled, why="test")
+        reporter = LocalReporter(tmp_path / str(compiled))
+        train(trial, reporter, runtime=runtime)
+        losses[compiled] = [m["train/loss"] for m in reporter.history("metrics")]
+        heldout = reporter.history()[-1]["eval/heldout_loss/loss"]
+        losses[compiled].append(heldout)  # evaluation runs eager either way
+    assert len(losses[True]) == 11 and losses[True][-2] < losses[True][0] - 1.0
+    assert losses[True] == pytest.approx(losses[False], rel=1e-2, abs=1e-2)  # bf16's tolerance; fp32 is far closer
+
+
 def test_nan_loss_stops_the_trial_naming_step_and_tokens(tiny_corpus, tmp_path):
     trial = trials(tiny_corpus, train={"lr": 1e6, "min_lr": 1.0, "grad_clip": 0.0, "precision": "fp32"})["ar"]
     with pytest.raises(NonFiniteLoss, match=r"at step \d+ after [\d,]+ tokens"):
         train(trial, LocalReporter(tmp_path))
+
+
+class PoisonedTrainer(Trainer):
+    """A trainer whose loss becomes NaN in one micro-batch of one step: the step the error must name."""
+
+    poison_step = 7
+
+    def _loss(self, tokens):
+        loss, out = super()._loss(tokens)
+        if self.stream.step == self.poison_step:  # the stream is one past the step it handed out: steps count from 1
+            loss = loss * float("nan")
+        return loss, out
+
+
+def test_a_nan_between_log_points_is_reported_at_its_exact_step(tiny_corpus, tmp_path):
+    """The loop synchronises only at log points; the losses of every step in between are checked there."""
+    trial = trials(tiny_corpus, train={"precision": "fp32"})["ar"]
+    trainer = PoisonedTrainer(trial, LocalReporter(tmp_path))
+    trainer.log_every = 5  # log points at steps 5, 10, ... and the eval points 1, 6, 40: step 7 lies between two
+    with pytest.raises(NonFiniteLoss, match=r"the training loss became nan at step 7 after 7,168 tokens"):
+        trainer.run()
+    assert [m["step"] // 1024 for m in LocalReporter(tmp_path).history("metrics")] == [1, 5, 6]  # raised at 10
+
+
+class SlowFirstStep(Trainer):
+    """The first step of a process pays compilation and warm-up: here a deliberate 3 s."""
+
+    def _loss(self, tokens):
+        if self.stream.step == 1:  # the first step handed out
+            time.sleep(3.0)
+        return super()._loss(tokens)
+
+
+def test_tokens_per_second_leaves_out_the_first_steps_warm_up(tiny_corpus, tmp_path):
+    trial = trials(tiny_corpus, train={"precision": "fp32"}, eval={"every": "log:1"})["ar"]  # evaluate at the end only
+    trainer = SlowFirstStep(trial, LocalReporter(tmp_path))
+    trainer.log_every = 2
+    trainer.run(stop_after_steps=2)
+    first = LocalReporter(tmp_path).history("metrics")[0]
+    assert first["step"] == 2048
+    # With the slow step inside its window the rate could be at most 2,048 tokens / 3 s.
+    assert first["tokens_per_s"] > 2048 / 3.0
 
 
 def test_train_command_runs_one_trial_and_keeps_earlier_runs(tiny_corpus, tmp_path):

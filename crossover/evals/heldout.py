@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from crossover.trainers.objectives import ar_inputs_targets, ar_loss, mask_tokens, mdlm_loss, sample_t
+from crossover.models.objectives import ar_inputs_targets, ar_loss, mask_tokens, mdlm_loss, sample_t
 
 
 @torch.no_grad()

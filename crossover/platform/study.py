@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crossover.platform.tracking import TrialRun, finish_study, start_study
+from crossover.platform.tracking import TrialRun, finish_study, start_study, study_runtime
 from crossover.specs import StudySpec, TrialSpec
+from crossover.specs.hardware import Runtime, resolve_runtime
 
 # Environment the trials need that a local Ray instance would not otherwise pass on.
 FORWARDED_ENV = ("CROSSOVER_CACHE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "TOKENIZERS_PARALLELISM")
@@ -38,9 +39,9 @@ class StudyOutcome:
         return not self.failed
 
 
-def _tracked_run(trial_json: dict[str, Any], uri: str, parent_run_id: str) -> TrialRun:
+def _tracked_run(trial_json: dict[str, Any], uri: str, parent_run_id: str, runtime: Runtime) -> TrialRun:
     """Built inside the process that trains (rank 0): trials log to MLflow from where they run."""
-    return TrialRun(TrialSpec.model_validate(trial_json), uri, parent_run_id)
+    return TrialRun(TrialSpec.model_validate(trial_json), uri, parent_run_id, runtime)
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -49,7 +50,8 @@ def run_trial(config: dict[str, Any]) -> None:
         trial = searched_trial(config["study"], config["point"], config["hparams"])
         config = {**config, "trial": trial.model_dump(mode="json")}
     trial = TrialSpec.model_validate(config["trial"])
-    run = TrialRun(trial, config["tracking_uri"], config["parent_run_id"])
+    runtime = Runtime.model_validate(config["runtime"])  # resolved once for the study, on the driver
+    run = TrialRun(trial, config["tracking_uri"], config["parent_run_id"], runtime)
     if run.already_finished:  # finished before a driver crash that Tune's state did not see: never train twice
         return
     try:
@@ -57,17 +59,19 @@ def run_trial(config: dict[str, Any]) -> None:
             from crossover.trainers.launch import RayReporter
             from crossover.trainers.loop import train
 
-            result = train(trial, RayReporter("tune", run))
+            result = train(trial, RayReporter("tune", run), runtime=runtime)
             run.set_tags({"crossover.data_hash": result["data_hash"]})
         else:
             from ray.tune.integration.ray_train import TuneReportCallback
 
             from crossover.trainers.launch import run_workers
 
-            tracked = functools.partial(_tracked_run, config["trial"], config["tracking_uri"], config["parent_run_id"])
+            tracked = functools.partial(
+                _tracked_run, config["trial"], config["tracking_uri"], config["parent_run_id"], runtime
+            )
             outcome = run_workers(
                 trial, config["storage"], name=f"{trial.study}-{trial.trial_id}", run_factory=tracked,
-                callbacks=[TuneReportCallback()], max_failures=trial.resources.max_failures,
+                callbacks=[TuneReportCallback()], max_failures=trial.resources.max_failures, runtime=runtime,
             )  # fmt: skip
             if outcome.error is not None:
                 raise outcome.error
@@ -109,13 +113,16 @@ def run_study(
     import ray
     from ray import tune
 
-    trials = spec.expand()
+    trials, resources = spec.expand(), spec.resources
     storage = storage_path(spec, storage)
     experiment = f"{storage.rstrip('/')}/{spec.name}"
     if fresh and "://" not in storage:  # per-cell searches keep one Tune experiment per trial: <study>.<trial>
         for path in [Path(experiment), *Path(storage).glob(f"{spec.name}.*")]:
             shutil.rmtree(path, ignore_errors=True)
     parent_run_id = start_study(spec, spec_text, tracking_uri, fresh=fresh, trials_hash=_trials_hash(trials))
+    # Once per study, so every trial (the AR and MDLM of each cell) trains alike; a continued study keeps the
+    # resolution it began with.
+    runtime = study_runtime(tracking_uri, parent_run_id, resolve_runtime(spec.train, trials[0].model, resources))
 
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
@@ -124,7 +131,6 @@ def run_study(
         else:  # the embedded default: a local instance with this machine's cores
             ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
 
-    resources = spec.resources
     if resources.workers == 1:
         per_trial = {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
     else:  # the trial only waits on its Ray Train worker group, which reserves the workers' resources itself.
@@ -133,7 +139,8 @@ def run_study(
         per_trial = {"cpu": 0, "memory": 1}
     trainable = tune.with_resources(run_trial, per_trial)
     concurrent = max_concurrent or resources.max_concurrent or worker_groups_that_fit(spec, ray.cluster_resources())
-    common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage}
+    common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage,
+              "runtime": runtime.model_dump()}  # fmt: skip
     results = []
     for name, tune_config, space in _tuners(spec, trials, concurrent):
         path = f"{storage.rstrip('/')}/{name}"

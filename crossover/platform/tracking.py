@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from crossover.specs import StudySpec, TrialSpec
+from crossover.specs.hardware import Runtime
 from crossover.specs.tracking import (
     DEFAULT_TRACKING_URI,
     ROLE_STUDY,
@@ -25,6 +26,7 @@ from crossover.specs.tracking import (
     TAG_ITEMS,
     TAG_PARENT,
     TAG_ROLE,
+    TAG_RUNTIME,
     TAG_STUDY,
     TAG_TRIAL_ID,
     items_path,
@@ -131,6 +133,17 @@ def start_study(spec: StudySpec, spec_text: str, uri: str, *, fresh: bool = Fals
     return run.info.run_id
 
 
+def study_runtime(uri: str, parent_run_id: str, resolved: Runtime) -> Runtime:
+    """The study's runtime (precision, compile): the one recorded on its parent run when it began, else `resolved`,
+    which is then recorded. A study continued on another kind of machine keeps training as it began."""
+    mlflow_client = client(uri)
+    recorded = mlflow_client.get_run(parent_run_id).data.tags.get(TAG_RUNTIME)
+    if recorded:
+        return Runtime.model_validate_json(recorded)
+    mlflow_client.set_tag(parent_run_id, TAG_RUNTIME, resolved.model_dump_json())
+    return resolved
+
+
 def finish_study(uri: str, parent_run_id: str, failed: bool) -> None:
     client(uri).set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")
 
@@ -139,7 +152,7 @@ class TrialRun:
     """The MLflow child run of one trial. Metrics are buffered and retried, so a tracking server that is down
     for a while mid-run loses nothing: they are sent when it answers again, at the latest when the trial ends."""
 
-    def __init__(self, trial: TrialSpec, uri: str, parent_run_id: str):
+    def __init__(self, trial: TrialSpec, uri: str, parent_run_id: str, runtime: Runtime | None = None):
         from mlflow.entities import Param
 
         # A run is written from inside training: a down server must cost a failed call, not MLflow's minutes of
@@ -155,7 +168,7 @@ class TrialRun:
         self.logged_through = -1
         if run is None:
             run = self.client.create_run(experiment_id, tags=trial_tags(trial, parent_run_id), run_name=trial.name)
-            params = [Param(k, v) for k, v in trial_params(trial).items()]
+            params = [Param(k, v) for k, v in trial_params(trial, runtime).items()]
             for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
                 self.client.log_batch(run.info.run_id, params=params[start : start + 100])
         else:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import TypeAdapter, ValidationError
 
 from crossover.specs.errors import Path, Problem, SpecError
+from crossover.specs.memory import GIB, estimate_memory
 from crossover.specs.model import PRESETS, ModelConfig
 from crossover.specs.study import (
     AXES,
@@ -20,6 +21,7 @@ from crossover.specs.study import (
     NoiseSpec,
     Objective,
     Quality,
+    ResourcesSpec,
     SparsitySpec,
     StudySpec,
     Tokens,
@@ -286,6 +288,15 @@ class _Expander:
         )
         check(train.min_lr <= train.lr, "min_lr", f"min_lr {train.min_lr:g} exceeds lr {train.lr:g}")
         check(
+            train.precision != "fp16" or spec.resources.gpus_per_worker > 0,
+            ("train", "precision"),
+            "precision fp16 trains on GPUs only (its loss scaling is a GPU recipe); use auto, fp32 or bf16 on CPU, "
+            "or set resources.gpus_per_worker",
+        )
+        if spec.resources.gpus_per_worker > 0:
+            fits, message = gpu_memory_fits(model, train, data.seq_len, spec.resources)
+            check(fits, "model" if "model" in spec.grid else "micro_batch", message)
+        check(
             objective == "ar" or noise.input_mask == 0,
             "noise",
             "input_mask noise applies to AR trials only; drop these MDLM points with an exclude rule, e.g. "
@@ -317,6 +328,37 @@ class _Expander:
                 "name": _trial_name(objective, unique, model_spec.label, axes, seed),
             }
         )
+
+
+def gpu_memory_fits(model: ModelConfig, train: TrainSpec, seq_len: int, resources: ResourcesSpec) -> tuple[bool, str]:
+    """Whether a GPU trial's estimated peak memory fits its share of a GPU; if not, a message naming the changes
+    that would make it fit (by the same estimate)."""
+    budget = resources.gpu_memory_gb * GIB * min(1.0, resources.gpus_per_worker)
+    settings = dict(precision="bf16" if train.precision == "auto" else train.precision, zero_stage=train.zero_stage,
+                    workers=resources.workers, micro_batch=train.micro_batch, seq_len=seq_len,
+                    checkpointing=train.activation_checkpointing)  # fmt: skip
+    estimate = estimate_memory(model, **settings)
+    if estimate.total <= budget:
+        return True, ""
+    options = {
+        "train.activation_checkpointing: selective": dict(checkpointing="selective"),
+        "train.activation_checkpointing: full": dict(checkpointing="full"),
+        f"train.micro_batch: {max(1, train.micro_batch // 2)}": dict(micro_batch=max(1, train.micro_batch // 2)),
+        "train.zero_stage: 3": dict(zero_stage=3),
+    }
+    fixes = []
+    for name, change in options.items():
+        if any(settings[key] == value for key, value in change.items()):
+            continue  # already the setting
+        need = estimate_memory(model, **{**settings, **change}).total
+        if need <= budget:
+            fixes.append(f"{name} (~{need / GIB:.0f} GiB)")
+    share = f" x gpus_per_worker {resources.gpus_per_worker:g}" if resources.gpus_per_worker < 1 else ""
+    fix = f"fits with {' or '.join(fixes)}" if fixes else "add workers with train.zero_stage: 3, or lower micro_batch"
+    return False, (
+        f"the {model.preset or 'model'} trial needs ~{estimate.total / GIB:.0f} GiB per GPU ({estimate.describe()}), "
+        f"more than resources.gpu_memory_gb {resources.gpu_memory_gb:g}{share}; {fix}"
+    )
 
 
 def expand_study(spec: StudySpec) -> list[TrialSpec]:

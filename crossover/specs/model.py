@@ -11,6 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# The loss head computes at most this many float32 logits at a time (crossover.models.objectives), whatever the
+# batch: the memory estimate (crossover.specs.memory) counts on it.
+LOSS_CHUNK_LOGITS = 2**25
+
 
 class ModelConfig(BaseModel):
     """Every dimension of the one transformer backbone. `causal` is not here: the objective decides it."""
@@ -34,7 +38,7 @@ class ModelConfig(BaseModel):
     moe_z_coef: float = Field(default=0.001, ge=0)  # router z-loss weight
     dropout: float = Field(default=0.0, ge=0, lt=1)  # attention and hidden dropout (the parameter-noise axis)
     attention: Literal["auto", "sdpa", "flash"] = "auto"
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"  # torch.compile per block; auto: on CUDA, not on CPU (where it costs more)
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:

@@ -1,9 +1,12 @@
-"""What a study will cost: per-trial epochs, parameters, training FLOPs and GPU-hours, from the analytic counts."""
+"""What a study will cost: per-trial epochs, parameters, training FLOPs, GPU-hours and memory per worker, from the
+analytic counts, and how its `auto` settings resolve on this machine."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 
+from crossover.specs.hardware import Runtime, resolve_runtime
+from crossover.specs.memory import GIB, estimate_memory
 from crossover.specs.model import count_params, training_flops_per_token
 from crossover.specs.study import StudySpec
 
@@ -21,12 +24,14 @@ class PlanRow(BaseModel):
     params_active: int
     flops: float  # training FLOPs (forward + backward), evaluation not included
     gpu_hours: float
+    memory_gib: float  # estimated peak per worker (per GPU on GPU trials), crossover.specs.memory
 
 
 class Plan(BaseModel):
     study: str
     mfu: float
     gpu_tflops: float
+    runtime: Runtime  # precision and compile as the trials will train on this kind of machine
     trials: list[PlanRow]
     total_flops: float
     total_gpu_hours: float
@@ -34,8 +39,10 @@ class Plan(BaseModel):
 
 def plan_study(spec: StudySpec, mfu: float = 0.4, gpu_tflops: float = 989.0) -> Plan:
     """GPU-hours = FLOPs / (MFU x peak FLOP/s); the defaults are an H100's dense bf16 peak at 40% utilisation."""
+    trials = spec.expand()
+    runtime = resolve_runtime(spec.train, trials[0].model, spec.resources)
     rows = []
-    for trial in spec.expand():
+    for trial in trials:
         counts = count_params(trial.model)
         flops = training_flops_per_token(trial.model, trial.data.seq_len) * trial.total_tokens
         rows.append(
@@ -52,12 +59,24 @@ def plan_study(spec: StudySpec, mfu: float = 0.4, gpu_tflops: float = 989.0) -> 
                 params_active=counts.active,
                 flops=flops,
                 gpu_hours=flops / (mfu * gpu_tflops * 1e12) / 3600,
-            )
+                memory_gib=estimate_memory(
+                    trial.model,
+                    precision=runtime.precision,
+                    zero_stage=trial.train.zero_stage,
+                    workers=trial.resources.workers,
+                    micro_batch=trial.train.micro_batch,
+                    seq_len=trial.data.seq_len,
+                    checkpointing=trial.train.activation_checkpointing,
+                    gpu=runtime.device == "cuda",
+                ).total
+                / GIB,
+            )  # fmt: skip
         )
     return Plan(
         study=spec.name,
         mfu=mfu,
         gpu_tflops=gpu_tflops,
+        runtime=runtime,
         trials=rows,
         total_flops=sum(r.flops for r in rows),
         total_gpu_hours=sum(r.gpu_hours for r in rows),

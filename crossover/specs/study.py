@@ -109,7 +109,7 @@ class ModelSpec(Frozen):
     rope_base: float | None = Field(default=None, gt=0)
     norm_eps: float | None = Field(default=None, gt=0)
     attention: Literal["auto", "sdpa", "flash"] | None = None
-    compile: bool | None = None
+    compile: bool | Literal["auto"] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -184,8 +184,10 @@ class TrainSpec(Strict):
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(default=1e-8, gt=0)
     grad_clip: float = Field(default=1.0, ge=0)  # 0 disables clipping
-    precision: Literal["bf16", "fp32"] = "bf16"
+    # auto: bf16 on a GPU and on CPUs whose matrix units do bf16 (AMX), fp32 elsewhere (crossover.specs.hardware)
+    precision: Literal["auto", "bf16", "fp32", "fp16"] = "auto"
     zero_stage: int = Field(default=1, ge=0, le=3)
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"  # recompute activations in backward
     mdlm_t_min: float = Field(default=1e-3, gt=0, lt=1)  # MDLM draws the mask ratio t ~ U(mdlm_t_min, 1]
     keep_checkpoints: int = Field(default=2, ge=1)
 
@@ -249,10 +251,19 @@ class EvalSpec(Strict):
 class ResourcesSpec(Strict):
     workers: int = Field(default=1, gt=0)  # data-parallel workers per trial
     cpus_per_worker: float = Field(default=1, gt=0)
-    gpus_per_worker: float = Field(default=0, ge=0)
+    gpus_per_worker: float = Field(default=0, ge=0)  # a fraction (0.5, 0.25) packs several small trials on a GPU
+    gpu_memory_gb: float = Field(default=80, gt=0)  # per GPU: `plan` refuses a trial whose estimate exceeds it
     max_concurrent: int | None = Field(default=None, gt=0)  # None fills the cluster
     storage: str | None = None  # Ray storage path or URI for checkpoints; default ~/ray_results
     max_failures: int = Field(default=2, ge=0)  # restarts of a failed trial, each from its last checkpoint
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_or_fraction(cls, gpus: float) -> float:
+        if gpus > 1 and gpus != int(gpus):
+            raise ValueError(f"gpus_per_worker {gpus:g}: above 1 a worker takes whole GPUs (Ray can share one GPU, "
+                             "not split several); use a fraction below 1 to pack trials, or a whole number")  # fmt: skip
+        return gpus
 
 
 class Distribution(Strict):

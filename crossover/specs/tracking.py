@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from crossover.specs.hardware import Runtime
     from crossover.specs.study import TrialSpec
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -24,6 +25,7 @@ TAG_CELL = "crossover.cell"
 TAG_OBJECTIVE = "crossover.objective"
 TAG_TRIAL_ID = "crossover.trial_id"
 TAG_ITEMS = "crossover.items"  # comma-separated tasks with per-item artifacts (absent: none)
+TAG_RUNTIME = "crossover.runtime"  # parent run: the study's resolved precision and compile (JSON)
 TAG_PARENT = "mlflow.parentRunId"
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
@@ -72,9 +74,13 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     return {prefix: str(value)}
 
 
-def trial_params(trial: TrialSpec) -> dict[str, str]:
-    """The flattened TrialSpec: `data.unique_tokens`, `train.total_tokens`, `model.layers`, `axes.<axis>`, ..."""
-    return flatten(trial.model_dump(mode="json"))
+def trial_params(trial: TrialSpec, runtime: Runtime | None = None) -> dict[str, str]:
+    """The flattened TrialSpec: `data.unique_tokens`, `train.total_tokens`, `model.layers`, `axes.<axis>`, ...;
+    with the runtime it trains with, also `runtime.precision` and `runtime.compile` (what `auto` resolved to)."""
+    params = flatten(trial.model_dump(mode="json"))
+    if runtime is not None:
+        params.update(flatten({"precision": runtime.precision, "compile": runtime.compile}, "runtime"))
+    return params
 
 
 def trial_tags(trial: TrialSpec, parent_run_id: str) -> dict[str, str]:

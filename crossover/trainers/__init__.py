@@ -1,12 +1,2 @@
-"""Per-worker training: objectives (this package's `objectives` module); the loop, schedules and checkpoints."""
-
-from crossover.trainers.objectives import (
-    ar_inputs_targets,
-    ar_loss,
-    input_mask_noise,
-    mask_tokens,
-    mdlm_loss,
-    sample_t,
-)
-
-__all__ = ["ar_inputs_targets", "ar_loss", "input_mask_noise", "mask_tokens", "mdlm_loss", "sample_t"]
+"""Per-worker training: the one loop (`loop`), its DeepSpeed engine (`engine`), schedules, and where a trial runs
+(`launch`). The objective math it trains with is `crossover.models.objectives`."""

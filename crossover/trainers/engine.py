@@ -11,16 +11,17 @@ import torch
 from crossover.specs import TrialSpec
 
 
-def deepspeed_config(trial: TrialSpec) -> dict[str, Any]:
-    """ZeRO stage, precision, clipping and batch geometry; the global batch in tokens is fixed by the spec, so
-    gradient accumulation absorbs the worker count."""
+def deepspeed_config(trial: TrialSpec, precision: str) -> dict[str, Any]:
+    """ZeRO stage, precision (resolved: bf16, fp16 or fp32), clipping and batch geometry; the global batch in tokens
+    is fixed by the spec, so gradient accumulation absorbs the worker count."""
     train = trial.train
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": train.micro_batch,
         "gradient_accumulation_steps": trial.grad_accum_steps,
         "train_batch_size": train.micro_batch * trial.grad_accum_steps * trial.resources.workers,
         "zero_optimization": {"stage": train.zero_stage},
-        "bf16": {"enabled": train.precision == "bf16"},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},  # dynamic loss scaling
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
     }
@@ -59,12 +60,16 @@ def build_optimizer(model: torch.nn.Module, trial: TrialSpec) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, eps=train.eps, fused=torch.cuda.is_available())
 
 
-def build_engine(model: torch.nn.Module, trial: TrialSpec):
+def build_engine(model: torch.nn.Module, trial: TrialSpec, precision: str):
     """Wrap the model in a DeepSpeed engine with the spec's optimizer; the LR is set per step by the loop."""
     import deepspeed
 
     init_distributed()
+    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise RuntimeError(
+            f"{torch.cuda.get_device_name()} has no bf16: set train.precision to fp16 (or fp32) for these GPUs"
+        )
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=build_optimizer(model, trial), config=deepspeed_config(trial)
+        model=model, optimizer=build_optimizer(model, trial), config=deepspeed_config(trial, precision)
     )
     return engine

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from crossover.evals.results import TaskResult
 from crossover.specs import TrialSpec
+from crossover.specs.hardware import Runtime
 from crossover.specs.tracking import items_path, items_payload
 from crossover.trainers.loop import train
 
@@ -122,7 +123,8 @@ def _train_worker(config: dict[str, Any]) -> None:
     trial = TrialSpec.model_validate(config["trial"])
     run_factory = config.get("run_factory")
     run = run_factory() if run_factory and ray.train.get_context().get_world_rank() == 0 else None
-    train(trial, RayReporter("train", run), config.get("stop_after_steps"))
+    runtime = Runtime.model_validate(config["runtime"]) if config.get("runtime") else None
+    train(trial, RayReporter("train", run), config.get("stop_after_steps"), runtime)
 
 
 def run_workers(
@@ -134,6 +136,7 @@ def run_workers(
     callbacks: list | None = None,
     max_failures: int = 0,
     stop_after_steps: int | None = None,
+    runtime: Runtime | None = None,
 ):
     """Run a trial as a Ray Train `TorchTrainer` with `trial.resources.workers` workers; returns the Ray Result.
 
@@ -148,7 +151,7 @@ def run_workers(
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"trial": trial.model_dump(mode="json"), "run_factory": run_factory,
-                           "stop_after_steps": stop_after_steps},
+                           "stop_after_steps": stop_after_steps, "runtime": runtime and runtime.model_dump()},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=worker_resources

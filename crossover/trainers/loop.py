@@ -10,11 +10,13 @@ data position and every random stream, so an interrupted trial continues exactly
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import AbstractContextManager
@@ -25,9 +27,17 @@ import torch
 
 from crossover.evals.checkpoint import EvalModel, write_checkpoint_extras
 from crossover.evals.results import TaskResult
+from crossover.models.objectives import (
+    ar_inputs_targets,
+    ar_weights,
+    input_mask_noise,
+    mask_tokens,
+    mdlm_weights,
+    sample_t,
+)
 from crossover.specs import TrialSpec, training_flops_per_token
+from crossover.specs.hardware import Runtime, resolve_runtime
 from crossover.trainers.engine import build_engine
-from crossover.trainers.objectives import ar_inputs_targets, ar_loss, input_mask_noise, mask_tokens, mdlm_loss, sample_t
 from crossover.trainers.schedules import eval_steps, lr_at
 
 CLIENT_STATE = "crossover_state.json"
@@ -73,17 +83,22 @@ def _chain_hash(previous: str, batch: torch.Tensor) -> str:
     return hashlib.sha256(previous.encode() + batch.numpy().tobytes()).hexdigest()
 
 
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+def _all_reduce_sum(values: list[float] | torch.Tensor, device: torch.device) -> list[float]:
+    tensor = torch.as_tensor(values, dtype=torch.float64, device=device)
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(tensor)
     return tensor.tolist()
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class Trainer:
     """One trial on one worker. `run()` trains to the end (or `stop_after_steps`) and returns the final metrics."""
 
-    def __init__(self, trial: TrialSpec, reporter: Reporter):
+    def __init__(self, trial: TrialSpec, reporter: Reporter, runtime: Runtime | None = None):
         from crossover.data import prepare, train_stream
         from crossover.evals import check_tasks
         from crossover.evals.suite import EvalSuite
@@ -91,11 +106,18 @@ class Trainer:
 
         check_tasks(trial.eval.tasks)
         self.trial, self.reporter = trial, reporter
+        # `crossover run` resolves precision and compile once for the whole study; alone, a trial resolves here.
+        self.runtime = runtime or resolve_runtime(trial.train, trial.model, trial.resources)
+        if self.runtime.warning:
+            print(f"warning: {self.runtime.warning}", file=sys.stderr)
         torch.set_num_threads(max(1, int(trial.resources.cpus_per_worker)))
         self.data = prepare(trial.data)  # every rank: built once, then a verified cache hit
         torch.manual_seed(trial.seed)  # same seed, same shapes: the AR and MDLM models of a cell start identical
         model = build_model(trial.model, causal=trial.objective == "ar")
-        self.engine = build_engine(model, trial)
+        model.set_activation_checkpointing(trial.train.activation_checkpointing)
+        if self.runtime.compile:
+            model.compile_blocks()
+        self.engine = build_engine(model, trial, self.runtime.precision)
         self.rank, self.world = _rank_and_world()
         self.device = self.engine.device
         self.generator = torch.Generator(device=self.device).manual_seed(1_000_003 * trial.seed + self.rank + 1)
@@ -116,19 +138,18 @@ class Trainer:
 
     # ---- one step
     def _loss(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """The objective's loss (plus MoE aux) of one micro-batch; the head computes it without whole-batch logits."""
         trial, mask_id = self.trial, self.data.mask_id
         tokens = tokens.to(self.device)
         if trial.objective == "ar":
             inputs, targets = ar_inputs_targets(tokens)
             inputs = input_mask_noise(inputs, trial.noise.input_mask, mask_id, self.generator)
-            out = self.engine(inputs)
-            return ar_loss(out.logits, targets) + out.aux_loss, out
-        t = sample_t(
-            len(tokens), trial.train.mdlm_t_min, self.generator, stratified=True
-        )  # MDLM's low-variance sampler
-        noisy, masked = mask_tokens(tokens, t, mask_id, self.generator)
-        out = self.engine(noisy)
-        return mdlm_loss(out.logits, tokens, masked, t) + out.aux_loss, out
+            out = self.engine(inputs, targets=targets, loss_weights=ar_weights(targets))
+        else:
+            t = sample_t(len(tokens), trial.train.mdlm_t_min, self.generator, stratified=True)  # low-variance draw
+            noisy, masked = mask_tokens(tokens, t, mask_id, self.generator)
+            out = self.engine(noisy, targets=tokens, loss_weights=mdlm_weights(masked, t))
+        return out.loss + out.aux_loss, out
 
     def _set_lr(self, tokens_before: int) -> float:
         lr = lr_at(tokens_before, self.trial.train)
@@ -136,35 +157,53 @@ class Trainer:
             group["lr"] = lr
         return lr
 
+    def _check_finite(self, pending: list[tuple[int, int, torch.Tensor, Any]]) -> tuple[float, float]:
+        """Every step since the last check, in one host synchronisation: the loss (averaged over ranks, so every
+        rank decides alike) and gradient norm of each must be finite; raises naming the first step that was not.
+        Returns the last step's (loss, grad norm); the norm is NaN where DeepSpeed computes none."""
+        losses = _all_reduce_sum(torch.stack([loss for _, _, loss, _ in pending]), self.device)
+        for (step, tokens, _, norm), loss in zip(pending, losses, strict=True):
+            # DeepSpeed silently skips steps whose gradients are not finite: a diverged trial all the same.
+            checks = {
+                "training loss": loss / self.world,
+                **({"gradient norm": float(norm)} if norm is not None else {}),
+            }
+            for what, value in checks.items():
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(
+                        f"trial {self.trial.name}: the {what} became {value} at step {step} after {tokens:,} tokens; "
+                        f"lower train.lr, keep train.grad_clip on, or use fp32 precision"
+                    )
+        last_norm = pending[-1][3]
+        return losses[-1] / self.world, float(last_norm) if last_norm is not None else float("nan")
+
     # ---- the loop
     def run(self, stop_after_steps: int | None = None) -> dict[str, Any]:
+        """Train to the end (or `stop_after_steps`). The device is synchronised only at log points (about
+        LOG_POINTS per trial): losses stay on the device until then, and are all checked there."""
         engine, stream = self.engine, self.stream
         engine.train()
         started, window_start, window_tokens = time.perf_counter(), time.perf_counter(), 0
         metrics: dict[str, float] = {}
+        pending: list[tuple[int, int, torch.Tensor, Any]] = []  # (step, tokens, loss, grad norm) not yet checked
+        warm = False
         for batch in stream:
             lr = self._set_lr(batch.tokens_seen - self.trial.train.global_batch_tokens)
-            loss_sum, out = 0.0, None
+            loss_sum, out = torch.zeros((), device=self.device), None
             for tokens in batch.micro_batches:
                 self.data_hash = _chain_hash(self.data_hash, tokens)
                 loss, out = self._loss(tokens)
                 engine.backward(loss)
                 engine.step()
-                loss_sum += loss.detach().float().item()
-            loss_value = _all_reduce_sum([loss_sum / len(batch.micro_batches)], self.device)[0] / self.world
-            norm = engine.get_global_grad_norm()  # None where DeepSpeed computes none
-            grad_norm = float(norm) if norm is not None else float("nan")
-            # DeepSpeed silently skips steps whose gradients are not finite: a diverged trial all the same.
-            checks = {"training loss": loss_value, **({"gradient norm": grad_norm} if norm is not None else {})}
-            for what, value in checks.items():
-                if not math.isfinite(value):
-                    raise NonFiniteLoss(
-                        f"trial {self.trial.name}: the {what} became {value} at step {batch.step + 1} after "
-                        f"{batch.tokens_seen:,} tokens; lower train.lr, keep train.grad_clip on, or use fp32 precision"
-                    )
-            window_tokens += self.trial.train.global_batch_tokens
+                loss_sum += loss.detach().float()
             done = batch.step + 1
+            pending.append(
+                (done, batch.tokens_seen, loss_sum / len(batch.micro_batches), engine.get_global_grad_norm())
+            )
+            window_tokens += self.trial.train.global_batch_tokens
             if done % self.log_every == 0 or done in self.eval_at:
+                loss_value, grad_norm = self._check_finite(pending)
+                pending = []
                 elapsed = time.perf_counter() - window_start
                 metrics = {
                     "train/loss": loss_value,
@@ -193,8 +232,15 @@ class Trainer:
                     self._checkpoint(metrics, batch.tokens_seen)
                     engine.train()
                 window_start, window_tokens = time.perf_counter(), 0  # evaluation time is not training throughput
+            elif not warm:
+                # The first step of a process (compilation, allocator and kernel warm-up) is not throughput either.
+                _synchronize(self.device)
+                window_start, window_tokens = time.perf_counter(), 0
+            warm = True
             if stop_after_steps is not None and done >= stop_after_steps:
                 break
+        if pending:  # stopped between log points: those steps are checked all the same
+            self._check_finite(pending)
         return {**metrics, "data_hash": self.data_hash, "steps": stream.step, "seconds": time.perf_counter() - started}
 
     def _moe_metrics(self, out: Any) -> dict[str, float]:
@@ -213,6 +259,11 @@ class Trainer:
         """Held-out loss per token (AR exact NLL, MDLM ELBO), each rank scoring its share of the windows; then the
         spec's other tasks. Every rank runs those in full (same items, same random streams), so the forward passes
         match across ranks, as ZeRO-3's gathered parameters require; rank 0 reports them."""
+        # Evaluation batches vary in shape: compiled blocks would recompile for each, so evaluation runs eager.
+        with torch.compiler.set_stance("force_eager") if self.runtime.compile else contextlib.nullcontext():
+            return self._evaluate()
+
+    def _evaluate(self) -> tuple[dict[str, float], list[TaskResult]]:
         from crossover.evals.heldout import heldout_loss
         from crossover.evals.suite import metrics_of
 
@@ -268,7 +319,9 @@ class Trainer:
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
 
 
-def train(trial: TrialSpec, reporter: Reporter, stop_after_steps: int | None = None) -> dict[str, Any]:
+def train(
+    trial: TrialSpec, reporter: Reporter, stop_after_steps: int | None = None, runtime: Runtime | None = None
+) -> dict[str, Any]:
     """Train one trial on this worker (see `Trainer`)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return Trainer(trial, reporter).run(stop_after_steps)
+    return Trainer(trial, reporter, runtime).run(stop_after_steps)
