@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Compiled kernels of this session only: inductor's on-disk cache outlives a run, and code compiled for another CPU
+# capability (ATEN_CPU_CAPABILITY, used to test as on an AVX2-only machine) must never be reused.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="crossover-inductor-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "study_specs"

@@ -71,7 +71,7 @@ def test_smoke_study_runs_under_ray_job_submit(smoke):
         assert child.info.status == "FINISHED"
         assert child.data.tags[TAG_PARENT] == parents[0].info.run_id
         assert {"crossover.study", "crossover.cell", "crossover.objective"} <= set(child.data.tags)
-        assert child.data.params["train.total_tokens"] == "1200000"
+        assert child.data.params["train.total_tokens"] == "600000"
         assert {m for m in TRAIN_METRICS if m != "mfu"} | {"eval/heldout_loss/loss"} <= set(child.data.metrics)
     cells = {}
     for child in children:
@@ -81,8 +81,9 @@ def test_smoke_study_runs_under_ray_job_submit(smoke):
 
 
 def test_both_objectives_learn_on_the_smoke_study(smoke, session_cache, monkeypatch):
-    """Held-out loss per token falls for both objectives and ends clearly below the corpus' unigram entropy, the
-    loss of the best model that ignores context (AR: exact NLL; MDLM: its ELBO, an upper bound on its NLL)."""
+    """Held-out loss per token falls for both objectives and ends below the corpus' unigram entropy, the loss of the
+    best model that ignores context (AR: exact NLL, far below; MDLM: its ELBO, an upper bound on its NLL, which at
+    600k tokens has only begun to use context)."""
     from crossover.data import prepare
 
     monkeypatch.setenv("CROSSOVER_CACHE", str(session_cache))
@@ -97,7 +98,8 @@ def test_both_objectives_learn_on_the_smoke_study(smoke, session_cache, monkeypa
         assert history[-1].value < history[0].value - 0.5, child.info.run_name
         final[child.info.run_name] = history[-1].value
     print(f"unigram entropy {unigram_entropy:.3f} nats; final held-out losses {final}")
-    assert all(v < unigram_entropy - 0.25 for v in final.values())
+    for name, value in final.items():
+        assert value < unigram_entropy - (1.0 if name.startswith("ar-") else 0.05), name
     for child in children:  # the cloze task the crossover is read from is measured, and AR's accuracy is real skill
         metrics = child.data.metrics
         assert 0.0 <= metrics["eval/heldout_cloze/acc"] <= 1.0 and metrics["eval/heldout_cloze/chance"] == 0.25
@@ -114,7 +116,7 @@ def test_smoke_report_opens_in_headless_chromium(smoke, tmp_path):
     if os.environ.get("CROSSOVER_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["CROSSOVER_KEEP_SCREENSHOT"])
     summary = json.loads((out / "summary.json").read_text())
-    assert {row["cell"] for row in summary["crossovers"]} == {"unique_tokens=300k", "unique_tokens=1.2M"}
+    assert {row["cell"] for row in summary["crossovers"]} == {"unique_tokens=150k", "unique_tokens=600k"}
 
 
 def test_mdlm_of_the_smoke_study_samples_text_without_masks(smoke):
@@ -123,7 +125,7 @@ def test_mdlm_of_the_smoke_study_samples_text_without_masks(smoke):
     from crossover.evals.checkpoint import load_checkpoint
     from crossover.evals.sampling import generate
 
-    found = sorted(smoke["base"].glob("ray/smoke/mdlm-U1.2M*/checkpoint_*"))
+    found = sorted(smoke["base"].glob("ray/smoke/mdlm-U600k*/checkpoint_*"))
     assert found, list(smoke["base"].glob("ray/smoke/*"))
     em = load_checkpoint(found[-1])
     prompts = [[em.eod_id, *em.encode("def ")], [em.eod_id, *em.encode("import os\n")]]

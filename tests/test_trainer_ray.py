@@ -12,7 +12,7 @@ from .conftest import tiny_study
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)  # a logical GPU, for placement
     yield ray
     ray.shutdown()
 
@@ -42,3 +42,29 @@ def test_two_workers_match_one_worker(tiny_corpus, session_cache, tmp_path, monk
     for (_, a), (_, b) in zip(single, double, strict=True):
         assert b == pytest.approx(a, rel=2e-2)
     assert result.checkpoint is not None
+
+
+def test_trials_with_a_quarter_gpu_share_one_gpu(ray_cluster, tmp_path):
+    """What `crossover run` asks Tune for per trial with gpus_per_worker: 0.25 places four trials on one GPU at once."""
+    from ray import tune
+
+    from crossover.platform.study import trial_resources
+    from crossover.specs.study import ResourcesSpec
+
+    def trial(config):
+        import time
+
+        import ray
+
+        start = time.time()
+        time.sleep(3)
+        tune.report({"start": start, "end": time.time(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))})
+
+    request = trial_resources(ResourcesSpec(cpus_per_worker=0.5, gpus_per_worker=0.25))
+    assert request == {"cpu": 0.5, "gpu": 0.25}
+    tuner = tune.Tuner(tune.with_resources(trial, request), param_space={"i": tune.grid_search([0, 1, 2, 3])},
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))  # fmt: skip
+    results = list(tuner.fit())
+    assert len(results) == 4 and all(r.error is None for r in results)
+    assert max(r.metrics["start"] for r in results) < min(r.metrics["end"] for r in results)  # all four at once
+    assert {r.metrics["gpu_ids"] for r in results} == {"0"}  # on the one GPU

@@ -22,6 +22,7 @@ from typing import Any
 from crossover.platform.tracking import TrialRun, finish_study, start_study, study_runtime
 from crossover.specs import StudySpec, TrialSpec
 from crossover.specs.hardware import Runtime, resolve_runtime
+from crossover.specs.study import ResourcesSpec
 
 # Environment the trials need that a local Ray instance would not otherwise pass on.
 FORWARDED_ENV = ("CROSSOVER_CACHE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "TOKENIZERS_PARALLELISM")
@@ -131,13 +132,7 @@ def run_study(
         else:  # the embedded default: a local instance with this machine's cores
             ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
 
-    if resources.workers == 1:
-        per_trial = {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
-    else:  # the trial only waits on its Ray Train worker group, which reserves the workers' resources itself.
-        # Tune needs a non-empty request: one byte of memory, as any CPU the trial held would be missing from the
-        # worker group (on a 2-CPU machine a 0.01-CPU trial leaves 1.99 CPUs for two 1-CPU workers: no start).
-        per_trial = {"cpu": 0, "memory": 1}
-    trainable = tune.with_resources(run_trial, per_trial)
+    trainable = tune.with_resources(run_trial, trial_resources(resources))
     concurrent = max_concurrent or resources.max_concurrent or worker_groups_that_fit(spec, ray.cluster_resources())
     common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage,
               "runtime": runtime.model_dump()}  # fmt: skip
@@ -170,6 +165,17 @@ def run_study(
             finished.append(name)
     finish_study(tracking_uri, parent_run_id, failed=bool(failed))
     return StudyOutcome(finished, failed, parent_run_id, experiment)
+
+
+def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
+    """What one Tune trial asks Ray for. A one-worker trial trains in its own process and holds the worker's CPUs
+    and GPUs; a fraction of a GPU (gpus_per_worker 0.25) lets Ray place that many trials on one GPU at once."""
+    if resources.workers == 1:
+        return {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
+    # The trial only waits on its Ray Train worker group, which reserves the workers' resources itself. Tune needs a
+    # non-empty request: one byte of memory, as any CPU the trial held would be missing from the worker group (on a
+    # 2-CPU machine a 0.01-CPU trial leaves 1.99 CPUs for two 1-CPU workers: no start).
+    return {"cpu": 0, "memory": 1}
 
 
 def worker_groups_that_fit(spec: StudySpec, cluster: dict[str, float]) -> int | None:

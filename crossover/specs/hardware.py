@@ -31,7 +31,7 @@ BF16_SLOWDOWN = {"AVX2": 10.5, "AVX512": 1.7}
 class CpuInfo(BaseModel):
     model: str
     isa: Literal["AMX", "AVX512", "AVX2", "other"]  # the widest matrix path torch's kernels will use here
-    avx512_bf16: bool
+    avx512_bf16: bool  # the CPU flag (bf16 vector instructions), as torch.cpu._is_avx512_bf16_supported() reports
 
     @property
     def native_bf16(self) -> bool:
@@ -67,7 +67,7 @@ def cpu_info() -> CpuInfo:
         isa = "AVX2" if "avx2" in flags else "other"
     elif isa == "AMX" and onednn and onednn != "ALL" and "AMX" not in onednn:
         isa = "AVX512"
-    return CpuInfo(model=model, isa=isa, avx512_bf16="avx512_bf16" in flags and isa in ("AMX", "AVX512"))
+    return CpuInfo(model=model, isa=isa, avx512_bf16="avx512_bf16" in flags)
 
 
 class Runtime(BaseModel):
