@@ -65,11 +65,12 @@ def test_zero_stages_train_on_cpu(tiny_corpus, tmp_path, stage):
 
 
 def test_bf16_trains_on_cpu_through_deepspeed(tiny_corpus, tmp_path):
-    trial = trials(tiny_corpus, train={"precision": "bf16", "total_tokens": 10240}, eval={"every": "log:2"})["ar"]
+    trial = trials(tiny_corpus, train={"precision": "bf16", "total_tokens": 6144, "warmup_tokens": 1024},
+                   grid={"objective": ["ar"], "unique_tokens": [6144]}, eval={"every": "log:1"})["ar"]  # fmt: skip
     reporter = LocalReporter(tmp_path)
     train(trial, reporter)
     losses = [m["train/loss"] for m in reporter.history("metrics")]
-    assert len(losses) == 10 and losses[-1] < losses[0] - 1.0  # it learns in bf16
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.5  # it learns in bf16
 
 
 @pytest.mark.parametrize(("objective", "stage"), [("ar", 0), ("mdlm", 1), ("ar", 2), ("mdlm", 3)])
