@@ -48,6 +48,9 @@ def init_distributed() -> None:
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
         )
+        # Nor shared-memory collectives between processes: DeepSpeed would compile them (C++, ~30 s on a fresh
+        # 2-core machine) for a group of one on CPU.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
 
