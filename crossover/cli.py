@@ -318,7 +318,7 @@ def analyze(
     confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="Level of the bootstrap intervals.")] = 0.9,
 ) -> None:
     """Crossovers, data efficiency, scaling-law fits and a report (HTML + Markdown) from a study's MLflow records."""
-    from crossover.analysis import AnalysisError, analyze_study, load_study, log_report, write_report
+    from crossover.analysis import AnalysisError, analyze_study, load_study, log_report, verdicts, write_report
 
     name = _load(Path(study)).name if study.endswith((".yaml", ".yml")) and Path(study).is_file() else study
     try:
@@ -349,11 +349,15 @@ def analyze(
         for r in table.head(50).to_dict("records")
     ]
     out.print(f"[bold]study {name}[/]: {analysis.metric} against {axis}", highlight=False)
+    lines = verdicts(analysis)
+    for verdict in lines[:50]:
+        print(verdict.line)
+    print()
     print(_text_table(["cell", "status", f"crossover ({axis})", f"{confidence:.0%} CI"], rows))
     if len(table) > 50:
         print(f"... {len(table) - 50} more cells in the report")
     try:
-        run_id = log_report(data, report.parent)
+        run_id = log_report(data, report.parent, lines)
     except Exception as exc:  # noqa: BLE001 - the report on disk is complete; MLflow logging is a copy
         err.print(f"[yellow]warning:[/] the report was not logged to MLflow: {exc}", highlight=False)
         run_id = None

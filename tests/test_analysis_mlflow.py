@@ -18,7 +18,7 @@ from crossover.analysis import load_curves, load_study
 from crossover.analysis.synthetic import Truth
 from crossover.cli import app
 from crossover.platform.tracking import TrialRun, finish_study
-from crossover.specs import parse_study
+from crossover.specs import format_tokens, parse_study
 from crossover.specs.tracking import REPORT_DIR, TAG_ITEMS, TAG_PARENT, TAG_ROLE, eval_key, task_key, trial_params
 
 from .analysis_support import start, write_study
@@ -147,6 +147,47 @@ def test_analyze_command_writes_the_report_and_logs_it_to_the_parent_run(store, 
     data = load_study("smoke", store.uri, items=False)
     logged = {a.path for a in MlflowClient(store.uri).list_artifacts(data.parent_run_id, REPORT_DIR)}
     assert {f"{REPORT_DIR}/report.html", f"{REPORT_DIR}/report.md", f"{REPORT_DIR}/figures"} <= logged
+    # the verdict: one line per cell, heading the output and the report, and on the parent run for the runs table
+    verdicts = {v["cell"]: v for v in summary["verdicts"]}
+    crossed, open_ = verdicts["unique_tokens=50k"]["line"], verdicts["unique_tokens=200k"]["line"]
+    assert crossed.startswith(f"unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc at {format_tokens(small['crossover_tokens'])} tokens ({small['crossover_epochs']:.3g} epochs; 90% CI ")  # fmt: skip
+    assert "AR peaks at " in crossed and ", MDLM ends at " in crossed
+    assert open_.startswith("unique_tokens=200k: not crossed within 400k tokens (2 epochs); AR ahead by ")
+    assert result.output.index(crossed) < result.output.index("crossover (tokens)")  # before the table
+    assert markdown.index("## Verdict") < markdown.index("## Crossover per cell") and crossed in markdown
+    parent = MlflowClient(store.uri).get_run(data.parent_run_id).data
+    assert parent.tags["crossover.verdict.unique_tokens_50k"] == crossed
+    assert parent.tags["crossover.verdict.unique_tokens_200k"] == open_
+    assert parent.metrics["verdict/unique_tokens_50k/crossed"] == 1.0
+    assert parent.metrics["verdict/unique_tokens_200k/crossed"] == 0.0
+    assert parent.metrics["verdict/unique_tokens_50k/crossover_tokens"] == pytest.approx(small["crossover_tokens"])
+    assert parent.metrics["verdict/unique_tokens_200k/ar_lead_final"] > 0
+    assert "verdict/unique_tokens_200k/crossover_tokens" not in parent.metrics
+
+
+@pytest.mark.parametrize(
+    ("truth", "expected"),
+    [
+        (
+            Truth(mdlm_data_factor=4.0, r_star_ar=1.0, midpoint_tokens=1e5),
+            "MDLM ahead at every point from 8.19k tokens",
+        ),
+        (Truth(mdlm_data_factor=0.05, midpoint_tokens=1e5), "not crossed within 400k tokens"),
+    ],
+    ids=["mdlm-always-ahead", "ar-always-ahead"],
+)
+def test_verdict_when_the_curves_never_cross(tmp_path, truth, expected):
+    from crossover.analysis import analyze_study, verdicts
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = smoke_spec("planted")
+    raw["grid"]["unique_tokens"] = ["50k"]
+    write_study(raw, uri, truth)
+    lines = verdicts(analyze_study(load_study("planted", uri)))
+    assert len(lines) == 1 and lines[0].line.startswith(f"unique_tokens=50k: {expected}"), lines[0].line
+    assert lines[0].metrics["crossed"] == 0.0 and "crossover_tokens" not in lines[0].metrics
+    lead = lines[0].metrics["ar_lead_final"]
+    assert (lead < 0) if "MDLM ahead" in expected else (lead > 0)
 
 
 def test_analyze_on_loss_and_flops_axis(store, tmp_path):

@@ -32,7 +32,7 @@ from crossover.data import (
 )
 from crossover.data.corpus import fingerprint, size_bound, stdlib_files
 from crossover.specs import padded_vocab
-from crossover.specs.study import CorpusSpec
+from crossover.specs.study import CorpusSpec, DataSpec
 
 from .conftest import ROOT
 from .test_data_support import (
@@ -75,6 +75,67 @@ def test_stdlib_corpus_is_the_interpreters_own_py_files_in_sorted_order():
     bound = size_bound(CorpusSpec())
     assert bound is not None and bound.documents == len(files)
     assert bound.tokens >= sum(len(t.encode()) for t in ds["text"])
+
+
+def fake_site_packages(root: Path) -> list[dict]:
+    """A small site-packages tree: packages of .py files, one file a copy of another, one empty, and files that are
+    not documents (compiled caches, hidden folders, other extensions)."""
+    docs = [d for d in make_documents(120, seed=5) if d["text"].startswith("def ")]
+    for i, doc in enumerate(docs):
+        path = root / f"pkg_{i % 4}" / ("sub" if i % 3 else "") / f"mod_{i}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(doc["text"])
+    (root / "pkg_0" / "copy_of_mod_1.py").write_text(docs[1]["text"])
+    (root / "pkg_1" / "empty.py").write_text("")
+    for skipped in ("pkg_2/__pycache__/mod_2.py", ".hidden/x.py", "pkg_3/data.txt"):
+        (root / skipped).parent.mkdir(parents=True, exist_ok=True)
+        (root / skipped).write_text("print('not a document')\n")
+    return docs
+
+
+def test_python_packages_corpus_is_the_environments_site_packages(tmp_path, monkeypatch):
+    import sysconfig
+
+    site = tmp_path / "site-packages"
+    docs = fake_site_packages(site)
+    paths = sysconfig.get_paths()
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {**paths, "purelib": str(site), "platlib": str(site)})
+    corpus = CorpusSpec(source="python-packages")
+    ds = load_corpus(corpus)
+    ids = ds["id"]
+    assert len(ids) == len(docs) + 2 and ids == sorted(ids)  # the copy and the empty file are still documents here
+    assert "pkg_0/copy_of_mod_1.py" in ids and not any("__pycache__" in i or "hidden" in i for i in ids)
+    bound = size_bound(corpus)
+    assert bound.documents == len(ids) and bound.tokens >= sum(len(t.encode()) for t in ds["text"])
+    # the store drops the copy and the empty file, and holds out documents by content hash
+    spec = DataSpec(corpus=corpus, tokenizer={"bpe_vocab": 300}, seq_len=32, heldout_tokens=2000,
+                    cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    data = prepare(spec)
+    assert data.manifest["documents"] == len(docs)
+    assert data.manifest["duplicates_dropped"] == 1 and data.manifest["empty_dropped"] == 1
+    held = np.flatnonzero(data.heldout)
+    order = np.argsort(data.digests, kind="stable")
+    assert set(order[: len(held)]) == set(held) and 0 < len(held) < len(docs)
+    stats = runner.invoke(app, ["data", "stats", str(_packages_spec(tmp_path, "1k"))])
+    assert stats.exit_code == 0, stats.output
+    assert f"corpus      python-packages: {len(docs)} documents (1 duplicates, 1 empty dropped)" in stats.output
+    # a budget beyond the corpus is refused at validate, naming the size available
+    too_big = runner.invoke(app, ["validate", str(_packages_spec(tmp_path, "10M"))])
+    assert (
+        too_big.exit_code == 2 and "exceeds the training tokens available in corpus python-packages" in too_big.output
+    )
+
+
+def _packages_spec(tmp_path: Path, unique: str) -> Path:
+    path = tmp_path / f"packages-{unique}.yaml"
+    path.write_text(
+        "name: packages\n"
+        f"data: {{corpus: python-packages, tokenizer: {{bpe_vocab: 300}}, seq_len: 32, heldout_tokens: 2000, "
+        f"cache_dir: {tmp_path / 'cache'}}}\n"
+        f"train: {{total_tokens: 20M, global_batch_tokens: 1024, micro_batch: 8, warmup_tokens: 1k}}\n"
+        f"grid: {{objective: [ar, mdlm], unique_tokens: [{unique}]}}\n"
+    )
+    return path
 
 
 def _write_formats(base: Path, docs: list[dict]) -> dict[str, Path | str]:

@@ -117,7 +117,7 @@ def test_ar_scores_equal_unbatched_cross_entropy():
         assert result.item_metrics["acc"][i] == float(min(nlls) == nlls[item.gold])
         per_char = [v / n for v, n in zip(nlls, chars, strict=True)]
         assert result.item_metrics["acc_norm"][i] == float(min(per_char) == per_char[item.gold])
-        assert result.item_metrics["delta_nll"][i] == pytest.approx(nlls[item.gold] - sum(wrong) / len(wrong), abs=1e-4)
+        assert result.item_metrics["delta_nll"][i] == pytest.approx(sum(wrong) / len(wrong) - nlls[item.gold], abs=1e-4)
         assert result.item_metrics["nll"][i] == pytest.approx(nlls[item.gold] / len(item.choices[item.gold]), abs=1e-5)
     for name in ("acc", "acc_norm", "delta_nll", "nll"):
         mean, stderr = mean_and_stderr(result.item_metrics[name])
@@ -128,7 +128,7 @@ def test_ar_scores_equal_unbatched_cross_entropy():
 def test_item_metrics_pick_the_lowest_nll_raw_and_per_character():
     item = MCItem("x", [EOD], [[5] * 4, [6] * 2, [7] * 8], gold=2, choice_chars=[10, 5, 40])
     # Raw NLL: choice 1 wins; per character (0.8, 1.0, 0.25): the gold wins.
-    assert item_metrics(item, [8.0, 5.0, 10.0]) == {"acc": 0.0, "acc_norm": 1.0, "delta_nll": 3.5, "nll": 10 / 8}
+    assert item_metrics(item, [8.0, 5.0, 10.0]) == {"acc": 0.0, "acc_norm": 1.0, "delta_nll": -3.5, "nll": 10 / 8}
 
 
 def test_mdlm_scores_are_exact_for_a_fixed_distribution():
@@ -159,6 +159,89 @@ def test_mdlm_scoring_uses_common_random_numbers():
     a = choice_nlls(em, items, mc_samples=4, seed=7)
     assert a == choice_nlls(em, items, mc_samples=4, seed=7)  # the same masks at every eval point
     assert a != choice_nlls(em, items, mc_samples=4, seed=8)
+
+
+class Recording(nn.Module):
+    """A bidirectional model that records every batch it is shown (and predicts uniformly)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = CFG
+        self.weight = nn.Parameter(torch.zeros(1))  # where it lives is where its inputs go
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self.seen.append(tokens.clone())
+        return torch.zeros(*tokens.shape, CFG.vocab_size)
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_the_choices_of_an_item_share_their_masks(paired):
+    """Paired scoring shows every choice of an item the same masked positions, whatever the batch holds, so the
+    comparison between choices carries no sampling noise of its own."""
+    g = torch.Generator().manual_seed(0)
+    items = [MCItem(f"q{i}", [EOD] + torch.randint(3, 64, (10,), generator=g).tolist(),
+                    [torch.randint(3, 64, (12,), generator=g).tolist() for _ in range(4)], gold=i % 4)
+             for i in range(6)]  # fmt: skip
+    model = Recording()
+    choice_nlls(eval_model(model, "mdlm"), items, mc_samples=4, seed=3, max_tokens=5 * 23, paired=paired)
+    rows = torch.cat(model.seen)  # the rows in scoring order: 6 items x 4 choices x 4 samples
+    masks = (rows == MASK).view(-1, 4, rows.shape[1])  # [item-choice rows, K, T]
+    assert masks.shape[0] == 24 and masks.any()
+    by_item: dict[tuple, int] = Counter(tuple(m.flatten().tolist()) for m in masks)
+    if paired:  # 6 distinct mask sets, each shared by an item's 4 choices
+        assert sorted(by_item.values()) == [4] * 6
+    else:
+        assert len(by_item) == 24
+
+
+def test_sharp_cloze_asks_only_about_informative_spans(codec, corpus_docs):
+    """Whitespace runs, and text other documents have at the same place (a shared license header), are never a gold
+    answer or a distractor of the sharp task; the plain task has both."""
+    from crossover.evals.tasks import informative
+
+    header = "# Licensed under the Apache License, Version 2.0 (the License); you may not use this file except\n" * 3
+    gap = "\n\n\n\n" + " " * 40 + "\n" * 6
+    docs = [{"id": d["id"], "text": header + d["text"][:300] + gap + d["text"][300:]} for d in corpus_docs]
+    kwargs = dict(n_items=150, prefix_tokens=16, span_tokens=8, seed=0)
+    sharp, blunt = heldout_cloze_items(codec, docs, **kwargs), heldout_cloze_items(codec, docs, sharp=False, **kwargs)
+    assert len(sharp) == 150 and sharp == heldout_cloze_items(codec, docs, **kwargs)  # deterministic
+
+    def texts(items: list[MCItem]) -> list[str]:
+        return [" ".join(codec.decode(c).split()) for item in items for c in item.choices]
+
+    shared = " ".join(header.split())
+    assert all(informative(t) and t not in shared for t in texts(sharp))
+    assert any(not informative(t) for t in texts(blunt)) and any(t in shared for t in texts(blunt))
+    assert not informative("   \n\n    )") and not informative("(((( ]]]] ;;;;") and informative("return self._value")
+
+
+class Bigram(nn.Module):
+    """An AR "model" whose next-token distribution depends on the current token only: logits = table[token]."""
+
+    def __init__(self, probs: torch.Tensor):
+        super().__init__()
+        self.table = nn.Parameter(probs.log())
+        self.cfg = CFG
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.table[tokens]
+
+
+def test_pmi_scoring_cancels_the_prior_of_a_likely_anywhere_span():
+    """Token 10 is likely after anything; token 30 only after 20. After context ...20 the gold is 30: raw NLL picks
+    10, and the PMI (NLL given the context minus NLL given BOS alone) picks 30."""
+    probs = torch.full((64, 64), 0.1 / 62)
+    probs[:, 10] = 0.5
+    probs[:, 30] = 1e-3  # 30 is rare ...
+    probs[20, 30] = 0.4  # ... except after 20, where it is nearly as likely as 10
+    probs /= probs.sum(-1, keepdim=True)
+    em = eval_model(Bigram(probs), "ar")
+    items = [MCItem(f"i{i}", [EOD, 5 + i, 20], [[30], [10], [11], [12]], gold=0) for i in range(4)]
+    result = score_multiple_choice("cloze", em, items, pmi=True)
+    assert result.metrics["acc"] == 0.0 and result.metrics["acc_pmi"] == 1.0  # noqa: PLR2004
+    assert set(result.item_metrics) == {*ITEM_METRICS, "acc_pmi"}
+    assert "acc_pmi" not in score_multiple_choice("cloze", em, items).metrics
 
 
 def test_items_must_be_well_formed_and_fit():
@@ -221,7 +304,7 @@ def test_a_trained_model_finds_the_true_continuation(codec):
     print({k: round(v, 3) for k, v in before.items()}, {k: round(v, 3) for k, v in after.items()}, sep="\n")
     assert abs(before["acc"] - 0.25) <= 3 * before["acc_stderr"], before
     assert after["acc"] > 0.25 + 3 * after["acc_stderr"] and after["acc"] > 0.6, after
-    assert after["delta_nll"] + 3 * after["delta_nll_stderr"] < 0 and after["nll"] < before["nll"] - 1, after
+    assert after["delta_nll"] - 3 * after["delta_nll_stderr"] > 0 and after["nll"] < before["nll"] - 1, after
 
 
 def test_a_trained_checkpoint_on_its_heldout_documents(tiny_checkpoints, session_cache, monkeypatch):

@@ -116,7 +116,8 @@ def test_both_objectives_learn_on_the_smoke_study(smoke, session_cache, monkeypa
         if child.info.run_name.startswith("ar-"):
             assert metrics["eval/heldout_cloze/acc"] > 0.25
     best_ar = next(c.data.metrics for c in children if c.info.run_name == "ar-U300k-nano-s0")  # one epoch of 300k
-    assert best_ar["eval/heldout_cloze/delta_nll"] + 2 * best_ar["eval/heldout_cloze/delta_nll_stderr"] < 0
+    assert best_ar["eval/heldout_cloze/delta_nll"] - 2 * best_ar["eval/heldout_cloze/delta_nll_stderr"] > 0
+    assert best_ar["eval/heldout_cloze/acc_pmi"] > 0.25 + 3 * best_ar["eval/heldout_cloze/acc_pmi_stderr"]
 
 
 def test_smoke_report_opens_in_headless_chromium(smoke, tmp_path):

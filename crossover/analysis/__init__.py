@@ -27,7 +27,11 @@ Parent run (one current per study)
     artifacts: `spec/study.yaml` (the spec file as written) and `spec/trials.json` (the expanded trial table: a JSON
     list of `TrialSpec.model_dump(mode="json")`). `crossover analyze` adds `report/` (report.html, report.md,
     figures/*.png|svg, crossovers.csv, efficiency.csv, scaling.csv, critical_compute.csv, delta_nll.csv and
-    summary.json, where interval bounds outside the observed window are the strings "inf" / "-inf").
+    summary.json, where interval bounds outside the observed window are the strings "inf" / "-inf"), and the verdict
+    per cell (`crossover.analysis.verdict`): the tag `crossover.verdict.<cell key>` with the line, and metrics
+    `verdict/<cell key>/<name>` (crossed, crossover_tokens, crossover_epochs, ar_lead_final, ar_peak,
+    ar_peak_tokens, mdlm_final, efficiency), the cell key being the cell with `=` and `,` made `_`.
+    `crossover run` records `crossover.runtime` (the study's resolved precision and compile, JSON).
 
 Child run (one per trial)
     run name: the trial name (`TrialSpec.name`, e.g. `mdlm-U50k-nano-s0`).
@@ -72,6 +76,7 @@ Analysis contract
 - `data_efficiency(ar, dlm, higher_is_better=True) -> dict`: per MDLM budget U, U'/U or None, see `efficiency`.
 - `fit_data_constrained(...) -> ScalingFit` and `critical_tokens(...)`, see `scaling`.
 - `analyze_study(load_study(...)) -> StudyAnalysis` and `write_report(...)`: everything `crossover analyze` shows.
+- `verdicts(analysis) -> [Verdict]`: one line per cell, see `verdict`.
 """
 
 from crossover.analysis.crossing import Crossover, convert_x, find_crossover
@@ -88,6 +93,7 @@ from crossover.analysis.scaling import (
     prabhudesai_critical_compute,
 )
 from crossover.analysis.study import StudyAnalysis, analyze_study, higher_is_better
+from crossover.analysis.verdict import Verdict, verdicts
 
 __all__ = [
     "AnalysisError",
@@ -97,6 +103,7 @@ __all__ = [
     "ScalingFit",
     "StudyAnalysis",
     "StudyData",
+    "Verdict",
     "analyze_study",
     "convert_x",
     "critical_tokens",
@@ -111,5 +118,6 @@ __all__ = [
     "load_study",
     "prabhudesai_critical_compute",
     "resolve_tracking_uri",
+    "verdicts",
     "write_report",
 ]

@@ -20,8 +20,9 @@ import pandas as pd
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
 from crossover.analysis.curves import StudyData, redact
 from crossover.analysis.study import X_COLUMNS, StudyAnalysis
+from crossover.analysis.verdict import Verdict, verdicts
 from crossover.specs import format_tokens
-from crossover.specs.tracking import REPORT_DIR
+from crossover.specs.tracking import REPORT_DIR, VERDICT_TAG
 
 MAX_TABLE_ROWS = 200
 
@@ -224,6 +225,8 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
             ],
         )
     )
+    blocks.insert(1, Block("h2", "Verdict"))
+    blocks.insert(2, Block("list", [v.line for v in verdicts(analysis)] or ["No cell has both AR and MDLM curves."]))
     blocks.append(Block("h2", "Crossover per cell"))
     blocks.append(
         Block(
@@ -463,6 +466,7 @@ def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, 
             "higher_is_better": analysis.higher_is_better,
             "confidence": analysis.confidence,
             "ci_source": analysis.ci_source,
+            "verdicts": [{"cell": v.cell, "line": v.line, **v.metrics} for v in verdicts(analysis)],
             "crossovers": _json_ready(analysis.crossovers),
             "efficiency": _json_ready(analysis.efficiency),
             "scaling": _json_ready(_fit_frame(analysis)),
@@ -478,17 +482,26 @@ def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if log_to_mlflow:
-        log_report(data, out_dir)
+        log_report(data, out_dir, verdicts(analysis))
     return out_dir / "report.html"
 
 
-def log_report(data: StudyData, out_dir: Path | str) -> str | None:
-    """Log the report directory to the study's parent run under `report/`; returns the run id (None: no parent)."""
+def log_report(data: StudyData, out_dir: Path | str, lines: list[Verdict] = ()) -> str | None:
+    """Log the report directory to the study's parent run under `report/`, and each verdict as the tag
+    `crossover.verdict.<cell>` and metrics `verdict/<cell>/<name>` (columns of the MLflow runs table); returns the
+    run id (None: no parent)."""
     if not data.parent_run_id:
         return None
     from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
 
-    MlflowClient(data.tracking_uri).log_artifacts(data.parent_run_id, str(out_dir), REPORT_DIR)
+    client = MlflowClient(data.tracking_uri)
+    client.log_artifacts(data.parent_run_id, str(out_dir), REPORT_DIR)
+    now = int(datetime.now(timezone.utc).timestamp() * 1000)
+    tags = [RunTag(f"{VERDICT_TAG}.{v.key}", v.line[:5000]) for v in lines]
+    metrics = [Metric(f"verdict/{v.key}/{name}", value, now, 0) for v in lines for name, value in v.metrics.items()]
+    for start in range(0, max(len(tags), len(metrics)), 100):  # MLflow takes at most 100 tags per batch
+        client.log_batch(data.parent_run_id, metrics=metrics[start : start + 100], tags=tags[start : start + 100])
     return data.parent_run_id
 
 

@@ -29,7 +29,7 @@ from crossover.analysis.scaling import (
 X_COLUMNS = {"tokens": "tokens", "flops": "flops", "epochs": "epoch"}
 LOSS_METRIC = "eval/heldout_loss/loss"
 _LOWER_SUFFIXES = ("loss", "nll", "ppl", "perplexity", "bpb")
-_DEFAULT_METRICS = ("eval/heldout_cloze/acc", "acc_norm", "acc", LOSS_METRIC)
+_DEFAULT_METRICS = ("eval/heldout_cloze/acc_pmi", "eval/heldout_cloze/acc", "acc_norm", "acc", LOSS_METRIC)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -42,8 +42,8 @@ def higher_is_better(metric: str) -> bool:
 
 
 def default_metric(metrics: list[str]) -> str:
-    """The paper's crossover is on downstream accuracy: held-out cloze accuracy, else any accuracy, else the
-    held-out loss, else the first eval metric."""
+    """The paper's crossover is on downstream accuracy: held-out cloze accuracy (PMI-scored where logged, see
+    crossover.evals.tasks), else any accuracy, else the held-out loss, else the first eval metric."""
     for wanted in _DEFAULT_METRICS:
         if wanted.startswith("eval/"):
             if wanted in metrics:

@@ -5,7 +5,7 @@ column already in the dataset. `DataSpec.quality_scorer` picks one:
 
 - `code` / `prose`: that heuristic scorer;
 - `auto`: a `quality_score` column when the dataset has one, else `code` when the corpus looks like source code
-  (the default stdlib corpus does), else `prose`;
+  (the stdlib-python and python-packages corpora do), else `prose`;
 - any other name: the dataset column of that name (an error naming the columns if it is missing).
 
 Tiers split the *training* documents (held-out ones excluded) sorted by (score, content hash) into three runs of
@@ -156,7 +156,7 @@ def resolve_scorer(
 ) -> tuple[str, QualityScorer | None]:
     """(scorer name, scorer); the scorer is None when the scores come from the dataset column of that name.
 
-    `default_code` forces `auto`'s choice (True for the stdlib corpus); None decides from `samples`.
+    `default_code` forces `auto`'s choice (True for the Python-source corpora); None decides from `samples`.
     Raises ValueError naming the dataset's columns when a named column is missing.
     """
     if setting in SCORERS:

@@ -361,7 +361,10 @@ def _build(data: DataSpec, key: str, cache: Path, out: Path, progress: Progress,
 
     try:
         scorer_name, scorer = resolve_scorer(
-            data.quality_scorer, ds.column_names, True if corpora.kind(spec_corpus) == "stdlib" else None, samples
+            data.quality_scorer,
+            ds.column_names,
+            True if corpora.kind(spec_corpus) in ("stdlib", "packages") else None,
+            samples,
         )
     except ValueError as exc:
         raise DataError(str(exc)) from None

@@ -20,6 +20,11 @@ m ~ U{1..L} with an exactly-m subset and weight L/m (the LLaDA form). This modul
 expectation and finite variance (the Bernoulli form's 1/t weight gives unbounded variance as t -> 0). The K samples per
 example use stratified t: t_j = (j + u_j) / K, j = 0..K-1, m_j = ceil(t_j * L); they run batched, as many rows per
 forward as fit in `max_tokens` token positions (logits are [rows, T, V]: size it to the accelerator's memory).
+
+Common random numbers: with `row_keys`, each row draws its t and mask order from its own stream, seeded by the
+generator's seed and the row's key, over its continuation tokens only. Rows with the same key and continuation length
+(the choices of one multiple-choice item) then get the same masks, so their difference is the model's and not the
+draw's, whatever else is in the batch.
 """
 
 from __future__ import annotations
@@ -94,8 +99,10 @@ def mdlm_loglik(
     k: int = 128,
     generator: torch.Generator | None = None,
     max_tokens: int = 16384,
+    row_keys: list[int] | None = None,
 ) -> torch.Tensor:
-    """Monte Carlo ELBO of log p(continuation | context) per example [B] under a bidirectional model, K samples."""
+    """Monte Carlo ELBO of log p(continuation | context) per example [B] under a bidirectional model, K samples.
+    `row_keys` (one int per row): common random numbers for rows that share a key (see the module docstring)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     B, T = tokens.shape
@@ -104,13 +111,18 @@ def mdlm_loglik(
     L = cont.sum(-1)  # continuation length per example [B]
 
     # Stratified t per example, then exactly m = ceil(t * L) masked continuation positions, chosen uniformly.
-    draw = generator.device if generator is not None else device  # a CPU generator may drive a CUDA batch
-    u = 1.0 - torch.rand(B, k, generator=generator, device=draw).to(device)  # (0, 1]
+    if row_keys is None:
+        draw = generator.device if generator is not None else device  # a CPU generator may drive a CUDA batch
+        u = 1.0 - torch.rand(B, k, generator=generator, device=draw).to(device)  # (0, 1]
+        keys = torch.rand(B * k, T, generator=generator, device=draw).to(device)
+    else:
+        u, keys = _keyed_draws(row_keys, cont, k, generator.initial_seed() if generator is not None else 0)
+        u, keys = u.to(device), keys.to(device)
     t = (torch.arange(k, device=device) + u) / k  # (0, 1], stratum j = ((j)/K, (j+1)/K]
     m = torch.ceil(t * L[:, None]).clamp(min=1).long()  # [B, K], in 1..L (L >= 1)
     rows_tokens = tokens.repeat_interleave(k, 0)  # [B*K, T], sample j of example b at row b*K + j
     rows_cont = cont.repeat_interleave(k, 0)
-    keys = torch.rand(B * k, T, generator=generator, device=draw).to(device).masked_fill(~rows_cont, 2.0)
+    keys = keys.masked_fill(~rows_cont, 2.0)
     rank = keys.argsort(-1).argsort(-1)  # continuation positions come first, in random order
     masked = (rank < m.reshape(-1, 1)) & rows_cont
     noisy = rows_tokens.masked_fill(masked, mask_id)
@@ -126,3 +138,18 @@ def mdlm_loglik(
             estimates[rows] = _summed_logp(logits, rows_tokens[rows], masked[rows])
     weight = L.repeat_interleave(k).float() / m.reshape(-1).float()
     return (estimates * weight).view(B, k).mean(-1) * (L > 0)
+
+
+def _keyed_draws(row_keys: list[int], cont: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u [B, K], mask-order keys [B*K, T]) with each row's values from a stream of its own (seed, key), drawn over
+    its continuation positions in order: equal keys and continuation lengths give equal masks."""
+    B, T = cont.shape
+    positions = cont.cpu()
+    u = torch.empty(B, k)
+    keys = torch.full((B, k, T), 2.0)
+    for b, key in enumerate(row_keys):
+        g = torch.Generator().manual_seed((seed * 1_000_003 + int(key)) % (2**63))
+        u[b] = 1.0 - torch.rand(k, generator=g)
+        where = positions[b].nonzero()[:, 0]
+        keys[b][:, where] = torch.rand(k, len(where), generator=g)
+    return u, keys.view(B * k, T)

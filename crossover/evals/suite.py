@@ -61,9 +61,9 @@ class EvalSuite:
         results = []
         for task in self.tasks:
             if task in self.items:
-                results.append(
-                    score_multiple_choice(task, em, self.items[task], mc_samples=self.mc_samples, seed=ITEM_SEED)
-                )
+                pmi = task == "heldout_cloze"  # its spans compete on surface form: acc_pmi is the sharper accuracy
+                results.append(score_multiple_choice(task, em, self.items[task], mc_samples=self.mc_samples,
+                                                     seed=ITEM_SEED, pmi=pmi))  # fmt: skip
             elif task == "humaneval_pass@k":
                 from crossover.evals.humaneval import humaneval_pass_at_k, humaneval_problems
 

@@ -11,10 +11,18 @@ Scoring (`score_multiple_choice`)
 - A context that does not fit is cut from the left so that it plus the item's LONGEST choice fits `max_seq_len`: every
   choice of an item sees the same context, so their NLLs stay comparable.
 - MDLM draws its masks from a CPU generator seeded by `seed`: the same items get the same masks at every eval point
-  (common random numbers), so a change along a training curve is the model's and not sampling noise.
+  (common random numbers), so a change along a training curve is the model's and not sampling noise. With `paired`
+  (the default) the choices of one item also share their masks (`mdlm_loglik`'s row keys), so the comparison between
+  them is the model's and not the draw's: far less noise in which choice wins at the same K.
 - Per item: `acc` (argmin NLL is gold), `acc_norm` (argmin NLL per character of the choice text, per token when the
-  characters are unknown), `delta_nll` (gold NLL minus the mean NLL of the wrong choices; negative is good) and `nll`
-  (gold NLL per gold token). Summary: their means, `<metric>_stderr`, and `chance` (mean of 1/number of choices).
+  characters are unknown), `delta_nll` (the mean NLL of the wrong choices minus the gold NLL: the paper's gap, higher
+  is better) and `nll` (gold NLL per gold token). Summary: their means, `<metric>_stderr`, and `chance` (mean of
+  1/number of choices).
+- With `pmi` (the held-out cloze): also `acc_pmi`, the argmin of NLL(choice | context) - NLL(choice | BOS alone), how
+  much the context makes each choice more likely. Raw NLL favours spans that are likely anywhere (indentation,
+  brackets, boilerplate) over the gold; the difference cancels that prior ("surface form competition", Holtzman et
+  al. 2021). bench/bench_cloze.py measures it: on the smoke study's data, a trained nano AR scores 0.78 on acc_pmi
+  against 0.41 on acc, MDLM 0.44 against 0.32 (256 items, chance 0.25), for ~26% more tokens scored.
 
 Item builders, both deterministic for a seed and with ids that are stable across eval points
 - `heldout_cloze_items`: the small-scale analogue of HellaSwag for code and prose. Held-out documents are cut into
@@ -30,7 +38,10 @@ Item builders, both deterministic for a seed and with ids that are stable across
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import random
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,6 +54,7 @@ from crossover.evals.results import TaskResult, mean_and_stderr
 
 MC_TASKS = ("heldout_cloze", "humaneval_likelihood")
 ITEM_METRICS = ("acc", "acc_norm", "delta_nll", "nll")
+PMI_METRIC = "acc_pmi"  # with pmi=True
 
 
 class Codec(Protocol):
@@ -80,10 +92,22 @@ class MCItem:
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
+def item_key(item_id: str) -> int:
+    """A stable integer for an item id (the same in every process), for its choices' common random numbers."""
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little") >> 1
+
+
 def choice_nlls(
-    em: EvalModel, items: Sequence[MCItem], *, mc_samples: int = 32, seed: int = 0, max_tokens: int = 16384
+    em: EvalModel,
+    items: Sequence[MCItem],
+    *,
+    mc_samples: int = 32,
+    seed: int = 0,
+    max_tokens: int = 16384,
+    paired: bool = True,
 ) -> list[list[float]]:
-    """Negative log-likelihood of every choice of every item given its context (nats, summed over the choice)."""
+    """Negative log-likelihood of every choice of every item given its context (nats, summed over the choice);
+    `paired`: an item's choices share their MDLM masks."""
     if em.objective not in ("ar", "mdlm"):
         raise ValueError(f"unknown objective '{em.objective}' (expected 'ar' or 'mdlm')")
     max_len = em.max_seq_len
@@ -116,9 +140,10 @@ def choice_nlls(
         if em.objective == "ar":
             loglik = ar_loglik(em.model, tokens, cont, lengths)
         else:
+            keys = [item_key(items[i].id) for i, _, _, _ in batch] if paired else None
             loglik = mdlm_loglik(
                 em.model, tokens, cont, lengths, mask_id=em.mask_id, k=mc_samples, generator=generator,
-                max_tokens=max_tokens,
+                max_tokens=max_tokens, row_keys=keys,
             )  # fmt: skip
         for (i, j, _, _), value in zip(batch, loglik.tolist(), strict=True):
             nlls[i][j] = -value
@@ -130,16 +155,21 @@ def _argmin(values: Sequence[float]) -> int:
     return min(range(len(values)), key=lambda j: values[j])
 
 
-def item_metrics(item: MCItem, nlls: Sequence[float]) -> dict[str, float]:
-    """acc, acc_norm, delta_nll and nll of one item from its choices' NLLs."""
+def item_metrics(item: MCItem, nlls: Sequence[float], prior_nlls: Sequence[float] | None = None) -> dict[str, float]:
+    """acc, acc_norm, delta_nll and nll of one item from its choices' NLLs; with the choices' NLLs given BOS alone
+    (`prior_nlls`), also acc_pmi."""
     chars = item.choice_chars or [len(c) for c in item.choices]  # per token when the characters are unknown
     wrong = [v for j, v in enumerate(nlls) if j != item.gold]
-    return {
+    metrics = {
         "acc": float(_argmin(nlls) == item.gold),
         "acc_norm": float(_argmin([v / max(1, n) for v, n in zip(nlls, chars, strict=True)]) == item.gold),
-        "delta_nll": nlls[item.gold] - sum(wrong) / len(wrong),
+        "delta_nll": sum(wrong) / len(wrong) - nlls[item.gold],
         "nll": nlls[item.gold] / len(item.choices[item.gold]),
     }
+    if prior_nlls is not None:
+        pmi = [v - prior for v, prior in zip(nlls, prior_nlls, strict=True)]
+        metrics[PMI_METRIC] = float(_argmin(pmi) == item.gold)
+    return metrics
 
 
 def score_multiple_choice(
@@ -150,13 +180,18 @@ def score_multiple_choice(
     mc_samples: int = 32,
     seed: int = 0,
     max_tokens: int = 16384,
+    paired: bool = True,
+    pmi: bool = False,
 ) -> TaskResult:
-    """Score `items` with `em` (exact AR likelihood or MDLM ELBO with `mc_samples` samples) into a TaskResult."""
+    """Score `items` with `em` (exact AR likelihood or MDLM ELBO with `mc_samples` samples) into a TaskResult;
+    `pmi` also scores each choice after BOS alone, for acc_pmi (with the same MDLM masks when `paired`)."""
     if not items:
         raise ValueError(f"task {task}: no items to score")
-    nlls = choice_nlls(em, items, mc_samples=mc_samples, seed=seed, max_tokens=max_tokens)
-    per_item = [item_metrics(item, v) for item, v in zip(items, nlls, strict=True)]
-    columns = {name: [m[name] for m in per_item] for name in ITEM_METRICS}
+    score = functools.partial(choice_nlls, em, mc_samples=mc_samples, seed=seed, max_tokens=max_tokens, paired=paired)
+    nlls = score(items)
+    priors = score([MCItem(i.id, i.context[:1], i.choices, i.gold) for i in items]) if pmi else [None] * len(items)
+    per_item = [item_metrics(item, v, prior) for item, v, prior in zip(items, nlls, priors, strict=True)]
+    columns = {name: [m[name] for m in per_item] for name in (*ITEM_METRICS, *([PMI_METRIC] if pmi else []))}
     metrics: dict[str, float] = {}
     for name, values in columns.items():
         metrics[name], metrics[f"{name}_stderr"] = mean_and_stderr(values)
@@ -165,6 +200,13 @@ def score_multiple_choice(
 
 
 # ---------------------------------------------------------------------------------------------------- held-out cloze
+
+
+def informative(text: str) -> bool:
+    """A span worth asking about: at least 12 visible characters, 6 of them letters or digits (not indentation,
+    blank lines or a run of brackets, which any model scores as likely whatever the context)."""
+    visible = "".join(text.split())
+    return len(visible) >= 12 and sum(c.isalnum() for c in visible) >= 6
 
 
 def heldout_cloze_items(
@@ -176,6 +218,7 @@ def heldout_cloze_items(
     prefix_tokens: int = 48,
     span_tokens: int = 16,
     seed: int = 0,
+    sharp: bool = True,
 ) -> list[MCItem]:
     """Cloze items from held-out documents ({'id', 'text'}): after a prefix, the true next span among spans taken
     at the same token offset of other documents. Item ids are '<doc id>@<offset>'.
@@ -185,6 +228,10 @@ def heldout_cloze_items(
     seeded order (one slot per document, then a second, ...), so a few items still come from many documents, and
     asking for more items only appends items. Every item has k = min(n_choices, usable documents) distinct choices;
     a slot that too few other documents reach (or whose spans repeat) is skipped.
+
+    `sharp` (the default) keeps only informative spans, as gold and as distractors: `informative` text found in one
+    document only among the slots' spans (boilerplate such as a license line or `if __name__ == "__main__":` is out).
+    Low-entropy spans would otherwise beat the gold on likelihood alone, so accuracy would understate skill.
     """
     if n_choices < 2 or prefix_tokens < 1 or span_tokens < 1:
         raise ValueError("heldout_cloze needs n_choices >= 2, prefix_tokens >= 1 and span_tokens >= 1")
@@ -197,6 +244,7 @@ def heldout_cloze_items(
         slots = list(range(prefix_tokens, len(tokens) - span_tokens + 1, slot))
         rng.shuffle(slots)
         offsets[doc_id] = slots
+    usable = _usable_spans(codec, docs, offsets, span_tokens) if sharp else None
     order = [d for d in range(len(docs)) if offsets[docs[d][0]]]  # documents too short are skipped
     rng.shuffle(order)
     k = min(n_choices, len(order))  # the same number of choices for every item
@@ -212,8 +260,11 @@ def heldout_cloze_items(
                 continue
             o = offsets[doc_id][r]
             gold = tokens[o : o + span_tokens]
+            if usable is not None and (d, o) not in usable:
+                continue
             # Distractors: the span at the same offset of other documents, each different from the gold and each other.
-            candidates = [e for e in range(len(docs)) if e != d and len(docs[e][1]) >= o + span_tokens]
+            candidates = [e for e in range(len(docs)) if e != d and len(docs[e][1]) >= o + span_tokens
+                          and (usable is None or (e, o) in usable)]  # fmt: skip
             rng.shuffle(candidates)
             choices = [gold]
             for e in candidates:
@@ -237,6 +288,22 @@ def heldout_cloze_items(
                 )
             )
     return items
+
+
+def _usable_spans(
+    codec: Codec, docs: list[tuple[str, list[int]]], offsets: dict[str, list[int]], span_tokens: int
+) -> set[tuple[int, int]]:
+    """(document index, offset) of the informative spans on the slot grid whose text no other document has there."""
+    grid = sorted({o for slots in offsets.values() for o in slots})
+    texts = {}
+    for d, (_, tokens) in enumerate(docs):
+        for o in grid:
+            if o + span_tokens <= len(tokens):
+                texts[(d, o)] = " ".join(codec.decode(tokens[o : o + span_tokens]).split())
+    found_in: dict[str, set[int]] = defaultdict(set)
+    for (d, _), text in texts.items():
+        found_in[text].add(d)
+    return {where for where, text in texts.items() if len(found_in[text]) == 1 and informative(text)}
 
 
 # ---------------------------------------------------------------------------------------------------- HumanEval

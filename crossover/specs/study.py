@@ -44,7 +44,7 @@ class Frozen(Strict):
 class CorpusSpec(Strict):
     """Where the documents come from. The string shorthand `corpus: X` means `corpus: {source: X}`."""
 
-    source: str = "stdlib-python"  # "stdlib-python", a local file, directory or glob, or "hf:<dataset name>"
+    source: str = "stdlib-python"  # "stdlib-python", "python-packages", a local file, directory or glob, or "hf:<name>"
     format: Literal["auto", "jsonl", "json", "parquet", "csv", "txt"] = "auto"
     text_field: str = "text"
     hf_config: str | None = None

@@ -26,6 +26,7 @@ TAG_OBJECTIVE = "crossover.objective"
 TAG_TRIAL_ID = "crossover.trial_id"
 TAG_ITEMS = "crossover.items"  # comma-separated tasks with per-item artifacts (absent: none)
 TAG_RUNTIME = "crossover.runtime"  # parent run: the study's resolved precision and compile (JSON)
+VERDICT_TAG = "crossover.verdict"  # parent run: crossover.verdict.<cell> holds the cell's verdict line
 TAG_PARENT = "mlflow.parentRunId"
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"

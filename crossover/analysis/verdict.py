@@ -1,0 +1,125 @@
+"""The answer in one line per cell: did MDLM overtake AR, where, with what certainty, and by how much in data.
+
+    verdicts(analysis) -> [Verdict(cell, line, metrics)]
+
+Lines read, for the study's metric (cloze accuracy by default):
+    unique_tokens=150k: MDLM overtakes AR on heldout_cloze/acc at 2.1M tokens (14 epochs; 90% CI 1.2M to 3.3M);
+        AR peaks at 0.43 (1.5M, 10 epochs), MDLM ends at 0.47; data efficiency 2.9x (AR needs 440k unique)
+    unique_tokens=600k: not crossed within 4.8M tokens (8 epochs); AR ahead by 0.061 at the end; ...
+    unique_tokens=16M: MDLM ahead at every point from 65k tokens (0.004 epochs): no crossover inside the window; ...
+
+They head the report and `crossover analyze`'s output, and are logged on the study's parent MLflow run: a tag
+`crossover.verdict.<cell>` with the line, and metrics `verdict/<cell>/...` (crossed 1/0, crossover tokens and epochs,
+AR's lead at the end, AR's peak, MDLM's final value, the efficiency ratio) that the runs table can show as columns.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
+from crossover.analysis.study import StudyAnalysis
+from crossover.specs import format_tokens, parse_tokens
+
+_BAD_KEY = re.compile(r"[^\w.\- /]")
+
+
+@dataclass
+class Verdict:
+    cell: str
+    line: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The cell as an MLflow key part: `unique_tokens=150k,quality=high` -> `unique_tokens_150k_quality_high`."""
+        return _BAD_KEY.sub("_", self.cell).replace(",", "_")
+
+
+def _epochs(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def _where(tokens: float, epochs: float) -> str:
+    return f"{format_tokens(tokens)} tokens ({_epochs(epochs)} epochs)"
+
+
+def _x(v: float | None, axis: str) -> str:
+    if v is None or pd.isna(v):
+        return "?"
+    if math.isinf(v):
+        return "beyond the end" if v > 0 else "before the start"
+    return format_tokens(v) if axis == "tokens" else f"{v:.3g} {axis}"
+
+
+def _efficiency_of(analysis: StudyAnalysis, row: pd.Series) -> tuple[float | None, str]:
+    """(U'/U, phrase) for the cell's MDLM budget, from the study's data-efficiency table."""
+    table = analysis.efficiency
+    if table.empty or "unique_tokens" not in row or pd.isna(row["unique_tokens"]):
+        return None, ""
+    others = [a for a in analysis.axes if a != "unique_tokens"]
+    group = ", ".join(f"{a}={row[a]}" for a in others) or "all"
+    budget = parse_tokens(str(row["unique_tokens"]))
+    hit = table[(table["group"] == group) & np.isclose(table["unique_tokens"].astype(float), budget)]
+    if hit.empty:
+        return None, ""
+    found = hit.iloc[0]
+    if found["ratio"] is None or pd.isna(found["ratio"]):
+        return None, "; data efficiency not defined (AR's equal-performance budget lies outside those observed)"
+    return float(found["ratio"]), (
+        f"; data efficiency {found['ratio']:.2g}x (AR needs {format_tokens(found['ar_equivalent'])} unique)"
+    )
+
+
+def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
+    """One verdict per cell with curves; cells without both objectives get a line saying what is missing."""
+    metric = analysis.metric.removeprefix("eval/")
+    better = 1.0 if analysis.higher_is_better else -1.0
+    out = []
+    for _, row in analysis.crossovers.iterrows():
+        cell = row["cell"]
+        curves = analysis.cells.get(cell)
+        if curves is None or row["status"] not in (CROSSED, NOT_CROSSED, ALWAYS_AHEAD):
+            out.append(Verdict(cell, f"{cell}: no verdict ({str(row['status']).replace('_', ' ')})"))
+            continue
+        metrics: dict[str, float] = {"crossed": float(row["status"] == CROSSED)}
+        if row["status"] == CROSSED:
+            tokens, epochs = float(row["crossover_tokens"]), float(row["crossover_epochs"])
+            ci = ""
+            if row.get("ci_low") is not None and not pd.isna(row.get("ci_low")):
+                ci = f"; {analysis.confidence:.0%} CI {_x(row['ci_low'], analysis.x_axis)} to " \
+                     f"{_x(row['ci_high'], analysis.x_axis)}"  # fmt: skip
+            head = f"MDLM overtakes AR on {metric} at {format_tokens(tokens)} tokens ({_epochs(epochs)} epochs{ci})"
+            metrics.update(crossover_tokens=tokens, crossover_epochs=epochs)
+        elif row["status"] == NOT_CROSSED:
+            lead = better * (curves.ar[-1] - curves.dlm[-1])
+            head = (
+                f"not crossed within {_where(curves.tokens[-1], curves.epochs[-1])}; "
+                f"AR ahead by {abs(lead):.3g} at the end"
+            )
+        else:
+            head = (
+                f"MDLM ahead at every point from {_where(curves.tokens[0], curves.epochs[0])}: no crossover inside "
+                "the window"
+            )
+        peak = int(np.argmax(better * curves.ar))
+        metrics.update(
+            ar_lead_final=float(better * (curves.ar[-1] - curves.dlm[-1])),
+            ar_peak=float(curves.ar[peak]),
+            ar_peak_tokens=float(curves.tokens[peak]),
+            mdlm_final=float(curves.dlm[-1]),
+        )
+        ratio, efficiency = _efficiency_of(analysis, row)
+        if ratio is not None:
+            metrics["efficiency"] = ratio
+        tail = (
+            f"AR peaks at {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
+            f"{_epochs(curves.epochs[peak])} epochs), MDLM ends at {curves.dlm[-1]:.3g}"
+        )
+        out.append(Verdict(cell, f"{cell}: {head}; {tail}{efficiency}", metrics))
+    return out
