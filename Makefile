@@ -3,17 +3,24 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CROSSOVER := $(VENV)/bin/crossover
+PLANNER := $(VENV)/.planner
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test demo lint bench clean
 
 setup: $(STAMP)
 
-# Without an NVIDIA GPU, install the CPU build of torch first so pip does not pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# What `crossover plan` needs (PyTorch for the throughput it measures, the spec and CLI packages), installed first so
+# that `make demo` shows the plan and its estimated duration within a minute. Without an NVIDIA GPU, the CPU build of
+# torch goes in first so pip does not pull a multi-GB CUDA build.
+$(PLANNER): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q --no-deps -e . && $(PY) -m pip install -q pydantic pyyaml typer rich numpy
+	touch $(PLANNER)
+
+$(STAMP): $(PLANNER)
 	$(PY) -m pip install -q -e '.[dev,eval]'
 	touch $(STAMP)
 
@@ -23,14 +30,15 @@ test: setup
 
 # A real small study end to end on the embedded defaults: the stdlib corpus, a local Ray instance, SQLite MLflow.
 DEMO_STORE := sqlite:///$(CURDIR)/mlflow.db
-demo: setup
+demo: $(PLANNER)
+	$(CROSSOVER) plan study_specs/smoke.yaml
+	$(MAKE) --no-print-directory setup
 	$(CROSSOVER) validate study_specs/*.yaml
 	$(CROSSOVER) data prepare study_specs/smoke.yaml
 	$(CROSSOVER) run study_specs/smoke.yaml --fresh --tracking-uri $(DEMO_STORE) --storage $(CURDIR)/.crossover/ray_results
-	$(CROSSOVER) analyze smoke --tracking-uri $(DEMO_STORE) --out reports/smoke
 	@echo ""
-	@echo "MLflow store: $(CURDIR)/mlflow.db   open it with: .venv/bin/crossover ui   (then http://127.0.0.1:5000)"
-	@echo "Report:       $(CURDIR)/reports/smoke/report.html   (also under the study's parent run in MLflow)"
+	@echo "MLflow store: $(CURDIR)/mlflow.db   open it with: .venv/bin/crossover ui   (then the link below)"
+	$(CROSSOVER) analyze smoke --tracking-uri $(DEMO_STORE) --out $(CURDIR)/reports/smoke
 
 lint: setup
 	$(VENV)/bin/ruff check crossover tests bench

@@ -99,6 +99,9 @@ class Collect:
     def checkpoint(self, metrics, step, checkpoint_dir):
         pass
 
+    def progress(self, metrics, step):
+        pass
+
     def log_items(self, result, step):
         pass
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from crossover import __version__
-from crossover.specs import SpecError, StudySpec, format_tokens, load_study, plan_study
+from crossover.specs import SpecError, StudySpec, format_seconds, format_tokens, load_study, plan_study
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Data-constrained AR vs masked-diffusion studies.")
 out = Console(soft_wrap=True)
@@ -78,6 +78,37 @@ def _check_tasks(spec: StudySpec) -> None:
         raise typer.Exit(USER_ERROR) from None
 
 
+# Loggers of the libraries whose routine notices (accelerator detection, database migrations, a local Ray instance
+# starting, Tune's state files) would fill the first screen; Python warnings go the same way.
+LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "DeepSpeed", "deepspeed", "torch", "datasets", "urllib3", "py.warnings")
+
+
+def _library_notices_to(log_file: Path, verbose: bool, libraries: tuple[str, ...]) -> None:
+    """Other libraries' notices go to `log_file` instead of the terminal (unless `verbose`); ours stay visible.
+    Their errors still reach the user through the exceptions and messages crossover prints. `libraries` are
+    imported here first, into the file: some print when imported, and attach terminal handlers of their own."""
+    if verbose:
+        return
+    import contextlib
+    import importlib
+    import logging
+    import os
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        for name in libraries:
+            importlib.import_module(name)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.captureWarnings(True)
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = False
+    err.print(f"[dim]library notices: {log_file} (--verbose shows them here)[/]", highlight=False)
+
+
 def _runtime(spec: StudySpec):  # -> crossover.specs.hardware.Runtime
     from crossover.specs.hardware import resolve_runtime
 
@@ -97,6 +128,17 @@ def _warn_runtime(spec: StudySpec) -> None:
     """A setting the spec pins that runs much slower here than it could: one line on stderr."""
     if warning := _runtime(spec).warning:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def _print_wall_time(spec: StudySpec, max_concurrent: int | None = None) -> None:
+    """How long the study takes on this machine (measures a few seconds per model size the first time)."""
+    from crossover.trainers.throughput import wall_time_line
+
+    line = wall_time_line(spec, max_concurrent)
+    if line is None:
+        out.print("[dim]no wall-time estimate here: the trials need GPUs and this machine has none[/]", highlight=False)
+    else:
+        out.print(line, highlight=False)
 
 
 def _significant(value: float) -> str:
@@ -169,6 +211,7 @@ def plan(
     out.print(f"[bold]study {study_plan.study}[/]: {len(rows)} trials; {_runtime_line(spec)}", highlight=False)
     _warn_runtime(spec)
     print(_text_table(["trial", *axes, "epochs", "params", "active", "FLOPs", "GPU-h", memory], rows))
+    _print_wall_time(spec)
     out.print(
         f"total: {study_plan.total_flops:.3g} training FLOPs, {_significant(study_plan.total_gpu_hours)} GPU-hours "
         f"at {mfu:.0%} MFU of {gpu_tflops:g} TFLOP/s (evaluation not included)"
@@ -319,6 +362,7 @@ def analyze(
 ) -> None:
     """Crossovers, data efficiency, scaling-law fits and a report (HTML + Markdown) from a study's MLflow records."""
     from crossover.analysis import AnalysisError, analyze_study, load_study, log_report, verdicts, write_report
+    from crossover.analysis.verdict import delta_nll_lines, loss_verdicts
 
     name = _load(Path(study)).name if study.endswith((".yaml", ".yml")) and Path(study).is_file() else study
     try:
@@ -352,6 +396,14 @@ def analyze(
     lines = verdicts(analysis)
     for verdict in lines[:50]:
         print(verdict.line)
+    if secondary := loss_verdicts(analysis):
+        print("on the held-out loss (MDLM's is a bound):")
+        for verdict in secondary[:50]:
+            print(f"  {verdict.line}")
+    if rising := delta_nll_lines(analysis):
+        print("rising loss, widening Delta NLL:")
+        for line in rising[:50]:
+            print(f"  {line}")
     print()
     print(_text_table(["cell", "status", f"crossover ({axis})", f"{confidence:.0%} CI"], rows))
     if len(table) > 50:
@@ -362,6 +414,7 @@ def analyze(
         err.print(f"[yellow]warning:[/] the report was not logged to MLflow: {exc}", highlight=False)
         run_id = None
     out.print(f"report: {report}" + (f" (also on MLflow run {run_id}, artifacts report/)" if run_id else ""))
+    _print_link(data.tracking_uri, data.experiment_id)
 
 
 # ---- crossover run / status / ui: studies on Ray Tune, tracked in MLflow (logic in crossover.platform)
@@ -393,11 +446,17 @@ def run(
             "--storage", help="Ray storage path or URI (default: the spec's resources.storage, else ~/ray_results)."
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="One line per trial event instead of a live table.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="Progress lines (one per trial per 30 s) instead of a live table.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show Ray's, MLflow's and DeepSpeed's own notices here too.")
+    ] = False,
 ) -> None:
     """Run every trial of a study on Ray Tune, recording it in MLflow; continues a study that was interrupted."""
     import os
 
+    from crossover.platform.study import storage_path
     from crossover.platform.tracking import TrackingError, check_tracking, resolve_tracking_uri
 
     if resume and fresh:
@@ -405,6 +464,9 @@ def run(
         raise typer.Exit(USER_ERROR)
     spec = _load_checked(spec_path)
     _check_tasks(spec)
+    where = storage_path(spec, storage)  # beside the study's Ray state, or here when that is a remote URI
+    log_dir = Path(where) if "://" not in where else Path(".crossover") / "logs"
+    _library_notices_to(log_dir / f"{spec.name}.log", verbose, ("mlflow", "ray"))
     uri = resolve_tracking_uri(tracking_uri)
     try:
         check_tracking(uri)
@@ -421,7 +483,9 @@ def run(
     out.print(f"study [bold]{spec.name}[/]: {len(spec.expand())} trials; MLflow {uri}", highlight=False)
     out.print(f"[dim]{_runtime_line(spec)}[/]", highlight=False)
     _warn_runtime(spec)
-    progress = StudyProgress(spec.name, spec.expand(), out, quiet=quiet)
+    if not address:  # on a cluster the trials do not run on this machine
+        _print_wall_time(spec, max_concurrent)
+    progress = StudyProgress(spec.name, spec.expand(), out, quiet=quiet or not out.is_terminal)
     try:
         with progress:
             outcome = run_study(
@@ -438,8 +502,34 @@ def run(
     )
     for name, error in outcome.failed.items():
         err.print(f"[red]{name}[/]: {error}", highlight=False)
+    _provisional_verdict(spec.name, uri)
     if outcome.failed:
         raise typer.Exit(1)
+
+
+def _provisional_verdict(study: str, uri: str) -> None:
+    """The verdict per cell as the study stands, printed and put on its parent run (`crossover analyze` replaces it
+    with the full analysis and report), and the link to the study in the MLflow UI."""
+    from crossover.analysis import AnalysisError, analyze_study, load_study, log_verdicts, verdicts
+
+    try:
+        data = load_study(study, uri, items=False)
+        lines = verdicts(analyze_study(data))  # no per-item results read: no intervals, seconds at most
+        log_verdicts(data, lines)
+    except AnalysisError as exc:
+        err.print(f"[yellow]no verdict yet:[/] {exc}", highlight=False)
+        return
+    out.print("[bold]verdict[/] (provisional: `crossover analyze` adds intervals, efficiency and the report)")
+    for verdict in lines[:50]:
+        print(verdict.line)
+    _print_link(uri, data.experiment_id)
+
+
+def _print_link(uri: str, experiment_id: str) -> None:
+    from crossover.specs.tracking import training_view_url, ui_server
+
+    where = "" if uri.startswith(("http://", "https://")) else " (after `crossover ui`)"
+    out.print(f"MLflow training view{where}: {training_view_url(ui_server(uri), experiment_id)}", highlight=False)
 
 
 @app.command()
@@ -457,10 +547,17 @@ def status(
     except TrackingError as exc:
         err.print(f"[bold red]cannot read the study:[/] {exc}", highlight=False)
         raise typer.Exit(USER_ERROR) from None
-    headers = ["trial", "status", "tokens", "epoch", "train/loss", "eval/heldout_loss/loss"]
+
+    def eta(r: dict) -> str:
+        if r["status"] != "RUNNING" or not r.get("tokens_per_s") or not r.get("total_tokens"):
+            return ""
+        return format_seconds((r["total_tokens"] - r.get("tokens", 0)) / r["tokens_per_s"])
+
+    headers = ["trial", "status", "tokens", "epoch", "train/loss", "eval/heldout_loss/loss", "tok/s", "ETA"]
     table = [
         [r["name"], r["status"], format_tokens(r.get("tokens", 0)), f"{r.get('epoch', 0):.2f}",
-         *[f"{r[m]:.4f}" if m in r else "" for m in headers[4:]]]
+         *[f"{r[m]:.4f}" if m in r else "" for m in headers[4:6]],
+         f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else "", eta(r)]
         for r in rows
     ]  # fmt: skip
     out.print(f"[bold]study {study}[/]: {len(rows)} trials in {uri}", highlight=False)
@@ -480,12 +577,29 @@ def ui(
     from crossover.platform.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
+    server = uri if uri.startswith(("http://", "https://")) else f"http://{host}:{port}"
+    _print_studies(uri, server)
     if uri.startswith(("http://", "https://")):
         out.print(f"the tracking server already serves its UI: open {uri}")
         return
-    out.print(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+    out.print(f"MLflow UI for {uri} on {server} (Ctrl-C stops it)", highlight=False)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     os.execv(sys.executable, command)
+
+
+def _print_studies(uri: str, server: str) -> None:
+    """The training-view link of every study in the store (nothing when it cannot be read: the UI will say why)."""
+    from crossover.specs.tracking import training_view_url
+
+    try:
+        from mlflow.tracking import MlflowClient
+
+        experiments = MlflowClient(uri).search_experiments(max_results=200)
+    except Exception:  # noqa: BLE001 - an empty or unreachable store: the UI itself reports it
+        return
+    for experiment in experiments:
+        if experiment.name != "Default":
+            print(f"{experiment.name}: {training_view_url(server, experiment.experiment_id)}")
 
 
 # ---- crossover train: one trial on this machine, for debugging (logic in crossover.trainers)
@@ -554,6 +668,9 @@ def train(
     which: Annotated[str, typer.Option("--trial", help="Trial index, name or trial_id.")],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Checkpoints and metrics folder.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the folder's latest checkpoint.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show DeepSpeed's and torch's own notices here too.")
+    ] = False,
 ) -> None:
     """Train one trial locally, printing progress (no MLflow): for debugging a spec or the loop."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -570,6 +687,7 @@ def train(
     if folder.exists() and any(folder.iterdir()) and not resume:
         err.print(f"[bold red]{folder} already holds a run[/]: pass --resume to continue it, or --out for a new folder")
         raise typer.Exit(USER_ERROR)
+    _library_notices_to(folder / "train.log", verbose, ("deepspeed",))
     with Progress(
         TextColumn(f"{trial.name}"), BarColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
         console=out,

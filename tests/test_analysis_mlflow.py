@@ -151,18 +151,18 @@ def test_analyze_command_writes_the_report_and_logs_it_to_the_parent_run(store, 
     verdicts = {v["cell"]: v for v in summary["verdicts"]}
     crossed, open_ = verdicts["unique_tokens=50k"]["line"], verdicts["unique_tokens=200k"]["line"]
     assert crossed.startswith(f"unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc at {format_tokens(small['crossover_tokens'])} tokens ({small['crossover_epochs']:.3g} epochs; 90% CI ")  # fmt: skip
-    assert "AR peaks at " in crossed and ", MDLM ends at " in crossed
+    assert "AR's best " in crossed and ", MDLM's last " in crossed
     assert open_.startswith("unique_tokens=200k: not crossed within 400k tokens (2 epochs); AR ahead by ")
     assert result.output.index(crossed) < result.output.index("crossover (tokens)")  # before the table
     assert markdown.index("## Verdict") < markdown.index("## Crossover per cell") and crossed in markdown
     parent = MlflowClient(store.uri).get_run(data.parent_run_id).data
-    assert parent.tags["crossover.verdict.unique_tokens_50k"] == crossed
-    assert parent.tags["crossover.verdict.unique_tokens_200k"] == open_
-    assert parent.metrics["verdict/unique_tokens_50k/crossed"] == 1.0
-    assert parent.metrics["verdict/unique_tokens_200k/crossed"] == 0.0
-    assert parent.metrics["verdict/unique_tokens_50k/crossover_tokens"] == pytest.approx(small["crossover_tokens"])
-    assert parent.metrics["verdict/unique_tokens_200k/ar_lead_final"] > 0
-    assert "verdict/unique_tokens_200k/crossover_tokens" not in parent.metrics
+    assert parent.tags["crossover.verdict.50k"] == crossed
+    assert parent.tags["crossover.verdict.200k"] == open_
+    assert parent.metrics["verdict/50k/crossed"] == 1.0
+    assert parent.metrics["verdict/200k/crossed"] == 0.0
+    assert parent.metrics["verdict/50k/crossover_tokens"] == pytest.approx(small["crossover_tokens"])
+    assert parent.metrics["verdict/200k/ar_lead_final"] > 0
+    assert "verdict/200k/crossover_tokens" not in parent.metrics
 
 
 @pytest.mark.parametrize(

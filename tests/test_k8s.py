@@ -3,7 +3,7 @@ properties the cluster relies on hold (resources, no literal credentials, a CPU-
 storage, the RayJob's study spec, and network policies that keep Ray and the database inside the namespace).
 
 Core kinds validate with kubernetes-validate (strict: unknown fields are errors, as `kubectl apply` makes them);
-RayCluster and RayJob validate against the openAPIV3Schema of the KubeRay v1.7.0 CRDs in ../shared/k8s-schemas/,
+RayCluster and RayJob validate against the openAPIV3Schema of the KubeRay v1.7.0 CRDs, kept in tests/data/kuberay/,
 made strict the same way.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
 import shlex
 import shutil
@@ -32,9 +33,8 @@ from .conftest import ROOT
 K8S = ROOT / "k8s"
 OVERLAYS = ["dev", "prod"]
 KUBERNETES_VERSION = "1.32.0"  # the schemas kubernetes-validate ships for this release
-CRD_DIR = ROOT.parent / "shared" / "k8s-schemas"
-CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
-KUBERAY_RELEASE = "https://github.com/ray-project/kuberay/tree/v1.7.0/ray-operator/config/crd/bases"
+CRD_DIR = ROOT / "tests" / "data" / "kuberay"
+CRD_FILES = {"RayCluster": "raycluster.v1.schema.json", "RayJob": "rayjob.v1.schema.json"}
 RAY_HOME = "/home/ray"  # HOME of the image's user (k8s/docker/Dockerfile)
 
 
@@ -137,15 +137,7 @@ def _strict(schema: Any) -> Any:
 
 @functools.cache
 def crd_validator(kind: str) -> jsonschema.protocols.Validator:
-    path = CRD_DIR / CRD_FILES[kind]
-    if not path.exists():
-        pytest.skip(
-            f"{path} is missing: put the KubeRay v1.7.0 CRDs ({', '.join(CRD_FILES.values())}) from {KUBERAY_RELEASE} "
-            f"in {CRD_DIR} to validate the {kind} manifests"
-        )
-    crd = yaml.safe_load(path.read_text())
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+    schema = json.loads((CRD_DIR / CRD_FILES[kind]).read_text())  # the v1 openAPIV3Schema of the CRD
     schema["properties"]["metadata"] = {"type": "object"}  # the API server validates metadata separately
     return jsonschema.Draft7Validator(_strict(schema))
 

@@ -131,6 +131,58 @@ def test_smoke_report_opens_in_headless_chromium(smoke, tmp_path):
     assert {row["cell"] for row in summary["crossovers"]} == {"unique_tokens=75k", "unique_tokens=300k"}
 
 
+def test_run_ends_with_a_provisional_verdict_summaries_and_the_link_to_the_training_view(smoke):
+    from crossover.specs.tracking import SUMMARY_COLUMNS
+
+    job = smoke["job"].stdout
+    client, parents, children = smoke_runs(smoke["uri"])
+    experiment = client.get_experiment_by_name("smoke")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    link = f"{smoke['uri']}/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey=crossover&workflowType=machine_learning"
+    assert f"MLflow training view: {link}" in job
+    assert "verdict (provisional" in job and "unique_tokens=75k: " in job
+    tags = parents[0].data.tags
+    assert tags["crossover.verdict.75k"].startswith("unique_tokens=75k: ") and "crossover.verdict.300k" in tags
+    for child in children:
+        assert set(SUMMARY_COLUMNS) <= set(child.data.metrics), child.info.run_name
+        history = client.get_metric_history(child.info.run_id, "eval/heldout_cloze/acc_pmi")
+        assert child.data.metrics["summary/acc_best"] == max(m.value for m in history)
+        assert child.data.metrics["summary/epochs"] == child.data.metrics["epoch"]
+
+
+def test_the_training_view_shows_the_study_its_trials_and_the_verdict(smoke, tmp_path):
+    """The link `crossover run` prints, opened in headless Chromium: the model-training view (not the GenAI one), the
+    study's parent row, its trials once expanded, and the verdict and summary columns of the saved view."""
+    from playwright.sync_api import sync_playwright
+
+    from crossover.specs.tracking import training_view_url
+
+    from .services import CHROMIUM_FLAGS, _chromium
+
+    chromium = _chromium()
+    client, _, children = smoke_runs(smoke["uri"])
+    experiment_id = client.get_experiment_by_name("smoke").experiment_id
+    shot = tmp_path / "mlflow-training-view.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[f for f in CHROMIUM_FLAGS if f != "--headless"])
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.goto(training_view_url(smoke["uri"], experiment_id))
+        parent = page.get_by_role("link", name="smoke", exact=True).last
+        parent.wait_for(timeout=60_000)
+        parent.locator("xpath=ancestor::*[@role='gridcell'][1]").locator("button").first.click()  # expand the study
+        for child in children:
+            page.get_by_role("link", name=child.info.run_name, exact=True).wait_for(timeout=30_000)
+        headers = " ".join(page.locator("[role='columnheader']").all_inner_texts())
+        page.screenshot(path=str(shot))
+        text = page.inner_text("body")
+        browser.close()
+    assert "Run Name" in headers and "verdict/75k/crossed" in headers and "summary/acc_final" in headers, headers
+    assert "Detect issues" not in text  # the GenAI view's
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("CROSSOVER_KEEP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["CROSSOVER_KEEP_SCREENSHOT"].replace(".png", "-mlflow.png"))
+
+
 def test_mdlm_of_the_smoke_study_samples_text_without_masks(smoke):
     """The MDLM trained by the smoke study, loaded from its last checkpoint in Ray storage, fills the requested
     number of tokens by iterative unmasking and leaves no mask token."""

@@ -30,7 +30,7 @@ Parent run (one current per study)
     summary.json, where interval bounds outside the observed window are the strings "inf" / "-inf"), and the verdict
     per cell (`crossover.analysis.verdict`): the tag `crossover.verdict.<cell key>` with the line, and metrics
     `verdict/<cell key>/<name>` (crossed, crossover_tokens, crossover_epochs, ar_lead_final, ar_peak,
-    ar_peak_tokens, mdlm_final, efficiency), the cell key being the cell with `=` and `,` made `_`.
+    ar_peak_tokens, mdlm_final, efficiency), the cell key being its axis values joined by `_` (`50k`, `high_1B`).
     `crossover run` records `crossover.runtime` (the study's resolved precision and compile, JSON).
 
 Child run (one per trial)
@@ -83,7 +83,7 @@ from crossover.analysis.crossing import Crossover, convert_x, find_crossover
 from crossover.analysis.curves import StudyData, load_curves, load_study, resolve_tracking_uri
 from crossover.analysis.efficiency import Efficiency, data_efficiency, efficiency_details
 from crossover.analysis.errors import AnalysisError
-from crossover.analysis.report import log_report, write_report
+from crossover.analysis.report import log_report, log_verdicts, write_report
 from crossover.analysis.scaling import (
     InsufficientData,
     ScalingFit,
@@ -115,6 +115,7 @@ __all__ = [
     "higher_is_better",
     "load_curves",
     "log_report",
+    "log_verdicts",
     "load_study",
     "prabhudesai_critical_compute",
     "resolve_tracking_uri",

@@ -20,9 +20,19 @@ import pandas as pd
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
 from crossover.analysis.curves import StudyData, redact
 from crossover.analysis.study import X_COLUMNS, StudyAnalysis
-from crossover.analysis.verdict import Verdict, verdicts
+from crossover.analysis.verdict import Verdict, delta_nll_lines, loss_verdicts, verdicts
 from crossover.specs import format_tokens
-from crossover.specs.tracking import REPORT_DIR, VERDICT_TAG
+from crossover.specs.tracking import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    REPORT_DIR,
+    SUMMARY_COLUMNS,
+    VERDICT_TAG,
+    VIEW_TAG,
+    view_state,
+)
+
+VIEW_VERDICT_METRICS = ("crossed", "crossover_tokens", "crossover_epochs", "efficiency")  # the view's columns
 
 MAX_TABLE_ROWS = 200
 
@@ -225,8 +235,16 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
             ],
         )
     )
-    blocks.insert(1, Block("h2", "Verdict"))
-    blocks.insert(2, Block("list", [v.line for v in verdicts(analysis)] or ["No cell has both AR and MDLM curves."]))
+    verdict = [
+        Block("h2", "Verdict"),
+        Block("list", [v.line for v in verdicts(analysis)] or ["No cell has both AR and MDLM curves."]),
+    ]
+    if lines := [v.line for v in loss_verdicts(analysis)]:
+        verdict += [Block("p", "On the held-out loss (AR's exact NLL against MDLM's ELBO, an upper bound on its NLL, so "
+                               "a crossover here is conservative):"), Block("list", lines)]  # fmt: skip
+    if lines := delta_nll_lines(analysis):
+        verdict += [Block("p", "Rising loss is not worse answers (the Delta NLL view):"), Block("list", lines)]
+    blocks[1:1] = verdict
     blocks.append(Block("h2", "Crossover per cell"))
     blocks.append(
         Block(
@@ -467,6 +485,8 @@ def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, 
             "confidence": analysis.confidence,
             "ci_source": analysis.ci_source,
             "verdicts": [{"cell": v.cell, "line": v.line, **v.metrics} for v in verdicts(analysis)],
+            "loss_verdicts": [{"cell": v.cell, "line": v.line, **v.metrics} for v in loss_verdicts(analysis)],
+            "delta_nll": delta_nll_lines(analysis),
             "crossovers": _json_ready(analysis.crossovers),
             "efficiency": _json_ready(analysis.efficiency),
             "scaling": _json_ready(_fit_frame(analysis)),
@@ -487,22 +507,34 @@ def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, 
 
 
 def log_report(data: StudyData, out_dir: Path | str, lines: list[Verdict] = ()) -> str | None:
-    """Log the report directory to the study's parent run under `report/`, and each verdict as the tag
-    `crossover.verdict.<cell>` and metrics `verdict/<cell>/<name>` (columns of the MLflow runs table); returns the
-    run id (None: no parent)."""
+    """Log the report directory to the study's parent run under `report/`, and the verdicts (`log_verdicts`);
+    returns the run id (None: no parent)."""
     if not data.parent_run_id:
         return None
+    from mlflow import MlflowClient
+
+    MlflowClient(data.tracking_uri).log_artifacts(data.parent_run_id, str(out_dir), REPORT_DIR)
+    log_verdicts(data, lines)
+    return data.parent_run_id
+
+
+def log_verdicts(data: StudyData, lines: list[Verdict]) -> None:
+    """Each verdict on the study's parent run, as the tag `crossover.verdict.<cell>` and metrics
+    `verdict/<cell>/<name>`, and the experiment's saved view showing those columns beside the trials' summaries."""
+    if not data.parent_run_id:
+        return
     from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
 
     client = MlflowClient(data.tracking_uri)
-    client.log_artifacts(data.parent_run_id, str(out_dir), REPORT_DIR)
     now = int(datetime.now(timezone.utc).timestamp() * 1000)
     tags = [RunTag(f"{VERDICT_TAG}.{v.key}", v.line[:5000]) for v in lines]
     metrics = [Metric(f"verdict/{v.key}/{name}", value, now, 0) for v in lines for name, value in v.metrics.items()]
     for start in range(0, max(len(tags), len(metrics)), 100):  # MLflow takes at most 100 tags per batch
         client.log_batch(data.parent_run_id, metrics=metrics[start : start + 100], tags=tags[start : start + 100])
-    return data.parent_run_id
+    shown = [f"verdict/{v.key}/{name}" for v in lines for name in VIEW_VERDICT_METRICS if name in v.metrics]
+    client.set_experiment_tag(data.experiment_id, VIEW_TAG, view_state([*SUMMARY_COLUMNS, *shown]))
+    client.set_experiment_tag(data.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 def _fit_frame(analysis: StudyAnalysis) -> pd.DataFrame:

@@ -91,6 +91,7 @@ class StudyAnalysis:
     delta_task: str | None = None
     delta_note: str | None = None
     notes: list[str] = field(default_factory=list)
+    loss: StudyAnalysis | None = None  # the held-out loss's crossovers, when the main metric is another
 
 
 def _axis_values(data: StudyData) -> pd.DataFrame:
@@ -451,6 +452,12 @@ def analyze_study(
         _efficiency(data, analysis)
         _scaling(data, analysis)
         _delta_nll(data, analysis)
+        if metric != LOSS_METRIC and LOSS_METRIC in metrics:  # the loss crossover too, read with its caveat
+            analysis.loss = StudyAnalysis(
+                study=data.study, tracking_uri=data.tracking_uri, metric=LOSS_METRIC, x_axis=x, higher_is_better=False,
+                confidence=confidence, axes=data.axes, crossovers=pd.DataFrame(),
+            )  # fmt: skip
+            _crossovers(data, analysis.loss, n_boot, seed)
     crossed = analysis.crossovers.get("status", pd.Series(dtype=str)).eq(CROSSED).sum()
     if len(analysis.crossovers) and not crossed:
         analysis.notes.append("No cell crossed inside the observed window.")

@@ -3,10 +3,14 @@
     verdicts(analysis) -> [Verdict(cell, line, metrics)]
 
 Lines read, for the study's metric (cloze accuracy by default):
-    unique_tokens=150k: MDLM overtakes AR on heldout_cloze/acc at 2.1M tokens (14 epochs; 90% CI 1.2M to 3.3M);
-        AR peaks at 0.43 (1.5M, 10 epochs), MDLM ends at 0.47; data efficiency 2.9x (AR needs 440k unique)
+    unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc_pmi at 1.35M tokens (27 epochs; 90% CI 975k to 1.93M);
+        AR's best 0.555 (127k, 2.54 epochs), MDLM's last 0.539; data efficiency 2.1x (AR needs 105k unique)
     unique_tokens=600k: not crossed within 4.8M tokens (8 epochs); AR ahead by 0.061 at the end; ...
     unique_tokens=16M: MDLM ahead at every point from 65k tokens (0.004 epochs): no crossover inside the window; ...
+
+`loss_verdicts` gives the same lines for the held-out loss (AR's exact NLL against MDLM's ELBO, a bound: a loss
+crossover found this way is conservative) and `delta_nll_lines` the Delta NLL view: trials whose held-out loss rose
+after its minimum while the gap between wrong and right answers kept widening.
 
 They head the report and `crossover analyze`'s output, and are logged on the study's parent MLflow run: a tag
 `crossover.verdict.<cell>` with the line, and metrics `verdict/<cell>/...` (crossed 1/0, crossover tokens and epochs,
@@ -37,8 +41,10 @@ class Verdict:
 
     @property
     def key(self) -> str:
-        """The cell as an MLflow key part: `unique_tokens=150k,quality=high` -> `unique_tokens_150k_quality_high`."""
-        return _BAD_KEY.sub("_", self.cell).replace(",", "_")
+        """The cell as a short MLflow key part, its axis values: `unique_tokens=150k` -> `150k`,
+        `quality=high,unique_tokens=1B` -> `high_1B` (short, so the runs table's column headers tell cells apart)."""
+        values = "_".join(part.split("=", 1)[-1] for part in self.cell.split(","))
+        return _BAD_KEY.sub("_", values.replace("/", "-"))
 
 
 def _epochs(v: float) -> str:
@@ -118,8 +124,38 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
         if ratio is not None:
             metrics["efficiency"] = ratio
         tail = (
-            f"AR peaks at {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
-            f"{_epochs(curves.epochs[peak])} epochs), MDLM ends at {curves.dlm[-1]:.3g}"
+            f"AR's best {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
+            f"{_epochs(curves.epochs[peak])} epochs), MDLM's last {curves.dlm[-1]:.3g}"
         )
         out.append(Verdict(cell, f"{cell}: {head}; {tail}{efficiency}", metrics))
     return out
+
+
+def loss_verdicts(analysis: StudyAnalysis) -> list[Verdict]:
+    """The verdicts on the held-out loss, when the main metric is another (see the module docstring)."""
+    if analysis.loss is None:
+        return []
+    return [
+        Verdict(v.cell, v.line.replace("on heldout_loss/loss", "on the held-out loss"), v.metrics)
+        for v in verdicts(analysis.loss)
+    ]
+
+
+def delta_nll_lines(analysis: StudyAnalysis) -> list[str]:
+    """One line per trial whose held-out loss rose at least 5% after its minimum while its Delta NLL widened."""
+    table = analysis.delta_nll
+    if table.empty or analysis.delta_task is None:
+        return []
+    lines = []
+    for _, row in table.iterrows():
+        if not (row["loss_rise"] >= 0.05 and row["delta_nll_final"] > row["delta_nll_at_min"]):
+            continue
+        accuracy = ""
+        if "acc_final" in row and not pd.isna(row["acc_final"]):
+            accuracy = f", accuracy {row['acc_at_min']:.3g} -> {row['acc_final']:.3g}"
+        lines.append(
+            f"{row['trial']}: held-out loss rose {row['loss_rise']:.0%} after its minimum ({row['loss_min']:.3g} at "
+            f"{format_tokens(row['loss_min_tokens'])} tokens -> {row['loss_final']:.3g}) while Delta NLL on "
+            f"{analysis.delta_task} widened {row['delta_nll_at_min']:.3g} -> {row['delta_nll_final']:.3g}{accuracy}"
+        )
+    return lines

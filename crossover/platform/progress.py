@@ -1,5 +1,6 @@
-"""Live progress of a study on the driver: a rich table that a Tune callback keeps up to date (or one line per
-event with --quiet, for jobs and logs).
+"""Live progress of a study on the driver: a rich table that a Tune callback keeps up to date from every log point of
+every trial (about 200 per trial; trials report them without a checkpoint), or with --quiet one line per trial at
+most every 30 s plus one per change of status, for jobs and logs.
 
 Tune pickles its callbacks with the experiment state, and a live terminal display does not pickle, so the callback
 holds only the study's name and forwards events to the display registered under it in this process; a study
@@ -16,9 +17,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from crossover.specs import TrialSpec, format_tokens
+from crossover.specs import TrialSpec, format_seconds, format_tokens
 
 SHOWN_METRICS = ("train/loss", "eval/heldout_loss/loss")
+QUIET_EVERY_S = 30.0  # --quiet: at most one progress line per trial this often
 
 
 def _name(trial: Any) -> str:
@@ -46,7 +48,7 @@ class ProgressCallback(Callback):
         if display := self._display():
             metrics = {k: result[k] for k in SHOWN_METRICS if isinstance(result.get(k), (int, float))}
             display.event(trial, "running", tokens=int(result.get("tokens", 0)), epoch=result.get("epoch", 0.0),
-                          metrics=metrics)  # fmt: skip
+                          rate=result.get("tokens_per_s"), metrics=metrics)  # fmt: skip
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if display := self._display():
@@ -85,31 +87,43 @@ class StudyProgress:
     def event(self, trial: Any, status: str, **fields: Any) -> None:
         name = _name(trial)
         row = self.rows.setdefault(name, {"status": "pending"})
-        row.update(status=status, **fields)
+        changed = row["status"] != status
+        metrics = {**row.get("metrics", {}), **fields.pop("metrics", {})}  # eval metrics stay until the next eval
+        row.update(status=status, metrics=metrics, **{k: v for k, v in fields.items() if v is not None})
         row.setdefault("started", time.time())
         if self.quiet:
-            extra = "  ".join(f"{k} {v:.4g}" for k, v in row.get("metrics", {}).items())
-            self.console.print(
-                f"{name}: {status} {format_tokens(row.get('tokens', 0))} tokens {extra}", highlight=False
-            )
+            now = time.time()
+            if changed or now - row.get("printed", 0.0) >= QUIET_EVERY_S:
+                row["printed"] = now
+                self.console.print(f"{name}: {status} {self._line(name, row)}", highlight=False)
         elif self.live:
             self.live.update(self.render())
 
+    def _eta(self, name: str, row: dict[str, Any]) -> str:
+        tokens, total, rate = row.get("tokens", 0), self.totals.get(name), row.get("rate")
+        if row["status"] != "running" or not total or not rate:
+            return ""
+        return format_seconds((total - tokens) / rate)
+
+    def _line(self, name: str, row: dict[str, Any]) -> str:
+        parts = [f"{format_tokens(row.get('tokens', 0))} tokens", f"epoch {row.get('epoch', 0):.2f}"]
+        parts += [f"{k} {v:.4g}" for k, v in row.get("metrics", {}).items()]
+        if row.get("rate"):
+            parts.append(f"{row['rate']:,.0f} tok/s")
+        if eta := self._eta(name, row):
+            parts.append(f"ETA {eta}")
+        return "  ".join(parts)
+
     def render(self) -> Table:
         table = Table(title="crossover study", expand=False)
-        for column in ("trial", "status", "tokens", "epoch", "train loss", "held-out loss", "ETA"):
+        for column in ("trial", "status", "tokens", "epoch", "train loss", "held-out loss", "tok/s", "ETA"):
             table.add_column(column, justify="left" if column in ("trial", "status") else "right", no_wrap=True)
         colors = {"finished": "green", "error": "red", "running": "yellow"}
         for name, row in self.rows.items():
-            tokens, total = row.get("tokens", 0), self.totals.get(name)
-            eta = ""
-            if row["status"] == "running" and tokens and total:
-                rate = tokens / max(time.time() - row["started"], 1e-9)
-                eta = f"{(total - tokens) / rate:.0f}s"
             metrics = row.get("metrics", {})
             table.add_row(
-                name, f"[{colors.get(row['status'], 'dim')}]{row['status']}[/]", format_tokens(tokens),
+                name, f"[{colors.get(row['status'], 'dim')}]{row['status']}[/]", format_tokens(row.get("tokens", 0)),
                 f"{row.get('epoch', 0):.2f}", *[f"{metrics[m]:.4f}" if m in metrics else "" for m in SHOWN_METRICS],
-                eta,
+                f"{row['rate']:,.0f}" if row.get("rate") else "", self._eta(name, row),
             )  # fmt: skip
         return table

@@ -21,19 +21,26 @@ from crossover.specs import StudySpec, TrialSpec
 from crossover.specs.hardware import Runtime
 from crossover.specs.tracking import (
     DEFAULT_TRACKING_URI,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    HEADLINE_ACCURACY,
     ROLE_STUDY,
     SPEC_DIR,
+    SUMMARY_COLUMNS,
+    SUMMARY_PREFIX,
     TAG_ITEMS,
     TAG_PARENT,
     TAG_ROLE,
     TAG_RUNTIME,
     TAG_STUDY,
     TAG_TRIAL_ID,
+    VIEW_TAG,
     items_path,
     items_payload,
     task_key,
     trial_params,
     trial_tags,
+    view_state,
 )
 
 
@@ -94,7 +101,9 @@ def _experiment_id(mlflow_client, uri: str, study: str) -> str:
     artifact_location = None
     if uri.startswith("sqlite:///"):  # absolute, next to the database: trials run in other working directories
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    return mlflow_client.create_experiment(study, artifact_location=artifact_location)
+    # A model-training experiment, with a saved view of the summary columns (the verdict's are added by analyze).
+    tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: view_state(SUMMARY_COLUMNS)}
+    return mlflow_client.create_experiment(study, artifact_location=artifact_location, tags=tags)
 
 
 def _find_run(mlflow_client, experiment_id: str, tags: dict[str, str]):
@@ -237,13 +246,33 @@ class TrialRun:
             )
         if error:
             self.client.set_tag(self.run_id, "crossover.error", error[:5000])
-        elif "crossover.error" in self.client.get_run(self.run_id).data.tags:  # an earlier attempt failed
-            self.client.delete_tag(self.run_id, "crossover.error")
+        else:
+            if "crossover.error" in self.client.get_run(self.run_id).data.tags:  # an earlier attempt failed
+                self.client.delete_tag(self.run_id, "crossover.error")
+            self._log_summary()
         self.client.set_terminated(self.run_id, status="FAILED" if error else "FINISHED")
+
+    def _log_summary(self) -> None:
+        """summary/acc_final, acc_best (its headline accuracy: the cloze's PMI accuracy, else the first accuracy),
+        heldout_loss_final and epochs: columns to sort and compare finished trials by in the runs table."""
+        from mlflow.entities import Metric
+
+        metrics = self.client.get_run(self.run_id).data.metrics
+        accuracies = [k for k in HEADLINE_ACCURACY if k in metrics] or sorted(
+            k for k in metrics if k.startswith("eval/") and k.endswith("/acc")
+        )
+        summary = {"epochs": metrics.get("epoch"), "heldout_loss_final": metrics.get("eval/heldout_loss/loss")}
+        if accuracies:
+            history = self.client.get_metric_history(self.run_id, accuracies[0])
+            summary.update(acc_final=max(history, key=lambda m: m.step).value, acc_best=max(m.value for m in history))
+        now = int(time.time() * 1000)
+        found = [Metric(f"{SUMMARY_PREFIX}{k}", float(v), now, 0) for k, v in summary.items() if v is not None]
+        self.client.log_batch(self.run_id, metrics=found)
 
 
 def study_status(study: str, uri: str) -> list[dict[str, Any]]:
-    """Each trial of the study's current parent run: name, status and latest metrics (tokens, epoch, losses)."""
+    """Each trial of the study's current parent run: name, status, latest metrics (tokens, epoch, losses,
+    tokens_per_s: trials log them at every log point) and its total tokens."""
     mlflow_client = client(uri)
     experiment = mlflow_client.get_experiment_by_name(study)
     if experiment is None:
@@ -255,4 +284,8 @@ def study_status(study: str, uri: str) -> list[dict[str, Any]]:
         [experiment.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'",
         order_by=["attributes.run_name"], max_results=10_000,
     )  # fmt: skip
-    return [{"name": run.info.run_name, "status": run.info.status, **run.data.metrics} for run in children]
+    return [
+        {"name": run.info.run_name, "status": run.info.status, **run.data.metrics,
+         "total_tokens": int(run.data.params.get("train.total_tokens", 0))}
+        for run in children
+    ]  # fmt: skip

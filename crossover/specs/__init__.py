@@ -6,7 +6,7 @@ from crossover.specs.loader import load_study, parse_study
 from crossover.specs.model import PRESETS, ModelConfig, ParamCounts, count_params, training_flops_per_token
 from crossover.specs.plan import Plan, PlanRow, plan_study
 from crossover.specs.study import AXES, HYPERPARAMETERS, StudySpec, TrialSpec
-from crossover.specs.tokens import format_tokens, parse_tokens
+from crossover.specs.tokens import format_seconds, format_tokens, parse_tokens
 
 __all__ = [
     "AXES",
@@ -21,6 +21,7 @@ __all__ = [
     "StudySpec",
     "TrialSpec",
     "count_params",
+    "format_seconds",
     "format_tokens",
     "load_study",
     "padded_vocab",

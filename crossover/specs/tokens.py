@@ -43,3 +43,13 @@ def format_tokens(n: int | float) -> str:
             if "e" not in text:
                 return text + suffix
     return f"{n:.3g}"
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration for people: 12s, 4m05s, 2h03m."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -38,6 +38,37 @@ ITEMS_DIR = "items"  # per-item artifacts: items/<task>/<tokens>.json
 SPEC_DIR = "spec"  # the parent run's spec/study.yaml and spec/trials.json
 REPORT_DIR = "report"  # where `crossover analyze` logs its report on the parent run
 
+# The MLflow UI (3.x) opens an experiment in its GenAI view unless the link asks for the training view; the
+# experiment kind tag is what later releases read instead. The saved view shows the verdict and summary columns.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+VIEW_ID = "crossover"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `crossover ui` serves a local store
+
+# Child-run summary metrics (logged when a trial finishes): the headline accuracy's final and best values, the
+# held-out loss at the end, and the epochs trained, for sorting and comparing runs in the runs table.
+SUMMARY_PREFIX = "summary/"
+SUMMARY_COLUMNS = [f"{SUMMARY_PREFIX}{name}" for name in ("acc_final", "acc_best", "heldout_loss_final", "epochs")]
+HEADLINE_ACCURACY = ("eval/heldout_cloze/acc_pmi", "eval/heldout_cloze/acc")
+
+
+def training_view_url(server: str, experiment_id: str) -> str:
+    """The link that opens a study in the MLflow UI's model-training view, with the crossover columns shown."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_ID}&workflowType=machine_learning"
+
+
+def ui_server(tracking_uri: str) -> str:
+    """The UI's address for a tracking URI: the server itself, or `crossover ui`'s for a local store."""
+    return tracking_uri if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def view_state(columns: list[str]) -> str:
+    """The experiment tag value of the saved view: its name and the runs table's columns (MLflow 3.17's format)."""
+    state = {"selectedColumns": [f"metrics.`{c}`" for c in columns], "orderByKey": "attributes.start_time",
+             "orderByAsc": False}  # fmt: skip
+    return json.dumps({"name": "crossover", "createdAt": 0, "state": json.dumps(state)})
+
+
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 
 

@@ -55,6 +55,9 @@ class LocalReporter:
         for old in self.checkpoints()[: -self.keep]:
             shutil.rmtree(old)
 
+    def progress(self, metrics: dict[str, float], step: int) -> None:
+        """Nothing more to do: `log` has the same metrics (and calls the sink)."""
+
     def log_items(self, result: TaskResult, step: int) -> None:
         path = self.folder / items_path(result.task, step)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +108,11 @@ class RayReporter:
     def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str) -> None:
         ray = self._ray()
         ray.report(metrics, checkpoint=ray.Checkpoint.from_directory(checkpoint_dir))
+
+    def progress(self, metrics: dict[str, float], step: int) -> None:
+        """A report without a checkpoint: the driver's progress display learns of every log point, not only of eval
+        points (Ray Train's report is collective, so every worker makes it)."""
+        self._ray().report(metrics)
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:

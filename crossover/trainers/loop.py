@@ -55,6 +55,9 @@ class Reporter(Protocol):
     def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str) -> None:
         """A checkpoint at an eval point, with that point's metrics (every rank; the directory is deleted after)."""
 
+    def progress(self, metrics: dict[str, float], step: int) -> None:
+        """The train metrics of a log point that is not an eval point, for live progress (every rank)."""
+
     def latest_checkpoint(self) -> AbstractContextManager[str | None]:
         """The directory of the checkpoint to resume from, or None for a fresh start."""
 
@@ -231,6 +234,8 @@ class Trainer:
                 if done in self.eval_at:
                     self._checkpoint(metrics, batch.tokens_seen)
                     engine.train()
+                else:
+                    self.reporter.progress(metrics, batch.tokens_seen)
                 window_start, window_tokens = time.perf_counter(), 0  # evaluation time is not training throughput
             elif not warm:
                 # The first step of a process (compilation, allocator and kernel warm-up) is not throughput either.

@@ -1,0 +1,171 @@
+"""How long a study will take on this machine: a few seconds of measured training throughput per model size (cached),
+the trials' tokens and evaluations, and how many trials run at once.
+
+`crossover plan` prints it for studies this machine can run (CPU trials here, or GPU trials where a GPU is present),
+and `crossover run` at its start. The measurement is a training step of the trial's model (forward, backward through
+the fused loss head, AdamW) at its micro batch and sequence length, in the precision the study resolves to, on as many
+threads as a worker gets; it is cached under the crossover cache root by machine, torch version and shape, so a
+second plan takes no measurement. Evaluation is counted as forward passes (a third of a training step per token) over
+the items each eval point scores. It is an estimate: start-up, checkpoints and contention are not in it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from crossover.specs import StudySpec, TrialSpec
+from crossover.specs.hardware import Runtime, cpu_info
+from crossover.trainers.schedules import eval_steps
+
+MEASURE_SECONDS = 2.0  # per model shape, after one warm-up step
+CACHE_FILE = "throughput.json"
+CLOZE_CHOICES, CLOZE_PMI_TOKENS = 4, 17  # heldout_cloze: 4 choices, each scored again after BOS alone (+ span)
+
+
+@dataclass
+class WallTime:
+    seconds: float  # the whole study, trials packed onto the slots
+    slots: int  # trials at once
+    rates: dict[str, float]  # tokens/s per model label, measured or cached
+    per_trial: dict[str, float]  # seconds, by trial name
+
+
+def _device_name(runtime: Runtime) -> str:
+    import torch
+
+    if runtime.device == "cuda":
+        return torch.cuda.get_device_name()
+    info = cpu_info()
+    return f"{info.model} ({info.isa})"
+
+
+def measure_rate(trial: TrialSpec, runtime: Runtime) -> float:
+    """Training tokens/s of one worker of `trial` here (measured for MEASURE_SECONDS, or read from the cache)."""
+    import torch
+
+    from crossover.data.cache import cache_root
+
+    threads = max(1, int(trial.resources.cpus_per_worker))
+    key = json.dumps([_device_name(runtime), torch.__version__, runtime.precision, threads, trial.data.seq_len,
+                      trial.train.micro_batch, trial.model.model_dump(exclude={"preset", "compile", "attention"})],
+                     sort_keys=True)  # fmt: skip
+    path = cache_root() / CACHE_FILE
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    if key in cache:
+        return cache[key]
+    rate = _measure(trial, runtime, threads)
+    cache[key] = rate
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cache, indent=1))
+    tmp.replace(path)  # whole or not at all
+    return rate
+
+
+def _measure(trial: TrialSpec, runtime: Runtime, threads: int) -> float:
+    import torch
+
+    from crossover.models import build_model
+    from crossover.models.objectives import ar_inputs_targets, ar_weights
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        device = "cuda" if runtime.device == "cuda" else "cpu"
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(runtime.precision, torch.float32)
+        torch.manual_seed(0)
+        model = build_model(trial.model, causal=True).to(device=device, dtype=dtype).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        tokens = torch.randint(
+            0, trial.model.vocab_size, (trial.train.micro_batch, trial.data.seq_len + 1), device=device
+        )
+        inputs, targets = ar_inputs_targets(tokens)
+        weights = ar_weights(targets)
+
+        def step() -> None:
+            model(inputs, targets=targets, loss_weights=weights).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        step()  # warm-up
+        steps, started = 0, time.perf_counter()
+        while time.perf_counter() - started < MEASURE_SECONDS or steps < 2:
+            step()
+            steps += 1
+        return steps * inputs.numel() / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def eval_tokens(trial: TrialSpec) -> float:
+    """Forward token positions of all the trial's evaluations (the held-out loss and the cloze; other tasks are
+    not counted)."""
+    ev, seq = trial.eval, trial.data.seq_len
+    samples = ev.mc_samples if trial.objective == "mdlm" else 1
+    per_point = ev.max_items * seq * samples  # held-out windows, always
+    if "heldout_cloze" in ev.tasks:
+        span = min(16, seq // 4)
+        context = min(48, seq - span - 1) + 1
+        per_point += ev.max_items * CLOZE_CHOICES * (context + span + 1 + span) * samples
+    return per_point * len(eval_steps(trial))
+
+
+def estimate_wall_time(spec: StudySpec, runtime: Runtime, slots: int) -> WallTime:
+    """The study's duration here with `slots` trials at once, from measured rates (see the module docstring)."""
+    rates: dict[str, float] = {}
+    per_trial: dict[str, float] = {}
+    for trial in spec.expand():
+        label = trial.model.preset or "custom"
+        if label not in rates:
+            rates[label] = measure_rate(trial, runtime)
+        rate = rates[label] * trial.resources.workers
+        per_trial[trial.name] = trial.total_tokens / rate + eval_tokens(trial) / (3 * rate)
+    loads = [0.0] * max(1, slots)
+    for seconds in sorted(per_trial.values(), reverse=True):  # longest first onto the least loaded slot
+        heapq.heapreplace(loads, loads[0] + seconds)
+    return WallTime(max(loads), len(loads), rates, per_trial)
+
+
+def local_slots(spec: StudySpec, max_concurrent: int | None = None) -> int:
+    """Trials at once on this machine: its cores over a trial's (or the GPUs), capped by max_concurrent."""
+    res = spec.resources
+    if res.gpus_per_worker > 0:
+        import torch
+
+        fits = int(torch.cuda.device_count() / (res.gpus_per_worker * res.workers)) if torch.cuda.is_available() else 0
+    else:
+        fits = int((os.cpu_count() or 1) // (res.cpus_per_worker * res.workers))
+    cap = max_concurrent or res.max_concurrent
+    return max(1, min(fits, cap) if cap else fits)
+
+
+def describe(wall: WallTime, runtime: Runtime) -> str:
+    from crossover.specs import format_seconds
+
+    rates = ", ".join(f"{label} {rate:,.0f} tok/s" for label, rate in wall.rates.items())
+    return (
+        f"estimated {format_seconds(wall.seconds)} here: {len(wall.per_trial)} trials, {wall.slots} at a time, "
+        f"{rates} per worker measured in {runtime.precision} on {_device_name(runtime)} (evaluation included, "
+        f"start-up not)"
+    )
+
+
+def wall_time_line(spec: StudySpec, max_concurrent: int | None = None) -> str | None:
+    """One line for `plan` and `run`, or None where this machine cannot run the study's trials (GPU trials, no GPU)."""
+    from crossover.specs.hardware import resolve_runtime
+
+    trials = spec.expand()
+    runtime = resolve_runtime(spec.train, trials[0].model, spec.resources)
+    if runtime.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+    wall = estimate_wall_time(spec, runtime, local_slots(spec, max_concurrent))
+    return describe(wall, runtime)
