@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -466,11 +467,15 @@ def run(
     _check_tasks(spec)
     where = storage_path(spec, storage)  # beside the study's Ray state, or here when that is a remote URI
     log_dir = Path(where) if "://" not in where else Path(".crossover") / "logs"
+    # The topmost folder the log creates, removed again if the study cannot start: nothing half-written.
+    created = next((p for p in reversed([log_dir, *log_dir.parents]) if not p.exists()), None)
     _library_notices_to(log_dir / f"{spec.name}.log", verbose, ("mlflow", "ray"))
     uri = resolve_tracking_uri(tracking_uri)
     try:
         check_tracking(uri)
     except TrackingError as exc:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
         err.print(f"[bold red]tracking store unusable:[/] {exc}", highlight=False)
         raise typer.Exit(USER_ERROR) from None
     _prepare(spec)  # once, on the driver, so trials never race to build the token store

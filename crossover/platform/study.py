@@ -212,12 +212,21 @@ def _tuners(spec: StudySpec, trials: list[TrialSpec], max_concurrent: int | None
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    class EvalPointOptunaSearch(OptunaSearch):
+        """Optuna hears a trial's metric at its eval points; the progress reports between them carry none."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+    # Tune would refuse those progress reports for lacking the metric; `expand` checks the name a trial reports.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     search = spec.search
     hparams = {name: _distribution(dist) for name, dist in search.space.items()}
     study = spec.model_dump(mode="json")
 
     def tuner(points: list[str]) -> tuple[tune.TuneConfig, dict]:
-        algorithm = OptunaSearch(metric=search.metric, mode=search.mode, seed=0)
+        algorithm = EvalPointOptunaSearch(metric=search.metric, mode=search.mode, seed=0)
         if max_concurrent:
             algorithm = ConcurrencyLimiter(algorithm, max_concurrent=max_concurrent)
         space = {"point": tune.choice(points), "hparams": hparams, "study": study}

@@ -361,10 +361,28 @@ def gpu_memory_fits(model: ModelConfig, train: TrainSpec, seq_len: int, resource
     )
 
 
+def _check_search_metric(expander: _Expander, spec: StudySpec) -> None:
+    """The searched metric is one a trial reports: `train/loss` or `eval/<task>/<metric>` of a task the spec runs
+    (Tune cannot catch a misspelt name: reports between eval points carry no eval metrics)."""
+    from crossover.specs.tracking import EVAL_PREFIX, task_key
+
+    metric = spec.search.metric
+    tasks = {task_key(t): t for t in spec.eval.tasks}
+    task = metric[len(EVAL_PREFIX) :].split("/")[0] if metric.startswith(EVAL_PREFIX) else None
+    if metric != "train/loss" and (task not in tasks or metric.count("/") != 2 or metric.endswith("/")):
+        names = ", ".join(f"eval/{k}/<metric>" for k in tasks)
+        expander.fail(
+            ("search", "metric"),
+            f"'{metric}' is not a metric the trials report: use train/loss or {names} (a task in eval.tasks)",
+        )
+
+
 def expand_study(spec: StudySpec) -> list[TrialSpec]:
     """The cartesian product of the grid axes (seeds last), minus `exclude` rules, as complete TrialSpecs."""
     expander = _Expander(spec)
     axes = expander.axis_values()
+    if spec.search is not None:
+        _check_search_metric(expander, spec)
     if expander.problems:
         raise SpecError(expander.source.file, expander.problems)
     names = list(axes)
