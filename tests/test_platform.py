@@ -78,6 +78,10 @@ def test_run_records_every_trial_by_the_contract_and_a_rerun_trains_nothing(stud
     trials = parse_study(yaml.safe_load(spec.read_text())).expand()
     result = run(study, spec)
     assert result.returncode == 0, result.stdout + result.stderr
+    # a quiet first screen: other libraries' routine notices are in the study's log file, not on the terminal
+    shown = result.stdout + result.stderr
+    assert "Ray instance" not in shown and "accelerator" not in shown and "library notices:" in shown
+    assert "Started a local Ray instance" in (Path(study["storage"]) / "tiny.log").read_text()
     client, parents, children = runs(study["uri"])
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "spec")}
@@ -103,6 +107,10 @@ def test_run_records_every_trial_by_the_contract_and_a_rerun_trains_nothing(stud
         assert CONTRACT_METRICS <= set(child.data.metrics)
         tokens = client.get_metric_history(child.info.run_id, "tokens")
         assert all(m.step == m.value for m in tokens) and max(m.step for m in tokens) == 8192
+        # Tune (and so the driver's progress display) heard every log point, not only the eval points
+        heard = (Path(study["storage"]) / "tiny" / child.info.run_name / "result.json").read_text().splitlines()
+        evals = history_steps(client, child, "eval/heldout_loss/loss")
+        assert len(heard) == len(history_steps(client, child, "train/loss")) > len(evals)
     listed = subprocess.run([*CROSSOVER, "status", "tiny", "--tracking-uri", study["uri"]], capture_output=True,
                             text=True, env=study["env"])  # fmt: skip
     assert listed.returncode == 0 and listed.stdout.count("FINISHED") == len(trials), listed.stdout

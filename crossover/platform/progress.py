@@ -62,8 +62,8 @@ class ProgressCallback(Callback):
 class StudyProgress:
     """Trial, status, tokens, epoch, latest metrics and ETA for every trial; updated on each Tune event."""
 
-    def __init__(self, study: str, trials: list[TrialSpec], console: Console, quiet: bool = False):
-        self.study = study
+    def __init__(self, study: str, trials: list[TrialSpec], console: Console, quiet: bool = False, clock=time.time):
+        self.study, self.clock = study, clock
         self.totals = {t.name: t.total_tokens for t in trials}
         self.rows: dict[str, dict[str, Any]] = {t.name: {"status": "pending"} for t in trials}
         self.console, self.quiet = console, quiet
@@ -90,9 +90,9 @@ class StudyProgress:
         changed = row["status"] != status
         metrics = {**row.get("metrics", {}), **fields.pop("metrics", {})}  # eval metrics stay until the next eval
         row.update(status=status, metrics=metrics, **{k: v for k, v in fields.items() if v is not None})
-        row.setdefault("started", time.time())
+        row.setdefault("started", self.clock())
         if self.quiet:
-            now = time.time()
+            now = self.clock()
             if changed or now - row.get("printed", 0.0) >= QUIET_EVERY_S:
                 row["printed"] = now
                 self.console.print(f"{name}: {status} {self._line(name, row)}", highlight=False)
