@@ -457,7 +457,7 @@ def run(
     """Run every trial of a study on Ray Tune, recording it in MLflow; continues a study that was interrupted."""
     import os
 
-    from crossover.platform.study import storage_path
+    from crossover.platform.study import driver_folder, storage_path
     from crossover.platform.tracking import TrackingError, check_tracking, resolve_tracking_uri
 
     if resume and fresh:
@@ -465,8 +465,7 @@ def run(
         raise typer.Exit(USER_ERROR)
     spec = _load_checked(spec_path)
     _check_tasks(spec)
-    where = storage_path(spec, storage)  # beside the study's Ray state, or here when that is a remote URI
-    log_dir = Path(where) if "://" not in where else Path(".crossover") / "logs"
+    log_dir = driver_folder(storage_path(spec, storage))
     # The topmost folder the log creates, removed again if the study cannot start: nothing half-written.
     created = next((p for p in reversed([log_dir, *log_dir.parents]) if not p.exists()), None)
     _library_notices_to(log_dir / f"{spec.name}.log", verbose, ("mlflow", "ray"))
@@ -489,6 +488,7 @@ def run(
     out.print(f"[dim]{_runtime_line(spec)}[/]", highlight=False)
     _warn_runtime(spec)
     if not address:  # on a cluster the trials do not run on this machine
+        _clean_up_after_a_crash(log_dir, spec.name)
         _print_wall_time(spec, max_concurrent)
     progress = StudyProgress(spec.name, spec.expand(), out, quiet=quiet or not out.is_terminal)
     try:
@@ -510,6 +510,40 @@ def run(
     _provisional_verdict(spec.name, uri)
     if outcome.failed:
         raise typer.Exit(1)
+
+
+def _clean_up_after_a_crash(folder: Path, study: str) -> None:
+    """Stop the Ray processes an earlier driver of this study left running when it was killed; refuse to start
+    beside a driver of the same study that is still running (they would share its Tune state)."""
+    from crossover.platform.local_ray import clean_up, running_driver, state_file
+
+    record = state_file(folder, study)
+    if driver := running_driver(record):
+        err.print(f"[bold red]study {study} is already running[/] (driver pid {driver.pid}); "
+                  f"`crossover stop` stops it, `crossover status {study}` shows it", highlight=False)  # fmt: skip
+        raise typer.Exit(USER_ERROR)
+    if stopped := clean_up(record):
+        out.print(f"stopped {stopped} Ray processes left running by an earlier driver of this study", highlight=False)
+
+
+@app.command()
+def stop(
+    spec_path: Annotated[Path, typer.Argument(help="Study spec YAML (names the study and its storage).")],
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Ray storage path, if `crossover run` was given one.")
+    ] = None,
+) -> None:
+    """Stop a study running on this machine (as Ctrl-C would: it resumes later with `crossover run`), and the
+    local Ray processes a killed driver of it left behind."""
+    from crossover.platform.local_ray import clean_up, state_file, stop_driver
+    from crossover.platform.study import driver_folder, storage_path
+
+    spec = _load(spec_path)
+    record = state_file(driver_folder(storage_path(spec, storage)), spec.name)
+    stopped_driver = stop_driver(record)
+    leftovers = clean_up(record)
+    driver_note = "stopped its driver" if stopped_driver else "no driver running"
+    out.print(f"study {spec.name}: {driver_note}; {leftovers} leftover Ray processes stopped", highlight=False)
 
 
 def _provisional_verdict(study: str, uri: str) -> None:

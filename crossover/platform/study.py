@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crossover.platform.local_ray import record_local_instance, state_file
 from crossover.platform.tracking import TrialRun, finish_study, start_study, study_runtime
 from crossover.specs import StudySpec, TrialSpec
 from crossover.specs.hardware import Runtime, resolve_runtime
@@ -93,6 +94,12 @@ def storage_path(spec: StudySpec, override: str | None = None) -> str:
     return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
 
+def driver_folder(storage: str) -> Path:
+    """Where the driver keeps its log and its local Ray instance's record: beside the study's Ray state, or under
+    .crossover/ here when the storage is a remote URI."""
+    return Path(storage) if "://" not in storage else Path(".crossover") / "logs"
+
+
 def run_study(
     spec: StudySpec,
     spec_text: str,
@@ -131,6 +138,7 @@ def run_study(
             ray.init(address=address, log_to_driver=False)
         else:  # the embedded default: a local instance with this machine's cores
             ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
+            record_local_instance(state_file(driver_folder(storage), spec.name))  # so a crash leaves nothing behind
 
     trainable = tune.with_resources(run_trial, trial_resources(resources))
     concurrent = max_concurrent or resources.max_concurrent or worker_groups_that_fit(spec, ray.cluster_resources())

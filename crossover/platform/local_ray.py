@@ -1,0 +1,105 @@
+"""The local Ray instance a study's driver starts, and the processes it leaves behind when the driver dies.
+
+A driver killed with SIGKILL takes its GCS server and raylet with it, but Ray's dashboard and runtime-env agents
+are re-parented to init and run on. They rename themselves (`ray::DashboardAgent`), so their command line names
+nothing; what ties them to the dead instance is the session folder whose log files they hold open. The driver
+records that folder (and itself) in `<study>.ray.json` beside the study's log; the next `crossover run` or
+`crossover stop` finds the processes that still hold files of a session whose driver is gone, and stops them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import psutil
+
+STOP_WAIT_S = 60.0  # a running driver asked to stop (SIGINT: Tune saves its state) gets this long
+
+
+def state_file(folder: Path, study: str) -> Path:
+    return folder / f"{study}.ray.json"
+
+
+def record_local_instance(path: Path) -> None:
+    """Called by the driver right after it started a local Ray instance."""
+    import ray
+
+    me = psutil.Process()
+    payload = {"driver_pid": me.pid, "driver_started": me.create_time(),
+               "session_dir": ray._private.worker._global_node.get_session_dir_path()}  # fmt: skip
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload))
+    partial.replace(path)
+
+
+def running_driver(path: Path) -> psutil.Process | None:
+    """The driver that wrote `path`, if it is still alive (the same process, not a new one with its pid)."""
+    state = _read(path)
+    if state is None:
+        return None
+    with contextlib.suppress(psutil.Error):
+        driver = psutil.Process(state["driver_pid"])
+        if abs(driver.create_time() - state["driver_started"]) < 1.0:
+            return driver
+    return None
+
+
+def leftover_processes(path: Path) -> list[psutil.Process]:
+    """Processes of the recorded instance that outlived its driver (none while the driver runs)."""
+    state = _read(path)
+    if state is None or running_driver(path) is not None:
+        return []
+    session = state["session_dir"].rstrip("/") + "/"
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(proc.info["cmdline"] or [])
+            if session in command or any(f.path.startswith(session) for f in _ray_open_files(proc, command)):
+                found[proc.pid] = proc
+                found.update((child.pid, child) for child in proc.children(recursive=True))
+    return list(found.values())
+
+
+def _ray_open_files(proc: psutil.Process, command: str) -> list:
+    # Only Ray's own processes are worth asking (listing open files is a /proc walk per process).
+    return proc.open_files() if command.startswith("ray::") or "ray" in command else []
+
+
+def clean_up(path: Path) -> int:
+    """Stop what a dead driver's instance left running and forget the instance; returns how many processes."""
+    doomed = leftover_processes(path)
+    for proc in doomed:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(doomed, timeout=10)
+    if running_driver(path) is None:
+        path.unlink(missing_ok=True)
+    return len(doomed)
+
+
+def stop_driver(path: Path) -> bool:
+    """Ask a running driver to stop as Ctrl-C would (SIGINT: Tune saves its state, trials resume later); kill it
+    if it has not stopped after STOP_WAIT_S. Returns whether there was one."""
+    driver = running_driver(path)
+    if driver is None:
+        return False
+    with contextlib.suppress(psutil.Error):
+        driver.send_signal(2)  # SIGINT
+        try:
+            driver.wait(STOP_WAIT_S)
+        except psutil.TimeoutExpired:
+            driver.kill()
+            driver.wait(10)
+    return True
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
