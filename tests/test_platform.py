@@ -294,6 +294,49 @@ def test_unreachable_tracking_server_exits_2_before_any_trial(study, tmp_path):
     assert not Path(study["storage"]).exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_tracking_server_restarted_mid_study_loses_nothing(study, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    total, every = 98304, 24576
+    spec = study["write"](
+        train={"total_tokens": total}, eval={"every": every, "tasks": ["heldout_loss", "heldout_cloze"]}
+    )
+    store, port = tmp_path / "server", free_port()
+    with mlflow_server(store, port) as url:
+        command = [*CROSSOVER, "run", str(spec), "--tracking-uri", url, "--storage", study["storage"], "--quiet"]
+        driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, start_new_session=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+        def logged() -> list[int]:
+            with contextlib.suppress(Exception):
+                _, _, children = runs(url)
+                return [len(MlflowClient(url).get_metric_history(c.info.run_id, "tokens")) for c in children]
+            return []
+
+        assert wait_for(logged, lambda counts: len(counts) == 2 and min(counts) > 0, timeout_s=300), "no trial logged"
+    # the server is stopped (same port, same backend store): the trials train on, buffering what they log
+    down = time.time()
+    time.sleep(10)
+    with mlflow_server(store, port) as url:
+        up = time.time()
+        output, _ = driver.communicate(timeout=900)
+        assert driver.returncode == 0, output
+        client, parents, children = runs(url)
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 2
+        buffered = []  # values logged while the server was down, sent after it came back
+        for child in children:
+            assert child.info.status == "FINISHED"
+            heard = (Path(study["storage"]) / "tiny" / child.info.run_name / "result.json").read_text().splitlines()
+            history = client.get_metric_history(child.info.run_id, "train/loss")
+            assert sorted(m.step for m in history) == sorted(json.loads(line)["tokens"] for line in heard)  # once each
+            buffered.extend(m for m in history if down * 1000 < m.timestamp < up * 1000)
+            evals = [m.step for m in client.get_metric_history(child.info.run_id, "eval/heldout_cloze/acc")]
+            assert sorted(evals) == list(range(every, total + 1, every))
+            items = {a.path for a in client.list_artifacts(child.info.run_id, "items/heldout_cloze")}
+            assert items == {f"items/heldout_cloze/{step}.json" for step in evals}
+        assert buffered, "the trials logged nothing while the server was down: the fault missed the run"
+
+
 def test_metrics_logged_while_the_server_is_down_are_not_lost(tmp_path, tiny_corpus):
     spec = parse_study(tiny_study(tiny_corpus))
     trial = spec.expand()[0]

@@ -154,41 +154,62 @@ def study_runtime(uri: str, parent_run_id: str, resolved: Runtime) -> Runtime:
 
 
 def finish_study(uri: str, parent_run_id: str, failed: bool) -> None:
-    client(uri).set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")
+    _retrying(client(uri).set_terminated, parent_run_id, status="FAILED" if failed else "FINISHED")
+
+
+RETRY_WAITS_S = (2, 4, 8, 16, 32)  # about a minute: long enough for a tracking server to restart
+
+
+def _retrying(call, *args, **kwargs):
+    """`call(*args, **kwargs)`, tried again after each of RETRY_WAITS_S while it fails (a server restarting);
+    the last failure is raised."""
+    for wait_s in RETRY_WAITS_S:
+        try:
+            return call(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - any transport error; a persistent one is raised below
+            time.sleep(wait_s)
+    return call(*args, **kwargs)
 
 
 class TrialRun:
-    """The MLflow child run of one trial. Metrics are buffered and retried, so a tracking server that is down
-    for a while mid-run loses nothing: they are sent when it answers again, at the latest when the trial ends."""
+    """The MLflow child run of one trial. Metrics and per-item results are buffered and retried, and opening and
+    closing the run wait out a restart, so a tracking server that is down for a while mid-run loses nothing: what
+    was logged meanwhile is sent when it answers again, at the latest when the trial ends."""
 
     def __init__(self, trial: TrialSpec, uri: str, parent_run_id: str, runtime: Runtime | None = None):
-        from mlflow.entities import Param
-
         # A run is written from inside training: a down server must cost a failed call, not MLflow's minutes of
-        # internal retries. This process retries itself (the buffer below), so turn MLflow's own retries off.
+        # internal retries. This process retries itself (the buffers below), so turn MLflow's own retries off.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
         self.uri = uri
         self.client = client(uri)
-        experiment_id = _experiment_id(self.client, uri, trial.study)
-        run = _find_run(self.client, experiment_id, {TAG_TRIAL_ID: trial.trial_id, TAG_PARENT: parent_run_id})
+        run = _retrying(self._open, trial, parent_run_id, runtime)
         # A trial restarted from a checkpoint (or from scratch, when a crash came before its first checkpoint was
         # recorded) recomputes the same values up to where it had logged: they are not logged twice.
-        self.logged_through = -1
+        self.logged_through = max(
+            (m.step for m in _retrying(self.client.get_metric_history, run.info.run_id, "tokens")), default=-1
+        )
+        # MLflow is the record of which trials are done: Tune's own state may lag a crashed driver by a few seconds.
+        self.already_finished = run.info.status == "FINISHED"
+        self.run_id = run.info.run_id
+        self._pending: list = []
+        self._pending_items: list[tuple[str, int, list[str], dict[str, list[float]]]] = []
+
+    def _open(self, trial: TrialSpec, parent_run_id: str, runtime: Runtime | None):
+        """Find or create the trial's run, with its params, marked RUNNING unless it is done (safe to repeat)."""
+        from mlflow.entities import Param
+
+        experiment_id = _experiment_id(self.client, self.uri, trial.study)
+        run = _find_run(self.client, experiment_id, {TAG_TRIAL_ID: trial.trial_id, TAG_PARENT: parent_run_id})
         if run is None:
             run = self.client.create_run(experiment_id, tags=trial_tags(trial, parent_run_id), run_name=trial.name)
+        if not run.data.params:  # new, or created by an attempt that failed before its params were sent
             params = [Param(k, v) for k, v in trial_params(trial, runtime).items()]
             for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
                 self.client.log_batch(run.info.run_id, params=params[start : start + 100])
-        else:
-            self.logged_through = max((m.step for m in self.client.get_metric_history(run.info.run_id, "tokens")),
-                                      default=-1)  # fmt: skip
-        # MLflow is the record of which trials are done: Tune's own state may lag a crashed driver by a few seconds.
-        self.already_finished = run.info.status == "FINISHED"
         if run.info.status not in ("RUNNING", "FINISHED"):
             self.client.update_run(run.info.run_id, status="RUNNING")
-        self.run_id = run.info.run_id
-        self._pending: list = []
+        return run
 
     def log(self, metrics: dict[str, float], step: int, flush: bool = True) -> None:
         """`flush=False` only buffers (sent in batches of 1,000 values, and by `flush`/`finish`): for bulk writers."""
@@ -199,27 +220,35 @@ class TrialRun:
         now = int(time.time() * 1000)
         self._pending += [Metric(key, float(value), now, step) for key, value in metrics.items()]
         if flush or len(self._pending) >= 1000:
-            self.flush(retries=0)
-
-    def flush(self, retries: int = 5, wait_s: float = 2.0) -> bool:
-        """Send buffered metrics; True when nothing is left pending."""
-        for attempt in range(retries + 1):
-            try:
-                while self._pending:
-                    batch = self._pending[:1000]
-                    self.client.log_batch(self.run_id, metrics=batch)
-                    del self._pending[: len(batch)]
-                return True
-            except Exception:  # noqa: BLE001 - any transport error: keep the buffer and retry later
-                if attempt < retries:
-                    time.sleep(wait_s * 2**attempt)
-        return False
+            self.flush(wait=False)
 
     def log_items(self, task: str, step: int, ids: list[str], metrics: dict[str, list[float]]) -> None:
         """Per-item results of one task at one eval point (artifact items/<task>/<step>.json), for the bootstrap:
-        eval/<task>/<metric> is the mean of each list."""
+        eval/<task>/<metric> is the mean of each list. Buffered like the metrics."""
         if step <= self.logged_through:
             return
+        self._pending_items.append((task, step, ids, metrics))
+        self.flush(wait=False)
+
+    def flush(self, wait: bool = True) -> bool:
+        """Send buffered metrics and item results, with `wait` waiting out a restarting server (about a minute);
+        True when nothing is left pending."""
+        try:
+            _retrying(self._send_pending) if wait else self._send_pending()
+            return True
+        except Exception:  # noqa: BLE001 - any transport error: the buffers are kept for the next try
+            return False
+
+    def _send_pending(self) -> None:
+        while self._pending:
+            batch = self._pending[:1000]
+            self.client.log_batch(self.run_id, metrics=batch)
+            del self._pending[: len(batch)]
+        while self._pending_items:
+            self._send_items(*self._pending_items[0])
+            del self._pending_items[0]
+
+    def _send_items(self, task: str, step: int, ids: list[str], metrics: dict[str, list[float]]) -> None:
         self.client.log_text(self.run_id, json.dumps(items_payload(task, step, ids, metrics)), items_path(task, step))
         tasks = set(filter(None, self.client.get_run(self.run_id).data.tags.get(TAG_ITEMS, "").split(",")))
         if task_key(task) not in tasks:
@@ -241,9 +270,15 @@ class TrialRun:
                     f.write(
                         json.dumps({"key": m.key, "value": m.value, "step": m.step, "timestamp": m.timestamp}) + "\n"
                     )
+                for task, step, ids, metrics in self._pending_items:
+                    f.write(json.dumps({"items": items_payload(task, step, ids, metrics)}) + "\n")
             raise TrackingError(
-                f"{len(self._pending)} metric values could not be sent to {self.uri}; they are saved in {saved}"
+                f"{len(self._pending)} metric values and {len(self._pending_items)} item results could not be sent "
+                f"to {self.uri}; they are saved in {saved}"
             )
+        _retrying(self._close, error)
+
+    def _close(self, error: str | None) -> None:
         if error:
             self.client.set_tag(self.run_id, "crossover.error", error[:5000])
         else:
