@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -103,9 +104,44 @@ def kill_ray_processes(temp_dir: str, gcs_port: int | None = None) -> None:
     psutil.wait_procs(list(doomed.values()), timeout=10)
 
 
+def new_auth_token(folder: Path) -> Path:
+    """A fresh Ray auth token in `folder`/auth_token, readable by its owner only: 256 random bits in hex, as
+    `ray get-auth-token --generate` makes (that command writes ~/.ray/auth_token, which tests must not touch)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "auth_token"
+    path.touch(mode=0o600)
+    path.write_text(secrets.token_hex(32))
+    return path
+
+
+def with_token_auth(env: dict[str, str], token: Path) -> dict[str, str]:
+    """`env` with Ray's token auth on and the token read from the file `token`: RAY_AUTH_MODE=token and
+    RAY_AUTH_TOKEN_PATH. Ray takes RAY_AUTH_TOKEN first, so an inherited one is dropped; with RAY_AUTH_TOKEN_PATH set,
+    ~/.ray/auth_token is never read (an unreadable path is an error, not a fall-back). Every Ray process started with
+    this environment (the head, its job drivers and their workers) and every client run with it uses this token."""
+    env = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+    return {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
+def ray_job_submit(
+    dashboard: str, args: list[str], env: dict[str, str], timeout: float = 1200
+) -> subprocess.CompletedProcess:
+    """`ray job submit --address DASHBOARD ARGS...` with `env`, tried again while the head's job agent is starting."""
+    command = [str(BIN / "ray"), "job", "submit", "--address", dashboard, *args]
+    for _ in range(30):  # the head's job agent starts a few seconds after the dashboard answers
+        job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        if "No available agent" not in job.stderr:
+            break
+        time.sleep(3)
+    return job
+
+
 @contextlib.contextmanager
-def ray_head(env: dict[str, str], num_cpus: int = 2) -> Iterator[tuple[str, str]]:
-    """`ray start --head` on loopback; yields (cluster address, dashboard URL for `ray job submit`)."""
+def ray_head(env: dict[str, str], num_cpus: int = 2, auth_token: Path | None = None) -> Iterator[tuple[str, str]]:
+    """`ray start --head` on loopback; yields (cluster address, dashboard URL for `ray job submit`). With
+    `auth_token` (a token file, `new_auth_token`), the cluster requires that token (`with_token_auth`)."""
+    if auth_token is not None:
+        env = with_token_auth(env, auth_token)
     port, dashboard = free_port(), free_port()
     temp_dir = ray_temp_dir()
     command = [

@@ -13,6 +13,7 @@ import copy
 import functools
 import json
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -217,6 +218,86 @@ def test_readme_creates_every_secret_the_pods_need(name):
     for secret, key in refs:
         assert secret in created, f"k8s/README.md never creates Secret {secret}"
         assert key is None or key in created[secret], f"k8s/README.md creates {secret} without key {key}"
+
+
+# Ray token auth: the Secret the user creates (k8s/README.md); `auth_token` is the key KubeRay's authOptions reads.
+RAY_AUTH_SECRET = {"name": "crossover-ray-auth", "key": "auth_token"}
+RAY_AUTH_VARS = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
+# A token written out: hex (what `ray get-auth-token --generate` and `openssl rand -hex` make), a bearer header, or
+# an assignment of a literal in a command line.
+TOKEN_SHAPED = re.compile(r"[0-9a-f]{32,}|[0-9A-F]{32,}|\bbearer\s|(RAY_AUTH_TOKEN|auth_token)=(?![$\s\"']*\$)", re.I)
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def literal_tokens(objects: tuple[dict[str, Any], ...]) -> list[str]:
+    """Where the objects carry a Ray token literally: a RAY_AUTH_TOKEN variable with a value, or a token-shaped
+    string anywhere (env, commands, entrypoints, annotations, ConfigMaps)."""
+    found = [
+        f"{label}: {var['name']} has a literal value"
+        for label, container in containers(objects)
+        for var in container.get("env", [])
+        if var["name"] == "RAY_AUTH_TOKEN" and "value" in var
+    ]
+    return found + [text for obj in objects for text in _strings(obj) if TOKEN_SHAPED.search(text)]
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_ray_token_auth_is_on_and_every_ray_container_reads_the_token_from_the_secret(name):
+    objects = overlay(name)
+    cluster = one(objects, "RayCluster")
+    # The operator sends this Secret's token to the dashboard (RayJob status) and sets it on the containers it adds.
+    assert cluster["spec"]["authOptions"] == {"mode": "token", "secretName": RAY_AUTH_SECRET["name"]}
+    checked = []
+    for label, container in containers(tuple(o for o in objects if o["kind"] in CRD_FILES)):
+        env = {var["name"]: var for var in container.get("env", [])}
+        if label.endswith("autoscaler"):  # KubeRay adds its auth variables from authOptions; more would be duplicates
+            assert not RAY_AUTH_VARS & set(env), label
+            continue
+        assert env.get("RAY_AUTH_MODE") == {"name": "RAY_AUTH_MODE", "value": "token"}, f"{label}: token auth is off"
+        assert env.get("RAY_AUTH_TOKEN", {}).get("valueFrom") == {"secretKeyRef": RAY_AUTH_SECRET}, label
+        assert "RAY_AUTH_TOKEN_PATH" not in env, f"{label}: a second token source"
+        checked.append(label)
+    # The head (and the job drivers it runs), the workers, and the RayJob's `ray job submit`.
+    for where in (" head ", " worker group ", " submitter "):
+        assert any(where in label for label in checked), f"no Ray container in the{where}pod template"
+
+
+def test_no_manifest_holds_a_literal_token():
+    for name in OVERLAYS:
+        assert literal_tokens(overlay(name)) == [], name
+    for path in sorted(K8S.rglob("*.yaml")):  # comments and unrendered files included
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not TOKEN_SHAPED.search(line), f"{path.relative_to(ROOT)}:{number} holds a token: {line.strip()}"
+
+
+def test_literal_token_check_catches_a_written_out_token():
+    """Guards the check above: a token in the head's environment or in the RayJob's entrypoint is found."""
+    cluster, job = (copy.deepcopy(one(overlay("dev"), kind)) for kind in ("RayCluster", "RayJob"))
+    head_env = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    head_env[[v["name"] for v in head_env].index("RAY_AUTH_TOKEN")] = {"name": "RAY_AUTH_TOKEN", "value": "not-hex"}
+    (found,) = literal_tokens((cluster,))
+    assert found == "RayCluster/crossover head container ray-head: RAY_AUTH_TOKEN has a literal value"
+    job["spec"]["entrypoint"] = f"RAY_AUTH_TOKEN={secrets.token_hex(32)} {job['spec']['entrypoint']}"
+    assert literal_tokens((job,)) == [job["spec"]["entrypoint"]]
+
+
+def test_readme_submits_with_the_token_from_the_secret():
+    readme = (K8S / "README.md").read_text()
+    section = readme[readme.index("## 5.") : readme.index("## 6.")]
+    assert "RAY_AUTH_MODE=token" in section and f"secret {RAY_AUTH_SECRET['name']}" in section
+    assert f"{{.data.{RAY_AUTH_SECRET['key']}}}" in section
+    assert section.index("RAY_AUTH_TOKEN") < section.index("\nray job submit "), "the token is set after the submit"
 
 
 @pytest.mark.parametrize("name", OVERLAYS)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +18,15 @@ from crossover.specs import load_study
 from crossover.specs.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS
 
 from .conftest import ROOT, SPECS
-from .services import BIN, assert_report_renders, mlflow_server, ray_head
+from .services import (
+    BIN,
+    assert_report_renders,
+    mlflow_server,
+    new_auth_token,
+    ray_head,
+    ray_job_submit,
+    with_token_auth,
+)
 
 SHIPPED = SPECS / "smoke.yaml"
 
@@ -36,25 +42,17 @@ def smoke(tmp_path_factory, session_cache):
         .replace("unique_tokens: [150k, 600k]", "unique_tokens: [75k, 300k]")
     )
     assert "300k" in load_study(spec).expand()[-1].name
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "CROSSOVER_CACHE": str(session_cache),
-        "RAY_AUTH_MODE": "disabled",
-    }  # a throwaway loopback cluster: no token to hand to `ray job submit`
-    with mlflow_server(base / "mlflow") as url, ray_head(env) as (_, dashboard):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "CROSSOVER_CACHE": str(session_cache)}
+    # Token auth on, as on a real cluster, with a token of this test's own (never ~/.ray/auth_token). The job's
+    # driver and its trials get it from the head: the driver inherits the head's environment.
+    token = new_auth_token(base / "ray-auth")
+    with mlflow_server(base / "mlflow") as url, ray_head(env, auth_token=token) as (_, dashboard):
         runtime_env = {"env_vars": {"CROSSOVER_CACHE": str(session_cache)}}
-        command = [
-            str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(ROOT),
-            "--runtime-env-json", json.dumps(runtime_env), "--",
-            "crossover", "run", str(spec), "--tracking-uri", url, "--storage", str(base / "ray"),
-            "--quiet",
+        args = [
+            "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
+            "crossover", "run", str(spec), "--tracking-uri", url, "--storage", str(base / "ray"), "--quiet",
         ]  # fmt: skip
-        for _ in range(30):  # the head's job agent starts a few seconds after the dashboard answers
-            job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
-            if "No available agent" not in job.stderr:
-                break
-            time.sleep(3)
+        job = ray_job_submit(dashboard, args, with_token_auth(env, token))
         yield {"job": job, "uri": url, "base": base, "spec": spec}
 
 
