@@ -73,7 +73,7 @@ def _check_tasks(spec: StudySpec) -> None:
     from crossover.evals import check_tasks
 
     try:
-        check_tasks(spec.eval.tasks)
+        check_tasks(spec.eval.tasks, unsafe_execution=spec.eval.unsafe_execution)
     except ValueError as exc:
         err.print(f"[bold red]cannot run this spec:[/] {exc}", highlight=False)
         raise typer.Exit(USER_ERROR) from None

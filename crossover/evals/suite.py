@@ -40,14 +40,17 @@ class EvalSuite:
         seq_len: int | None = None,
         max_seq_len: int | None = None,
         lm_eval_include: str | None = None,
+        unsafe_execution: bool = False,
     ):
         """`data`: a `crossover.data.PreparedData` (held-out documents and the tokenizer) or an EvalModel (no
         held-out documents). `seq_len`: the training window, which cloze items fit; `max_seq_len`: the model's
-        limit, which HumanEval items (longer than a small study's windows) fit."""
+        limit, which HumanEval items (longer than a small study's windows) fit. `unsafe_execution`: the spec's
+        eval.unsafe_execution (HumanEval programs run unsandboxed where the host has no sandbox)."""
         from crossover.evals.tasks import MC_TASKS, build_items
 
         self.tasks = [t for t in tasks if t != HELDOUT_LOSS]
         self.max_items, self.mc_samples, self.lm_eval_include = max_items, mc_samples, lm_eval_include
+        self.unsafe_execution = unsafe_execution
         self._lm_eval_tasks = None  # lm-eval's task index (seconds to build), built at the first eval point
         self.items = {}
         for task in self.tasks:
@@ -68,7 +71,8 @@ class EvalSuite:
                 from crossover.evals.humaneval import humaneval_pass_at_k, humaneval_problems
 
                 problems = humaneval_problems(limit=self.max_items)
-                results.append(humaneval_pass_at_k(em, problems, n_samples=1, ks=(1,), seed=ITEM_SEED))
+                results.append(humaneval_pass_at_k(em, problems, n_samples=1, ks=(1,), seed=ITEM_SEED,
+                                                   unsafe_execution=self.unsafe_execution))  # fmt: skip
             elif task.startswith(LM_EVAL_PREFIX):
                 from lm_eval.tasks import TaskManager
 
@@ -108,9 +112,10 @@ def evaluate_checkpoint(
     from crossover.evals.checkpoint import load_checkpoint
     from crossover.evals.heldout import heldout_loss
 
-    check_tasks(list(tasks))
+    check_tasks(list(tasks), unsafe_execution=True)  # unknown tasks now; the sandbox once the trial's spec is read
     em = load_checkpoint(path, device=device)
     trial = em.trial
+    check_tasks(list(tasks), unsafe_execution=trial.eval.unsafe_execution)
     max_items = max_items or trial.eval.max_items
     mc_samples = mc_samples or trial.eval.mc_samples
     needs_data = any(t in (HELDOUT_LOSS, "heldout_cloze") for t in tasks)
@@ -121,7 +126,8 @@ def evaluate_checkpoint(
         data = prepare(trial.data)
     suite = EvalSuite(tasks, max_items=max_items, mc_samples=mc_samples, data=data if data is not None else em,
                       seq_len=trial.data.seq_len, max_seq_len=em.max_seq_len,
-                      lm_eval_include=lm_eval_include or trial.eval.lm_eval_include)  # fmt: skip
+                      lm_eval_include=lm_eval_include or trial.eval.lm_eval_include,
+                      unsafe_execution=trial.eval.unsafe_execution)  # fmt: skip
     results = []
     if HELDOUT_LOSS in tasks:
         windows = data.heldout_windows(trial.data.seq_len, max_windows=max_items)

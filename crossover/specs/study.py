@@ -221,6 +221,7 @@ class EvalSpec(Strict):
     mc_samples: int = Field(default=32, gt=0)  # Monte Carlo samples for MDLM likelihoods
     max_items: int = Field(default=200, gt=0)  # items per task per eval point
     lm_eval_include: str | None = None  # a folder of lm-eval task YAMLs (local tasks) beside lm-eval's own
+    unsafe_execution: bool = False  # humaneval_pass@k on a host without the sandbox: run generated code unsandboxed
 
     @field_validator("every")
     @classmethod

@@ -107,7 +107,7 @@ class Trainer:
         from crossover.evals.suite import EvalSuite
         from crossover.models import build_model
 
-        check_tasks(trial.eval.tasks)
+        check_tasks(trial.eval.tasks, unsafe_execution=trial.eval.unsafe_execution)
         self.trial, self.reporter = trial, reporter
         # `crossover run` resolves precision and compile once for the whole study; alone, a trial resolves here.
         self.runtime = runtime or resolve_runtime(trial.train, trial.model, trial.resources)
@@ -133,7 +133,7 @@ class Trainer:
         ev = trial.eval
         self.suite = EvalSuite(ev.tasks, max_items=ev.max_items, mc_samples=ev.mc_samples, data=self.data,
                                seq_len=trial.data.seq_len, max_seq_len=trial.model.max_seq_len,
-                               lm_eval_include=ev.lm_eval_include)  # fmt: skip
+                               lm_eval_include=ev.lm_eval_include, unsafe_execution=ev.unsafe_execution)  # fmt: skip
         self.peak = peak_flops(self.device)
         with reporter.latest_checkpoint() as resume_dir:
             if resume_dir:
