@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -266,6 +267,59 @@ def test_killed_training_process_restarts_from_its_checkpoint(study):
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     assert history_steps(client, children[0], "eval/heldout_loss/loss") == [24576 * i for i in range(1, 5)]
     assert max(history_steps(client, children[0], "tokens")) == 98304
+
+
+def test_a_full_disk_at_a_checkpoint_fails_the_trial_naming_the_space_and_a_rerun_resumes(study, tmp_path):
+    every, total = 49152, 147456
+    disk = tmp_path / "disk"  # a small filesystem of its own for the study's storage, filled up mid-trial
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here (needs root): {mounted.stderr.strip()}")
+    storage, log = str(disk / "ray"), tmp_path / "driver.log"
+    spec = study["write"](train={"total_tokens": total}, eval={"every": every}, grid={"objective": ["ar"]},
+                          resources={"max_failures": 0})  # fmt: skip
+    command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", storage, "--quiet"]
+    try:
+        driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, stdout=log.open("w"),
+                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+        def heard() -> list[int]:
+            found = list(Path(storage, "tiny").glob("*/result.json"))
+            return [json.loads(line)["tokens"] for line in found[0].read_text().splitlines()] if found else []
+
+        deadline = time.monotonic() + 300
+        while max(heard(), default=0) <= every and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # a report after the first checkpoint: that checkpoint is in storage, whole
+        (first,) = Path(storage, "tiny").glob("*/checkpoint_000000")
+        files = {f.relative_to(first): f.stat().st_size for f in first.rglob("*") if f.is_file()}
+        with open(disk / "filler", "wb") as filler:  # leave half a checkpoint's room
+            room = shutil.disk_usage(disk).free - sum(files.values()) // 2
+            while room > 0:
+                room -= filler.write(b"\0" * min(room, 1 << 20))
+        driver.wait(timeout=300)
+        output = log.read_text()
+        assert driver.returncode == 1, output[-3000:]
+        assert "no space for a checkpoint in " + storage in output and "MiB free there" in output, output[-3000:]
+        assert [c.name for c in first.parent.glob("checkpoint_*")] == ["checkpoint_000000"]  # nothing half-written
+        assert {f.relative_to(first): f.stat().st_size for f in first.rglob("*") if f.is_file()} == files
+
+        (disk / "filler").unlink()  # space freed: the same command resumes the study
+        rerun = subprocess.run(command, env=study["env"], cwd=spec.parent, capture_output=True, text=True,
+                               timeout=420)  # fmt: skip
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        client, _, (child,) = runs(study["uri"])
+        assert child.info.status == "FINISHED"
+        assert history_steps(client, child, "eval/heldout_loss/loss") == list(range(every, total + 1, every))
+        steps = history_steps(client, child, "train/loss")
+        assert steps == sorted(set(steps)) and steps[-1] == total
+        tokens = heard()  # resumed from the first checkpoint: what came before it was trained (and heard) once
+        assert all(tokens.count(t) == 1 for t in tokens if t <= every) and tokens.count(every + 1024) == 2
+    finally:
+        with contextlib.suppress(Exception):
+            os.killpg(driver.pid, signal.SIGKILL)
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_optuna_search_samples_hyperparameters(study):

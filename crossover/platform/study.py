@@ -61,7 +61,7 @@ def run_trial(config: dict[str, Any]) -> None:
             from crossover.trainers.launch import RayReporter
             from crossover.trainers.loop import train
 
-            result = train(trial, RayReporter("tune", run), runtime=runtime)
+            result = train(trial, RayReporter("tune", run, config["storage"]), runtime=runtime)
             run.set_tags({"crossover.data_hash": result["data_hash"]})
         else:
             from ray.tune.integration.ray_train import TuneReportCallback

@@ -11,6 +11,7 @@ Reporters decide where metrics and checkpoints go; `LocalReporter` keeps them in
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -31,6 +32,54 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+CHECKPOINT_HEADROOM = 1.1  # a checkpoint takes its size, plus room for the run's own small files beside it
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class CheckpointSpaceError(OSError):
+    """No room for a checkpoint where it goes. Raised before anything is copied where possible (and the copy
+    removed otherwise), so the previous checkpoint stays the latest, whole, and a rerun resumes from it."""
+
+
+def _size(folder: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def _no_space(destination: str | Path, needed: int, free: int | None) -> CheckpointSpaceError:
+    mib = 1 << 20
+    free_note = f", {free / mib:,.0f} MiB free there" if free is not None else ""
+    return CheckpointSpaceError(
+        errno.ENOSPC,
+        f"no space for a checkpoint in {destination}: it needs {needed * CHECKPOINT_HEADROOM / mib:,.0f} MiB"
+        f"{free_note}; free space there (or set resources.storage to a larger disk) and run the study again: "
+        "the trial resumes from its last checkpoint",
+    )
+
+
+def check_checkpoint_space(folder: str | Path, destination: str | Path) -> None:
+    """Refuse a checkpoint (the files in `folder`) that would not fit on the disk of `destination`, a local path;
+    object storage (a URI) has no disk to fill."""
+    if "://" in str(destination):
+        return
+    target = Path(destination)
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    needed, free = _size(folder), shutil.disk_usage(target).free
+    if free < needed * CHECKPOINT_HEADROOM:
+        raise _no_space(destination, needed, free)
+
+
+@contextlib.contextmanager
+def space_errors_named(folder: str | Path, destination: str | Path) -> Iterator[None]:
+    """A disk that fills up during the copy (another writer) gets the same error as the check before it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL_DISK or "No space left" in str(exc):
+            raise _no_space(destination, _size(folder), None) from exc
+        raise
+
+
 class LocalReporter:
     """Metrics in `folder/metrics.jsonl`, checkpoints in `folder/checkpoint_<tokens>` (the last `keep` kept) with
     their eval metrics in `folder/evals.jsonl`. Used by `crossover train` and the tests."""
@@ -49,7 +98,13 @@ class LocalReporter:
         target = self.folder / f"checkpoint_{step:015d}"
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, partial, dirs_exist_ok=True)
+        check_checkpoint_space(checkpoint_dir, self.folder)
+        try:
+            with space_errors_named(checkpoint_dir, self.folder):
+                shutil.copytree(checkpoint_dir, partial, dirs_exist_ok=True)
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         partial.rename(target)  # a checkpoint appears whole or not at all
         append_jsonl(self.folder / "evals.jsonl", {"step": step, **metrics})
         for old in self.checkpoints()[: -self.keep]:
@@ -88,8 +143,8 @@ class RayReporter:
     """Inside a Ray Tune trial (`api="tune"`, one worker in the trial's process) or a Ray Train worker
     (`api="train"`): checkpoints go to Ray's storage, metrics and per-item results to the tracked run (MLflow)."""
 
-    def __init__(self, api: str, run: TrackedRun | None = None):
-        self.api, self.run = api, run
+    def __init__(self, api: str, run: TrackedRun | None = None, storage: str | None = None):
+        self.api, self.run, self.storage = api, run, storage  # storage: the study's Ray storage path or URI
 
     def _ray(self):
         import ray.train
@@ -107,7 +162,10 @@ class RayReporter:
 
     def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str) -> None:
         ray = self._ray()
-        ray.report(metrics, checkpoint=ray.Checkpoint.from_directory(checkpoint_dir))
+        if self.storage:
+            check_checkpoint_space(checkpoint_dir, self.storage)
+        with space_errors_named(checkpoint_dir, self.storage or "Ray's storage"):
+            ray.report(metrics, checkpoint=ray.Checkpoint.from_directory(checkpoint_dir))
 
     def progress(self, metrics: dict[str, float], step: int) -> None:
         """A report without a checkpoint: the driver's progress display learns of every log point, not only of eval
@@ -132,7 +190,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     run_factory = config.get("run_factory")
     run = run_factory() if run_factory and ray.train.get_context().get_world_rank() == 0 else None
     runtime = Runtime.model_validate(config["runtime"]) if config.get("runtime") else None
-    train(trial, RayReporter("train", run), config.get("stop_after_steps"), runtime)
+    train(trial, RayReporter("train", run, config.get("storage")), config.get("stop_after_steps"), runtime)
 
 
 def run_workers(
@@ -158,7 +216,7 @@ def run_workers(
     worker_resources = {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"trial": trial.model_dump(mode="json"), "run_factory": run_factory,
+        train_loop_config={"trial": trial.model_dump(mode="json"), "run_factory": run_factory, "storage": str(storage),
                            "stop_after_steps": stop_after_steps, "runtime": runtime and runtime.model_dump()},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
