@@ -1,4 +1,5 @@
-"""Real services for integration tests, on loopback only, always stopped: an MLflow server and a Ray head."""
+"""Real services for integration tests, on loopback only, always stopped: an MLflow server, a Ray head and more
+Ray nodes."""
 
 from __future__ import annotations
 
@@ -104,6 +105,23 @@ def kill_ray_processes(temp_dir: str, gcs_port: int | None = None) -> None:
     psutil.wait_procs(list(doomed.values()), timeout=10)
 
 
+def kill_processes_with_env(name: str, value: str) -> None:
+    """Kill every process whose environment has `name`=`value`. With a value unique to one test (its own Ray auth
+    token file), that is every process the test started and every process those started (Ray's, however renamed),
+    even the ones a helper left when it failed half-way through starting them."""
+    import psutil
+
+    doomed = []
+    for proc in psutil.process_iter(["environ"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and (proc.info["environ"] or {}).get(name) == value:
+                doomed.append(proc)
+    for proc in doomed:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(doomed, timeout=10)
+
+
 def new_auth_token(folder: Path) -> Path:
     """A fresh Ray auth token in `folder`/auth_token, readable by its owner only: 256 random bits in hex, as
     `ray get-auth-token --generate` makes (that command writes ~/.ray/auth_token, which tests must not touch)."""
@@ -154,8 +172,8 @@ def ray_head(env: dict[str, str], num_cpus: int = 2, auth_token: Path | None = N
         "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
         "--ray-client-server-port", str(free_port()),
     ]  # fmt: skip
-    subprocess.run(command, env=env, check=True, capture_output=True, timeout=180)
-    try:
+    try:  # a failed start (a port taken meanwhile) can leave some of the head's processes: the finally stops them
+        subprocess.run(command, env=env, check=True, capture_output=True, timeout=180)
         url = f"http://127.0.0.1:{dashboard}"
         deadline = time.monotonic() + 60
         while not _up(f"{url}/api/version", any_answer=True):
@@ -165,6 +183,27 @@ def ray_head(env: dict[str, str], num_cpus: int = 2, auth_token: Path | None = N
         yield f"127.0.0.1:{port}", url
     finally:
         kill_ray_processes(temp_dir, port)
+
+
+@contextlib.contextmanager
+def ray_worker_node(address: str, env: dict[str, str], num_cpus: int = 1) -> Iterator[str]:
+    """`ray start --address ADDRESS` on loopback: one more node of a `ray_head` cluster on this machine, with its own
+    temp dir (yielded: it names the node's processes) and free ports; every process of the node is killed on exit.
+    `env` carries the cluster's auth settings (`with_token_auth`) and what the node's workers need."""
+    temp_dir = ray_temp_dir()
+    command = [
+        str(BIN / "ray"), "start", "--address", address, "--node-ip-address", "127.0.0.1",
+        "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", temp_dir, "--disable-usage-stats",
+        # free ports, as `ray_head`'s; workers on OS-chosen ports, as ray.cluster_utils does for nodes sharing a host
+        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+        "--min-worker-port", "0", "--max-worker-port", "0",
+    ]  # fmt: skip
+    try:
+        subprocess.run(command, env=env, check=True, capture_output=True, timeout=180)
+        yield temp_dir
+    finally:
+        kill_ray_processes(temp_dir)
 
 
 CHROMIUM_FLAGS = [
