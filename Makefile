@@ -17,11 +17,12 @@ $(PLANNER): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q --no-deps -e . && $(PY) -m pip install -q pydantic pyyaml typer rich numpy
+	$(PY) -m pip install -q pydantic pyyaml typer rich numpy
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-deps -e .
 	touch $(PLANNER)
 
 $(STAMP): $(PLANNER)
-	$(PY) -m pip install -q -e '.[dev,eval]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[dev,eval]'
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no tests: that is a failure here, never a pass.
