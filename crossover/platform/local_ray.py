@@ -67,7 +67,7 @@ def leftover_processes(path: Path) -> list[psutil.Process]:
 
 def _ray_open_files(proc: psutil.Process, command: str) -> list:
     # Only Ray's own processes are worth asking (listing open files is a /proc walk per process).
-    return proc.open_files() if command.startswith("ray::") or "ray" in command else []
+    return proc.open_files() if "ray" in command else []  # renamed agents too: `ray::DashboardAgent`
 
 
 def clean_up(path: Path) -> int:

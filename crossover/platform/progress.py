@@ -42,7 +42,7 @@ class ProgressCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if display := self._display():
-            display.event(trial, "running", started=time.time())
+            display.event(trial, "running")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if display := self._display():
@@ -90,7 +90,6 @@ class StudyProgress:
         changed = row["status"] != status
         metrics = {**row.get("metrics", {}), **fields.pop("metrics", {})}  # eval metrics stay until the next eval
         row.update(status=status, metrics=metrics, **{k: v for k, v in fields.items() if v is not None})
-        row.setdefault("started", self.clock())
         if self.quiet:
             now = self.clock()
             if changed or now - row.get("printed", 0.0) >= QUIET_EVERY_S:

@@ -367,10 +367,10 @@ def _check_search_metric(expander: _Expander, spec: StudySpec) -> None:
     from crossover.specs.tracking import EVAL_PREFIX, task_key
 
     metric = spec.search.metric
-    tasks = {task_key(t): t for t in spec.eval.tasks}
+    tasks = [task_key(t) for t in spec.eval.tasks]
     task = metric[len(EVAL_PREFIX) :].split("/")[0] if metric.startswith(EVAL_PREFIX) else None
     if metric != "train/loss" and (task not in tasks or metric.count("/") != 2 or metric.endswith("/")):
-        names = ", ".join(f"eval/{k}/<metric>" for k in tasks)
+        names = ", ".join(f"{EVAL_PREFIX}{k}/<metric>" for k in tasks)
         expander.fail(
             ("search", "metric"),
             f"'{metric}' is not a metric the trials report: use train/loss or {names} (a task in eval.tasks)",
