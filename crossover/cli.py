@@ -18,6 +18,7 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 USER_ERROR = 2
+STOPPED = 130  # the study was stopped (Ctrl-C, `crossover stop`): the shell's status for SIGINT
 
 
 def _version(value: bool) -> None:
@@ -500,13 +501,17 @@ def run(
     except TrackingError as exc:
         err.print(f"[bold red]cannot continue:[/] {exc}", highlight=False)
         raise typer.Exit(USER_ERROR) from None
+    stopped = f", {len(outcome.stopped)} stopped" if outcome.stopped else ""
     out.print(
-        f"{len(outcome.finished)} trials finished, {len(outcome.failed)} failed; MLflow: {uri} "
+        f"{len(outcome.finished)} trials finished, {len(outcome.failed)} failed{stopped}; MLflow: {uri} "
         f"(parent run {outcome.parent_run_id}); Ray: {outcome.experiment_path}",
         highlight=False,
     )
     for name, error in outcome.failed.items():
         err.print(f"[red]{name}[/]: {error}", highlight=False)
+    if outcome.stopped:
+        out.print(f"study stopped: `crossover run {spec_path}` continues it from the trials' last checkpoints")
+        raise typer.Exit(STOPPED)
     _provisional_verdict(spec.name, uri)
     if outcome.failed:
         raise typer.Exit(1)
@@ -628,12 +633,10 @@ def ui(
 
 def _print_studies(uri: str, server: str) -> None:
     """The training-view link of every study in the store (nothing when it cannot be read: the UI will say why)."""
-    from crossover.specs.tracking import training_view_url
+    from crossover.specs.tracking import mlflow_client, training_view_url
 
     try:
-        from mlflow.tracking import MlflowClient
-
-        experiments = MlflowClient(uri).search_experiments(max_results=200)
+        experiments = mlflow_client(uri).search_experiments(max_results=200)
     except Exception:  # noqa: BLE001 - an empty or unreachable store: the UI itself reports it
         return
     for experiment in experiments:

@@ -58,5 +58,5 @@ def write_study(
     step_list = list(steps) if steps is not None else None
     for trial in spec.expand():
         write_trial(TrialRun(trial, uri, parent_run_id), trial, truth, rng, step_list, items, train_points_per_eval)
-    finish_study(uri, parent_run_id, failed=False)
+    finish_study(uri, parent_run_id)
     return parent_run_id

@@ -19,7 +19,7 @@ import yaml
 from crossover.platform.tracking import TrialRun, start_study
 from crossover.specs import parse_study
 from crossover.specs.hardware import Runtime, resolve_runtime
-from crossover.specs.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS
+from crossover.specs.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS, mlflow_client
 
 from .conftest import tiny_study
 from .services import free_port, kill_ray_processes, mlflow_server, ray_temp_dir, stop_group
@@ -61,9 +61,7 @@ def poll_runs(uri: str):
 
 
 def runs(uri: str, name: str = "tiny"):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     experiment = client.get_experiment_by_name(name)
     found = client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
     parents = [r for r in found if r.data.tags.get(TAG_ROLE) == "study"]
@@ -167,7 +165,7 @@ def test_two_worker_trials_share_a_two_cpu_machine(study):
                           resources={"workers": 2, "cpus_per_worker": 1})  # fmt: skip
     parsed = parse_study(yaml.safe_load(spec.read_text()))
     assert worker_groups_that_fit(parsed, {"CPU": 2.0}) == 1 and worker_groups_that_fit(parsed, {"CPU": 5.0}) == 2
-    result = run(study, spec)
+    result = run(study, spec, "--verbose")  # library notices on the terminal, and no log folder made beforehand
     assert result.returncode == 0, result.stdout + result.stderr
     client, parents, children = runs(study["uri"])
     assert len(parents) == 1 and sorted(c.info.run_name for c in children) == sorted(t.name for t in parsed.expand())
@@ -222,11 +220,13 @@ def test_driver_killed_mid_study_resumes_without_rerunning_finished_trials(study
 def test_stop_ends_a_running_study_leaving_no_process_and_a_rerun_finishes_it(study):
     spec = study["write"](train={"total_tokens": 98304}, eval={"every": 24576}, grid={"objective": ["ar"]})
     command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"], "--quiet"]
+    log = spec.parent / "driver.log"
     driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                              stdout=log.open("w"), stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        found = wait_for(lambda: poll_runs(study["uri"])[2], lambda children: children, timeout_s=300)
-        assert found, "the trial never started"
+        found = wait_for(lambda: poll_runs(study["uri"])[2], lambda children: children or driver.poll() is not None,
+                         timeout_s=300)  # fmt: skip
+        assert found, "the trial never started:\n" + log.read_text()[-3000:]
         again = run(study, spec)  # a second driver of the same study is refused while the first runs
         assert again.returncode == 2 and "already running" in again.stderr
         stop = subprocess.run([*CROSSOVER, "stop", str(spec), "--storage", study["storage"]], env=study["env"],
@@ -236,13 +236,39 @@ def test_stop_ends_a_running_study_leaving_no_process_and_a_rerun_finishes_it(st
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130 and "study stopped" in log.read_text(), log.read_text()[-3000:]
+    _, (parent,), (child,) = runs(study["uri"])  # stopped, not failed: both continue
+    assert (parent.info.status, child.info.status) == ("KILLED", "KILLED") and "crossover.error" not in child.data.tags
     assert wait_for(lambda: ray_processes(study["env"]["RAY_TMPDIR"]), lambda left: not left, timeout_s=30) == []
     resumed = run(study, spec)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    client, _, (child,) = runs(study["uri"])
-    assert child.info.status == "FINISHED"
+    client, (parent,), (child,) = runs(study["uri"])
+    assert (parent.info.status, child.info.status) == ("FINISHED", "FINISHED")
     evals = history_steps(client, child, "eval/heldout_loss/loss")
     assert evals == sorted(set(evals)) and evals[-1] == 98304
+
+
+RECORD_AND_EXIT = """
+import json, sys, psutil
+me = psutil.Process()
+json.dump({"driver_pid": me.pid, "driver_started": me.create_time(), "session_dir": "/nowhere"}, open(sys.argv[1], "w"))
+"""
+
+
+def test_a_driver_that_exited_is_not_running_before_its_parent_reaps_it(tmp_path):
+    """`crossover stop` and the second-driver check see an ended driver as ended even while the program that started
+    it has not waited on it yet (it is a zombie till then)."""
+    import psutil
+
+    from crossover.platform.local_ray import running_driver, stop_driver
+
+    record = tmp_path / "tiny.ray.json"
+    driver = subprocess.Popen([sys.executable, "-c", RECORD_AND_EXIT, str(record)])
+    try:
+        assert wait_for(lambda: psutil.Process(driver.pid).status(), lambda s: s == psutil.STATUS_ZOMBIE) == "zombie"
+        assert running_driver(record) is None and stop_driver(record) is False
+    finally:
+        driver.wait()
 
 
 def test_killed_training_process_restarts_from_its_checkpoint(study):
@@ -279,8 +305,6 @@ def test_killed_training_process_restarts_from_its_checkpoint(study):
 
 
 def test_a_full_disk_at_a_checkpoint_fails_the_trial_naming_the_space_and_a_rerun_resumes(study, tmp_path):
-    from mlflow.tracking import MlflowClient
-
     every, total = 49152, 147456
     disk = tmp_path / "disk"  # a small filesystem of its own for the study's storage, filled up mid-trial
     disk.mkdir()
@@ -301,7 +325,7 @@ def test_a_full_disk_at_a_checkpoint_fails_the_trial_naming_the_space_and_a_reru
             history = client.get_metric_history(children[0].info.run_id, "tokens") if children else []
             return max((m.step for m in history), default=0)
 
-        client = MlflowClient(study["uri"])
+        client = mlflow_client(study["uri"])
         deadline = time.monotonic() + 300
         while logged() <= every and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)  # a log point after the first checkpoint: that checkpoint is in storage, whole
@@ -366,8 +390,6 @@ def test_unreachable_tracking_server_exits_2_before_any_trial(study, tmp_path):
 
 
 def test_a_tracking_server_restarted_mid_study_loses_nothing(study, tmp_path):
-    from mlflow.tracking import MlflowClient
-
     total, every = 98304, 24576
     spec = study["write"](
         train={"total_tokens": total}, eval={"every": every, "tasks": ["heldout_loss", "heldout_cloze"]}
@@ -381,7 +403,7 @@ def test_a_tracking_server_restarted_mid_study_loses_nothing(study, tmp_path):
         def logged() -> list[int]:
             with contextlib.suppress(Exception):
                 _, _, children = runs(url)
-                return [len(MlflowClient(url).get_metric_history(c.info.run_id, "tokens")) for c in children]
+                return [len(mlflow_client(url).get_metric_history(c.info.run_id, "tokens")) for c in children]
             return []
 
         assert wait_for(logged, lambda counts: len(counts) == 2 and min(counts) > 0, timeout_s=300), "no trial logged"
@@ -420,9 +442,7 @@ def test_metrics_logged_while_the_server_is_down_are_not_lost(tmp_path, tiny_cor
     assert len(run_._pending) == 4  # two steps of two metrics wait in the buffer
     with mlflow_server(tmp_path / "store", port) as url:
         run_.finish()
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(url)
+        client = mlflow_client(url)
         assert sorted(m.step for m in client.get_metric_history(run_.run_id, "train/loss")) == [1024, 2048, 3072]
         assert client.get_run(run_.run_id).info.status == "FINISHED"
 
@@ -430,8 +450,6 @@ def test_metrics_logged_while_the_server_is_down_are_not_lost(tmp_path, tiny_cor
 def test_a_restarted_trial_does_not_log_an_eval_point_twice(tmp_path, tiny_corpus):
     """A trial restarted before its first checkpoint was recorded (a driver killed in between) trains again from
     the start: the MLflow run it continues keeps one value per step, and per-item files are not rewritten."""
-    from mlflow.tracking import MlflowClient
-
     spec = parse_study(tiny_study(tiny_corpus))
     trial, uri = spec.expand()[0], f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = start_study(spec, "name: tiny\n", uri)
@@ -445,7 +463,7 @@ def test_a_restarted_trial_does_not_log_an_eval_point_twice(tmp_path, tiny_corpu
         again.log({"train/loss": 5.0 - step / 1024, "tokens": step}, step)
     again.log_items("heldout_cloze", 2048, ["a", "b"], {"acc": [0.0, 0.0]})
     again.finish()
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     assert sorted(m.step for m in client.get_metric_history(first.run_id, "train/loss")) == [1024, 2048, 3072]
     items = json.loads(Path(client.download_artifacts(first.run_id, "items/heldout_cloze/2048.json")).read_text())
     assert items["metrics"]["acc"] == [1.0, 0.0]

@@ -36,6 +36,7 @@ from crossover.specs.tracking import (
     TAG_ROLE,
     TAG_STUDY,
     TAG_TRIAL_ID,
+    mlflow_client,
 )
 
 if TYPE_CHECKING:
@@ -105,12 +106,6 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         path = parsed.path if scheme == "file" else uri
         if not Path(path).is_dir():
             raise AnalysisError(f"no MLflow file store at {path}; pass --tracking-uri with the store's location")
-
-
-def _client(uri: str) -> MlflowClient:
-    from mlflow import MlflowClient
-
-    return MlflowClient(uri)
 
 
 def _experiment_id(client: MlflowClient, study: str, uri: str) -> str:
@@ -293,7 +288,7 @@ def load_study(study: str, tracking_uri: str | None = None, items: bool = True, 
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
     try:
-        client = _client(uri)
+        client = mlflow_client(uri)
         experiment_id = _experiment_id(client, study, uri)
         runs = _search_all(client, experiment_id)
     except MlflowException as exc:

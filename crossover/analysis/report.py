@@ -29,6 +29,7 @@ from crossover.specs.tracking import (
     SUMMARY_COLUMNS,
     VERDICT_TAG,
     VIEW_TAG,
+    mlflow_client,
     view_state,
 )
 
@@ -511,9 +512,7 @@ def log_report(data: StudyData, out_dir: Path | str, lines: list[Verdict] = ()) 
     returns the run id (None: no parent)."""
     if not data.parent_run_id:
         return None
-    from mlflow import MlflowClient
-
-    MlflowClient(data.tracking_uri).log_artifacts(data.parent_run_id, str(out_dir), REPORT_DIR)
+    mlflow_client(data.tracking_uri).log_artifacts(data.parent_run_id, str(out_dir), REPORT_DIR)
     log_verdicts(data, lines)
     return data.parent_run_id
 
@@ -523,10 +522,9 @@ def log_verdicts(data: StudyData, lines: list[Verdict]) -> None:
     `verdict/<cell>/<name>`, and the experiment's saved view showing those columns beside the trials' summaries."""
     if not data.parent_run_id:
         return
-    from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
 
-    client = MlflowClient(data.tracking_uri)
+    client = mlflow_client(data.tracking_uri)
     now = int(datetime.now(timezone.utc).timestamp() * 1000)
     tags = [RunTag(f"{VERDICT_TAG}.{v.key}", v.line[:5000]) for v in lines]
     metrics = [Metric(f"verdict/{v.key}/{name}", value, now, 0) for v in lines for name, value in v.metrics.items()]

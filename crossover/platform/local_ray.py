@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -31,18 +33,20 @@ def record_local_instance(path: Path) -> None:
     payload = {"driver_pid": me.pid, "driver_started": me.create_time(),
                "session_dir": ray._private.worker._global_node.get_session_dir_path()}  # fmt: skip
     partial = path.with_name(path.name + ".partial")
+    path.parent.mkdir(parents=True, exist_ok=True)  # a first run with --verbose has no log there yet
     partial.write_text(json.dumps(payload))
     partial.replace(path)
 
 
 def running_driver(path: Path) -> psutil.Process | None:
-    """The driver that wrote `path`, if it is still alive (the same process, not a new one with its pid)."""
+    """The driver that wrote `path`, if it is still alive (the same process, not a new one with its pid, and not one
+    that has exited while its parent has yet to reap it)."""
     state = _read(path)
     if state is None:
         return None
     with contextlib.suppress(psutil.Error):
         driver = psutil.Process(state["driver_pid"])
-        if abs(driver.create_time() - state["driver_started"]) < 1.0:
+        if abs(driver.create_time() - state["driver_started"]) < 1.0 and driver.status() != psutil.STATUS_ZOMBIE:
             return driver
     return None
 
@@ -89,12 +93,21 @@ def stop_driver(path: Path) -> bool:
     if driver is None:
         return False
     with contextlib.suppress(psutil.Error):
-        driver.send_signal(2)  # SIGINT
-        try:
-            driver.wait(STOP_WAIT_S)
-        except psutil.TimeoutExpired:
+        driver.send_signal(signal.SIGINT)
+        if not _driver_ended(path, STOP_WAIT_S):
             driver.kill()
-            driver.wait(10)
+            _driver_ended(path, 10)
+    return True
+
+
+def _driver_ended(path: Path, timeout_s: float) -> bool:
+    """Whether the recorded driver ends within `timeout_s`. Not psutil's wait: that also waits for an ended driver's
+    parent to reap it (a script that started `crossover run` and waits on something else first)."""
+    deadline = time.monotonic() + timeout_s
+    while running_driver(path) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
     return True
 
 

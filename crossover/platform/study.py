@@ -33,12 +33,9 @@ FORWARDED_ENV = ("CROSSOVER_CACHE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING
 class StudyOutcome:
     finished: list[str]
     failed: dict[str, str]  # trial name -> error
+    stopped: list[str]  # trials the study was stopped before they ended (Ctrl-C, `crossover stop`)
     parent_run_id: str
     experiment_path: str
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
 
 
 def _tracked_run(trial_json: dict[str, Any], uri: str, parent_run_id: str, runtime: Runtime) -> TrialRun:
@@ -77,6 +74,9 @@ def run_trial(config: dict[str, Any]) -> None:
             )  # fmt: skip
             if outcome.error is not None:
                 raise outcome.error
+    except (SystemExit, KeyboardInterrupt):  # Tune stopped the trial with its study: not a failure, it continues
+        run.finish(stopped=True)
+        raise
     except BaseException as exc:
         run.finish(error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
         raise
@@ -164,15 +164,17 @@ def run_study(
             )
         results.extend(tuner.fit())
 
-    finished, failed = [], {}
+    finished, failed, stopped = [], {}, []
     for result in results:
         name = result.config["trial"]["name"] if "trial" in result.config else result.config["point"]
         if result.error is not None:
             failed[name] = f"{type(result.error).__name__}: {result.error}"
-        else:
+        elif result.metrics.get("done"):  # Tune marks a trial's last result done when its function returned
             finished.append(name)
-    finish_study(tracking_uri, parent_run_id, failed=bool(failed))
-    return StudyOutcome(finished, failed, parent_run_id, experiment)
+        else:  # the study was stopped (SIGINT) before this trial ended, or before it started
+            stopped.append(name)
+    finish_study(tracking_uri, parent_run_id, "KILLED" if stopped else "FAILED" if failed else "FINISHED")
+    return StudyOutcome(finished, failed, stopped, parent_run_id, experiment)
 
 
 def trial_resources(resources: ResourcesSpec) -> dict[str, float]:

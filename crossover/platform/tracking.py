@@ -37,6 +37,7 @@ from crossover.specs.tracking import (
     VIEW_TAG,
     items_path,
     items_payload,
+    mlflow_client,
     task_key,
     trial_params,
     trial_tags,
@@ -88,14 +89,8 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
             raise TrackingError(f"cannot write the SQLite tracking store in {folder}; choose a writable --tracking-uri")
 
 
-def client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def _experiment_id(mlflow_client, uri: str, study: str) -> str:
-    experiment = mlflow_client.get_experiment_by_name(study)
+def _experiment_id(client, uri: str, study: str) -> str:
+    experiment = client.get_experiment_by_name(study)
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
@@ -103,12 +98,12 @@ def _experiment_id(mlflow_client, uri: str, study: str) -> str:
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     # A model-training experiment, with a saved view of the summary columns (the verdict's are added by analyze).
     tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: view_state(SUMMARY_COLUMNS)}
-    return mlflow_client.create_experiment(study, artifact_location=artifact_location, tags=tags)
+    return client.create_experiment(study, artifact_location=artifact_location, tags=tags)
 
 
-def _find_run(mlflow_client, experiment_id: str, tags: dict[str, str]):
+def _find_run(client, experiment_id: str, tags: dict[str, str]):
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = mlflow_client.search_runs([experiment_id], filter_string=query, max_results=1)
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
     return runs[0] if runs else None
 
 
@@ -118,12 +113,12 @@ def start_study(spec: StudySpec, spec_text: str, uri: str, *, fresh: bool = Fals
     A study whose trials changed since its parent run began cannot be continued (its finished trials would not
     match the spec): that is a TrackingError asking for --fresh or a new study name.
     """
-    mlflow_client = client(uri)
-    experiment_id = _experiment_id(mlflow_client, uri, spec.name)
+    client = mlflow_client(uri)
+    experiment_id = _experiment_id(client, uri, spec.name)
     tags = {TAG_ROLE: ROLE_STUDY, TAG_STUDY: spec.name}
-    run = _find_run(mlflow_client, experiment_id, tags)
+    run = _find_run(client, experiment_id, tags)
     if run is not None and fresh:
-        mlflow_client.set_tag(run.info.run_id, TAG_ROLE, "superseded")
+        client.set_tag(run.info.run_id, TAG_ROLE, "superseded")
         run = None
     if run is not None and run.data.tags.get("crossover.trials_hash", trials_hash) != trials_hash:
         raise TrackingError(
@@ -131,30 +126,29 @@ def start_study(spec: StudySpec, spec_text: str, uri: str, *, fresh: bool = Fals
             f"run with --fresh to start it over, or give the study a new name"
         )
     if run is None:
-        run = mlflow_client.create_run(
-            experiment_id, tags={**tags, "crossover.trials_hash": trials_hash}, run_name=spec.name
-        )
-        mlflow_client.log_text(run.info.run_id, spec_text, f"{SPEC_DIR}/study.yaml")
+        run = client.create_run(experiment_id, tags={**tags, "crossover.trials_hash": trials_hash}, run_name=spec.name)
+        client.log_text(run.info.run_id, spec_text, f"{SPEC_DIR}/study.yaml")
         table = [t.model_dump(mode="json") for t in spec.expand()]
-        mlflow_client.log_text(run.info.run_id, json.dumps(table, indent=1), f"{SPEC_DIR}/trials.json")
+        client.log_text(run.info.run_id, json.dumps(table, indent=1), f"{SPEC_DIR}/trials.json")
     elif run.info.status != "RUNNING":
-        mlflow_client.update_run(run.info.run_id, status="RUNNING")
+        client.update_run(run.info.run_id, status="RUNNING")
     return run.info.run_id
 
 
 def study_runtime(uri: str, parent_run_id: str, resolved: Runtime) -> Runtime:
     """The study's runtime (precision, compile): the one recorded on its parent run when it began, else `resolved`,
     which is then recorded. A study continued on another kind of machine keeps training as it began."""
-    mlflow_client = client(uri)
-    recorded = mlflow_client.get_run(parent_run_id).data.tags.get(TAG_RUNTIME)
+    client = mlflow_client(uri)
+    recorded = client.get_run(parent_run_id).data.tags.get(TAG_RUNTIME)
     if recorded:
         return Runtime.model_validate_json(recorded)
-    mlflow_client.set_tag(parent_run_id, TAG_RUNTIME, resolved.model_dump_json())
+    client.set_tag(parent_run_id, TAG_RUNTIME, resolved.model_dump_json())
     return resolved
 
 
-def finish_study(uri: str, parent_run_id: str, failed: bool) -> None:
-    _retrying(client(uri).set_terminated, parent_run_id, status="FAILED" if failed else "FINISHED")
+def finish_study(uri: str, parent_run_id: str, status: str = "FINISHED") -> None:
+    """Close the study's parent run: FINISHED, FAILED (a trial failed) or KILLED (stopped; `crossover run` goes on)."""
+    _retrying(mlflow_client(uri).set_terminated, parent_run_id, status=status)
 
 
 RETRY_WAITS_S = (2, 4, 8, 16, 32)  # about a minute: long enough for a tracking server to restart
@@ -182,7 +176,7 @@ class TrialRun:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
         self.uri = uri
-        self.client = client(uri)
+        self.client = mlflow_client(uri)
         run = _retrying(self._open, trial, parent_run_id, runtime)
         # A trial restarted from a checkpoint (or from scratch, when a crash came before its first checkpoint was
         # recorded) recomputes the same values up to where it had logged: they are not logged twice.
@@ -259,9 +253,9 @@ class TrialRun:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def finish(self, error: str | None = None) -> None:
+    def finish(self, error: str | None = None, stopped: bool = False) -> None:
         """Send what is pending (retrying with backoff for about a minute), record the error or clear an earlier
-        one, and close the run. Metrics that still cannot be sent are saved next to the trial and named in the
+        one, and close the run (KILLED when the trial was `stopped` with its study: it continues later). Metrics that still cannot be sent are saved next to the trial and named in the
         error, so nothing is lost silently."""
         if not self.flush():
             saved = Path.cwd() / f"unsent-metrics-{self.run_id}.jsonl"
@@ -276,9 +270,12 @@ class TrialRun:
                 f"{len(self._pending)} metric values and {len(self._pending_items)} item results could not be sent "
                 f"to {self.uri}; they are saved in {saved}"
             )
-        _retrying(self._close, error)
+        _retrying(self._close, error, stopped)
 
-    def _close(self, error: str | None) -> None:
+    def _close(self, error: str | None, stopped: bool) -> None:
+        if stopped:
+            self.client.set_terminated(self.run_id, status="KILLED")
+            return
         if error:
             self.client.set_tag(self.run_id, "crossover.error", error[:5000])
         else:
@@ -308,14 +305,14 @@ class TrialRun:
 def study_status(study: str, uri: str) -> list[dict[str, Any]]:
     """Each trial of the study's current parent run: name, status, latest metrics (tokens, epoch, losses,
     tokens_per_s: trials log them at every log point) and its total tokens."""
-    mlflow_client = client(uri)
-    experiment = mlflow_client.get_experiment_by_name(study)
+    client = mlflow_client(uri)
+    experiment = client.get_experiment_by_name(study)
     if experiment is None:
         raise TrackingError(f"no study '{study}' in {uri}; `crossover run SPEC` creates it (check --tracking-uri)")
-    parent = _find_run(mlflow_client, experiment.experiment_id, {TAG_ROLE: ROLE_STUDY, TAG_STUDY: study})
+    parent = _find_run(client, experiment.experiment_id, {TAG_ROLE: ROLE_STUDY, TAG_STUDY: study})
     if parent is None:
         return []
-    children = mlflow_client.search_runs(
+    children = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'",
         order_by=["attributes.run_name"], max_results=10_000,
     )  # fmt: skip

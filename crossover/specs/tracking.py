@@ -1,15 +1,18 @@
 """The MLflow tracking contract in code: tag and metric names, artifact folders, and how a TrialSpec becomes params.
 
 The platform writes by these names (crossover.platform.tracking) and the analysis reads by them
-(crossover.analysis), so the two cannot drift apart. Pure names: no mlflow import. The contract in words is in
-the docstring of crossover.analysis.
+(crossover.analysis), so the two cannot drift apart. Names, plus `mlflow_client`, the one way both open the store
+(mlflow imported only inside it). The contract in words is in the docstring of crossover.analysis.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,6 +53,25 @@ LOCAL_UI = "http://127.0.0.1:5000"  # where `crossover ui` serves a local store
 SUMMARY_PREFIX = "summary/"
 SUMMARY_COLUMNS = [f"{SUMMARY_PREFIX}{name}" for name in ("acc_final", "acc_best", "heldout_loss_final", "epochs")]
 HEADLINE_ACCURACY = ("eval/heldout_cloze/acc_pmi", "eval/heldout_cloze/acc")
+
+
+def mlflow_client(uri: str):
+    """An MlflowClient on `uri` whose store is ready to use.
+
+    MLflow creates a new SQLite store's tables on first open without a lock, and two processes opening the same new
+    store at once (`crossover status` in a second terminal while `run` starts) leave it half-migrated for good. So a
+    SQLite store is opened holding a lock on the folder that holds it; other stores need none.
+    """
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    folder = os.open(Path(uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor closes
+        return MlflowClient(tracking_uri=uri)  # the client opens its store (creating the tables) here
+    finally:
+        os.close(folder)
 
 
 def training_view_url(server: str, experiment_id: str) -> str:
