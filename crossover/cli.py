@@ -501,6 +501,9 @@ def run(
     except TrackingError as exc:
         err.print(f"[bold red]cannot continue:[/] {exc}", highlight=False)
         raise typer.Exit(USER_ERROR) from None
+    except KeyboardInterrupt:  # before the trials started (Ray starting); once they run, Tune stops them
+        err.print(f"study stopped before its trials started: `crossover run {spec_path}` starts it again")
+        raise typer.Exit(STOPPED) from None
     stopped = f", {len(outcome.stopped)} stopped" if outcome.stopped else ""
     out.print(
         f"{len(outcome.finished)} trials finished, {len(outcome.failed)} failed{stopped}; MLflow: {uri} "

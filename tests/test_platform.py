@@ -248,6 +248,24 @@ def test_stop_ends_a_running_study_leaving_no_process_and_a_rerun_finishes_it(st
     assert evals == sorted(set(evals)) and evals[-1] == 98304
 
 
+def test_ctrl_c_while_a_study_starts_stops_it_marked_killed(study):
+    """Ctrl-C as soon as the study's parent run exists (Ray starting, or the first trial just placed): exit 130 with
+    a line saying how to continue, and the parent run KILLED, not FINISHED."""
+    spec = study["write"](train={"total_tokens": 98304}, grid={"objective": ["ar"]})
+    command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"]]
+    driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert wait_for(lambda: poll_runs(study["uri"])[1], lambda parents: parents or driver.poll() is not None)
+        driver.send_signal(signal.SIGINT)
+        output = driver.communicate(timeout=120)[0]
+    finally:
+        stop_group(driver)
+    assert driver.returncode == 130 and "study stopped" in output and "crossover run" in output, output[-3000:]
+    _, (parent,), children = runs(study["uri"])
+    assert parent.info.status == "KILLED" and all(c.info.status == "KILLED" for c in children)
+
+
 RECORD_AND_EXIT = """
 import json, sys, psutil
 me = psutil.Process()

@@ -12,7 +12,9 @@ from .conftest import tiny_study
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)  # a logical GPU, for placement
+    from crossover.platform.local_ray import init_local_instance
+
+    init_local_instance(num_cpus=2, num_gpus=1)  # a logical GPU, for placement
     yield ray
     ray.shutdown()
 

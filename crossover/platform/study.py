@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crossover.platform.local_ray import record_local_instance, state_file
+from crossover.platform.local_ray import init_local_instance, record_local_instance, state_file
 from crossover.platform.tracking import TrialRun, finish_study, start_study, study_runtime
 from crossover.specs import StudySpec, TrialSpec
 from crossover.specs.hardware import Runtime, resolve_runtime
@@ -118,9 +118,6 @@ def run_study(
     over instead (new MLflow parent run, old Tune state removed).
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress table replaces Tune's console output
-    import ray
-    from ray import tune
-
     trials, resources = spec.expand(), spec.resources
     storage = storage_path(spec, storage)
     experiment = f"{storage.rstrip('/')}/{spec.name}"
@@ -132,18 +129,44 @@ def run_study(
     # resolution it began with.
     runtime = study_runtime(tracking_uri, parent_run_id, resolve_runtime(spec.train, trials[0].model, resources))
 
+    try:
+        results = _fit(spec, trials, storage, address, max_concurrent, callbacks,
+                       {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage,
+                        "runtime": runtime.model_dump()})  # fmt: skip
+    except KeyboardInterrupt:  # Ctrl-C before Tune took it over (Ray was starting): stopped before any trial
+        finish_study(tracking_uri, parent_run_id, "KILLED")
+        raise
+    finished, failed, stopped = [], {}, []
+    for result in results:
+        name = result.config["trial"]["name"] if "trial" in result.config else result.config["point"]
+        if result.error is not None:
+            failed[name] = f"{type(result.error).__name__}: {result.error}"
+        elif _cut_short(result):
+            stopped.append(name)
+        else:
+            finished.append(name)
+    finish_study(tracking_uri, parent_run_id, "KILLED" if stopped else "FAILED" if failed else "FINISHED")
+    return StudyOutcome(finished, failed, stopped, parent_run_id, experiment)
+
+
+def _fit(spec: StudySpec, trials: list[TrialSpec], storage: str, address: str | None, max_concurrent: int | None,
+         callbacks: list | None, common: dict[str, Any]) -> list:  # fmt: skip
+    """Start or join Ray and run the study's Tuners; their Results. A stopped Tuner (Ctrl-C: its results are not
+    all done) ends the study's run there: the Tuners after it wait for the next `crossover run`."""
+    import ray
+    from ray import tune
+
+    resources = spec.resources
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         if address:
             ray.init(address=address, log_to_driver=False)
         else:  # the embedded default: a local instance with this machine's cores
-            ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
+            init_local_instance(runtime_env={"env_vars": env} if env else None)
             record_local_instance(state_file(driver_folder(storage), spec.name))  # so a crash leaves nothing behind
 
     trainable = tune.with_resources(run_trial, trial_resources(resources))
     concurrent = max_concurrent or resources.max_concurrent or worker_groups_that_fit(spec, ray.cluster_resources())
-    common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage,
-              "runtime": runtime.model_dump()}  # fmt: skip
     results = []
     for name, tune_config, space in _tuners(spec, trials, concurrent):
         path = f"{storage.rstrip('/')}/{name}"
@@ -163,18 +186,15 @@ def run_study(
                 trainable, param_space={**space, **common}, tune_config=tune_config, run_config=run_config
             )
         results.extend(tuner.fit())
+        if any(_cut_short(r) for r in results):
+            break
+    return results
 
-    finished, failed, stopped = [], {}, []
-    for result in results:
-        name = result.config["trial"]["name"] if "trial" in result.config else result.config["point"]
-        if result.error is not None:
-            failed[name] = f"{type(result.error).__name__}: {result.error}"
-        elif result.metrics.get("done"):  # Tune marks a trial's last result done when its function returned
-            finished.append(name)
-        else:  # the study was stopped (SIGINT) before this trial ended, or before it started
-            stopped.append(name)
-    finish_study(tracking_uri, parent_run_id, "KILLED" if stopped else "FAILED" if failed else "FINISHED")
-    return StudyOutcome(finished, failed, stopped, parent_run_id, experiment)
+
+def _cut_short(result) -> bool:
+    """A trial the study was stopped (SIGINT) before it ended or started: no error, and its last result is not marked
+    done (Tune marks it when the trial's function returns)."""
+    return result.error is None and not result.metrics.get("done")
 
 
 def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
