@@ -44,6 +44,20 @@ def test_explicit_settings_are_kept_and_slow_bf16_is_named():
     assert resolve_runtime(TrainSpec(), MODEL.model_copy(update={"compile": False}), GPU, AVX2).compile is False
 
 
+def test_zero_3_trains_eager_unless_compile_is_pinned():
+    """ZeRO-3's parameter hooks make compiled blocks recompile past torch's limit: `auto` leaves them eager, and a
+    pinned `compile: true` is kept with a warning saying so."""
+    zero3 = TrainSpec(zero_stage=3)
+    eager = resolve_runtime(zero3, MODEL, GPU, AVX2)
+    assert eager.compile is False and eager.why == "GPU trials; eager under ZeRO-3"
+    assert resolve_runtime(TrainSpec(zero_stage=2), MODEL, GPU, AVX2).compile is True
+    pinned = resolve_runtime(zero3, MODEL.model_copy(update={"compile": True}), GPU, AVX2)
+    assert pinned.compile is True and "ZeRO-3 recompiles every block" in pinned.warning
+    both = resolve_runtime(TrainSpec(zero_stage=3, precision="bf16"), MODEL.model_copy(update={"compile": True}), CPU,
+                           AVX2)  # fmt: skip
+    assert "10.5x slower" in both.warning and "ZeRO-3" in both.warning
+
+
 def test_cpu_detection_agrees_with_torch():
     info = cpu_info()
     assert (info.isa == "AMX") == torch.cpu._is_amx_tile_supported()

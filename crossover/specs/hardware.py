@@ -76,7 +76,7 @@ class Runtime(BaseModel):
     device: Literal["cpu", "cuda"]
     precision: Precision
     compile: bool
-    why: str  # one line: how the precision was chosen
+    why: str  # one line: how the precision (and a compile that `auto` left off on a GPU) was chosen
     warning: str | None = None  # an explicit choice that will run much slower than it could here
 
 
@@ -86,26 +86,34 @@ def resolve_runtime(
     """Precision and compile for trials with these resources on this kind of machine.
 
     GPU trials: bf16 (compiled). CPU trials: bf16 where the CPU has AMX, else fp32 (eager: inductor's compile time
-    outweighs its gain for the small models a CPU trains). Explicit settings are kept; bf16 on a CPU without AMX
-    gets a warning with the expected slowdown.
+    outweighs its gain for the small models a CPU trains). ZeRO-3 trains eager: it gathers each block's parameters
+    in module hooks that a compiled block recompiles for, past torch's limit of 8 per block (measured: 29 recompiles
+    in a 10-step trial), so most of the model would run eager anyway, between graph breaks. Explicit settings are
+    kept; bf16 on a CPU without AMX, and compile with ZeRO-3, get a warning.
     """
     gpu = resources.gpus_per_worker > 0
     device: Literal["cpu", "cuda"] = "cuda" if gpu else "cpu"
-    compile_ = gpu if model.compile == "auto" else bool(model.compile)
+    compile_ = (gpu and train.zero_stage < 3) if model.compile == "auto" else bool(model.compile)
+    if compile_ and train.zero_stage == 3:
+        slow_compile = "model.compile with ZeRO-3 recompiles every block past torch's limit; use compile: auto"
+    else:
+        slow_compile = None
     if gpu:
         precision: Precision = "bf16" if train.precision == "auto" else train.precision
         why = "GPU trials" if train.precision == "auto" else "set in the spec"
-        return Runtime(device=device, precision=precision, compile=compile_, why=why)
+        if model.compile == "auto" and not compile_:
+            why += "; eager under ZeRO-3"
+        return Runtime(device=device, precision=precision, compile=compile_, why=why, warning=slow_compile)
     cpu = cpu or cpu_info()
     if train.precision == "auto":
         precision = "bf16" if cpu.native_bf16 else "fp32"
         reason = "has AMX" if cpu.native_bf16 else f"has no AMX ({cpu.isa}): bf16 would be slower"
-        return Runtime(device=device, precision=precision, compile=compile_, why=f"CPU {cpu.model} {reason}")
-    warning = None
+        return Runtime(device=device, precision=precision, compile=compile_, why=f"CPU {cpu.model} {reason}",
+                       warning=slow_compile)  # fmt: skip
+    warning = slow_compile
     if train.precision == "bf16" and not cpu.native_bf16:
         slower = BF16_SLOWDOWN.get(cpu.isa, BF16_SLOWDOWN["AVX2"])
-        warning = (
+        warning = "; ".join(filter(None, [
             f"train.precision bf16 on a CPU without AMX ({cpu.model}, {cpu.isa}) trains about {slower:g}x slower "
-            f"than fp32; use precision: auto (or fp32)"
-        )
+            f"than fp32; use precision: auto (or fp32)", slow_compile]))  # fmt: skip
     return Runtime(device=device, precision=train.precision, compile=compile_, why="set in the spec", warning=warning)
