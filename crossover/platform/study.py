@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from crossover.platform.local_ray import init_local_instance, record_local_instance, state_file
-from crossover.platform.tracking import TrialRun, finish_study, start_study, study_runtime
+from crossover.platform.tracking import (
+    TrialRun,
+    finish_study,
+    mark_study_stopped,
+    start_study,
+    study_runtime,
+    trial_statuses,
+)
 from crossover.specs import StudySpec, TrialSpec
 from crossover.specs.hardware import Runtime, resolve_runtime
 from crossover.specs.study import ResourcesSpec
@@ -45,10 +52,7 @@ def _tracked_run(trial_json: dict[str, Any], uri: str, parent_run_id: str, runti
 
 def run_trial(config: dict[str, Any]) -> None:
     """The Tune trainable: train one trial and keep its MLflow child run in step with it."""
-    if "point" in config:  # a search sample: the grid point with the sampled hyper-parameters
-        trial = searched_trial(config["study"], config["point"], config["hparams"])
-        config = {**config, "trial": trial.model_dump(mode="json")}
-    trial = TrialSpec.model_validate(config["trial"])
+    trial = trial_of(config)
     runtime = Runtime.model_validate(config["runtime"])  # resolved once for the study, on the driver
     run = TrialRun(trial, config["tracking_uri"], config["parent_run_id"], runtime)
     if run.already_finished:  # finished before a driver crash that Tune's state did not see: never train twice
@@ -66,7 +70,7 @@ def run_trial(config: dict[str, Any]) -> None:
             from crossover.trainers.launch import run_workers
 
             tracked = functools.partial(
-                _tracked_run, config["trial"], config["tracking_uri"], config["parent_run_id"], runtime
+                _tracked_run, trial.model_dump(mode="json"), config["tracking_uri"], config["parent_run_id"], runtime
             )
             outcome = run_workers(
                 trial, config["storage"], name=f"{trial.study}-{trial.trial_id}", run_factory=tracked,
@@ -81,6 +85,14 @@ def run_trial(config: dict[str, Any]) -> None:
         run.finish(error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
         raise
     run.finish()
+
+
+def trial_of(config: dict[str, Any]) -> TrialSpec:
+    """The trial a Tune config stands for: a grid trial, or a search sample (its grid point with the sampled
+    hyper-parameters)."""
+    if "point" in config:
+        return searched_trial(config["study"], config["point"], config["hparams"])
+    return TrialSpec.model_validate(config["trial"])
 
 
 def _trials_hash(trials: list[TrialSpec]) -> str:
@@ -124,35 +136,26 @@ def run_study(
     if fresh and "://" not in storage:  # per-cell searches keep one Tune experiment per trial: <study>.<trial>
         for path in [Path(experiment), *Path(storage).glob(f"{spec.name}.*")]:
             shutil.rmtree(path, ignore_errors=True)
-    parent_run_id = start_study(spec, spec_text, tracking_uri, fresh=fresh, trials_hash=_trials_hash(trials))
-    # Once per study, so every trial (the AR and MDLM of each cell) trains alike; a continued study keeps the
-    # resolution it began with.
-    runtime = study_runtime(tracking_uri, parent_run_id, resolve_runtime(spec.train, trials[0].model, resources))
-
     try:
-        results = _fit(spec, trials, storage, address, max_concurrent, callbacks,
-                       {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage,
-                        "runtime": runtime.model_dump()})  # fmt: skip
-    except KeyboardInterrupt:  # Ctrl-C before Tune took it over (Ray was starting): stopped before any trial
-        finish_study(tracking_uri, parent_run_id, "KILLED")
+        parent_run_id = start_study(spec, spec_text, tracking_uri, fresh=fresh, trials_hash=_trials_hash(trials))
+        # Once per study, so every trial (the AR and MDLM of each cell) trains alike; a continued study keeps the
+        # resolution it began with.
+        runtime = study_runtime(tracking_uri, parent_run_id, resolve_runtime(spec.train, trials[0].model, resources))
+        common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage,
+                  "runtime": runtime.model_dump()}  # fmt: skip
+        results = _fit(spec, trials, storage, address, max_concurrent, callbacks, common)
+    except KeyboardInterrupt:  # Ctrl-C before Tune took it over (the parent run being made, Ray starting)
+        mark_study_stopped(tracking_uri, spec.name)
         raise
-    finished, failed, stopped = [], {}, []
-    for result in results:
-        name = result.config["trial"]["name"] if "trial" in result.config else result.config["point"]
-        if result.error is not None:
-            failed[name] = f"{type(result.error).__name__}: {result.error}"
-        elif _cut_short(result):
-            stopped.append(name)
-        else:
-            finished.append(name)
+    finished, failed, stopped = _sorted_out(results, trial_statuses(tracking_uri, parent_run_id))
     finish_study(tracking_uri, parent_run_id, "KILLED" if stopped else "FAILED" if failed else "FINISHED")
     return StudyOutcome(finished, failed, stopped, parent_run_id, experiment)
 
 
 def _fit(spec: StudySpec, trials: list[TrialSpec], storage: str, address: str | None, max_concurrent: int | None,
          callbacks: list | None, common: dict[str, Any]) -> list:  # fmt: skip
-    """Start or join Ray and run the study's Tuners; their Results. A stopped Tuner (Ctrl-C: its results are not
-    all done) ends the study's run there: the Tuners after it wait for the next `crossover run`."""
+    """Start or join Ray and run the study's Tuners; their Results. A stopped Tuner (Ctrl-C: some of its trials
+    did not finish) ends the study's run there: the Tuners after it wait for the next `crossover run`."""
     import ray
     from ray import tune
 
@@ -185,16 +188,27 @@ def _fit(spec: StudySpec, trials: list[TrialSpec], storage: str, address: str | 
             tuner = tune.Tuner(
                 trainable, param_space={**space, **common}, tune_config=tune_config, run_config=run_config
             )
-        results.extend(tuner.fit())
-        if any(_cut_short(r) for r in results):
+        fitted = list(tuner.fit())
+        results.extend(fitted)
+        if _sorted_out(fitted, trial_statuses(common["tracking_uri"], common["parent_run_id"]))[2]:
             break
     return results
 
 
-def _cut_short(result) -> bool:
-    """A trial the study was stopped (SIGINT) before it ended or started: no error, and its last result is not marked
-    done (Tune marks it when the trial's function returns)."""
-    return result.error is None and not result.metrics.get("done")
+def _sorted_out(results: list, statuses: dict[str, str]) -> tuple[list[str], dict[str, str], list[str]]:
+    """(finished, failed: name -> error, stopped) trial names. A trial without an error that MLflow does not record
+    as FINISHED was cut short by a stop (Ctrl-C, `crossover stop`), or never started. Not Tune's view: after a stop
+    it calls such trials TERMINATED, and its `done` flag was seen missing on a finished trial."""
+    finished, failed, stopped = [], {}, []
+    for result in results:
+        trial = trial_of(result.config)
+        if result.error is not None:
+            failed[trial.name] = f"{type(result.error).__name__}: {result.error}"
+        elif statuses.get(trial.trial_id) == "FINISHED":
+            finished.append(trial.name)
+        else:
+            stopped.append(trial.name)
+    return finished, failed, stopped
 
 
 def trial_resources(resources: ResourcesSpec) -> dict[str, float]:

@@ -107,6 +107,11 @@ def _find_run(client, experiment_id: str, tags: dict[str, str]):
     return runs[0] if runs else None
 
 
+def _parent_tags(study: str) -> dict[str, str]:
+    """The tags of a study's current parent run (earlier ones that `--fresh` replaced are tagged superseded)."""
+    return {TAG_ROLE: ROLE_STUDY, TAG_STUDY: study}
+
+
 def start_study(spec: StudySpec, spec_text: str, uri: str, *, fresh: bool = False, trials_hash: str = "") -> str:
     """The study's parent run: found again when continuing a study, new for a first or `fresh` start.
 
@@ -115,8 +120,7 @@ def start_study(spec: StudySpec, spec_text: str, uri: str, *, fresh: bool = Fals
     """
     client = mlflow_client(uri)
     experiment_id = _experiment_id(client, uri, spec.name)
-    tags = {TAG_ROLE: ROLE_STUDY, TAG_STUDY: spec.name}
-    run = _find_run(client, experiment_id, tags)
+    run = _find_run(client, experiment_id, _parent_tags(spec.name))
     if run is not None and fresh:
         client.set_tag(run.info.run_id, TAG_ROLE, "superseded")
         run = None
@@ -126,7 +130,8 @@ def start_study(spec: StudySpec, spec_text: str, uri: str, *, fresh: bool = Fals
             f"run with --fresh to start it over, or give the study a new name"
         )
     if run is None:
-        run = client.create_run(experiment_id, tags={**tags, "crossover.trials_hash": trials_hash}, run_name=spec.name)
+        tags = {**_parent_tags(spec.name), "crossover.trials_hash": trials_hash}
+        run = client.create_run(experiment_id, tags=tags, run_name=spec.name)
         client.log_text(run.info.run_id, spec_text, f"{SPEC_DIR}/study.yaml")
         table = [t.model_dump(mode="json") for t in spec.expand()]
         client.log_text(run.info.run_id, json.dumps(table, indent=1), f"{SPEC_DIR}/trials.json")
@@ -149,6 +154,24 @@ def study_runtime(uri: str, parent_run_id: str, resolved: Runtime) -> Runtime:
 def finish_study(uri: str, parent_run_id: str, status: str = "FINISHED") -> None:
     """Close the study's parent run: FINISHED, FAILED (a trial failed) or KILLED (stopped; `crossover run` goes on)."""
     _retrying(mlflow_client(uri).set_terminated, parent_run_id, status=status)
+
+
+def mark_study_stopped(uri: str, study: str) -> None:
+    """The study's current parent run KILLED if it is running: for a stop that came while it was being made."""
+    client = mlflow_client(uri)
+    experiment = client.get_experiment_by_name(study)
+    run = _find_run(client, experiment.experiment_id, _parent_tags(study)) if experiment else None
+    if run is not None and run.info.status == "RUNNING":
+        client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def trial_statuses(uri: str, parent_run_id: str) -> dict[str, str]:
+    """Trial id -> MLflow status of each trial run under the parent run: MLflow is the record of what finished."""
+    client = mlflow_client(uri)
+    experiment_id = _retrying(client.get_run, parent_run_id).info.experiment_id
+    runs = _retrying(client.search_runs, [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                     max_results=50_000)  # fmt: skip
+    return {r.data.tags[TAG_TRIAL_ID]: r.info.status for r in runs if TAG_TRIAL_ID in r.data.tags}
 
 
 RETRY_WAITS_S = (2, 4, 8, 16, 32)  # about a minute: long enough for a tracking server to restart
