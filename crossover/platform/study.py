@@ -170,8 +170,8 @@ def _fit(spec: StudySpec, trials: list[TrialSpec], storage: str, address: str | 
 
     trainable = tune.with_resources(run_trial, trial_resources(resources))
     concurrent = max_concurrent or resources.max_concurrent or worker_groups_that_fit(spec, ray.cluster_resources())
-    results = []
-    for name, tune_config, space in _tuners(spec, trials, concurrent):
+    results, tuners = [], _tuners(spec, trials, concurrent)
+    for index, (name, tune_config, space) in enumerate(tuners):
         path = f"{storage.rstrip('/')}/{name}"
         if tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(
@@ -190,7 +190,8 @@ def _fit(spec: StudySpec, trials: list[TrialSpec], storage: str, address: str | 
             )
         fitted = list(tuner.fit())
         results.extend(fitted)
-        if _sorted_out(fitted, trial_statuses(common["tracking_uri"], common["parent_run_id"]))[2]:
+        more_to_come = index + 1 < len(tuners)
+        if more_to_come and _sorted_out(fitted, trial_statuses(common["tracking_uri"], common["parent_run_id"]))[2]:
             break
     return results
 
