@@ -169,9 +169,14 @@ def trial_statuses(uri: str, parent_run_id: str) -> dict[str, str]:
     """Trial id -> MLflow status of each trial run under the parent run: MLflow is the record of what finished."""
     client = mlflow_client(uri)
     experiment_id = _retrying(client.get_run, parent_run_id).info.experiment_id
-    runs = _retrying(client.search_runs, [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
-                     max_results=50_000)  # fmt: skip
+    runs = _retrying(_trial_runs, client, experiment_id, parent_run_id)
     return {r.data.tags[TAG_TRIAL_ID]: r.info.status for r in runs if TAG_TRIAL_ID in r.data.tags}
+
+
+def _trial_runs(client, experiment_id: str, parent_run_id: str, order_by: list[str] | None = None) -> list:
+    """The trial runs under a study's parent run (MLflow's most for one search: more than any study has)."""
+    return client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                              order_by=order_by, max_results=50_000)  # fmt: skip
 
 
 RETRY_WAITS_S = (2, 4, 8, 16, 32)  # about a minute: long enough for a tracking server to restart
@@ -278,8 +283,8 @@ class TrialRun:
 
     def finish(self, error: str | None = None, stopped: bool = False) -> None:
         """Send what is pending (retrying with backoff for about a minute), record the error or clear an earlier
-        one, and close the run (KILLED when the trial was `stopped` with its study: it continues later). Metrics that still cannot be sent are saved next to the trial and named in the
-        error, so nothing is lost silently."""
+        one, and close the run (KILLED when the trial was `stopped` with its study: it continues later). Metrics
+        that still cannot be sent are saved next to the trial and named in the error, so nothing is lost silently."""
         if not self.flush():
             saved = Path.cwd() / f"unsent-metrics-{self.run_id}.jsonl"
             with open(saved, "w") as f:
@@ -332,13 +337,10 @@ def study_status(study: str, uri: str) -> list[dict[str, Any]]:
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
         raise TrackingError(f"no study '{study}' in {uri}; `crossover run SPEC` creates it (check --tracking-uri)")
-    parent = _find_run(client, experiment.experiment_id, {TAG_ROLE: ROLE_STUDY, TAG_STUDY: study})
+    parent = _find_run(client, experiment.experiment_id, _parent_tags(study))
     if parent is None:
         return []
-    children = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'",
-        order_by=["attributes.run_name"], max_results=10_000,
-    )  # fmt: skip
+    children = _trial_runs(client, experiment.experiment_id, parent.info.run_id, order_by=["attributes.run_name"])
     return [
         {"name": run.info.run_name, "status": run.info.status, **run.data.metrics,
          "total_tokens": int(run.data.params.get("train.total_tokens", 0))}
