@@ -6,10 +6,20 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from crossover.specs import ModelConfig, parse_study
-from crossover.specs.hardware import CpuInfo, cpu_info, resolve_runtime
+from crossover.specs.hardware import (
+    ISA_ORDER,
+    CannotEmulate,
+    CpuInfo,
+    _aten_cap,
+    _onednn_cap,
+    capped_env,
+    cpu_info,
+    resolve_runtime,
+)
 from crossover.specs.study import ResourcesSpec, TrainSpec
 
 MODEL = ModelConfig(layers=1, d_model=64, heads=1, kv_heads=1, ffn=64, vocab_size=64, max_seq_len=64)
@@ -71,6 +81,15 @@ def test_lowering_torch_to_avx2_lowers_the_detection_too(monkeypatch):
     assert info.isa in ("AVX2", "other") and not info.native_bf16
 
 
+def test_each_kernel_library_cap_is_read_as_torch_reads_it():
+    """ATen's and oneDNN's caps lower the ISA to the lower of the two; values torch does not know cap nothing."""
+    assert [_aten_cap(v) for v in ("default", "AVX2", "avx512", "avx512_vnni", "nonsense", "")] == [
+        "other", "AVX2", "AMX", "AMX", "AMX", "AMX"]  # fmt: skip
+    assert [_onednn_cap(v) for v in ("AVX2", "avx2_vnni_2", "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_AMX",
+                                     "ALL", "", "SSE41")] == [
+        "AVX2", "AVX2", "AVX512", "AVX512", "AMX", "AMX", "AMX", "other"]  # fmt: skip
+
+
 def test_a_matched_pair_resolves_alike():
     spec = parse_study({"name": "pair", "train": {"total_tokens": "1M"},
                         "grid": {"objective": ["ar", "mdlm"], "unique_tokens": ["100k"]}})  # fmt: skip
@@ -78,12 +97,12 @@ def test_a_matched_pair_resolves_alike():
     assert resolve_runtime(ar.train, ar.model, ar.resources) == resolve_runtime(mdlm.train, mdlm.model, mdlm.resources)
 
 
-def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "crossover.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120)  # fmt: skip
+                          env=os.environ if env is None else env, timeout=180)  # fmt: skip
 
 
-def test_validate_and_plan_say_how_a_study_trains_here(tmp_path):
+def test_validate_and_plan_say_how_a_study_trains_here():
     from .conftest import SPECS
 
     smoke = str(SPECS / "smoke.yaml")
@@ -93,11 +112,95 @@ def test_validate_and_plan_say_how_a_study_trains_here(tmp_path):
     plan = json.loads(run_cli("plan", smoke, "--json").stdout)
     assert plan["runtime"]["precision"] == expected and plan["runtime"]["device"] == "cpu"
     assert all(row["memory_gib"] > 0 for row in plan["trials"])
-    pinned = tmp_path / "bf16.yaml"
-    pinned.write_text(open(smoke).read().replace("precision: auto", "precision: bf16"))
-    as_if_avx2 = run_cli("plan", str(pinned), ATEN_CPU_CAPABILITY="avx2")
-    assert as_if_avx2.returncode == 0
-    assert "warning: train.precision bf16 on a CPU without AMX" in as_if_avx2.stderr
-    assert "about 10.5x slower than fp32; use precision: auto" in as_if_avx2.stderr
     gpu_plan = run_cli("plan", str(SPECS / "paper_data_budget.yaml"))
     assert "trains here in bf16 (GPU trials), compiled on CUDA" in gpu_plan.stdout and "GiB/GPU" in gpu_plan.stdout
+
+
+@pytest.mark.parametrize("kind", ["AVX2", "AVX512", "AMX"])
+def test_plan_runs_as_on_each_kind_of_cpu(kind, tmp_path):
+    """Acting as an AVX2-only CPU, an AVX512 CPU without AMX, and an AMX CPU (each that this CPU can act as): torch's
+    kernels, the detection and `precision: auto` all read the same capped ISA, and `plan` measures a pinned-bf16
+    study (the AMX bf16 path that crashed under a half cap) and prints its estimate."""
+    from .conftest import SPECS
+
+    have = cpu_info.__wrapped__().hardware_isa
+    try:
+        env = capped_env(kind)
+    except CannotEmulate as exc:
+        assert ISA_ORDER.index(kind) > ISA_ORDER.index(have) and f"widest path is {have}" in str(exc)
+        pytest.skip(str(exc))  # checked above: the helper refuses, naming why
+    env["CROSSOVER_CACHE"] = str(tmp_path / "cache")  # measure, never read a cached rate
+    seen = subprocess.run([sys.executable, "-c", (
+        "import json, torch; from crossover.specs.hardware import cpu_info; "
+        "print(json.dumps([cpu_info().isa, torch.backends.cpu.get_cpu_capability(), "
+        "torch.cpu._is_amx_tile_supported()]))")], capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert seen.returncode == 0, seen.stderr
+    isa, aten, amx_tiles = json.loads(seen.stdout)
+    assert isa == kind and aten == {"AVX2": "AVX2"}.get(kind, "AVX512")
+    assert amx_tiles == (have == "AMX")  # the hardware flag; the cap is what keeps oneDNN off the tiles
+
+    smoke = (SPECS / "smoke.yaml").read_text()
+    auto = json.loads(run_cli("plan", str(SPECS / "smoke.yaml"), "--json", env=env).stdout)
+    assert auto["runtime"]["precision"] == ("bf16" if kind == "AMX" else "fp32")
+    pinned = tmp_path / "bf16.yaml"
+    pinned.write_text(smoke.replace("precision: auto", "precision: bf16"))
+    plan = run_cli("plan", str(pinned), env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert "mdlm-U150k-nano-s0" in plan.stdout and "not measured" not in plan.stdout
+    assert f"tok/s per worker measured in bf16 on {cpu_info().model} ({kind}, torch {aten})" in plan.stdout
+    if kind == "AMX":
+        assert "warning" not in plan.stderr
+    else:
+        slower = {"AVX2": 10.5, "AVX512": 1.7}[kind]
+        assert f"warning: train.precision bf16 on a CPU without AMX ({cpu_info().model}, {kind})" in plan.stderr
+        assert f"about {slower:g}x slower than fp32; use precision: auto" in plan.stderr
+
+
+def test_a_half_cap_on_an_amx_cpu_is_named(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 alone leaves oneDNN on AMX tiles, which ATen's AVX2 bf16 attention cannot pack for:
+    a pinned bf16 study is warned, and told to set both."""
+    amx = CpuInfo(model="Xeon AMX", isa="AVX2", avx512_bf16=True, hardware_isa="AMX",
+                  mixed_caps="ATEN_CPU_CAPABILITY=avx2 without ONEDNN_MAX_CPU_ISA=AVX2: ...")  # fmt: skip
+    bf16 = resolve_runtime(TrainSpec(precision="bf16"), MODEL, CPU, amx)
+    assert "10.5x slower" in bf16.warning and "without ONEDNN_MAX_CPU_ISA=AVX2" in bf16.warning
+    auto = resolve_runtime(TrainSpec(), MODEL, CPU, amx)
+    assert auto.precision == "fp32" and auto.warning is None and "uses no AMX (AVX2, capped from AMX)" in auto.why
+    here = cpu_info.__wrapped__()
+    assert here.mixed_caps is None  # the suite's own environment caps nothing by half
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    half = cpu_info.__wrapped__()
+    assert half.isa in ("AVX2", "other")
+    assert (half.mixed_caps is not None) == (here.hardware_isa == "AMX")  # only AMX tiles make the half cap fail
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu_info.__wrapped__().mixed_caps is None
+
+
+def test_a_measurement_that_fails_leaves_the_plan_whole(monkeypatch, tmp_path):
+    """A throughput measurement that dies (here torch's error from a half-capped AMX CPU) is reported in the plan,
+    which still prints its table and exits 0; a torn throughput cache is measured again, not a crash."""
+    from typer.testing import CliRunner
+
+    from crossover.cli import app
+    from crossover.trainers import throughput
+
+    from .conftest import SPECS
+
+    monkeypatch.setenv("CROSSOVER_CACHE", str(tmp_path))
+
+    def fails(*_args):
+        raise RuntimeError("pack_vnni2 is only supported when avx512 is supported\nException raised from ...")
+
+    monkeypatch.setattr(throughput, "_measure", fails)
+    result = CliRunner().invoke(app, ["plan", str(SPECS / "smoke.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "mdlm-U150k-nano-s0" in result.output and "total:" in result.output
+    assert "wall time not measured here: RuntimeError: pack_vnni2 is only supported when avx512 is supported " in (
+        result.output)  # fmt: skip
+    assert "Exception raised from" not in result.output
+    monkeypatch.undo()
+    monkeypatch.setenv("CROSSOVER_CACHE", str(tmp_path))
+    (tmp_path / throughput.CACHE_FILE).write_text('{"torn": ')
+    result = CliRunner().invoke(app, ["plan", str(SPECS / "smoke.yaml")])
+    assert result.exit_code == 0 and "tok/s per worker measured in" in result.output, result.output
+    assert json.loads((tmp_path / throughput.CACHE_FILE).read_text())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel
@@ -28,10 +29,30 @@ Precision = Literal["bf16", "fp32", "fp16"]
 BF16_SLOWDOWN = {"AVX2": 10.5, "AVX512": 1.7}
 
 
+Isa = Literal["AMX", "AVX512", "AVX2", "other"]
+ISA_ORDER: tuple[Isa, ...] = ("other", "AVX2", "AVX512", "AMX")
+
+# Torch's CPU kernels come from two libraries, each capped by its own variable: ATen's vectorised kernels by
+# ATEN_CPU_CAPABILITY, oneDNN's (matmuls, and the brgemm packing inside ATen's bf16 attention) by ONEDNN_MAX_CPU_ISA.
+# Capping one alone mixes levels: on an AMX CPU, ATen's AVX2 attention kernel asks oneDNN whether to pack for AMX, is
+# told yes, and fails ("pack_vnni2 is only supported when avx512 is supported"). So a CPU is emulated with both.
+CAP_ENV: dict[Isa, dict[str, str]] = {
+    "AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "AVX512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},  # AVX512, no AMX
+    "AMX": {},  # nothing capped: only an AMX CPU is one
+}
+
+
+class CannotEmulate(ValueError):
+    """The CPU at hand lacks what the emulated one has: a cap can only lower what torch uses."""
+
+
 class CpuInfo(BaseModel):
     model: str
-    isa: Literal["AMX", "AVX512", "AVX2", "other"]  # the widest matrix path torch's kernels will use here
+    isa: Isa  # the widest matrix path torch's kernels will use here (after ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)
     avx512_bf16: bool  # the CPU flag (bf16 vector instructions), as torch.cpu._is_avx512_bf16_supported() reports
+    hardware_isa: Isa | None = None  # what the CPU itself has, before any cap (None: the same as isa)
+    mixed_caps: str | None = None  # a cap on one of torch's kernel libraries but not the other, where that breaks
 
     @property
     def native_bf16(self) -> bool:
@@ -39,10 +60,29 @@ class CpuInfo(BaseModel):
         return self.isa == "AMX"
 
 
+def _aten_cap(value: str) -> Isa:
+    """The ISA ATEN_CPU_CAPABILITY lets ATen's kernels use (torch ignores values it does not know)."""
+    return {"default": "other", "avx2": "AVX2"}.get(value.lower(), "AMX")
+
+
+def _onednn_cap(value: str) -> Isa:
+    """The ISA ONEDNN_MAX_CPU_ISA lets oneDNN use: AVX2, AVX2_VNNI..., AVX512_CORE..., ..._AMX..., ALL, DEFAULT."""
+    value = value.upper()
+    if not value or value in ("ALL", "DEFAULT") or "AMX" in value:
+        return "AMX"
+    if value.startswith(("AVX512", "AVX10")):
+        return "AVX512"
+    return "AVX2" if value.startswith("AVX2") else "other"
+
+
+def _lowest(*isas: Isa) -> Isa:
+    return min(isas, key=ISA_ORDER.index)
+
+
 @functools.cache
 def cpu_info() -> CpuInfo:
-    """This CPU's model and vector/matrix extensions, as torch's dispatch will see them (ATEN_CPU_CAPABILITY and
-    ONEDNN_MAX_CPU_ISA lower them, as they lower torch's kernels)."""
+    """This CPU's model and vector/matrix extensions, as torch's dispatch will see them: the hardware's, lowered by
+    ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA as they lower torch's kernels."""
     flags: set[str] = set()
     model = platform.processor() or platform.machine()
     try:
@@ -54,20 +94,33 @@ def cpu_info() -> CpuInfo:
                 model = value.strip()
     except OSError:  # not Linux: no flags to read; fp32 is the safe choice
         pass
-    isa: Literal["AMX", "AVX512", "AVX2", "other"] = "other"
+    hardware: Isa = "other"
     if "avx2" in flags:
-        isa = "AVX2"
+        hardware = "AVX2"
     if "avx512f" in flags:
-        isa = "AVX512"
+        hardware = "AVX512"
     if {"amx_tile", "amx_bf16"} <= flags:
-        isa = "AMX"
-    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
-    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if aten in ("default", "avx2") or onednn.startswith("AVX2"):
-        isa = "AVX2" if "avx2" in flags else "other"
-    elif isa == "AMX" and onednn and onednn != "ALL" and "AMX" not in onednn:
-        isa = "AVX512"
-    return CpuInfo(model=model, isa=isa, avx512_bf16="avx512_bf16" in flags)
+        hardware = "AMX"
+    aten, onednn = os.environ.get("ATEN_CPU_CAPABILITY", ""), os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    mixed = None
+    if hardware == "AMX" and _aten_cap(aten) in ("other", "AVX2") and _onednn_cap(onednn) == "AMX":
+        mixed = (f"ATEN_CPU_CAPABILITY={aten} without ONEDNN_MAX_CPU_ISA=AVX2: torch's bf16 attention fails on this "
+                 f"AMX CPU (pack_vnni2); set both, or neither")  # fmt: skip
+    return CpuInfo(model=model, isa=_lowest(hardware, _aten_cap(aten), _onednn_cap(onednn)),
+                   avx512_bf16="avx512_bf16" in flags, hardware_isa=hardware, mixed_caps=mixed)  # fmt: skip
+
+
+def capped_env(isa: Isa, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment (a copy of `base`, default os.environ) under which torch on this CPU behaves as on a CPU whose
+    widest path is `isa`: both kernel libraries capped together, or both uncapped for the CPU's own ISA. It takes
+    effect in a new process (torch reads the caps once). Raises CannotEmulate when this CPU lacks `isa`."""
+    have = cpu_info.__wrapped__().hardware_isa
+    if ISA_ORDER.index(isa) > ISA_ORDER.index(have):
+        raise CannotEmulate(
+            f"this CPU cannot act as one with {isa}: its widest path is {have}, and a cap only lowers it"
+        )
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in CAP_ENV["AVX2"]}
+    return {**env, **(CAP_ENV[isa] if isa != have else {})}
 
 
 class Runtime(BaseModel):
@@ -107,7 +160,8 @@ def resolve_runtime(
     cpu = cpu or cpu_info()
     if train.precision == "auto":
         precision = "bf16" if cpu.native_bf16 else "fp32"
-        reason = "has AMX" if cpu.native_bf16 else f"has no AMX ({cpu.isa}): bf16 would be slower"
+        capped = f", capped from {cpu.hardware_isa}" if cpu.hardware_isa not in (None, cpu.isa) else ""
+        reason = "has AMX" if cpu.native_bf16 else f"uses no AMX ({cpu.isa}{capped}): bf16 would be slower"
         return Runtime(device=device, precision=precision, compile=compile_, why=f"CPU {cpu.model} {reason}",
                        warning=slow_compile)  # fmt: skip
     warning = slow_compile
@@ -116,4 +170,6 @@ def resolve_runtime(
         warning = "; ".join(filter(None, [
             f"train.precision bf16 on a CPU without AMX ({cpu.model}, {cpu.isa}) trains about {slower:g}x slower "
             f"than fp32; use precision: auto (or fp32)", slow_compile]))  # fmt: skip
+    if train.precision == "bf16" and cpu.mixed_caps:
+        warning = "; ".join(filter(None, [warning, cpu.mixed_caps]))
     return Runtime(device=device, precision=train.precision, compile=compile_, why="set in the spec", warning=warning)

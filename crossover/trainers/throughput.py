@@ -39,8 +39,8 @@ def _device_name(runtime: Runtime) -> str:
 
     if runtime.device == "cuda":
         return torch.cuda.get_device_name()
-    info = cpu_info()
-    return f"{info.model} ({info.isa})"
+    info = cpu_info()  # the ISA after the caps; torch's own ATen capability beside it (both key the cache)
+    return f"{info.model} ({info.isa}, torch {torch.backends.cpu.get_cpu_capability()})"
 
 
 def measure_rate(trial: TrialSpec, runtime: Runtime) -> float:
@@ -54,7 +54,10 @@ def measure_rate(trial: TrialSpec, runtime: Runtime) -> float:
                       trial.train.micro_batch, trial.model.model_dump(exclude={"preset", "compile", "attention"})],
                      sort_keys=True)  # fmt: skip
     path = cache_root() / CACHE_FILE
-    cache = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        cache = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):  # a torn or foreign file: measure again and write it whole
+        cache = {}
     if key in cache:
         return cache[key]
     rate = _measure(trial, runtime, threads)
@@ -157,7 +160,9 @@ def describe(wall: WallTime, runtime: Runtime) -> str:
 
 
 def wall_time_line(spec: StudySpec, max_concurrent: int | None = None) -> str | None:
-    """One line for `plan` and `run`, or None where this machine cannot run the study's trials (GPU trials, no GPU)."""
+    """One line for `plan` and `run`, or None where this machine cannot run the study's trials (GPU trials, no GPU).
+    A measurement that fails (a kernel torch cannot run here, too little memory) never ends the plan: the line says
+    the estimate was not measured, and why."""
     from crossover.specs.hardware import resolve_runtime
 
     trials = spec.expand()
@@ -167,5 +172,10 @@ def wall_time_line(spec: StudySpec, max_concurrent: int | None = None) -> str | 
 
         if not torch.cuda.is_available():
             return None
-    wall = estimate_wall_time(spec, runtime, local_slots(spec, max_concurrent))
+    try:
+        wall = estimate_wall_time(spec, runtime, local_slots(spec, max_concurrent))
+    except Exception as exc:  # any failure of the measurement is reported, never raised
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        return (f"wall time not measured here: {type(exc).__name__}: {reason} (training a step in "
+                f"{runtime.precision} on {_device_name(runtime)} failed)")  # fmt: skip
     return describe(wall, runtime)
