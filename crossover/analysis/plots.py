@@ -239,8 +239,9 @@ def efficiency_bars(analysis: StudyAnalysis) -> Figure | None:
     ax.axhline(1, color="black", lw=0.8, ls=":")
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("MDLM unique-token budget U")
-    ax.set_ylabel("U'/U (AR budget of equal performance)")
-    ax.set_title("Data efficiency of MDLM\n(hatched: beyond the AR budgets observed, a bound)", fontsize=9)
+    ax.set_ylabel("U'/U (AR budget of equal best performance)")
+    ax.set_title("Data efficiency of MDLM against AR's best (early-stopped)\n(hatched: beyond the AR budgets observed, "
+                 "a bound)", fontsize=9)  # fmt: skip
     ax.grid(alpha=0.25, axis="y")
     return fig
 

@@ -254,11 +254,18 @@ def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int
         )
 
 
-def _finals(data: StudyData, metric: str) -> pd.DataFrame:
-    """The last logged value of `metric` per trial."""
-    valid = data.curves[data.curves[metric].notna()]
-    last = valid.sort_values("step").groupby("run_id").tail(1)
-    return last[["run_id", "cell", "objective", "seed", "unique_budget", metric, "step"]]
+def _trial_values(data: StudyData, metric: str, higher: bool) -> pd.DataFrame:
+    """Per trial: its last value of `metric` (`final`) and its best value over the run (`best`: the envelope at the
+    end, what early stopping on this metric keeps)."""
+    valid = data.curves[data.curves[metric].notna()].sort_values("step")
+    groups = valid.groupby("run_id")
+    last = groups.tail(1).set_index("run_id")
+    best = groups[metric].max() if higher else groups[metric].min()
+    return (
+        last[["cell", "objective", "seed", "unique_budget", "step"]]
+        .assign(final=last[metric], best=best.reindex(last.index))
+        .reset_index()
+    )
 
 
 def _other_axes_key(trials: pd.DataFrame, exclude: tuple[str, ...], axes: list[str]) -> pd.Series:
@@ -268,42 +275,144 @@ def _other_axes_key(trials: pd.DataFrame, exclude: tuple[str, ...], axes: list[s
     return trials[cols].astype(str).apply(lambda r: ", ".join(f"{c[5:]}={v}" for c, v in r.items()), axis=1)
 
 
-def _efficiency(data: StudyData, analysis: StudyAnalysis) -> None:
+BASES = ("best", "final")  # efficiency against what each trial reached (headline), and against its last value
+
+
+def _trial_item_curves(data: StudyData, run_ids: list[str], column: str, field_name: str) -> dict[str, np.ndarray]:
+    """Per trial: (eval points x items) per-item scores in step order, items aligned on the first trial's ids;
+    empty unless every trial has them."""
+    out: dict[str, np.ndarray] = {}
+    ids: list[str] | None = None
+    for run_id in run_ids:
+        rows = data.curves[data.curves["run_id"] == run_id].sort_values("step")
+        scores = []
+        for items in rows[column]:
+            if not isinstance(items, dict) or field_name not in items:
+                continue
+            if ids is None:
+                ids = list(items["ids"])
+            found = dict(zip(items["ids"], items[field_name], strict=True))
+            scores.append([float(found.get(i, np.nan)) for i in ids])
+        if not scores:
+            return {}
+        out[run_id] = np.asarray(scores)
+    return out
+
+
+def _efficiency_ratios(sub: pd.DataFrame, higher: bool, columns: dict[str, str]) -> dict[str, dict[float, float]]:
+    """Per basis: MDLM budget -> U'/U, with out-of-range ratios as inf (above) or 0 (below), NaN when undefined."""
+    coded = {"above_range": math.inf, "below_range": 0.0}
+    out = {}
+    for basis, column in columns.items():
+        means = sub.groupby(["objective", "unique_budget"])[column].mean()
+        if "ar" not in means.index.get_level_values(0) or "mdlm" not in means.index.get_level_values(0):
+            return {}
+        rows = efficiency_details(means.loc["ar"].to_dict(), means.loc["mdlm"].to_dict(), higher)
+        out[basis] = {r.unique_tokens: r.ratio if r.ratio is not None else coded.get(r.status, math.nan) for r in rows}
+    return out
+
+
+def _efficiency_intervals(
+    data: StudyData, analysis: StudyAnalysis, sub: pd.DataFrame, n_boot: int, seed: int
+) -> tuple[dict[tuple[str, float], tuple[float, float]], str | None]:
+    """Bootstrap intervals of U'/U per (basis, MDLM budget): seeds resampled within each (objective, budget) when
+    it has two or more, then the eval items (the same draw for every trial: the items are shared), each replicate's
+    best and final read from its own resampled curves. Returns ({(basis, U): (low, high)}, what was resampled)."""
+    task, field_name = analysis.metric.split("/")[1], analysis.metric.rsplit("/", 1)[-1]
+    column = f"items/{task}"
+    item_curves = _trial_item_curves(data, list(sub["run_id"]), column, field_name) if task in data.item_tasks else {}
+    seeds = sub.groupby(["objective", "unique_budget"])["run_id"].agg(list)
+    most_seeds = int(seeds.map(len).max())
+    if not item_curves and most_seeds < 2:
+        return {}, None
+    rng = np.random.default_rng(seed)
+    n_items = next(iter(item_curves.values())).shape[1] if item_curves else 0
+    draws: dict[str, list[dict[float, float]]] = {basis: [] for basis in BASES}
+    for _ in range(n_boot):
+        if item_curves:
+            weights = rng.multinomial(n_items, np.full(n_items, 1 / n_items)).astype(float)
+        rows = []
+        for (objective, budget), run_ids in seeds.items():
+            chosen = rng.choice(run_ids, size=len(run_ids)) if len(run_ids) >= 2 else run_ids
+            for run_id in chosen:
+                if item_curves:
+                    scores = item_curves[run_id]
+                    ok = np.isfinite(scores)
+                    curve = (np.where(ok, scores, 0) @ weights) / np.maximum(ok @ weights, 1e-12)
+                    best = float(curve.max() if analysis.higher_is_better else curve.min())
+                    final = float(curve[-1])
+                else:
+                    trial = sub[sub["run_id"] == run_id].iloc[0]
+                    best, final = float(trial["best"]), float(trial["final"])
+                rows.append({"objective": objective, "unique_budget": budget, "best": best, "final": final})
+        ratios = _efficiency_ratios(pd.DataFrame(rows), analysis.higher_is_better, {b: b for b in BASES})
+        for basis in BASES:
+            draws[basis].append(ratios.get(basis, {}))
+    alpha = (1 - analysis.confidence) / 2
+    intervals = {}
+    for basis in BASES:
+        budgets = {u for d in draws[basis] for u in d}
+        for budget in budgets:
+            values = np.array([d.get(budget, math.nan) for d in draws[basis]])
+            values = values[~np.isnan(values)]
+            if len(values) < 0.9 * n_boot:  # undefined too often to give an interval its stated level
+                continue
+            low, high = np.quantile(values, [alpha, 1 - alpha], method="inverted_cdf")
+            intervals[(basis, budget)] = (float(low), float(high))
+    n_seeds = int(seeds.map(len).min())
+    seeds_part = f"{n_seeds} seed" + ("s" if n_seeds != 1 else "")
+    source = f"items, {seeds_part}" if item_curves and most_seeds < 2 else (
+        f"seeds then items, {seeds_part}" if item_curves else f"seeds, {seeds_part}")  # fmt: skip
+    return intervals, source
+
+
+def _efficiency(data: StudyData, analysis: StudyAnalysis, n_boot: int = 1000, seed: int = 0) -> None:
+    """U'/U per MDLM budget against each trial's best value (the envelope: an early-stopped AR, the baseline a
+    practitioner would use; the headline) and against its final value (AR left to overfit), each with a bootstrap
+    interval over items (and seeds where there are several)."""
     if "unique_tokens" not in analysis.axes:
         analysis.efficiency_note = "Not applicable: the study does not vary the unique-token budget."
         return
-    finals = _finals(data, analysis.metric)
-    unfinished = finals["step"] < 0.99 * finals["run_id"].map(data.trials.set_index("run_id")["total_budget"])
+    values = _trial_values(data, analysis.metric, analysis.higher_is_better)
+    unfinished = values["step"] < 0.99 * values["run_id"].map(data.trials.set_index("run_id")["total_budget"])
     if unfinished.any():
         analysis.notes.append(
             f"Data efficiency leaves out {int(unfinished.sum())} trial(s) whose last evaluation is before the end of "
             f"their training budget: their final performance is not known yet."
         )
-        finals = finals[~unfinished]
+        values = values[~unfinished]
     trials = data.trials.set_index("run_id")
-    finals = finals.assign(
-        group=_other_axes_key(trials, ("unique_tokens",), analysis.axes).reindex(finals["run_id"]).to_numpy()
+    values = values.assign(
+        group=_other_axes_key(trials, ("unique_tokens",), analysis.axes).reindex(values["run_id"]).to_numpy()
     )
-    per_budget = finals.groupby(["group", "objective", "unique_budget"])[analysis.metric].mean()
     rows = []
-    for group in sorted(finals["group"].unique()):
-        try:
-            ar = per_budget.loc[(group, "ar")].to_dict()
-            dlm = per_budget.loc[(group, "mdlm")].to_dict()
-        except KeyError:
+    for group in sorted(values["group"].unique()):
+        sub = values[values["group"] == group]
+        means = sub.groupby(["objective", "unique_budget"])[["best", "final"]].mean()
+        if not {"ar", "mdlm"} <= set(means.index.get_level_values(0)):
             continue
-        for eff in efficiency_details(ar, dlm, analysis.higher_is_better):
-            rows.append(
-                {
-                    "group": group,
-                    "unique_tokens": eff.unique_tokens,
-                    "mdlm_final": eff.performance,
-                    "ar_equivalent": eff.ar_equivalent,
-                    "ratio": eff.ratio,
-                    "status": eff.status,
-                    "bound": eff.bound,
-                }
+        details = {
+            basis: efficiency_details(
+                means.loc["ar"][basis].to_dict(), means.loc["mdlm"][basis].to_dict(), analysis.higher_is_better
             )
+            for basis in BASES
+        }
+        intervals, source = _efficiency_intervals(data, analysis, sub, n_boot, seed)
+        for best, final in zip(details["best"], details["final"], strict=True):
+            row: dict[str, Any] = {"group": group, "unique_tokens": best.unique_tokens, "ci_source": source}
+            for basis, eff in (("best", best), ("final", final)):
+                suffix = "" if basis == "best" else "_final"
+                low, high = intervals.get((basis, eff.unique_tokens), (None, None))
+                row |= {
+                    f"mdlm_{basis}": eff.performance,
+                    f"ar_equivalent{suffix}": eff.ar_equivalent,
+                    f"ratio{suffix}": eff.ratio,
+                    f"status{suffix}": eff.status,
+                    f"bound{suffix}": eff.bound,
+                    f"ci_low{suffix}": low,
+                    f"ci_high{suffix}": high,
+                }
+            rows.append(row)
     analysis.efficiency = pd.DataFrame(rows)
     if not rows:
         analysis.efficiency_note = "No group has both AR and MDLM trials at two or more unique budgets."
@@ -449,7 +558,7 @@ def analyze_study(
     )
     with _single_threaded_blas():
         _crossovers(data, analysis, n_boot, seed)
-        _efficiency(data, analysis)
+        _efficiency(data, analysis, n_boot, seed)
         _scaling(data, analysis)
         _delta_nll(data, analysis)
         if metric != LOSS_METRIC and LOSS_METRIC in metrics:  # the loss crossover too, read with its caveat

@@ -4,7 +4,9 @@
 
 Lines read, for the study's metric (cloze accuracy by default):
     unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc_pmi at 1.35M tokens (27 epochs; 90% CI 975k to 1.93M);
-        AR's best 0.555 (127k, 2.54 epochs), MDLM's last 0.539; data efficiency 2.1x (AR needs 105k unique)
+        AR's best 0.555 (127k, 2.54 epochs), MDLM's last 0.539; MDLM not more data-efficient than an early-stopped
+        AR: data efficiency < 1x against AR's best (...); final vs final 2.1x (CI 1.6x to 2.8x); 90% intervals
+        over items, 1 seed
     unique_tokens=600k: not crossed within 4.8M tokens (8 epochs); AR ahead by 0.061 at the end; ...
     unique_tokens=16M: MDLM ahead at every point from 65k tokens (0.004 epochs): no crossover inside the window; ...
 
@@ -14,7 +16,7 @@ after its minimum while the gap between wrong and right answers kept widening.
 
 They head the report and `crossover analyze`'s output, and are logged on the study's parent MLflow run: a tag
 `crossover.verdict.<cell>` with the line, and metrics `verdict/<cell>/...` (crossed 1/0, crossover tokens and epochs,
-AR's lead at the end, AR's peak, MDLM's final value, the efficiency ratio) that the runs table can show as columns.
+AR's lead at the end, AR's peak, MDLM's final value, the efficiency ratio against AR's best and final vs final) that the runs table can show as columns.
 """
 
 from __future__ import annotations
@@ -63,23 +65,60 @@ def _x(v: float | None, axis: str) -> str:
     return format_tokens(v) if axis == "tokens" else f"{v:.3g} {axis}"
 
 
-def _efficiency_of(analysis: StudyAnalysis, row: pd.Series) -> tuple[float | None, str]:
-    """(U'/U, phrase) for the cell's MDLM budget, from the study's data-efficiency table."""
+def _ratio(v: float) -> str:
+    return "above the AR budgets" if math.isinf(v) else ("below the AR budgets" if v == 0 else f"{v:.2g}x")
+
+
+def efficiency_ratio_text(row: pd.Series, suffix: str) -> str:
+    """U'/U of one efficiency row on one basis ("" for best, "_final"), with its bound or interval."""
+    ratio, status, bound = row[f"ratio{suffix}"], row[f"status{suffix}"], row[f"bound{suffix}"]
+    if ratio is not None and not pd.isna(ratio):
+        text = f"{ratio:.2g}x"
+    elif status in ("above_range", "below_range"):
+        text = f"{'>' if status == 'above_range' else '<'} {bound:.2g}x"
+    else:
+        return "not defined"
+    low, high = row.get(f"ci_low{suffix}"), row.get(f"ci_high{suffix}")
+    if low is not None and not pd.isna(low) and not (low == high and low in (0, math.inf)):  # a bound says it all
+        text += f" (CI {_ratio(low)} to {_ratio(high)})"
+    return text
+
+
+def _efficiency_of(analysis: StudyAnalysis, row: pd.Series) -> tuple[dict[str, float], str]:
+    """(verdict metrics, phrase) for the cell's MDLM budget from the data-efficiency table: the headline against
+    AR's best (early-stopped), the final-vs-final ratio beside it, each with its interval and what it resamples."""
     table = analysis.efficiency
     if table.empty or "unique_tokens" not in row or pd.isna(row["unique_tokens"]):
-        return None, ""
+        return {}, ""
     others = [a for a in analysis.axes if a != "unique_tokens"]
     group = ", ".join(f"{a}={row[a]}" for a in others) or "all"
     budget = parse_tokens(str(row["unique_tokens"]))
     hit = table[(table["group"] == group) & np.isclose(table["unique_tokens"].astype(float), budget)]
     if hit.empty:
-        return None, ""
+        return {}, ""
     found = hit.iloc[0]
-    if found["ratio"] is None or pd.isna(found["ratio"]):
-        return None, "; data efficiency not defined (AR's equal-performance budget lies outside those observed)"
-    return float(found["ratio"]), (
-        f"; data efficiency {found['ratio']:.2g}x (AR needs {format_tokens(found['ar_equivalent'])} unique)"
-    )
+    metrics = {
+        key: float(found[column])
+        for key, column in (("efficiency", "ratio"), ("efficiency_final", "ratio_final"))
+        if found[column] is not None and not pd.isna(found[column])
+    }
+    best = efficiency_ratio_text(found, "")
+    below_one = (found["status"] == "below_range" and found["bound"] <= 1) or metrics.get("efficiency", 2) < 1
+    ci = f"{analysis.confidence:.0%} intervals over {found['ci_source']}" if found["ci_source"] else "no interval"
+    if found["status"] == "ok":
+        head = (
+            f"data efficiency {best} against AR's best (AR's best needs {format_tokens(found['ar_equivalent'])} unique)"
+        )
+    elif found["status"] == "above_range":
+        head = f"data efficiency {best} against AR's best (MDLM's best beats AR's best at every budget observed)"
+    elif found["status"] == "below_range":
+        head = f"data efficiency {best} against AR's best (MDLM's best is below AR's best at every budget observed)"
+    else:
+        head = "data efficiency not defined (too few AR budgets)"
+    if below_one:
+        head = f"MDLM not more data-efficient than an early-stopped AR: {head}"
+    final = efficiency_ratio_text(found, "_final")
+    return metrics, f"; {head}; final vs final {final}; {ci}"
 
 
 def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
@@ -120,9 +159,8 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
             ar_peak_tokens=float(curves.tokens[peak]),
             mdlm_final=float(curves.dlm[-1]),
         )
-        ratio, efficiency = _efficiency_of(analysis, row)
-        if ratio is not None:
-            metrics["efficiency"] = ratio
+        efficiency_metrics, efficiency = _efficiency_of(analysis, row)
+        metrics.update(efficiency_metrics)
         tail = (
             f"AR's best {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
             f"{_epochs(curves.epochs[peak])} epochs), MDLM's last {curves.dlm[-1]:.3g}"
