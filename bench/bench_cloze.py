@@ -32,6 +32,8 @@ from crossover.trainers.loop import train
 
 
 def models(tokens: int, folder: str) -> dict[str, EvalModel]:
+    """Random-init and trained AR and MDLM of the smoke study's 150k cell (`tokens` training tokens), the trained
+    ones kept in `folder` and reused from there when present."""
     spec = load_study("study_specs/smoke.yaml")
     found = {}
     for trial in spec.expand():
@@ -42,8 +44,9 @@ def models(tokens: int, folder: str) -> dict[str, EvalModel]:
         torch.manual_seed(0)
         untrained = build_model(trial.model, causal=trial.objective == "ar").eval()
         found[f"{trial.objective} untrained"] = EvalModel.from_data(untrained, trial.objective, data, trial)
-        reporter = LocalReporter(f"{folder}/{trial.objective}", keep=1)
-        train(trial, reporter)
+        reporter = LocalReporter(f"{folder}/{trial.objective}-{tokens}", keep=1)
+        if not reporter.checkpoints():
+            train(trial, reporter)
         found[f"{trial.objective} trained"] = load_checkpoint(reporter.checkpoints()[-1])
     return found
 

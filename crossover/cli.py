@@ -403,7 +403,7 @@ def analyze(
         for verdict in secondary[:50]:
             print(f"  {verdict.line}")
     if rising := delta_nll_lines(analysis):
-        print("rising loss, widening Delta NLL:")
+        print("held-out loss rising after its minimum (the Delta NLL view):")
         for line in rising[:50]:
             print(f"  {line}")
     print()

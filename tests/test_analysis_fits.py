@@ -133,3 +133,31 @@ def test_critical_compute_of_planted_laws():
     never = ScalingFit("mdlm", 3.5, 400.0, 0.3, 500.0, 1.0, 100, 100.0, 0.0)
     assert critical_tokens(ar, never, 1e6) is None
     assert prabhudesai_critical_compute(100e6) == pytest.approx(2.12e15 * 100**2.174)
+
+
+@pytest.mark.parametrize("rise_after_epochs", [None, 8], ids=["law-only", "ar-rises-after-8-epochs"])
+def test_r_star_of_15_is_recovered_with_and_without_an_overfitting_rise(rise_after_epochs):
+    """Muennighoff et al.'s R_D* = 15.4 over 64 epochs, and the same with AR's held-out loss rising after 8 epochs
+    (as the shipped CPU study's AR does, 29-60%): each run is fitted up to its minimum, so the rise cannot pull R_D*
+    down, and the standard error comes from a bootstrap over the runs."""
+    for seed in range(3):
+        tokens, unique, loss = planted(15.4, 64, seed)
+        if rise_after_epochs:
+            loss = loss * (1 + 0.04 * np.maximum(tokens / unique - rise_after_epochs, 0) ** 0.8)
+            assert loss[tokens / unique > 60].min() > 1.25 * loss.min()  # a real rise
+        fit = fit_data_constrained(tokens, unique, loss, "ar", runs=unique)
+        assert fit.r_star == pytest.approx(15.4, rel=0.25), (seed, fit)
+        assert fit.identified and not fit.problems and fit.n_runs == 3, fit
+        if rise_after_epochs:
+            assert fit.dropped_after_minimum > 20
+
+
+def test_fits_that_cannot_be_trusted_say_why_and_are_never_identified():
+    for seed in range(3):  # R_D* = 500 seen only to 64 epochs
+        assert not fit_data_constrained(*planted(500.0, 64, seed), "mdlm").identified
+    tokens, unique, loss = planted(15.4, 64, 0)
+    one_run = fit_data_constrained(tokens[unique == 1e6], unique[unique == 1e6], loss[unique == 1e6], "ar")
+    assert not one_run.identified and "only 1 run: a block bootstrap needs 3" in " ".join(one_run.problems)
+    zigzag = loss * (1 + 0.3 * np.sin(np.arange(len(loss))))  # no law describes this
+    poor = fit_data_constrained(tokens, unique, zigzag, "ar")
+    assert poor.poor and not poor.identified and any("poor fit" in p for p in poor.problems)

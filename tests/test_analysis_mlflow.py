@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -398,6 +399,7 @@ def test_noise_study_compares_ar_noise_variants_with_the_clean_mdlm(tmp_path):
 # best at the same budget, but at 50k and 100k its final is above AR's decayed final. Population values (best/final):
 # 50k AR 0.598/0.355, MDLM 0.539; 100k AR 0.677/0.539, MDLM 0.600.
 DECAYING_AR = Truth(r_star_ar=2.0, r_star_mdlm=2.0, mdlm_data_factor=0.35, ar_overfit_epochs=2, ar_overfit_skill=2.0,
+                    ar_overfit_loss=0.3,
                     midpoint_tokens=1e5, items=300)  # fmt: skip
 
 
@@ -426,3 +428,53 @@ def test_efficiency_is_against_an_early_stopped_ar_and_says_when_mdlm_is_not_mor
     assert "against AR's best" in line and "; final vs final " in line and "90% intervals over items, 1 seed" in line
     metrics = lines["unique_tokens=50k"].metrics
     assert metrics["efficiency"] < 1 < metrics["efficiency_final"]
+
+
+def test_the_delta_nll_view_claims_only_what_the_accuracy_shows(tmp_path):
+    """Rising held-out loss reads "not worse answers" only where the study's accuracy held within a standard error
+    (AR still gaining from repeats while its loss rises after 2 epochs); where it fell (AR decaying after 2 epochs)
+    the line says so plainly, whatever Delta NLL did."""
+    from crossover.analysis import analyze_study
+    from crossover.analysis.verdict import delta_nll_lines
+
+    uri = f"sqlite:///{tmp_path / 'holds.db'}"
+    raw = smoke_spec("holds")
+    raw["grid"]["unique_tokens"] = ["50k"]
+    write_study(raw, uri, Truth(r_star_ar=15.0, ar_overfit_epochs=2, ar_overfit_loss=0.3, ar_overfit_skill=0.0,
+                                midpoint_tokens=1e5, items=300))  # fmt: skip
+    holds = analyze_study(load_study("holds", uri), n_boot=50)
+    assert holds.delta_accuracy == "eval/heldout_cloze/acc"  # the study's metric
+    lines = [line for line in delta_nll_lines(holds) if line.startswith("ar-U50k")]
+    assert len(lines) == 1 and "rising loss is not worse answers here" in lines[0], lines
+    assert "while heldout_cloze/acc " in lines[0] and "within one standard error" in lines[0]
+    row = holds.delta_nll.set_index("trial").loc["ar-U50k-nano-s0"]
+    assert row["loss_rise"] > 0.05 and row["acc_final"] >= row["acc_at_min"] - row["acc_stderr"]
+
+    uri = f"sqlite:///{tmp_path / 'falls.db'}"
+    raw = smoke_spec("decaying")
+    raw["grid"]["unique_tokens"] = ["50k"]
+    write_study(raw, uri, DECAYING_AR)
+    falls = analyze_study(load_study("decaying", uri), n_boot=50)
+    lines = [line for line in delta_nll_lines(falls) if line.startswith("ar-U50k")]
+    assert len(lines) == 1 and "here rising loss did come with worse answers" in lines[0], lines
+    assert "not worse answers" not in lines[0]
+    row = falls.delta_nll.set_index("trial").loc["ar-U50k-nano-s0"]
+    assert row["acc_final"] < row["acc_at_min"] - row["acc_stderr"]
+
+
+def test_the_verdict_gives_every_scoring_side_by_side_and_says_where_it_holds(tmp_path):
+    """acc, acc_norm and acc_pmi each get their crossover; where AR's PMI answers are much better, the PMI verdict
+    differs and the headline says on how many scorings it holds."""
+    from crossover.analysis import analyze_study, verdicts
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = smoke_spec("scorings")
+    raw["grid"]["unique_tokens"] = ["50k"]
+    write_study(raw, uri, dataclasses.replace(SMOKE_TRUTH, pmi_ar_shift=3.0))
+    analysis = analyze_study(load_study("scorings", uri), metric="eval/heldout_cloze/acc", n_boot=100)
+    assert set(analysis.scorings) == {"eval/heldout_cloze/acc_norm", "eval/heldout_cloze/acc_pmi"}
+    assert analysis.scorings["eval/heldout_cloze/acc_pmi"].crossovers.iloc[0]["status"] == "not_crossed"
+    (verdict,) = verdicts(analysis)
+    assert verdict.line.startswith("unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc at "), verdict.line
+    assert "; by scoring: acc crossed at " in verdict.line and ", acc_pmi not crossed (" in verdict.line
+    assert "this verdict holds on 2 of 3 scorings" in verdict.line and verdict.metrics["scorings_agree"] == 2 / 3

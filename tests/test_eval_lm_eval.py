@@ -185,6 +185,16 @@ def test_mdlm_end_to_end_and_reproducible(mdlm, local_tasks, one_thread):
     assert rolling[0] < 0.0 and math.isfinite(rolling[0])
 
 
+def test_the_choices_of_an_mdlm_item_share_their_masks(mdlm, one_thread):
+    """Requests with one context (an item's choices) get the same masks, batched together or apart, so the choice
+    that wins is the model's answer and not the draw's; another context gets masks of its own."""
+    pairs = [("import os\nimport", " sys"), ("def f(x):\n    return", " sys"), ("import os\nimport", " sys")]
+    for batch_size in (1, 3):
+        scores = [s for s, _ in CrossoverLM(mdlm, mc_samples=4, seed=0, batch_size=batch_size).loglikelihood(
+            ll_requests(pairs))]  # fmt: skip
+        assert scores[0] == scores[2] and scores[0] != scores[1]
+
+
 def test_generate_until_follows_the_sampler(ar, mdlm, local_tasks, one_thread):
     sampling = pytest.importorskip("crossover.evals.sampling")
     for em in (ar, mdlm):

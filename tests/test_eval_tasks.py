@@ -14,6 +14,7 @@ from torch import nn
 
 from crossover.data.tokenizer import real_size, special_ids, train_bpe
 from crossover.evals.checkpoint import EvalModel, load_checkpoint
+from crossover.evals.likelihood import ar_loglik
 from crossover.evals.results import mean_and_stderr
 from crossover.evals.tasks import (
     ITEM_METRICS,
@@ -128,7 +129,8 @@ def test_ar_scores_equal_unbatched_cross_entropy():
 def test_item_metrics_pick_the_lowest_nll_raw_and_per_character():
     item = MCItem("x", [EOD], [[5] * 4, [6] * 2, [7] * 8], gold=2, choice_chars=[10, 5, 40])
     # Raw NLL: choice 1 wins; per character (0.8, 1.0, 0.25): the gold wins.
-    assert item_metrics(item, [8.0, 5.0, 10.0]) == {"acc": 0.0, "acc_norm": 1.0, "delta_nll": -3.5, "nll": 10 / 8}
+    assert item_metrics(item, [8.0, 5.0, 10.0]) == {"acc": 0.0, "acc_norm": 1.0, "delta_nll": -3.5,
+                                                   "delta_nll_rel": pytest.approx(-3.5 / (23 / 3)), "nll": 10 / 8}  # fmt: skip
 
 
 def test_mdlm_scores_are_exact_for_a_fixed_distribution():
@@ -193,6 +195,60 @@ def test_the_choices_of_an_item_share_their_masks(paired):
         assert sorted(by_item.values()) == [4] * 6
     else:
         assert len(by_item) == 24
+
+
+class RecordingMasks(Recording):
+    """Recording, with the attention masks."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention: list[torch.Tensor | None] = []
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self.attention.append(attention_mask)
+        return super().forward(tokens, attention_mask)
+
+
+@pytest.mark.parametrize("window", [True, False])
+def test_mdlm_rows_are_filled_to_the_trained_window(window):
+    """MDLM only ever trained on full windows: every row it scores is filled to the window with attended [MASK]
+    tokens after its real ones (unscored: a fixed distribution still gives the exact NLL). `window=False` keeps
+    rows short, their padding hidden."""
+    items = random_items(2, n=5)
+    model = RecordingMasks()
+    em = eval_model(model, "mdlm")
+    choice_nlls(em, items, mc_samples=2, seed=0, max_tokens=4 * 64, window=window)
+    rows = torch.cat(model.seen) if window else None
+    real = {tuple(item.context[-(64 - max(map(len, item.choices))) :] + c) for item in items for c in item.choices}
+    if window:
+        assert em.window == 64 and all(t.shape[1] == 64 for t in model.seen)
+        assert all(a is None or bool(a.all()) for a in model.attention)  # the fill is attended
+        lengths = sorted({len(r) for r in real})
+        assert lengths[0] < 64  # some rows were short and got filled
+        for row in rows:
+            n = int((row != MASK).nonzero().max()) + 1  # real tokens end where only [MASK] follows
+            assert bool((row[n:] == MASK).all())
+    else:
+        assert any(r.shape[1] < 64 for r in model.seen)
+    g = torch.Generator().manual_seed(1)
+    logp = torch.log_softmax(torch.randn(64, generator=g), 0)
+    exact = MCItem("u", [EOD, 5, 6], [[7] * 3, [8] * 5], gold=0)
+    nlls = choice_nlls(eval_model(Unigram(logp), "mdlm"), [exact], mc_samples=3, window=window)[0]
+    assert nlls == pytest.approx([-3 * logp[7].item(), -5 * logp[8].item()], rel=1e-5)  # the fill is never scored
+
+
+def test_ar_scores_do_not_change_with_tokens_after_the_continuation():
+    """Why AR rows are not filled: a causal model's log-likelihood of a continuation ignores what follows it."""
+    torch.manual_seed(0)
+    model = build_model(CFG, causal=True).eval()
+    row = [EOD, *range(10, 30)]
+    cont = torch.zeros(1, 64, dtype=torch.bool)
+    cont[0, 12 : len(row)] = True
+    short = torch.tensor([row + [PAD] * (64 - len(row))])
+    filled = torch.tensor([row + [MASK] * (64 - len(row))])
+    hidden = ar_loglik(model, short, cont, torch.tensor([len(row)]))
+    attended = ar_loglik(model, filled, cont, torch.tensor([64]))
+    assert attended.item() == pytest.approx(hidden.item(), abs=1e-4)
 
 
 def test_sharp_cloze_asks_only_about_informative_spans(codec, corpus_docs):

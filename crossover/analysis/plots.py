@@ -295,16 +295,18 @@ def scaling_fits(analysis: StudyAnalysis, data: StudyData) -> Figure | None:
 
 
 def delta_nll_view(analysis: StudyAnalysis, data: StudyData) -> Figure | None:
-    """Loss, accuracy and Delta NLL over training, per objective: rising loss is not worse accuracy."""
+    """Loss, the study's accuracy and Delta NLL (raw and scale-free) over training, per objective."""
     if analysis.delta_task is None:
         return None
     task = analysis.delta_task
     curves = data.curves
     panels = [(LOSS_METRIC if LOSS_METRIC in curves else f"eval/{task}/nll", "held-out loss")]
-    acc = next((f"eval/{task}/{m}" for m in ("acc", "acc_norm") if f"eval/{task}/{m}" in curves), None)
+    acc = analysis.delta_accuracy
     if acc:
-        panels.append((acc, f"{task} accuracy"))
+        panels.append((acc, acc.removeprefix("eval/")))
     panels.append((f"eval/{task}/delta_nll", f"{task} Delta NLL (wrong - right)"))
+    if f"eval/{task}/delta_nll_rel" in curves:
+        panels.append((f"eval/{task}/delta_nll_rel", f"{task} Delta NLL / mean choice NLL"))
     # the cells with the most repetition show the effect best
     cells = data.trials.sort_values("unique_budget")["cell"].drop_duplicates().tolist()[: max(1, MAX_LINES // 2)]
     fig = _figure(4.2 * len(panels), 3.6)
@@ -325,5 +327,5 @@ def delta_nll_view(analysis: StudyAnalysis, data: StudyData) -> Figure | None:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.25, which="both")
     axes[-1].legend(fontsize=6, loc="best")
-    fig.suptitle("Rising loss is not worse accuracy: loss, accuracy and Delta NLL over training", fontsize=11)
+    fig.suptitle("Does rising loss mean worse answers? Loss, accuracy and Delta NLL over training", fontsize=11)
     return fig

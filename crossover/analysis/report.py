@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
@@ -125,15 +126,34 @@ def _efficiency_table(analysis: StudyAnalysis) -> pd.DataFrame:
     )
 
 
+def _scorings_table(analysis: StudyAnalysis) -> pd.DataFrame:
+    from crossover.analysis.verdict import status_phrase
+
+    tables = {analysis.metric: analysis.crossovers, **{m: a.crossovers for m, a in analysis.scorings.items()}}
+    out = pd.DataFrame({"cell": analysis.crossovers["cell"]})
+    for metric in sorted(tables, key=lambda m: m.rsplit("/", 1)[-1]):
+        by_cell = tables[metric].set_index("cell") if not tables[metric].empty else pd.DataFrame()
+        out[metric.rsplit("/", 1)[-1]] = [
+            status_phrase(by_cell.loc[c]) if c in by_cell.index else "no verdict" for c in out["cell"]
+        ]
+    return out
+
+
 def _fit_table(analysis: StudyAnalysis) -> pd.DataFrame:
     rows = []
     for label, fit in analysis.fits:
         if fit.identified:
             r_star = f"{fit.r_star:.3g} (x/÷ {fit.r_star_factor:.2g})"
             note = "beyond the repetitions observed" if fit.extrapolated else ""
+        elif fit.problems:
+            r_star = f"not identified (fit {fit.r_star:.3g})"
+            note = "; ".join(fit.problems)
         else:
             r_star = f"not identified (fit {fit.r_star:.3g})"
             note = f"repeats had not lost much value by R = {fit.max_repetitions:.3g}: train longer to measure R_D*"
+        if fit.dropped_after_minimum:
+            note = "; ".join(filter(None, [note, f"{fit.dropped_after_minimum} points after a run's loss minimum "
+                                                 "left out (overfitting)"]))  # fmt: skip
         rows.append(
             {
                 "group": label,
@@ -143,6 +163,7 @@ def _fit_table(analysis: StudyAnalysis) -> pd.DataFrame:
                 "B": f"{fit.b:.3g}",
                 "beta": f"{fit.beta:.3g}",
                 "points": fit.n_points,
+                "runs": fit.n_runs,
                 "max repetitions": f"{fit.max_repetitions:.3g}",
                 "rmse (log loss)": f"{fit.rmse:.2g}",
                 "note": note,
@@ -187,12 +208,19 @@ def _delta_table(analysis: StudyAnalysis) -> pd.DataFrame:
         }
     )
     if "acc_at_min" in t:
-        out["accuracy at min -> final"] = [
-            f"{a:.3f} -> {b:.3f}" for a, b in zip(t["acc_at_min"], t["acc_final"], strict=True)
+        name = (analysis.delta_accuracy or "accuracy").rsplit("/", 1)[-1]
+        se = t["acc_stderr"] if "acc_stderr" in t else pd.Series(np.nan, index=t.index)
+        out[f"{name} at min -> final (± se)"] = [
+            f"{a:.3f} -> {b:.3f}" + ("" if pd.isna(e) else f" (± {e:.3f})")
+            for a, b, e in zip(t["acc_at_min"], t["acc_final"], se, strict=True)
         ]
     out["Delta NLL at min -> final"] = [
         f"{a:.3g} -> {b:.3g}" for a, b in zip(t["delta_nll_at_min"], t["delta_nll_final"], strict=True)
     ]
+    if "delta_rel_final" in t:
+        out["scale-free Delta NLL"] = [
+            f"{a:.3g} -> {b:.3g}" for a, b in zip(t["delta_rel_at_min"], t["delta_rel_final"], strict=True)
+        ]
     return out
 
 
@@ -238,7 +266,8 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
         verdict += [Block("p", "On the held-out loss (AR's exact NLL against MDLM's ELBO, an upper bound on its NLL, so "
                                "a crossover here is conservative):"), Block("list", lines)]  # fmt: skip
     if lines := delta_nll_lines(analysis):
-        verdict += [Block("p", "Rising loss is not worse answers (the Delta NLL view):"), Block("list", lines)]
+        verdict += [Block("p", "Held-out loss rising after its minimum: did the answers get worse? (the Delta NLL "
+                               "view)"), Block("list", lines)]  # fmt: skip
     blocks[1:1] = verdict
     blocks.append(Block("h2", "Crossover per cell"))
     blocks.append(
@@ -252,6 +281,11 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
         )
     )
     blocks.append(Block("table", _crossover_table(analysis)))
+    if analysis.scorings:
+        blocks.append(Block("p", "The same crossover on each accuracy of the task: raw likelihood (acc), per character "
+                                 "(acc_norm) and PMI (acc_pmi). A verdict that holds on one of them only is weaker "
+                                 "evidence than one that holds on all."))  # fmt: skip
+        blocks.append(Block("table", _scorings_table(analysis)))
     if "cells" in figures:
         blocks.append(
             Block("figure", figures["cells"], "AR and MDLM curves per cell; dashed: crossover; grey: interval")
@@ -284,7 +318,8 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
             "p",
             "L(D, U) = E + B / D'^beta with effective data D' = U + U R_D* (1 - exp(-R / R_D*)), R the repetitions "
             "beyond the first epoch (Muennighoff et al.), fitted per objective with a robust loss and several starts, "
-            "on the held-out loss after warm-up. Prabhudesai et al. report R_D* of about 15 for AR and about 500 for "
+            "on the held-out loss after warm-up, each run up to its loss minimum (the law cannot rise); R_D*'s standard error "
+            "is a bootstrap over runs. Prabhudesai et al. report R_D* of about 15 for AR and about 500 for "
             "diffusion.",
         )
     )
@@ -306,7 +341,7 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
         if analysis.critical_power_law:
             coef, exponent = analysis.critical_power_law
             blocks.append(Block("p", f"Our fit across budgets: C_crit(U) = {coef:.3g} U^{exponent:.3g}."))
-    blocks.append(Block("h2", "Delta NLL: rising loss is not worse accuracy"))
+    blocks.append(Block("h2", "Delta NLL: does rising loss mean worse answers?"))
     if analysis.delta_note:
         blocks.append(Block("p", analysis.delta_note))
     else:

@@ -10,6 +10,12 @@ The fit minimises a robust loss (scipy's `least_squares`, soft-L1) on log-loss r
 by a coarse grid search over (E, R_D*) where log(L - E) is linear in (log B, beta). It refuses -- raising
 `InsufficientData` with the reason -- when there are too few points or no repeated data to identify R_D*.
 
+The law only decreases, so each run is fitted up to its held-out loss minimum (an overfitting AR's later rise would
+otherwise pull R_D* down). The standard error of R_D* comes from a bootstrap over runs (the points of one run are
+correlated, so treating them as independent understates it); with fewer than 3 runs there is none. A fit is
+`identified` only if it converged, no parameter sits at the edge of its range, the law fits (log RMSE <= 5%), and
+R_D* is pinned within a factor of 3 and within 3x the repetitions observed; `problems` says what failed.
+
 Critical compute: for a unique budget U, the smallest training compute C = FLOPs-per-token x D beyond which the MDLM
 law predicts a lower loss than the AR law and keeps it (Prabhudesai et al. report C_crit(U) ~ 2.12e15 * U^2.174 FLOPs,
 which gives the compute of their experiments when U is counted in millions of unique tokens).
@@ -18,11 +24,15 @@ which gives the compute of their experiments when U is counted in millions of un
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 MIN_POINTS = 8
+MIN_RUNS = 3  # runs a block bootstrap of the standard errors needs
+POOR_RMSE = 0.05  # log-loss residuals above this RMS: the law does not describe the data
+RISE_TOLERANCE = 0.01  # a point more than 1% above its run's minimum, after it, is overfitting, not the law
+BOOTSTRAP_FITS = 60
 PRABHUDESAI_COEF = 2.12e15
 PRABHUDESAI_EXP = 2.174
 
@@ -60,6 +70,30 @@ class ScalingFit:
     max_repetitions: float  # largest R in the data
     rmse: float  # of log-loss residuals
     label: str = ""
+    converged: bool = True  # the optimiser reported success
+    at_bounds: tuple[str, ...] = ()  # parameters that ended at a bound of their range (E, beta, R_D*)
+    dropped_after_minimum: int = 0  # points left out: a run's loss rising after its minimum (overfitting)
+    n_runs: int = 1  # runs (blocks) the standard error was bootstrapped over
+
+    @property
+    def poor(self) -> bool:
+        """The law misses the data: log-loss residuals above 5% RMS."""
+        return self.rmse > POOR_RMSE
+
+    @property
+    def problems(self) -> list[str]:
+        """Why this fit cannot be trusted, in words (empty when it can)."""
+        out = []
+        if not self.converged:
+            out.append("the optimiser did not converge")
+        if self.at_bounds:
+            out.append(f"{', '.join(self.at_bounds)} at the edge of the allowed range")
+        if self.poor:
+            out.append(f"a poor fit (log-loss RMSE {self.rmse:.3f})")
+        if not math.isfinite(self.r_star_factor):
+            out.append("no standard error" + (f" (only {self.n_runs} run: a block bootstrap needs 3)"
+                                              if self.n_runs < MIN_RUNS else ""))  # fmt: skip
+        return out
 
     def predict(self, tokens: np.ndarray | float, unique: np.ndarray | float) -> np.ndarray:
         return law(np.asarray(tokens, float), np.asarray(unique, float), self.e, self.b, self.beta, self.r_star)
@@ -73,20 +107,75 @@ class ScalingFit:
     def identified(self) -> bool:
         """Whether the data pins R_D* down: within a few times the repetitions observed and a standard error below
         a factor of 3. Otherwise only "repeats had not lost much value by R = max_repetitions" is supported."""
-        return self.r_star < 3 * self.max_repetitions and self.r_star_factor < 3
+        return (
+            self.r_star < 3 * self.max_repetitions
+            and self.r_star_factor < 3
+            and self.converged
+            and not self.at_bounds
+            and not self.poor
+        )
+
+
+def up_to_minimum(tokens: np.ndarray, loss: np.ndarray, runs: np.ndarray) -> np.ndarray:
+    """Which points the law can describe: per run, every point up to its loss minimum, and later ones only while
+    within RISE_TOLERANCE of it (the law only decreases; a rise after the minimum is overfitting)."""
+    keep = np.ones(len(loss), dtype=bool)
+    for run in np.unique(runs):
+        idx = np.flatnonzero(runs == run)
+        idx = idx[np.argsort(tokens[idx], kind="stable")]
+        low = int(np.argmin(loss[idx]))
+        after = idx[low + 1 :]
+        keep[after] = loss[after] <= loss[idx[low]] * (1 + RISE_TOLERANCE)
+    return keep
 
 
 def fit_data_constrained(
-    tokens: np.ndarray, unique: np.ndarray, loss: np.ndarray, objective: str = "", label: str = ""
+    tokens: np.ndarray,
+    unique: np.ndarray,
+    loss: np.ndarray,
+    objective: str = "",
+    label: str = "",
+    runs: np.ndarray | None = None,
+    seed: int = 0,
 ) -> ScalingFit:
-    """Fit E, B, beta and R_D* to loss observations at (tokens seen, unique tokens)."""
-    from scipy.optimize import least_squares
-
+    """Fit E, B, beta and R_D* to loss observations at (tokens seen, unique tokens), each run (default: each unique
+    budget) up to its loss minimum; the standard error of R_D* from a bootstrap over runs (the points of one run are
+    correlated), refitted from the fit's solution."""
     d = np.asarray(tokens, dtype=float)
     u = np.broadcast_to(np.asarray(unique, dtype=float), d.shape).copy()
     y = np.asarray(loss, dtype=float)
+    runs = u.copy() if runs is None else np.asarray(runs)
     ok = np.isfinite(d) & np.isfinite(u) & np.isfinite(y) & (d > 0) & (u > 0) & (y > 0)
-    d, u, y = d[ok], u[ok], y[ok]
+    d, u, y, runs = d[ok], u[ok], y[ok], runs[ok]
+    keep = up_to_minimum(d, y, runs)
+    dropped = int((~keep).sum())
+    d, u, y, runs = d[keep], u[keep], y[keep], runs[keep]
+    fit = _fit(d, u, y, objective, label)
+    run_ids = np.unique(runs)
+    factor = math.inf
+    if len(run_ids) >= MIN_RUNS and "R_D*" not in fit.at_bounds:
+        rng = np.random.default_rng(seed)
+        logs = []
+        for _ in range(BOOTSTRAP_FITS):
+            pick = rng.choice(run_ids, size=len(run_ids))
+            idx = np.concatenate([np.flatnonzero(runs == r) for r in pick])
+            try:
+                again = _fit(d[idx], u[idx], y[idx], objective, label, start=fit)
+            except InsufficientData:
+                continue
+            logs.append(math.log(again.r_star))
+        if len(logs) >= BOOTSTRAP_FITS // 2:
+            se = float(np.std(logs, ddof=1))
+            factor = math.exp(se) if se < 50 else math.inf
+    return replace(fit, r_star_factor=factor, dropped_after_minimum=dropped, n_runs=len(run_ids))
+
+
+def _fit(
+    d: np.ndarray, u: np.ndarray, y: np.ndarray, objective: str, label: str, start: ScalingFit | None = None
+) -> ScalingFit:
+    """One robust least-squares fit (from a grid of starts, or from `start`)."""
+    from scipy.optimize import least_squares
+
     name = f"{objective} {label}".strip() or "this objective"
     if len(y) < MIN_POINTS:
         raise InsufficientData(
@@ -114,7 +203,9 @@ def fit_data_constrained(
 
     y_min = float(y.min())
     starts = []
-    for e_frac in (0.0, 0.3, 0.6, 0.8, 0.9, 0.95):
+    if start is not None:
+        starts.append((0.0, [min(start.e, 0.99 * y_min), math.log(start.b), start.beta, math.log(start.r_star)]))
+    for e_frac in () if start is not None else (0.0, 0.3, 0.6, 0.8, 0.9, 0.95):
         for r_star in np.geomspace(0.5, 5000, 14):
             sse, log_b, beta = linear_fit(e_frac * y_min, r_star)
             if math.isfinite(sse) and 0.005 < beta < 3:
@@ -159,25 +250,22 @@ def fit_data_constrained(
     assert best is not None
     e, log_b, beta, log_r = best.x
     resid = residuals(best.x)
-    dof = max(len(y) - 4, 1)
-    sigma2 = float(np.sum(resid**2)) / dof
-    at_bound = log_r >= upper[3] - 1e-3 or log_r <= lower[3] + 1e-3
-    try:
-        cov = np.linalg.pinv(best.jac.T @ best.jac) * sigma2
-        se_log_r = math.inf if at_bound else math.sqrt(max(cov[3, 3], 0.0))
-    except np.linalg.LinAlgError:  # pragma: no cover - pinv rarely fails
-        se_log_r = math.inf
+    names = ("E", "B", "beta", "R_D*")
+    span = np.array(upper) - np.array(lower)
+    edge = (best.x <= np.array(lower) + 1e-3 * span) | (best.x >= np.array(upper) - 1e-3 * span)
     return ScalingFit(
         objective=objective,
         e=float(e),
         b=float(math.exp(log_b)),
         beta=float(beta),
         r_star=float(math.exp(log_r)),
-        r_star_factor=float(math.exp(se_log_r)) if se_log_r < 50 else math.inf,
+        r_star_factor=math.inf,  # set by fit_data_constrained's bootstrap over runs
         n_points=len(y),
         max_repetitions=float(reps.max()),
         rmse=float(math.sqrt(np.mean(resid**2))),
         label=label,
+        converged=bool(best.success),
+        at_bounds=tuple(n for n, hit in zip(names, edge, strict=True) if hit and n != "B"),
     )
 
 

@@ -27,6 +27,7 @@ from crossover.analysis.scaling import (
 )
 
 X_COLUMNS = {"tokens": "tokens", "flops": "flops", "epochs": "epoch"}
+SCORINGS = ("acc", "acc_norm", "acc_pmi")  # a multiple-choice task's accuracies: raw, per character, PMI
 LOSS_METRIC = "eval/heldout_loss/loss"
 _LOWER_SUFFIXES = ("loss", "nll", "ppl", "perplexity", "bpb")
 _DEFAULT_METRICS = ("eval/heldout_cloze/acc_pmi", "eval/heldout_cloze/acc", "acc_norm", "acc", LOSS_METRIC)
@@ -89,9 +90,11 @@ class StudyAnalysis:
     critical_power_law: tuple[float, float] | None = None  # (coef, exponent) of our C_crit(U), U in millions
     delta_nll: pd.DataFrame = field(default_factory=pd.DataFrame)
     delta_task: str | None = None
+    delta_accuracy: str | None = None  # the accuracy the Delta NLL view reads (the study's metric where it can)
     delta_note: str | None = None
     notes: list[str] = field(default_factory=list)
     loss: StudyAnalysis | None = None  # the held-out loss's crossovers, when the main metric is another
+    scorings: dict[str, StudyAnalysis] = field(default_factory=dict)  # the same task's other accuracies' crossovers
 
 
 def _axis_values(data: StudyData) -> pd.DataFrame:
@@ -435,8 +438,9 @@ def _scaling(data: StudyData, analysis: StudyAnalysis) -> None:
     for (label, objective), sub in curves.groupby(["group", "objective"], sort=True):
         try:
             fit = fit_data_constrained(
-                sub["tokens"].to_numpy(), sub["unique_budget"].to_numpy(), sub[LOSS_METRIC].to_numpy(), objective, label
-            )
+                sub["tokens"].to_numpy(), sub["unique_budget"].to_numpy(), sub[LOSS_METRIC].to_numpy(), objective,
+                label, runs=sub["run_id"].to_numpy(),
+            )  # fmt: skip
         except InsufficientData as exc:
             analysis.fit_notes.append(f"No fit for {objective} ({label}): {exc}")
             continue
@@ -486,8 +490,12 @@ def _delta_nll(data: StudyData, analysis: StudyAnalysis) -> None:
     task = metric_task if metric_task in tasks else tasks[0]
     analysis.delta_task = task
     loss = LOSS_METRIC if LOSS_METRIC in curves else f"eval/{task}/nll"
-    acc = next((f"eval/{task}/{m}" for m in ("acc", "acc_norm") if f"eval/{task}/{m}" in curves), None)
+    # the study's own accuracy where it is this task's (acc_pmi by default), else its raw accuracy
+    own = analysis.metric if metric_task == task and analysis.metric.rsplit("/", 1)[-1].startswith("acc") else None
+    acc = own or next((f"eval/{task}/{m}" for m in ("acc", "acc_norm") if f"eval/{task}/{m}" in curves), None)
+    analysis.delta_accuracy = acc
     delta = f"eval/{task}/delta_nll"
+    rel = f"eval/{task}/delta_nll_rel"
     cols = [c for c in (loss, acc, delta) if c is not None and c in curves]
     valid = curves.dropna(subset=cols).sort_values(["run_id", "step"])
     groups = valid.groupby("run_id", sort=False)
@@ -511,6 +519,11 @@ def _delta_nll(data: StudyData, analysis: StudyAnalysis) -> None:
     if acc:
         table["acc_at_min"] = best[acc]
         table["acc_final"] = last[acc]
+        if f"{acc}_stderr" in curves:  # the item standard errors logged with it
+            table["acc_stderr"] = np.fmax(best[f"{acc}_stderr"], last[f"{acc}_stderr"])
+    if rel in curves:
+        table["delta_rel_at_min"] = best[rel]
+        table["delta_rel_final"] = last[rel]
     analysis.delta_nll = table.sort_values(["cell", "objective", "trial"]).reset_index(drop=True)
 
 
@@ -567,6 +580,16 @@ def analyze_study(
                 confidence=confidence, axes=data.axes, crossovers=pd.DataFrame(),
             )  # fmt: skip
             _crossovers(data, analysis.loss, n_boot, seed)
+        task = metric.split("/")[1]
+        if metric.rsplit("/", 1)[-1] in SCORINGS:  # the verdict on every scoring of the task, side by side
+            for other in (f"eval/{task}/{name}" for name in SCORINGS):
+                if other != metric and other in metrics:
+                    sibling = StudyAnalysis(
+                        study=data.study, tracking_uri=data.tracking_uri, metric=other, x_axis=x,
+                        higher_is_better=True, confidence=confidence, axes=data.axes, crossovers=pd.DataFrame(),
+                    )  # fmt: skip
+                    _crossovers(data, sibling, n_boot, seed)
+                    analysis.scorings[other] = sibling
     crossed = analysis.crossovers.get("status", pd.Series(dtype=str)).eq(CROSSED).sum()
     if len(analysis.crossovers) and not crossed:
         analysis.notes.append("No cell crossed inside the observed window.")

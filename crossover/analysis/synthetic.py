@@ -40,6 +40,7 @@ class Truth:
     loss_exponent: float = 0.12
     mdlm_loss_offset: float = 0.25  # the MDLM ELBO sits above the AR NLL
     eval_noise: float = 0.004  # relative noise of held-out loss evaluations
+    pmi_ar_shift: float | None = None  # also log acc_norm and acc_pmi; AR's PMI answers this much better (logits)
     items: int = 200  # multiple-choice items per eval point
     item_spread: float = 1.5  # spread of item difficulty (logits)
 
@@ -149,9 +150,16 @@ def trial_points(
             nll = 3.0 + 0.1 * math.log1p(epochs) - 0.05 * logits
             metrics |= {
                 eval_key(CLOZE, "acc"): correct.mean(),
+                eval_key(CLOZE, "acc_stderr"): correct.std(ddof=1) / math.sqrt(truth.items),
                 eval_key(CLOZE, "delta_nll"): delta.mean(),
                 eval_key(CLOZE, "nll"): float(np.mean(nll)),
             }
             items = {"acc": correct, "delta_nll": delta, "nll": nll}
+            if truth.pmi_ar_shift is not None:  # the other scorings: per character alike, PMI shifted for AR
+                shift = truth.pmi_ar_shift if objective == "ar" else 0.0
+                p_pmi = truth.chance + (1 - truth.chance) / (1 + np.exp(-(logits + shift)))
+                items["acc_norm"] = (rng.random(truth.items) < p).astype(float)
+                items["acc_pmi"] = (rng.random(truth.items) < p_pmi).astype(float)
+                metrics |= {eval_key(CLOZE, k): items[k].mean() for k in ("acc_norm", "acc_pmi")}
         points.append(Point(int(step), {k: float(v) for k, v in metrics.items()}, items))
     return points

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
-from crossover.analysis.study import StudyAnalysis
+from crossover.analysis.study import SCORINGS, StudyAnalysis
 from crossover.specs import format_tokens, parse_tokens
 
 _BAD_KEY = re.compile(r"[^\w.\- /]")
@@ -121,6 +121,35 @@ def _efficiency_of(analysis: StudyAnalysis, row: pd.Series) -> tuple[dict[str, f
     return metrics, f"; {head}; final vs final {final}; {ci}"
 
 
+def status_phrase(row: pd.Series | None) -> str:
+    if row is None:
+        return "no verdict"
+    if row["status"] == CROSSED:
+        return f"crossed at {format_tokens(float(row['crossover_tokens']))}"
+    return {NOT_CROSSED: "not crossed", ALWAYS_AHEAD: "MDLM always ahead"}.get(row["status"], "no verdict")
+
+
+def _scorings_of(analysis: StudyAnalysis, cell: str, status: str) -> tuple[float | None, str]:
+    """The cell's verdict on each accuracy of the task side by side (raw, per character, PMI), and on how many the
+    main metric's verdict holds: (share agreeing, phrase), or (None, "") when the study scored only one."""
+    if not analysis.scorings:
+        return None, ""
+    found = {analysis.metric: analysis.crossovers.set_index("cell").loc[cell]}
+    for metric, other in analysis.scorings.items():
+        table = other.crossovers.set_index("cell") if not other.crossovers.empty else None
+        found[metric] = table.loc[cell] if table is not None and cell in table.index else None
+    ordered = sorted(found, key=lambda m: SCORINGS.index(m.rsplit("/", 1)[-1]))
+    parts = ", ".join(f"{m.rsplit('/', 1)[-1]} {status_phrase(found[m])}" for m in ordered)
+    agree = [m for m in ordered if found[m] is not None and found[m]["status"] == status]
+    if len(agree) == len(ordered):
+        holds = "the same verdict on every scoring"
+    elif len(agree) == 1:
+        holds = f"this verdict holds on {analysis.metric.rsplit('/', 1)[-1]} only"
+    else:
+        holds = f"this verdict holds on {len(agree)} of {len(ordered)} scorings"
+    return len(agree) / len(ordered), f"; by scoring: {parts} ({holds})"
+
+
 def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
     """One verdict per cell with curves; cells without both objectives get a line saying what is missing."""
     metric = analysis.metric.removeprefix("eval/")
@@ -161,11 +190,14 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
         )
         efficiency_metrics, efficiency = _efficiency_of(analysis, row)
         metrics.update(efficiency_metrics)
+        share, scorings = _scorings_of(analysis, cell, row["status"])
+        if share is not None:
+            metrics["scorings_agree"] = share
         tail = (
             f"AR's best {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
             f"{_epochs(curves.epochs[peak])} epochs), MDLM's last {curves.dlm[-1]:.3g}"
         )
-        out.append(Verdict(cell, f"{cell}: {head}; {tail}{efficiency}", metrics))
+        out.append(Verdict(cell, f"{cell}: {head}; {tail}{scorings}{efficiency}", metrics))
     return out
 
 
@@ -180,20 +212,37 @@ def loss_verdicts(analysis: StudyAnalysis) -> list[Verdict]:
 
 
 def delta_nll_lines(analysis: StudyAnalysis) -> list[str]:
-    """One line per trial whose held-out loss rose at least 5% after its minimum while its Delta NLL widened."""
+    """One line per trial whose held-out loss rose at least 5% after its minimum: did its answers get worse? Read on
+    the study's accuracy (acc_pmi by default): "rising loss is not worse answers" only where the final accuracy is at
+    least the accuracy at the loss minimum minus one standard error (the larger of the two logged); the plain
+    opposite where it fell further; no claim without a standard error. Delta NLL raw and scale-free beside it."""
     table = analysis.delta_nll
     if table.empty or analysis.delta_task is None:
         return []
+    name = (analysis.delta_accuracy or "").removeprefix("eval/")
     lines = []
     for _, row in table.iterrows():
-        if not (row["loss_rise"] >= 0.05 and row["delta_nll_final"] > row["delta_nll_at_min"]):
+        if not row["loss_rise"] >= 0.05:
             continue
-        accuracy = ""
-        if "acc_final" in row and not pd.isna(row["acc_final"]):
-            accuracy = f", accuracy {row['acc_at_min']:.3g} -> {row['acc_final']:.3g}"
-        lines.append(
+        rise = (
             f"{row['trial']}: held-out loss rose {row['loss_rise']:.0%} after its minimum ({row['loss_min']:.3g} at "
-            f"{format_tokens(row['loss_min_tokens'])} tokens -> {row['loss_final']:.3g}) while Delta NLL on "
-            f"{analysis.delta_task} widened {row['delta_nll_at_min']:.3g} -> {row['delta_nll_final']:.3g}{accuracy}"
+            f"{format_tokens(row['loss_min_tokens'])} tokens -> {row['loss_final']:.3g})"
         )
+        widened = "widened" if row["delta_nll_final"] > row["delta_nll_at_min"] else "narrowed"
+        delta = f"Delta NLL {widened} {row['delta_nll_at_min']:.3g} -> {row['delta_nll_final']:.3g}"
+        if "delta_rel_final" in row and not pd.isna(row["delta_rel_final"]):
+            delta += f" (scale-free {row['delta_rel_at_min']:.3g} -> {row['delta_rel_final']:.3g})"
+        if "acc_final" not in row or pd.isna(row["acc_final"]):
+            lines.append(f"{rise}; {delta}; no accuracy logged, so no claim about answers")
+            continue
+        accuracy = f"{name} {row['acc_at_min']:.3g} -> {row['acc_final']:.3g}"
+        se = row.get("acc_stderr")
+        if se is None or pd.isna(se):
+            lines.append(f"{rise}; {accuracy}; {delta}; no standard error logged, so no claim about answers")
+        elif row["acc_final"] >= row["acc_at_min"] - se:
+            lines.append(f"{rise} while {accuracy} held (within one standard error, {se:.2g}): rising loss is not "
+                         f"worse answers here; {delta}")  # fmt: skip
+        else:
+            lines.append(f"{rise} and {accuracy} fell by more than one standard error ({se:.2g}): here rising loss "
+                         f"did come with worse answers; {delta}")  # fmt: skip
     return lines

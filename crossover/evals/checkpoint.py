@@ -51,6 +51,11 @@ class EvalModel:
     def max_seq_len(self) -> int:
         return self.model.cfg.max_seq_len
 
+    @property
+    def window(self) -> int:
+        """The sequence length the model was trained on (the model's limit when the trial is unknown)."""
+        return min(self.trial.data.seq_len, self.max_seq_len) if self.trial is not None else self.max_seq_len
+
     def encode(self, text: str) -> list[int]:
         """Token ids exactly as the token store tokenized documents (special-token text stays text)."""
         from crossover.data.tokenizer import encode_text

@@ -10,7 +10,9 @@ Its three request types all go through the scorers of `crossover.evals.likelihoo
   also gives an empty context something to condition on. AR: exact log p(continuation | context) (`ar_loglik`).
   MDLM: the Monte Carlo ELBO with `mc_samples` samples (`mdlm_loglik`), a lower bound in expectation, drawn from a CPU
   generator seeded with `seed` at the start of every call: the same requests, seed and batch size give the same
-  numbers on any device (common random numbers across a trial's eval points). `is_greedy`: AR, whether the
+  numbers on any device (common random numbers across a trial's eval points); the choices of one item (requests with
+  the same context) share their masks, as in the held-out cloze, so which choice wins is the model's answer and not
+  the draw's. `is_greedy`: AR, whether the
   continuation is the argmax at every position (teacher forced, from the same forward pass); MDLM, whether filling
   all continuation positions at once, every one masked, by their argmax reproduces it (one extra forward pass).
 - `loglikelihood_rolling(text)`: log p(text | eod) in lm-eval's disjoint rolling windows (`get_rolling_token_windows`
@@ -50,6 +52,7 @@ from torch import nn
 from crossover.evals.checkpoint import EvalModel, load_checkpoint
 from crossover.evals.likelihood import ar_loglik, evaluating, logits_of, mdlm_loglik
 from crossover.evals.results import TaskResult
+from crossover.evals.tasks import item_key
 
 
 class _KeepLogits:
@@ -156,17 +159,23 @@ class CrossoverLM(LM):
 
     def _score(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         rows = [self._fit(context, continuation) for context, continuation in pairs]
+        # The choices of one item share their context: the same key gives them the same MDLM masks (common random
+        # numbers, as in crossover.evals.tasks), so which choice wins is the model's answer and not the draw's.
+        keys = [item_key(",".join(map(str, context))) for context, _ in pairs]
         order = sorted(range(len(rows)), key=lambda i: (-len(rows[i][0]), rows[i][0], rows[i][1]))
         generator = torch.Generator().manual_seed(self.seed)  # CPU: the same draws whatever the device
         results: list[tuple[float, bool]] = [(0.0, True)] * len(rows)
         with evaluating(self.em.model):
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
-                for i, result in zip(batch, self._score_batch([rows[i] for i in batch], generator), strict=True):
+                scored = self._score_batch([rows[i] for i in batch], [keys[i] for i in batch], generator)
+                for i, result in zip(batch, scored, strict=True):
                     results[i] = result
         return results
 
-    def _score_batch(self, rows: list[tuple[list[int], int]], generator: torch.Generator) -> list[tuple[float, bool]]:
+    def _score_batch(
+        self, rows: list[tuple[list[int], int]], keys: list[int], generator: torch.Generator
+    ) -> list[tuple[float, bool]]:
         device = self.em.device
         width = max(len(ids) for ids, _ in rows)
         tokens = torch.full((len(rows), width), self.em.pad_id, dtype=torch.long)
@@ -185,7 +194,7 @@ class CrossoverLM(LM):
         else:
             logp = mdlm_loglik(
                 self.em.model, tokens, continuation, padded, mask_id=self.em.mask_id, k=self.mc_samples,
-                generator=generator, max_tokens=self.max_tokens,
+                generator=generator, max_tokens=self.max_tokens, row_keys=keys,
             )  # fmt: skip
             valid = None if padded is None else torch.arange(width, device=device)[None, :] < lengths[:, None]
             all_masked = tokens.masked_fill(continuation, self.em.mask_id)

@@ -14,9 +14,16 @@ Scoring (`score_multiple_choice`)
   (common random numbers), so a change along a training curve is the model's and not sampling noise. With `paired`
   (the default) the choices of one item also share their masks (`mdlm_loglik`'s row keys), so the comparison between
   them is the model's and not the draw's: far less noise in which choice wins at the same K.
+- MDLM rows are as long as their tokens (a 65-token cloze row, a 17-token PMI prior row, padding hidden), though the
+  model was trained on full windows. `window=True` fills them to the trained window with attended, unscored [MASK]
+  tokens instead (a valid marginalisation: a masked position is an unknown token). bench/bench_mdlm_scoring.py
+  measured both on a trained nano MDLM: the same accuracy (acc 0.355 either way, acc_pmi 0.48 against 0.50 on 256
+  items, within noise) and no steadier answers at equal K, for 3x the token positions; so short rows stay the
+  default, and the samples go into K instead. AR is causal: what follows a continuation cannot change its score.
 - Per item: `acc` (argmin NLL is gold), `acc_norm` (argmin NLL per character of the choice text, per token when the
   characters are unknown), `delta_nll` (the mean NLL of the wrong choices minus the gold NLL: the paper's gap, higher
-  is better) and `nll` (gold NLL per gold token). Summary: their means, `<metric>_stderr`, and `chance` (mean of
+  is better), `delta_nll_rel` (that gap over the mean NLL of all the choices: scale-free, so a model growing more
+  confident in every choice alike does not widen it) and `nll` (gold NLL per gold token). Summary: their means, `<metric>_stderr`, and `chance` (mean of
   1/number of choices).
 - With `pmi` (the held-out cloze): also `acc_pmi`, the argmin of NLL(choice | context) - NLL(choice | BOS alone), how
   much the context makes each choice more likely. Raw NLL favours spans that are likely anywhere (indentation,
@@ -53,7 +60,7 @@ from crossover.evals.likelihood import ar_loglik, mdlm_loglik
 from crossover.evals.results import TaskResult, mean_and_stderr
 
 MC_TASKS = ("heldout_cloze", "humaneval_likelihood")
-ITEM_METRICS = ("acc", "acc_norm", "delta_nll", "nll")
+ITEM_METRICS = ("acc", "acc_norm", "delta_nll", "delta_nll_rel", "nll")
 PMI_METRIC = "acc_pmi"  # with pmi=True
 
 
@@ -105,9 +112,11 @@ def choice_nlls(
     seed: int = 0,
     max_tokens: int = 16384,
     paired: bool = True,
+    window: bool = False,
 ) -> list[list[float]]:
     """Negative log-likelihood of every choice of every item given its context (nats, summed over the choice);
-    `paired`: an item's choices share their MDLM masks."""
+    `paired`: an item's choices share their MDLM masks; `window`: MDLM rows shorter than the trained window are
+    filled to it with attended, unscored [MASK] tokens (see the module docstring)."""
     if em.objective not in ("ar", "mdlm"):
         raise ValueError(f"unknown objective '{em.objective}' (expected 'ar' or 'mdlm')")
     max_len = em.max_seq_len
@@ -121,21 +130,27 @@ def choice_nlls(
 
     nlls = [[0.0] * len(item.choices) for item in items]
     generator = torch.Generator(device="cpu").manual_seed(seed)  # common random numbers across eval points
+    fill = em.window if window and em.objective == "mdlm" else 0  # MDLM rows filled with [MASK] up to this length
+
+    def row_len(r: int) -> int:
+        return max(len(rows[r][2]), fill)
+
     order = sorted(range(len(rows)), key=lambda r: len(rows[r][2]))  # similar lengths together: little padding
     start = 0
     while start < len(order):
         # Grow the batch while rows * longest row stays within max_tokens (always at least one row).
         end = start + 1
-        while end < len(order) and (end + 1 - start) * len(rows[order[end]][2]) <= max_tokens:
+        while end < len(order) and (end + 1 - start) * row_len(order[end]) <= max_tokens:
             end += 1
         batch = [rows[r] for r in order[start:end]]
-        T = max(len(tokens) for _, _, tokens, _ in batch)
+        T = max(row_len(r) for r in order[start:end])
         tokens = torch.full((len(batch), T), em.pad_id, dtype=torch.long)
         cont = torch.zeros(len(batch), T, dtype=torch.bool)
         for b, (_, _, seq, n_ctx) in enumerate(batch):
             tokens[b, : len(seq)] = torch.tensor(seq)
+            tokens[b, len(seq) : fill] = em.mask_id
             cont[b, n_ctx : len(seq)] = True
-        lengths = torch.tensor([len(seq) for _, _, seq, _ in batch])
+        lengths = torch.tensor([max(len(seq), fill) for _, _, seq, _ in batch])
         tokens, cont, lengths = tokens.to(em.device), cont.to(em.device), lengths.to(em.device)
         if em.objective == "ar":
             loglik = ar_loglik(em.model, tokens, cont, lengths)
@@ -160,10 +175,12 @@ def item_metrics(item: MCItem, nlls: Sequence[float], prior_nlls: Sequence[float
     (`prior_nlls`), also acc_pmi."""
     chars = item.choice_chars or [len(c) for c in item.choices]  # per token when the characters are unknown
     wrong = [v for j, v in enumerate(nlls) if j != item.gold]
+    delta = sum(wrong) / len(wrong) - nlls[item.gold]
     metrics = {
         "acc": float(_argmin(nlls) == item.gold),
         "acc_norm": float(_argmin([v / max(1, n) for v, n in zip(nlls, chars, strict=True)]) == item.gold),
-        "delta_nll": sum(wrong) / len(wrong) - nlls[item.gold],
+        "delta_nll": delta,
+        "delta_nll_rel": delta / max(sum(nlls) / len(nlls), 1e-9),  # scale-free: the gap over the choices' mean NLL
         "nll": nlls[item.gold] / len(item.choices[item.gold]),
     }
     if prior_nlls is not None:
@@ -182,12 +199,16 @@ def score_multiple_choice(
     max_tokens: int = 16384,
     paired: bool = True,
     pmi: bool = False,
+    window: bool = False,
 ) -> TaskResult:
     """Score `items` with `em` (exact AR likelihood or MDLM ELBO with `mc_samples` samples) into a TaskResult;
-    `pmi` also scores each choice after BOS alone, for acc_pmi (with the same MDLM masks when `paired`)."""
+    `pmi` also scores each choice after BOS alone, for acc_pmi (with the same MDLM masks when `paired`); `window`
+    as in `choice_nlls`."""
     if not items:
         raise ValueError(f"task {task}: no items to score")
-    score = functools.partial(choice_nlls, em, mc_samples=mc_samples, seed=seed, max_tokens=max_tokens, paired=paired)
+    score = functools.partial(
+        choice_nlls, em, mc_samples=mc_samples, seed=seed, max_tokens=max_tokens, paired=paired, window=window
+    )
     nlls = score(items)
     priors = score([MCItem(i.id, i.context[:1], i.choices, i.gold) for i in items]) if pmi else [None] * len(items)
     per_item = [item_metrics(item, v, prior) for item, v, prior in zip(items, nlls, priors, strict=True)]

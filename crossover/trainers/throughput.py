@@ -23,7 +23,7 @@ from crossover.trainers.schedules import eval_steps
 
 MEASURE_SECONDS = 2.0  # per model shape, after one warm-up step
 CACHE_FILE = "throughput.json"
-CLOZE_CHOICES, CLOZE_PMI_TOKENS = 4, 17  # heldout_cloze: 4 choices, each scored again after BOS alone (+ span)
+CLOZE_CHOICES = 4  # heldout_cloze: 4 choices, each scored again after BOS alone (PMI)
 
 
 @dataclass
@@ -115,7 +115,7 @@ def eval_tokens(trial: TrialSpec) -> float:
     if "heldout_cloze" in ev.tasks:
         span = min(16, seq // 4)
         context = min(48, seq - span - 1) + 1
-        per_point += ev.max_items * CLOZE_CHOICES * (context + span + 1 + span) * samples
+        per_point += ev.max_items * CLOZE_CHOICES * (context + span + 1 + span) * samples  # + the PMI prior rows
     return per_point * len(eval_steps(trial))
 
 
