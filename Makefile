@@ -26,9 +26,8 @@ $(STAMP): $(PLANNER)
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no tests: that is a failure here, never a pass.
-# Two workers: the Ray tests on one, in order, the rest on the other (tests/conftest.py says why).
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
 # A real small study end to end on the embedded defaults: the stdlib corpus, a local Ray instance, SQLite MLflow.
 DEMO_STORE := sqlite:///$(CURDIR)/mlflow.db

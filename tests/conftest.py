@@ -17,19 +17,6 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "study_specs"
 
-# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`): the tests that start Ray (a local
-# instance, a cluster, Ray Train workers) stay together on one, one after another, since two Ray instances at once
-# would starve each other's trials on a 2-core machine; the rest share the other worker. Those tests spend much of
-# their time waiting on processes, so the two overlap well.
-RAY_MODULES = {"test_platform", "test_lost_node", "test_ray_auth", "test_smoke_study", "test_trainer_ray"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        module = getattr(item, "module", None)
-        if module is not None and module.__name__.rsplit(".", 1)[-1] in RAY_MODULES:
-            item.add_marker(pytest.mark.xdist_group("ray"))
-
 
 @pytest.fixture
 def one_thread():
