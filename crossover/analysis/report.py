@@ -127,12 +127,10 @@ def _efficiency_table(analysis: StudyAnalysis) -> pd.DataFrame:
 
 
 def _scorings_table(analysis: StudyAnalysis) -> pd.DataFrame:
-    from crossover.analysis.verdict import status_phrase
+    from crossover.analysis.verdict import scoring_tables, status_phrase
 
-    tables = {analysis.metric: analysis.crossovers, **{m: a.crossovers for m, a in analysis.scorings.items()}}
     out = pd.DataFrame({"cell": analysis.crossovers["cell"]})
-    for metric in sorted(tables, key=lambda m: m.rsplit("/", 1)[-1]):
-        by_cell = tables[metric].set_index("cell") if not tables[metric].empty else pd.DataFrame()
+    for metric, by_cell in scoring_tables(analysis).items():
         out[metric.rsplit("/", 1)[-1]] = [
             status_phrase(by_cell.loc[c]) if c in by_cell.index else "no verdict" for c in out["cell"]
         ]

@@ -16,7 +16,7 @@ import pandas as pd
 
 from crossover.analysis.crossing import CROSSED, Crossover, find_crossover
 from crossover.analysis.curves import StudyData
-from crossover.analysis.efficiency import efficiency_details
+from crossover.analysis.efficiency import Efficiency, efficiency_details
 from crossover.analysis.errors import AnalysisError
 from crossover.analysis.scaling import (
     InsufficientData,
@@ -302,17 +302,13 @@ def _trial_item_curves(data: StudyData, run_ids: list[str], column: str, field_n
     return out
 
 
-def _efficiency_ratios(sub: pd.DataFrame, higher: bool, columns: dict[str, str]) -> dict[str, dict[float, float]]:
-    """Per basis: MDLM budget -> U'/U, with out-of-range ratios as inf (above) or 0 (below), NaN when undefined."""
-    coded = {"above_range": math.inf, "below_range": 0.0}
-    out = {}
-    for basis, column in columns.items():
-        means = sub.groupby(["objective", "unique_budget"])[column].mean()
-        if "ar" not in means.index.get_level_values(0) or "mdlm" not in means.index.get_level_values(0):
-            return {}
-        rows = efficiency_details(means.loc["ar"].to_dict(), means.loc["mdlm"].to_dict(), higher)
-        out[basis] = {r.unique_tokens: r.ratio if r.ratio is not None else coded.get(r.status, math.nan) for r in rows}
-    return out
+def _basis_details(values: pd.DataFrame, higher: bool) -> dict[str, list[Efficiency]] | None:
+    """`efficiency_details` on each basis from per-trial `best` and `final` values (means over seeds per objective
+    and budget); None unless both objectives are there."""
+    means = values.groupby(["objective", "unique_budget"])[list(BASES)].mean()
+    if not {"ar", "mdlm"} <= set(means.index.get_level_values(0)):
+        return None
+    return {b: efficiency_details(means.loc["ar"][b].to_dict(), means.loc["mdlm"][b].to_dict(), higher) for b in BASES}
 
 
 def _efficiency_intervals(
@@ -330,6 +326,8 @@ def _efficiency_intervals(
         return {}, None
     rng = np.random.default_rng(seed)
     n_items = next(iter(item_curves.values())).shape[1] if item_curves else 0
+    observed = sub.set_index("run_id")[["best", "final"]].to_dict("index")
+    coded = {"above_range": math.inf, "below_range": 0.0}  # out-of-range ratios, as interval bounds
     draws: dict[str, list[dict[float, float]]] = {basis: [] for basis in BASES}
     for _ in range(n_boot):
         if item_curves:
@@ -345,12 +343,14 @@ def _efficiency_intervals(
                     best = float(curve.max() if analysis.higher_is_better else curve.min())
                     final = float(curve[-1])
                 else:
-                    trial = sub[sub["run_id"] == run_id].iloc[0]
-                    best, final = float(trial["best"]), float(trial["final"])
+                    best, final = observed[run_id]["best"], observed[run_id]["final"]
                 rows.append({"objective": objective, "unique_budget": budget, "best": best, "final": final})
-        ratios = _efficiency_ratios(pd.DataFrame(rows), analysis.higher_is_better, {b: b for b in BASES})
+        details = _basis_details(pd.DataFrame(rows), analysis.higher_is_better) or {}
         for basis in BASES:
-            draws[basis].append(ratios.get(basis, {}))
+            draws[basis].append({
+                r.unique_tokens: r.ratio if r.ratio is not None else coded.get(r.status, math.nan)
+                for r in details.get(basis, [])
+            })  # fmt: skip
     alpha = (1 - analysis.confidence) / 2
     intervals = {}
     for basis in BASES:
@@ -391,15 +391,9 @@ def _efficiency(data: StudyData, analysis: StudyAnalysis, n_boot: int = 1000, se
     rows = []
     for group in sorted(values["group"].unique()):
         sub = values[values["group"] == group]
-        means = sub.groupby(["objective", "unique_budget"])[["best", "final"]].mean()
-        if not {"ar", "mdlm"} <= set(means.index.get_level_values(0)):
+        details = _basis_details(sub, analysis.higher_is_better)
+        if details is None:
             continue
-        details = {
-            basis: efficiency_details(
-                means.loc["ar"][basis].to_dict(), means.loc["mdlm"][basis].to_dict(), analysis.higher_is_better
-            )
-            for basis in BASES
-        }
         intervals, source = _efficiency_intervals(data, analysis, sub, n_boot, seed)
         for best, final in zip(details["best"], details["final"], strict=True):
             row: dict[str, Any] = {"group": group, "unique_tokens": best.unique_tokens, "ci_source": source}

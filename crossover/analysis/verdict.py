@@ -103,7 +103,7 @@ def _efficiency_of(analysis: StudyAnalysis, row: pd.Series) -> tuple[dict[str, f
         if found[column] is not None and not pd.isna(found[column])
     }
     best = efficiency_ratio_text(found, "")
-    below_one = (found["status"] == "below_range" and found["bound"] <= 1) or metrics.get("efficiency", 2) < 1
+    below_one = (found["status"] == "below_range" and found["bound"] <= 1) or metrics.get("efficiency", math.inf) < 1
     ci = f"{analysis.confidence:.0%} intervals over {found['ci_source']}" if found["ci_source"] else "no interval"
     if found["status"] == "ok":
         head = (
@@ -129,25 +129,34 @@ def status_phrase(row: pd.Series | None) -> str:
     return {NOT_CROSSED: "not crossed", ALWAYS_AHEAD: "MDLM always ahead"}.get(row["status"], "no verdict")
 
 
+def scoring_tables(analysis: StudyAnalysis) -> dict[str, pd.DataFrame]:
+    """The crossovers of every accuracy the task was scored on (the study's metric among them), indexed by cell, in
+    the order acc, acc_norm, acc_pmi; empty when the study scored only one."""
+    if not analysis.scorings:
+        return {}
+    tables = {analysis.metric: analysis.crossovers, **{m: a.crossovers for m, a in analysis.scorings.items()}}
+    return {
+        m: tables[m].set_index("cell") if not tables[m].empty else pd.DataFrame()
+        for m in sorted(tables, key=lambda m: SCORINGS.index(m.rsplit("/", 1)[-1]))
+    }
+
+
 def _scorings_of(analysis: StudyAnalysis, cell: str, status: str) -> tuple[float | None, str]:
     """The cell's verdict on each accuracy of the task side by side (raw, per character, PMI), and on how many the
     main metric's verdict holds: (share agreeing, phrase), or (None, "") when the study scored only one."""
-    if not analysis.scorings:
+    tables = scoring_tables(analysis)
+    if not tables:
         return None, ""
-    found = {analysis.metric: analysis.crossovers.set_index("cell").loc[cell]}
-    for metric, other in analysis.scorings.items():
-        table = other.crossovers.set_index("cell") if not other.crossovers.empty else None
-        found[metric] = table.loc[cell] if table is not None and cell in table.index else None
-    ordered = sorted(found, key=lambda m: SCORINGS.index(m.rsplit("/", 1)[-1]))
-    parts = ", ".join(f"{m.rsplit('/', 1)[-1]} {status_phrase(found[m])}" for m in ordered)
-    agree = [m for m in ordered if found[m] is not None and found[m]["status"] == status]
-    if len(agree) == len(ordered):
+    found = {m: t.loc[cell] if cell in t.index else None for m, t in tables.items()}
+    parts = ", ".join(f"{m.rsplit('/', 1)[-1]} {status_phrase(row)}" for m, row in found.items())
+    agree = [m for m, row in found.items() if row is not None and row["status"] == status]
+    if len(agree) == len(found):
         holds = "the same verdict on every scoring"
     elif len(agree) == 1:
         holds = f"this verdict holds on {analysis.metric.rsplit('/', 1)[-1]} only"
     else:
-        holds = f"this verdict holds on {len(agree)} of {len(ordered)} scorings"
-    return len(agree) / len(ordered), f"; by scoring: {parts} ({holds})"
+        holds = f"this verdict holds on {len(agree)} of {len(found)} scorings"
+    return len(agree) / len(found), f"; by scoring: {parts} ({holds})"
 
 
 def verdicts(analysis: StudyAnalysis) -> list[Verdict]:

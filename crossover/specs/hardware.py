@@ -36,10 +36,10 @@ ISA_ORDER: tuple[Isa, ...] = ("other", "AVX2", "AVX512", "AMX")
 # ATEN_CPU_CAPABILITY, oneDNN's (matmuls, and the brgemm packing inside ATen's bf16 attention) by ONEDNN_MAX_CPU_ISA.
 # Capping one alone mixes levels: on an AMX CPU, ATen's AVX2 attention kernel asks oneDNN whether to pack for AMX, is
 # told yes, and fails ("pack_vnni2 is only supported when avx512 is supported"). So a CPU is emulated with both.
-CAP_ENV: dict[Isa, dict[str, str]] = {
+CAP_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+CAP_ENV: dict[Isa, dict[str, str]] = {  # an AMX CPU is emulated by nothing capped: only an AMX CPU is one
     "AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
     "AVX512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},  # AVX512, no AMX
-    "AMX": {},  # nothing capped: only an AMX CPU is one
 }
 
 
@@ -101,7 +101,7 @@ def cpu_info() -> CpuInfo:
         hardware = "AVX512"
     if {"amx_tile", "amx_bf16"} <= flags:
         hardware = "AMX"
-    aten, onednn = os.environ.get("ATEN_CPU_CAPABILITY", ""), os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    aten, onednn = (os.environ.get(var, "") for var in CAP_VARS)
     mixed = None
     if hardware == "AMX" and _aten_cap(aten) in ("other", "AVX2") and _onednn_cap(onednn) == "AMX":
         mixed = (f"ATEN_CPU_CAPABILITY={aten} without ONEDNN_MAX_CPU_ISA=AVX2: torch's bf16 attention fails on this "
@@ -119,7 +119,7 @@ def capped_env(isa: Isa, base: Mapping[str, str] | None = None) -> dict[str, str
         raise CannotEmulate(
             f"this CPU cannot act as one with {isa}: its widest path is {have}, and a cap only lowers it"
         )
-    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in CAP_ENV["AVX2"]}
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in CAP_VARS}
     return {**env, **(CAP_ENV[isa] if isa != have else {})}
 
 
