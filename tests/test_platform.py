@@ -24,6 +24,8 @@ from crossover.specs.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_M
 from .conftest import tiny_study
 from .services import free_port, kill_ray_processes, mlflow_server, ray_temp_dir, stop_group
 
+pytestmark = pytest.mark.xdist_group("ray")  # `make test` runs every test that starts Ray on one worker, in turn
+
 CROSSOVER = [sys.executable, "-m", "crossover.cli"]
 CONTRACT_METRICS = {m for m in TRAIN_METRICS if m != "mfu"} | {"eval/heldout_loss/loss"}
 
@@ -251,7 +253,9 @@ def test_stop_ends_a_running_study_leaving_no_process_and_a_rerun_finishes_it(st
 def test_ctrl_c_while_a_study_starts_stops_it_marked_killed(study):
     """Ctrl-C as soon as the study's parent run exists (Ray starting, or the first trial just placed): exit 130 with
     a line saying how to continue, and the parent run KILLED, not FINISHED."""
-    spec = study["write"](train={"total_tokens": 98304}, grid={"objective": ["ar"]})
+    # A trial far longer than the test: on a loaded machine the first poll that sees the parent run can come late,
+    # and the signal must still find the study running (it ends the trial early, so the length costs nothing).
+    spec = study["write"](train={"total_tokens": 1_000_000}, grid={"objective": ["ar"]})
     command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"]]
     driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
