@@ -60,3 +60,43 @@ def write_study(
         write_trial(TrialRun(trial, uri, parent_run_id), trial, truth, rng, step_list, items, train_points_per_eval)
     finish_study(uri, parent_run_id)
     return parent_run_id
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Simulated crossover studies shaped like the shipped ones (bench/bench_crossover.py and the coverage test)
+
+SHIPPED_X = np.geomspace(40e3, 4e6, 12)  # cpu_crossover: 12 log-spaced eval points over 4M training tokens
+SHAPES = {  # where the population curves cross, as a fraction of the log-x range
+    "late": 10.5 / 11,  # between the last two eval points: one point after the crossing
+    "mid": 0.5,
+}
+
+
+def shipped_skills(t: np.ndarray, where: float) -> tuple[np.ndarray, np.ndarray]:
+    """Logit skills at log-x fraction `t`: AR peaks a quarter of the way in and then decays (it overfits repeated
+    data); MDLM climbs steadily and meets AR at `where`."""
+    z_ar = 0.9 - 4.0 * (t - 0.25) ** 2
+    z_at = 0.9 - 4.0 * (where - 0.25) ** 2
+    return z_ar, z_at + 2.0 * (t - where)
+
+
+def draw_shipped_study(
+    rng: np.random.Generator, where: float, items: int, seeds: int = 1, x: np.ndarray = SHIPPED_X
+) -> tuple[np.ndarray, np.ndarray]:
+    """(points, seeds, items) 0/1 answers of AR and MDLM on the same 4-choice items: item difficulties shared by
+    both objectives, a per-seed skill offset (training noise, 0.1 logits), each answer drawn afresh at every eval
+    point. The population accuracy curves (chance 0.25) cross at exactly `true_crossover(where)`."""
+    t = np.linspace(0, 1, len(x))
+    z_ar, z_dlm = shipped_skills(t, where)
+    difficulty = 1.5 * rng.standard_normal(items)
+    out = []
+    for z in (z_ar, z_dlm):
+        offset = 0.1 * rng.standard_normal(seeds) if seeds > 1 else np.zeros(1)
+        logit = z[:, None, None] + offset[None, :, None] - difficulty[None, None, :]
+        p = 0.25 + 0.75 / (1 + np.exp(-logit))
+        out.append((rng.random(p.shape) < p).astype(float))
+    return out[0], out[1]
+
+
+def true_crossover(where: float, x: np.ndarray = SHIPPED_X) -> float:
+    return float(x[0] * (x[-1] / x[0]) ** where)

@@ -161,7 +161,7 @@ def test_analyze_command_writes_the_report_and_logs_it_to_the_parent_run(store, 
                  "figures/efficiency.svg", "figures/scaling_fits.png", "figures/delta_nll.png"):  # fmt: skip
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["metric"] == "eval/heldout_cloze/acc" and summary["ci_source"] == "items"
+    assert summary["metric"] == "eval/heldout_cloze/acc" and summary["ci_source"] == "items, 1 seed"
     cells = {row["cell"]: row for row in summary["crossovers"]}
     small, large = cells["unique_tokens=50k"], cells["unique_tokens=200k"]
     assert small["status"] == "crossed" and large["status"] == "not_crossed"
@@ -390,7 +390,7 @@ def test_noise_study_compares_ar_noise_variants_with_the_clean_mdlm(tmp_path):
     for noise in ("im0.1", "do0.1"):
         assert rows[noise]["reference"] == "MDLM from noise=clean"
         assert rows[noise]["status"] in ("crossed", "not_crossed", "dlm_always_ahead")
-        assert rows[noise]["ci_source"] == "seeds"
+        assert rows[noise]["ci_source"] == "seeds, 2 seeds"
     assert (out / "figures" / "crossover_vs_noise.png").is_file()
     assert "compared with" in (out / "report.md").read_text()
 
@@ -428,6 +428,29 @@ def test_efficiency_is_against_an_early_stopped_ar_and_says_when_mdlm_is_not_mor
     assert "against AR's best" in line and "; final vs final " in line and "90% intervals over items, 1 seed" in line
     metrics = lines["unique_tokens=50k"].metrics
     assert metrics["efficiency"] < 1 < metrics["efficiency_final"]
+
+
+def test_three_seeds_give_a_seed_then_item_interval_and_the_spread_across_seeds(tmp_path):
+    """A cell with three seeds (as study_specs/cpu_crossover_seeds.yaml): the crossover interval resamples seeds, then
+    items, and says so; the verdict gives each seed pair's own crossover and the spread of AR's best and MDLM's last."""
+    from crossover.analysis import analyze_study, verdicts
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = smoke_spec("seeds")
+    raw["grid"]["unique_tokens"] = ["50k"]
+    raw["seeds"] = [0, 1, 2]
+    write_study(raw, uri, SMOKE_TRUTH)
+    analysis = analyze_study(load_study("seeds", uri), n_boot=200)
+    row = analysis.crossovers.set_index("cell").loc["unique_tokens=50k"]
+    assert row["ci_source"] == "seeds then items, 3 seeds" and row["seeds_ar"] == row["seeds_mdlm"] == 3
+    assert len(row["seed_crossover_tokens"]) == 3 and row["ar_best_sd"] > 0 and row["mdlm_final_sd"] > 0
+    (verdict,) = verdicts(analysis)
+    assert "across 3 seeds: crossover per seed " in verdict.line and "AR's best varies by" in verdict.line
+    assert "90% CI" in verdict.line and 0 <= verdict.metrics["seeds_crossed"] <= 1
+    out = tmp_path / "report"
+    assert runner.invoke(app, ["analyze", "seeds", "--tracking-uri", uri, "--out", str(out)]).exit_code == 0
+    (cell,) = json.loads((out / "summary.json").read_text())["crossovers"]
+    assert len(cell["seed_crossover_tokens"]) == 3 and "per seed" in (out / "report.md").read_text()
 
 
 def test_the_delta_nll_view_claims_only_what_the_accuracy_shows(tmp_path):

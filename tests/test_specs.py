@@ -27,7 +27,7 @@ runner = CliRunner()
 def test_every_shipped_spec_validates():
     result = runner.invoke(app, ["validate", *map(str, sorted(SPECS.glob("*.yaml")))])
     assert result.exit_code == 0, result.output
-    for name in ("smoke", "cpu_crossover", "paper_data_budget", "paper_quality", "paper_model_size",
+    for name in ("smoke", "cpu_crossover", "cpu_crossover_seeds", "paper_data_budget", "paper_quality", "paper_model_size",
                  "paper_sparsity", "paper_noise", "paper_code_1p7b"):  # fmt: skip
         assert (SPECS / f"{name}.yaml").exists()
 

@@ -10,10 +10,14 @@ the raw margin is used (there is too little data to smooth).
 
 Uncertainty. Given per-item (or per-seed) samples, items (seeds) are resampled with replacement -- the same items
 for AR and MDLM when paired, since both models answer the same items -- and the whole detector is re-run on every
-replicate with the smoother fixed (a linear map, so all replicates cost one matrix product). The confidence
-interval holds the percentiles of the replicate crossovers, where a replicate that never crosses counts as
-+inf (beyond the observation) and one where MDLM leads throughout as -inf (before it): an interval bound that is
-infinite says honestly that the data cannot place the crossover inside the window on that side.
+replicate, the span and the robustness weights chosen afresh from the replicate's own margin (keeping them fixed
+would make the interval conditional on the observed data's choices and too narrow at a dozen points). Samples of
+shape (points, seeds, items) are resampled in two stages, seeds first and then the items shared by every seed, so
+training noise and item sampling are both in the interval. The confidence interval holds the percentiles of the
+replicate crossovers, where a replicate that never crosses counts as +inf (beyond the observation) and one where
+MDLM leads throughout as -inf (before it): an interval bound that is infinite says honestly that the data cannot
+place the crossover inside the window on that side. `bench/bench_crossover.py` measures the interval's coverage and
+the estimate's bias on simulated studies shaped like the shipped ones.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class Crossover:
     status: Status
     ci: tuple[float, float] | None = None  # bounds may be -inf / +inf: see the module docstring
     confidence: float = 0.9
-    ci_source: str | None = None  # "items", "seeds" or None (no samples given: no interval)
+    ci_source: str | None = None  # what the bootstrap resampled ("items, 1 seed"); None: no samples, no interval
     p_crossed: float | None = None  # share of bootstrap replicates that cross inside the window
     n_points: int = 0
     x_range: tuple[float, float] | None = None
@@ -93,7 +97,8 @@ def convert_x(
 
 
 def lowess_matrix(lx: np.ndarray, at: np.ndarray, span: float, robust: np.ndarray | None = None) -> np.ndarray:
-    """Rows: the weights that map data values at `lx` to the local-linear LOWESS fit at each point of `at`."""
+    """Rows: the weights that map data values at `lx` to the local-linear LOWESS fit at each point of `at`.
+    With robustness weights of shape (rows, len(lx)), one such matrix per row: (rows, len(at), len(lx))."""
     n = len(lx)
     k = min(n, max(MIN_WINDOW, math.ceil(span * n)))
     u = lx[None, :] - at[:, None]  # (m, n)
@@ -102,21 +107,22 @@ def lowess_matrix(lx: np.ndarray, at: np.ndarray, span: float, robust: np.ndarra
     h = np.maximum(h * 1.000001, 1e-12)
     w = np.clip(1 - (dist / h[:, None]) ** 3, 0, None) ** 3
     if robust is not None:
-        w = w * robust[None, :]
-    s0 = w.sum(axis=1)
-    s1 = (w * u).sum(axis=1)
-    s2 = (w * u * u).sum(axis=1)
+        w = w * robust[..., None, :]
+    s0 = w.sum(axis=-1)[..., None]
+    s1 = (w * u).sum(axis=-1)[..., None]
+    s2 = (w * u * u).sum(axis=-1)[..., None]
     det = s0 * s2 - s1 * s1
     ok = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
-    local_linear = w * (s2[:, None] - s1[:, None] * u) / np.where(ok, det, 1.0)[:, None]
-    local_constant = w / np.maximum(s0, 1e-300)[:, None]
-    return np.where(ok[:, None], local_linear, local_constant)
+    local_linear = w * (s2 - s1 * u) / np.where(ok, det, 1.0)
+    local_constant = w / np.maximum(s0, 1e-300)
+    return np.where(ok, local_linear, local_constant)
 
 
 def smoother_matrix(lx: np.ndarray, at: np.ndarray, span: float, robust: np.ndarray | None = None) -> np.ndarray:
     """LOWESS with Tukey's twicing: S y + S (y - S y). Smoothing the residuals once more and adding them back
     removes most of the curvature bias of a wide local-linear fit (which would shift a crossover by a few percent of
-    the range) while keeping the variance of the wide span; the result is still a linear map of y."""
+    the range) while keeping the variance of the wide span; the result is still a linear map of y (one per row of
+    `robust` when it has rows)."""
     data = lowess_matrix(lx, lx, span, robust)
     return lowess_matrix(lx, at, span, robust) @ (2 * np.eye(len(lx)) - data)
 
@@ -125,28 +131,41 @@ def choose_span(lx: np.ndarray, y: np.ndarray) -> float:
     """The LOWESS span by leave-one-out cross-validation (exact for a linear smoother) with the one-standard-error
     rule: the widest span whose error is within one standard error of the best. Plain LOO picks spans that chase
     noise about as often as not, and wiggles near zero are exactly what would move a crossover."""
+    return float(choose_spans(lx, y[None, :])[0])
+
+
+def choose_spans(lx: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """`choose_span` for each row of `ys` (replicates x points) at once: the candidate smoothers do not depend on
+    the data, only their errors do."""
     n = len(lx)
     spans = sorted({max(s, MIN_WINDOW / n) for s in SPANS})
-    errors = []
+    errors = []  # per span: (rows x points) squared leave-one-out errors
     for span in spans:
         s = smoother_matrix(lx, lx, span)
         leverage = np.clip(np.diag(s), None, 0.99)
-        errors.append(((y - s @ y) / (1 - leverage)) ** 2)
-    scores = np.array([e.mean() for e in errors])
-    best = int(np.argmin(scores))
-    limit = scores[best] + errors[best].std(ddof=1) / math.sqrt(n)
-    return max(span for span, score in zip(spans, scores, strict=True) if score <= limit)
+        errors.append(((ys - ys @ s.T) / (1 - leverage)) ** 2)
+    scores = np.stack([e.mean(axis=1) for e in errors], axis=1)  # (rows, spans)
+    best = np.argmin(scores, axis=1)
+    spread = np.stack([e.std(axis=1, ddof=1) for e in errors], axis=1)
+    rows = np.arange(len(ys))
+    limit = scores[rows, best] + spread[rows, best] / math.sqrt(n)
+    within = scores <= limit[:, None]
+    widest = len(spans) - 1 - np.argmax(within[:, ::-1], axis=1)  # spans are sorted: the last one within the limit
+    return np.asarray(spans)[widest]
 
 
-def robustness_weights(lx: np.ndarray, y: np.ndarray, span: float, passes: int = 2) -> np.ndarray:
-    """Cleveland's bisquare weights: points far off the local fit (broken evaluations) count less."""
-    robust = np.ones_like(y)
+def robustness_weights(lx: np.ndarray, ys: np.ndarray, span: float, passes: int = 2) -> np.ndarray:
+    """Cleveland's bisquare weights: points far off the local fit (broken evaluations) count less. `ys` is one
+    margin (points,) or many (rows, points); a row whose fit is already exact keeps its weights."""
+    robust = np.ones_like(ys)
     for _ in range(passes):
-        resid = y - smoother_matrix(lx, lx, span, robust) @ y
-        scale = np.median(np.abs(resid))
-        if scale <= 1e-12 * max(1.0, float(np.max(np.abs(y)))):
+        resid = ys - np.einsum("...ij,...j->...i", smoother_matrix(lx, lx, span, robust), ys)
+        scale = np.median(np.abs(resid), axis=-1, keepdims=True)
+        exact = scale <= 1e-12 * np.maximum(1.0, np.max(np.abs(ys), axis=-1, keepdims=True))
+        if np.all(exact):
             break
-        robust = np.clip(1 - (resid / (6 * scale)) ** 2, 0, None) ** 2
+        update = np.clip(1 - (resid / (6 * np.where(exact, 1.0, scale))) ** 2, 0, None) ** 2
+        robust = np.where(exact, robust, update)
     return robust
 
 
@@ -175,6 +194,19 @@ def _crossings(grid: np.ndarray, margins: np.ndarray) -> np.ndarray:
     return out
 
 
+def _smooth(lx: np.ndarray, grid: np.ndarray, margins: np.ndarray, spans: np.ndarray | None) -> np.ndarray:
+    """Each row of `margins` (rows, points) on `grid`: LOWESS with its row's span and its own robustness weights, or
+    (spans None: too few points to smooth) the raw margins, which are then already on their grid."""
+    if spans is None:
+        return margins
+    out = np.empty((len(margins), len(grid)))
+    for span in np.unique(spans):  # rows that chose the same span are smoothed together
+        rows = np.flatnonzero(spans == span)
+        robust = robustness_weights(lx, margins[rows], span)
+        out[rows] = np.einsum("bij,bj->bi", smoother_matrix(lx, grid, span, robust), margins[rows])
+    return out
+
+
 def _to_x(log_x: float) -> float:
     return float(np.exp(log_x)) if math.isfinite(log_x) else log_x
 
@@ -194,12 +226,26 @@ def _bootstrap_curves(
 
 
 def _as_samples(samples: object, n: int, name: str) -> np.ndarray:
+    """(points, k) per-item or per-seed samples, or (points, seeds, items) for a two-stage bootstrap."""
     arr = np.asarray(samples, dtype=float)
     if arr.ndim == 1:
         arr = arr[:, None]
-    if arr.ndim != 2 or arr.shape[0] != n:
-        raise ValueError(f"{name} must have one row per x value ({n}), got shape {arr.shape}")
+    if arr.ndim not in (2, 3) or arr.shape[0] != n:
+        raise ValueError(
+            f"{name} must have one row per x value ({n}): shape (points, samples) or (points, seeds, items); "
+            f"got shape {arr.shape}"
+        )
     return arr
+
+
+def _draw_weights(rng: np.random.Generator, shape: tuple[int, ...], n_boot: int) -> np.ndarray:
+    """(n_boot, prod(shape)) bootstrap counts over the flattened samples: one multinomial draw for (k,), and for
+    (seeds, items) seeds first, then items (the same item draw for every seed: they answered the same items)."""
+    draws = [rng.multinomial(k, np.full(k, 1 / k), size=n_boot).astype(float) for k in shape]
+    weights = draws[0]
+    for more in draws[1:]:
+        weights = (weights[:, :, None] * more[:, None, :]).reshape(n_boot, -1)
+    return weights
 
 
 def find_crossover(
@@ -220,9 +266,10 @@ def find_crossover(
     """The first x after which MDLM stays ahead of AR to the end of the observation.
 
     `x`, `ar`, `dlm`: equal-length sequences, x positive and increasing (tokens, FLOPs or epochs). Optional
-    `ar_samples` / `dlm_samples` of shape (len(x), k): per-item scores (or per-seed curves, `sample_kind="seeds"`)
-    whose mean is the curve; they give the bootstrap interval `ci` at level `confidence`. Items are paired (the same
-    item resampled for both objectives) when both have the same k, unless `paired=False`.
+    `ar_samples` / `dlm_samples` of shape (len(x), k): per-item scores (or per-seed curves) whose mean is the curve,
+    or (len(x), seeds, items) per-seed per-item scores; they give the bootstrap interval `ci` at level
+    `confidence`, and `sample_kind` says what was resampled (e.g. "items, 1 seed"). Samples are paired (the same
+    items and seeds resampled for both objectives) when both have the same shape, unless `paired=False`.
     """
     xs = np.asarray(x, dtype=float)
     a = np.asarray(ar, dtype=float)
@@ -251,17 +298,10 @@ def find_crossover(
     lx = np.log(xs)
     x_range = (float(xs[0]), float(xs[-1]))
 
-    if n >= MIN_SMOOTH_POINTS:
-        used_span = span if span is not None else choose_span(lx, margin)
-        robust = robustness_weights(lx, margin, used_span)
-        grid = np.linspace(lx[0], lx[-1], GRID_POINTS)
-        smoother = smoother_matrix(lx, grid, used_span, robust)
-    else:  # too few points to smooth: the raw margin, interpolated between points
-        used_span = None
-        grid = lx
-        smoother = np.eye(n)
-    smooth = smoother @ margin
-
+    smoothed = n >= MIN_SMOOTH_POINTS
+    grid = np.linspace(lx[0], lx[-1], GRID_POINTS) if smoothed else lx
+    used_span = (span if span is not None else choose_span(lx, margin)) if smoothed else None
+    smooth = _smooth(lx, grid, margin[None, :], None if used_span is None else np.array([used_span]))[0]
     point = _crossings(grid, smooth[None, :])[0]
     status: Status = ALWAYS_AHEAD if point == -np.inf else NOT_CROSSED if point == np.inf else CROSSED
     result = Crossover(
@@ -278,14 +318,18 @@ def find_crossover(
         return result
 
     rng = np.random.default_rng(seed)
-    ka, kd = a_s.shape[1], d_s.shape[1]
+    ka, kd = a_s.shape[1:], d_s.shape[1:]
     pair = (ka == kd) if paired is None else paired
     if pair and ka != kd:
-        raise ValueError(f"paired samples need the same number of items for AR and MDLM ({ka} vs {kd})")
-    wa = rng.multinomial(ka, np.full(ka, 1 / ka), size=n_boot).astype(float)
-    wd = wa if pair else rng.multinomial(kd, np.full(kd, 1 / kd), size=n_boot).astype(float)
+        raise ValueError(f"paired samples need the same number of items (and seeds) for AR and MDLM ({ka} vs {kd})")
+    wa = _draw_weights(rng, ka, n_boot)
+    wd = wa if pair else _draw_weights(rng, kd, n_boot)
+    a_s, d_s = a_s.reshape(n, -1), d_s.reshape(n, -1)
     reps = sign * (_bootstrap_curves(d, d_s, wd) - _bootstrap_curves(a, a_s, wa))
-    crossings = _crossings(grid, reps @ smoother.T)
+    spans = None  # every replicate chooses its own span (unless one was given) and its robustness weights
+    if smoothed:
+        spans = np.full(n_boot, span) if span is not None else choose_spans(lx, reps)
+    crossings = _crossings(grid, _smooth(lx, grid, reps, spans))
     alpha = (1 - confidence) / 2
     low = float(np.quantile(crossings, alpha, method="inverted_cdf"))
     high = float(np.quantile(crossings, 1 - alpha, method="inverted_cdf"))

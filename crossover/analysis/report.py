@@ -104,6 +104,15 @@ def _crossover_table(analysis: StudyAnalysis) -> pd.DataFrame:
             "" if pd.isna(a) else f"{a:.4g} / {d:.4g}"
             for a, d in zip(table["ar_final"], table["mdlm_final"], strict=True)
         ]
+    if "seed_crossover_tokens" in table:  # two or more seeds in some cell: each seed pair's own crossover
+        out["per seed"] = [
+            ", ".join(_x(v, "tokens") for v in per) if isinstance(per, list) else ""
+            for per in table["seed_crossover_tokens"]
+        ]
+        out["sd over seeds: AR best / MDLM last"] = [
+            "" if pd.isna(a) else f"{a:.2g} / {d:.2g}"
+            for a, d in zip(table["ar_best_sd"], table["mdlm_final_sd"], strict=True)
+        ]
     return out
 
 
@@ -482,6 +491,8 @@ def _json_value(v: Any) -> Any:
             return None
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
+    if isinstance(v, list | tuple):  # per-seed crossovers
+        return [_json_value(x) for x in v]
     if hasattr(v, "item"):  # numpy scalars
         return _json_value(v.item())
     return v

@@ -110,34 +110,30 @@ def _interp_log(value: float, xs: np.ndarray, ys: np.ndarray) -> float:
     return float(np.exp(np.interp(math.log(value), np.log(xs[ok]), np.log(ys[ok]))))
 
 
-def _item_samples(
-    sub: pd.DataFrame, column: str, field_name: str, steps: np.ndarray, objective: str
-) -> np.ndarray | None:
-    """(steps x items) per-item scores of one objective in one cell, averaged over seeds, aligned by item id."""
-    rows = sub[(sub["objective"] == objective) & sub["step"].isin(steps)]
-    ids: list[str] | None = None
-    sums: dict[int, np.ndarray] = {}
-    counts: dict[int, np.ndarray] = {}
-    for step, items in zip(rows["step"], rows[column], strict=True):
-        if not isinstance(items, dict) or field_name not in items:
+def _seed_spread(
+    x: np.ndarray, tokens: np.ndarray, ar: pd.DataFrame, dlm: pd.DataFrame, higher: bool
+) -> dict[str, Any]:
+    """With two or more seeds of each objective: the crossover of each matched seed pair (tokens; +inf where that
+    pair did not cross, -inf where MDLM led throughout) and the spread (sample standard deviation) over seeds of
+    AR's best and MDLM's last value. Empty with one seed."""
+    if ar.shape[1] < 2 or dlm.shape[1] < 2:
+        return {}
+    peak = ar.max() if higher else ar.min()
+    out: dict[str, Any] = {
+        "ar_best_sd": float(peak.std(ddof=1)),
+        "mdlm_final_sd": float(dlm.ffill().iloc[-1].std(ddof=1)),
+    }
+    per_seed = []
+    for seed in [s for s in ar.columns if s in dlm.columns]:
+        a, d = ar[seed].to_numpy(dtype=float), dlm[seed].to_numpy(dtype=float)
+        if np.isfinite(a).sum() < 2 or np.isfinite(d).sum() < 2:
             continue
-        if ids is None:
-            ids = list(items["ids"])
-            index = {item: i for i, item in enumerate(ids)}
-        values = np.full(len(ids), np.nan)
-        if list(items["ids"]) == ids:
-            values = np.asarray(items[field_name], dtype=float)
-        else:
-            for item, v in zip(items["ids"], items[field_name], strict=True):
-                if item in index:
-                    values[index[item]] = v
-        ok = np.isfinite(values)
-        sums[step] = sums.get(step, np.zeros(len(ids))) + np.where(ok, values, 0)
-        counts[step] = counts.get(step, np.zeros(len(ids))) + ok
-    if ids is None or any(s not in sums for s in steps):
-        return None
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.stack([np.where(counts[s] > 0, sums[s] / counts[s], np.nan) for s in steps])
+        found = find_crossover(np.where(np.isfinite(a) & np.isfinite(d), x, np.nan), a, d, higher)
+        at = {"not_crossed": math.inf, "dlm_always_ahead": -math.inf}.get(found.status)
+        per_seed.append(at if at is not None else _interp_log(found.x, x, tokens))
+    if per_seed:
+        out["seed_crossover_tokens"] = per_seed
+    return out
 
 
 def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int) -> None:
@@ -151,7 +147,6 @@ def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int
     axis_values = _axis_values(data)
     rows = []
     sources = set()
-    cells_by_name = dict(tuple(valid.groupby("cell", sort=False))) if item_column else {}
     seed_tables = {cell: t.droplevel(0) for cell, t in by_seed.groupby(level=0, sort=False)}
     axis_tables = {cell: t.droplevel(0) for cell, t in axis_cols.groupby(level=0, sort=False)}
 
@@ -205,15 +200,13 @@ def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int
         dlm = means["mdlm"].to_numpy()[keep]
         samples: dict[str, Any] = {}
         if item_column and len(steps):
-            a_items = _item_samples(cells_by_name[source["ar"]], item_column, field_name, steps, "ar")
-            d_items = _item_samples(cells_by_name[source["mdlm"]], item_column, field_name, steps, "mdlm")
-            if a_items is not None and d_items is not None and a_items.shape[1] == d_items.shape[1]:
-                samples = dict(ar_samples=a_items, dlm_samples=d_items, sample_kind="items")
+            samples = _item_samples(valid, source, item_column, field_name, steps)
         if not samples and ar_seeds.shape[1] >= 2 and dlm_seeds.shape[1] >= 2:
             a_s = ar_seeds.to_numpy()[keep]
             d_s = dlm_seeds.to_numpy()[keep]
             same = sorted(ar_seeds.columns) == sorted(dlm_seeds.columns)
-            samples = dict(ar_samples=a_s, dlm_samples=d_s, sample_kind="seeds", paired=same)
+            kind = f"seeds, {min(a_s.shape[1], d_s.shape[1])} seeds"
+            samples = dict(ar_samples=a_s, dlm_samples=d_s, sample_kind=kind, paired=same)
         if len(steps) == 0:
             rows.append({**row, "status": "no_common_points"})
             continue
@@ -222,8 +215,9 @@ def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int
         )
         if result.ci_source:
             sources.add(result.ci_source)
-        analysis.results[cell] = result
         tokens, flops, epochs = (ax[c].to_numpy(dtype=float)[keep] for c in ("tokens", "flops", "epoch"))
+        spread = _seed_spread(x, tokens, ar_seeds.iloc[keep], dlm_seeds.iloc[keep], analysis.higher_is_better)
+        analysis.results[cell] = result
         analysis.cells[cell] = CellCurves(cell, x, ar, dlm, tokens, flops, epochs)
         at = result.x if result.x is not None else math.nan
         rows.append(
@@ -246,6 +240,7 @@ def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int
                 "mdlm_final": float(dlm[-1]),
                 "seeds_ar": int(ar_seeds.shape[1]),
                 "seeds_mdlm": int(dlm_seeds.shape[1]),
+                **spread,
             }
         )
     analysis.crossovers = pd.DataFrame(rows)
@@ -281,25 +276,48 @@ def _other_axes_key(trials: pd.DataFrame, exclude: tuple[str, ...], axes: list[s
 BASES = ("best", "final")  # efficiency against what each trial reached (headline), and against its last value
 
 
-def _trial_item_curves(data: StudyData, run_ids: list[str], column: str, field_name: str) -> dict[str, np.ndarray]:
-    """Per trial: (eval points x items) per-item scores in step order, items aligned on the first trial's ids;
-    empty unless every trial has them."""
+def _trial_item_curves(
+    curves: pd.DataFrame, run_ids: list[str], column: str, field_name: str, steps: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Per trial: (eval points x items) per-item scores in step order (at `steps` when given, NaN where a trial has
+    no items there), items aligned on the first trial's ids; empty unless every trial has them."""
     out: dict[str, np.ndarray] = {}
     ids: list[str] | None = None
     for run_id in run_ids:
-        rows = data.curves[data.curves["run_id"] == run_id].sort_values("step")
-        scores = []
-        for items in rows[column]:
+        rows = curves[curves["run_id"] == run_id].sort_values("step")
+        by_step: dict[int, list[float]] = {}
+        for step, items in zip(rows["step"], rows[column], strict=True):
             if not isinstance(items, dict) or field_name not in items:
                 continue
             if ids is None:
                 ids = list(items["ids"])
             found = dict(zip(items["ids"], items[field_name], strict=True))
-            scores.append([float(found.get(i, np.nan)) for i in ids])
-        if not scores:
+            by_step[step] = [float(found.get(i, np.nan)) for i in ids]
+        if not by_step or ids is None:
             return {}
-        out[run_id] = np.asarray(scores)
+        missing = [np.nan] * len(ids)
+        out[run_id] = np.asarray([by_step.get(s, missing) for s in (by_step if steps is None else steps)])
     return out
+
+
+def _item_samples(
+    curves: pd.DataFrame, source: dict[str, str], column: str, field_name: str, steps: np.ndarray
+) -> dict[str, Any]:
+    """`find_crossover`'s per-item samples for one cell: (steps x items) with one seed, (steps x seeds x items) with
+    several (a seed-then-item bootstrap), paired when AR and MDLM have the same seeds; empty without items."""
+    runs = {
+        o: curves[(curves["cell"] == source[o]) & (curves["objective"] == o)].groupby("seed")["run_id"].first()
+        for o in ("ar", "mdlm")
+    }
+    found = _trial_item_curves(curves, [*runs["ar"], *runs["mdlm"]], column, field_name, steps)
+    if not found:
+        return {}
+    a, d = (np.stack([found[r] for r in runs[o]], axis=1) for o in ("ar", "mdlm"))
+    seeds = min(a.shape[1], d.shape[1])
+    if seeds == 1:
+        return dict(ar_samples=a[:, 0], dlm_samples=d[:, 0], sample_kind="items, 1 seed")
+    same = list(runs["ar"].index) == list(runs["mdlm"].index)
+    return dict(ar_samples=a, dlm_samples=d, sample_kind=f"seeds then items, {seeds} seeds", paired=same)
 
 
 def _basis_details(values: pd.DataFrame, higher: bool) -> dict[str, list[Efficiency]] | None:
@@ -319,7 +337,9 @@ def _efficiency_intervals(
     best and final read from its own resampled curves. Returns ({(basis, U): (low, high)}, what was resampled)."""
     task, field_name = analysis.metric.split("/")[1], analysis.metric.rsplit("/", 1)[-1]
     column = f"items/{task}"
-    item_curves = _trial_item_curves(data, list(sub["run_id"]), column, field_name) if task in data.item_tasks else {}
+    item_curves = (
+        _trial_item_curves(data.curves, list(sub["run_id"]), column, field_name) if task in data.item_tasks else {}
+    )
     seeds = sub.groupby(["objective", "unique_budget"])["run_id"].agg(list)
     most_seeds = int(seeds.map(len).max())
     if not item_curves and most_seeds < 2:

@@ -16,7 +16,10 @@ after its minimum while the gap between wrong and right answers kept widening.
 
 They head the report and `crossover analyze`'s output, and are logged on the study's parent MLflow run: a tag
 `crossover.verdict.<cell>` with the line, and metrics `verdict/<cell>/...` (crossed 1/0, crossover tokens and epochs,
-AR's lead at the end, AR's peak, MDLM's final value, the efficiency ratio against AR's best and final vs final) that the runs table can show as columns.
+AR's lead at the end, AR's peak, MDLM's final value, the efficiency ratio against AR's best and final vs final,
+and with several seeds the share of seed pairs that crossed and the spread over seeds) that the runs table can show
+as columns. With two or more seeds a line also gives each seed pair's own crossover and that spread, and the
+intervals resample seeds, then items.
 """
 
 from __future__ import annotations
@@ -121,6 +124,28 @@ def _efficiency_of(analysis: StudyAnalysis, row: pd.Series) -> tuple[dict[str, f
     return metrics, f"; {head}; final vs final {final}; {ci}"
 
 
+def _seeds_of(row: pd.Series) -> tuple[dict[str, float], str]:
+    """The spread across seeds where a cell has two or more: each seed pair's own crossover and the standard
+    deviation over seeds of AR's best and MDLM's last value."""
+    per_seed = row.get("seed_crossover_tokens")
+    if not isinstance(per_seed, list | tuple | np.ndarray) or len(per_seed) < 2:
+        return {}, ""
+    crossings = ", ".join(
+        "not crossed" if v == math.inf else "MDLM always ahead" if v == -math.inf else format_tokens(v)
+        for v in per_seed
+    )
+    share = float(np.mean([math.isfinite(v) for v in per_seed]))
+    metrics = {
+        "seeds_crossed": share,
+        "ar_best_sd": float(row["ar_best_sd"]),
+        "mdlm_final_sd": float(row["mdlm_final_sd"]),
+    }
+    return metrics, (
+        f"; across {len(per_seed)} seeds: crossover per seed {crossings}, AR's best varies by "
+        f"{row['ar_best_sd']:.2g} (sd), MDLM's last by {row['mdlm_final_sd']:.2g}"
+    )
+
+
 def status_phrase(row: pd.Series | None) -> str:
     if row is None:
         return "no verdict"
@@ -206,7 +231,9 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
             f"AR's best {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
             f"{_epochs(curves.epochs[peak])} epochs), MDLM's last {curves.dlm[-1]:.3g}"
         )
-        out.append(Verdict(cell, f"{cell}: {head}; {tail}{scorings}{efficiency}", metrics))
+        seed_metrics, seeds = _seeds_of(row)
+        metrics.update(seed_metrics)
+        out.append(Verdict(cell, f"{cell}: {head}; {tail}{seeds}{scorings}{efficiency}", metrics))
     return out
 
 
