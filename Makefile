@@ -26,11 +26,8 @@ $(STAMP): $(PLANNER)
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no tests: that is a failure here, never a pass.
-# Two workers: the tests that start Ray (marked xdist_group "ray") run on one, one after another, since two Ray
-# instances at once would starve each other's trials on a 2-core machine; the rest share the other worker. The Ray
-# tests spend much of their time waiting on processes, so the two overlap well.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
 # A real small study end to end on the embedded defaults: the stdlib corpus, a local Ray instance, SQLite MLflow.
 DEMO_STORE := sqlite:///$(CURDIR)/mlflow.db

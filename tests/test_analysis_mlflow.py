@@ -162,6 +162,7 @@ def test_analyze_command_writes_the_report_and_logs_it_to_the_parent_run(store, 
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == "eval/heldout_cloze/acc" and summary["ci_source"] == "items, 1 seed"
+    assert any("K = 8 Monte Carlo samples" in note for note in summary["notes"])  # MDLM's accuracy: a lower estimate
     cells = {row["cell"]: row for row in summary["crossovers"]}
     small, large = cells["unique_tokens=50k"], cells["unique_tokens=200k"]
     assert small["status"] == "crossed" and large["status"] == "not_crossed"

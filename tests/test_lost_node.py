@@ -40,8 +40,6 @@ from .services import (
 )
 from .test_platform import history_steps, poll_runs, runs, wait_for
 
-pytestmark = pytest.mark.xdist_group("ray")  # `make test` runs every test that starts Ray on one worker, in turn
-
 CROSSOVER = [sys.executable, "-m", "crossover.cli"]
 TOTAL, EVERY, BATCH = 98304, 24576, 1024  # three quarters of a trial remain after its first checkpoint
 NAMES = ["ar-U10k-nano-s0", "mdlm-U10k-nano-s0"]

@@ -11,8 +11,6 @@ import pytest
 
 from .services import BIN, new_auth_token, ray_head, ray_job_submit, with_token_auth
 
-pytestmark = pytest.mark.xdist_group("ray")  # `make test` runs every test that starts Ray on one worker, in turn
-
 DRIVER = "import os, ray; ray.init(); print('driver auth', os.environ['RAY_AUTH_MODE'], ray.cluster_resources()['CPU'])"
 
 

@@ -28,8 +28,6 @@ from .services import (
     with_token_auth,
 )
 
-pytestmark = pytest.mark.xdist_group("ray")  # `make test` runs every test that starts Ray on one worker, in turn
-
 SHIPPED = SPECS / "smoke.yaml"
 
 

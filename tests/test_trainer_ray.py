@@ -8,8 +8,6 @@ from crossover.trainers.loop import train
 
 from .conftest import tiny_study
 
-pytestmark = pytest.mark.xdist_group("ray")  # `make test` runs every test that starts Ray on one worker, in turn
-
 
 @pytest.fixture(scope="module")
 def ray_cluster():

@@ -30,10 +30,13 @@ def init_local_instance(**options) -> None:
 
     Ray Train checks on a trial's workers every 2 s, and a worker group waits on several checks to start and end: 6 s
     of a 20 s small trial here. On one machine those polls are cheap, so they come every 0.5 s (a cluster keeps Ray's
-    default); the instance's processes inherit the setting from this one."""
+    default). Ray Train's preemption watcher (an actor per trial that polls for nodes being drained, one more process
+    to start on a 2-core machine) has nothing to watch on one machine, so it is off. The instance's processes inherit
+    the settings from this one."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(include_dashboard=False, log_to_driver=False, **options)
 
 
