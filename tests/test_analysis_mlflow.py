@@ -429,6 +429,12 @@ def test_efficiency_is_against_an_early_stopped_ar_and_says_when_mdlm_is_not_mor
     assert "against AR's best" in line and "; final vs final " in line and "90% intervals over items, 1 seed" in line
     metrics = lines["unique_tokens=50k"].metrics
     assert metrics["efficiency"] < 1 < metrics["efficiency_final"]
+    # below AR's best at every budget: at the smallest budget the ratio is bounded by 1 (U_min / U), not more efficient
+    smallest = table.loc[25_000]
+    assert smallest["status"] == "below_range" and smallest["bound"] == pytest.approx(1.0)
+    assert (
+        "MDLM not more data-efficient than an early-stopped AR: data efficiency < 1x" in lines["unique_tokens=25k"].line
+    )
 
 
 def test_three_seeds_give_a_seed_then_item_interval_and_the_spread_across_seeds(tmp_path):

@@ -106,7 +106,9 @@ def _efficiency_of(analysis: StudyAnalysis, row: pd.Series) -> tuple[dict[str, f
         if found[column] is not None and not pd.isna(found[column])
     }
     best = efficiency_ratio_text(found, "")
-    below_one = (found["status"] == "below_range" and found["bound"] <= 1) or metrics.get("efficiency", math.inf) < 1
+    # a bound of 1 means "below the smallest AR budget, which is U itself" (bound = U_min / U, up to rounding)
+    at_most_one = found["status"] == "below_range" and found["bound"] <= 1 + 1e-9
+    below_one = at_most_one or metrics.get("efficiency", math.inf) < 1
     ci = f"{analysis.confidence:.0%} intervals over {found['ci_source']}" if found["ci_source"] else "no interval"
     if found["status"] == "ok":
         head = (
