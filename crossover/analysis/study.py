@@ -128,7 +128,7 @@ def _seed_spread(
         a, d = ar[seed].to_numpy(dtype=float), dlm[seed].to_numpy(dtype=float)
         if np.isfinite(a).sum() < 2 or np.isfinite(d).sum() < 2:
             continue
-        found = find_crossover(np.where(np.isfinite(a) & np.isfinite(d), x, np.nan), a, d, higher)
+        found = find_crossover(x, a, d, higher)  # it leaves out the points a seed has no value at
         at = {"not_crossed": math.inf, "dlm_always_ahead": -math.inf}.get(found.status)
         per_seed.append(at if at is not None else _interp_log(found.x, x, tokens))
     if per_seed:
@@ -560,7 +560,7 @@ FEW_MC_SAMPLES = 16  # below this, bench/bench_mdlm_scoring.py measured MDLM's a
 def _monte_carlo_note(data: StudyData) -> str | None:
     """MDLM's multiple-choice answers come from Monte Carlo likelihoods: with few samples the noise picks wrong
     answers, so its accuracy is an underestimate, and the verdict should say so."""
-    if "eval.mc_samples" not in data.trials or "objective" not in data.trials:
+    if "eval.mc_samples" not in data.trials:
         return None
     k = pd.to_numeric(data.trials.loc[data.trials["objective"] == "mdlm", "eval.mc_samples"], errors="coerce")
     if k.empty or not (k < FEW_MC_SAMPLES).any():
