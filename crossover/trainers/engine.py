@@ -40,6 +40,11 @@ def init_distributed() -> None:
     """Join the worker group Ray Train set up, or make a one-process group for a trial run in the calling process."""
     import deepspeed
 
+    # DeepSpeed's shared-memory all-reduce serves only its inference all-reduce (tensor-parallel serving); training
+    # reduces through the process group. Left on, every CPU worker compiles it (C++, ~50 s of both cores on a fresh
+    # 2-core machine, again after any change of virtualenv path) before its first step, in
+    # deepspeed.initialize when Ray Train has already made the process group.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -48,9 +53,6 @@ def init_distributed() -> None:
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
         )
-        # Nor shared-memory collectives between processes: DeepSpeed would compile them (C++, ~30 s on a fresh
-        # 2-core machine) for a group of one on CPU.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
 
