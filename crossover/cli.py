@@ -662,7 +662,10 @@ def evaluate(
         ),
     ] = "heldout_loss",
     max_items: Annotated[int | None, typer.Option(help="Items per task (default: the trial's eval.max_items).")] = None,
-    mc_samples: Annotated[int | None, typer.Option(help="Monte Carlo samples per MDLM likelihood.")] = None,
+    mc_samples: Annotated[int | None, typer.Option(help="Monte Carlo samples per MDLM ELBO.")] = None,
+    mdlm_steps: Annotated[
+        int | None, typer.Option(help="Score MDLM's choices by decoding them left to right in this many steps.")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     lm_eval_include: Annotated[Path | None, typer.Option(help="A folder of lm-eval task YAMLs.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics and per-item results here.")] = None,
@@ -675,7 +678,7 @@ def evaluate(
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     try:
         results = evaluate_checkpoint(str(checkpoint), names, max_items=max_items, mc_samples=mc_samples,
-                                      device=device, lm_eval_include=str(lm_eval_include) if lm_eval_include else None)  # fmt: skip
+                                      mdlm_steps=mdlm_steps, device=device, lm_eval_include=str(lm_eval_include) if lm_eval_include else None)  # fmt: skip
     except (CheckpointError, DataError, ValueError, KeyError) as exc:  # KeyError: lm-eval's unknown task
         err.print(f"[bold red]cannot evaluate {checkpoint}:[/] {exc}", highlight=False)
         raise typer.Exit(USER_ERROR) from None

@@ -62,6 +62,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     raw = smoke_spec()
+    raw["eval"]["mdlm_steps"] = None  # MDLM's choices by the K = 8 ELBO: the analysis notes its Monte Carlo handicap
     trials = parse_study(raw).expand()
     write_study(raw, uri, SMOKE_TRUTH)
     # a study whose only trial has started but not been evaluated yet
@@ -456,8 +457,11 @@ def test_three_seeds_give_a_seed_then_item_interval_and_the_spread_across_seeds(
     assert "90% CI" in verdict.line and 0 <= verdict.metrics["seeds_crossed"] <= 1
     out = tmp_path / "report"
     assert runner.invoke(app, ["analyze", "seeds", "--tracking-uri", uri, "--out", str(out)]).exit_code == 0
-    (cell,) = json.loads((out / "summary.json").read_text())["crossovers"]
+    summary = json.loads((out / "summary.json").read_text())
+    (cell,) = summary["crossovers"]
     assert len(cell["seed_crossover_tokens"]) == 3 and "per seed" in (out / "report.md").read_text()
+    # MDLM's choices decoded left to right (the default, no Monte Carlo): no note of a Monte Carlo handicap
+    assert not any("Monte Carlo samples" in note for note in summary["notes"]), summary["notes"]
 
 
 def test_the_delta_nll_view_claims_only_what_the_accuracy_shows(tmp_path):

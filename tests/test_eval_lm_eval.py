@@ -162,11 +162,17 @@ def test_mdlm_end_to_end_and_reproducible(mdlm, local_tasks, one_thread):
     assert group.metrics["acc"] == pytest.approx(result.metrics["acc"])
 
     pairs = [("import os\nimport", " sys"), ("def f(x):\n    return", " x + 1"), ("", "import re")]
-    first = CrossoverLM(mdlm, mc_samples=8, seed=3).loglikelihood(ll_requests(pairs))
-    again = CrossoverLM(mdlm, mc_samples=8, seed=3).loglikelihood(ll_requests(pairs[::-1]))[::-1]
-    other = CrossoverLM(mdlm, mc_samples=8, seed=4).loglikelihood(ll_requests(pairs))
+    elbo = {"mc_samples": 8, "mdlm_steps": None}
+    first = CrossoverLM(mdlm, seed=3, **elbo).loglikelihood(ll_requests(pairs))
+    again = CrossoverLM(mdlm, seed=3, **elbo).loglikelihood(ll_requests(pairs[::-1]))[::-1]
+    other = CrossoverLM(mdlm, seed=4, **elbo).loglikelihood(ll_requests(pairs))
     assert first == again  # same seed: the same draws, whatever order the requests come in
     assert [s for s, _ in first] != [s for s, _ in other]
+    # decoded left to right (the default, 16 steps; a string when it comes from --model_args): exact, no seed
+    ordered = [CrossoverLM(mdlm, seed=seed, **kw).loglikelihood(ll_requests(pairs)) for seed, kw in
+               ((3, {}), (4, {"mdlm_steps": "16"}))]  # fmt: skip
+    assert ordered[0] == ordered[1] and [s for s, _ in ordered[0]] != [s for s, _ in first]
+    assert [g for _, g in ordered[0]] == [g for _, g in first]  # is_greedy does not depend on the scorer
     assert all(s < 0.0 and math.isfinite(s) for s, _ in first)
     # is_greedy for MDLM: all continuation positions masked at once, their argmax fill is the continuation
     ctx = [mdlm.eod_id, *mdlm.encode("import os\n")]
@@ -190,7 +196,7 @@ def test_the_choices_of_an_mdlm_item_share_their_masks(mdlm, one_thread):
     that wins is the model's answer and not the draw's; another context gets masks of its own."""
     pairs = [("import os\nimport", " sys"), ("def f(x):\n    return", " sys"), ("import os\nimport", " sys")]
     for batch_size in (1, 3):
-        scores = [s for s, _ in CrossoverLM(mdlm, mc_samples=4, seed=0, batch_size=batch_size).loglikelihood(
+        scores = [s for s, _ in CrossoverLM(mdlm, mc_samples=4, mdlm_steps=None, seed=0, batch_size=batch_size).loglikelihood(
             ll_requests(pairs))]  # fmt: skip
         assert scores[0] == scores[2] and scores[0] != scores[1]
 

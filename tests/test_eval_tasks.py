@@ -152,6 +152,8 @@ def test_mdlm_scores_are_exact_for_a_fixed_distribution():
         assert nlls == pytest.approx(expected, rel=1e-5)
     result = score_multiple_choice("toy", em, items, mc_samples=5)
     assert result.item_metrics["acc"] == [float(min(n) == n[it.gold]) for it, n in zip(items, got, strict=True)]
+    for steps in (1, 4, 64):  # decoded left to right: every block's tokens are scored once, whatever the blocks
+        assert choice_nlls(em, items, mdlm_steps=steps, max_tokens=300) == [pytest.approx(n, rel=1e-5) for n in got]
 
 
 def test_mdlm_scoring_uses_common_random_numbers():
@@ -161,6 +163,9 @@ def test_mdlm_scoring_uses_common_random_numbers():
     a = choice_nlls(em, items, mc_samples=4, seed=7)
     assert a == choice_nlls(em, items, mc_samples=4, seed=7)  # the same masks at every eval point
     assert a != choice_nlls(em, items, mc_samples=4, seed=8)
+    # left-to-right decoding draws nothing: the seed and K change nothing
+    exact = choice_nlls(em, items, mc_samples=4, seed=7, mdlm_steps=4)
+    assert exact == choice_nlls(em, items, mc_samples=16, seed=8, mdlm_steps=4) != a
 
 
 class Recording(nn.Module):

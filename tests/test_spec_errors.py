@@ -54,6 +54,7 @@ CASES = [
     ("min_lr above lr", GOOD.replace("warmup_tokens: 10k", "warmup_tokens: 10k\n  lr: 1e-4\n  min_lr: 1e-3"), "train.min_lr", 11, ["exceeds lr"]),
     ("repeated grid value", GOOD.replace("[50k, 200k]", "[50k, 50000]"), "grid.unique_tokens[1]", 12, ["repeats"]),
     ("unknown eval task", GOOD + "eval: {tasks: [heldout_los]}\n", "eval.tasks", 13, ["did you mean 'heldout_loss'"]),
+    ("no mdlm decoding steps", GOOD + "eval: {mdlm_steps: 0}\n", "eval.mdlm_steps", 13, ["greater than 0"]),
     ("fp16 on cpu", GOOD.replace("warmup_tokens: 10k", "warmup_tokens: 10k\n  precision: fp16"), "train.precision", 10, ["GPUs only"]),
     ("split gpus above one", GOOD + "resources: {gpus_per_worker: 1.5}\n", "resources.gpus_per_worker", 13, ["whole GPUs"]),
     ("gpu memory exceeded", GOOD.replace("model: nano", "model: 8b").replace("seq_len: 128", "seq_len: 2048").replace("4096", "65536") + "resources: {gpus_per_worker: 1}\n",

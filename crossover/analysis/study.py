@@ -562,7 +562,10 @@ def _monte_carlo_note(data: StudyData) -> str | None:
     answers, so its accuracy is an underestimate, and the verdict should say so."""
     if "eval.mc_samples" not in data.trials:
         return None
-    k = pd.to_numeric(data.trials.loc[data.trials["objective"] == "mdlm", "eval.mc_samples"], errors="coerce")
+    elbo = data.trials["objective"] == "mdlm"
+    if "eval.mdlm_steps" in data.trials:  # decoded left to right instead: exact, no Monte Carlo noise
+        elbo &= data.trials["eval.mdlm_steps"].isin(["None", None])
+    k = pd.to_numeric(data.trials.loc[elbo, "eval.mc_samples"], errors="coerce")
     if k.empty or not (k < FEW_MC_SAMPLES).any():
         return None
     return (

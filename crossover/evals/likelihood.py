@@ -153,3 +153,52 @@ def _keyed_draws(row_keys: list[int], cont: torch.Tensor, k: int, seed: int) -> 
         where = positions[b].nonzero()[:, 0]
         keys[b][:, where] = torch.rand(k, len(where), generator=g)
     return u, keys.view(B * k, T)
+
+
+def mdlm_ordered_loglik(
+    model: Callable,
+    tokens: torch.Tensor,
+    continuation_mask: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    mask_id: int,
+    steps: int | None = None,
+    max_tokens: int = 16384,
+) -> torch.Tensor:
+    """Exact log-likelihood per example [B] of the continuation under MDLM decoding it left to right in `steps`
+    blocks (None: one token per step, the chain rule in reading order), with no Monte Carlo noise.
+
+    Step s starts with blocks s.. masked and the earlier ones revealed, and unmasks block s, each of its tokens drawn
+    from the model's marginal at its position: the likelihood of that sampler is the sum over steps of the block's
+    log-probabilities. Every fixed unmasking schedule is such a sampler, and the masked-diffusion ELBO is their average
+    over random orders; this is one of them, the reading order AR also follows. Costs `steps` rows per example
+    (the continuation length with None)."""
+    B, T = tokens.shape
+    valid, cont = _valid_and_continuation(tokens, continuation_mask, lengths)
+    L = cont.sum(-1)
+    S = int(L.max()) if steps is None else steps
+    if S < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    index = cont.long().cumsum(-1) - 1  # a continuation token's place in reading order, 0..L-1
+    block = torch.where(cont, index * torch.minimum(L, torch.tensor(S))[:, None] // L.clamp(min=1)[:, None], S)
+    step = torch.arange(S, device=tokens.device).repeat(B)  # row b*S + s decodes block s of example b
+    row_block = block.repeat_interleave(S, 0)
+    scored = row_block == step[:, None]
+    keep = scored.any(-1)  # a continuation shorter than `steps` has fewer blocks
+    rows = keep.nonzero()[:, 0]
+    noisy = tokens.repeat_interleave(S, 0)[rows]
+    masked = (row_block >= step[:, None])[rows] & cont.repeat_interleave(S, 0)[rows]
+    targets = noisy.clone()
+    noisy = noisy.masked_fill(masked, mask_id)
+    rows_valid = None if valid is None else valid.repeat_interleave(S, 0)[rows]
+    scored = scored[rows]
+
+    estimates = torch.zeros(len(rows), device=tokens.device, dtype=torch.float32)
+    max_rows = max(1, max_tokens // T)
+    with evaluating(model):
+        for start in range(0, len(rows), max_rows):
+            part = slice(start, start + max_rows)
+            attn = None if rows_valid is None else rows_valid[part]
+            logits = logits_of(model(noisy[part], attention_mask=attn))
+            estimates[part] = _summed_logp(logits, targets[part], scored[part])
+    return torch.zeros(B, device=tokens.device).index_add_(0, rows // S, estimates)

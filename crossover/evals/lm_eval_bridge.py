@@ -1,14 +1,16 @@
 """The lm-evaluation-harness bridge: any lm-eval task on a crossover model, AR or MDLM, with per-item results.
 
 `CrossoverLM` is an `lm_eval.api.model.LM` around an `EvalModel`, registered as model "crossover" so that
-`lm_eval --model crossover --model_args pretrained=<checkpoint dir>,mc_samples=32` works once this module is imported.
+`lm_eval --model crossover --model_args pretrained=<checkpoint dir>` works once this module is imported.
 Its three request types all go through the scorers of `crossover.evals.likelihood` and the samplers of
 `crossover.evals.sampling`, so a number computed here is the number computed anywhere else in crossover:
 
 - `loglikelihood(context, continuation)`: the sequence scored is [eod] + context + continuation. The end-of-document
   id is the BOS because training streams concatenate documents separated by it, so a document always follows one; it
   also gives an empty context something to condition on. AR: exact log p(continuation | context) (`ar_loglik`).
-  MDLM: the Monte Carlo ELBO with `mc_samples` samples (`mdlm_loglik`), a lower bound in expectation, drawn from a CPU
+  MDLM: the exact likelihood of decoding the continuation left to right in `mdlm_steps` steps (default 16,
+  `mdlm_ordered_loglik`: no Monte Carlo draw). With `mdlm_steps=None`, the Monte Carlo ELBO with `mc_samples`
+  samples (`mdlm_loglik`), a lower bound in expectation, drawn from a CPU
   generator seeded with `seed` at the start of every call: the same requests, seed and batch size give the same
   numbers on any device (common random numbers across a trial's eval points); the choices of one item (requests with
   the same context) share their masks, as in the held-out cloze, so which choice wins is the model's answer and not
@@ -50,7 +52,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import nn
 
 from crossover.evals.checkpoint import EvalModel, load_checkpoint
-from crossover.evals.likelihood import ar_loglik, evaluating, logits_of, mdlm_loglik
+from crossover.evals.likelihood import ar_loglik, evaluating, logits_of, mdlm_loglik, mdlm_ordered_loglik
 from crossover.evals.results import TaskResult
 from crossover.evals.tasks import item_key
 
@@ -75,6 +77,7 @@ class CrossoverLM(LM):
         self,
         pretrained: str | Path | EvalModel,
         mc_samples: int = 32,
+        mdlm_steps: int | None = 16,
         batch_size: int | str = 16,
         device: str | None = None,
         seed: int = 0,
@@ -86,7 +89,10 @@ class CrossoverLM(LM):
         remasking: str = "low_confidence",
     ) -> None:
         """`device` places a checkpoint (default: cuda when available); an `EvalModel` stays where it is.
-        `max_tokens` bounds the token positions of one MDLM forward pass (see `mdlm_loglik`)."""
+        `max_tokens` bounds the token positions of one MDLM forward pass (see `mdlm_loglik`). `mdlm_steps`: MDLM
+        scores a continuation by decoding it left to right in that many steps (`mdlm_ordered_loglik`; 16, as in a
+        spec's eval block), or with None by the ELBO's `mc_samples`; `steps`, `block_length`, `remasking` are the
+        generation sampler's."""
         super().__init__()
         if isinstance(pretrained, EvalModel):
             self.em = pretrained
@@ -99,6 +105,7 @@ class CrossoverLM(LM):
         except ValueError:
             raise ValueError(f"batch_size must be a whole number for crossover models, got '{batch_size}'") from None
         self.mc_samples = int(mc_samples)
+        self.mdlm_steps = None if mdlm_steps in (None, "", "None") else int(mdlm_steps)  # model_args give strings
         self.seed = int(seed)
         self.max_length = int(max_length or self.em.max_seq_len)
         if not 2 <= self.max_length <= self.em.max_seq_len:
@@ -192,10 +199,16 @@ class CrossoverLM(LM):
             hit = keep.logits[:, :-1].argmax(-1) == tokens[:, 1:]
             greedy = (hit | ~continuation[:, 1:]).all(-1)
         else:
-            logp = mdlm_loglik(
-                self.em.model, tokens, continuation, padded, mask_id=self.em.mask_id, k=self.mc_samples,
-                generator=generator, max_tokens=self.max_tokens, row_keys=keys,
-            )  # fmt: skip
+            if self.mdlm_steps is not None:
+                logp = mdlm_ordered_loglik(
+                    self.em.model, tokens, continuation, padded, mask_id=self.em.mask_id, steps=self.mdlm_steps,
+                    max_tokens=self.max_tokens,
+                )  # fmt: skip
+            else:
+                logp = mdlm_loglik(
+                    self.em.model, tokens, continuation, padded, mask_id=self.em.mask_id, k=self.mc_samples,
+                    generator=generator, max_tokens=self.max_tokens, row_keys=keys,
+                )  # fmt: skip
             valid = None if padded is None else torch.arange(width, device=device)[None, :] < lengths[:, None]
             all_masked = tokens.masked_fill(continuation, self.em.mask_id)
             hit = logits_of(self.em.model(all_masked, attention_mask=valid)).argmax(-1) == tokens
@@ -329,6 +342,7 @@ def run_lm_eval(
     limit: int | float | None = None,
     num_fewshot: int | None = None,
     mc_samples: int = 32,
+    mdlm_steps: int | None = 16,
     batch_size: int = 16,
     seed: int = 0,
     bootstrap_iters: int = 1000,
@@ -345,7 +359,7 @@ def run_lm_eval(
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    lm = CrossoverLM(em, mc_samples=mc_samples, batch_size=batch_size, seed=seed)
+    lm = CrossoverLM(em, mc_samples=mc_samples, mdlm_steps=mdlm_steps, batch_size=batch_size, seed=seed)
     manager = task_manager or TaskManager(include_path=include_path, include_defaults=include_defaults)
     with _own_rng(em.device):
         output = simple_evaluate(

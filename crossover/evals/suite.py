@@ -10,8 +10,8 @@ Tasks:
 - `humaneval_pass@k`: greedy completions of `max_items` problems, executed in subprocesses (pass@1).
 - `lm_eval:<task>`: any lm-eval task through the bridge, `max_items` documents (its data must be reachable).
 
-Budgets come from the spec's eval block: `max_items` items per task and `mc_samples` Monte Carlo samples per MDLM
-likelihood. Per-item results are kept for the analysis's bootstrap (`crossover.specs.tracking.items_payload`).
+Budgets come from the spec's eval block: `max_items` items per task, `mc_samples` Monte Carlo samples per MDLM
+ELBO, and `mdlm_steps` (MDLM's choices decoded left to right in that many steps instead of the ELBO). Per-item results are kept for the analysis's bootstrap (`crossover.specs.tracking.items_payload`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class EvalSuite:
         *,
         max_items: int,
         mc_samples: int,
+        mdlm_steps: int | None = None,
         data: Any = None,
         seq_len: int | None = None,
         max_seq_len: int | None = None,
@@ -49,7 +50,8 @@ class EvalSuite:
         from crossover.evals.tasks import MC_TASKS, build_items
 
         self.tasks = [t for t in tasks if t != HELDOUT_LOSS]
-        self.max_items, self.mc_samples, self.lm_eval_include = max_items, mc_samples, lm_eval_include
+        self.max_items, self.mc_samples, self.mdlm_steps = max_items, mc_samples, mdlm_steps
+        self.lm_eval_include = lm_eval_include
         self.unsafe_execution = unsafe_execution
         self._lm_eval_tasks = None  # lm-eval's task index (seconds to build), built at the first eval point
         self.items = {}
@@ -66,7 +68,7 @@ class EvalSuite:
             if task in self.items:
                 pmi = task == "heldout_cloze"  # its spans compete on surface form: acc_pmi is the sharper accuracy
                 results.append(score_multiple_choice(task, em, self.items[task], mc_samples=self.mc_samples,
-                                                     seed=ITEM_SEED, pmi=pmi))  # fmt: skip
+                                                     mdlm_steps=self.mdlm_steps, seed=ITEM_SEED, pmi=pmi))  # fmt: skip
             elif task == "humaneval_pass@k":
                 from crossover.evals.humaneval import humaneval_pass_at_k, humaneval_problems
 
@@ -81,8 +83,8 @@ class EvalSuite:
                 if self._lm_eval_tasks is None:
                     self._lm_eval_tasks = TaskManager(include_path=self.lm_eval_include)
                 name = task.removeprefix(LM_EVAL_PREFIX)
-                found = run_lm_eval(em, [name], limit=self.max_items, mc_samples=self.mc_samples, seed=ITEM_SEED,
-                                    task_manager=self._lm_eval_tasks)  # fmt: skip
+                found = run_lm_eval(em, [name], limit=self.max_items, mc_samples=self.mc_samples,
+                                    mdlm_steps=self.mdlm_steps, seed=ITEM_SEED, task_manager=self._lm_eval_tasks)  # fmt: skip
                 results.extend(found.values())
             else:
                 raise ValueError(f"unknown eval task '{task}'")
@@ -102,10 +104,12 @@ def evaluate_checkpoint(
     *,
     max_items: int | None = None,
     mc_samples: int | None = None,
+    mdlm_steps: int | None = None,
     device: str = "cpu",
     lm_eval_include: str | None = None,
 ) -> list[TaskResult]:
-    """`crossover eval`: the tasks on a checkpoint, with the budgets of its trial's eval block unless given.
+    """`crossover eval`: the tasks on a checkpoint, with the budgets of its trial's eval block unless given
+    (`mdlm_steps` can switch a trial scored by the ELBO to left-to-right decoding, not back).
 
     Held-out tasks read the trial's token store (built again from its corpus if this machine lacks it)."""
     from crossover.evals import check_tasks
@@ -118,13 +122,15 @@ def evaluate_checkpoint(
     check_tasks(list(tasks), unsafe_execution=trial.eval.unsafe_execution)
     max_items = max_items or trial.eval.max_items
     mc_samples = mc_samples or trial.eval.mc_samples
+    mdlm_steps = mdlm_steps or trial.eval.mdlm_steps
     needs_data = any(t in (HELDOUT_LOSS, "heldout_cloze") for t in tasks)
     data = None
     if needs_data:
         from crossover.data import prepare
 
         data = prepare(trial.data)
-    suite = EvalSuite(tasks, max_items=max_items, mc_samples=mc_samples, data=data if data is not None else em,
+    suite = EvalSuite(tasks, max_items=max_items, mc_samples=mc_samples, mdlm_steps=mdlm_steps,
+                      data=data if data is not None else em,
                       seq_len=trial.data.seq_len, max_seq_len=em.max_seq_len,
                       lm_eval_include=lm_eval_include or trial.eval.lm_eval_include,
                       unsafe_execution=trial.eval.unsafe_execution)  # fmt: skip

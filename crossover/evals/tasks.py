@@ -56,7 +56,7 @@ from typing import Any, Protocol
 import torch
 
 from crossover.evals.checkpoint import EvalModel
-from crossover.evals.likelihood import ar_loglik, mdlm_loglik
+from crossover.evals.likelihood import ar_loglik, mdlm_loglik, mdlm_ordered_loglik
 from crossover.evals.results import TaskResult, mean_and_stderr
 
 MC_TASKS = ("heldout_cloze", "humaneval_likelihood")
@@ -113,10 +113,12 @@ def choice_nlls(
     max_tokens: int = 16384,
     paired: bool = True,
     window: bool = False,
+    mdlm_steps: int | None = None,
 ) -> list[list[float]]:
     """Negative log-likelihood of every choice of every item given its context (nats, summed over the choice);
     `paired`: an item's choices share their MDLM masks; `window`: MDLM rows shorter than the trained window are
-    filled to it with attended, unscored [MASK] tokens (see the module docstring)."""
+    filled to it with attended, unscored [MASK] tokens (see the module docstring); `mdlm_steps`: MDLM decodes each
+    choice left to right in that many steps (exact, `mdlm_ordered_loglik`) instead of the ELBO's `mc_samples`."""
     if em.objective not in ("ar", "mdlm"):
         raise ValueError(f"unknown objective '{em.objective}' (expected 'ar' or 'mdlm')")
     max_len = em.max_seq_len
@@ -154,6 +156,10 @@ def choice_nlls(
         tokens, cont, lengths = tokens.to(em.device), cont.to(em.device), lengths.to(em.device)
         if em.objective == "ar":
             loglik = ar_loglik(em.model, tokens, cont, lengths)
+        elif mdlm_steps is not None:
+            loglik = mdlm_ordered_loglik(
+                em.model, tokens, cont, lengths, mask_id=em.mask_id, steps=mdlm_steps, max_tokens=max_tokens
+            )
         else:
             keys = [item_key(items[i].id) for i, _, _, _ in batch] if paired else None
             loglik = mdlm_loglik(
@@ -200,15 +206,17 @@ def score_multiple_choice(
     paired: bool = True,
     pmi: bool = False,
     window: bool = False,
+    mdlm_steps: int | None = None,
 ) -> TaskResult:
-    """Score `items` with `em` (exact AR likelihood or MDLM ELBO with `mc_samples` samples) into a TaskResult;
-    `pmi` also scores each choice after BOS alone, for acc_pmi (with the same MDLM masks when `paired`); `window`
-    as in `choice_nlls`."""
+    """Score `items` with `em` (exact AR likelihood; MDLM's ELBO with `mc_samples` samples, or its left-to-right
+    decoding in `mdlm_steps` steps) into a TaskResult; `pmi` also scores each choice after BOS alone, for acc_pmi
+    (with the same MDLM masks when `paired`); `window` as in `choice_nlls`."""
     if not items:
         raise ValueError(f"task {task}: no items to score")
     score = functools.partial(
-        choice_nlls, em, mc_samples=mc_samples, seed=seed, max_tokens=max_tokens, paired=paired, window=window
-    )
+        choice_nlls, em, mc_samples=mc_samples, seed=seed, max_tokens=max_tokens, paired=paired, window=window,
+        mdlm_steps=mdlm_steps,
+    )  # fmt: skip
     nlls = score(items)
     priors = score([MCItem(i.id, i.context[:1], i.choices, i.gold) for i in items]) if pmi else [None] * len(items)
     per_item = [item_metrics(item, v, prior) for item, v, prior in zip(items, nlls, priors, strict=True)]

@@ -218,7 +218,10 @@ HYPERPARAMETERS = (
 class EvalSpec(Strict):
     every: str | int = "epoch"  # "epoch" (the paper), a token count ("2M"), or "log:K" for K log-spaced points
     tasks: list[str] = ["heldout_loss"]
-    mc_samples: int = Field(default=32, gt=0)  # Monte Carlo samples for MDLM likelihoods
+    mc_samples: int = Field(default=32, gt=0)  # Monte Carlo samples for MDLM likelihoods (its ELBO)
+    # MDLM's multiple-choice answers decoded left to right in this many steps, an exact likelihood with no Monte
+    # Carlo noise (steps >= the answer's length: one token per step); None scores them with the ELBO instead
+    mdlm_steps: int | None = Field(default=16, gt=0)
     max_items: int = Field(default=200, gt=0)  # items per task per eval point
     lm_eval_include: str | None = None  # a folder of lm-eval task YAMLs (local tasks) beside lm-eval's own
     unsafe_execution: bool = False  # humaneval_pass@k on a host without the sandbox: run generated code unsandboxed

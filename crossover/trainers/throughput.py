@@ -110,12 +110,13 @@ def eval_tokens(trial: TrialSpec) -> float:
     """Forward token positions of all the trial's evaluations (the held-out loss and the cloze; other tasks are
     not counted)."""
     ev, seq = trial.eval, trial.data.seq_len
-    samples = ev.mc_samples if trial.objective == "mdlm" else 1
-    per_point = ev.max_items * seq * samples  # held-out windows, always
+    mdlm = trial.objective == "mdlm"
+    per_point = ev.max_items * seq * (ev.mc_samples if mdlm else 1)  # held-out windows, always
     if "heldout_cloze" in ev.tasks:
         span = min(16, seq // 4)
         context = min(48, seq - span - 1) + 1
-        per_point += ev.max_items * CLOZE_CHOICES * (context + span + 1 + span) * samples  # + the PMI prior rows
+        rows = 1 if not mdlm else ev.mc_samples if ev.mdlm_steps is None else min(ev.mdlm_steps, span)
+        per_point += ev.max_items * CLOZE_CHOICES * (context + span + 1 + span) * rows  # + the PMI prior rows
     return per_point * len(eval_steps(trial))
 
 
