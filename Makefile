@@ -10,21 +10,19 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# pip --no-compile: byte-compiling every installed file (torch, ray, mlflow) takes half the install on 2 cores
-# (2:04 against 0:58 measured); Python compiles the modules a run imports, once, when it first imports them.
 # What `crossover plan` needs (PyTorch for the throughput it measures, the spec and CLI packages), installed first so
 # that `make demo` shows the plan and its estimated duration within a minute. Without an NVIDIA GPU, the CPU build of
 # torch goes in first so pip does not pull a multi-GB CUDA build.
 $(PLANNER): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile --upgrade pip
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q --no-compile torch==2.13.0; fi
-	$(PY) -m pip install -q --no-compile pydantic pyyaml typer rich numpy
-	PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-compile --no-deps -e .
+	$(PY) -m pip install -q --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q pydantic pyyaml typer rich numpy
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-deps -e .
 	touch $(PLANNER)
 
 $(STAMP): $(PLANNER)
-	PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-compile -e '.[dev,eval]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[dev,eval]'
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no tests: that is a failure here, never a pass.
