@@ -18,6 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "study_specs"
 
 
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's hook signature
+    """The CPU the suite ran on, at the end of its log (shown with -q too): its time and the hardware tests' paths
+    depend on it."""
+    from crossover.specs.hardware import cpu_info
+
+    info = cpu_info()
+    terminalreporter.write_line(f"cpu: {info.model}, {os.cpu_count()} cores, {info.isa} (what torch's kernels use)")
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a busy 2-core machine."""

@@ -161,7 +161,8 @@ def resolve_runtime(
     if train.precision == "auto":
         precision = "bf16" if cpu.native_bf16 else "fp32"
         capped = f", capped from {cpu.hardware_isa}" if cpu.hardware_isa not in (None, cpu.isa) else ""
-        reason = "has AMX" if cpu.native_bf16 else f"uses no AMX ({cpu.isa}{capped}): bf16 would be slower"
+        slower = "bf16 is slower without AMX on most CPUs, though not all (train.precision: bf16 chooses it)"
+        reason = "has AMX" if cpu.native_bf16 else f"uses no AMX ({cpu.isa}{capped}): {slower}"
         return Runtime(device=device, precision=precision, compile=compile_, why=f"CPU {cpu.model} {reason}",
                        warning=slow_compile)  # fmt: skip
     warning = slow_compile
