@@ -159,10 +159,10 @@ def finish_study(uri: str, parent_run_id: str, status: str = "FINISHED") -> None
 def mark_study_stopped(uri: str, study: str) -> None:
     """The study's current parent run KILLED if it is running: for a stop that came while it was being made."""
     client = mlflow_client(uri)
-    experiment = client.get_experiment_by_name(study)
-    run = _find_run(client, experiment.experiment_id, _parent_tags(study)) if experiment else None
-    if run is not None and run.info.status == "RUNNING":
-        client.set_terminated(run.info.run_id, status="KILLED")
+    experiment = _retrying(client.get_experiment_by_name, study)
+    run = _retrying(_find_run, client, experiment.experiment_id, _parent_tags(study)) if experiment else None
+    if run is not None and run.info.status == "RUNNING":  # a trial writing to the same SQLite store can hold its lock
+        _retrying(client.set_terminated, run.info.run_id, status="KILLED")
 
 
 def trial_statuses(uri: str, parent_run_id: str) -> dict[str, str]:
