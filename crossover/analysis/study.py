@@ -564,7 +564,8 @@ def _monte_carlo_note(data: StudyData) -> str | None:
         return None
     elbo = data.trials["objective"] == "mdlm"
     if "eval.mdlm_steps" in data.trials:  # decoded left to right instead: exact, no Monte Carlo noise
-        elbo &= data.trials["eval.mdlm_steps"].isin(["None", None])
+        steps = data.trials["eval.mdlm_steps"]
+        elbo &= steps.isna() | (steps == "None")  # "None": the ELBO; missing: a run from before the setting
     k = pd.to_numeric(data.trials.loc[elbo, "eval.mc_samples"], errors="coerce")
     if k.empty or not (k < FEW_MC_SAMPLES).any():
         return None

@@ -74,6 +74,27 @@ def _summed_logp(logits: torch.Tensor, targets: torch.Tensor, select: torch.Tens
     return torch.zeros(select.shape[0], device=logits.device).index_add_(0, row, logp)
 
 
+def _rows_logp(
+    model: Callable,
+    noisy: torch.Tensor,
+    targets: torch.Tensor,
+    scored: torch.Tensor,
+    valid: torch.Tensor | None,
+    max_tokens: int,
+) -> torch.Tensor:
+    """Per row of `noisy` [R, T], the summed log p(targets) at its `scored` positions [R], in forwards of at most
+    `max_tokens` token positions (logits are [rows, T, V]: size it to the accelerator's memory)."""
+    logp = torch.empty(noisy.shape[0], device=noisy.device, dtype=torch.float32)
+    max_rows = max(1, max_tokens // noisy.shape[1])
+    with evaluating(model):
+        for start in range(0, noisy.shape[0], max_rows):
+            rows = slice(start, start + max_rows)
+            attn = None if valid is None else valid[rows]
+            logits = logits_of(model(noisy[rows], attention_mask=attn))
+            logp[rows] = _summed_logp(logits, targets[rows], scored[rows])
+    return logp
+
+
 def ar_loglik(
     model: Callable,
     tokens: torch.Tensor,
@@ -127,15 +148,7 @@ def mdlm_loglik(
     masked = (rank < m.reshape(-1, 1)) & rows_cont
     noisy = rows_tokens.masked_fill(masked, mask_id)
     rows_valid = None if valid is None else valid.repeat_interleave(k, 0)
-
-    estimates = torch.empty(B * k, device=device, dtype=torch.float32)
-    max_rows = max(1, max_tokens // T)
-    with evaluating(model):
-        for start in range(0, B * k, max_rows):
-            rows = slice(start, start + max_rows)
-            attn = None if rows_valid is None else rows_valid[rows]
-            logits = logits_of(model(noisy[rows], attention_mask=attn))
-            estimates[rows] = _summed_logp(logits, rows_tokens[rows], masked[rows])
+    estimates = _rows_logp(model, noisy, rows_tokens, masked, rows_valid, max_tokens)
     weight = L.repeat_interleave(k).float() / m.reshape(-1).float()
     return (estimates * weight).view(B, k).mean(-1) * (L > 0)
 
@@ -173,32 +186,20 @@ def mdlm_ordered_loglik(
     log-probabilities. Every fixed unmasking schedule is such a sampler, and the masked-diffusion ELBO is their average
     over random orders; this is one of them, the reading order AR also follows. Costs `steps` rows per example
     (the continuation length with None)."""
-    B, T = tokens.shape
+    B = tokens.shape[0]
     valid, cont = _valid_and_continuation(tokens, continuation_mask, lengths)
     L = cont.sum(-1)
     S = int(L.max()) if steps is None else steps
     if S < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     index = cont.long().cumsum(-1) - 1  # a continuation token's place in reading order, 0..L-1
-    block = torch.where(cont, index * torch.minimum(L, torch.tensor(S))[:, None] // L.clamp(min=1)[:, None], S)
+    block = torch.where(cont, index * L.clamp(max=S)[:, None] // L.clamp(min=1)[:, None], S)
     step = torch.arange(S, device=tokens.device).repeat(B)  # row b*S + s decodes block s of example b
     row_block = block.repeat_interleave(S, 0)
     scored = row_block == step[:, None]
-    keep = scored.any(-1)  # a continuation shorter than `steps` has fewer blocks
-    rows = keep.nonzero()[:, 0]
-    noisy = tokens.repeat_interleave(S, 0)[rows]
+    rows = scored.any(-1).nonzero()[:, 0]  # a continuation shorter than `steps` has fewer blocks
+    targets = tokens.repeat_interleave(S, 0)[rows]
     masked = (row_block >= step[:, None])[rows] & cont.repeat_interleave(S, 0)[rows]
-    targets = noisy.clone()
-    noisy = noisy.masked_fill(masked, mask_id)
     rows_valid = None if valid is None else valid.repeat_interleave(S, 0)[rows]
-    scored = scored[rows]
-
-    estimates = torch.zeros(len(rows), device=tokens.device, dtype=torch.float32)
-    max_rows = max(1, max_tokens // T)
-    with evaluating(model):
-        for start in range(0, len(rows), max_rows):
-            part = slice(start, start + max_rows)
-            attn = None if rows_valid is None else rows_valid[part]
-            logits = logits_of(model(noisy[part], attention_mask=attn))
-            estimates[part] = _summed_logp(logits, targets[part], scored[part])
+    estimates = _rows_logp(model, targets.masked_fill(masked, mask_id), targets, scored[rows], rows_valid, max_tokens)
     return torch.zeros(B, device=tokens.device).index_add_(0, rows // S, estimates)

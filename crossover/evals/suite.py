@@ -11,7 +11,8 @@ Tasks:
 - `lm_eval:<task>`: any lm-eval task through the bridge, `max_items` documents (its data must be reachable).
 
 Budgets come from the spec's eval block: `max_items` items per task, `mc_samples` Monte Carlo samples per MDLM
-ELBO, and `mdlm_steps` (MDLM's choices decoded left to right in that many steps instead of the ELBO). Per-item results are kept for the analysis's bootstrap (`crossover.specs.tracking.items_payload`).
+ELBO, and `mdlm_steps` (MDLM's choices decoded left to right in that many steps instead of the ELBO). Per-item
+results are kept for the analysis's bootstrap (`crossover.specs.tracking.items_payload`).
 """
 
 from __future__ import annotations
