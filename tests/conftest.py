@@ -19,18 +19,16 @@ SPECS = ROOT / "study_specs"
 
 
 # Modules whose tests start Ray instances (and the processes and ports that go with them). `make test` runs the suite
-# in two pytest-xdist workers: these in one, in order and first, everything else in the other. Their time is mostly
-# waiting (Ray and MLflow starting, trial processes importing, faults being noticed), which the other worker's
-# CPU-bound tests fill; and no two Ray instances ever share the machine (the tests count and kill their processes).
+# in two pytest-xdist workers: these (each marked `xdist_group("ray")`) in one, in order and first, everything else in
+# the other. Their time is mostly waiting (Ray and MLflow starting, trial processes importing, faults being noticed),
+# which the other worker's tests fill; and no two Ray instances ever share the machine (the tests count and kill
+# their processes).
 CLUSTER_MODULES = {"test_platform", "test_smoke_study", "test_lost_node", "test_ray_auth", "test_trainer_ray"}
 
 
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 - pytest's hook signature
-    cluster = [item for item in items if item.path.stem in CLUSTER_MODULES]
-    for item in cluster:
-        item.add_marker(pytest.mark.xdist_group("ray"))  # one group: one worker, one Ray instance at a time
-    rest = [item for item in items if item.path.stem not in CLUSTER_MODULES]
-    items[:] = cluster + rest  # the longest group starts first
+    """The Ray tests first: the longest group starts at once instead of after the other worker's share."""
+    items.sort(key=lambda item: item.path.stem not in CLUSTER_MODULES)  # stable: each part keeps its order
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's hook signature

@@ -40,6 +40,8 @@ from .services import (
 )
 from .test_platform import history_steps, poll_runs, runs, wait_for
 
+pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (tests/conftest.py)
+
 CROSSOVER = [sys.executable, "-m", "crossover.cli"]
 TOTAL, EVERY, BATCH = 98304, 24576, 1024  # three quarters of a trial remain after its first checkpoint
 NAMES = ["ar-U10k-nano-s0", "mdlm-U10k-nano-s0"]

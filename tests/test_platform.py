@@ -24,6 +24,8 @@ from crossover.specs.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_M
 from .conftest import tiny_study
 from .services import free_port, kill_ray_processes, mlflow_server, ray_temp_dir, stop_group
 
+pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (tests/conftest.py)
+
 CROSSOVER = [sys.executable, "-m", "crossover.cli"]
 CONTRACT_METRICS = {m for m in TRAIN_METRICS if m != "mfu"} | {"eval/heldout_loss/loss"}
 

@@ -11,6 +11,8 @@ import pytest
 
 from .services import BIN, new_auth_token, ray_head, ray_job_submit, with_token_auth
 
+pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (tests/conftest.py)
+
 DRIVER = "import os, ray; ray.init(); print('driver auth', os.environ['RAY_AUTH_MODE'], ray.cluster_resources()['CPU'])"
 
 

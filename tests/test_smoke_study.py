@@ -28,6 +28,8 @@ from .services import (
     with_token_auth,
 )
 
+pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (tests/conftest.py)
+
 SHIPPED = SPECS / "smoke.yaml"
 
 

@@ -8,6 +8,8 @@ from crossover.trainers.loop import train
 
 from .conftest import tiny_study
 
+pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def ray_cluster():
