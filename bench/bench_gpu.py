@@ -14,7 +14,7 @@ GPU (CUDA only; elsewhere it prints why it skipped):
 `--cpu-check` runs the GPU part's code on the CPU with nano in fp32 (no goals), to check the script itself.
 Data: the stdlib corpus with a 32k BPE for 1b/1.7b (built once into the cache), repeated as needed.
 
-Run: .venv/bin/python bench/bench_gpu.py [--steps N] [--cpu-check]
+Run: .venv/bin/python bench/bench_gpu.py [--steps N] [--parts 1,2,3] [--presets 1b,1.7b] [--cpu-check]
 """
 
 from __future__ import annotations
@@ -193,9 +193,9 @@ def mfu(trial, rate: float) -> str:
     return f"{training_flops_per_token(trial.model, trial.data.seq_len) * rate / peak:.1%}" if peak else "n/a"
 
 
-def trainer_vs_bare(steps: int, cpu: bool) -> None:
+def trainer_vs_bare(steps: int, cpu: bool, presets: list[str]) -> None:
     device, dtype = ("cpu", torch.float32) if cpu else ("cuda", torch.bfloat16)
-    presets = ("nano",) if cpu else ("1b", "1.7b")
+    presets = ["nano"] if cpu else presets
     seq, micro, accum, vocab = (128, 8, 2, 1024) if cpu else (2048, 8, 4, 32000)
     print(f"\n1. trainer vs compiled bare loop: seq {seq}, micro {micro} x accum {accum}, vocab {vocab}, {dtype}")
     print(f"  {'trial':14s} {'trainer tok/s':>13s} {'MFU':>6s} {'peak GiB':>8s} {'plan GiB':>8s}   "
@@ -262,6 +262,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per measurement")
     parser.add_argument("--cpu-check", action="store_true", help="run the GPU part on the CPU with nano (no goals)")
+    parser.add_argument("--parts", default="1,2,3", help="which GPU parts to run, e.g. 1,3 (a short device lease)")
+    parser.add_argument("--presets", default="1b,1.7b", help="part 1's model presets")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("CROSSOVER_CACHE", os.path.join(tempfile.gettempdir(), "crossover-bench-cache"))
@@ -274,9 +276,13 @@ def main() -> None:
               "(or --cpu-check to exercise the script on the CPU)")  # fmt: skip
         return
     print(f"\n{'CPU check of the GPU part (nano, fp32)' if args.cpu_check else torch.cuda.get_device_name()}")
-    trainer_vs_bare(args.steps, args.cpu_check)
-    compile_modes(args.steps, args.cpu_check)
-    packed(args.steps, args.cpu_check)
+    parts = set(args.parts.split(","))
+    if "1" in parts:
+        trainer_vs_bare(args.steps, args.cpu_check, args.presets.split(","))
+    if "2" in parts:
+        compile_modes(args.steps, args.cpu_check)
+    if "3" in parts:
+        packed(args.steps, args.cpu_check)
 
 
 if __name__ == "__main__":

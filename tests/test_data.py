@@ -417,6 +417,18 @@ def test_corpus_too_small_for_the_heldout_size(tmp_path, corpus_file):
         prepare(data_spec(corpus_file, tmp_path / "cache", heldout_tokens="10M"))
 
 
+def test_a_reserve_larger_than_the_corpus_still_leaves_the_bpe_half_of_it(tmp_path, corpus_file):
+    """8 bytes per held-out token can exceed a small corpus (a 2M-token held-out set of a trimmed standard library
+    did): the BPE then learned no merges from an empty training set. It keeps half the corpus, here enough for the
+    held-out set too."""
+    corpus_bytes = sum(len(d["text"].encode()) for d in make_documents())
+    spec = data_spec(corpus_file, tmp_path / "cache", heldout_tokens=corpus_bytes // 8 + 1)
+    data = prepare(spec)
+    assert data.vocab_size > 256 + 3, "the BPE learned merges"
+    assert not data.manifest["heldout"]["tokenizer_saw_heldout"]
+    assert data.manifest["train"]["tokens"] > 0
+
+
 def test_duplicates_and_empty_documents_are_dropped(tmp_path):
     docs = make_documents(80, seed=2)
     docs += [dict(docs[3], id="copy"), {"id": "blank", "text": "  \n", "quality_score": 0.0}]

@@ -14,7 +14,8 @@ missing file, a wrong size or hash) is reported, removed and rebuilt.
 
 Held-out split: documents ordered by content hash; the held-out set is the shortest prefix of that order holding
 `heldout_tokens` tokens. The BPE is trained on the documents outside a reserve (the prefix holding 8 bytes per
-held-out token), so it never sees held-out text unless the reserve falls short (then the manifest says so).
+held-out token, at most half the corpus), so it never sees held-out text unless the reserve falls short (then the
+manifest says so).
 """
 
 from __future__ import annotations
@@ -373,6 +374,9 @@ def _build(data: DataSpec, key: str, cache: Path, out: Path, progress: Progress,
     by_hash = kept[np.argsort(digests[kept], kind="stable")]
     reserve_bytes = np.cumsum(nbytes[by_hash])
     reserve_n = int(np.searchsorted(reserve_bytes, RESERVE_BYTES_PER_TOKEN * data.heldout_tokens, side="left")) + 1
+    # never more than half the corpus: a reserve holding every document would leave the BPE no text to learn merges
+    # from (a 256-byte vocabulary); where the held-out set outgrows it, the manifest says the BPE saw held-out text
+    reserve_n = min(reserve_n, int(np.searchsorted(reserve_bytes, reserve_bytes[-1] / 2, side="left")))
     reserved = np.zeros(n_rows, dtype=bool)
     reserved[by_hash[:reserve_n]] = True
     tokenizer_docs = keep & ~reserved
