@@ -363,7 +363,15 @@ def analyze(
     confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="Level of the bootstrap intervals.")] = 0.9,
 ) -> None:
     """Crossovers, data efficiency, scaling-law fits and a report (HTML + Markdown) from a study's MLflow records."""
-    from crossover.analysis import AnalysisError, analyze_study, load_study, log_report, verdicts, write_report
+    from crossover.analysis import (
+        AnalysisError,
+        analyze_study,
+        axis_verdicts,
+        load_study,
+        log_report,
+        verdicts,
+        write_report,
+    )
     from crossover.analysis.verdict import delta_nll_lines, loss_verdicts
 
     name = _load(Path(study)).name if study.endswith((".yaml", ".yml")) and Path(study).is_file() else study
@@ -395,6 +403,9 @@ def analyze(
         for r in table.head(50).to_dict("records")
     ]
     out.print(f"[bold]study {name}[/]: {analysis.metric} against {axis}", highlight=False)
+    study_lines = axis_verdicts(analysis)
+    for verdict in study_lines:
+        print(verdict.line)
     lines = verdicts(analysis)
     for verdict in lines[:50]:
         print(verdict.line)
@@ -411,7 +422,7 @@ def analyze(
     if len(table) > 50:
         print(f"... {len(table) - 50} more cells in the report")
     try:
-        run_id = log_report(data, report.parent, lines)
+        run_id = log_report(data, report.parent, [*study_lines, *lines])
     except Exception as exc:  # noqa: BLE001 - the report on disk is complete; MLflow logging is a copy
         err.print(f"[yellow]warning:[/] the report was not logged to MLflow: {exc}", highlight=False)
         run_id = None

@@ -5,7 +5,7 @@ run from `start_study` and each trial's run from `TrialRun`, exactly as `crossov
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -44,20 +44,23 @@ def start(raw: dict[str, Any], uri: str, fresh: bool = False) -> tuple[StudySpec
 def write_study(
     raw: dict[str, Any],
     uri: str,
-    truth: Truth | None = None,
+    truth: Truth | Callable[[TrialSpec], Truth] | None = None,
     seed: int = 0,
     items: bool = True,
     steps: Iterable[int] | None = None,
     train_points_per_eval: int = 0,
     fresh: bool = False,
 ) -> str:
-    """Write a whole synthetic study (parent run plus one finished child run per trial); returns the parent run id."""
+    """Write a whole synthetic study (parent run plus one finished child run per trial); returns the parent run id.
+    `truth` may depend on the trial (a function of it): a planted effect of quality, model size or noise."""
     spec, parent_run_id = start(raw, uri, fresh=fresh)
-    truth = truth or Truth()
+    fixed = truth if isinstance(truth, Truth) else Truth()
+    truth_of = truth if callable(truth) else (lambda _: fixed)
     rng = np.random.default_rng(seed)
     step_list = list(steps) if steps is not None else None
     for trial in spec.expand():
-        write_trial(TrialRun(trial, uri, parent_run_id), trial, truth, rng, step_list, items, train_points_per_eval)
+        run = TrialRun(trial, uri, parent_run_id)
+        write_trial(run, trial, truth_of(trial), rng, step_list, items, train_points_per_eval)
     finish_study(uri, parent_run_id)
     return parent_run_id
 

@@ -77,8 +77,13 @@ Analysis contract
 - `fit_data_constrained(...) -> ScalingFit` and `critical_tokens(...)`, see `scaling`.
 - `analyze_study(load_study(...)) -> StudyAnalysis` and `write_report(...)`: everything `crossover analyze` shows.
 - `verdicts(analysis) -> [Verdict]`: one line per cell, see `verdict`.
+- `axis_verdicts(analysis) -> [AxisVerdict]`: one line per axis varied besides the unique budget, read against the
+  paper's finding (agrees, disagrees, cannot tell), see `axes`; on the parent run as the tag
+  `crossover.verdict.axis_<axis>[_<other axes' values>]` and the metric `verdict/axis_<axis>.../agreement`
+  (1, -1, 0).
 """
 
+from crossover.analysis.axes import AxisVerdict, axis_verdicts
 from crossover.analysis.crossing import Crossover, convert_x, find_crossover
 from crossover.analysis.curves import StudyData, load_curves, load_study, resolve_tracking_uri
 from crossover.analysis.efficiency import Efficiency, data_efficiency, efficiency_details
@@ -97,6 +102,7 @@ from crossover.analysis.verdict import Verdict, verdicts
 
 __all__ = [
     "AnalysisError",
+    "AxisVerdict",
     "Crossover",
     "Efficiency",
     "InsufficientData",
@@ -105,6 +111,7 @@ __all__ = [
     "StudyData",
     "Verdict",
     "analyze_study",
+    "axis_verdicts",
     "convert_x",
     "critical_tokens",
     "data_efficiency",

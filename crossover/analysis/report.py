@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crossover.analysis.axes import axis_verdicts
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
 from crossover.analysis.curves import StudyData, redact
 from crossover.analysis.study import X_COLUMNS, StudyAnalysis
@@ -265,7 +266,11 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
             ],
         )
     )
-    verdict = [
+    verdict = []
+    if lines := [v.line for v in axis_verdicts(analysis)]:
+        verdict += [Block("h2", "Study verdict"), Block("p", "Along each axis the study varies besides the unique "
+                    "budget, against the paper's finding:"), Block("list", lines)]  # fmt: skip
+    verdict += [
         Block("h2", "Verdict"),
         Block("list", [v.line for v in verdicts(analysis)] or ["No cell has both AR and MDLM curves."]),
     ]
@@ -527,6 +532,10 @@ def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, 
             "higher_is_better": analysis.higher_is_better,
             "confidence": analysis.confidence,
             "ci_source": analysis.ci_source,
+            "axis_verdicts": [
+                {"axis": v.axis, "group": v.group, "line": v.line, **v.metrics, "agreement": v.agreement}
+                for v in axis_verdicts(analysis)
+            ],
             "verdicts": [{"cell": v.cell, "line": v.line, **v.metrics} for v in verdicts(analysis)],
             "loss_verdicts": [{"cell": v.cell, "line": v.line, **v.metrics} for v in loss_verdicts(analysis)],
             "delta_nll": delta_nll_lines(analysis),
@@ -545,7 +554,7 @@ def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if log_to_mlflow:
-        log_report(data, out_dir, verdicts(analysis))
+        log_report(data, out_dir, [*axis_verdicts(analysis), *verdicts(analysis)])
     return out_dir / "report.html"
 
 

@@ -25,6 +25,7 @@ from crossover.analysis.scaling import (
     fit_data_constrained,
     prabhudesai_critical_compute,
 )
+from crossover.specs import ModelConfig, count_params
 
 X_COLUMNS = {"tokens": "tokens", "flops": "flops", "epochs": "epoch"}
 SCORINGS = ("acc", "acc_norm", "acc_pmi")  # a multiple-choice task's accuracies: raw, per character, PMI
@@ -95,12 +96,29 @@ class StudyAnalysis:
     notes: list[str] = field(default_factory=list)
     loss: StudyAnalysis | None = None  # the held-out loss's crossovers, when the main metric is another
     scorings: dict[str, StudyAnalysis] = field(default_factory=dict)  # the same task's other accuracies' crossovers
+    model_params: dict[str, tuple[int, int]] = field(default_factory=dict)  # cell -> (total, active) parameters
 
 
 def _axis_values(data: StudyData) -> pd.DataFrame:
     """Per cell: the readable value of each varied axis."""
     cols = [f"axes.{a}" for a in data.axes]
     return data.trials.drop_duplicates("cell").set_index("cell")[cols].rename(columns=lambda c: c[5:])
+
+
+def _model_params(data: StudyData) -> dict[str, tuple[int, int]]:
+    """Per cell: the (total, active) parameter counts of its model, from the trials' `model.*` params (cells whose
+    params do not describe a model are left out)."""
+    out = {}
+    fields = [f for f in ModelConfig.model_fields if f"model.{f}" in data.trials.columns]
+    for cell, row in data.trials.drop_duplicates("cell").set_index("cell").iterrows():
+        values = {f: row[f"model.{f}"] for f in fields if isinstance(row[f"model.{f}"], str)}
+        values.pop("preset", None)
+        try:
+            counts = count_params(ModelConfig.model_validate(values))
+        except ValueError:
+            continue
+        out[cell] = (counts.total, counts.active)
+    return out
 
 
 def _interp_log(value: float, xs: np.ndarray, ys: np.ndarray) -> float:
@@ -605,6 +623,7 @@ def analyze_study(
         axes=data.axes,
         crossovers=pd.DataFrame(),
     )
+    analysis.model_params = _model_params(data)
     with _single_threaded_blas():
         _crossovers(data, analysis, n_boot, seed)
         _efficiency(data, analysis, n_boot, seed)

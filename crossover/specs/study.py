@@ -141,6 +141,8 @@ class ModelSpec(Frozen):
         if self.preset and not overrides:
             return self.preset
         dims = f"L{self.layers or PRESETS[self.preset]['layers']}d{self.d_model or PRESETS[self.preset]['d_model']}"  # type: ignore[index]
+        if self.preset and self.ffn is not None:  # a preset with a wider or narrower MLP (a dense peer of an MoE)
+            dims += f"f{self.ffn}"
         return f"{self.preset}-{dims}" if self.preset else dims
 
 

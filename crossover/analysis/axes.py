@@ -1,0 +1,347 @@
+"""The study's answer along each axis it varies besides the unique budget: one line per axis (per value of the other
+axes), read against the direction the paper found.
+
+    axis_verdicts(analysis) -> [AxisVerdict(axis, group, line, agreement, metrics)]
+
+Each line gives the crossover (with its interval) at every value of the axis in the axis' natural order (quality low
+-> high, models by parameter count, noise clean -> strongest), the measured trend, the paper's finding, and whether
+this study agrees, disagrees or cannot tell:
+
+    quality: later as quality rises: low 0.9M (CI 0.7M to 1.2M), medium 1.3M (...), high 2M (...); the paper: the
+        crossover comes somewhat later with higher-quality data; this study agrees (high's interval lies after low's)
+
+Two crossovers differ only where their intervals do not overlap; a study agrees where some pair of values differs
+in the paper's direction and none against it, disagrees in the opposite case, and cannot tell otherwise (every
+interval overlapping, no intervals, or pairs differing both ways). The model-size line adds each size's AR peak
+against its last value (saturation); the noise line says whether a noised AR closed the gap to MDLM (MDLM no longer
+ahead at the end, surely); a study with a mixture-of-experts model gets one sparsity line over its configurations
+instead: whether MDLM ends ahead in each, what more total parameters did to AR, and where MDLM's MoE landed between
+its compute-matched and parameter-matched dense peers. Axes the paper says nothing about (optimizer settings, the
+compute budget) get the crossovers and the trend without a judgement.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
+from crossover.analysis.study import StudyAnalysis
+from crossover.analysis.verdict import Verdict
+from crossover.specs import format_tokens
+
+AGREES, DISAGREES, CANNOT_TELL = "agrees", "disagrees", "cannot tell"
+AGREEMENT = {AGREES: 1.0, DISAGREES: -1.0, CANNOT_TELL: 0.0}  # the metric logged on the parent run
+NOT_AXES = ("objective", "seed", "unique_tokens")  # the unique budget's answer is each cell's own line
+CONFIG_AXES = ("model", "sparsity")
+QUALITY_ORDER = ("low", "medium", "high")
+
+PAPER = {
+    "quality": "the crossover comes somewhat later with higher-quality data",
+    "model": "the crossover comes earlier with larger models (AR saturates or overfits, MDLM keeps gaining)",
+    "sparsity": "MDLM beats AR in every configuration; for AR, more total parameters under a data limit hurt; "
+    "MDLM's MoE lands between its compute-matched and parameter-matched dense peers",
+    "noise": "noise helps AR under a data limit but does not close the gap to MDLM, and AR still saturates",
+}
+LATER = {"quality": 1, "model": -1}  # +1: the crossover comes later as the axis rises; -1: earlier
+RISES = {"quality": "as quality rises", "model": "as the model grows", "noise": "as noise grows"}
+
+
+@dataclass
+class AxisVerdict(Verdict):
+    axis: str = ""
+    group: str = ""  # the other axes' values ("unique_tokens=50k"), empty when nothing else varies
+    agreement: str | None = None  # AGREES, DISAGREES, CANNOT_TELL; None where the paper states no direction
+
+    @property
+    def key(self) -> str:
+        """`axis_quality`, `axis_quality_50k`: a tag and metric key part of its own, apart from the cells'."""
+        values = "_".join(part.split("=", 1)[-1] for part in self.group.split(",") if part)
+        return re.sub(r"[^\w.\-]", "_", "_".join(["axis", self.axis, *([values] if values else [])]))
+
+
+@dataclass
+class _Point:
+    """One axis value's crossover on the analysis' compute axis: +inf not crossed, -inf MDLM always ahead."""
+
+    label: str
+    cell: str
+    row: pd.Series
+    position: float
+    low: float | None
+    high: float | None
+    text: str
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def surely_dlm_ahead_at_end(self) -> bool:
+        return self.row["status"] in (CROSSED, ALWAYS_AHEAD) and self.high is not None and self.high < math.inf
+
+    def surely_ar_ahead_at_end(self) -> bool:
+        return self.row["status"] == NOT_CROSSED and self.low is not None and self.low == math.inf
+
+
+def _number(value: object) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _tokens_at(analysis: StudyAnalysis, cell: str, x: float) -> str:
+    """A position on the analysis' x axis, printed in tokens (interpolated on the cell's own eval points)."""
+    if math.isinf(x):
+        return "beyond the end" if x > 0 else "before the start"
+    curves = analysis.cells[cell]
+    if analysis.x_axis == "tokens":
+        return format_tokens(x)
+    ok = (curves.x > 0) & (curves.tokens > 0)
+    return format_tokens(float(np.exp(np.interp(math.log(x), np.log(curves.x[ok]), np.log(curves.tokens[ok])))))
+
+
+def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None:
+    cell = row["cell"]
+    if cell not in analysis.cells or row["status"] not in (CROSSED, NOT_CROSSED, ALWAYS_AHEAD):
+        return None
+    curves = analysis.cells[cell]
+    low, high = _number(row.get("ci_low")), _number(row.get("ci_high"))
+    ci = f" (CI {_tokens_at(analysis, cell, low)} to {_tokens_at(analysis, cell, high)})" if low is not None else ""
+    if row["status"] == CROSSED:
+        position = float(row["x"])
+        text = f"{format_tokens(float(row['crossover_tokens']))}{ci}"
+    elif row["status"] == NOT_CROSSED:
+        position, text = math.inf, f"not crossed within {format_tokens(float(curves.tokens[-1]))}{ci}"
+    else:
+        position, text = -math.inf, f"MDLM ahead from the start{ci}"
+    better = 1.0 if analysis.higher_is_better else -1.0
+    peak = int(np.argmax(better * curves.ar))
+    extra = {
+        "ar_best": float(curves.ar[peak]),
+        "ar_last": float(curves.ar[-1]),
+        "mdlm_best": float(curves.dlm[int(np.argmax(better * curves.dlm))]),
+        "mdlm_last": float(curves.dlm[-1]),
+    }
+    return _Point(label, cell, row, position, low, high, text, extra)
+
+
+def _later(a: _Point, b: _Point) -> bool:
+    """b's crossover surely after a's: their intervals do not overlap."""
+    return a.high is not None and b.low is not None and b.low > a.high
+
+
+def _judge_order(points: list[_Point], direction: int) -> tuple[str, str]:
+    """(agreement, why) for crossovers expected to move later (+1) or earlier (-1) along `points` (natural order)."""
+    if len(points) < 2:
+        return CANNOT_TELL, "fewer than two values have a verdict"
+    if any(p.low is None for p in points):
+        return CANNOT_TELL, "no intervals to compare (per-item results or two or more seeds give them)"
+    pairs = [(a, b) for i, a in enumerate(points) for b in points[i + 1 :]]
+    later = [(a, b) for a, b in pairs if _later(a, b)]
+    earlier = [(a, b) for a, b in pairs if _later(b, a)]
+    expected, against = (later, earlier) if direction > 0 else (earlier, later)
+    word = "after" if direction > 0 else "before"
+    if expected and not against:
+        a, b = expected[0]
+        return AGREES, f"{b.label}'s interval lies {word} {a.label}'s"
+    if against and not expected:
+        a, b = against[0]
+        return DISAGREES, f"{b.label}'s interval lies {'before' if direction > 0 else 'after'} {a.label}'s"
+    if expected and against:
+        return CANNOT_TELL, "the intervals order the values both ways"
+    return CANNOT_TELL, "every interval overlaps another"
+
+
+def _trend(points: list[_Point], rises: str) -> str:
+    positions = [p.position for p in points]
+    steps = np.diff(positions)
+    if len(points) < 2 or np.all(steps == 0):
+        return "the same at every value" if len(points) >= 2 else "one value"
+    if np.all(steps >= 0):
+        return f"later {rises}"
+    if np.all(steps <= 0):
+        return f"earlier {rises}"
+    return f"no monotone trend {rises}"
+
+
+def _values_text(points: list[_Point]) -> str:
+    return ", ".join(f"{p.label} {p.text}" for p in points)
+
+
+# ---------------------------------------------------------------------------------------------------- orders
+
+
+def _quality_key(label: str) -> tuple[int, str]:
+    return (QUALITY_ORDER.index(label) if label in QUALITY_ORDER else len(QUALITY_ORDER), label)
+
+
+def _noise_key(label: str) -> tuple[float, float]:
+    """`clean` < `im0.1` < `im0.2`; dropout (`do0.1`) after input masking of the same strength."""
+    found = dict(re.findall(r"(im|do)([\d.eE+-]+)", label))
+    return (float(found.get("im", 0)) + float(found.get("do", 0)), float(found.get("do", 0)))
+
+
+def _generic_key(label: str) -> tuple[int, float, str]:
+    from crossover.specs import parse_tokens
+
+    try:
+        return (0, float(parse_tokens(label)), label)
+    except (ValueError, TypeError):
+        try:
+            return (0, float(label), label)
+        except ValueError:
+            return (1, 0.0, label)
+
+
+def _ordered(analysis: StudyAnalysis, axis: str, rows: pd.DataFrame) -> pd.DataFrame:
+    labels = rows[axis].astype(str)
+    if axis == "quality":
+        key = labels.map(_quality_key)
+    elif axis == "noise":
+        key = labels.map(_noise_key)
+    elif axis == "model":
+        key = rows["cell"].map(lambda c: analysis.model_params.get(c, (0, 0)))
+    else:
+        key = labels.map(_generic_key)
+    return rows.assign(_key=key.to_list()).sort_values("_key", kind="stable").drop(columns="_key")
+
+
+# ---------------------------------------------------------------------------------------------------- lines
+
+
+def _ordered_line(analysis: StudyAnalysis, axis: str, points: list[_Point]) -> tuple[str, str | None, dict]:
+    rises = RISES.get(axis, f"as {axis} rises")
+    head = f"{_trend(points, rises)}: {_values_text(points)}"
+    if axis not in LATER:
+        return f"{head}; the paper states no direction for {axis}", None, {}
+    agreement, why = _judge_order(points, LATER[axis])
+    line = f"{head}; the paper: {PAPER[axis]}; this study {agreement} ({why})"
+    if axis == "model":
+        saturation = ", ".join(f"{p.label} {p.extra['ar_best']:.3g} -> {p.extra['ar_last']:.3g}" for p in points)
+        gaining = sum(p.extra["mdlm_last"] == p.extra["mdlm_best"] for p in points)
+        line += f"; AR's best -> last: {saturation}; MDLM's last is its best in {gaining} of {len(points)} sizes"
+    return line, agreement, {}
+
+
+def _noise_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, str | None, dict]:
+    clean = next((p for p in points if p.label == "clean"), None)
+    noised = [p for p in points if p.label != "clean"]
+    if clean is None or not noised:
+        return f"{_values_text(points)}; no clean AR and noised AR to compare", CANNOT_TELL, {}
+    parts = [f"clean AR overtaken at {clean.text}, its best {clean.extra['ar_best']:.3g}"]
+    for p in noised:
+        delta = p.extra["ar_best"] - clean.extra["ar_best"]
+        parts.append(f"{p.label}: {p.text}, AR's best {p.extra['ar_best']:.3g} ({delta:+.3g} against clean)")
+    helped = sum((p.extra["ar_best"] - clean.extra["ar_best"]) * (1 if analysis.higher_is_better else -1) > 0
+                 for p in noised)  # fmt: skip
+    closed = [p for p in noised if p.surely_ar_ahead_at_end()]
+    open_ = [p for p in noised if p.surely_dlm_ahead_at_end()]
+    saturates = sum(p.extra["ar_last"] != p.extra["ar_best"] for p in noised)
+    summary = (
+        f"noise raised AR's best in {helped} of {len(noised)} variants; MDLM still ahead at the end of "
+        f"{len(open_)} of {len(noised)} noised ARs (surely, at the interval's level), AR ahead of it in "
+        f"{len(closed)}; the noised AR ends below its own best in {saturates} of {len(noised)}"
+    )
+    if not clean.surely_dlm_ahead_at_end():
+        agreement, why = CANNOT_TELL, "MDLM is not surely ahead of even the clean AR here: there is no gap to close"
+    elif closed:
+        agreement, why = DISAGREES, f"{', '.join(p.label for p in closed)} closed the gap"
+    elif len(open_) == len(noised):
+        agreement, why = AGREES, "no noised AR closed the gap"
+    else:
+        agreement, why = CANNOT_TELL, "some noised ARs' crossovers are not surely inside the window"
+    line = f"{'; '.join(parts)}; {summary}; the paper: {PAPER['noise']}; this study {agreement} ({why})"
+    return line, agreement, {"noise_helped": helped / len(noised), "gap_closed": len(closed) / len(noised)}
+
+
+def _sparsity_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, str | None, dict]:
+    sizes = {p.cell: analysis.model_params.get(p.cell) for p in points}
+    moe = [p for p in points if sizes[p.cell] and sizes[p.cell][1] < sizes[p.cell][0]]
+    dense = sorted((p for p in points if p not in moe and sizes[p.cell]), key=lambda p: sizes[p.cell][0])
+    better = 1.0 if analysis.higher_is_better else -1.0
+    ahead = [p for p in points if p.surely_dlm_ahead_at_end()]
+    behind = [p for p in points if p.surely_ar_ahead_at_end()]
+    parts = [
+        f"{p.label} ({_params(sizes[p.cell])}): {p.text}, AR's best {p.extra['ar_best']:.3g}, MDLM's last "
+        f"{p.extra['mdlm_last']:.3g}"
+        for p in points
+    ]
+    findings = [f"MDLM surely ahead at the end in {len(ahead)} of {len(points)} configurations"]
+    if len(dense) >= 2:
+        small, large = dense[0], dense[-1]
+        hurt = better * (large.extra["ar_best"] - small.extra["ar_best"]) < 0
+        findings.append(
+            f"more total parameters {'hurt' if hurt else 'did not hurt'} AR's best ({small.label} "
+            f"{small.extra['ar_best']:.3g}, {large.label} {large.extra['ar_best']:.3g})"
+        )
+    for m in moe:
+        total, active = sizes[m.cell]
+        if not dense:
+            break
+        compute = min(dense, key=lambda p: abs(math.log(sizes[p.cell][0] / active)))
+        param = min(dense, key=lambda p: abs(math.log(sizes[p.cell][0] / total)))
+        if compute is param:
+            findings.append(f"{m.label}'s dense peers are one model ({compute.label}): no 'between' to read")
+            continue
+        lo, hi = sorted((compute.extra["mdlm_last"], param.extra["mdlm_last"]), key=lambda v: better * v)
+        value = m.extra["mdlm_last"]
+        where = "between" if better * lo <= better * value <= better * hi else (
+            "above both" if better * value > better * hi else "below both")  # fmt: skip
+        findings.append(
+            f"MDLM's {m.label} ({value:.3g}) lands {where} its compute-matched {compute.label} "
+            f"({compute.extra['mdlm_last']:.3g}) and parameter-matched {param.label} ({param.extra['mdlm_last']:.3g})"
+        )
+    if behind:
+        agreement, why = DISAGREES, f"AR surely ahead at the end in {', '.join(p.label for p in behind)}"
+    elif len(ahead) == len(points):
+        agreement, why = AGREES, "MDLM surely ahead at the end in every configuration"
+    else:
+        agreement, why = CANNOT_TELL, "some configurations' verdicts are not sure at the interval's level"
+    line = f"{'; '.join(parts)}; {'; '.join(findings)}; the paper: {PAPER['sparsity']}; this study {agreement} ({why})"
+    return line, agreement, {"configs_mdlm_ahead": len(ahead) / len(points)}
+
+
+def _params(size: tuple[int, int] | None) -> str:
+    if not size:
+        return "size unknown"
+    total, active = size
+    return f"{total / 1e6:.3g}M" if total == active else f"{total / 1e6:.3g}M total, {active / 1e6:.3g}M active"
+
+
+def axis_verdicts(analysis: StudyAnalysis) -> list[AxisVerdict]:
+    """One line per axis the study varies besides the unique budget (per value of its other axes); empty when it
+    varies only the unique budget (each cell's verdict answers it)."""
+    table = analysis.crossovers
+    if table.empty:
+        return []
+    axes = [a for a in analysis.axes if a not in NOT_AXES and a in table.columns]
+    has_moe = any(total > active for total, active in analysis.model_params.values())
+    out = []
+    done_config = False
+    for axis in axes:
+        if has_moe and axis in CONFIG_AXES:  # one sparsity line over the configurations (model x sparsity)
+            if done_config:
+                continue
+            done_config, varied, name = True, [a for a in axes if a in CONFIG_AXES], "sparsity"
+        else:
+            varied, name = [axis], axis
+        others = [a for a in analysis.axes if a not in varied and a not in ("objective", "seed") and a in table]
+        groups = table.groupby(others, sort=False, dropna=False) if others else [((), table)]
+        for values, rows in groups:
+            values = values if isinstance(values, tuple) else (values,)
+            group = ",".join(f"{a}={v}" for a, v in zip(others, values, strict=True))
+            rows = _ordered(analysis, varied[0], rows) if len(varied) == 1 else rows
+            label = rows[varied].astype(str).agg("/".join, axis=1)
+            points = [p for lab, (_, r) in zip(label, rows.iterrows(), strict=True) if (p := _point(analysis, lab, r))]
+            if len({p.label for p in points}) < 2:
+                continue
+            if name == "sparsity":
+                body, agreement, metrics = _sparsity_line(analysis, points)
+            elif name == "noise":
+                body, agreement, metrics = _noise_line(analysis, points)
+            else:
+                body, agreement, metrics = _ordered_line(analysis, name, points)
+            if agreement is not None:
+                metrics = {"agreement": AGREEMENT[agreement], **metrics}
+            head = f"{name}" + (f" (at {group})" if group else "")
+            out.append(AxisVerdict(f"axis:{name}", f"{head}: {body}", metrics, name, group, agreement))
+    return out

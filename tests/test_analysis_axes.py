@@ -1,0 +1,167 @@
+"""The study-level verdict along each axis (crossover.analysis.axes) on planted studies written through the
+platform's MLflow writer: quality, model size, sparsity and noise, each planted to agree with the paper, to
+disagree with it, and to leave it undecided; and the line's way into the report, summary.json and the parent run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from crossover.analysis import analyze_study, axis_verdicts, load_study
+from crossover.analysis.axes import AGREES, CANNOT_TELL, DISAGREES
+from crossover.cli import app
+from crossover.specs.tracking import VERDICT_TAG, mlflow_client
+
+from .analysis_support import write_study
+from .test_analysis_mlflow import SMOKE_TRUTH, smoke_spec
+
+runner = CliRunner()
+
+# How fast MDLM learns per token (SMOKE_TRUTH's world, 50k unique tokens, 400k training tokens, 300 items): at 0.9 it
+# overtakes AR at ~90k tokens, at 0.5 at ~290k (interval inside the window), at 0.3 maybe at the end (its interval
+# runs past the window), at 0.05 never (AR surely ahead).
+EARLY, MID, LATE, NEVER = 0.9, 0.5, 0.3, 0.05
+
+
+def _study(tmp_path, name: str, grid: dict, truth_of, exclude: list | None = None):
+    raw = smoke_spec(name)
+    raw["grid"] = {"objective": ["ar", "mdlm"], **grid}
+    if "unique_tokens" not in grid:
+        raw["data"]["unique_tokens"] = "50k"
+    if exclude:
+        raw["exclude"] = exclude
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    write_study(raw, uri, truth_of)
+    analysis = analyze_study(load_study(name, uri), n_boot=200)
+    return analysis, uri
+
+
+def _mdlm_factor(factors: dict, key) -> object:
+    """A truth whose MDLM learns at `factors[key(trial)]` per token; AR is the same everywhere."""
+    return lambda trial: dataclasses.replace(SMOKE_TRUTH, mdlm_data_factor=factors[key(trial)])
+
+
+@pytest.mark.parametrize(
+    "factors, expected",
+    [
+        ({"low": EARLY, "medium": MID, "high": LATE}, AGREES),  # later as quality rises, as the paper found
+        ({"low": LATE, "medium": MID, "high": EARLY}, DISAGREES),
+        ({"low": MID, "medium": MID, "high": MID}, CANNOT_TELL),  # one world: the intervals overlap
+    ],
+)
+def test_quality_axis_reads_the_crossover_against_quality(tmp_path, factors, expected):
+    analysis, _ = _study(
+        tmp_path, "quality", {"quality": ["high", "low", "medium"]}, _mdlm_factor(factors, lambda t: t.data.quality)
+    )
+    (verdict,) = axis_verdicts(analysis)
+    assert verdict.axis == "quality" and verdict.agreement == expected, verdict.line
+    assert verdict.line.startswith("quality: ")
+    assert verdict.line.index(": low ") < verdict.line.index(", medium ") < verdict.line.index(", high "), verdict.line
+    assert "the paper: the crossover comes somewhat later with higher-quality data" in verdict.line
+    assert f"this study {expected} (" in verdict.line
+    if expected == AGREES:
+        assert "later as quality rises: low " in verdict.line
+    assert verdict.metrics["agreement"] == {AGREES: 1, DISAGREES: -1, CANNOT_TELL: 0}[expected]
+
+
+@pytest.mark.parametrize(
+    "factors, expected", [({"nano": LATE, "micro": EARLY}, AGREES), ({"nano": EARLY, "micro": LATE}, DISAGREES)]
+)
+def test_model_size_axis_orders_models_by_parameters_and_gives_ar_saturation(tmp_path, factors, expected):
+    analysis, _ = _study(
+        tmp_path, "size", {"model": ["micro", "nano"]}, _mdlm_factor(factors, lambda t: t.model.preset)
+    )
+    (verdict,) = axis_verdicts(analysis)
+    assert verdict.axis == "model" and verdict.agreement == expected, verdict.line
+    assert verdict.line.index(": nano ") < verdict.line.index(", micro "), "smaller model first"
+    if expected == AGREES:
+        assert "earlier as the model grows" in verdict.line
+    assert "AR's best -> last: nano " in verdict.line and "MDLM's last is its best in " in verdict.line
+
+
+WIDE = {"preset": "nano", "ffn": 2048}  # a dense nano with about the MoE's total parameters
+MOE = {"experts": 4, "top_k": 1}
+
+
+@pytest.mark.parametrize(
+    "factors, expected",
+    [
+        ({"dense": EARLY, "moe4x1": EARLY, "wide": EARLY}, AGREES),
+        ({"dense": EARLY, "moe4x1": EARLY, "wide": NEVER}, DISAGREES),  # AR surely ahead of the wide dense model
+        ({"dense": EARLY, "moe4x1": LATE, "wide": EARLY}, CANNOT_TELL),  # the MoE's crossover may lie past the end
+    ],
+)
+def test_sparsity_line_covers_every_configuration_and_places_the_moe(tmp_path, factors, expected):
+    def config(trial) -> str:
+        return "moe4x1" if trial.model.experts > 1 else ("wide" if trial.model.ffn == 2048 else "dense")
+
+    analysis, _ = _study(
+        tmp_path, "sparsity", {"model": ["nano", WIDE], "sparsity": ["dense", MOE]}, _mdlm_factor(factors, config),
+        exclude=[{"model": WIDE, "sparsity": MOE}],
+    )  # fmt: skip
+    (verdict,) = axis_verdicts(analysis)  # one line over model x sparsity, none per axis
+    assert verdict.axis == "sparsity" and verdict.agreement == expected, verdict.line
+    assert "MDLM surely ahead at the end in " in verdict.line and "of 3 configurations" in verdict.line
+    assert (
+        "lands " in verdict.line
+        and "its compute-matched nano/dense" in verdict.line
+        and "nano-L4d128f2048/dense" in verdict.line
+    ), verdict.line
+    assert "more total parameters " in verdict.line
+
+
+def _noise_truth(ar_r_star: dict, mdlm_factor: float = EARLY):
+    def truth(trial):
+        if trial.objective == "mdlm":
+            return dataclasses.replace(SMOKE_TRUTH, mdlm_data_factor=mdlm_factor)
+        return dataclasses.replace(SMOKE_TRUTH, r_star_ar=ar_r_star[trial.noise.label])
+
+    return truth
+
+
+@pytest.mark.parametrize(
+    "ar_r_star, mdlm_factor, expected",
+    [
+        ({"clean": 1.0, "im0.1": 1.5, "do0.1": 1.3}, EARLY, AGREES),  # noise helps AR a little; MDLM still wins
+        ({"clean": 1.0, "im0.1": 60.0, "do0.1": 1.3}, MID, DISAGREES),  # input masking makes AR win: the gap closed
+        ({"clean": 1.0, "im0.1": 1.5, "do0.1": 1.3}, LATE, CANNOT_TELL),  # not even the clean AR is surely overtaken
+    ],
+)
+def test_noise_line_says_whether_noised_ar_closed_the_gap(tmp_path, ar_r_star, mdlm_factor, expected):
+    analysis, _ = _study(
+        tmp_path, "noise", {"noise": [{}, {"input_mask": 0.1}, {"dropout": 0.1}]},
+        _noise_truth(ar_r_star, mdlm_factor), exclude=[{"objective": "mdlm", "noise": [{"input_mask": 0.1},
+                                                                                       {"dropout": 0.1}]}],
+    )  # fmt: skip
+    (verdict,) = axis_verdicts(analysis)
+    assert verdict.axis == "noise" and verdict.agreement == expected, verdict.line
+    assert verdict.line.startswith("noise: clean AR overtaken at ") and "im0.1: " in verdict.line
+    assert "noise raised AR's best in " in verdict.line and "MDLM still ahead at the end of " in verdict.line
+    if expected == DISAGREES:
+        assert "im0.1 closed the gap" in verdict.line
+
+
+def test_the_study_verdict_heads_the_report_and_goes_to_summary_and_the_parent_run(tmp_path):
+    """`crossover analyze` prints the axis line first, puts it at the head of the report and in summary.json, and
+    tags the parent run with it (a metric `agreement` beside it); a study varying only the budget has none."""
+    factors = {"low": EARLY, "medium": MID, "high": LATE}
+    _, uri = _study(tmp_path, "quality", {"quality": ["low", "medium", "high"]},
+                    _mdlm_factor(factors, lambda t: t.data.quality))  # fmt: skip
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["analyze", "quality", "--tracking-uri", uri, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1].startswith("quality: later as quality rises"), result.output
+    summary = json.loads((out / "summary.json").read_text())
+    (line,) = summary["axis_verdicts"]
+    assert line["axis"] == "quality" and line["agreement"] == AGREES and line["line"].startswith("quality: ")
+    report = (out / "report.md").read_text()
+    assert report.index("Study verdict") < report.index("## Verdict") and line["line"] in report
+    data = load_study("quality", uri)
+    parent = mlflow_client(uri).get_run(data.parent_run_id)
+    assert parent.data.tags[f"{VERDICT_TAG}.axis_quality"] == line["line"]
+    assert parent.data.metrics["verdict/axis_quality/agreement"] == 1.0
+    budget_only, _ = _study(tmp_path, "budget", {"unique_tokens": ["50k", "200k"]}, SMOKE_TRUTH)
+    assert axis_verdicts(budget_only) == []
