@@ -16,7 +16,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -154,26 +155,57 @@ def ray_job_submit(
     return job
 
 
+def ray_start(options: Callable[[str], list[str]], env: dict[str, str], gcs_port: int | None = None) -> str:
+    """`ray start OPTIONS` with `options(temp_dir)` for a fresh temp dir (returned), tried a second time if it fails.
+
+    Why: on a busy 2-core machine a node can fail to start. Its raylet waits a fixed 15 s for the dashboard agent to
+    write its HTTP port to a file (NodeManager::WaitForDashboardAgentPorts; Ray passes the raylet no
+    --dashboard-agent-listen-port, and RAY_agent_register_timeout_ms does not lengthen that wait) and aborts when the
+    agent, still importing its modules, is later (raylet.err: "Timed out waiting for file
+    .../dashboard_agent_listen_port_..."). `ray start` then exits 1 after its own fixed 30 s wait for the node to
+    register (ray/_private/node.py: "The current node timed out during startup"). A failed start's processes are
+    killed by its temp dir (and `gcs_port`, for a head), never with `ray stop`, which would stop the cluster's head
+    too; the second try gets a new temp dir. A second failure is a real one, reported with both tries' output."""
+    failures = []
+    for _ in range(2):
+        temp_dir = ray_temp_dir()
+        command = [str(BIN / "ray"), "start", *options(temp_dir)]
+        try:
+            started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            kill_ray_processes(temp_dir, gcs_port)
+            raise
+        if started.returncode == 0:
+            if failures:
+                warnings.warn(f"`ray start` succeeded only on its second try; the first:\n{failures[0]}", stacklevel=2)
+            return temp_dir
+        kill_ray_processes(temp_dir, gcs_port)
+        failures.append(f"exit {started.returncode}, logs in {temp_dir}/session_latest/logs:\n{started.stderr[-2000:]}")
+    raise RuntimeError(f"`ray start` failed twice: {command}\n" + "\n".join(failures))
+
+
 @contextlib.contextmanager
 def ray_head(env: dict[str, str], num_cpus: int = 2, auth_token: Path | None = None) -> Iterator[tuple[str, str]]:
-    """`ray start --head` on loopback; yields (cluster address, dashboard URL for `ray job submit`). With
+    """`ray start --head` on loopback (`ray_start`); yields (cluster address, dashboard URL for `ray job submit`). With
     `auth_token` (a token file, `new_auth_token`), the cluster requires that token (`with_token_auth`)."""
     if auth_token is not None:
         env = with_token_auth(env, auth_token)
     port, dashboard = free_port(), free_port()
-    temp_dir = ray_temp_dir()
-    command = [
-        str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-        "--num-cpus", str(num_cpus), "--num-gpus", "0", "--include-dashboard", "true",
-        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--temp-dir", temp_dir,
-        "--disable-usage-stats",
-        # free ports, not Ray's fixed defaults: a stale agent elsewhere on the machine must not block this one
-        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-        "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
-        "--ray-client-server-port", str(free_port()),
-    ]  # fmt: skip
-    try:  # a failed start (a port taken meanwhile) can leave some of the head's processes: the finally stops them
-        subprocess.run(command, env=env, check=True, capture_output=True, timeout=180)
+
+    def options(temp_dir: str) -> list[str]:  # the agents' ports new at each try
+        return [
+            "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+            "--num-cpus", str(num_cpus), "--num-gpus", "0", "--include-dashboard", "true",
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--temp-dir", temp_dir,
+            "--disable-usage-stats",
+            # free ports, not Ray's fixed defaults: a stale agent elsewhere on the machine must not block this one
+            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+            "--ray-client-server-port", str(free_port()),
+        ]  # fmt: skip
+
+    temp_dir = ray_start(options, env, gcs_port=port)
+    try:
         url = f"http://127.0.0.1:{dashboard}"
         deadline = time.monotonic() + 60
         while not _up(f"{url}/api/version", any_answer=True):
@@ -187,20 +219,22 @@ def ray_head(env: dict[str, str], num_cpus: int = 2, auth_token: Path | None = N
 
 @contextlib.contextmanager
 def ray_worker_node(address: str, env: dict[str, str], num_cpus: int = 1) -> Iterator[str]:
-    """`ray start --address ADDRESS` on loopback: one more node of a `ray_head` cluster on this machine, with its own
-    temp dir (yielded: it names the node's processes) and free ports; every process of the node is killed on exit.
-    `env` carries the cluster's auth settings (`with_token_auth`) and what the node's workers need."""
-    temp_dir = ray_temp_dir()
-    command = [
-        str(BIN / "ray"), "start", "--address", address, "--node-ip-address", "127.0.0.1",
-        "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", temp_dir, "--disable-usage-stats",
-        # free ports, as `ray_head`'s; workers on OS-chosen ports, as ray.cluster_utils does for nodes sharing a host
-        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-        "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
-        "--min-worker-port", "0", "--max-worker-port", "0",
-    ]  # fmt: skip
+    """`ray start --address ADDRESS` on loopback (`ray_start`): one more node of a `ray_head` cluster on this machine,
+    with its own temp dir (yielded: it names the node's processes) and free ports; every process of the node is killed
+    on exit. `env` carries the cluster's auth settings (`with_token_auth`) and what the node's workers need."""
+
+    def options(temp_dir: str) -> list[str]:  # new free ports at each try
+        return [
+            "--address", address, "--node-ip-address", "127.0.0.1",
+            "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", temp_dir, "--disable-usage-stats",
+            # free ports, as `ray_head`'s; workers on OS-chosen ports, as ray.cluster_utils does for nodes on one host
+            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+            "--min-worker-port", "0", "--max-worker-port", "0",
+        ]  # fmt: skip
+
+    temp_dir = ray_start(options, env)
     try:
-        subprocess.run(command, env=env, check=True, capture_output=True, timeout=180)
         yield temp_dir
     finally:
         kill_ray_processes(temp_dir)
