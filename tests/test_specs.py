@@ -28,8 +28,30 @@ def test_every_shipped_spec_validates():
     result = runner.invoke(app, ["validate", *map(str, sorted(SPECS.glob("*.yaml")))])
     assert result.exit_code == 0, result.output
     for name in ("smoke", "cpu_crossover", "cpu_crossover_seeds", "paper_data_budget", "paper_quality", "paper_model_size",
-                 "paper_sparsity", "paper_noise", "paper_code_1p7b"):  # fmt: skip
+                 "paper_sparsity", "paper_noise", "paper_code_1p7b", *PAPER_STUDIES_SMALL):  # fmt: skip
         assert (SPECS / f"{name}.yaml").exists()
+
+
+# Every study of the paper at laptop scale and for one GPU
+PAPER_STUDIES_SMALL = [f"{scale}_{study}" for scale in ("cpu", "gpu") for study in
+                       ("quality", "model_size", "sparsity", "noise", "code")]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", PAPER_STUDIES_SMALL)
+def test_the_papers_studies_at_laptop_and_gpu_scale_plan(name):
+    """The CPU versions plan a wall time measured here, one rate per model shape (the sparsity study's MoE and its
+    wide dense peer are measured apart from nano); the GPU versions plan their GPU-hours. Each header says what it
+    asks and what the paper found."""
+    result = runner.invoke(app, ["plan", str(SPECS / f"{name}.yaml")])
+    assert result.exit_code == 0, result.output
+    header = (SPECS / f"{name}.yaml").read_text().split("\nname:")[0]
+    assert "paper" in header and "?" in header, header
+    if name.startswith("cpu_"):
+        assert "estimated " in result.output and " here: " in result.output, result.output
+    else:
+        assert "GPU-hours" in result.output
+    if name == "cpu_sparsity":
+        assert "nano-e4k1 " in result.output and "L4d128f2048 " in result.output, result.output
 
 
 def test_plan_of_the_paper_data_budget_study():

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from crossover.specs import StudySpec, TrialSpec
+from crossover.specs import PRESETS, ModelConfig, StudySpec, TrialSpec
 from crossover.specs.hardware import Runtime, cpu_info
 from crossover.trainers.schedules import eval_steps
 
@@ -120,12 +120,25 @@ def eval_tokens(trial: TrialSpec) -> float:
     return per_point * len(eval_steps(trial))
 
 
+def _model_label(model: ModelConfig) -> str:
+    """The preset's name where the model is the preset, else its shape (`L4d128f2048`, `nano-e4k1` for a preset made
+    a mixture of experts): models of one label train at one rate."""
+    shape = ("layers", "d_model", "heads", "kv_heads", "ffn")
+    preset = PRESETS.get(model.preset or "")
+    moe = f"-e{model.experts}k{model.top_k}" if model.experts > 1 else ""
+    if preset and all(getattr(model, k) == preset[k] for k in shape) and model.experts == preset.get("experts", 1):
+        return model.preset
+    if preset and all(getattr(model, k) == preset[k] for k in shape):
+        return f"{model.preset}{moe}"
+    return f"L{model.layers}d{model.d_model}f{model.ffn}{moe}"
+
+
 def estimate_wall_time(spec: StudySpec, runtime: Runtime, slots: int) -> WallTime:
     """The study's duration here with `slots` trials at once, from measured rates (see the module docstring)."""
     rates: dict[str, float] = {}
     per_trial: dict[str, float] = {}
     for trial in spec.expand():
-        label = trial.model.preset or "custom"
+        label = _model_label(trial.model)
         if label not in rates:
             rates[label] = measure_rate(trial, runtime)
         rate = rates[label] * trial.resources.workers
