@@ -82,6 +82,22 @@ def test_plan_table_and_totals():
     assert "GPU-hours at 50% MFU of 400 TFLOP/s" in result.output
 
 
+def test_trials_start_longest_first():
+    """Trials start in order of training FLOPs (grid order among equals): the size study's micro trials first, so
+    that none starts last and runs alone while the other slot idles."""
+    from crossover.specs import longest_first, training_flops
+
+    trials = load_study(SPECS / "cpu_model_size.yaml").expand()
+    ordered = longest_first(trials)
+    assert [t.name for t in ordered] == [
+        "ar-U25k-micro-s0", "mdlm-U25k-micro-s0", "ar-U25k-nano-s0", "mdlm-U25k-nano-s0",
+        "ar-U25k-L2d64-s0", "mdlm-U25k-L2d64-s0",
+    ]  # fmt: skip
+    assert [training_flops(t) for t in ordered] == sorted(map(training_flops, trials), reverse=True)
+    equal = parse_study(BASE).expand()
+    assert longest_first(equal) == equal
+
+
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and "crossover 0.1.0" in result.output

@@ -151,6 +151,14 @@ def _judge_order(points: list[_Point], direction: int) -> tuple[str, str]:
     return CANNOT_TELL, "every interval overlaps another"
 
 
+def _judge_mdlm_ahead(points: list[_Point]) -> str:
+    """For a finding that MDLM ends ahead of AR at every point: it disagrees where AR is surely ahead at the end of
+    any, agrees where MDLM surely is at every one, and cannot tell otherwise."""
+    if any(p.surely_ar_ahead_at_end() for p in points):
+        return DISAGREES
+    return AGREES if all(p.surely_dlm_ahead_at_end() for p in points) else CANNOT_TELL
+
+
 def _trend(points: list[_Point], rises: str) -> str:
     positions = [p.position for p in points]
     steps = np.diff(positions)
@@ -243,12 +251,10 @@ def _noise_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, str
     )
     if not clean.surely_dlm_ahead_at_end():
         agreement, why = CANNOT_TELL, "MDLM is not surely ahead of even the clean AR here: there is no gap to close"
-    elif closed:
-        agreement, why = DISAGREES, f"{', '.join(p.label for p in closed)} closed the gap"
-    elif len(open_) == len(noised):
-        agreement, why = AGREES, "no noised AR closed the gap"
     else:
-        agreement, why = CANNOT_TELL, "some noised ARs' crossovers are not surely inside the window"
+        agreement = _judge_mdlm_ahead(noised)
+        why = {DISAGREES: f"{', '.join(p.label for p in closed)} closed the gap", AGREES: "no noised AR closed the gap",
+               CANNOT_TELL: "some noised ARs' crossovers are not surely inside the window"}[agreement]  # fmt: skip
     line = f"{'; '.join(parts)}; {summary}; the paper: {PAPER['noise']}; this study {agreement} ({why})"
     return line, agreement, {"noise_helped": helped / len(noised), "gap_closed": len(closed) / len(noised)}
 
@@ -290,12 +296,10 @@ def _sparsity_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, 
             f"MDLM's {m.label} ({value:.3g}) lands {where} its compute-matched {compute.label} "
             f"({compute.extra['mdlm_last']:.3g}) and parameter-matched {param.label} ({param.extra['mdlm_last']:.3g})"
         )
-    if behind:
-        agreement, why = DISAGREES, f"AR surely ahead at the end in {', '.join(p.label for p in behind)}"
-    elif len(ahead) == len(points):
-        agreement, why = AGREES, "MDLM surely ahead at the end in every configuration"
-    else:
-        agreement, why = CANNOT_TELL, "some configurations' verdicts are not sure at the interval's level"
+    agreement = _judge_mdlm_ahead(points)
+    why = {DISAGREES: f"AR surely ahead at the end in {', '.join(p.label for p in behind)}",
+           AGREES: "MDLM surely ahead at the end in every configuration",
+           CANNOT_TELL: "some configurations' verdicts are not sure at the interval's level"}[agreement]  # fmt: skip
     line = f"{'; '.join(parts)}; {'; '.join(findings)}; the paper: {PAPER['sparsity']}; this study {agreement} ({why})"
     return line, agreement, {"configs_mdlm_ahead": len(ahead) / len(points)}
 

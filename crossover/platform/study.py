@@ -28,7 +28,7 @@ from crossover.platform.tracking import (
     study_runtime,
     trial_statuses,
 )
-from crossover.specs import StudySpec, TrialSpec
+from crossover.specs import StudySpec, TrialSpec, longest_first
 from crossover.specs.hardware import Runtime, resolve_runtime
 from crossover.specs.study import ResourcesSpec
 
@@ -251,7 +251,7 @@ def _tuners(spec: StudySpec, trials: list[TrialSpec], max_concurrent: int | None
     # Reusing a finished trial's process for the next saves its imports (torch, DeepSpeed: seconds per trial).
     names = {"trial_name_creator": name_of, "trial_dirname_creator": name_of, "reuse_actors": True}
     if spec.search is None:
-        space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in trials])}
+        space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in longest_first(trials)])}
         return [(spec.name, tune.TuneConfig(max_concurrent_trials=max_concurrent, **names), space)]
 
     from ray.tune.search import ConcurrencyLimiter

@@ -4,7 +4,7 @@ from crossover.specs.errors import Problem, SpecError
 from crossover.specs.expand import padded_vocab, resolve_model
 from crossover.specs.loader import load_study, parse_study
 from crossover.specs.model import PRESETS, ModelConfig, ParamCounts, count_params, training_flops_per_token
-from crossover.specs.plan import Plan, PlanRow, plan_study
+from crossover.specs.plan import Plan, PlanRow, longest_first, plan_study, training_flops
 from crossover.specs.study import AXES, HYPERPARAMETERS, StudySpec, TrialSpec
 from crossover.specs.tokens import format_seconds, format_tokens, parse_tokens
 
@@ -24,10 +24,12 @@ __all__ = [
     "format_seconds",
     "format_tokens",
     "load_study",
+    "longest_first",
     "padded_vocab",
     "parse_study",
     "parse_tokens",
     "plan_study",
     "resolve_model",
+    "training_flops",
     "training_flops_per_token",
 ]

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from crossover.specs.hardware import Runtime, resolve_runtime
 from crossover.specs.memory import GIB, estimate_memory
 from crossover.specs.model import count_params, training_flops_per_token
-from crossover.specs.study import StudySpec
+from crossover.specs.study import StudySpec, TrialSpec
 
 
 class PlanRow(BaseModel):
@@ -37,6 +37,17 @@ class Plan(BaseModel):
     total_gpu_hours: float
 
 
+def training_flops(trial: TrialSpec) -> float:
+    """The trial's training FLOPs (forward + backward over its total tokens), evaluation not included."""
+    return training_flops_per_token(trial.model, trial.data.seq_len) * trial.total_tokens
+
+
+def longest_first(trials: list[TrialSpec]) -> list[TrialSpec]:
+    """The order trials are started in: most training FLOPs first (grid order among equals), so that no long trial
+    starts last and runs alone while the other slots idle. The plan's wall time assumes this order."""
+    return sorted(trials, key=training_flops, reverse=True)
+
+
 def plan_study(spec: StudySpec, mfu: float = 0.4, gpu_tflops: float = 989.0) -> Plan:
     """GPU-hours = FLOPs / (MFU x peak FLOP/s); the defaults are an H100's dense bf16 peak at 40% utilisation."""
     trials = spec.expand()
@@ -44,7 +55,7 @@ def plan_study(spec: StudySpec, mfu: float = 0.4, gpu_tflops: float = 989.0) -> 
     rows = []
     for trial in trials:
         counts = count_params(trial.model)
-        flops = training_flops_per_token(trial.model, trial.data.seq_len) * trial.total_tokens
+        flops = training_flops(trial)
         rows.append(
             PlanRow(
                 name=trial.name,

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from crossover.specs import PRESETS, ModelConfig, StudySpec, TrialSpec
+from crossover.specs import PRESETS, ModelConfig, StudySpec, TrialSpec, longest_first
 from crossover.specs.hardware import Runtime, cpu_info
 from crossover.trainers.schedules import eval_steps
 
@@ -137,14 +137,14 @@ def estimate_wall_time(spec: StudySpec, runtime: Runtime, slots: int) -> WallTim
     """The study's duration here with `slots` trials at once, from measured rates (see the module docstring)."""
     rates: dict[str, float] = {}
     per_trial: dict[str, float] = {}
-    for trial in spec.expand():
+    for trial in longest_first(spec.expand()):  # the order `crossover run` starts them in
         label = _model_label(trial.model)
         if label not in rates:
             rates[label] = measure_rate(trial, runtime)
         rate = rates[label] * trial.resources.workers
         per_trial[trial.name] = trial.total_tokens / rate + eval_tokens(trial) / (3 * rate)
     loads = [0.0] * max(1, slots)
-    for seconds in sorted(per_trial.values(), reverse=True):  # longest first onto the least loaded slot
+    for seconds in per_trial.values():  # each onto the slot that frees first, as Ray Tune places them
         heapq.heapreplace(loads, loads[0] + seconds)
     return WallTime(max(loads), len(loads), rates, per_trial)
 
