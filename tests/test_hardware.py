@@ -204,3 +204,30 @@ def test_a_measurement_that_fails_leaves_the_plan_whole(monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["plan", str(SPECS / "smoke.yaml")])
     assert result.exit_code == 0 and "tok/s per worker measured in" in result.output, result.output
     assert json.loads((tmp_path / throughput.CACHE_FILE).read_text())
+
+
+def test_the_wall_time_packs_trials_longest_first_with_evaluation_and_start_up(monkeypatch):
+    """The plan's arithmetic, with rates fixed: every trial costs its start-up, its training tokens and its
+    evaluation's token positions (EVAL_COST of a training token each) at its model's rate; trials go longest first
+    to the slot that frees first, and the study adds Ray's start."""
+    from crossover.specs import load_study, longest_first
+    from crossover.trainers import throughput
+
+    from .conftest import SPECS
+
+    rates = {"micro": 250.0, "nano": 1000.0, "L2d64f256": 4000.0}
+    monkeypatch.setattr(throughput, "measure_rate", lambda trial, runtime: rates[throughput._model_label(trial.model)])
+    spec = load_study(SPECS / "cpu_model_size.yaml")
+    wall = throughput.estimate_wall_time(spec, resolve_runtime(spec.train, MODEL, CPU), slots=2)
+    cost = {
+        t.name: throughput.TRIAL_START_S
+        + (t.total_tokens + throughput.EVAL_COST * throughput.eval_tokens(t)) / rates[throughput._model_label(t.model)]
+        for t in spec.expand()
+    }
+    assert wall.per_trial == pytest.approx(cost)
+    slots = [0.0, 0.0]
+    for trial in longest_first(spec.expand()):  # both micro trials first, one per slot
+        slots[slots.index(min(slots))] += cost[trial.name]
+    assert wall.seconds == pytest.approx(throughput.STUDY_START_S + max(slots))
+    assert cost["mdlm-U25k-micro-s0"] > cost["ar-U25k-micro-s0"]  # MDLM scores its choices in several steps
+    assert wall.rates == rates

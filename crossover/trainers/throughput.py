@@ -5,8 +5,11 @@ the trials' tokens and evaluations, and how many trials run at once.
 and `crossover run` at its start. The measurement is a training step of the trial's model (forward, backward through
 the fused loss head, AdamW) at its micro batch and sequence length, in the precision the study resolves to, on as many
 threads as a worker gets; it is cached under the crossover cache root by machine, torch version and shape, so a
-second plan takes no measurement. Evaluation is counted as forward passes (a third of a training step per token) over
-the items each eval point scores. It is an estimate: start-up, checkpoints and contention are not in it.
+second plan takes no measurement. Evaluation is counted over the token positions each eval point scores, at
+`EVAL_COST` of a training token each; each trial adds its start-up and the study Ray's. Trials start longest first
+and each goes to the slot that frees first, as Ray Tune places them. It is an estimate: contention between trials
+sharing a machine's memory bandwidth (measured: up to ~15% slower training beside a larger model) and GPU packing
+(four trials on one GPU each ran at ~0.6x their rate alone on an H200) are not in it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from crossover.specs.hardware import Runtime, cpu_info
 from crossover.trainers.schedules import eval_steps
 
 MEASURE_SECONDS = 2.0  # per model shape, after one warm-up step
+# Evaluation's cost per scored token position, as a share of a training token's: a forward pass is a third of a
+# training step, but evaluation's short rows run less efficiently; the laptop studies of 2026-12-04 (nano and micro,
+# AR and MDLM) spent 1.07-1.41x what a third predicted, 1.25x on average.
+EVAL_COST = 0.42
+TRIAL_START_S = 20.0  # a trial's process start, imports and data loading before its first step (measured 7-30 s)
+STUDY_START_S = 15.0  # the driver's MLflow parent run and Ray's start before the first trial
 CACHE_FILE = "throughput.json"
 CLOZE_CHOICES = 4  # heldout_cloze: 4 choices, each scored again after BOS alone (PMI)
 
@@ -142,11 +151,11 @@ def estimate_wall_time(spec: StudySpec, runtime: Runtime, slots: int) -> WallTim
         if label not in rates:
             rates[label] = measure_rate(trial, runtime)
         rate = rates[label] * trial.resources.workers
-        per_trial[trial.name] = trial.total_tokens / rate + eval_tokens(trial) / (3 * rate)
+        per_trial[trial.name] = TRIAL_START_S + (trial.total_tokens + EVAL_COST * eval_tokens(trial)) / rate
     loads = [0.0] * max(1, slots)
     for seconds in per_trial.values():  # each onto the slot that frees first, as Ray Tune places them
         heapq.heapreplace(loads, loads[0] + seconds)
-    return WallTime(max(loads), len(loads), rates, per_trial)
+    return WallTime(STUDY_START_S + max(loads), len(loads), rates, per_trial)
 
 
 def local_slots(spec: StudySpec, max_concurrent: int | None = None) -> int:
@@ -168,8 +177,8 @@ def describe(wall: WallTime, runtime: Runtime) -> str:
     rates = ", ".join(f"{label} {rate:,.0f} tok/s" for label, rate in wall.rates.items())
     return (
         f"estimated {format_seconds(wall.seconds)} here: {len(wall.per_trial)} trials, {wall.slots} at a time, "
-        f"{rates} per worker measured in {runtime.precision} on {_device_name(runtime)} (evaluation included, "
-        f"start-up not)"
+        f"{rates} per worker measured in {runtime.precision} on {_device_name(runtime)} (evaluation and start-up "
+        f"included)"
     )
 
 
