@@ -165,3 +165,19 @@ def test_the_study_verdict_heads_the_report_and_goes_to_summary_and_the_parent_r
     assert parent.data.metrics["verdict/axis_quality/agreement"] == 1.0
     budget_only, _ = _study(tmp_path, "budget", {"unique_tokens": ["50k", "200k"]}, SMOKE_TRUTH)
     assert axis_verdicts(budget_only) == []
+
+
+def test_the_trend_compares_crossovers_beyond_the_window_as_equal():
+    """Two values not crossed within the window (+inf) are equal, not undefined: not crossed, not crossed, then a
+    crossover reads as earlier (cpu_model_size's first run read "no monotone trend" from inf - inf)."""
+    import math
+
+    from crossover.analysis.axes import _Point, _trend
+
+    def at(*positions: float) -> list[_Point]:
+        return [_Point(f"v{i}", f"c{i}", None, x, None, None, "") for i, x in enumerate(positions)]
+
+    assert _trend(at(math.inf, math.inf, 9e5), "as the model grows") == "earlier as the model grows"
+    assert _trend(at(-math.inf, 1e5, math.inf), "as quality rises") == "later as quality rises"
+    assert _trend(at(math.inf, math.inf), "as x rises") == "the same at every value"
+    assert _trend(at(2e5, 1e5, 3e5), "as x rises") == "no monotone trend as x rises"

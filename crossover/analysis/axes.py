@@ -160,13 +160,12 @@ def _judge_mdlm_ahead(points: list[_Point]) -> str:
 
 
 def _trend(points: list[_Point], rises: str) -> str:
-    positions = [p.position for p in points]
-    steps = np.diff(positions)
-    if len(points) < 2 or np.all(steps == 0):
+    pairs = list(zip(points, points[1:], strict=False))  # compared, not subtracted: "not crossed" (+inf) twice is equal
+    if len(points) < 2 or all(a.position == b.position for a, b in pairs):
         return "the same at every value" if len(points) >= 2 else "one value"
-    if np.all(steps >= 0):
+    if all(a.position <= b.position for a, b in pairs):
         return f"later {rises}"
-    if np.all(steps <= 0):
+    if all(a.position >= b.position for a, b in pairs):
         return f"earlier {rises}"
     return f"no monotone trend {rises}"
 
