@@ -8,9 +8,10 @@ import dataclasses
 import json
 
 import pytest
+from matplotlib.collections import PathCollection
 from typer.testing import CliRunner
 
-from crossover.analysis import analyze_study, axis_verdicts, load_study
+from crossover.analysis import analyze_study, axis_verdicts, load_study, plots
 from crossover.analysis.axes import AGREES, CANNOT_TELL, DISAGREES
 from crossover.cli import app
 from crossover.specs.tracking import VERDICT_TAG, mlflow_client
@@ -111,6 +112,13 @@ def test_sparsity_line_covers_every_configuration_and_places_the_moe(tmp_path, f
         and "nano-L4d128f2048/dense" in verdict.line
     ), verdict.line
     assert "more total parameters " in verdict.line
+    # the plot against sparsity shows every configuration: nano/dense and the wide dense model share the "dense"
+    # category and are drawn side by side, not on top of each other
+    ax = plots.crossover_vs_axis(analysis, "sparsity").axes[0]
+    xs = [x for line in ax.lines for x in line.get_xdata()] + [
+        x for c in ax.collections if isinstance(c, PathCollection) for x, _ in c.get_offsets()
+    ]
+    assert len({round(float(x), 6) for x in xs}) == 3, xs
 
 
 def _noise_truth(ar_r_star: dict, mdlm_factor: float = EARLY):

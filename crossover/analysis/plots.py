@@ -144,8 +144,12 @@ def crossover_vs_axis(analysis: StudyAnalysis, axis: str) -> Figure | None:
         shares = table.groupby("_pos")["status"].apply(lambda s: (s == CROSSED).mean()).to_dict()
     else:
         cmap = _colors(len(groups))
-        for color, group in zip(cmap, groups, strict=True):
+        # categories: shift each line a little sideways so equal points of two lines (two configurations not
+        # crossed by the same end) both show
+        dodge = 0.0 if numeric or len(groups) == 1 else 0.12 / (len(groups) - 1)
+        for i, (color, group) in enumerate(zip(cmap, groups, strict=True)):
             sub = table[table["_group"] == group].sort_values("_pos")
+            sub["_pos"] = sub["_pos"] + (i - (len(groups) - 1) / 2) * dodge
             crossed = sub[sub["status"] == CROSSED]
             label = group if group != "all" else "crossover"
             if not crossed.empty:
