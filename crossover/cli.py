@@ -444,7 +444,12 @@ def run(
         typer.Option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI, else ./mlflow.db)."),
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the study's Tune experiment (also the default when one exists).")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue a stopped study, refusing if there is none to continue (without it, `run` continues one "
+            "that exists and starts one otherwise).",
+        ),
     ] = False,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Start the study over: new MLflow parent run, old Tune state removed.")
@@ -469,13 +474,18 @@ def run(
     """Run every trial of a study on Ray Tune, recording it in MLflow; continues a study that was interrupted."""
     import os
 
-    from crossover.platform.study import driver_folder, storage_path
+    from crossover.platform.study import driver_folder, has_tune_state, storage_path
     from crossover.platform.tracking import TrackingError, check_tracking, resolve_tracking_uri
 
     if resume and fresh:
         err.print("[bold red]--resume and --fresh contradict each other[/]: choose one")
         raise typer.Exit(USER_ERROR)
     spec = _load_checked(spec_path)
+    if resume and not has_tune_state(spec, storage_path(spec, storage)):
+        err.print(f"[bold red]nothing to continue:[/] study {spec.name} has no earlier run under "
+                  f"{storage_path(spec, storage)} (never run there, or --storage differs); "
+                  f"`crossover run {spec_path}` without --resume starts it", highlight=False)  # fmt: skip
+        raise typer.Exit(USER_ERROR)
     _check_tasks(spec)
     log_dir = driver_folder(storage_path(spec, storage))
     # The topmost folder the log creates, removed again if the study cannot start: nothing half-written.

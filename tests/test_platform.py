@@ -176,6 +176,14 @@ def test_two_worker_trials_share_a_two_cpu_machine(study):
         assert history_steps(client, child, "eval/heldout_loss/loss") == [2048, 4096]
 
 
+def test_resume_refuses_a_study_that_never_ran_and_writes_nothing(study, tmp_path):
+    spec = study["write"]()
+    result = run(study, spec, "--resume")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "nothing to continue" in result.stderr and "without --resume starts it" in result.stderr, result.stderr
+    assert not Path(study["storage"]).exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_driver_killed_mid_study_resumes_without_rerunning_finished_trials(study):
     spec = study["write"](train={"total_tokens": 16384}, eval={"every": 4096},
                           resources={"max_concurrent": 1})  # fmt: skip

@@ -112,6 +112,17 @@ def driver_folder(storage: str) -> Path:
     return Path(storage) if "://" not in storage else Path(".crossover") / "logs"
 
 
+def has_tune_state(spec: StudySpec, storage: str) -> bool:
+    """Whether an earlier `crossover run` of the study left Tune state under `storage` for a later one to continue
+    (its own experiment, or one per cell for a per-cell search)."""
+    experiment = f"{storage.rstrip('/')}/{spec.name}"
+    if "://" in storage:
+        from ray import tune
+
+        return tune.Tuner.can_restore(experiment)
+    return Path(experiment).is_dir() or any(p.is_dir() for p in Path(storage).glob(f"{spec.name}.*"))
+
+
 def run_study(
     spec: StudySpec,
     spec_text: str,
