@@ -2,7 +2,7 @@
 
     spec -> data prepared once on the driver -> MLflow parent run -> Tuner (grid, or Optuna when the spec has a
     `search` block) -> per trial: the training loop in the trial's own process (one worker) or a Ray Train worker
-    group (several workers) -> MLflow child run -> parent run FINISHED or FAILED
+    group (several workers) -> MLflow child run -> parent run FINISHED, FAILED or KILLED (stopped)
 
 The same command runs on a laptop (a local Ray instance, SQLite MLflow store) and on a cluster (`--address`, or as
 the entrypoint of `ray job submit`, with an MLflow server).
