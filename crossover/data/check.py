@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from crossover.data import corpus as corpora
 from crossover.data.errors import DataError
-from crossover.specs.errors import Path, SpecError
+from crossover.specs.errors import FieldPath, SpecError
 from crossover.specs.study import StudySpec
 from crossover.specs.tokens import format_tokens, parse_tokens
 
@@ -93,7 +93,7 @@ def check_study_data(spec: StudySpec) -> list[str]:
     return notes
 
 
-def _budget_path(spec: StudySpec, unique: int) -> Path:
+def _budget_path(spec: StudySpec, unique: int) -> FieldPath:
     for i, raw in enumerate(spec.grid.get("unique_tokens", [])):
         try:
             if parse_tokens(raw) == unique:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-Path = tuple[str | int, ...]  # a field path inside the spec, e.g. ("grid", "unique_tokens", 2)
+FieldPath = tuple[str | int, ...]  # a field path inside the spec, e.g. ("grid", "unique_tokens", 2)
 
 
-def format_path(path: Path) -> str:
+def format_path(path: FieldPath) -> str:
     """('grid', 'unique_tokens', 2) -> 'grid.unique_tokens[2]'."""
     text = ""
     for part in path:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from crossover.specs.errors import Path, Problem, SpecError
+from crossover.specs.errors import FieldPath, Problem, SpecError
 from crossover.specs.memory import GIB, estimate_memory
 from crossover.specs.model import PRESETS, ModelConfig
 from crossover.specs.study import (
@@ -119,7 +119,7 @@ class _Expander:
         self.source: Source = spec._source or Source(None)
         self.problems: list[Problem] = []
 
-    def fail(self, path: Path, message: str) -> None:
+    def fail(self, path: FieldPath, message: str) -> None:
         problem = self.source.problem(path, message)
         if problem not in self.problems:
             self.problems.append(problem)
@@ -178,7 +178,7 @@ class _Expander:
             self.fail(("exclude", rule_index, axis), f"not a valid {axis} value: {exc.errors()[0]['msg']}")
             return False
 
-    def base_path(self, axis: str) -> Path:
+    def base_path(self, axis: str) -> FieldPath:
         if axis in self.spec.grid:
             return ("grid", axis)
         return {
@@ -192,7 +192,7 @@ class _Expander:
             "seed": ("seeds",),
         }.get(axis, ("train", axis))
 
-    def where(self, axis: str, index: dict[str, int]) -> Path:
+    def where(self, axis: str, index: dict[str, int]) -> FieldPath:
         """The YAML path of the value `axis` takes at this grid point: the grid entry if the grid varies it."""
         if axis in self.spec.grid:
             return ("grid", axis, index[axis])
@@ -238,7 +238,7 @@ class _Expander:
 
         ok = True
 
-        def check(condition: bool, axis_or_path: str | Path, message: str) -> None:
+        def check(condition: bool, axis_or_path: str | FieldPath, message: str) -> None:
             nonlocal ok
             if not condition:
                 ok = False

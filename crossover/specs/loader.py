@@ -3,36 +3,36 @@
 from __future__ import annotations
 
 import typing
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from crossover.specs.errors import Path, Problem, SpecError, format_path
+from crossover.specs.errors import FieldPath, Problem, SpecError, format_path
 from crossover.specs.study import StudySpec, closest
 
 
 class Source:
     """Line and column (1-based) of every key and list item of a YAML document, by field path."""
 
-    def __init__(self, file: str | None, marks: dict[Path, tuple[int, int]] | None = None):
+    def __init__(self, file: str | None, marks: dict[FieldPath, tuple[int, int]] | None = None):
         self.file = file
         self.marks = marks or {}
 
-    def locate(self, path: Path) -> tuple[int | None, int | None]:
+    def locate(self, path: FieldPath) -> tuple[int | None, int | None]:
         """The mark of the deepest prefix of `path` that exists in the file."""
         for end in range(len(path), -1, -1):
             if path[:end] in self.marks:
                 return self.marks[path[:end]]
         return None, None
 
-    def problem(self, path: Path, message: str) -> Problem:
+    def problem(self, path: FieldPath, message: str) -> Problem:
         line, column = self.locate(path)
         return Problem(format_path(path), message, line, column)
 
 
-def _collect_marks(node: yaml.Node, path: Path, marks: dict, duplicates: list[Problem]) -> None:
+def _collect_marks(node: yaml.Node, path: FieldPath, marks: dict, duplicates: list[Problem]) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -50,7 +50,7 @@ def _collect_marks(node: yaml.Node, path: Path, marks: dict, duplicates: list[Pr
             _collect_marks(item, (*path, index), marks, duplicates)
 
 
-def _model_at(path: Path) -> type[BaseModel] | None:
+def _model_at(path: FieldPath) -> type[BaseModel] | None:
     """The pydantic model class that holds the field at `path` (to suggest names for an unknown key)."""
     current: Any = StudySpec
     for part in path:
@@ -73,7 +73,7 @@ def _inner_model(annotation: Any) -> Any:
     return annotation
 
 
-def _clean_loc(loc: tuple, data: Any) -> Path:
+def _clean_loc(loc: tuple, data: Any) -> FieldPath:
     """Drop pydantic's union and validator tags from an error location, keeping the path through the YAML data."""
     path: list[str | int] = []
     current = data
@@ -90,7 +90,7 @@ def _clean_loc(loc: tuple, data: Any) -> Path:
     return tuple(path)
 
 
-def _describe(error: dict, path: Path) -> str:
+def _describe(error: dict, path: FieldPath) -> str:
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden":
         key = str(path[-1])
@@ -141,11 +141,11 @@ def parse_study(data: Any, source: Source | None = None) -> StudySpec:
     return spec
 
 
-def load_study(path: str | FsPath) -> StudySpec:
+def load_study(path: str | Path) -> StudySpec:
     """Read, validate and expand a study YAML file; raise `SpecError` naming file, line, column and field."""
     file = str(path)
     try:
-        text = FsPath(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(
             file, [Problem("(file)", "no such file; check the path (specs live in study_specs/)")]
@@ -160,7 +160,7 @@ def load_study(path: str | FsPath) -> StudySpec:
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(file, [Problem("(yaml)", f"malformed YAML: {problem}", line, column)]) from None
-    marks: dict[Path, tuple[int, int]] = {}
+    marks: dict[FieldPath, tuple[int, int]] = {}
     duplicates: list[Problem] = []
     if node is not None:
         _collect_marks(node, (), marks, duplicates)
