@@ -457,6 +457,40 @@ def test_humaneval_items_rank_the_canonical_solution_among_other_problems(codec)
         assert item.context == full[len(full) - len(item.context) :]  # cut from the left
 
 
+def test_a_suite_builds_humaneval_items_within_the_training_window(codec):
+    """A model is scored at the lengths it was trained on: a study of 128-token windows with a 1,024-token model gets
+    the HumanEval problems whose solution fits half of 128 tokens, each row at most 128 tokens long."""
+    from crossover.evals.suite import ITEM_SEED, EvalSuite
+
+    em = with_model(codec, "ar", max_seq_len=1024)
+    suite = EvalSuite(["humaneval_likelihood"], max_items=256, mc_samples=1, data=em, seq_len=128)
+    items = suite.items["humaneval_likelihood"]
+    assert items == humaneval_likelihood_items(codec, seed=ITEM_SEED, max_tokens=128)
+    assert 0 < len(items) < len(read_problems())
+    assert all(len(item.context) + max(map(len, item.choices)) <= 128 for item in items)
+
+
+@pytest.mark.parametrize("objective", ["ar", "mdlm"])
+def test_the_plan_counts_at_least_the_positions_humaneval_scores(codec, objective):
+    """The plan's evaluation cost (`eval_tokens`) covers the HumanEval rows a trial scores at each eval point: every
+    choice after its prompt, once for AR, once per decoding step for MDLM."""
+    from crossover.specs import load_study
+    from crossover.trainers.schedules import eval_steps
+    from crossover.trainers.throughput import HUMANEVAL_PROBLEMS, eval_tokens
+
+    from .conftest import SPECS
+
+    trial = next(t for t in load_study(SPECS / "cpu_code.yaml").expand() if t.objective == objective)
+    without = trial.model_copy(
+        update={"eval": trial.eval.model_copy(update={"tasks": ["heldout_loss", "heldout_cloze"]})}
+    )
+    counted = (eval_tokens(trial) - eval_tokens(without)) / len(eval_steps(trial))
+    rows = 1 if objective == "ar" else trial.eval.mdlm_steps
+    items = humaneval_likelihood_items(codec, n_items=trial.eval.max_items, seed=0, max_tokens=trial.data.seq_len)
+    scored = sum((len(item.context) + len(c)) * rows for item in items for c in item.choices)
+    assert scored <= counted <= HUMANEVAL_PROBLEMS * 4 * trial.data.seq_len * rows
+
+
 def test_registry_builds_and_scores_humaneval(codec):
     em = with_model(codec, "ar", max_seq_len=160)
     items = build_items("humaneval_likelihood", em, max_items=3, seed=0)  # fits em.max_seq_len

@@ -40,13 +40,13 @@ class EvalSuite:
         mdlm_steps: int | None = None,
         data: Any = None,
         seq_len: int | None = None,
-        max_seq_len: int | None = None,
         lm_eval_include: str | None = None,
         unsafe_execution: bool = False,
     ):
         """`data`: a `crossover.data.PreparedData` (held-out documents and the tokenizer) or an EvalModel (no
-        held-out documents). `seq_len`: the training window, which cloze items fit; `max_seq_len`: the model's
-        limit, which HumanEval items (longer than a small study's windows) fit. `unsafe_execution`: the spec's
+        held-out documents). `seq_len`: the training window, which every multiple-choice item fits (a model is
+        scored at the lengths it was trained on: a HumanEval problem whose solution takes more than half the window
+        is left out, its prompt cut from the left). `unsafe_execution`: the spec's
         eval.unsafe_execution (HumanEval programs run unsandboxed where the host has no sandbox)."""
         from crossover.evals.tasks import MC_TASKS, build_items
 
@@ -58,8 +58,7 @@ class EvalSuite:
         self.items = {}
         for task in self.tasks:
             if task in MC_TASKS:
-                fit = seq_len if task == "heldout_cloze" else max_seq_len
-                self.items[task] = build_items(task, data, max_items=max_items, seed=ITEM_SEED, max_seq_len=fit)
+                self.items[task] = build_items(task, data, max_items=max_items, seed=ITEM_SEED, max_seq_len=seq_len)
 
     def run(self, em: EvalModel) -> list[TaskResult]:
         from crossover.evals.tasks import score_multiple_choice
@@ -131,8 +130,7 @@ def evaluate_checkpoint(
 
         data = prepare(trial.data)
     suite = EvalSuite(tasks, max_items=max_items, mc_samples=mc_samples, mdlm_steps=mdlm_steps,
-                      data=data if data is not None else em,
-                      seq_len=trial.data.seq_len, max_seq_len=em.max_seq_len,
+                      data=data if data is not None else em, seq_len=trial.data.seq_len,
                       lm_eval_include=lm_eval_include or trial.eval.lm_eval_include,
                       unsafe_execution=trial.eval.unsafe_execution)  # fmt: skip
     results = []

@@ -132,8 +132,7 @@ class Trainer:
         self.heldout = self.data.heldout_windows(trial.data.seq_len, max_windows=trial.eval.max_items)
         ev = trial.eval
         self.suite = EvalSuite(ev.tasks, max_items=ev.max_items, mc_samples=ev.mc_samples, mdlm_steps=ev.mdlm_steps,
-                               data=self.data,
-                               seq_len=trial.data.seq_len, max_seq_len=trial.model.max_seq_len,
+                               data=self.data, seq_len=trial.data.seq_len,
                                lm_eval_include=ev.lm_eval_include, unsafe_execution=ev.unsafe_execution)  # fmt: skip
         self.peak = peak_flops(self.device)
         with reporter.latest_checkpoint() as resume_dir:

@@ -32,7 +32,8 @@ EVAL_COST = 0.42
 TRIAL_START_S = 20.0  # a trial's process start, imports and data loading before its first step (measured 7-30 s)
 STUDY_START_S = 15.0  # the driver's MLflow parent run and Ray's start before the first trial
 CACHE_FILE = "throughput.json"
-CLOZE_CHOICES = 4  # heldout_cloze: 4 choices, each scored again after BOS alone (PMI)
+CHOICES = 4  # of each multiple-choice item (a cloze choice is scored again after BOS alone, for PMI)
+HUMANEVAL_PROBLEMS = 164  # humaneval_likelihood: at most this many items of 4 choices, rows filling the window
 
 
 @dataclass
@@ -116,16 +117,19 @@ def _measure(trial: TrialSpec, runtime: Runtime, threads: int) -> float:
 
 
 def eval_tokens(trial: TrialSpec) -> float:
-    """Forward token positions of all the trial's evaluations (the held-out loss and the cloze; other tasks are
-    not counted)."""
+    """Forward token positions of all the trial's evaluations: the held-out loss, the cloze and HumanEval's
+    likelihood ranking (at most: the problems whose solution does not fit half the window are left out, which the
+    tokenizer decides); lm-eval tasks and pass@k are not counted."""
     ev, seq = trial.eval, trial.data.seq_len
     mdlm = trial.objective == "mdlm"
     per_point = ev.max_items * seq * (ev.mc_samples if mdlm else 1)  # held-out windows, always
+    rows = 1 if not mdlm else ev.mc_samples if ev.mdlm_steps is None else ev.mdlm_steps  # per choice
     if "heldout_cloze" in ev.tasks:
         span = min(16, seq // 4)
         context = min(48, seq - span - 1) + 1
-        rows = 1 if not mdlm else ev.mc_samples if ev.mdlm_steps is None else min(ev.mdlm_steps, span)
-        per_point += ev.max_items * CLOZE_CHOICES * (context + span + 1 + span) * rows  # + the PMI prior rows
+        per_point += ev.max_items * CHOICES * (context + span + 1 + span) * min(rows, span)  # + PMI prior rows
+    if "humaneval_likelihood" in ev.tasks:
+        per_point += min(ev.max_items, HUMANEVAL_PROBLEMS) * CHOICES * seq * rows
     return per_point * len(eval_steps(trial))
 
 
