@@ -470,25 +470,51 @@ def test_a_suite_builds_humaneval_items_within_the_training_window(codec):
     assert all(len(item.context) + max(map(len, item.choices)) <= 128 for item in items)
 
 
-@pytest.mark.parametrize("objective", ["ar", "mdlm"])
-def test_the_plan_counts_at_least_the_positions_humaneval_scores(codec, objective):
-    """The plan's evaluation cost (`eval_tokens`) covers the HumanEval rows a trial scores at each eval point: every
-    choice after its prompt, once for AR, once per decoding step for MDLM."""
-    from crossover.specs import load_study
+def _humaneval_positions_counted(trial) -> float:
+    """What the plan's evaluation cost counts for humaneval_likelihood at one eval point."""
     from crossover.trainers.schedules import eval_steps
-    from crossover.trainers.throughput import HUMANEVAL_PROBLEMS, eval_tokens
+    from crossover.trainers.throughput import eval_tokens
+
+    tasks = [t for t in trial.eval.tasks if t != "humaneval_likelihood"]
+    without = trial.model_copy(update={"eval": trial.eval.model_copy(update={"tasks": tasks})})
+    return (eval_tokens(trial) - eval_tokens(without)) / len(eval_steps(trial))
+
+
+@pytest.mark.parametrize("objective", ["ar", "mdlm"])
+def test_the_plan_counts_humaneval_rows_at_most_before_the_data_is_prepared(codec, objective, default_cache):
+    """Without the study's token store (so its tokenizer) the plan counts every problem filling the window, once for
+    AR and once per decoding step for MDLM: at least what any tokenizer's items score."""
+    from crossover.specs import load_study
+    from crossover.trainers.throughput import HUMANEVAL_PROBLEMS
 
     from .conftest import SPECS
 
     trial = next(t for t in load_study(SPECS / "cpu_code.yaml").expand() if t.objective == objective)
-    without = trial.model_copy(
-        update={"eval": trial.eval.model_copy(update={"tasks": ["heldout_loss", "heldout_cloze"]})}
-    )
-    counted = (eval_tokens(trial) - eval_tokens(without)) / len(eval_steps(trial))
     rows = 1 if objective == "ar" else trial.eval.mdlm_steps
     items = humaneval_likelihood_items(codec, n_items=trial.eval.max_items, seed=0, max_tokens=trial.data.seq_len)
     scored = sum((len(item.context) + len(c)) * rows for item in items for c in item.choices)
-    assert scored <= counted <= HUMANEVAL_PROBLEMS * 4 * trial.data.seq_len * rows
+    assert scored <= _humaneval_positions_counted(trial) == HUMANEVAL_PROBLEMS * 4 * trial.data.seq_len * rows
+
+
+@pytest.mark.parametrize("objective", ["ar", "mdlm"])
+def test_the_plan_counts_the_humaneval_rows_a_prepared_study_scores(tiny_corpus, session_cache, monkeypatch, objective):
+    """Once the token store exists, the plan counts exactly the rows the trainer's suite scores."""
+    from crossover.data import prepare
+    from crossover.evals.suite import EvalSuite
+    from crossover.specs import parse_study
+
+    from .conftest import tiny_study
+
+    monkeypatch.setenv("CROSSOVER_CACHE", str(session_cache))
+    raw = tiny_study(tiny_corpus, eval={"every": "log:3", "tasks": ["heldout_loss", "humaneval_likelihood"],
+                                        "mc_samples": 2, "mdlm_steps": 4, "max_items": 16})  # fmt: skip
+    raw["data"]["seq_len"] = 128
+    trial = next(t for t in parse_study(raw).expand() if t.objective == objective)
+    data = prepare(trial.data)
+    suite = EvalSuite(trial.eval.tasks, max_items=16, mc_samples=2, data=data, seq_len=trial.data.seq_len)
+    items = suite.items["humaneval_likelihood"]
+    rows = 1 if objective == "ar" else 4
+    assert _humaneval_positions_counted(trial) == rows * sum(len(i.context) + len(c) for i in items for c in i.choices)
 
 
 def test_registry_builds_and_scores_humaneval(codec):

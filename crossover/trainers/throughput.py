@@ -14,6 +14,7 @@ sharing a machine's memory bandwidth (measured: up to ~15% slower training besid
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import os
@@ -33,7 +34,7 @@ TRIAL_START_S = 20.0  # a trial's process start, imports and data loading before
 STUDY_START_S = 15.0  # the driver's MLflow parent run and Ray's start before the first trial
 CACHE_FILE = "throughput.json"
 CHOICES = 4  # of each multiple-choice item (a cloze choice is scored again after BOS alone, for PMI)
-HUMANEVAL_PROBLEMS = 164  # humaneval_likelihood: at most this many items of 4 choices, rows filling the window
+HUMANEVAL_PROBLEMS = 164  # humaneval_likelihood without the study's tokenizer: at most 164 items filling the window
 
 
 @dataclass
@@ -118,8 +119,8 @@ def _measure(trial: TrialSpec, runtime: Runtime, threads: int) -> float:
 
 def eval_tokens(trial: TrialSpec) -> float:
     """Forward token positions of all the trial's evaluations: the held-out loss, the cloze and HumanEval's
-    likelihood ranking (at most: the problems whose solution does not fit half the window are left out, which the
-    tokenizer decides); lm-eval tasks and pass@k are not counted."""
+    likelihood ranking (exactly where the study's token store exists, else at most); lm-eval tasks and pass@k are
+    not counted."""
     ev, seq = trial.eval, trial.data.seq_len
     mdlm = trial.objective == "mdlm"
     per_point = ev.max_items * seq * (ev.mc_samples if mdlm else 1)  # held-out windows, always
@@ -129,8 +130,33 @@ def eval_tokens(trial: TrialSpec) -> float:
         context = min(48, seq - span - 1) + 1
         per_point += ev.max_items * CHOICES * (context + span + 1 + span) * min(rows, span)  # + PMI prior rows
     if "humaneval_likelihood" in ev.tasks:
-        per_point += min(ev.max_items, HUMANEVAL_PROBLEMS) * CHOICES * seq * rows
+        from crossover.data.store import cache_root
+
+        positions = _humaneval_positions(
+            trial.data.model_dump_json(), str(cache_root(trial.data.cache_dir)), ev.max_items
+        )
+        if positions is None:
+            positions = min(ev.max_items, HUMANEVAL_PROBLEMS) * CHOICES * seq
+        per_point += rows * positions
     return per_point * len(eval_steps(trial))
+
+
+@functools.cache
+def _humaneval_positions(data_json: str, cache: str, max_items: int) -> int | None:
+    """Token positions of one scoring of the humaneval_likelihood items (each choice after its prompt): which
+    problems fit the window, and how long their rows are, depend on the study's tokenizer. None before `crossover
+    data prepare` has built the study's token store (under `cache`, the cache root: part of the key)."""
+    from crossover.data import prepare
+    from crossover.data.store import read_manifest, store_dir
+    from crossover.evals.suite import ITEM_SEED
+    from crossover.evals.tasks import humaneval_likelihood_items
+    from crossover.specs.study import DataSpec
+
+    data = DataSpec.model_validate_json(data_json)
+    if read_manifest(store_dir(data)) is None:
+        return None
+    items = humaneval_likelihood_items(prepare(data), n_items=max_items, seed=ITEM_SEED, max_tokens=data.seq_len)
+    return sum(len(item.context) + len(choice) for item in items for choice in item.choices)
 
 
 def _model_label(model: ModelConfig) -> str:
