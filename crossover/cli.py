@@ -481,13 +481,14 @@ def run(
         err.print("[bold red]--resume and --fresh contradict each other[/]: choose one")
         raise typer.Exit(USER_ERROR)
     spec = _load_checked(spec_path)
-    if resume and not has_tune_state(spec, storage_path(spec, storage)):
-        err.print(f"[bold red]nothing to continue:[/] study {spec.name} has no earlier run under "
-                  f"{storage_path(spec, storage)} (never run there, or --storage differs); "
-                  f"`crossover run {spec_path}` without --resume starts it", highlight=False)  # fmt: skip
+    ray_storage = storage_path(spec, storage)
+    if resume and not has_tune_state(spec, ray_storage):
+        err.print(f"[bold red]nothing to continue:[/] study {spec.name} has no earlier run under {ray_storage} "
+                  f"(never run there, or --storage differs); `crossover run {spec_path}` without --resume starts it",
+                  highlight=False)  # fmt: skip
         raise typer.Exit(USER_ERROR)
     _check_tasks(spec)
-    log_dir = driver_folder(storage_path(spec, storage))
+    log_dir = driver_folder(ray_storage)
     # The topmost folder the log creates, removed again if the study cannot start: nothing half-written.
     created = next((p for p in reversed([log_dir, *log_dir.parents]) if not p.exists()), None)
     _library_notices_to(log_dir / f"{spec.name}.log", verbose, ("mlflow", "ray"))

@@ -112,15 +112,19 @@ def driver_folder(storage: str) -> Path:
     return Path(storage) if "://" not in storage else Path(".crossover") / "logs"
 
 
+def _local_tune_folders(spec: StudySpec, storage: str) -> list[Path]:
+    """The study's Tune experiment folders under a local `storage`: its own, and one per trial for a per-cell search
+    (<study>.<trial>)."""
+    return [Path(storage) / spec.name, *Path(storage).glob(f"{spec.name}.*")]
+
+
 def has_tune_state(spec: StudySpec, storage: str) -> bool:
-    """Whether an earlier `crossover run` of the study left Tune state under `storage` for a later one to continue
-    (its own experiment, or one per cell for a per-cell search)."""
-    experiment = f"{storage.rstrip('/')}/{spec.name}"
+    """Whether an earlier `crossover run` of the study left Tune state under `storage` for a later one to continue."""
     if "://" in storage:
         from ray import tune
 
-        return tune.Tuner.can_restore(experiment)
-    return Path(experiment).is_dir() or any(p.is_dir() for p in Path(storage).glob(f"{spec.name}.*"))
+        return tune.Tuner.can_restore(f"{storage.rstrip('/')}/{spec.name}")
+    return any(path.is_dir() for path in _local_tune_folders(spec, storage))
 
 
 def run_study(
@@ -144,8 +148,8 @@ def run_study(
     trials, resources = spec.expand(), spec.resources
     storage = storage_path(spec, storage)
     experiment = f"{storage.rstrip('/')}/{spec.name}"
-    if fresh and "://" not in storage:  # per-cell searches keep one Tune experiment per trial: <study>.<trial>
-        for path in [Path(experiment), *Path(storage).glob(f"{spec.name}.*")]:
+    if fresh and "://" not in storage:
+        for path in _local_tune_folders(spec, storage):
             shutil.rmtree(path, ignore_errors=True)
     try:
         parent_run_id = start_study(spec, spec_text, tracking_uri, fresh=fresh, trials_hash=_trials_hash(trials))

@@ -149,13 +149,15 @@ def _humaneval_positions(data_json: str, cache: str, max_items: int) -> int | No
     from crossover.data import prepare
     from crossover.data.store import read_manifest, store_dir
     from crossover.evals.suite import ITEM_SEED
-    from crossover.evals.tasks import humaneval_likelihood_items
+    from crossover.evals.tasks import build_items
     from crossover.specs.study import DataSpec
 
     data = DataSpec.model_validate_json(data_json)
     if read_manifest(store_dir(data)) is None:
         return None
-    items = humaneval_likelihood_items(prepare(data), n_items=max_items, seed=ITEM_SEED, max_tokens=data.seq_len)
+    # the items exactly as the trainer's EvalSuite builds them
+    items = build_items("humaneval_likelihood", prepare(data), max_items=max_items, seed=ITEM_SEED,
+                        max_seq_len=data.seq_len)  # fmt: skip
     return sum(len(item.context) + len(choice) for item in items for choice in item.choices)
 
 
