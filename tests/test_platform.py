@@ -497,3 +497,20 @@ def test_a_restarted_trial_does_not_log_an_eval_point_twice(tmp_path, tiny_corpu
     assert sorted(m.step for m in client.get_metric_history(first.run_id, "train/loss")) == [1024, 2048, 3072]
     items = json.loads(Path(client.download_artifacts(first.run_id, "items/heldout_cloze/2048.json")).read_text())
     assert items["metrics"]["acc"] == [1.0, 0.0]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop is the point
+def test_a_ctrl_c_dropped_on_its_way_still_stops_a_starting_study():
+    """Python drops what a callback raises in some places (finalizers, logging's at-fork lock release that Ray's
+    start-up runs on every fork): a Ctrl-C landing there must still stop the study at the next safe point."""
+    from crossover.platform.study import interrupts_kept
+
+    class DropsWhatItRaises:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), interrupts_kept() as interrupted:
+        DropsWhatItRaises()  # the KeyboardInterrupt raised in __del__ is printed and dropped here
+        interrupted()
+    assert signal.getsignal(signal.SIGINT) is before

@@ -14,7 +14,11 @@ import functools
 import hashlib
 import os
 import shutil
+import signal
+import threading
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,13 +156,16 @@ def run_study(
         for path in _local_tune_folders(spec, storage):
             shutil.rmtree(path, ignore_errors=True)
     try:
-        parent_run_id = start_study(spec, spec_text, tracking_uri, fresh=fresh, trials_hash=_trials_hash(trials))
-        # Once per study, so every trial (the AR and MDLM of each cell) trains alike; a continued study keeps the
-        # resolution it began with.
-        runtime = study_runtime(tracking_uri, parent_run_id, resolve_runtime(spec.train, trials[0].model, resources))
-        common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage,
-                  "runtime": runtime.model_dump()}  # fmt: skip
-        results = _fit(spec, trials, storage, address, max_concurrent, callbacks, common)
+        with interrupts_kept() as interrupted:
+            parent_run_id = start_study(spec, spec_text, tracking_uri, fresh=fresh, trials_hash=_trials_hash(trials))
+            # Once per study, so every trial (the AR and MDLM of each cell) trains alike; a continued study keeps the
+            # resolution it began with.
+            runtime = study_runtime(
+                tracking_uri, parent_run_id, resolve_runtime(spec.train, trials[0].model, resources)
+            )
+            common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage,
+                      "runtime": runtime.model_dump()}  # fmt: skip
+            results = _fit(spec, trials, storage, address, max_concurrent, callbacks, common, interrupted)
     except KeyboardInterrupt:  # Ctrl-C before Tune took it over (the parent run being made, Ray starting)
         mark_study_stopped(tracking_uri, spec.name)
         raise
@@ -167,10 +174,38 @@ def run_study(
     return StudyOutcome(finished, failed, stopped, parent_run_id, experiment)
 
 
+@contextmanager
+def interrupts_kept() -> Iterator[Callable[[], None]]:
+    """Ctrl-C while a study starts, made sure to stop it. Python raises KeyboardInterrupt wherever the main thread
+    is, and where that is a callback whose exceptions are printed and dropped (logging's at-fork lock release, run
+    each time Ray's start-up forks a process) the study went on as if never stopped. The handler still raises at
+    once, and remembers the signal: the check it yields raises it again at the next safe point if it was dropped.
+    Tune's `fit` puts its own handler in place while trials run and restores this one after."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield lambda: None
+        return
+    seen = threading.Event()
+
+    def on_sigint(signum, frame) -> None:
+        seen.set()
+        raise KeyboardInterrupt
+
+    def check() -> None:
+        if seen.is_set():
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _fit(spec: StudySpec, trials: list[TrialSpec], storage: str, address: str | None, max_concurrent: int | None,
-         callbacks: list | None, common: dict[str, Any]) -> list:  # fmt: skip
+         callbacks: list | None, common: dict[str, Any], interrupted: Callable[[], None]) -> list:  # fmt: skip
     """Start or join Ray and run the study's Tuners; their Results. A stopped Tuner (Ctrl-C: some of its trials
-    did not finish) ends the study's run there: the Tuners after it wait for the next `crossover run`."""
+    did not finish) ends the study's run there: the Tuners after it wait for the next `crossover run`.
+    `interrupted()` raises KeyboardInterrupt if a Ctrl-C came and was lost on the way (see `interrupts_kept`)."""
     import ray
     from ray import tune
 
@@ -183,6 +218,7 @@ def _fit(spec: StudySpec, trials: list[TrialSpec], storage: str, address: str | 
             init_local_instance(runtime_env={"env_vars": env} if env else None)
             record_local_instance(state_file(driver_folder(storage), spec.name))  # so a crash leaves nothing behind
 
+    interrupted()
     trainable = tune.with_resources(run_trial, trial_resources(resources))
     concurrent = max_concurrent or resources.max_concurrent or worker_groups_that_fit(spec, ray.cluster_resources())
     results, tuners = [], _tuners(spec, trials, concurrent)
@@ -203,6 +239,7 @@ def _fit(spec: StudySpec, trials: list[TrialSpec], storage: str, address: str | 
             tuner = tune.Tuner(
                 trainable, param_space={**space, **common}, tune_config=tune_config, run_config=run_config
             )
+        interrupted()
         fitted = list(tuner.fit())
         results.extend(fitted)
         more_to_come = index + 1 < len(tuners)
