@@ -471,7 +471,9 @@ def run(
         bool, typer.Option("--verbose", help="Show Ray's, MLflow's and DeepSpeed's own notices here too.")
     ] = False,
 ) -> None:
-    """Run every trial of a study on Ray Tune, recording it in MLflow; continues a study that was interrupted."""
+    """Run every trial of a study on Ray Tune, recording it in MLflow. Run again, it continues a study that was
+    interrupted, and grows one whose spec changed: finished trials are kept, added eval tasks are scored on their
+    checkpoints, longer trials continue shorter ones, and only what is new trains."""
     import os
 
     from crossover.platform.study import driver_folder, has_tune_state, storage_path
@@ -514,11 +516,17 @@ def run(
         _clean_up_after_a_crash(log_dir, spec.name)
         _print_wall_time(spec, max_concurrent)
     progress = StudyProgress(spec.name, spec.expand(), out, quiet=quiet or not out.is_terminal)
+
+    def on_growth(growth) -> None:  # a study that ran before: what it keeps and what runs now
+        if growth.kept or growth.out_of_spec or growth.notes:
+            out.print(growth.summary(), highlight=False)
+        progress.kept([t.name for t in growth.kept])
+
     try:
         with progress:
             outcome = run_study(
                 spec, spec_path.read_text(), uri, address=address, fresh=fresh, max_concurrent=max_concurrent,
-                storage=storage, callbacks=[progress.callback()],
+                storage=storage, callbacks=[progress.callback()], on_growth=on_growth,
             )  # fmt: skip
     except TrackingError as exc:
         err.print(f"[bold red]cannot continue:[/] {exc}", highlight=False)

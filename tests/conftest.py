@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 # Compiled kernels of this session only: inductor's on-disk cache outlives a run, and code compiled for another CPU
 # capability (ATEN_CPU_CAPABILITY, used to test as on an AVX2-only machine) must never be reused.
@@ -134,3 +135,21 @@ def tiny_checkpoints(tiny_corpus: Path, session_cache: Path, tmp_path_factory: p
             os.environ.pop("CROSSOVER_CACHE", None)
         else:
             os.environ["CROSSOVER_CACHE"] = previous
+
+
+@pytest.fixture
+def study(tmp_path, tiny_corpus, session_cache):
+    """A tiny study file, a private Ray temp dir and storage, and the environment to run it in."""
+    from .services import kill_ray_processes, ray_temp_dir
+
+    temp_dir = ray_temp_dir()
+    env = {**os.environ, "CROSSOVER_CACHE": str(session_cache), "RAY_TMPDIR": temp_dir}
+
+    def write(**blocks) -> Path:
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump(tiny_study(tiny_corpus, **blocks)))
+        return path
+
+    yield {"write": write, "env": env, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "storage": str(tmp_path / "ray")}
+    kill_ray_processes(temp_dir)
+    shutil.rmtree(temp_dir, ignore_errors=True)  # Ray leaves its session folders (logs, sockets) behind

@@ -22,28 +22,12 @@ from crossover.specs.hardware import Runtime, resolve_runtime
 from crossover.specs.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS, mlflow_client
 
 from .conftest import tiny_study
-from .services import free_port, kill_ray_processes, mlflow_server, ray_temp_dir, stop_group
+from .services import free_port, mlflow_server, stop_group
 
 pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (tests/conftest.py)
 
 CROSSOVER = [sys.executable, "-m", "crossover.cli"]
 CONTRACT_METRICS = {m for m in TRAIN_METRICS if m != "mfu"} | {"eval/heldout_loss/loss"}
-
-
-@pytest.fixture
-def study(tmp_path, tiny_corpus, session_cache):
-    """A tiny study file, a private Ray temp dir and storage, and the environment to run it in."""
-    temp_dir = ray_temp_dir()
-    env = {**os.environ, "CROSSOVER_CACHE": str(session_cache), "RAY_TMPDIR": temp_dir}
-
-    def write(**blocks) -> Path:
-        path = tmp_path / "study.yaml"
-        path.write_text(yaml.safe_dump(tiny_study(tiny_corpus, **blocks)))
-        return path
-
-    yield {"write": write, "env": env, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "storage": str(tmp_path / "ray")}
-    kill_ray_processes(temp_dir)
-    shutil.rmtree(temp_dir, ignore_errors=True)  # Ray leaves its session folders (logs, sockets) behind
 
 
 def run(study, spec: Path, *args: str, timeout: int = 420) -> subprocess.CompletedProcess:
@@ -119,7 +103,7 @@ def test_run_records_every_trial_by_the_contract_and_a_rerun_trains_nothing(stud
     client, parents, children = runs(study["uri"])
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "spec")}
-    assert artifacts == {"spec/study.yaml", "spec/trials.json"}
+    assert artifacts == {"spec/study.yaml", "spec/trials.json", "spec/history"}
     runtime = Runtime.model_validate_json(parents[0].data.tags["crossover.runtime"])
     assert runtime == resolve_runtime(trials[0].train, trials[0].model, trials[0].resources)
     assert sorted(r.info.run_name for r in children) == sorted(t.name for t in trials)

@@ -200,3 +200,34 @@ def test_a_trial_started_from_a_process_that_trained_in_process_gets_its_own_por
         result = subprocess.run([sys.executable, "-m", "crossover.cli", "train", str(spec), "--trial", "0", "--out",
                                  str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("objective", ["ar", "mdlm"])
+def test_a_longer_trial_continued_from_the_branch_equals_one_trained_from_scratch(tiny_corpus, tmp_path, objective):
+    """wsd: a trial keeps its state where the decay begins; a trial of twice the length continued from it matches,
+    step for step after that point, the same longer trial trained from scratch (data order, RNG, optimizer)."""
+    from crossover.trainers.schedules import branch_step
+
+    short = trials(tiny_corpus, eval={"every": "8k"})[objective]  # 40 steps, decay from step 32
+    long = trials(tiny_corpus, eval={"every": "8k"}, train={"total_tokens": 81920})[objective]
+    assert long.lineage_id == short.lineage_id and long.trial_id != short.trial_id
+    assert branch_step(short) == 32 and branch_step(long) == 64
+    train(short, LocalReporter(tmp_path / "short"))
+    assert (tmp_path / "short" / "branch" / "trial.json").exists()
+    continued = train(long, LocalReporter(tmp_path / "continued", continues=str(tmp_path / "short" / "branch")))
+    scratch = train(long, LocalReporter(tmp_path / "scratch"))
+    assert continued["data_hash"] == scratch["data_hash"] and continued["tokens"] == scratch["tokens"] == 81920
+    evals = {name: LocalReporter(tmp_path / name).history() for name in ("continued", "scratch")}
+    assert [e["step"] for e in evals["continued"]] == [e["step"] for e in evals["scratch"] if e["step"] > 32 * 1024]
+    by_step = {e["step"]: e for e in evals["scratch"]}
+    for e in evals["continued"]:
+        assert e["eval/heldout_loss/loss"] == pytest.approx(by_step[e["step"]]["eval/heldout_loss/loss"], rel=1e-4)
+        assert e["train/loss"] == pytest.approx(by_step[e["step"]]["train/loss"], rel=1e-4, abs=1e-4)
+
+
+def test_a_trial_cannot_continue_one_of_another_lineage(tiny_corpus, tmp_path):
+    short = trials(tiny_corpus, eval={"every": "8k"})["ar"]
+    other = trials(tiny_corpus, eval={"every": "8k"}, train={"total_tokens": 81920, "lr": 1e-3})["ar"]
+    train(short, LocalReporter(tmp_path / "short"), stop_after_steps=33)
+    with pytest.raises(ValueError, match="cannot continue"):
+        train(other, LocalReporter(tmp_path / "other", continues=str(tmp_path / "short" / "branch")))

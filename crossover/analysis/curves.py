@@ -32,6 +32,7 @@ from crossover.specs.tracking import (
     TAG_CELL,
     TAG_ITEMS,
     TAG_OBJECTIVE,
+    TAG_OUT_OF_SPEC,
     TAG_PARENT,
     TAG_ROLE,
     TAG_STUDY,
@@ -295,7 +296,8 @@ def load_study(study: str, tracking_uri: str | None = None, items: bool = True, 
         raise AnalysisError(f"reading study '{study}' from {redact(uri)} failed: {exc.message}") from None
     parents = [r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_STUDY]
     current = max(parents, key=lambda r: (r.info.start_time or 0, r.info.run_id)) if parents else None
-    trial_runs = [r for r in runs if TAG_TRIAL_ID in r.data.tags]
+    # Finished trials a grown study's spec no longer has are kept in MLflow but are not the study's any more.
+    trial_runs = [r for r in runs if TAG_TRIAL_ID in r.data.tags and TAG_OUT_OF_SPEC not in r.data.tags]
     if current is not None:  # `crossover run --fresh` superseded the older parents: only the current one's trials
         trial_runs = [r for r in trial_runs if r.data.tags.get(TAG_PARENT) == current.info.run_id]
     if not trial_runs:

@@ -198,6 +198,7 @@ class TrainStream:
         self.epochs = EpochOrder(self.unique_tokens, self.seq_len, self.seed)
         self.as_torch = as_torch
         self.order_hash = self._order_hash()
+        self.prefix_hash = self._order_hash(prefix=True)
         self.step = 0
         if state is not None:
             self.load_state(state)
@@ -252,15 +253,22 @@ class TrainStream:
         return {
             "version": STATE_VERSION,
             "order_hash": self.order_hash,
+            "prefix_hash": self.prefix_hash,
             "step": self.step,
             "tokens_seen": seen,
             "epoch": epoch,
             "position": position,
         }
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Continue from a saved state: the same data order, resumed at (epoch, position)."""
-        if state.get("order_hash") not in (None, self.order_hash):
+    def load_state(self, state: dict[str, Any], longer: bool = False) -> None:
+        """Continue from a saved state: the same data order, resumed at (epoch, position). `longer`: the state is
+        another trial's that this one extends (the same order, fewer steps): their order prefixes must agree."""
+        if longer and state.get("prefix_hash") != self.prefix_hash:
+            raise DataError(
+                f"the saved data state is not a prefix of this trial's data order ({state.get('prefix_hash')}, this "
+                f"trial's is {self.prefix_hash}): only train.total_tokens may differ for a trial to continue another"
+            )
+        if not longer and state.get("order_hash") not in (None, self.order_hash):
             raise DataError(
                 f"the saved data state belongs to another data order ({state.get('order_hash')}, this trial's is "
                 f"{self.order_hash}): the corpus, tokenizer, budget, seed or batch settings changed since it was saved"
@@ -272,8 +280,10 @@ class TrainStream:
         self.step = step
 
     # ---- identity
-    def _order_hash(self) -> str:
-        """Names the sequence of global batches: equal for the AR and MDLM trials of a cell, any worker count."""
+    def _order_hash(self, prefix: bool = False) -> str:
+        """Names the sequence of global batches: equal for the AR and MDLM trials of a cell, any worker count.
+        `prefix`: without the run's length, so equal for every length of the same order (each is a prefix of the
+        longer ones)."""
         h = hashlib.sha256()
         params = {
             "store": self.data.manifest["files"]["tokens.bin"]["sha256"],
@@ -282,11 +292,11 @@ class TrainStream:
             "unique_tokens": self.unique_tokens,
             "seq_len": self.seq_len,
             "global_batch_tokens": self.global_batch_tokens,
-            "num_steps": self.num_steps,
+            "num_steps": None if prefix else self.num_steps,
             "version": STATE_VERSION,
         }
         h.update(json.dumps(params, sort_keys=True).encode())
-        for step in sorted({0, self.num_steps - 1}):
+        for step in [0] if prefix else sorted({0, self.num_steps - 1}):
             if self.num_steps:
                 h.update(self.global_batch(step).tobytes())
         h.update(self.budget.documents.tobytes())

@@ -84,6 +84,13 @@ class StudyProgress:
             self.live.update(self.render())
             self.live.stop()
 
+    def kept(self, names: list[str]) -> None:
+        """Trials that finished in an earlier run of the study and are not run again."""
+        for name in names:
+            self.rows[name] = {"status": "kept"}
+        if self.live:
+            self.live.update(self.render())
+
     def event(self, trial: Any, status: str, **fields: Any) -> None:
         name = _name(trial)
         row = self.rows.setdefault(name, {"status": "pending"})
@@ -117,7 +124,7 @@ class StudyProgress:
         table = Table(title="crossover study", expand=False)
         for column in ("trial", "status", "tokens", "epoch", "train loss", "held-out loss", "tok/s", "ETA"):
             table.add_column(column, justify="left" if column in ("trial", "status") else "right", no_wrap=True)
-        colors = {"finished": "green", "error": "red", "running": "yellow"}
+        colors = {"finished": "green", "kept": "green", "error": "red", "running": "yellow"}
         for name, row in self.rows.items():
             metrics = row.get("metrics", {})
             table.add_row(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crossover.platform.grow import Growth, plan_growth, score_added_tasks
 from crossover.platform.local_ray import init_local_instance, record_local_instance, state_file
 from crossover.platform.tracking import (
     TrialRun,
@@ -31,6 +32,7 @@ from crossover.platform.tracking import (
     start_study,
     study_runtime,
     trial_statuses,
+    tune_experiment,
 )
 from crossover.specs import StudySpec, TrialSpec, longest_first
 from crossover.specs.hardware import Runtime, resolve_runtime
@@ -49,16 +51,19 @@ class StudyOutcome:
     experiment_path: str
 
 
-def _tracked_run(trial_json: dict[str, Any], uri: str, parent_run_id: str, runtime: Runtime) -> TrialRun:
+def _tracked_run(trial_json: dict[str, Any], uri: str, parent_run_id: str, runtime: Runtime,
+                 continues: dict[str, Any] | None) -> TrialRun:  # fmt: skip
     """Built inside the process that trains (rank 0): trials log to MLflow from where they run."""
-    return TrialRun(TrialSpec.model_validate(trial_json), uri, parent_run_id, runtime)
+    return TrialRun(TrialSpec.model_validate(trial_json), uri, parent_run_id, runtime, continues)
 
 
 def run_trial(config: dict[str, Any]) -> None:
     """The Tune trainable: train one trial and keep its MLflow child run in step with it."""
     trial = trial_of(config)
     runtime = Runtime.model_validate(config["runtime"])  # resolved once for the study, on the driver
-    run = TrialRun(trial, config["tracking_uri"], config["parent_run_id"], runtime)
+    continues = config.get("continues", {}).get(trial.trial_id)  # a shorter trial this one continues (grow.py)
+    branch = continues and continues["branch"]
+    run = TrialRun(trial, config["tracking_uri"], config["parent_run_id"], runtime, continues)
     if run.already_finished:  # finished before a driver crash that Tune's state did not see: never train twice
         return
     try:
@@ -66,19 +71,19 @@ def run_trial(config: dict[str, Any]) -> None:
             from crossover.trainers.launch import RayReporter
             from crossover.trainers.loop import train
 
-            result = train(trial, RayReporter("tune", run, config["storage"]), runtime=runtime)
+            result = train(trial, RayReporter("tune", run, config["storage"], branch), runtime=runtime)
             run.set_tags({"crossover.data_hash": result["data_hash"]})
         else:
             from ray.tune.integration.ray_train import TuneReportCallback
 
             from crossover.trainers.launch import run_workers
 
-            tracked = functools.partial(
-                _tracked_run, trial.model_dump(mode="json"), config["tracking_uri"], config["parent_run_id"], runtime
-            )
+            tracked = functools.partial(_tracked_run, trial.model_dump(mode="json"), config["tracking_uri"],
+                                        config["parent_run_id"], runtime, continues)  # fmt: skip
             outcome = run_workers(
                 trial, config["storage"], name=f"{trial.study}-{trial.trial_id}", run_factory=tracked,
                 callbacks=[TuneReportCallback()], max_failures=trial.resources.max_failures, runtime=runtime,
+                continues=branch,
             )  # fmt: skip
             if outcome.error is not None:
                 raise outcome.error
@@ -141,12 +146,14 @@ def run_study(
     max_concurrent: int | None = None,
     storage: str | None = None,
     callbacks: list | None = None,
+    on_growth: Callable[[Growth], None] | None = None,
 ) -> StudyOutcome:
     """Run (or continue) every trial of the study; returns which finished and which failed.
 
     An existing Tune experiment of the same study at the same storage is continued: finished trials are not run
-    again, unfinished ones restart from their last checkpoint, and their MLflow runs are continued. `fresh` starts
-    over instead (new MLflow parent run, old Tune state removed).
+    again, unfinished ones restart from their last checkpoint, and their MLflow runs are continued. A spec that
+    changed since makes the study grow (crossover.platform.grow; `on_growth` hears what is kept and what runs
+    before anything does). `fresh` starts over instead (new MLflow parent run, old Tune state removed).
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress table replaces Tune's console output
     trials, resources = spec.expand(), spec.resources
@@ -157,7 +164,8 @@ def run_study(
             shutil.rmtree(path, ignore_errors=True)
     try:
         with interrupts_kept() as interrupted:
-            parent_run_id = start_study(spec, spec_text, tracking_uri, fresh=fresh, trials_hash=_trials_hash(trials))
+            trials_hash = _trials_hash(trials)
+            parent_run_id = start_study(spec, spec_text, tracking_uri, fresh=fresh, trials_hash=trials_hash)
             # Once per study, so every trial (the AR and MDLM of each cell) trains alike; a continued study keeps the
             # resolution it began with.
             runtime = study_runtime(
@@ -165,7 +173,18 @@ def run_study(
             )
             common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage,
                       "runtime": runtime.model_dump()}  # fmt: skip
-            results = _fit(spec, trials, storage, address, max_concurrent, callbacks, common, interrupted)
+            tune_name, first = spec.name, True
+            if spec.search is None:  # a grid study can grow; a search study's trials are samples
+                growth = plan_growth(spec, tracking_uri, parent_run_id)
+                if on_growth:
+                    on_growth(growth)
+                score_added_tasks(spec, growth, tracking_uri, parent_run_id, storage)
+                tune_name, first = tune_experiment(tracking_uri, parent_run_id, spec.name, trials_hash)
+                common["continues"] = growth.continues
+                trials = trials if first else growth.to_run
+                experiment = f"{storage.rstrip('/')}/{tune_name}"
+            results = _fit(spec, trials, storage, address, max_concurrent, callbacks, common, interrupted,
+                           tune_name, first) if trials else []  # fmt: skip
     except KeyboardInterrupt:  # Ctrl-C before Tune took it over (the parent run being made, Ray starting)
         mark_study_stopped(tracking_uri, spec.name)
         raise
@@ -202,12 +221,16 @@ def interrupts_kept() -> Iterator[Callable[[], None]]:
 
 
 def _fit(spec: StudySpec, trials: list[TrialSpec], storage: str, address: str | None, max_concurrent: int | None,
-         callbacks: list | None, common: dict[str, Any], interrupted: Callable[[], None]) -> list:  # fmt: skip
+         callbacks: list | None, common: dict[str, Any], interrupted: Callable[[], None], experiment: str,
+         first: bool) -> list:  # fmt: skip
     """Start or join Ray and run the study's Tuners; their Results. A stopped Tuner (Ctrl-C: some of its trials
     did not finish) ends the study's run there: the Tuners after it wait for the next `crossover run`.
-    `interrupted()` raises KeyboardInterrupt if a Ctrl-C came and was lost on the way (see `interrupts_kept`)."""
+    `interrupted()` raises KeyboardInterrupt if a Ctrl-C came and was lost on the way (see `interrupts_kept`).
+    `experiment`: the grid's Tune experiment; not the `first` (a grown study's) is continued as it was made."""
     import ray
     from ray import tune
+
+    from crossover.trainers.launch import checkpoints_to_keep
 
     resources = spec.resources
     if not ray.is_initialized():
@@ -221,18 +244,19 @@ def _fit(spec: StudySpec, trials: list[TrialSpec], storage: str, address: str | 
     interrupted()
     trainable = tune.with_resources(run_trial, trial_resources(resources))
     concurrent = max_concurrent or resources.max_concurrent or worker_groups_that_fit(spec, ray.cluster_resources())
-    results, tuners = [], _tuners(spec, trials, concurrent)
+    results, tuners = [], _tuners(spec, trials, concurrent, experiment)
     for index, (name, tune_config, space) in enumerate(tuners):
         path = f"{storage.rstrip('/')}/{name}"
         if tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(
-                path, trainable, resume_unfinished=True, resume_errored=True, param_space={**space, **common}
-            )
+            # A grown study's experiment has the trials it was made with (fewer are left to run now): as saved.
+            space = {**space, **common} if first else None
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, param_space=space)
         else:
             run_config = tune.RunConfig(
                 name=name,
                 storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(spec.train.keep_checkpoints)),
                 callbacks=callbacks,
                 verbose=0,
             )
@@ -287,7 +311,7 @@ def worker_groups_that_fit(spec: StudySpec, cluster: dict[str, float]) -> int | 
     return max(1, min(fits))
 
 
-def _tuners(spec: StudySpec, trials: list[TrialSpec], max_concurrent: int | None):
+def _tuners(spec: StudySpec, trials: list[TrialSpec], max_concurrent: int | None, experiment: str):
     """(experiment name, TuneConfig, parameter space) of each Tuner the study needs.
 
     No search: one Tuner over every trial of the grid. Search scope `grid`: one Optuna study whose dimensions are
@@ -304,7 +328,7 @@ def _tuners(spec: StudySpec, trials: list[TrialSpec], max_concurrent: int | None
     names = {"trial_name_creator": name_of, "trial_dirname_creator": name_of, "reuse_actors": True}
     if spec.search is None:
         space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in longest_first(trials)])}
-        return [(spec.name, tune.TuneConfig(max_concurrent_trials=max_concurrent, **names), space)]
+        return [(experiment, tune.TuneConfig(max_concurrent_trials=max_concurrent, **names), space)]
 
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch

@@ -11,6 +11,7 @@ when it answers again (retried with backoff when the trial ends).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -24,16 +25,24 @@ from crossover.specs.tracking import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     HEADLINE_ACCURACY,
+    ITEMS_DIR,
     ROLE_STUDY,
     SPEC_DIR,
     SUMMARY_COLUMNS,
     SUMMARY_PREFIX,
+    TAG_BRANCH,
+    TAG_BRANCH_TOKENS,
+    TAG_EXTENDED_BY,
     TAG_ITEMS,
+    TAG_OUT_OF_SPEC,
     TAG_PARENT,
     TAG_ROLE,
     TAG_RUNTIME,
+    TAG_SPEC_HASH,
     TAG_STUDY,
     TAG_TRIAL_ID,
+    TAG_TRIALS_HASH,
+    TAG_TUNE_EXPERIMENT,
     VIEW_TAG,
     items_path,
     items_payload,
@@ -113,10 +122,12 @@ def _parent_tags(study: str) -> dict[str, str]:
 
 
 def start_study(spec: StudySpec, spec_text: str, uri: str, *, fresh: bool = False, trials_hash: str = "") -> str:
-    """The study's parent run: found again when continuing a study, new for a first or `fresh` start.
+    """The study's parent run: found again when continuing a study (whose spec may have changed since: it grows,
+    crossover.platform.grow), new for a first or `fresh` start.
 
-    A study whose trials changed since its parent run began cannot be continued (its finished trials would not
-    match the spec): that is a TrackingError asking for --fresh or a new study name.
+    The parent run keeps the spec: spec/study.yaml and spec/trials.json as they are now, and each version that was
+    run as spec/history/<UTC time>.yaml. A search study cannot grow (its trials are samples, not a grid): a changed
+    one is a TrackingError asking for --fresh or a new study name.
     """
     client = mlflow_client(uri)
     experiment_id = _experiment_id(client, uri, spec.name)
@@ -124,20 +135,40 @@ def start_study(spec: StudySpec, spec_text: str, uri: str, *, fresh: bool = Fals
     if run is not None and fresh:
         client.set_tag(run.info.run_id, TAG_ROLE, "superseded")
         run = None
-    if run is not None and run.data.tags.get("crossover.trials_hash", trials_hash) != trials_hash:
+    changed = run is not None and run.data.tags.get(TAG_TRIALS_HASH, trials_hash) != trials_hash
+    if changed and spec.search is not None:
         raise TrackingError(
-            f"study '{spec.name}' already has runs in {uri} for a different set of trials (the spec changed): "
-            f"run with --fresh to start it over, or give the study a new name"
+            f"study '{spec.name}' already has runs in {uri} for a different set of trials (the spec changed), and a "
+            f"search study cannot grow: run with --fresh to start it over, or give the study a new name"
         )
     if run is None:
-        tags = {**_parent_tags(spec.name), "crossover.trials_hash": trials_hash}
-        run = client.create_run(experiment_id, tags=tags, run_name=spec.name)
-        client.log_text(run.info.run_id, spec_text, f"{SPEC_DIR}/study.yaml")
-        table = [t.model_dump(mode="json") for t in spec.expand()]
-        client.log_text(run.info.run_id, json.dumps(table, indent=1), f"{SPEC_DIR}/trials.json")
+        run = client.create_run(experiment_id, tags=_parent_tags(spec.name), run_name=spec.name)
     elif run.info.status != "RUNNING":
         client.update_run(run.info.run_id, status="RUNNING")
-    return run.info.run_id
+    run_id, text_hash = run.info.run_id, hashlib.sha256(spec_text.encode()).hexdigest()[:16]
+    if TAG_TUNE_EXPERIMENT not in run.data.tags:  # the study's first Tune experiment runs the trials it began with
+        client.set_tag(run_id, TAG_TUNE_EXPERIMENT, f"{spec.name}@{run.data.tags.get(TAG_TRIALS_HASH, trials_hash)}")
+    if run.data.tags.get(TAG_SPEC_HASH) != text_hash:  # a first run, or the spec file was edited since
+        stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
+        client.log_text(run_id, spec_text, f"{SPEC_DIR}/history/{stamp}.yaml")
+        client.log_text(run_id, spec_text, f"{SPEC_DIR}/study.yaml")
+        table = [t.model_dump(mode="json") for t in spec.expand()]
+        client.log_text(run_id, json.dumps(table, indent=1), f"{SPEC_DIR}/trials.json")
+        client.set_tag(run_id, TAG_SPEC_HASH, text_hash)
+    client.set_tag(run_id, TAG_TRIALS_HASH, trials_hash)
+    return run_id
+
+
+def tune_experiment(uri: str, parent_run_id: str, study: str, trials_hash: str) -> tuple[str, bool]:
+    """The Tune experiment that runs the study's trials now, and whether it is the study's first. The first is
+    named after the study; a study that grew runs its new and unfinished trials in a new one named after its trials
+    (a Tune grid cannot change), which a stopped run of the same spec continues."""
+    client = mlflow_client(uri)
+    name, made_for = _retrying(client.get_run, parent_run_id).data.tags[TAG_TUNE_EXPERIMENT].rsplit("@", 1)
+    if made_for != trials_hash:
+        name = f"{study}.grown-{trials_hash[:8]}"
+    client.set_tag(parent_run_id, TAG_TUNE_EXPERIMENT, f"{name}@{trials_hash}")
+    return name, name == study
 
 
 def study_runtime(uri: str, parent_run_id: str, resolved: Runtime) -> Runtime:
@@ -179,6 +210,28 @@ def _trial_runs(client, experiment_id: str, parent_run_id: str, order_by: list[s
                               order_by=order_by, max_results=50_000)  # fmt: skip
 
 
+def trial_runs_of(uri: str, parent_run_id: str) -> list:
+    """Every trial run under the parent run."""
+    client = mlflow_client(uri)
+    experiment_id = _retrying(client.get_run, parent_run_id).info.experiment_id
+    return _retrying(_trial_runs, client, experiment_id, parent_run_id)
+
+
+def mark_out_of_spec(uri: str, finished: list, in_spec: set[str]) -> int:
+    """Tag the finished trial runs the spec no longer has (the analysis leaves them out), untag those it has again;
+    how many are out."""
+    client = mlflow_client(uri)
+    out = 0
+    for run in finished:
+        gone, tagged = run.data.tags[TAG_TRIAL_ID] not in in_spec, TAG_OUT_OF_SPEC in run.data.tags
+        out += gone
+        if gone and not tagged:
+            client.set_tag(run.info.run_id, TAG_OUT_OF_SPEC, "true")
+        elif tagged and not gone:
+            client.delete_tag(run.info.run_id, TAG_OUT_OF_SPEC)
+    return out
+
+
 RETRY_WAITS_S = (2, 4, 8, 16, 32)  # about a minute: long enough for a tracking server to restart
 
 
@@ -198,7 +251,12 @@ class TrialRun:
     closing the run wait out a restart, so a tracking server that is down for a while mid-run loses nothing: what
     was logged meanwhile is sent when it answers again, at the latest when the trial ends."""
 
-    def __init__(self, trial: TrialSpec, uri: str, parent_run_id: str, runtime: Runtime | None = None):
+    def __init__(self, trial: TrialSpec, uri: str, parent_run_id: str, runtime: Runtime | None = None,
+                 continues: dict[str, Any] | None = None):  # fmt: skip
+        """`continues`: the shorter trial this one continues from its branch checkpoint ({"run_id", "tokens",
+        "replaces"}): its points up to there are this run's too; when it `replaces` it (the spec no longer has
+        that trial), its run is deleted once this one finishes, so the study keeps one run per trial."""
+        self.continues = continues
         # A run is written from inside training: a down server must cost a failed call, not MLflow's minutes of
         # internal retries. This process retries itself (the buffers below), so turn MLflow's own retries off.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
@@ -225,6 +283,8 @@ class TrialRun:
         run = _find_run(self.client, experiment_id, {TAG_TRIAL_ID: trial.trial_id, TAG_PARENT: parent_run_id})
         if run is None:
             run = self.client.create_run(experiment_id, tags=trial_tags(trial, parent_run_id), run_name=trial.name)
+        if not run.data.params and self.continues:  # before the params: their absence says the copy is not done
+            self._copy_through(self.continues["run_id"], run.info.run_id, int(self.continues["tokens"]))
         if not run.data.params:  # new, or created by an attempt that failed before its params were sent
             params = [Param(k, v) for k, v in trial_params(trial, runtime).items()]
             for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
@@ -243,6 +303,20 @@ class TrialRun:
         self._pending += [Metric(key, float(value), now, step) for key, value in metrics.items()]
         if flush or len(self._pending) >= 1000:
             self.flush(wait=False)
+
+    def log_added(self, metrics: dict[str, float], step: int, results: list) -> None:
+        """Results of a task added to the study after this trial finished, scored on its checkpoint at `step`."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending += [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        self._pending_items += [(r.task, step, r.item_ids, r.item_metrics) for r in results if r.item_ids]
+        if not self.flush():
+            raise TrackingError(f"could not send the added tasks' results of run {self.run_id} to {self.uri}")
+
+    def refresh_summary(self) -> None:
+        """The summary columns again, after tasks were added to a finished trial."""
+        _retrying(self._log_summary)
 
     def log_items(self, task: str, step: int, ids: list[str], metrics: dict[str, list[float]]) -> None:
         """Per-item results of one task at one eval point (artifact items/<task>/<step>.json), for the bootstrap:
@@ -275,6 +349,33 @@ class TrialRun:
         tasks = set(filter(None, self.client.get_run(self.run_id).data.tags.get(TAG_ITEMS, "").split(",")))
         if task_key(task) not in tasks:
             self.client.set_tag(self.run_id, TAG_ITEMS, ",".join(sorted(tasks | {task_key(task)})))
+
+    def _copy_through(self, source: str, target: str, tokens: int) -> None:
+        """The source run's metric points and per-item results up to `tokens` seen, into the target run: the steps
+        a continued trial shares with the shorter one, kept once. "tokens" goes last: a copy cut short is redone."""
+        from mlflow.entities import Metric
+
+        done = max((m.step for m in self.client.get_metric_history(target, "tokens")), default=-1)
+        if done >= tokens:
+            return
+        keys = sorted(k for k in self.client.get_run(source).data.metrics if not k.startswith(SUMMARY_PREFIX))
+        for key in sorted(keys, key=lambda k: k == "tokens"):
+            points = [Metric(key, m.value, m.timestamp, m.step)
+                      for m in self.client.get_metric_history(source, key) if m.step <= tokens]  # fmt: skip
+            for start in range(0, len(points), 1000):
+                self.client.log_batch(target, metrics=points[start : start + 1000])
+        tasks = [f.path for f in self.client.list_artifacts(source, ITEMS_DIR) if f.is_dir]
+        for folder in tasks:
+            for item in self.client.list_artifacts(source, folder):
+                if int(Path(item.path).stem) <= tokens:
+                    text = Path(self.client.download_artifacts(source, item.path)).read_text()
+                    self.client.log_text(target, text, item.path)
+        if tasks:
+            self.client.set_tag(target, TAG_ITEMS, self.client.get_run(source).data.tags.get(TAG_ITEMS, ""))
+
+    def branch_kept(self, folder: str, tokens: int) -> None:
+        """The trial's branch checkpoint is whole at `folder`: a longer trial of its lineage can continue it."""
+        self.set_tags({TAG_BRANCH: folder, TAG_BRANCH_TOKENS: str(tokens)})
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -311,6 +412,10 @@ class TrialRun:
                 self.client.delete_tag(self.run_id, "crossover.error")
             self._log_summary()
         self.client.set_terminated(self.run_id, status="FAILED" if error else "FINISHED")
+        replaced = self.continues["run_id"] if self.continues and self.continues.get("replaces") else None
+        if not error and replaced and self.client.get_run(replaced).info.lifecycle_stage == "active":
+            self.client.set_tag(replaced, TAG_EXTENDED_BY, self.run_id)
+            self.client.delete_run(replaced)  # MLflow's trash: `mlflow runs restore` brings it back
 
     def _log_summary(self) -> None:
         """summary/acc_final, acc_best (its headline accuracy: the cloze's PMI accuracy, else the first accuracy),

@@ -111,6 +111,30 @@ def _content_id(trial: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+# What a trial's id leaves out: the list of tasks it is evaluated on (a task added to a finished study is scored on
+# the trials' kept checkpoints, not retrained for) and where and how it runs. How each task scores stays in.
+NOT_IN_IDENTITY = {
+    "eval": ("tasks",),
+    "train": ("keep_checkpoints",),
+    "resources": ("gpu_memory_gb", "max_concurrent", "storage", "max_failures"),
+}
+
+
+def trial_identity(content: dict, *, lineage: bool = False) -> str:
+    """The id of a trial's content (a TrialSpec's fields but its id and name): equal ids train and score alike, so
+    a study that grows keeps its finished trials. `lineage`: the id without the trial's length (train.total_tokens),
+    shared by trials that differ only in how long they train: a longer one can continue a shorter one."""
+    content = {key: dict(value) if isinstance(value, dict) else value for key, value in content.items()}
+    for section, fields in NOT_IN_IDENTITY.items():
+        for field in fields:
+            content[section].pop(field, None)
+    if lineage:
+        content["train"].pop("total_tokens", None)
+        content["axes"].pop("total_tokens", None)
+        content["cell"] = ",".join(p for p in content["cell"].split(",") if not p.startswith("total_tokens="))
+    return _content_id(content)
+
+
 class _Expander:
     def __init__(self, spec: StudySpec):
         from crossover.specs.loader import Source
@@ -324,7 +348,7 @@ class _Expander:
         return TrialSpec.model_validate(
             {
                 **content,
-                "trial_id": _content_id(content),
+                "trial_id": trial_identity(content),
                 "name": _trial_name(objective, unique, model_spec.label, axes, seed),
             }
         )

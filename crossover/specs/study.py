@@ -191,7 +191,9 @@ class TrainSpec(Strict):
     zero_stage: int = Field(default=1, ge=0, le=3)
     activation_checkpointing: Literal["none", "full", "selective"] = "none"  # recompute activations in backward
     mdlm_t_min: float = Field(default=1e-3, gt=0, lt=1)  # MDLM draws the mask ratio t ~ U(mdlm_t_min, 1]
-    keep_checkpoints: int = Field(default=2, ge=1)
+    # checkpoints kept per trial (the latest); "all" keeps one per eval point, so a task added to the study later
+    # is scored at every eval point instead of the last ones
+    keep_checkpoints: Annotated[int, Field(ge=1)] | Literal["all"] = 2
 
     @field_validator("betas")
     @classmethod
@@ -370,6 +372,13 @@ class TrialSpec(BaseModel):
     @property
     def unique_tokens(self) -> int:
         return self.data.unique_tokens  # type: ignore[return-value]
+
+    @property
+    def lineage_id(self) -> str:
+        """Shared by the trials that differ from this one only in train.total_tokens (see `trial_identity`)."""
+        from crossover.specs.expand import trial_identity
+
+        return trial_identity(self.model_dump(mode="json", exclude={"trial_id", "name"}), lineage=True)
 
     @property
     def total_tokens(self) -> int:

@@ -30,6 +30,14 @@ TAG_TRIAL_ID = "crossover.trial_id"
 TAG_ITEMS = "crossover.items"  # comma-separated tasks with per-item artifacts (absent: none)
 TAG_RUNTIME = "crossover.runtime"  # parent run: the study's resolved precision and compile (JSON)
 VERDICT_TAG = "crossover.verdict"  # parent run: crossover.verdict.<cell> holds the cell's verdict line
+TAG_LINEAGE = "crossover.lineage_id"  # shared by trials that differ only in train.total_tokens
+TAG_BRANCH = "crossover.branch"  # where the trial's branch checkpoint is kept (path or URI), once it is whole
+TAG_BRANCH_TOKENS = "crossover.branch_tokens"  # the tokens seen at that checkpoint
+TAG_EXTENDED_BY = "crossover.extended_by"  # on a deleted run: the run of the longer trial that continued it
+TAG_OUT_OF_SPEC = "crossover.out_of_spec"  # "true" on a finished trial the study's current spec no longer has
+TAG_TRIALS_HASH = "crossover.trials_hash"  # parent run: the trial ids its spec expands to
+TAG_SPEC_HASH = "crossover.spec_hash"  # parent run: the spec file's text last run (a new one is kept in its history)
+TAG_TUNE_EXPERIMENT = "crossover.tune_experiment"  # parent run: name:trials-hash of the Tune experiment in use
 TAG_PARENT = "mlflow.parentRunId"
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
@@ -38,7 +46,7 @@ ROLE_TRIAL = "trial"
 TRAIN_METRICS = ("train/loss", "tokens", "epoch", "unique_tokens", "flops", "tokens_per_s", "lr", "grad_norm", "mfu")
 EVAL_PREFIX = "eval/"
 ITEMS_DIR = "items"  # per-item artifacts: items/<task>/<tokens>.json
-SPEC_DIR = "spec"  # the parent run's spec/study.yaml and spec/trials.json
+SPEC_DIR = "spec"  # the parent run's spec/study.yaml, spec/trials.json and spec/history/<UTC time>.yaml
 REPORT_DIR = "report"  # where `crossover analyze` logs its report on the parent run
 
 # The MLflow UI (3.x) opens an experiment in its GenAI view unless the link asks for the training view; the
@@ -145,4 +153,5 @@ def trial_tags(trial: TrialSpec, parent_run_id: str) -> dict[str, str]:
         TAG_CELL: trial.cell,
         TAG_OBJECTIVE: trial.objective,
         TAG_TRIAL_ID: trial.trial_id,
+        TAG_LINEAGE: trial.lineage_id,
     }

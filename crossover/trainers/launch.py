@@ -80,14 +80,52 @@ def space_errors_named(folder: str | Path, destination: str | Path) -> Iterator[
         raise
 
 
-class LocalReporter:
-    """Metrics in `folder/metrics.jsonl`, checkpoints in `folder/checkpoint_<tokens>` (the last `keep` kept) with
-    their eval metrics in `folder/evals.jsonl`. Used by `crossover train` and the tests."""
+def checkpoints_to_keep(keep: int | str) -> int | None:
+    """Ray's num_to_keep for train.keep_checkpoints (None keeps every one)."""
+    return None if keep == "all" else int(keep)
 
-    def __init__(self, folder: str | Path, keep: int = 2, sink: MetricSink | None = None):
+
+def branch_folder(storage: str, trial: TrialSpec) -> str:
+    """Where a trial run by `crossover run` keeps its branch checkpoint (see `schedules.branch_step`): beside the
+    study's Tune state, so `--fresh` removes it with the rest."""
+    return f"{str(storage).rstrip('/')}/{trial.study}.branches/{trial.trial_id}"
+
+
+def _copy_into(source: str, destination: str) -> None:
+    """Copy a folder's files into `destination`, a local path or a storage URI (s3://, gs://: through pyarrow)."""
+    if "://" in destination:
+        import pyarrow.fs
+
+        pyarrow.fs.copy_files(source, destination)
+    else:
+        shutil.copytree(source, destination, dirs_exist_ok=True)
+
+
+@contextlib.contextmanager
+def _local_copy(folder: str) -> Iterator[str]:
+    """`folder` itself when local, else a temporary download of it."""
+    if "://" not in folder:
+        yield folder
+        return
+    import tempfile
+
+    import pyarrow.fs
+
+    with tempfile.TemporaryDirectory(prefix="crossover-branch-") as local:
+        pyarrow.fs.copy_files(folder, local)
+        yield local
+
+
+class LocalReporter:
+    """Metrics in `folder/metrics.jsonl`, checkpoints in `folder/checkpoint_<tokens>` (the last `keep` kept, or
+    "all") with their eval metrics in `folder/evals.jsonl`, the branch checkpoint in `folder/branch`. `continues`:
+    a shorter trial's branch checkpoint to start from. Used by `crossover train` and the tests."""
+
+    def __init__(self, folder: str | Path, keep: int | str = 2, sink: MetricSink | None = None,
+                 continues: str | None = None):  # fmt: skip
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.keep, self.sink = keep, sink
+        self.keep, self.sink, self.continues = keep, sink, continues
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         append_jsonl(self.folder / "metrics.jsonl", {"step": step, **metrics})
@@ -107,8 +145,14 @@ class LocalReporter:
             raise
         partial.rename(target)  # a checkpoint appears whole or not at all
         append_jsonl(self.folder / "evals.jsonl", {"step": step, **metrics})
-        for old in self.checkpoints()[: -self.keep]:
+        for old in self.checkpoints()[: -self.keep] if self.keep != "all" else []:
             shutil.rmtree(old)
+
+    def keep_branch(self, checkpoint_dir: str, trial: TrialSpec, step: int) -> None:
+        _copy_into(checkpoint_dir, str(self.folder / "branch"))
+
+    def branch_kept(self, trial: TrialSpec, step: int) -> None:
+        """Nothing to record: the folder is the record."""
 
     def progress(self, metrics: dict[str, float], step: int) -> None:
         """Nothing more to do: `log` has the same metrics (and calls the sink)."""
@@ -124,7 +168,7 @@ class LocalReporter:
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:
         found = self.checkpoints()
-        yield str(found[-1]) if found else None
+        yield str(found[-1]) if found else self.continues
 
     def history(self, name: str = "evals") -> list[dict[str, Any]]:
         path = self.folder / f"{name}.jsonl"
@@ -138,13 +182,17 @@ class TrackedRun(Protocol):
 
     def log_items(self, task: str, step: int, ids: list[str], metrics: dict[str, list[float]]) -> None: ...
 
+    def branch_kept(self, folder: str, tokens: int) -> None: ...
+
 
 class RayReporter:
     """Inside a Ray Tune trial (`api="tune"`, one worker in the trial's process) or a Ray Train worker
     (`api="train"`): checkpoints go to Ray's storage, metrics and per-item results to the tracked run (MLflow)."""
 
-    def __init__(self, api: str, run: TrackedRun | None = None, storage: str | None = None):
+    def __init__(self, api: str, run: TrackedRun | None = None, storage: str | None = None,
+                 continues: str | None = None):  # fmt: skip
         self.api, self.run, self.storage = api, run, storage  # storage: the study's Ray storage path or URI
+        self.continues = continues  # a shorter trial's branch checkpoint (path or URI) this trial starts from
 
     def _ray(self):
         import ray.train
@@ -175,11 +223,23 @@ class RayReporter:
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:
         checkpoint = self._ray().get_checkpoint()
-        if checkpoint is None:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                yield folder
+        elif self.continues:
+            with _local_copy(self.continues) as folder:
+                yield folder
+        else:
             yield None
-            return
-        with checkpoint.as_directory() as folder:
-            yield folder
+
+    def keep_branch(self, checkpoint_dir: str, trial: TrialSpec, step: int) -> None:
+        if self.storage:
+            with space_errors_named(checkpoint_dir, self.storage):
+                _copy_into(checkpoint_dir, branch_folder(self.storage, trial))
+
+    def branch_kept(self, trial: TrialSpec, step: int) -> None:
+        if self.run and self.storage:
+            self.run.branch_kept(branch_folder(self.storage, trial), step)
 
 
 def _train_worker(config: dict[str, Any]) -> None:
@@ -190,7 +250,8 @@ def _train_worker(config: dict[str, Any]) -> None:
     run_factory = config.get("run_factory")
     run = run_factory() if run_factory and ray.train.get_context().get_world_rank() == 0 else None
     runtime = Runtime.model_validate(config["runtime"]) if config.get("runtime") else None
-    train(trial, RayReporter("train", run, config.get("storage")), config.get("stop_after_steps"), runtime)
+    reporter = RayReporter("train", run, config.get("storage"), config.get("continues"))
+    train(trial, reporter, config.get("stop_after_steps"), runtime)
 
 
 def run_workers(
@@ -203,6 +264,7 @@ def run_workers(
     max_failures: int = 0,
     stop_after_steps: int | None = None,
     runtime: Runtime | None = None,
+    continues: str | None = None,
 ):
     """Run a trial as a Ray Train `TorchTrainer` with `trial.resources.workers` workers; returns the Ray Result.
 
@@ -217,7 +279,8 @@ def run_workers(
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"trial": trial.model_dump(mode="json"), "run_factory": run_factory, "storage": str(storage),
-                           "stop_after_steps": stop_after_steps, "runtime": runtime and runtime.model_dump()},
+                           "stop_after_steps": stop_after_steps, "runtime": runtime and runtime.model_dump(),
+                           "continues": continues},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=worker_resources
@@ -225,7 +288,7 @@ def run_workers(
         run_config=ray.train.RunConfig(
             name=name or trial.name,
             storage_path=str(storage),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=trial.train.keep_checkpoints),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoints_to_keep(trial.train.keep_checkpoints)),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             callbacks=callbacks,
         ),

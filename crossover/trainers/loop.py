@@ -38,7 +38,7 @@ from crossover.models.objectives import (
 from crossover.specs import TrialSpec, training_flops_per_token
 from crossover.specs.hardware import Runtime, resolve_runtime
 from crossover.trainers.engine import build_engine
-from crossover.trainers.schedules import eval_steps, lr_at
+from crossover.trainers.schedules import branch_step, eval_steps, lr_at
 
 CLIENT_STATE = "crossover_state.json"
 LOG_POINTS = 200  # train metrics are logged about this many times per trial, and at every eval point
@@ -59,7 +59,14 @@ class Reporter(Protocol):
         """The train metrics of a log point that is not an eval point, for live progress (every rank)."""
 
     def latest_checkpoint(self) -> AbstractContextManager[str | None]:
-        """The directory of the checkpoint to resume from, or None for a fresh start."""
+        """The directory of the checkpoint to resume from (the trial's own, else the branch checkpoint of a shorter
+        trial it continues), or None for a fresh start."""
+
+    def keep_branch(self, checkpoint_dir: str, trial: TrialSpec, step: int) -> None:
+        """Keep the checkpoint at the trial's branch step (every rank), for longer trials to continue from."""
+
+    def branch_kept(self, trial: TrialSpec, step: int) -> None:
+        """Every rank's branch files are kept (rank 0 only, after they all are)."""
 
     def log_items(self, result: TaskResult, step: int) -> None:
         """Per-item results of one eval task at an eval point (rank 0 only), for the analysis's bootstrap."""
@@ -125,8 +132,9 @@ class Trainer:
         self.device = self.engine.device
         self.generator = torch.Generator(device=self.device).manual_seed(1_000_003 * trial.seed + self.rank + 1)
         self.stream = train_stream(trial, self.data, rank=self.rank, world_size=self.world)
-        self.data_hash = self.stream.order_hash
+        self.data_hash = self.stream.prefix_hash  # equal for every length: an extended trial's is a from-scratch one's
         self.eval_at = eval_steps(trial)
+        self.branch_at = branch_step(trial)
         self.flops_per_token = training_flops_per_token(trial.model, trial.data.seq_len)
         self.log_every = max(1, self.stream.num_steps // LOG_POINTS)
         self.heldout = self.data.heldout_windows(trial.data.seq_len, max_windows=trial.eval.max_items)
@@ -242,6 +250,8 @@ class Trainer:
                 _synchronize(self.device)
                 window_start, window_tokens = time.perf_counter(), 0
             warm = True
+            if done == self.branch_at:
+                self._keep_branch(batch.tokens_seen)
             if stop_after_steps is not None and done >= stop_after_steps:
                 break
         if pending:  # stopped between log points: those steps are checked all the same
@@ -294,8 +304,23 @@ class Trainer:
     def _checkpoint(self, metrics: dict[str, float], tokens: int) -> None:
         """Every rank writes its own files (DeepSpeed names them by rank) into a local directory and hands it to the
         reporter, which merges the ranks' files into one checkpoint (Ray Train does this for its workers)."""
+        with self._saved(tokens) as folder:
+            self.reporter.checkpoint({**metrics, "tokens": tokens}, tokens, str(folder))
+
+    def _keep_branch(self, tokens: int) -> None:
+        with self._saved(tokens) as folder:
+            self.reporter.keep_branch(str(folder), self.trial, tokens)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if self.rank == 0:
+            self.reporter.branch_kept(self.trial, tokens)
+
+    @contextlib.contextmanager
+    def _saved(self, tokens: int):
+        """This rank's checkpoint files in a temporary directory (removed after)."""
         folder = Path(tempfile.mkdtemp(prefix="crossover-ckpt-"))
         state = {
+            "tokens": tokens,
             "data": self.stream.state(),
             "data_hash": self.data_hash,
             "torch_rng": torch.get_rng_state().tolist(),
@@ -306,19 +331,27 @@ class Trainer:
         if self.rank == 0:
             write_checkpoint_extras(folder, self.trial, self.data.root / "tokenizer.json")
         try:
-            self.reporter.checkpoint({**metrics, "tokens": tokens}, tokens, str(folder))
+            yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _restore(self, folder: str) -> None:
+        """Resume from the trial's own checkpoint, or continue a shorter trial of its lineage from its branch."""
+        from crossover.evals.checkpoint import TRIAL_FILE
+
         path = Path(folder) / f"rank{self.rank}_{CLIENT_STATE}"
         if not path.exists():
             raise FileNotFoundError(
                 f"checkpoint {folder} has no state for rank {self.rank} (was the worker count changed?)"
             )
+        saved = TrialSpec.model_validate_json((Path(folder) / TRIAL_FILE).read_text())
+        longer = saved.trial_id != self.trial.trial_id
+        if longer and (saved.lineage_id != self.trial.lineage_id or saved.total_tokens > self.trial.total_tokens):
+            raise ValueError(f"checkpoint {folder} is trial {saved.name}'s, which trial {self.trial.name} cannot "
+                             "continue (only a longer train.total_tokens may differ)")  # fmt: skip
         self.engine.load_checkpoint(folder, tag="model")
         state = json.loads(path.read_text())
-        self.stream.load_state(state["data"])
+        self.stream.load_state(state["data"], longer=longer)
         self.data_hash = state["data_hash"]
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))

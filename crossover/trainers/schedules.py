@@ -36,6 +36,22 @@ def total_steps(trial: TrialSpec) -> int:
     return trial.total_tokens // trial.train.global_batch_tokens
 
 
+def branch_step(trial: TrialSpec) -> int | None:
+    """The last optimizer step that every longer trial of the same lineage (only train.total_tokens larger) takes
+    exactly as this one does: their states agree there, so a longer trial can continue from this one's checkpoint.
+
+    wsd: the last step before the decay begins (the stable phase's LR does not depend on the length). constant: the
+    last step (nothing depends on the length). cosine: None (every step's LR depends on the length; a longer trial
+    shares only the warmup, which is not worth a checkpoint).
+    """
+    train, batch, steps = trial.train, trial.train.global_batch_tokens, total_steps(trial)
+    if train.schedule == "constant":
+        return steps
+    if train.schedule == "wsd":  # step k runs at lr_at((k - 1) * batch): stable while that is below decay_start
+        return min(steps, math.ceil(trial.total_tokens * (1 - train.decay_fraction) / batch))
+    return None
+
+
 def eval_steps(trial: TrialSpec) -> list[int]:
     """Optimizer steps after which to evaluate, always including the last one.
 

@@ -1,0 +1,150 @@
+"""A study that grows: what a `crossover run` of a study that ran before keeps, continues and runs.
+
+A trial is known by its id, a hash of what decides its training and scoring (crossover.specs.expand.trial_identity),
+so a spec that changed since the last run keeps every finished trial whose id it still has:
+
+- new grid values, seeds or `exclude` rules: only the trials that are new are run;
+- an eval task added: the kept trials are scored on it at their kept checkpoints (train.keep_checkpoints: all keeps
+  one per eval point) and the results logged into their runs at those steps; nothing is retrained;
+- a longer train.total_tokens: a new trial of the same lineage continues the shorter finished one from its branch
+  checkpoint (crossover.trainers.schedules.branch_step), with the shorter run's points up to there copied into its
+  run; the shorter run is deleted (MLflow's trash) once the longer one finishes, so no curve mixes two schedules;
+- anything else that changes a finished trial's content makes it a new trial; the old run stays in MLflow, tagged
+  out of spec, and the analysis leaves it out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossover.platform.tracking import TrialRun, mark_out_of_spec, trial_runs_of
+from crossover.specs import StudySpec, TrialSpec
+from crossover.specs.tracking import (
+    EVAL_PREFIX,
+    TAG_BRANCH,
+    TAG_BRANCH_TOKENS,
+    TAG_LINEAGE,
+    TAG_TRIAL_ID,
+    task_key,
+)
+
+COSINE_NOTE = (
+    "longer trials of a cosine schedule train from scratch: every step's learning rate depends on train.total_tokens, "
+    "so a longer trial shares only its warmup with a shorter one (wsd, the paper's, continues from the stable phase; "
+    "constant from the end)"
+)
+
+
+@dataclass
+class Growth:
+    kept: list[TrialSpec] = field(default_factory=list)  # finished earlier and unchanged: not run again
+    to_run: list[TrialSpec] = field(default_factory=list)
+    # trial id -> the shorter finished trial it continues: {"run_id", "branch", "tokens", "replaces"}
+    continues: dict[str, dict[str, Any]] = field(default_factory=dict)
+    added_tasks: dict[str, list[str]] = field(default_factory=dict)  # kept trial id -> tasks it has no results for
+    out_of_spec: int = 0  # finished trials the spec no longer has
+    notes: list[str] = field(default_factory=list)  # what could not be done as asked, and why
+
+    def summary(self) -> str:
+        """The line `crossover run` prints before it starts ("6 of 10 trials finished earlier and are kept; ...")."""
+        total = len(self.kept) + len(self.to_run)
+        parts = [f"{len(self.kept)} of {total} trials finished earlier and are kept; {len(self.to_run)} to run"]
+        if self.continues:
+            parts.append(f"{len(self.continues)} of them continue a shorter finished trial from its stable phase")
+        if self.added_tasks:
+            tasks = sorted({t for ts in self.added_tasks.values() for t in ts})
+            parts.append(f"{', '.join(tasks)} to score on {len(self.added_tasks)} kept trials' checkpoints")
+        if self.out_of_spec:
+            parts.append(f"{self.out_of_spec} finished trials are no longer in the spec (kept in MLflow, left out)")
+        return "; ".join(parts + self.notes)
+
+
+def plan_growth(spec: StudySpec, uri: str, parent_run_id: str) -> Growth:
+    """Compare the spec's trials with the finished trial runs under the study's parent run (MLflow is the record)."""
+    from crossover.trainers.schedules import branch_step
+
+    trials = spec.expand()
+    finished = [r for r in trial_runs_of(uri, parent_run_id) if r.info.status == "FINISHED"]
+    by_id = {r.data.tags[TAG_TRIAL_ID]: r for r in finished}
+    in_spec = {t.trial_id for t in trials}
+    growth = Growth(out_of_spec=mark_out_of_spec(uri, finished, in_spec))
+    for trial in trials:
+        (growth.kept if trial.trial_id in by_id else growth.to_run).append(trial)
+    for trial in growth.kept:
+        logged = {key[len(EVAL_PREFIX) :].split("/")[0] for key in by_id[trial.trial_id].data.metrics}
+        if missing := [task for task in spec.eval.tasks if task_key(task) not in logged]:
+            growth.added_tasks[trial.trial_id] = missing
+    replaced: set[str] = set()
+    for trial in growth.to_run:
+        shorter = [r for r in finished if r.data.tags.get(TAG_LINEAGE) == trial.lineage_id
+                   and int(r.data.params.get("train.total_tokens", 0)) < trial.total_tokens]  # fmt: skip
+        step = branch_step(trial)
+        if step is None:
+            if shorter and COSINE_NOTE not in growth.notes:
+                growth.notes.append(COSINE_NOTE)
+            continue
+        reach = step * trial.train.global_batch_tokens
+        sources = [r for r in shorter if TAG_BRANCH in r.data.tags and int(r.data.tags[TAG_BRANCH_TOKENS]) <= reach]
+        if not sources:
+            continue
+        source = max(sources, key=lambda r: int(r.data.tags[TAG_BRANCH_TOKENS]))
+        source_id = source.data.tags[TAG_TRIAL_ID]
+        replaces = source_id not in in_spec and source_id not in replaced
+        replaced |= {source_id} if replaces else set()
+        growth.continues[trial.trial_id] = {"run_id": source.info.run_id, "branch": source.data.tags[TAG_BRANCH],
+                                            "tokens": int(source.data.tags[TAG_BRANCH_TOKENS]),
+                                            "replaces": replaces}  # fmt: skip
+    return growth
+
+
+def kept_checkpoints(storage: str, spec: StudySpec, trial: TrialSpec) -> list[tuple[int, Path]]:
+    """(tokens seen, folder) of every checkpoint of `trial` still kept under a local `storage`, in order."""
+    from crossover.evals.checkpoint import TRIAL_FILE
+    from crossover.trainers.loop import CLIENT_STATE
+
+    found = {}
+    root = Path(storage)
+    for pattern in (f"{spec.name}*/*/checkpoint_*/{TRIAL_FILE}", f"{spec.name}*/checkpoint_*/{TRIAL_FILE}"):
+        for path in root.glob(pattern):
+            try:
+                if json.loads(path.read_text())["trial_id"] != trial.trial_id:
+                    continue
+                state = json.loads((path.parent / f"rank0_{CLIENT_STATE}").read_text())
+            except (OSError, ValueError, KeyError):
+                continue  # a checkpoint being written or removed
+            found[int(state["data"]["tokens_seen"])] = path.parent
+    return sorted(found.items())
+
+
+def score_added_tasks(spec: StudySpec, growth: Growth, uri: str, parent_run_id: str, storage: str,
+                      say=print) -> None:  # fmt: skip
+    """Score each kept trial on the tasks added to the spec, at each of its kept checkpoints, into its run."""
+    from crossover.evals.suite import evaluate_checkpoint, metrics_of
+    from crossover.trainers.schedules import eval_steps
+
+    if not growth.added_tasks:
+        return
+    if "://" in storage:
+        say(f"added tasks not scored: the kept trials' checkpoints are in {storage}, and scoring them is done on "
+            "local storage only; `crossover eval CHECKPOINT --task ...` scores one")  # fmt: skip
+        return
+    trials = {t.trial_id: t for t in growth.kept}
+    for trial_id, tasks in growth.added_tasks.items():
+        trial = trials[trial_id]
+        checkpoints = kept_checkpoints(storage, spec, trial)
+        points = len(eval_steps(trial))
+        if not checkpoints:
+            say(f"{trial.name}: no kept checkpoint under {storage}; {', '.join(tasks)} not scored for it")
+            continue
+        if len(checkpoints) < points:
+            say(f"{trial.name}: {len(checkpoints)} of its {points} eval points' checkpoints are kept "
+                f"(train.keep_checkpoints: {trial.train.keep_checkpoints}): {', '.join(tasks)} scored at those; "
+                "train.keep_checkpoints: all keeps one per eval point")  # fmt: skip
+        run = TrialRun(trial, uri, parent_run_id)
+        for tokens, folder in checkpoints:
+            results = evaluate_checkpoint(str(folder), tasks)
+            run.log_added(metrics_of(results), tokens, results)
+        run.refresh_summary()
