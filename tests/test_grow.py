@@ -118,6 +118,18 @@ def test_a_longer_trial_continues_the_shorter_one_from_its_stable_phase(study, t
     for point in scratch.history():
         assert evals[point["step"]] == pytest.approx(point["eval/heldout_loss/loss"], rel=1e-4, abs=1e-4)
 
+    # A task added now: with the default train.keep_checkpoints (2) only the last two eval points can be scored,
+    # and the run says so and how to keep them all.
+    raw = yaml.safe_load(longer.read_text())
+    raw["eval"]["tasks"] = ["heldout_loss", "heldout_cloze"]
+    longer.write_text(yaml.safe_dump(raw))
+    result = run(study, longer)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 of its 8 eval points' checkpoints are kept" in result.stdout, result.stdout
+    assert "train.keep_checkpoints: all keeps one per eval point" in result.stdout
+    client, _, (scored,) = runs(study["uri"])
+    assert history_steps(client, scored, "eval/heldout_cloze/acc") == [14336, 16384]
+
 
 def test_where_each_schedule_lets_a_longer_trial_branch_off(tiny_corpus):
     """wsd: the last step before the decay begins (a longer trial's stable phase runs through it); constant: the

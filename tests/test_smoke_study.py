@@ -122,7 +122,7 @@ def test_smoke_report_opens_in_headless_chromium(smoke, tmp_path):
     if os.environ.get("CROSSOVER_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["CROSSOVER_KEEP_SCREENSHOT"])
     summary = json.loads((out / "summary.json").read_text())
-    assert {row["cell"] for row in summary["crossovers"]} == {"unique_tokens=75k", "unique_tokens=300k"}
+    assert {row["cell"] for row in summary["crossovers"]} == {"unique_tokens=150k", "unique_tokens=300k"}
 
 
 def test_run_ends_with_a_provisional_verdict_summaries_and_the_link_to_the_training_view(smoke):
@@ -134,9 +134,9 @@ def test_run_ends_with_a_provisional_verdict_summaries_and_the_link_to_the_train
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     link = f"{smoke['uri']}/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey=crossover&workflowType=machine_learning"
     assert f"MLflow training view: {link}" in job
-    assert "verdict (provisional" in job and "unique_tokens=75k: " in job
+    assert "verdict (provisional" in job and "unique_tokens=150k: " in job
     tags = parents[0].data.tags
-    assert tags["crossover.verdict.75k"].startswith("unique_tokens=75k: ") and "crossover.verdict.300k" in tags
+    assert tags["crossover.verdict.150k"].startswith("unique_tokens=150k: ") and "crossover.verdict.300k" in tags
     for child in children:
         assert set(SUMMARY_COLUMNS) <= set(child.data.metrics), child.info.run_name
         history = client.get_metric_history(child.info.run_id, "eval/heldout_cloze/acc_pmi")
@@ -170,7 +170,7 @@ def test_the_training_view_shows_the_study_its_trials_and_the_verdict(smoke, tmp
         page.screenshot(path=str(shot))
         text = page.inner_text("body")
         browser.close()
-    assert "Run Name" in headers and "verdict/75k/crossed" in headers and "summary/acc_final" in headers, headers
+    assert "Run Name" in headers and "verdict/150k/crossed" in headers and "summary/acc_final" in headers, headers
     assert "Detect issues" not in text  # the GenAI view's
     assert shot.stat().st_size > 20_000
     if os.environ.get("CROSSOVER_KEEP_SCREENSHOT"):
