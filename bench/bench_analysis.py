@@ -40,7 +40,7 @@ SPEC = {
 
 
 def write_store(uri: str) -> float:
-    from crossover.analysis.synthetic import Truth
+    from tests.synthetic import Truth
     from tests.analysis_support import write_study
 
     start = time.perf_counter()

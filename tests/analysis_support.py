@@ -1,5 +1,5 @@
 """Synthetic studies written into a real MLflow store through the platform's writer (crossover.platform.tracking),
-for the analysis tests and bench/bench_analysis.py: the curves come from crossover.analysis.synthetic, the parent
+for the analysis tests and bench/bench_analysis.py: the curves come from tests/synthetic.py, the parent
 run from `start_study` and each trial's run from `TrialRun`, exactly as `crossover run` writes them.
 """
 
@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from crossover.analysis.synthetic import CLOZE, Truth, item_ids, trial_points
 from crossover.platform.tracking import TrialRun, finish_study, start_study
 from crossover.specs import StudySpec, TrialSpec, parse_study
+
+from .synthetic import CLOZE, Truth, item_ids, trial_points
 
 
 def write_trial(

@@ -1,7 +1,7 @@
 """Synthetic studies with a known truth: realistic AR and MDLM curves, as the metrics a trial would log.
 
-The tests and the benchmark write these into real MLflow stores through the platform's writer
-(tests/analysis_support.py), and the truth model is simple enough to know where the curves cross. It follows the
+A fixture of the tests and the benchmark (bench/bench_analysis.py), not part of the package: they write these into
+real MLflow stores through the platform's writer (tests/analysis_support.py), and the truth model is simple enough to know where the curves cross. It follows the
 paper's picture: repeated tokens lose value with a repetition half-life R_D* (Muennighoff et al.), short for AR and
 long for MDLM; MDLM learns less per token early; AR overfits after many epochs (validation loss rises while its
 accuracy only stalls). Pure numbers: nothing here touches MLflow.

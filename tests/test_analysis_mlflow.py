@@ -18,7 +18,6 @@ import yaml
 from typer.testing import CliRunner
 
 from crossover.analysis import load_curves, load_study
-from crossover.analysis.synthetic import Truth
 from crossover.cli import app
 from crossover.platform.tracking import TrialRun, finish_study
 from crossover.specs import format_tokens, parse_study
@@ -27,6 +26,7 @@ from crossover.specs.tracking import REPORT_DIR, TAG_ITEMS, TAG_PARENT, TAG_ROLE
 from .analysis_support import start, write_study
 from .conftest import SPECS
 from .services import assert_report_renders, free_port, mlflow_server
+from .synthetic import Truth
 
 runner = CliRunner()
 

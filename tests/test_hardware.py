@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from crossover.specs import ModelConfig, parse_study
 from crossover.specs.hardware import (
@@ -206,6 +207,36 @@ def test_a_measurement_that_fails_leaves_the_plan_whole(monkeypatch, tmp_path):
     assert json.loads((tmp_path / throughput.CACHE_FILE).read_text())
 
 
+def test_a_model_too_large_to_measure_here_gets_an_estimated_rate_said_so(monkeypatch, tmp_path):
+    """The plan measures a model whole in one process; one that would not fit the memory (here a budget of 1 GiB:
+    nano fits, 1b does not) is never built: its rate comes from its FLOPs per token against nano's measured rate,
+    and the line says which model was estimated and why."""
+    from crossover.specs import parse_study, training_flops_per_token
+    from crossover.trainers import throughput
+
+    from .conftest import SPECS
+
+    monkeypatch.setenv("CROSSOVER_CACHE", str(tmp_path))
+    raw = yaml.safe_load((SPECS / "smoke.yaml").read_text())
+    raw["grid"] = {"objective": ["ar"], "unique_tokens": ["150k"], "model": ["nano", "1b"]}
+    spec = parse_study(raw)
+    built = []
+    real_measure = throughput._measure
+    monkeypatch.setattr(
+        throughput, "_measure", lambda trial, *a: built.append(trial.model.preset) or real_measure(trial, *a)
+    )
+    line = throughput.wall_time_line(spec, memory=2**30)
+    assert built == ["nano"], built  # 1b was never built
+    assert "1b" in line and "(estimated)" in line and "1b not measured: measuring it needs ~" in line, line
+    assert "estimated from FLOPs per token at nano's rate" in line
+    wall = throughput.estimate_wall_time(
+        spec, resolve_runtime(spec.train, spec.expand()[0].model, spec.resources), 1, 2**30
+    )
+    nano, big = (t.model for t in spec.expand())
+    ratio = training_flops_per_token(nano, 128) / training_flops_per_token(big, 128)
+    assert wall.rates["1b"] == pytest.approx(wall.rates["nano"] * ratio)
+
+
 def test_the_wall_time_packs_trials_longest_first_with_evaluation_and_start_up(monkeypatch):
     """The plan's arithmetic, with rates fixed: every trial costs its start-up, its training tokens and its
     evaluation's token positions (EVAL_COST of a training token each) at its model's rate; trials go longest first
@@ -216,7 +247,7 @@ def test_the_wall_time_packs_trials_longest_first_with_evaluation_and_start_up(m
     from .conftest import SPECS
 
     rates = {"micro": 250.0, "nano": 1000.0, "L2d64f256": 4000.0}
-    monkeypatch.setattr(throughput, "measure_rate", lambda trial, runtime: rates[throughput._model_label(trial.model)])
+    monkeypatch.setattr(throughput, "measure_rate", lambda trial, *_: rates[throughput._model_label(trial.model)])
     spec = load_study(SPECS / "cpu_model_size.yaml")
     wall = throughput.estimate_wall_time(spec, resolve_runtime(spec.train, MODEL, CPU), slots=2)
     cost = {

@@ -1,7 +1,6 @@
 """The training loop with real DeepSpeed on CPU: matched pairs, exact resume, ZeRO stages, NaN, workers."""
 
 import math
-import time
 
 import pytest
 
@@ -119,23 +118,31 @@ def test_a_nan_between_log_points_is_reported_at_its_exact_step(tiny_corpus, tmp
 
 
 class SlowFirstStep(Trainer):
-    """The first step of a process pays compilation and warm-up: here a deliberate 3 s."""
+    """The first step of a process pays compilation and warm-up: on the loop's clock, each micro-batch of the first
+    step takes 3.5 s, every later one 0.5 s."""
+
+    clock = 0.0
 
     def _loss(self, tokens):
-        if self.stream.step == 1:  # the first step handed out
-            time.sleep(3.0)
+        SlowFirstStep.clock += 3.5 if self.stream.step == 1 else 0.5  # the first step handed out is slow
         return super()._loss(tokens)
 
 
-def test_tokens_per_second_leaves_out_the_first_steps_warm_up(tiny_corpus, tmp_path):
+def test_tokens_per_second_leaves_out_the_first_steps_warm_up(tiny_corpus, tmp_path, monkeypatch):
+    import types
+
+    from crossover.trainers import loop
+
+    # The loop's own clock, so the rate is exact (no wall time): 1,024 tokens in the second step's 0.5 s.
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: SlowFirstStep.clock))
     trial = trials(tiny_corpus, train={"precision": "fp32"}, eval={"every": "log:1"})["ar"]  # evaluate at the end only
     trainer = SlowFirstStep(trial, LocalReporter(tmp_path))
     trainer.log_every = 2
     trainer.run(stop_after_steps=2)
     first = LocalReporter(tmp_path).history("metrics")[0]
     assert first["step"] == 2048
-    # With the slow step inside its window the rate could be at most 2,048 tokens / 3 s.
-    assert first["tokens_per_s"] > 2048 / 3.0
+    # 1,024 tokens in the second step's micro-batches (0.5 s each); with the first step's in the window, far fewer
+    assert trial.grad_accum_steps == 2 and first["tokens_per_s"] == 1024 / (2 * 0.5)
 
 
 def test_train_command_runs_one_trial_and_keeps_earlier_runs(tiny_corpus, tmp_path):

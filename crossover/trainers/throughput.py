@@ -9,7 +9,10 @@ second plan takes no measurement. Evaluation is counted over the token positions
 `EVAL_COST` of a training token each; each trial adds its start-up and the study Ray's. Trials start longest first
 and each goes to the slot that frees first, as Ray Tune places them. It is an estimate: contention between trials
 sharing a machine's memory bandwidth (measured: up to ~15% slower training beside a larger model) and GPU packing
-(four trials on one GPU each ran at ~0.6x their rate alone on an H200) are not in it.
+(four trials on one GPU each ran at ~0.6x their rate alone on an H200) are not in it. A model whose measurement
+(the whole model in one process: no sharding) would not fit the free memory is not measured: its rate is estimated
+from its FLOPs per token (a GPU at ASSUMED_MFU of its peak, a CPU at the reference preset's measured rate), and the
+line says so.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import heapq
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from crossover.specs import PRESETS, ModelConfig, StudySpec, TrialSpec, longest_first
 from crossover.specs.hardware import Runtime, cpu_info
@@ -37,12 +40,62 @@ CHOICES = 4  # of each multiple-choice item (a cloze choice is scored again afte
 HUMANEVAL_PROBLEMS = 164  # humaneval_likelihood without the study's tokenizer: at most 164 items filling the window
 
 
+ASSUMED_MFU = 0.4  # a GPU model too large to measure here trains at this share of the GPU's peak (the plan's GPU-hours)
+REFERENCE_PRESET = "nano"  # a CPU model too large to measure here: this preset's rate, scaled by FLOPs per token
+
+
 @dataclass
 class WallTime:
     seconds: float  # the whole study, trials packed onto the slots
     slots: int  # trials at once
     rates: dict[str, float]  # tokens/s per model label, measured or cached
     per_trial: dict[str, float]  # seconds, by trial name
+    estimated: dict[str, str] = field(default_factory=dict)  # label -> why its rate is estimated, not measured
+
+
+def available_memory(runtime: Runtime) -> int:
+    """Bytes a measurement may use: the GPU's free memory, else this machine's available memory."""
+    if runtime.device == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info()[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def measurement_memory(trial: TrialSpec, runtime: Runtime) -> int:
+    """Peak bytes of the measurement: the whole model in one process (no sharding), with the trial's own activation
+    checkpointing and micro batch."""
+    from crossover.specs.memory import estimate_memory
+
+    return estimate_memory(trial.model, precision=runtime.precision, zero_stage=0, workers=1,
+                           micro_batch=trial.train.micro_batch, seq_len=trial.data.seq_len,
+                           checkpointing=trial.train.activation_checkpointing,
+                           gpu=runtime.device == "cuda").total  # fmt: skip
+
+
+def estimated_rate(trial: TrialSpec, runtime: Runtime, memory: int | None = None) -> float:
+    """Training tokens/s of a model too large to measure here, from FLOPs per token: a GPU at ASSUMED_MFU of its
+    peak, a CPU at the rate measured for REFERENCE_PRESET scaled by the two models' FLOPs per token."""
+    from crossover.specs import training_flops_per_token
+
+    flops = training_flops_per_token(trial.model, trial.data.seq_len)
+    if runtime.device == "cuda":
+        import torch
+
+        from crossover.trainers.loop import PEAK_BF16_FLOPS
+
+        name = torch.cuda.get_device_name()
+        peak = next((p for key, p in PEAK_BF16_FLOPS.items() if key in name), min(PEAK_BF16_FLOPS.values()))
+        return ASSUMED_MFU * peak / flops
+    from crossover.specs.expand import resolve_model
+    from crossover.specs.study import ModelSpec, SparsitySpec
+
+    model = resolve_model(ModelSpec(preset=REFERENCE_PRESET), SparsitySpec(), 0.0, trial.model.vocab_size)
+    reference = trial.model_copy(update={"model": model})
+    rate = measure_rate(reference, runtime, memory)
+    return rate * training_flops_per_token(reference.model, trial.data.seq_len) / flops
 
 
 def _device_name(runtime: Runtime) -> str:
@@ -54,8 +107,10 @@ def _device_name(runtime: Runtime) -> str:
     return f"{info.model} ({info.isa}, torch {torch.backends.cpu.get_cpu_capability()})"
 
 
-def measure_rate(trial: TrialSpec, runtime: Runtime) -> float:
-    """Training tokens/s of one worker of `trial` here (measured for MEASURE_SECONDS, or read from the cache)."""
+def measure_rate(trial: TrialSpec, runtime: Runtime, memory: int | None = None) -> float:
+    """Training tokens/s of one worker of `trial` here (measured for MEASURE_SECONDS, or read from the cache).
+    `memory`: the bytes the measurement may use (default: what is free here); a model that needs more is refused
+    with MemoryError before anything is allocated."""
     import torch
 
     from crossover.data.cache import cache_root
@@ -71,6 +126,9 @@ def measure_rate(trial: TrialSpec, runtime: Runtime) -> float:
         cache = {}
     if key in cache:
         return cache[key]
+    need, free = measurement_memory(trial, runtime), memory if memory is not None else available_memory(runtime)
+    if need > free:
+        raise MemoryError(f"measuring it needs ~{need / 2**30:.1f} GiB unsharded, {free / 2**30:.1f} GiB free here")
     rate = _measure(trial, runtime, threads)
     cache[key] = rate
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +151,7 @@ def _measure(trial: TrialSpec, runtime: Runtime, threads: int) -> float:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(runtime.precision, torch.float32)
         torch.manual_seed(0)
         model = build_model(trial.model, causal=True).to(device=device, dtype=dtype).train()
+        model.set_activation_checkpointing(trial.train.activation_checkpointing)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         tokens = torch.randint(
             0, trial.model.vocab_size, (trial.train.micro_batch, trial.data.seq_len + 1), device=device
@@ -174,20 +233,27 @@ def _model_label(model: ModelConfig) -> str:
     return f"L{model.layers}d{model.d_model}f{model.ffn}{moe}"
 
 
-def estimate_wall_time(spec: StudySpec, runtime: Runtime, slots: int) -> WallTime:
-    """The study's duration here with `slots` trials at once, from measured rates (see the module docstring)."""
+def estimate_wall_time(spec: StudySpec, runtime: Runtime, slots: int, memory: int | None = None) -> WallTime:
+    """The study's duration here with `slots` trials at once, from measured rates (see the module docstring); a
+    model too large to measure in `memory` (default: what is free here) gets an estimated rate, said so."""
     rates: dict[str, float] = {}
     per_trial: dict[str, float] = {}
+    estimated: dict[str, str] = {}
     for trial in longest_first(spec.expand()):  # the order `crossover run` starts them in
         label = _model_label(trial.model)
         if label not in rates:
-            rates[label] = measure_rate(trial, runtime)
+            try:
+                rates[label] = measure_rate(trial, runtime, memory)
+            except MemoryError as exc:
+                rates[label] = estimated_rate(trial, runtime, memory)
+                how = f"{ASSUMED_MFU:.0%} MFU" if runtime.device == "cuda" else f"{REFERENCE_PRESET}'s rate"
+                estimated[label] = f"{exc}; estimated from FLOPs per token at {how}"
         rate = rates[label] * trial.resources.workers
         per_trial[trial.name] = TRIAL_START_S + (trial.total_tokens + EVAL_COST * eval_tokens(trial)) / rate
     loads = [0.0] * max(1, slots)
     for seconds in per_trial.values():  # each onto the slot that frees first, as Ray Tune places them
         heapq.heapreplace(loads, loads[0] + seconds)
-    return WallTime(STUDY_START_S + max(loads), len(loads), rates, per_trial)
+    return WallTime(STUDY_START_S + max(loads), len(loads), rates, per_trial, estimated)
 
 
 def local_slots(spec: StudySpec, max_concurrent: int | None = None) -> int:
@@ -206,15 +272,17 @@ def local_slots(spec: StudySpec, max_concurrent: int | None = None) -> int:
 def describe(wall: WallTime, runtime: Runtime) -> str:
     from crossover.specs import format_seconds
 
-    rates = ", ".join(f"{label} {rate:,.0f} tok/s" for label, rate in wall.rates.items())
+    rates = ", ".join(f"{label} {rate:,.0f} tok/s" + (" (estimated)" if label in wall.estimated else "")
+                      for label, rate in wall.rates.items())  # fmt: skip
+    notes = "".join(f"; {label} not measured: {why}" for label, why in wall.estimated.items())
     return (
         f"estimated {format_seconds(wall.seconds)} here: {len(wall.per_trial)} trials, {wall.slots} at a time, "
         f"{rates} per worker measured in {runtime.precision} on {_device_name(runtime)} (evaluation and start-up "
-        f"included)"
+        f"included){notes}"
     )
 
 
-def wall_time_line(spec: StudySpec, max_concurrent: int | None = None) -> str | None:
+def wall_time_line(spec: StudySpec, max_concurrent: int | None = None, memory: int | None = None) -> str | None:
     """One line for `plan` and `run`, or None where this machine cannot run the study's trials (GPU trials, no GPU).
     A measurement that fails (a kernel torch cannot run here, too little memory) never ends the plan: the line says
     the estimate was not measured, and why."""
@@ -228,7 +296,7 @@ def wall_time_line(spec: StudySpec, max_concurrent: int | None = None) -> str | 
         if not torch.cuda.is_available():
             return None
     try:
-        wall = estimate_wall_time(spec, runtime, local_slots(spec, max_concurrent))
+        wall = estimate_wall_time(spec, runtime, local_slots(spec, max_concurrent), memory)
     except Exception as exc:  # any failure of the measurement is reported, never raised
         reason = (str(exc).strip().splitlines() or [""])[0][:300]
         return (f"wall time not measured here: {type(exc).__name__}: {reason} (training a step in "
