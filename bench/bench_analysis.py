@@ -40,8 +40,8 @@ SPEC = {
 
 
 def write_store(uri: str) -> float:
-    from tests.synthetic import Truth
     from tests.analysis_support import write_study
+    from tests.synthetic import Truth
 
     start = time.perf_counter()
     write_study(SPEC, uri, Truth(midpoint_tokens=3e7), seed=0, items=False)

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from crossover import __version__
 from crossover.specs import SpecError, StudySpec, format_seconds, format_tokens, load_study, plan_study
+from crossover.tracking.names import PROGRESS_METRICS
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Data-constrained AR vs masked-diffusion studies.")
 out = Console(soft_wrap=True)
@@ -477,7 +478,7 @@ def run(
     import os
 
     from crossover.platform.study import driver_folder, has_tune_state, storage_path
-    from crossover.platform.tracking import TrackingError, check_tracking, resolve_tracking_uri
+    from crossover.tracking.store import TrackingError, check_reachable, resolve_tracking_uri
 
     if resume and fresh:
         err.print("[bold red]--resume and --fresh contradict each other[/]: choose one")
@@ -496,7 +497,7 @@ def run(
     _library_notices_to(log_dir / f"{spec.name}.log", verbose, ("mlflow", "ray"))
     uri = resolve_tracking_uri(tracking_uri)
     try:
-        check_tracking(uri)
+        check_reachable(uri, write=True)
     except TrackingError as exc:
         if created:
             shutil.rmtree(created, ignore_errors=True)
@@ -603,7 +604,7 @@ def _provisional_verdict(study: str, uri: str) -> None:
 
 
 def _print_link(uri: str, experiment_id: str) -> None:
-    from crossover.specs.tracking import training_view_url, ui_server
+    from crossover.tracking.names import training_view_url, ui_server
 
     where = "" if uri.startswith(("http://", "https://")) else " (after `crossover ui`)"
     out.print(f"MLflow training view{where}: {training_view_url(ui_server(uri), experiment_id)}", highlight=False)
@@ -615,11 +616,12 @@ def status(
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
 ) -> None:
     """Per-trial progress of a study, read from MLflow."""
-    from crossover.platform.tracking import TrackingError, check_tracking, resolve_tracking_uri, study_status
+    from crossover.platform.tracking import study_status
+    from crossover.tracking.store import TrackingError, check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     try:
-        check_tracking(uri)
+        check_reachable(uri, write=False)
         rows = study_status(study, uri)
     except TrackingError as exc:
         err.print(f"[bold red]cannot read the study:[/] {exc}", highlight=False)
@@ -630,7 +632,7 @@ def status(
             return ""
         return format_seconds((r["total_tokens"] - r.get("tokens", 0)) / r["tokens_per_s"])
 
-    headers = ["trial", "status", "tokens", "epoch", "train/loss", "eval/heldout_loss/loss", "tok/s", "ETA"]
+    headers = ["trial", "status", "tokens", "epoch", *PROGRESS_METRICS, "tok/s", "ETA"]
     table = [
         [r["name"], r["status"], format_tokens(r.get("tokens", 0)), f"{r.get('epoch', 0):.2f}",
          *[f"{r[m]:.4f}" if m in r else "" for m in headers[4:6]],
@@ -651,7 +653,7 @@ def ui(
     import os
     import sys
 
-    from crossover.platform.tracking import resolve_tracking_uri
+    from crossover.tracking.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     server = uri if uri.startswith(("http://", "https://")) else f"http://{host}:{port}"
@@ -666,7 +668,8 @@ def ui(
 
 def _print_studies(uri: str, server: str) -> None:
     """The training-view link of every study in the store (nothing when it cannot be read: the UI will say why)."""
-    from crossover.specs.tracking import mlflow_client, training_view_url
+    from crossover.tracking.names import training_view_url
+    from crossover.tracking.store import mlflow_client
 
     try:
         experiments = mlflow_client(uri).search_experiments(max_results=200)
@@ -774,7 +777,7 @@ def train(
 
         def show(metrics: dict[str, float], step: int) -> None:
             fields = [f"{format_tokens(step)} tokens", f"epoch {metrics.get('epoch', 0):.2f}"]
-            fields += [f"{k} {v:.4g}" for k, v in metrics.items() if k in ("train/loss", "eval/heldout_loss/loss")]
+            fields += [f"{k} {v:.4g}" for k, v in metrics.items() if k in PROGRESS_METRICS]
             bar.update(task, completed=step, status="  ".join(fields))
 
         try:

@@ -17,7 +17,7 @@ import numpy as np
 
 from crossover.analysis.scaling import effective_data
 from crossover.specs import TrialSpec, training_flops_per_token
-from crossover.specs.tracking import eval_key
+from crossover.tracking.names import eval_key
 
 CLOZE = "heldout_cloze"  # the multiple-choice task whose per-item results are synthesised
 

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from crossover.analysis import analyze_study, axis_verdicts, load_study, plots
 from crossover.analysis.axes import AGREES, CANNOT_TELL, DISAGREES
 from crossover.cli import app
-from crossover.specs.tracking import VERDICT_TAG, mlflow_client
+from crossover.tracking.names import VERDICT_TAG
+from crossover.tracking.store import mlflow_client
 
 from .analysis_support import write_study
 from .test_analysis_mlflow import SMOKE_TRUTH, smoke_spec

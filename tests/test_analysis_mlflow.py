@@ -21,7 +21,7 @@ from crossover.analysis import load_curves, load_study
 from crossover.cli import app
 from crossover.platform.tracking import TrialRun, finish_study
 from crossover.specs import format_tokens, parse_study
-from crossover.specs.tracking import REPORT_DIR, TAG_ITEMS, TAG_PARENT, TAG_ROLE, eval_key, task_key, trial_params
+from crossover.tracking.names import REPORT_DIR, TAG_ITEMS, TAG_PARENT, TAG_ROLE, eval_key, task_key, trial_params
 
 from .analysis_support import start, write_study
 from .conftest import SPECS
@@ -113,7 +113,7 @@ def test_the_cli_stays_light():
 OPEN_WHEN_TOLD = """
 import sys, time
 from pathlib import Path
-from crossover.specs.tracking import mlflow_client
+from crossover.tracking.store import mlflow_client
 uri, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 ready.touch()
 while not go.exists():  # every process has imported mlflow: now they open the new store at once

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from crossover.specs import parse_study
-from crossover.specs.tracking import TAG_EXTENDED_BY, TAG_OUT_OF_SPEC, TAG_TRIAL_ID, mlflow_client
+from crossover.tracking.names import TAG_EXTENDED_BY, TAG_OUT_OF_SPEC, TAG_TRIAL_ID
+from crossover.tracking.store import mlflow_client
 from crossover.trainers.launch import LocalReporter
 from crossover.trainers.loop import train
 

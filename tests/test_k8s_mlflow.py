@@ -198,14 +198,15 @@ def test_manifest_server_logs_a_run_with_credentials_and_refuses_anonymous_reque
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from crossover.platform.tracking import TrackingError, TrialRun, check_tracking, start_study
+    from crossover.platform.tracking import TrialRun, start_study
     from crossover.specs import parse_study
+    from crossover.tracking.store import TrackingError, check_reachable
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     # The platform's own path: the start-up check, the study's parent run, a trial's child run.
-    check_tracking(url)
+    check_reachable(url, write=True)
     spec = parse_study({"name": "k8s-manifest-check", "objective": "ar", "data": {"unique_tokens": "50k"},
                         "train": {"total_tokens": "1M"}})  # fmt: skip
     parent = start_study(spec, "name: k8s-manifest-check\n", url)
@@ -222,6 +223,6 @@ def test_manifest_server_logs_a_run_with_credentials_and_refuses_anonymous_reque
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password-123")
     with pytest.raises(TrackingError, match="refused the credentials"):
-        check_tracking(url)
+        check_reachable(url, write=True)
     with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
         mlflow.MlflowClient(tracking_uri=url).get_run(trial_run.run_id)

@@ -19,7 +19,8 @@ import yaml
 from crossover.platform.tracking import TrialRun, start_study
 from crossover.specs import parse_study
 from crossover.specs.hardware import Runtime, resolve_runtime
-from crossover.specs.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS, mlflow_client
+from crossover.tracking.names import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS
+from crossover.tracking.store import mlflow_client
 
 from .conftest import tiny_study
 from .services import free_port, mlflow_server, stop_group

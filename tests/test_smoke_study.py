@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from crossover.cli import app
 from crossover.specs import load_study
-from crossover.specs.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS
+from crossover.tracking.names import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS
 
 from .conftest import ROOT, SPECS
 from .services import (
@@ -126,7 +126,7 @@ def test_smoke_report_opens_in_headless_chromium(smoke, tmp_path):
 
 
 def test_run_ends_with_a_provisional_verdict_summaries_and_the_link_to_the_training_view(smoke):
-    from crossover.specs.tracking import SUMMARY_COLUMNS
+    from crossover.tracking.names import SUMMARY_COLUMNS
 
     job = smoke["job"].stdout
     client, parents, children = smoke_runs(smoke["uri"])
@@ -149,7 +149,7 @@ def test_the_training_view_shows_the_study_its_trials_and_the_verdict(smoke, tmp
     study's parent row, its trials once expanded, and the verdict and summary columns of the saved view."""
     from playwright.sync_api import sync_playwright
 
-    from crossover.specs.tracking import training_view_url
+    from crossover.tracking.names import training_view_url
 
     from .services import CHROMIUM_FLAGS, _chromium
 

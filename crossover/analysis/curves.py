@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +21,7 @@ import numpy as np
 import pandas as pd
 
 from crossover.analysis.errors import AnalysisError
-from crossover.specs.tracking import (
-    DEFAULT_TRACKING_URI,
+from crossover.tracking.names import (
     EVAL_PREFIX,
     ITEMS_DIR,
     ROLE_STUDY,
@@ -37,7 +33,14 @@ from crossover.specs.tracking import (
     TAG_ROLE,
     TAG_STUDY,
     TAG_TRIAL_ID,
+)
+from crossover.tracking.store import (
+    TrackingError,
+    check_reachable,
     mlflow_client,
+    redact,
+    resolve_tracking_uri,
+    search_all_runs,
 )
 
 if TYPE_CHECKING:
@@ -67,48 +70,6 @@ class StudyData:
         return [c[5:] for c in cols if c[5:] not in ("objective", "seed")]
 
 
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """The argument, else MLFLOW_TRACKING_URI, else the embedded default sqlite:///mlflow.db."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def redact(uri: str) -> str:
-    """The URI without a password, for messages and reports."""
-    parsed = urllib.parse.urlsplit(uri)
-    if parsed.password:
-        netloc = f"{parsed.username}:***@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
-        return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
-    return uri
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, with one clear message, before MLflow would retry for minutes or create an empty database."""
-    parsed = urllib.parse.urlsplit(uri)
-    scheme = parsed.scheme.lower()
-    if scheme.startswith("sqlite"):
-        path = uri.split(":///", 1)[1].split("?", 1)[0] if ":///" in uri else ""
-        if path and path != ":memory:" and not Path(path).is_file():
-            raise AnalysisError(
-                f"no MLflow store at {path} (tracking URI {uri}); run a study first, or point --tracking-uri or "
-                f"MLFLOW_TRACKING_URI at the store that holds it"
-            )
-    elif scheme in ("http", "https"):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-        except urllib.error.HTTPError:
-            pass  # the server answered (perhaps 401/404): it is reachable, MLflow will say the rest
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise AnalysisError(
-                f"cannot reach the MLflow tracking server at {redact(uri)} ({reason}); start it (or the port-forward "
-                f"to the cluster's server), or pass --tracking-uri / set MLFLOW_TRACKING_URI to the right address"
-            ) from None
-    elif scheme in ("", "file"):
-        path = parsed.path if scheme == "file" else uri
-        if not Path(path).is_dir():
-            raise AnalysisError(f"no MLflow file store at {path}; pass --tracking-uri with the store's location")
-
-
 def _experiment_id(client: MlflowClient, study: str, uri: str) -> str:
     import difflib
 
@@ -126,17 +87,6 @@ def _experiment_id(client: MlflowClient, study: str, uri: str) -> str:
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     listing = f"; studies there: {', '.join(sorted(studies)[:20])}" if studies else "; it holds no studies yet"
     raise AnalysisError(f"no study named '{study}' in the tracking store {redact(uri)}{hint}{listing}")
-
-
-def _search_all(client: MlflowClient, experiment_id: str) -> list[Any]:
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], max_results=5000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _sql_store(client: MlflowClient) -> Any:
@@ -287,11 +237,14 @@ def load_study(study: str, tracking_uri: str | None = None, items: bool = True, 
     from mlflow.exceptions import MlflowException
 
     uri = resolve_tracking_uri(tracking_uri)
-    check_reachable(uri)
+    try:
+        check_reachable(uri, write=False)
+    except TrackingError as exc:
+        raise AnalysisError(str(exc)) from None
     try:
         client = mlflow_client(uri)
         experiment_id = _experiment_id(client, study, uri)
-        runs = _search_all(client, experiment_id)
+        runs = search_all_runs(client, [experiment_id])
     except MlflowException as exc:
         raise AnalysisError(f"reading study '{study}' from {redact(uri)} failed: {exc.message}") from None
     parents = [r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_STUDY]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from crossover.errors import UserError
 
-class AnalysisError(Exception):
+
+class AnalysisError(UserError):
     """A problem with the user's input or environment; `crossover analyze` prints the message and exits 2."""

@@ -20,20 +20,20 @@ import pandas as pd
 
 from crossover.analysis.axes import axis_verdicts
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
-from crossover.analysis.curves import StudyData, redact
+from crossover.analysis.curves import StudyData
 from crossover.analysis.study import X_COLUMNS, StudyAnalysis
 from crossover.analysis.verdict import Verdict, delta_nll_lines, loss_verdicts, verdicts
 from crossover.specs import format_tokens
-from crossover.specs.tracking import (
+from crossover.tracking.names import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     REPORT_DIR,
     SUMMARY_COLUMNS,
     VERDICT_TAG,
     VIEW_TAG,
-    mlflow_client,
     view_state,
 )
+from crossover.tracking.store import mlflow_client, redact
 
 VIEW_VERDICT_METRICS = ("crossed", "crossover_tokens", "crossover_epochs", "efficiency")  # the view's columns
 

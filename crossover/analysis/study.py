@@ -26,12 +26,13 @@ from crossover.analysis.scaling import (
     prabhudesai_critical_compute,
 )
 from crossover.specs import ModelConfig, count_params
+from crossover.tracking.names import HEADLINE_ACCURACY, HELDOUT_LOSS
 
 X_COLUMNS = {"tokens": "tokens", "flops": "flops", "epochs": "epoch"}
 SCORINGS = ("acc", "acc_norm", "acc_pmi")  # a multiple-choice task's accuracies: raw, per character, PMI
-LOSS_METRIC = "eval/heldout_loss/loss"
+LOSS_METRIC = HELDOUT_LOSS
 _LOWER_SUFFIXES = ("loss", "nll", "ppl", "perplexity", "bpb")
-_DEFAULT_METRICS = ("eval/heldout_cloze/acc_pmi", "eval/heldout_cloze/acc", "acc_norm", "acc", LOSS_METRIC)
+_DEFAULT_METRICS = (*HEADLINE_ACCURACY, "acc_norm", "acc", LOSS_METRIC)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -154,113 +155,135 @@ def _seed_spread(
     return out
 
 
-def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int) -> None:
-    curves = data.curves
-    metric, xcol = analysis.metric, X_COLUMNS[analysis.x_axis]
-    task, field_name = metric.split("/")[1], metric.rsplit("/", 1)[-1]
-    item_column = f"items/{task}" if task in data.item_tasks else None
-    valid = curves[curves[metric].notna() & curves[xcol].notna()]
-    by_seed = valid.groupby(["cell", "step", "objective", "seed"])[metric].mean().unstack(["objective", "seed"])
-    axis_cols = valid.groupby(["cell", "step"])[list(dict.fromkeys(["tokens", "flops", "epoch", xcol]))].mean()
-    axis_values = _axis_values(data)
-    rows = []
-    sources = set()
-    seed_tables = {cell: t.droplevel(0) for cell, t in by_seed.groupby(level=0, sort=False)}
-    axis_tables = {cell: t.droplevel(0) for cell, t in axis_cols.groupby(level=0, sort=False)}
+@dataclass
+class _MetricTables:
+    """Stage 1 of the crossovers: the metric per cell, eval step, objective and seed, and the x axis per cell and
+    step, on the points that have both."""
 
-    def seeds_of(cell: str, objective: str) -> pd.DataFrame | None:
-        table = seed_tables.get(cell)
+    valid: pd.DataFrame  # the curve rows with the metric and the x axis
+    seeds: dict[str, pd.DataFrame]  # cell -> step x (objective, seed)
+    axis: dict[str, pd.DataFrame]  # cell -> step x (tokens, flops, epoch, x column)
+    axis_values: pd.DataFrame  # cell -> each varied axis' readable value
+    item_column: str | None  # where the per-item results of the metric's task are, if logged
+    field_name: str  # the metric's name within its task (acc, acc_pmi, loss)
+
+    def seeds_of(self, cell: str, objective: str) -> pd.DataFrame | None:
+        table = self.seeds.get(cell)
         if table is None or objective not in table.columns.get_level_values(0):
             return None
         table = table[objective].dropna(axis=1, how="all")
         return table if table.shape[1] else None
 
-    def reference(cell: str, objective: str) -> str | None:
+    def reference(self, cell: str, objective: str) -> str | None:
         """MDLM trials never carry AR input noise (specs refuse it), so an AR noise variant is compared with the
         MDLM trials that match it on every other axis: the study's clean reference."""
-        if "noise" not in axis_values.columns:
+        values = self.axis_values
+        if "noise" not in values.columns:
             return None
-        mine = axis_values.loc[cell].drop("noise")
-        others = [
-            c
-            for c in axis_values.index
-            if c != cell and seeds_of(c, objective) is not None and axis_values.loc[c].drop("noise").equals(mine)
-        ]
-        clean = [c for c in others if axis_values.loc[c, "noise"] == "clean"]
+        mine = values.loc[cell].drop("noise")
+        others = [c for c in values.index
+                  if c != cell and self.seeds_of(c, objective) is not None and values.loc[c].drop("noise").equals(mine)]  # fmt: skip
+        clean = [c for c in others if values.loc[c, "noise"] == "clean"]
         choice = clean or others
         return choice[0] if len(choice) == 1 else None
 
-    for cell in axis_values.index:
-        row: dict[str, Any] = {"cell": cell, **axis_values.loc[cell].to_dict()}
-        if cell not in seed_tables:
-            rows.append({**row, "status": "no_data"})
-            continue
-        source = {"ar": cell, "mdlm": cell}
-        for objective in ("ar", "mdlm"):
-            if seeds_of(cell, objective) is None and (ref := reference(cell, objective)) is not None:
-                source[objective] = ref
-                row["reference"] = f"{objective.upper()} from {ref}"
-        ar_seeds, dlm_seeds = seeds_of(source["ar"], "ar"), seeds_of(source["mdlm"], "mdlm")
-        if ar_seeds is None or dlm_seeds is None:
-            missing = ", ".join(o for o, t in (("ar", ar_seeds), ("mdlm", dlm_seeds)) if t is None)
-            rows.append({**row, "status": f"missing {missing}"})
-            continue
-        means = pd.concat([ar_seeds.mean(axis=1).rename("ar"), dlm_seeds.mean(axis=1).rename("mdlm")], axis=1)
-        means = means.dropna().sort_index()
-        ar_seeds, dlm_seeds = ar_seeds.reindex(means.index), dlm_seeds.reindex(means.index)
-        steps = means.index.to_numpy()
-        ax = axis_tables[cell].reindex(steps)
-        x = ax[xcol].to_numpy(dtype=float)
-        keep = np.flatnonzero(np.isfinite(x))
-        keep = keep[np.concatenate([[True], np.diff(x[keep]) > 0])] if len(keep) else keep
-        steps, x = steps[keep], x[keep]
-        ar = means["ar"].to_numpy()[keep]
-        dlm = means["mdlm"].to_numpy()[keep]
-        samples: dict[str, Any] = {}
-        if item_column and len(steps):
-            samples = _item_samples(valid, source, item_column, field_name, steps)
-        if not samples and ar_seeds.shape[1] >= 2 and dlm_seeds.shape[1] >= 2:
-            a_s = ar_seeds.to_numpy()[keep]
-            d_s = dlm_seeds.to_numpy()[keep]
-            same = sorted(ar_seeds.columns) == sorted(dlm_seeds.columns)
-            kind = f"seeds, {min(a_s.shape[1], d_s.shape[1])} seeds"
-            samples = dict(ar_samples=a_s, dlm_samples=d_s, sample_kind=kind, paired=same)
-        if len(steps) == 0:
-            rows.append({**row, "status": "no_common_points"})
-            continue
-        result = find_crossover(
-            x, ar, dlm, analysis.higher_is_better, confidence=analysis.confidence, n_boot=n_boot, seed=seed, **samples
-        )
-        if result.ci_source:
-            sources.add(result.ci_source)
-        tokens, flops, epochs = (ax[c].to_numpy(dtype=float)[keep] for c in ("tokens", "flops", "epoch"))
-        spread = _seed_spread(x, tokens, ar_seeds.iloc[keep], dlm_seeds.iloc[keep], analysis.higher_is_better)
-        analysis.results[cell] = result
-        analysis.cells[cell] = CellCurves(cell, x, ar, dlm, tokens, flops, epochs)
-        at = result.x if result.x is not None else math.nan
-        rows.append(
-            {
-                **row,
-                "status": result.status,
-                "x": result.x,
-                "ci_low": result.ci[0] if result.ci else None,
-                "ci_high": result.ci[1] if result.ci else None,
-                "p_crossed": result.p_crossed,
-                "ci_source": result.ci_source,
-                "crossover_tokens": _interp_log(at, x, tokens),
-                "crossover_flops": _interp_log(at, x, flops),
-                "crossover_epochs": _interp_log(at, x, epochs),
-                "flops_per_token": float(np.nanmedian(flops / tokens)) if np.isfinite(flops).any() else math.nan,
-                "x_start": float(x[0]),
-                "x_end": float(x[-1]),
-                "points": len(x),
-                "ar_final": float(ar[-1]),
-                "mdlm_final": float(dlm[-1]),
-                "seeds_ar": int(ar_seeds.shape[1]),
-                "seeds_mdlm": int(dlm_seeds.shape[1]),
-                **spread,
-            }
-        )
+
+def _metric_tables(data: StudyData, metric: str, xcol: str) -> _MetricTables:
+    curves = data.curves
+    task = metric.split("/")[1]
+    valid = curves[curves[metric].notna() & curves[xcol].notna()]
+    by_seed = valid.groupby(["cell", "step", "objective", "seed"])[metric].mean().unstack(["objective", "seed"])
+    axis_cols = valid.groupby(["cell", "step"])[list(dict.fromkeys(["tokens", "flops", "epoch", xcol]))].mean()
+    return _MetricTables(
+        valid,
+        {cell: t.droplevel(0) for cell, t in by_seed.groupby(level=0, sort=False)},
+        {cell: t.droplevel(0) for cell, t in axis_cols.groupby(level=0, sort=False)},
+        _axis_values(data),
+        f"items/{task}" if task in data.item_tasks else None,
+        metric.rsplit("/", 1)[-1],
+    )
+
+
+def _cell_crossover(tables: _MetricTables, cell: str, analysis: StudyAnalysis, n_boot: int,
+                    seed: int) -> tuple[dict[str, Any], Crossover | None, CellCurves | None]:  # fmt: skip
+    """Stage 2, one cell: its row of the crossover table, and (where it has common points) the crossover with its
+    interval and the matched curves."""
+    row: dict[str, Any] = {"cell": cell, **tables.axis_values.loc[cell].to_dict()}
+    if cell not in tables.seeds:
+        return {**row, "status": "no_data"}, None, None
+    source = {"ar": cell, "mdlm": cell}
+    for objective in ("ar", "mdlm"):
+        if tables.seeds_of(cell, objective) is None and (ref := tables.reference(cell, objective)) is not None:
+            source[objective] = ref
+            row["reference"] = f"{objective.upper()} from {ref}"
+    ar_seeds, dlm_seeds = tables.seeds_of(source["ar"], "ar"), tables.seeds_of(source["mdlm"], "mdlm")
+    if ar_seeds is None or dlm_seeds is None:
+        missing = ", ".join(o for o, t in (("ar", ar_seeds), ("mdlm", dlm_seeds)) if t is None)
+        return {**row, "status": f"missing {missing}"}, None, None
+    means = pd.concat([ar_seeds.mean(axis=1).rename("ar"), dlm_seeds.mean(axis=1).rename("mdlm")], axis=1)
+    means = means.dropna().sort_index()
+    ar_seeds, dlm_seeds = ar_seeds.reindex(means.index), dlm_seeds.reindex(means.index)
+    steps = means.index.to_numpy()
+    xcol = X_COLUMNS[analysis.x_axis]
+    ax = tables.axis[cell].reindex(steps)
+    x = ax[xcol].to_numpy(dtype=float)
+    keep = np.flatnonzero(np.isfinite(x))
+    keep = keep[np.concatenate([[True], np.diff(x[keep]) > 0])] if len(keep) else keep
+    steps, x = steps[keep], x[keep]
+    ar = means["ar"].to_numpy()[keep]
+    dlm = means["mdlm"].to_numpy()[keep]
+    samples: dict[str, Any] = {}
+    if tables.item_column and len(steps):
+        samples = _item_samples(tables.valid, source, tables.item_column, tables.field_name, steps)
+    if not samples and ar_seeds.shape[1] >= 2 and dlm_seeds.shape[1] >= 2:
+        a_s = ar_seeds.to_numpy()[keep]
+        d_s = dlm_seeds.to_numpy()[keep]
+        same = sorted(ar_seeds.columns) == sorted(dlm_seeds.columns)
+        kind = f"seeds, {min(a_s.shape[1], d_s.shape[1])} seeds"
+        samples = dict(ar_samples=a_s, dlm_samples=d_s, sample_kind=kind, paired=same)
+    if len(steps) == 0:
+        return {**row, "status": "no_common_points"}, None, None
+    result = find_crossover(
+        x, ar, dlm, analysis.higher_is_better, confidence=analysis.confidence, n_boot=n_boot, seed=seed, **samples
+    )
+    tokens, flops, epochs = (ax[c].to_numpy(dtype=float)[keep] for c in ("tokens", "flops", "epoch"))
+    spread = _seed_spread(x, tokens, ar_seeds.iloc[keep], dlm_seeds.iloc[keep], analysis.higher_is_better)
+    at = result.x if result.x is not None else math.nan
+    row = {
+        **row,
+        "status": result.status,
+        "x": result.x,
+        "ci_low": result.ci[0] if result.ci else None,
+        "ci_high": result.ci[1] if result.ci else None,
+        "p_crossed": result.p_crossed,
+        "ci_source": result.ci_source,
+        "crossover_tokens": _interp_log(at, x, tokens),
+        "crossover_flops": _interp_log(at, x, flops),
+        "crossover_epochs": _interp_log(at, x, epochs),
+        "flops_per_token": float(np.nanmedian(flops / tokens)) if np.isfinite(flops).any() else math.nan,
+        "x_start": float(x[0]),
+        "x_end": float(x[-1]),
+        "points": len(x),
+        "ar_final": float(ar[-1]),
+        "mdlm_final": float(dlm[-1]),
+        "seeds_ar": int(ar_seeds.shape[1]),
+        "seeds_mdlm": int(dlm_seeds.shape[1]),
+        **spread,
+    }
+    return row, result, CellCurves(cell, x, ar, dlm, tokens, flops, epochs)
+
+
+def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int) -> None:
+    """Every cell's crossover on the analysis' metric and x axis (stage 1: the tables; stage 2: each cell), into
+    `analysis`: the table, the crossovers, the matched curves and what the intervals resampled."""
+    tables = _metric_tables(data, analysis.metric, X_COLUMNS[analysis.x_axis])
+    rows = []
+    for cell in tables.axis_values.index:
+        row, result, curves = _cell_crossover(tables, cell, analysis, n_boot, seed)
+        rows.append(row)
+        if result is not None:
+            analysis.results[cell], analysis.cells[cell] = result, curves
+    sources = {r.ci_source for r in analysis.results.values() if r.ci_source}
     analysis.crossovers = pd.DataFrame(rows)
     analysis.ci_source = "/".join(sorted(sources)) or None
     if not sources:

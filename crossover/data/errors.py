@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from crossover.errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """A corpus, tokenizer or budget problem the user can fix; the message names the cause and what to do.
 
     The CLI prints it and exits with status 2.

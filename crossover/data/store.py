@@ -27,6 +27,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -323,87 +324,127 @@ def _batches(ds: datasets.Dataset, columns: list[str]) -> Iterator[tuple[int, di
 
 
 def _build(data: DataSpec, key: str, cache: Path, out: Path, progress: Progress, notify: Notify) -> dict[str, Any]:
+    """Build the store's files in `out`, stage by stage; its manifest."""
     started = time.time()
-    spec_corpus = data.corpus
     progress("reading corpus", 0, None)
     extra = [SCORE_COLUMN] if data.quality_scorer == "auto" else (
         [] if data.quality_scorer in ("code", "prose") else [data.quality_scorer])  # fmt: skip
     named_column = data.quality_scorer not in ("auto", "code", "prose")
-    ds = corpora.load_corpus(spec_corpus, cache / "hf-datasets", columns=extra, required=named_column)
-    n_rows = len(ds)
+    ds = corpora.load_corpus(data.corpus, cache / "hf-datasets", columns=extra, required=named_column)
+    docs = _hash_documents(ds, data, progress)
+    scorer_name, scorer = _quality_scorer(ds, data, docs.samples)
+    reserved = _heldout_reserve(docs, data)
+    tok, tok_key = _train_tokenizer(ds, data, cache, docs.keep & ~reserved, progress, notify)
+    size = check_size(tok, data.tokenizer)
+    dtype = np.dtype(np.uint16 if size <= 1 << 16 else np.uint32)
+    lengths, scores, tokens_sha = _tokenize(ds, tok, dtype, docs.keep, scorer, scorer_name, out, progress)
+    progress("writing store", 0, None)
+    layout = _split_and_tier(docs, lengths, scores, reserved, data)
+    if layout.tokenizer_saw_heldout and data.tokenizer.pretrained is None:
+        notify("the held-out reserve was too small: the BPE was trained on some held-out documents")
+    _write_store(ds, docs, layout, tok, out)
+    manifest = _manifest(data, key, out, docs, layout, tok, tok_key, size, dtype, scorer_name, started)
+    assert manifest["files"]["tokens.bin"]["sha256"] == tokens_sha
+    return manifest
 
-    # 1. content hashes; drop empty documents and exact duplicates (keep the first)
-    keep = np.zeros(n_rows, dtype=bool)
-    digests = np.zeros(n_rows, dtype=np.uint64)
-    nbytes = np.zeros(n_rows, dtype=np.int64)
+
+@dataclass
+class _Documents:
+    """Stage 1: which corpus rows are kept (non-empty, first of their exact duplicates), their content hashes and
+    UTF-8 sizes, and up to 200 samples for choosing the quality scorer."""
+
+    rows: int
+    keep: np.ndarray  # bool per row
+    digests: np.ndarray  # uint64 per row (0 where not kept)
+    nbytes: np.ndarray  # int64 per row
+    samples: list[tuple[str, str]]
+    empty: int
+    duplicates: int
+
+    @property
+    def kept(self) -> np.ndarray:
+        return np.flatnonzero(self.keep)
+
+
+def _hash_documents(ds: datasets.Dataset, data: DataSpec, progress: Progress) -> _Documents:
+    n_rows = len(ds)
+    docs = _Documents(n_rows, np.zeros(n_rows, dtype=bool), np.zeros(n_rows, dtype=np.uint64),
+                      np.zeros(n_rows, dtype=np.int64), [], 0, 0)  # fmt: skip
     seen: set[bytes] = set()
-    empty = duplicates = 0
-    samples: list[tuple[str, str]] = []
     for start, batch in _batches(ds, ["id", "text"]):
         for j, (doc_id, text) in enumerate(zip(batch["id"], batch["text"], strict=True)):
             if not text or not text.strip():
-                empty += 1
+                docs.empty += 1
                 continue
             d = _digest(text)
             if d in seen:
-                duplicates += 1
+                docs.duplicates += 1
                 continue
             seen.add(d)
-            keep[start + j] = True
-            digests[start + j] = int.from_bytes(d[:8], "big")
-            nbytes[start + j] = len(text.encode("utf-8", errors="surrogatepass"))
-            if len(samples) < 200:
-                samples.append((doc_id, text))
+            docs.keep[start + j] = True
+            docs.digests[start + j] = int.from_bytes(d[:8], "big")
+            docs.nbytes[start + j] = len(text.encode("utf-8", errors="surrogatepass"))
+            if len(docs.samples) < 200:
+                docs.samples.append((doc_id, text))
         progress("hashing documents", start + len(batch["id"]), n_rows)
-    del seen
-    kept = np.flatnonzero(keep)
-    if len(kept) == 0:
-        raise DataError(f"corpus '{spec_corpus.source}' has no non-empty documents")
+    if not docs.keep.any():
+        raise DataError(f"corpus '{data.corpus.source}' has no non-empty documents")
+    return docs
 
+
+def _quality_scorer(ds: datasets.Dataset, data: DataSpec, samples: list[tuple[str, str]]):
+    """(name, scorer) of the spec's quality scorer; the scorer is None where the score is a corpus column."""
     try:
-        scorer_name, scorer = resolve_scorer(
-            data.quality_scorer,
-            ds.column_names,
-            True if corpora.kind(spec_corpus) in ("stdlib", "packages") else None,
-            samples,
-        )
+        return resolve_scorer(data.quality_scorer, ds.column_names,
+                              True if corpora.kind(data.corpus) in ("stdlib", "packages") else None, samples)  # fmt: skip
     except ValueError as exc:
         raise DataError(str(exc)) from None
 
-    # 2. the held-out reserve: a prefix of the hash order, never shown to the BPE trainer
-    by_hash = kept[np.argsort(digests[kept], kind="stable")]
-    reserve_bytes = np.cumsum(nbytes[by_hash])
+
+def _heldout_reserve(docs: _Documents, data: DataSpec) -> np.ndarray:
+    """Stage 2: the rows the BPE trainer never sees (bool per row), a prefix of the hash order large enough for the
+    held-out set, and never more than half the corpus: a reserve holding every document would leave the BPE no text
+    to learn merges from (a 256-byte vocabulary); where the held-out set outgrows it, the manifest says the BPE saw
+    held-out text."""
+    kept = docs.kept
+    by_hash = kept[np.argsort(docs.digests[kept], kind="stable")]
+    reserve_bytes = np.cumsum(docs.nbytes[by_hash])
     reserve_n = int(np.searchsorted(reserve_bytes, RESERVE_BYTES_PER_TOKEN * data.heldout_tokens, side="left")) + 1
-    # never more than half the corpus: a reserve holding every document would leave the BPE no text to learn merges
-    # from (a 256-byte vocabulary); where the held-out set outgrows it, the manifest says the BPE saw held-out text
     reserve_n = min(reserve_n, int(np.searchsorted(reserve_bytes, reserve_bytes[-1] / 2, side="left")))
-    reserved = np.zeros(n_rows, dtype=bool)
+    reserved = np.zeros(docs.rows, dtype=bool)
     reserved[by_hash[:reserve_n]] = True
-    tokenizer_docs = keep & ~reserved
+    return reserved
+
+
+def _train_tokenizer(ds: datasets.Dataset, data: DataSpec, cache: Path, shown: np.ndarray, progress: Progress,
+                     notify: Notify):  # fmt: skip
+    """Stage 3: the spec's tokenizer (trained on the rows `shown`, or cached, or pretrained) and its cache key."""
 
     def training_texts() -> tuple[Iterator[str], int]:
         def texts() -> Iterator[str]:
             for start, batch in _batches(ds, ["text"]):
                 for j, text in enumerate(batch["text"]):
-                    if tokenizer_docs[start + j]:
+                    if shown[start + j]:
                         yield text
 
-        return texts(), int(tokenizer_docs.sum())
+        return texts(), int(shown.sum())
 
     progress("training tokenizer", 0, None)
-    tok, tok_key = get_tokenizer(data.tokenizer, cache, corpus_key(data), training_texts, notify)
-    ids = special_ids(tok)
-    size = check_size(tok, data.tokenizer)
-    dtype = np.dtype(np.uint16 if size <= 1 << 16 else np.uint32)
-    tok.encode_special_tokens = True  # a literal "<|endoftext|>" in a document is text, not a separator
+    return get_tokenizer(data.tokenizer, cache, corpus_key(data), training_texts, notify)
 
-    # 3. tokenize (the tokenizers library encodes each batch on all cores) and score
+
+def _tokenize(ds: datasets.Dataset, tok, dtype: np.dtype, keep: np.ndarray, scorer: QualityScorer | None, scorer_name: str,
+              out: Path, progress: Progress) -> tuple[np.ndarray, np.ndarray, str]:  # fmt: skip
+    """Stage 4: every kept document's tokens and end-of-document into tokens.bin (corpus order), scored on the way;
+    (tokens per row, quality score per row, tokens.bin's sha256). The tokenizers library encodes each batch on all
+    cores, one batch ahead on a thread (it releases the GIL), so scoring overlaps encoding."""
+    n_rows = len(ds)
     lengths = np.zeros(n_rows, dtype=np.int64)
     scores = np.zeros(n_rows, dtype=np.float64)
     tokens_hash = hashlib.sha256()
     score_cols = ["id", "text"] + ([scorer_name] if scorer is None else [])
-    eod = np.array([ids.eod], dtype=dtype)
-    done = 0
+    eod = np.array([special_ids(tok).eod], dtype=dtype)
+    tok.encode_special_tokens = True  # a literal "<|endoftext|>" in a document is text, not a separator
 
     def encode(start: int, batch: dict[str, list]) -> tuple[int, dict[str, list], list[int], list]:
         rows = [j for j in range(len(batch["text"])) if keep[start + j]]
@@ -411,7 +452,6 @@ def _build(data: DataSpec, key: str, cache: Path, out: Path, progress: Progress,
         return start, batch, rows, tok.encode_batch_fast(texts, add_special_tokens=False) if texts else []
 
     def encoded() -> Iterator[tuple[int, dict[str, list], list[int], list]]:
-        """Batches encoded one ahead on a thread (the tokenizer releases the GIL), so scoring overlaps encoding."""
         with ThreadPoolExecutor(1) as pool:
             pending = None
             for start, batch in _batches(ds, score_cols):
@@ -422,6 +462,7 @@ def _build(data: DataSpec, key: str, cache: Path, out: Path, progress: Progress,
             if pending is not None:
                 yield pending.result()
 
+    done = 0
     with open(out / "tokens.bin", "wb") as f:
         for start, batch, rows, encodings in encoded():
             pieces = []
@@ -433,50 +474,82 @@ def _build(data: DataSpec, key: str, cache: Path, out: Path, progress: Progress,
                 block = np.concatenate(pieces).tobytes()
                 f.write(block)
                 tokens_hash.update(block)
-            scores_batch = _score(scorer, scorer_name, batch, rows)
-            for j, s in zip(rows, scores_batch, strict=True):
+            for j, s in zip(rows, _score(scorer, scorer_name, batch, rows), strict=True):
                 scores[start + j] = s
             done += len(batch["text"])
             progress("tokenizing", done, n_rows)
         f.flush()
         os.fsync(f.fileno())
+    tok.encode_special_tokens = False
+    return lengths, scores, tokens_hash.hexdigest()
 
-    # 4. compact to the kept documents (corpus order), held-out split by hash, tiers of the training documents
-    progress("writing store", 0, None)
-    lengths, scores, digests_k = lengths[kept], scores[kept], digests[kept]
+
+@dataclass
+class _Layout:
+    """Stage 5, over the kept documents (corpus order): where each starts in tokens.bin, which are held out (the
+    first by content hash, up to heldout_tokens), and the quality tier of each training document."""
+
+    lengths: np.ndarray
+    scores: np.ndarray
+    digests: np.ndarray
+    offsets: np.ndarray
+    heldout: np.ndarray  # bool
+    heldout_order: np.ndarray  # indices into the kept documents of the held-out ones, in hash order
+    tiers: np.ndarray  # int8, -1 for held-out documents
+    tokenizer_saw_heldout: bool
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+
+def _split_and_tier(docs: _Documents, lengths: np.ndarray, scores: np.ndarray, reserved: np.ndarray,
+                    data: DataSpec) -> _Layout:  # fmt: skip
+    kept = docs.kept
+    lengths, scores, digests = lengths[kept], scores[kept], docs.digests[kept]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    order = np.argsort(digests_k, kind="stable")
-    cum = np.cumsum(lengths[order])
-    total_tokens = int(offsets[-1])
-    n_heldout = int(np.searchsorted(cum, data.heldout_tokens, side="left")) + 1
+    order = np.argsort(digests, kind="stable")
+    n_heldout = int(np.searchsorted(np.cumsum(lengths[order]), data.heldout_tokens, side="left")) + 1
     if n_heldout >= len(kept):
         raise DataError(
-            f"corpus '{spec_corpus.source}' has {total_tokens:,} tokens in {len(kept)} documents: heldout_tokens "
+            f"corpus '{data.corpus.source}' has {int(offsets[-1]):,} tokens in {len(kept)} documents: heldout_tokens "
             f"{data.heldout_tokens:,} leaves no training documents; lower data.heldout_tokens or use a larger corpus"
         )
     heldout = np.zeros(len(kept), dtype=bool)
     heldout[order[:n_heldout]] = True
-    tokenizer_saw_heldout = bool(reserved[kept[order[:n_heldout]]].sum() < n_heldout)
-    if tokenizer_saw_heldout and data.tokenizer.pretrained is None:
-        notify("the held-out reserve was too small: the BPE was trained on some held-out documents")
     tiers = np.full(len(kept), -1, dtype=np.int8)
     train = np.flatnonzero(~heldout)
-    tiers[train] = assign_tiers(scores[train], lengths[train], digests_k[train])
-    np.savez(out / "docs.npz", offsets=offsets, digest=digests_k, score=scores, tier=tiers, heldout=heldout)
+    tiers[train] = assign_tiers(scores[train], lengths[train], digests[train])
+    saw = bool(reserved[kept[order[:n_heldout]]].sum() < n_heldout)
+    return _Layout(lengths, scores, digests, offsets, heldout, order[:n_heldout], tiers, saw)
 
+
+def _write_store(ds: datasets.Dataset, docs: _Documents, layout: _Layout, tok, out: Path) -> None:
+    """Stage 6: docs.npz (offsets, digests, scores, tiers, held-out flags), heldout.jsonl (the held-out documents'
+    text, hash order) and tokenizer.json beside tokens.bin."""
+    np.savez(out / "docs.npz", offsets=layout.offsets, digest=layout.digests, score=layout.scores, tier=layout.tiers,
+             heldout=layout.heldout)  # fmt: skip
+    held_rows = docs.kept[layout.heldout_order]
+    wanted = set(held_rows.tolist())
+    texts_by_row: dict[int, dict[str, str]] = {}
+    for start, batch in _batches(ds, ["id", "text"]):
+        for j in range(len(batch["text"])):
+            if start + j in wanted:
+                texts_by_row[start + j] = {"id": batch["id"][j], "text": batch["text"][j]}
     with open(out / "heldout.jsonl", "w") as f:
-        held_rows = set(kept[order[:n_heldout]].tolist())
-        texts_by_row: dict[int, dict[str, str]] = {}
-        for start, batch in _batches(ds, ["id", "text"]):
-            for j in range(len(batch["text"])):
-                if start + j in held_rows:
-                    texts_by_row[start + j] = {"id": batch["id"][j], "text": batch["text"][j]}
-        for row in kept[order[:n_heldout]]:
+        for row in held_rows:
             f.write(json.dumps(texts_by_row[int(row)]) + "\n")
-    tok.encode_special_tokens = False
     tok.save(str(out / "tokenizer.json"))
 
-    heldout_count = int(lengths[heldout].sum())
+
+def _manifest(data: DataSpec, key: str, out: Path, docs: _Documents, layout: _Layout, tok, tok_key: str, size: int,
+              dtype: np.dtype, scorer_name: str, started: float) -> dict[str, Any]:  # fmt: skip
+    """Stage 7: the manifest (what was built, from what, and each file's size and sha256), written last and synced:
+    a store is whole once its manifest exists."""
+    lengths, tiers, scores = layout.lengths, layout.tiers, layout.scores
+    ids = special_ids(tok)
+    n_heldout = len(layout.heldout_order)
+    heldout_count = int(lengths[layout.heldout].sum())
     tier_info = {}
     for t, name in enumerate(TIERS):
         members = tiers == t
@@ -486,21 +559,18 @@ def _build(data: DataSpec, key: str, cache: Path, out: Path, progress: Progress,
             "score_min": float(scores[members].min()) if members.any() else None,
             "score_max": float(scores[members].max()) if members.any() else None,
         }
-    files = {}
-    for name in FILES:
-        path = out / name
-        files[name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
-    assert files["tokens.bin"]["sha256"] == tokens_hash.hexdigest()
+    files = {name: {"size": (out / name).stat().st_size, "sha256": file_sha256(out / name)} for name in FILES}
+    documents, total = len(lengths), layout.total_tokens
     manifest = {
         "version": STORE_VERSION,
         "key": key,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "build_seconds": round(time.time() - started, 3),
-        "corpus": {**spec_corpus.model_dump(), "rows": n_rows},
-        "documents": int(len(kept)),
-        "duplicates_dropped": duplicates,
-        "empty_dropped": empty,
-        "tokens": total_tokens,
+        "corpus": {**data.corpus.model_dump(), "rows": docs.rows},
+        "documents": documents,
+        "duplicates_dropped": docs.duplicates,
+        "empty_dropped": docs.empty,
+        "tokens": total,
         "max_document_tokens": int(lengths.max()),
         "dtype": dtype.name,
         "tokenizer": {
@@ -518,9 +588,9 @@ def _build(data: DataSpec, key: str, cache: Path, out: Path, progress: Progress,
             "requested": data.heldout_tokens,
             "documents": n_heldout,
             "tokens": heldout_count,
-            "tokenizer_saw_heldout": tokenizer_saw_heldout,
+            "tokenizer_saw_heldout": layout.tokenizer_saw_heldout,
         },
-        "train": {"documents": int(len(kept) - n_heldout), "tokens": total_tokens - heldout_count},
+        "train": {"documents": documents - n_heldout, "tokens": total - heldout_count},
         "quality": {"scorer": scorer_name, "tiers": tier_info},
         "files": files,
     }

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossover.errors import UserError
 from crossover.specs import TrialSpec
 
 TRIAL_FILE = "trial.json"
@@ -27,7 +28,7 @@ TOKENIZER_FILE = "tokenizer.json"
 DEEPSPEED_TAG = "model"
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A directory that is not a usable crossover checkpoint (a user error: the message says what is missing)."""
 
 

@@ -12,7 +12,7 @@ Tasks:
 
 Budgets come from the spec's eval block: `max_items` items per task, `mc_samples` Monte Carlo samples per MDLM
 ELBO, and `mdlm_steps` (MDLM's choices decoded left to right in that many steps instead of the ELBO). Per-item
-results are kept for the analysis's bootstrap (`crossover.specs.tracking.items_payload`).
+results are kept for the analysis's bootstrap (`crossover.tracking.names.items_payload`).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class EvalSuite:
 
 def metrics_of(results: Sequence[TaskResult]) -> dict[str, float]:
     """eval/<task>/<metric> for every result (the MLflow metric names of the tracking contract)."""
-    from crossover.specs.tracking import eval_key
+    from crossover.tracking.names import eval_key
 
     return {eval_key(r.task, name): value for r in results for name, value in r.metrics.items()}
 

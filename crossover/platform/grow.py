@@ -22,7 +22,7 @@ from typing import Any
 
 from crossover.platform.tracking import TrialRun, mark_out_of_spec, trial_runs_of
 from crossover.specs import StudySpec, TrialSpec
-from crossover.specs.tracking import (
+from crossover.tracking.names import (
     EVAL_PREFIX,
     TAG_BRANCH,
     TAG_BRANCH_TOKENS,

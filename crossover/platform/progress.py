@@ -18,8 +18,9 @@ from rich.live import Live
 from rich.table import Table
 
 from crossover.specs import TrialSpec, format_seconds, format_tokens
+from crossover.tracking.names import PROGRESS_METRICS
 
-SHOWN_METRICS = ("train/loss", "eval/heldout_loss/loss")
+SHOWN_METRICS = PROGRESS_METRICS
 QUIET_EVERY_S = 30.0  # --quiet: at most one progress line per trial this often
 
 

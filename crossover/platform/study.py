@@ -37,6 +37,7 @@ from crossover.platform.tracking import (
 from crossover.specs import StudySpec, TrialSpec, longest_first
 from crossover.specs.hardware import Runtime, resolve_runtime
 from crossover.specs.study import ResourcesSpec
+from crossover.tracking.names import TAG_DATA_HASH
 
 # Environment the trials need that a local Ray instance would not otherwise pass on.
 FORWARDED_ENV = ("CROSSOVER_CACHE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "TOKENIZERS_PARALLELISM")
@@ -72,7 +73,7 @@ def run_trial(config: dict[str, Any]) -> None:
             from crossover.trainers.loop import train
 
             result = train(trial, RayReporter("tune", run, config["storage"], branch), runtime=runtime)
-            run.set_tags({"crossover.data_hash": result["data_hash"]})
+            run.set_tags({TAG_DATA_HASH: result["data_hash"]})
         else:
             from ray.tune.integration.ray_train import TuneReportCallback
 

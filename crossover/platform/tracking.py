@@ -1,5 +1,5 @@
-"""The MLflow writer of the tracking contract (names in crossover.specs.tracking, the contract in words in the
-docstring of crossover.analysis, which reads what this writes).
+"""The MLflow writer of the tracking contract (the contract in words: the docstring of crossover.tracking; the names:
+crossover.tracking.names; the analysis reads what this writes).
 
 One experiment per study; a parent run for the study (tag `crossover.role=study`, spec/study.yaml and
 spec/trials.json as artifacts); one child run per trial (tag `mlflow.parentRunId`), named by the trial, holding the
@@ -20,18 +20,20 @@ from typing import Any
 
 from crossover.specs import StudySpec, TrialSpec
 from crossover.specs.hardware import Runtime
-from crossover.specs.tracking import (
-    DEFAULT_TRACKING_URI,
+from crossover.tracking.names import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     HEADLINE_ACCURACY,
+    HELDOUT_LOSS,
     ITEMS_DIR,
     ROLE_STUDY,
+    ROLE_SUPERSEDED,
     SPEC_DIR,
     SUMMARY_COLUMNS,
     SUMMARY_PREFIX,
     TAG_BRANCH,
     TAG_BRANCH_TOKENS,
+    TAG_ERROR,
     TAG_EXTENDED_BY,
     TAG_ITEMS,
     TAG_OUT_OF_SPEC,
@@ -46,59 +48,16 @@ from crossover.specs.tracking import (
     VIEW_TAG,
     items_path,
     items_payload,
-    mlflow_client,
     task_key,
     trial_params,
     trial_tags,
     view_state,
 )
-
-
-class TrackingError(Exception):
-    """The tracking store cannot be used (a user error: wrong URI, server down, bad credentials)."""
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The flag, else MLFLOW_TRACKING_URI, else the embedded SQLite store `./mlflow.db` (made absolute, because Ray
-    runs trials in other working directories)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    return uri
-
-
-def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, before any trial starts, when the store is unreachable or refuses our credentials."""
-    if uri.startswith(("http://", "https://")):
-        import requests
-
-        auth = None
-        if os.environ.get("MLFLOW_TRACKING_USERNAME"):
-            auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
-        url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
-        try:
-            response = requests.get(url, params={"max_results": 1}, auth=auth, timeout=timeout_s)
-        except requests.RequestException as exc:
-            raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}); start it, fix --tracking-uri or "
-                f"MLFLOW_TRACKING_URI, or unset it to use the local SQLite store"
-            ) from None
-        if response.status_code in (401, 403):
-            raise TrackingError(
-                f"MLflow tracking server {uri} refused the credentials (HTTP {response.status_code}); "
-                f"set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-            )
-        if response.status_code >= 400:
-            raise TrackingError(
-                f"MLflow tracking server {uri} answered HTTP {response.status_code}: {response.text[:200]}"
-            )
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingError(f"cannot write the SQLite tracking store in {folder}; choose a writable --tracking-uri")
+from crossover.tracking.store import TrackingError, mlflow_client, search_all_runs
 
 
 def _experiment_id(client, uri: str, study: str) -> str:
+    """The study's experiment, created on its first run."""
     experiment = client.get_experiment_by_name(study)
     if experiment is not None:
         return experiment.experiment_id
@@ -111,6 +70,7 @@ def _experiment_id(client, uri: str, study: str) -> str:
 
 
 def _find_run(client, experiment_id: str, tags: dict[str, str]):
+    """The run with these tags (the first found: a parent or trial run's tags name one run)."""
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
     return runs[0] if runs else None
@@ -133,7 +93,7 @@ def start_study(spec: StudySpec, spec_text: str, uri: str, *, fresh: bool = Fals
     experiment_id = _experiment_id(client, uri, spec.name)
     run = _find_run(client, experiment_id, _parent_tags(spec.name))
     if run is not None and fresh:
-        client.set_tag(run.info.run_id, TAG_ROLE, "superseded")
+        client.set_tag(run.info.run_id, TAG_ROLE, ROLE_SUPERSEDED)
         run = None
     changed = run is not None and run.data.tags.get(TAG_TRIALS_HASH, trials_hash) != trials_hash
     if changed and spec.search is not None:
@@ -205,9 +165,8 @@ def trial_statuses(uri: str, parent_run_id: str) -> dict[str, str]:
 
 
 def _trial_runs(client, experiment_id: str, parent_run_id: str, order_by: list[str] | None = None) -> list:
-    """The trial runs under a study's parent run (MLflow's most for one search: more than any study has)."""
-    return client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
-                              order_by=order_by, max_results=50_000)  # fmt: skip
+    """The trial runs under a study's parent run."""
+    return search_all_runs(client, [experiment_id], f"tags.`{TAG_PARENT}` = '{parent_run_id}'", order_by)
 
 
 def trial_runs_of(uri: str, parent_run_id: str) -> list:
@@ -406,10 +365,10 @@ class TrialRun:
             self.client.set_terminated(self.run_id, status="KILLED")
             return
         if error:
-            self.client.set_tag(self.run_id, "crossover.error", error[:5000])
+            self.client.set_tag(self.run_id, TAG_ERROR, error[:5000])
         else:
-            if "crossover.error" in self.client.get_run(self.run_id).data.tags:  # an earlier attempt failed
-                self.client.delete_tag(self.run_id, "crossover.error")
+            if TAG_ERROR in self.client.get_run(self.run_id).data.tags:  # an earlier attempt failed
+                self.client.delete_tag(self.run_id, TAG_ERROR)
             self._log_summary()
         self.client.set_terminated(self.run_id, status="FAILED" if error else "FINISHED")
         replaced = self.continues["run_id"] if self.continues and self.continues.get("replaces") else None
@@ -426,7 +385,7 @@ class TrialRun:
         accuracies = [k for k in HEADLINE_ACCURACY if k in metrics] or sorted(
             k for k in metrics if k.startswith("eval/") and k.endswith("/acc")
         )
-        summary = {"epochs": metrics.get("epoch"), "heldout_loss_final": metrics.get("eval/heldout_loss/loss")}
+        summary = {"epochs": metrics.get("epoch"), "heldout_loss_final": metrics.get(HELDOUT_LOSS)}
         if accuracies:
             history = self.client.get_metric_history(self.run_id, accuracies[0])
             summary.update(acc_final=max(history, key=lambda m: m.step).value, acc_best=max(m.value for m in history))

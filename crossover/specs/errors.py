@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crossover.errors import UserError
+
 FieldPath = tuple[str | int, ...]  # a field path inside the spec, e.g. ("grid", "unique_tokens", 2)
 
 
@@ -23,7 +25,7 @@ class Problem:
     column: int | None = None  # 1-based
 
 
-class SpecError(Exception):
+class SpecError(UserError):
     """A study spec cannot be run. Raised before Ray or MLflow is touched; the CLI exits with status 2."""
 
     def __init__(self, file: str | None, problems: list[Problem]):

@@ -388,16 +388,16 @@ def gpu_memory_fits(model: ModelConfig, train: TrainSpec, seq_len: int, resource
 def _check_search_metric(expander: _Expander, spec: StudySpec) -> None:
     """The searched metric is one a trial reports: `train/loss` or `eval/<task>/<metric>` of a task the spec runs
     (Tune cannot catch a misspelt name: reports between eval points carry no eval metrics)."""
-    from crossover.specs.tracking import EVAL_PREFIX, task_key
+    from crossover.tracking.names import EVAL_PREFIX, TRAIN_LOSS, task_key
 
     metric = spec.search.metric
     tasks = [task_key(t) for t in spec.eval.tasks]
     task = metric[len(EVAL_PREFIX) :].split("/")[0] if metric.startswith(EVAL_PREFIX) else None
-    if metric != "train/loss" and (task not in tasks or metric.count("/") != 2 or metric.endswith("/")):
+    if metric != TRAIN_LOSS and (task not in tasks or metric.count("/") != 2 or metric.endswith("/")):
         names = ", ".join(f"{EVAL_PREFIX}{k}/<metric>" for k in tasks)
         expander.fail(
             ("search", "metric"),
-            f"'{metric}' is not a metric the trials report: use train/loss or {names} (a task in eval.tasks)",
+            f"'{metric}' is not a metric the trials report: use {TRAIN_LOSS} or {names} (a task in eval.tasks)",
         )
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from crossover.specs.model import PRESETS, ModelConfig
 from crossover.specs.tokens import parse_tokens
+from crossover.tracking.names import HELDOUT_LOSS
 
 Tokens = Annotated[int, BeforeValidator(parse_tokens), Field(gt=0)]
 TokensOrZero = Annotated[int, BeforeValidator(parse_tokens), Field(ge=0)]
@@ -299,7 +300,7 @@ class SearchSpec(Strict):
     """Optuna search over train hyper-parameters, run per cell (each AR/MDLM cell tuned alone) or over the grid."""
 
     method: Literal["optuna"] = "optuna"
-    metric: str = "eval/heldout_loss/loss"
+    metric: str = HELDOUT_LOSS
     mode: Literal["min", "max"] = "min"
     num_samples: int = Field(default=8, gt=0)
     scope: Literal["per_cell", "grid"] = "per_cell"

@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from crossover.errors import UserError
 from crossover.evals.results import TaskResult
 from crossover.specs import TrialSpec
 from crossover.specs.hardware import Runtime
-from crossover.specs.tracking import items_path, items_payload
+from crossover.tracking.names import items_path, items_payload
 from crossover.trainers.loop import train
 
 MetricSink = Callable[[dict[str, float], int], None]
@@ -36,7 +37,7 @@ CHECKPOINT_HEADROOM = 1.1  # a checkpoint takes its size, plus room for the run'
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-class CheckpointSpaceError(OSError):
+class CheckpointSpaceError(OSError, UserError):
     """No room for a checkpoint where it goes. Raised before anything is copied where possible (and the copy
     removed otherwise), so the previous checkpoint stays the latest, whole, and a rerun resumes from it."""
 

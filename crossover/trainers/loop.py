@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
+from crossover.errors import UserError
 from crossover.evals.checkpoint import EvalModel, write_checkpoint_extras
 from crossover.evals.results import TaskResult
 from crossover.models.objectives import (
@@ -37,6 +38,7 @@ from crossover.models.objectives import (
 )
 from crossover.specs import TrialSpec, training_flops_per_token
 from crossover.specs.hardware import Runtime, resolve_runtime
+from crossover.tracking.names import HELDOUT_LOSS, TRAIN_LOSS
 from crossover.trainers.engine import build_engine
 from crossover.trainers.schedules import branch_step, eval_steps, lr_at
 
@@ -44,7 +46,7 @@ CLIENT_STATE = "crossover_state.json"
 LOG_POINTS = 200  # train metrics are logged about this many times per trial, and at every eval point
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(RuntimeError, UserError):
     """The loss became NaN or infinite: the trial stops instead of training on garbage."""
 
 
@@ -217,7 +219,7 @@ class Trainer:
                 pending = []
                 elapsed = time.perf_counter() - window_start
                 metrics = {
-                    "train/loss": loss_value,
+                    TRAIN_LOSS: loss_value,
                     "tokens": batch.tokens_seen,
                     "epoch": batch.epoch,
                     "unique_tokens": batch.unique_tokens_seen,
@@ -296,7 +298,7 @@ class Trainer:
             device=self.device,
         )
         total, count = _all_reduce_sum([total, count], self.device)
-        metrics = {"eval/heldout_loss/loss": total / max(count, 1)}
+        metrics = {HELDOUT_LOSS: total / max(count, 1)}
         results = self.suite.run(EvalModel.from_data(self.engine.module, self.trial.objective, self.data, self.trial))
         return {**metrics, **metrics_of(results)}, results
 

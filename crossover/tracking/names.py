@@ -1,18 +1,15 @@
-"""The MLflow tracking contract in code: tag and metric names, artifact folders, and how a TrialSpec becomes params.
+"""The tracking contract's names: tags, metric names, artifact folders, and how a TrialSpec becomes params.
 
-The platform writes by these names (crossover.platform.tracking) and the analysis reads by them
-(crossover.analysis), so the two cannot drift apart. Names, plus `mlflow_client`, the one way both open the store
-(mlflow imported only inside it). The contract in words is in the docstring of crossover.analysis.
+Pure names and string functions (nothing is imported from the rest of crossover at run time), so every floor can use
+them: the specs (the search metric's default and check), the trainer (the metrics it logs), the platform's writer and
+the analysis' reader. The contract in words is the docstring of `crossover.tracking`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,13 +35,19 @@ TAG_OUT_OF_SPEC = "crossover.out_of_spec"  # "true" on a finished trial the stud
 TAG_TRIALS_HASH = "crossover.trials_hash"  # parent run: the trial ids its spec expands to
 TAG_SPEC_HASH = "crossover.spec_hash"  # parent run: the spec file's text last run (a new one is kept in its history)
 TAG_TUNE_EXPERIMENT = "crossover.tune_experiment"  # parent run: name:trials-hash of the Tune experiment in use
+TAG_ERROR = "crossover.error"  # trial run: why it failed (cleared when a retry finishes)
+TAG_DATA_HASH = "crossover.data_hash"  # trial run: the hash of every batch it trained on, in order
 TAG_PARENT = "mlflow.parentRunId"
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
+ROLE_SUPERSEDED = "superseded"  # a parent run that `crossover run --fresh` replaced
 
 # Metrics (step = tokens seen)
-TRAIN_METRICS = ("train/loss", "tokens", "epoch", "unique_tokens", "flops", "tokens_per_s", "lr", "grad_norm", "mfu")
+TRAIN_LOSS = "train/loss"
+TRAIN_METRICS = (TRAIN_LOSS, "tokens", "epoch", "unique_tokens", "flops", "tokens_per_s", "lr", "grad_norm", "mfu")
 EVAL_PREFIX = "eval/"
+HELDOUT_LOSS = "eval/heldout_loss/loss"  # per token: AR's exact NLL, MDLM's ELBO bound
+PROGRESS_METRICS = (TRAIN_LOSS, HELDOUT_LOSS)  # what the live progress and `crossover status` show
 ITEMS_DIR = "items"  # per-item artifacts: items/<task>/<tokens>.json
 SPEC_DIR = "spec"  # the parent run's spec/study.yaml, spec/trials.json and spec/history/<UTC time>.yaml
 REPORT_DIR = "report"  # where `crossover analyze` logs its report on the parent run
@@ -61,25 +64,6 @@ LOCAL_UI = "http://127.0.0.1:5000"  # where `crossover ui` serves a local store
 SUMMARY_PREFIX = "summary/"
 SUMMARY_COLUMNS = [f"{SUMMARY_PREFIX}{name}" for name in ("acc_final", "acc_best", "heldout_loss_final", "epochs")]
 HEADLINE_ACCURACY = ("eval/heldout_cloze/acc_pmi", "eval/heldout_cloze/acc")
-
-
-def mlflow_client(uri: str):
-    """An MlflowClient on `uri` whose store is ready to use.
-
-    MLflow creates a new SQLite store's tables on first open without a lock, and two processes opening the same new
-    store at once (`crossover status` in a second terminal while `run` starts) leave it half-migrated for good. So a
-    SQLite store is opened holding a lock on the folder that holds it; other stores need none.
-    """
-    from mlflow.tracking import MlflowClient
-
-    if not uri.startswith("sqlite:///"):
-        return MlflowClient(tracking_uri=uri)
-    folder = os.open(Path(uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor closes
-        return MlflowClient(tracking_uri=uri)  # the client opens its store (creating the tables) here
-    finally:
-        os.close(folder)
 
 
 def training_view_url(server: str, experiment_id: str) -> str:
