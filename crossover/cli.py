@@ -9,17 +9,36 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from crossover import __version__
+from crossover.errors import UserError
 from crossover.specs import SpecError, StudySpec, format_seconds, format_tokens, load_study, plan_study
 from crossover.tracking.names import PROGRESS_METRICS
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Data-constrained AR vs masked-diffusion studies.")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 USER_ERROR = 2
 STOPPED = 130  # the study was stopped (Ctrl-C, `crossover stop`): the shell's status for SIGINT
+
+
+class _UserErrorsExit2(TyperGroup):
+    """The one handler of user errors, for every command: a `UserError` (bad spec, data, tracking store,
+    checkpoint, diverged loss...) is printed, what went wrong and how to fix it, and the command exits with status 2.
+    Anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            err.print(f"[bold red]{getattr(exc, 'title', 'error')}:[/] ", end="", highlight=False)
+            err.print(str(exc), markup=False, highlight=False)
+            raise typer.Exit(USER_ERROR) from None
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, cls=_UserErrorsExit2,
+                  help="Data-constrained AR vs masked-diffusion studies.")  # fmt: skip
 
 
 def _version(value: bool) -> None:
@@ -38,13 +57,8 @@ def main(
 
 
 def _load(path: Path) -> StudySpec:
-    """Load a spec or exit 2 with every problem it has, each naming file, line, column and field."""
-    try:
-        return load_study(path)
-    except SpecError as exc:
-        err.print(f"[bold red]invalid study spec[/] {path}", highlight=False)
-        err.print(exc.render(), markup=False, highlight=False)
-        raise typer.Exit(USER_ERROR) from None
+    """Load a spec; a SpecError (exit 2) names every problem it has, each with file, line, column and field."""
+    return load_study(path)
 
 
 def _check_data(spec: StudySpec) -> list[str]:
@@ -59,12 +73,7 @@ def _load_checked(path: Path, quiet: bool = False) -> StudySpec:
     """`_load`, then the data-size check; exit 2 naming the available size when a budget cannot fit. The notes
     (how the sizes were checked) go to stderr unless `quiet`."""
     spec = _load(path)
-    try:
-        notes = _check_data(spec)
-    except SpecError as exc:
-        err.print(f"[bold red]invalid study spec[/] {path}", highlight=False)
-        err.print(exc.render(), markup=False, highlight=False)
-        raise typer.Exit(USER_ERROR) from None
+    notes = _check_data(spec)
     for note in [] if quiet else notes:
         err.print(f"[dim]{note}[/]", highlight=False)
     return spec
@@ -231,7 +240,7 @@ def _prepare(spec: StudySpec, rebuild: bool = False, verify: bool = False):  # -
     """prepare() with a rich progress bar; DataError exits 2 with its message."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from crossover.data import DataError, prepare
+    from crossover.data import prepare
 
     with Progress(
         TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -246,17 +255,13 @@ def _prepare(spec: StudySpec, rebuild: bool = False, verify: bool = False):  # -
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        try:
-            return prepare(
-                spec.data,
-                progress=progress,
-                notify=lambda m: err.print(f"[yellow]{m}[/]", highlight=False),
-                rebuild=rebuild,
-                full_verify=verify,
-            )
-        except DataError as exc:
-            err.print(f"[bold red]data error[/] {exc}", highlight=False)
-            raise typer.Exit(USER_ERROR) from None
+        return prepare(
+            spec.data,
+            progress=progress,
+            notify=lambda m: err.print(f"[yellow]{m}[/]", highlight=False),
+            rebuild=rebuild,
+            full_verify=verify,
+        )
 
 
 def _budget_lines(spec: StudySpec, prepared) -> tuple[list[list[str]], int]:
@@ -349,6 +354,9 @@ def data_stats(
         out.print(f"[red]{too_big} budget(s) do not fit[/]", highlight=False)
 
 
+# ---- crossover analyze: crossovers, efficiency, fits, plots and report from MLflow (logic in crossover.analysis)
+
+
 @app.command()
 def analyze(
     study: Annotated[str, typer.Argument(metavar="STUDY", help="Study name (its MLflow experiment) or its spec YAML.")],
@@ -365,7 +373,6 @@ def analyze(
 ) -> None:
     """Crossovers, data efficiency, scaling-law fits and a report (HTML + Markdown) from a study's MLflow records."""
     from crossover.analysis import (
-        AnalysisError,
         analyze_study,
         axis_verdicts,
         load_study,
@@ -376,14 +383,9 @@ def analyze(
     from crossover.analysis.verdict import delta_nll_lines, loss_verdicts
 
     name = _load(Path(study)).name if study.endswith((".yaml", ".yml")) and Path(study).is_file() else study
-    try:
-        data = load_study(name, tracking_uri)
-        analysis = analyze_study(data, metric=metric, x=x, confidence=confidence)
-        report = write_report(analysis, data, out_dir or Path("reports") / name)
-    except AnalysisError as exc:
-        err.print("[bold red]cannot analyse:[/] ", end="", highlight=False)
-        err.print(str(exc), markup=False, highlight=False)
-        raise typer.Exit(USER_ERROR) from None
+    data = load_study(name, tracking_uri)
+    analysis = analyze_study(data, metric=metric, x=x, confidence=confidence)
+    report = write_report(analysis, data, out_dir or Path("reports") / name)
     table = analysis.crossovers
     axis = analysis.x_axis
 
@@ -529,9 +531,6 @@ def run(
                 spec, spec_path.read_text(), uri, address=address, fresh=fresh, max_concurrent=max_concurrent,
                 storage=storage, callbacks=[progress.callback()], on_growth=on_growth,
             )  # fmt: skip
-    except TrackingError as exc:
-        err.print(f"[bold red]cannot continue:[/] {exc}", highlight=False)
-        raise typer.Exit(USER_ERROR) from None
     except KeyboardInterrupt:  # before the trials started (Ray starting); once they run, Tune stops them
         err.print(f"study stopped before its trials started: `crossover run {spec_path}` starts it again")
         raise typer.Exit(STOPPED) from None
@@ -617,15 +616,11 @@ def status(
 ) -> None:
     """Per-trial progress of a study, read from MLflow."""
     from crossover.platform.tracking import study_status
-    from crossover.tracking.store import TrackingError, check_reachable, resolve_tracking_uri
+    from crossover.tracking.store import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    try:
-        check_reachable(uri, write=False)
-        rows = study_status(study, uri)
-    except TrackingError as exc:
-        err.print(f"[bold red]cannot read the study:[/] {exc}", highlight=False)
-        raise typer.Exit(USER_ERROR) from None
+    check_reachable(uri, write=False)
+    rows = study_status(study, uri)
 
     def eta(r: dict) -> str:
         if r["status"] != "RUNNING" or not r.get("tokens_per_s") or not r.get("total_tokens"):
@@ -680,7 +675,7 @@ def _print_studies(uri: str, server: str) -> None:
             print(f"{experiment.name}: {training_view_url(server, experiment.experiment_id)}")
 
 
-# ---- crossover train: one trial on this machine, for debugging (logic in crossover.trainers)
+# ---- crossover eval: a checkpoint on the platform's tasks (logic in crossover.evals)
 
 
 @app.command("eval")
@@ -730,6 +725,9 @@ def evaluate(
         out.print(f"results: {json_out}", highlight=False)
 
 
+# ---- crossover train: one trial on this machine, for debugging (logic in crossover.trainers)
+
+
 def _pick_trial(spec: StudySpec, which: str):
     """A trial by index, name or trial_id (prefix); exit 2 listing the names otherwise."""
     trials = spec.expand()
@@ -756,9 +754,7 @@ def train(
     """Train one trial locally, printing progress (no MLflow): for debugging a spec or the loop."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from crossover.data import DataError
     from crossover.trainers.launch import LocalReporter, run_workers
-    from crossover.trainers.loop import NonFiniteLoss
     from crossover.trainers.loop import train as train_trial
 
     spec = _load_checked(spec_path)
@@ -780,16 +776,12 @@ def train(
             fields += [f"{k} {v:.4g}" for k, v in metrics.items() if k in PROGRESS_METRICS]
             bar.update(task, completed=step, status="  ".join(fields))
 
-        try:
-            if trial.resources.workers > 1:
-                result = run_workers(trial, folder.resolve() / "ray", name=trial.name)
-                if result.error:
-                    raise result.error
-            else:
-                train_trial(trial, LocalReporter(folder, keep=trial.train.keep_checkpoints, sink=show))
-        except (NonFiniteLoss, DataError) as exc:
-            err.print(f"[bold red]training stopped:[/] {exc}", highlight=False)
-            raise typer.Exit(USER_ERROR) from None
+        if trial.resources.workers > 1:
+            result = run_workers(trial, folder.resolve() / "ray", name=trial.name)
+            if result.error:
+                raise result.error
+        else:
+            train_trial(trial, LocalReporter(folder, keep=trial.train.keep_checkpoints, sink=show))
     out.print(f"[green]done[/] {trial.name}: checkpoints and metrics in {folder}", highlight=False)
 
 

@@ -37,6 +37,7 @@ from crossover.tracking.names import (
 from crossover.tracking.store import (
     TrackingError,
     check_reachable,
+    find_experiment_id,
     mlflow_client,
     redact,
     resolve_tracking_uri,
@@ -71,14 +72,14 @@ class StudyData:
 
 
 def _experiment_id(client: MlflowClient, study: str, uri: str) -> str:
+    """The study's experiment, or an AnalysisError naming the closest study the store holds."""
     import difflib
 
     from mlflow.exceptions import MlflowException
 
     try:
-        experiment = client.get_experiment_by_name(study)
-        if experiment is not None and experiment.lifecycle_stage == "active":
-            return experiment.experiment_id
+        if (found := find_experiment_id(client, study)) is not None:
+            return found
         names = [e.name for e in client.search_experiments(max_results=1000)]
     except MlflowException as exc:
         raise AnalysisError(f"the tracking store at {redact(uri)} failed: {exc.message}") from None

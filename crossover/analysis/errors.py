@@ -7,3 +7,5 @@ from crossover.errors import UserError
 
 class AnalysisError(UserError):
     """A problem with the user's input or environment; `crossover analyze` prints the message and exits 2."""
+
+    title = "cannot analyse"  # how the command line heads its message

@@ -10,3 +10,5 @@ class DataError(UserError):
 
     The CLI prints it and exits with status 2.
     """
+
+    title = "data error"  # how the command line heads its message

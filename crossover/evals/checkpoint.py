@@ -31,6 +31,8 @@ DEEPSPEED_TAG = "model"
 class CheckpointError(UserError):
     """A directory that is not a usable crossover checkpoint (a user error: the message says what is missing)."""
 
+    title = "not a usable checkpoint"  # how the command line heads its message
+
 
 @dataclass
 class EvalModel:

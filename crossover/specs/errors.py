@@ -28,6 +28,8 @@ class Problem:
 class SpecError(UserError):
     """A study spec cannot be run. Raised before Ray or MLflow is touched; the CLI exits with status 2."""
 
+    title = "invalid study spec"  # how the command line heads its message
+
     def __init__(self, file: str | None, problems: list[Problem]):
         self.file = file
         self.problems = problems

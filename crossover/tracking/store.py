@@ -19,6 +19,8 @@ PAGE = 5000  # runs per search page (an MLflow server's own cap is higher; SQLit
 class TrackingError(UserError):
     """The tracking store cannot be used (a user error: wrong URI, server down, bad credentials)."""
 
+    title = "tracking store unusable"  # how the command line heads its message
+
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The flag, else MLFLOW_TRACKING_URI, else the embedded SQLite store `./mlflow.db` (made absolute, because Ray

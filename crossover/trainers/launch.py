@@ -41,6 +41,8 @@ class CheckpointSpaceError(OSError, UserError):
     """No room for a checkpoint where it goes. Raised before anything is copied where possible (and the copy
     removed otherwise), so the previous checkpoint stays the latest, whole, and a rerun resumes from it."""
 
+    title = "no room for a checkpoint"  # how the command line heads its message
+
 
 def _size(folder: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())

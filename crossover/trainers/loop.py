@@ -49,6 +49,8 @@ LOG_POINTS = 200  # train metrics are logged about this many times per trial, an
 class NonFiniteLoss(RuntimeError, UserError):
     """The loss became NaN or infinite: the trial stops instead of training on garbage."""
 
+    title = "training stopped"  # how the command line heads its message
+
 
 class Reporter(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None:
