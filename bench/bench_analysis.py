@@ -74,17 +74,17 @@ def bench(uri: str, tmp: Path, compare_client: bool = True) -> None:
     start = time.perf_counter()
     import mlflow  # noqa: F401 - timed apart: a one-off cost of every process that reads MLflow
 
-    from crossover.analysis import analyze_study, load_study, write_report
+    from crossover.analysis import analyze_study, read_study, write_report
 
     print(f"import mlflow   {time.perf_counter() - start:7.2f} s")
     start = time.perf_counter()
-    data = load_study(STUDY, uri, items=False)
+    data = read_study(STUDY, uri, items=False)
     load_s = time.perf_counter() - start
     shape = f"{len(data.trials)} trials, {len(data.curves):,} rows, {data.curves.shape[1]} columns"
     print(f"load curves     {load_s:7.2f} s  ({shape}: search_runs + one SELECT per 500 runs)")
     if compare_client:
         start = time.perf_counter()
-        slow = load_study(STUDY, uri, items=False, bulk=False)
+        slow = read_study(STUDY, uri, items=False, bulk=False)
         client_s = time.perf_counter() - start
         calls = int(slow.trials["metric_keys"].map(len).sum())
         same = slow.curves.equals(data.curves)

@@ -375,15 +375,15 @@ def analyze(
     from crossover.analysis import (
         analyze_study,
         axis_verdicts,
-        load_study,
         log_report,
+        read_study,
         verdicts,
         write_report,
     )
     from crossover.analysis.verdict import delta_nll_lines, loss_verdicts
 
     name = _load(Path(study)).name if study.endswith((".yaml", ".yml")) and Path(study).is_file() else study
-    data = load_study(name, tracking_uri)
+    data = read_study(name, tracking_uri)
     analysis = analyze_study(data, metric=metric, x=x, confidence=confidence)
     report = write_report(analysis, data, out_dir or Path("reports") / name)
     table = analysis.crossovers
@@ -479,7 +479,7 @@ def run(
     checkpoints, longer trials continue shorter ones, and only what is new trains."""
     import os
 
-    from crossover.platform.study import driver_folder, has_tune_state, storage_path
+    from crossover.platform.driver import driver_folder, has_tune_state, storage_path
     from crossover.tracking.store import TrackingError, check_reachable, resolve_tracking_uri
 
     if resume and fresh:
@@ -508,8 +508,8 @@ def run(
     _prepare(spec)  # once, on the driver, so trials never race to build the token store
     spec = _load_checked(spec_path, quiet=True)  # exact budget check now that the store exists
 
+    from crossover.platform.driver import run_study
     from crossover.platform.progress import StudyProgress
-    from crossover.platform.study import run_study
 
     address = address or os.environ.get("RAY_ADDRESS")
     out.print(f"study [bold]{spec.name}[/]: {len(spec.expand())} trials; MLflow {uri}", highlight=False)
@@ -573,8 +573,8 @@ def stop(
 ) -> None:
     """Stop a study running on this machine (as Ctrl-C would: it resumes later with `crossover run`), and the
     local Ray processes a killed driver of it left behind."""
+    from crossover.platform.driver import driver_folder, storage_path
     from crossover.platform.local_ray import clean_up, state_file, stop_driver
-    from crossover.platform.study import driver_folder, storage_path
 
     spec = _load(spec_path)
     record = state_file(driver_folder(storage_path(spec, storage)), spec.name)
@@ -587,10 +587,10 @@ def stop(
 def _provisional_verdict(study: str, uri: str) -> None:
     """The verdict per cell as the study stands, printed and put on its parent run (`crossover analyze` replaces it
     with the full analysis and report), and the link to the study in the MLflow UI."""
-    from crossover.analysis import AnalysisError, analyze_study, load_study, log_verdicts, verdicts
+    from crossover.analysis import AnalysisError, analyze_study, log_verdicts, read_study, verdicts
 
     try:
-        data = load_study(study, uri, items=False)
+        data = read_study(study, uri, items=False)
         lines = verdicts(analyze_study(data))  # no per-item results read: no intervals, seconds at most
         log_verdicts(data, lines)
     except AnalysisError as exc:

@@ -11,7 +11,7 @@ import pytest
 from matplotlib.collections import PathCollection
 from typer.testing import CliRunner
 
-from crossover.analysis import analyze_study, axis_verdicts, load_study, plots
+from crossover.analysis import analyze_study, axis_verdicts, plots, read_study
 from crossover.analysis.axes import AGREES, CANNOT_TELL, DISAGREES
 from crossover.cli import app
 from crossover.tracking.names import VERDICT_TAG
@@ -37,7 +37,7 @@ def _study(tmp_path, name: str, grid: dict, truth_of, exclude: list | None = Non
         raw["exclude"] = exclude
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     write_study(raw, uri, truth_of)
-    analysis = analyze_study(load_study(name, uri), n_boot=200)
+    analysis = analyze_study(read_study(name, uri), n_boot=200)
     return analysis, uri
 
 
@@ -168,7 +168,7 @@ def test_the_study_verdict_heads_the_report_and_goes_to_summary_and_the_parent_r
     assert line["axis"] == "quality" and line["agreement"] == AGREES and line["line"].startswith("quality: ")
     report = (out / "report.md").read_text()
     assert report.index("Study verdict") < report.index("## Verdict") and line["line"] in report
-    data = load_study("quality", uri)
+    data = read_study("quality", uri)
     parent = mlflow_client(uri).get_run(data.parent_run_id)
     assert parent.data.tags[f"{VERDICT_TAG}.axis_quality"] == line["line"]
     assert parent.data.metrics["verdict/axis_quality/agreement"] == 1.0

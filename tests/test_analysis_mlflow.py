@@ -17,7 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from crossover.analysis import load_curves, load_study
+from crossover.analysis import load_curves, read_study
 from crossover.cli import app
 from crossover.platform.tracking import TrialRun, finish_study
 from crossover.specs import format_tokens, parse_study
@@ -90,8 +90,8 @@ def test_load_curves_one_row_per_trial_and_eval_point(store):
 
 
 def test_bulk_sql_path_equals_the_public_client_path(store):
-    fast = load_study("smoke", store.uri, items=False)
-    slow = load_study("smoke", store.uri, items=False, bulk=False)
+    fast = read_study("smoke", store.uri, items=False)
+    slow = read_study("smoke", store.uri, items=False, bulk=False)
     cols = [c for c in fast.curves.columns if not c.startswith("items/")]
     assert fast.curves[cols].equals(slow.curves[cols])
 
@@ -179,7 +179,7 @@ def test_analyze_command_writes_the_report_and_logs_it_to_the_parent_run(store, 
     # the same report is on the study's parent run in MLflow
     from mlflow import MlflowClient
 
-    data = load_study("smoke", store.uri, items=False)
+    data = read_study("smoke", store.uri, items=False)
     logged = {a.path for a in MlflowClient(store.uri).list_artifacts(data.parent_run_id, REPORT_DIR)}
     assert {f"{REPORT_DIR}/report.html", f"{REPORT_DIR}/report.md", f"{REPORT_DIR}/figures"} <= logged
     # the verdict: one line per cell, heading the output and the report, and on the parent run for the runs table
@@ -218,7 +218,7 @@ def test_verdict_when_the_curves_never_cross(tmp_path, truth, expected):
     raw = smoke_spec("planted")
     raw["grid"]["unique_tokens"] = ["50k"]
     write_study(raw, uri, truth)
-    lines = verdicts(analyze_study(load_study("planted", uri)))
+    lines = verdicts(analyze_study(read_study("planted", uri)))
     assert len(lines) == 1 and lines[0].line.startswith(f"unique_tokens=50k: {expected}"), lines[0].line
     assert lines[0].metrics["crossed"] == 0.0 and "crossover_tokens" not in lines[0].metrics
     lead = lines[0].metrics["ar_lead_final"]
@@ -270,8 +270,8 @@ def test_analysis_through_a_real_mlflow_server_matches_the_sqlite_store(store, t
     """The cluster path: the same store served by `mlflow server` on loopback is read through the REST API (the
     public per-run client calls instead of the bulk SQL read) and gives the same curves and the same report."""
     with mlflow_server(tmp_path / "server", backend_uri=store.uri) as url:
-        remote = load_study("smoke", url)
-        local = load_study("smoke", store.uri)
+        remote = read_study("smoke", url)
+        local = read_study("smoke", store.uri)
         cols = [c for c in local.curves.columns if not c.startswith("items/")]
         assert remote.curves[cols].equals(local.curves[cols])
         assert remote.item_tasks == ["heldout_cloze"]
@@ -307,7 +307,7 @@ def test_a_retried_trial_counts_once(tmp_path):
             run = TrialRun(trial, uri, parent_run_id)
             _log_points(run, points, first=5.0 if points == 3 else 9.0)
             run.finish(error="worker died" if points == 2 else None)
-    data = load_study("retry", uri, items=False)
+    data = read_study("retry", uri, items=False)
     assert len(data.trials) == 4 and set(data.trials["status"]) == {"FINISHED"}
     assert len(data.curves) == 4 * 3
     firsts = data.curves.groupby("trial")["eval/heldout_loss/loss"].first()
@@ -335,14 +335,14 @@ def test_only_the_current_parent_runs_are_read_after_a_fresh_start(tmp_path):
 
     client = MlflowClient(uri)
     assert client.get_run(old_parent).data.tags[TAG_ROLE] == "superseded"
-    data = load_study("again", uri, items=False)
+    data = read_study("again", uri, items=False)
     assert data.parent_run_id == new_parent
     assert len(data.trials) == 2 and set(data.trials["parent_run_id"]) == {new_parent}
     assert len(load_curves("again", uri)) == 2 * 3
     assert set(data.curves["run_id"]) == set(data.trials["run_id"])
 
     client.set_tag(new_parent, TAG_ROLE, "superseded")  # no current parent: every trial run, deduplicated
-    data = load_study("again", uri, items=False)
+    data = read_study("again", uri, items=False)
     assert len(data.trials) == 4 and data.trials["trial_id"].is_unique
     old_runs = {
         r.info.run_id for r in client.search_runs([data.experiment_id], f"tags.`{TAG_PARENT}` = '{old_parent}'")
@@ -352,7 +352,7 @@ def test_only_the_current_parent_runs_are_read_after_a_fresh_start(tmp_path):
 
 
 def test_items_tag_marks_the_runs_with_item_artifacts(store):
-    data = load_study("smoke", store.uri)
+    data = read_study("smoke", store.uri)
     assert data.item_tasks == ["heldout_cloze"]
     assert set(data.trials["item_tasks"]) == {"heldout_cloze"}
     assert TAG_ITEMS == "crossover.items"
@@ -415,7 +415,7 @@ def test_efficiency_is_against_an_early_stopped_ar_and_says_when_mdlm_is_not_mor
     raw = smoke_spec("decaying")
     raw["grid"]["unique_tokens"] = ["25k", "50k", "100k", "200k"]
     write_study(raw, uri, DECAYING_AR)
-    analysis = analyze_study(load_study("decaying", uri), n_boot=300)
+    analysis = analyze_study(read_study("decaying", uri), n_boot=300)
     table = analysis.efficiency.set_index("unique_tokens")
     for budget in (50_000, 100_000):
         row = table.loc[budget]
@@ -448,7 +448,7 @@ def test_three_seeds_give_a_seed_then_item_interval_and_the_spread_across_seeds(
     raw["grid"]["unique_tokens"] = ["50k"]
     raw["seeds"] = [0, 1, 2]
     write_study(raw, uri, SMOKE_TRUTH)
-    analysis = analyze_study(load_study("seeds", uri), n_boot=200)
+    analysis = analyze_study(read_study("seeds", uri), n_boot=200)
     row = analysis.crossovers.set_index("cell").loc["unique_tokens=50k"]
     assert row["ci_source"] == "seeds then items, 3 seeds" and row["seeds_ar"] == row["seeds_mdlm"] == 3
     assert len(row["seed_crossover_tokens"]) == 3 and row["ar_best_sd"] > 0 and row["mdlm_final_sd"] > 0
@@ -476,7 +476,7 @@ def test_the_delta_nll_view_claims_only_what_the_accuracy_shows(tmp_path):
     raw["grid"]["unique_tokens"] = ["50k"]
     write_study(raw, uri, Truth(r_star_ar=15.0, ar_overfit_epochs=2, ar_overfit_loss=0.3, ar_overfit_skill=0.0,
                                 midpoint_tokens=1e5, items=300))  # fmt: skip
-    holds = analyze_study(load_study("holds", uri), n_boot=50)
+    holds = analyze_study(read_study("holds", uri), n_boot=50)
     assert holds.delta_accuracy == "eval/heldout_cloze/acc"  # the study's metric
     lines = [line for line in delta_nll_lines(holds) if line.startswith("ar-U50k")]
     assert len(lines) == 1 and "rising loss is not worse answers here" in lines[0], lines
@@ -488,7 +488,7 @@ def test_the_delta_nll_view_claims_only_what_the_accuracy_shows(tmp_path):
     raw = smoke_spec("decaying")
     raw["grid"]["unique_tokens"] = ["50k"]
     write_study(raw, uri, DECAYING_AR)
-    falls = analyze_study(load_study("decaying", uri), n_boot=50)
+    falls = analyze_study(read_study("decaying", uri), n_boot=50)
     lines = [line for line in delta_nll_lines(falls) if line.startswith("ar-U50k")]
     assert len(lines) == 1 and "here rising loss did come with worse answers" in lines[0], lines
     assert "not worse answers" not in lines[0]
@@ -505,7 +505,7 @@ def test_the_verdict_gives_every_scoring_side_by_side_and_says_where_it_holds(tm
     raw = smoke_spec("scorings")
     raw["grid"]["unique_tokens"] = ["50k"]
     write_study(raw, uri, dataclasses.replace(SMOKE_TRUTH, pmi_ar_shift=3.0))
-    analysis = analyze_study(load_study("scorings", uri), metric="eval/heldout_cloze/acc", n_boot=100)
+    analysis = analyze_study(read_study("scorings", uri), metric="eval/heldout_cloze/acc", n_boot=100)
     assert set(analysis.scorings) == {"eval/heldout_cloze/acc_norm", "eval/heldout_cloze/acc_pmi"}
     assert analysis.scorings["eval/heldout_cloze/acc_pmi"].crossovers.iloc[0]["status"] == "not_crossed"
     (verdict,) = verdicts(analysis)

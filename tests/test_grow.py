@@ -56,9 +56,9 @@ def test_a_grown_study_trains_only_its_new_trials_and_a_changed_trial_is_a_new_o
     current = [c for c in children if TAG_OUT_OF_SPEC not in c.data.tags]
     assert len(children) == 8 and {c.data.tags[TAG_TRIAL_ID] for c in current} == ids
 
-    from crossover.analysis.curves import load_study
+    from crossover.analysis import read_study
 
-    assert set(load_study("tiny", study["uri"], items=False).trials["trial_id"]) == ids
+    assert set(read_study("tiny", study["uri"], items=False).trials["trial_id"]) == ids
 
 
 def test_a_task_added_to_a_finished_study_is_scored_on_the_kept_checkpoints_without_training(study):

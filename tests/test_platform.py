@@ -145,7 +145,7 @@ def test_run_records_every_trial_by_the_contract_and_a_rerun_trains_nothing(stud
 def test_two_worker_trials_share_a_two_cpu_machine(study):
     """Two 2-worker trials on 2 CPUs: each trial's worker group gets the whole machine in turn (none waits for
     resources held by another trial's driver) and logs one MLflow run from its rank-0 worker."""
-    from crossover.platform.study import worker_groups_that_fit
+    from crossover.platform.driver import worker_groups_that_fit
 
     spec = study["write"](train={"total_tokens": 4096, "warmup_tokens": 0}, eval={"every": 2048},
                           grid={"objective": ["ar", "mdlm"], "unique_tokens": [4096]},
@@ -488,7 +488,7 @@ def test_a_restarted_trial_does_not_log_an_eval_point_twice(tmp_path, tiny_corpu
 def test_a_ctrl_c_dropped_on_its_way_still_stops_a_starting_study():
     """Python drops what a callback raises in some places (finalizers, logging's at-fork lock release that Ray's
     start-up runs on every fork): a Ctrl-C landing there must still stop the study at the next safe point."""
-    from crossover.platform.study import interrupts_kept
+    from crossover.platform.driver import interrupts_kept
 
     class DropsWhatItRaises:
         def __del__(self):

@@ -52,7 +52,7 @@ def test_trials_with_a_quarter_gpu_share_one_gpu(ray_cluster, tmp_path):
     """What `crossover run` asks Tune for per trial with gpus_per_worker: 0.25 places four trials on one GPU at once."""
     from ray import tune
 
-    from crossover.platform.study import trial_resources
+    from crossover.platform.driver import trial_resources
     from crossover.specs.study import ResourcesSpec
 
     def trial(config):

@@ -14,7 +14,7 @@ Analysis contract
 - `find_crossover(x, ar, dlm, higher_is_better=True) -> Crossover` (`x`, `status`, `ci`), see `crossing`.
 - `data_efficiency(ar, dlm, higher_is_better=True) -> dict`: per MDLM budget U, U'/U or None, see `efficiency`.
 - `fit_data_constrained(...) -> ScalingFit` and `critical_tokens(...)`, see `scaling`.
-- `analyze_study(load_study(...)) -> StudyAnalysis` and `write_report(...)`: everything `crossover analyze` shows.
+- `analyze_study(read_study(...)) -> StudyAnalysis` and `write_report(...)`: everything `crossover analyze` shows.
 - `verdicts(analysis) -> [Verdict]`: one line per cell, see `verdict`.
 - `axis_verdicts(analysis) -> [AxisVerdict]`: one line per axis varied besides the unique budget, read against the
   paper's finding (agrees, disagrees, cannot tell), see `axes`; on the parent run as the tag
@@ -22,9 +22,10 @@ Analysis contract
   (1, -1, 0).
 """
 
+from crossover.analysis.analyze import StudyAnalysis, analyze_study, higher_is_better
 from crossover.analysis.axes import AxisVerdict, axis_verdicts
 from crossover.analysis.crossing import Crossover, convert_x, find_crossover
-from crossover.analysis.curves import StudyData, load_curves, load_study
+from crossover.analysis.curves import StudyData, load_curves, read_study
 from crossover.analysis.efficiency import Efficiency, data_efficiency, efficiency_details
 from crossover.analysis.errors import AnalysisError
 from crossover.analysis.report import log_report, log_verdicts, write_report
@@ -36,7 +37,6 @@ from crossover.analysis.scaling import (
     fit_data_constrained,
     prabhudesai_critical_compute,
 )
-from crossover.analysis.study import StudyAnalysis, analyze_study, higher_is_better
 from crossover.analysis.verdict import Verdict, verdicts
 
 __all__ = [
@@ -62,7 +62,7 @@ __all__ = [
     "load_curves",
     "log_report",
     "log_verdicts",
-    "load_study",
+    "read_study",
     "prabhudesai_critical_compute",
     "verdicts",
     "write_report",

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from crossover.analysis.analyze import StudyAnalysis
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
-from crossover.analysis.study import StudyAnalysis
 from crossover.analysis.verdict import Verdict
 from crossover.specs import format_tokens
 

@@ -229,7 +229,7 @@ def _pivot(history: pd.DataFrame) -> pd.DataFrame:
     return wide[is_eval].reset_index()
 
 
-def load_study(study: str, tracking_uri: str | None = None, items: bool = True, bulk: bool = True) -> StudyData:
+def read_study(study: str, tracking_uri: str | None = None, items: bool = True, bulk: bool = True) -> StudyData:
     """Read a study (parent run, trial runs, metric histories, per-item results) from MLflow. The trial runs are the
     children (`mlflow.parentRunId`) of the current parent run (`crossover.role=study`; runs under parents that
     `crossover run --fresh` marked `superseded` are left out); without such a parent, every run tagged
@@ -323,11 +323,11 @@ def _dedupe(trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_curves(study: str, tracking_uri: str | None = None, items: bool = True) -> pd.DataFrame:
-    """One row per (trial, eval point) of the study's current trial runs (see `load_study`): identity (run_id,
+    """One row per (trial, eval point) of the study's current trial runs (see `read_study`): identity (run_id,
     trial, trial_id, cell, objective, seed, status), budgets (unique_budget, total_budget), readable axis values
     (axes.<axis>), step = tokens seen, tokens, epoch, flops and every logged metric (train metrics at the latest
     step at or before the eval point); per-item results as dicts in `items/<task>` columns where they were logged.
 
     The tracking URI is `tracking_uri`, else MLFLOW_TRACKING_URI, else the embedded default sqlite:///mlflow.db.
     Raises AnalysisError (unknown study, unreachable store, no eval points yet)."""
-    return load_study(study, tracking_uri, items=items).curves
+    return read_study(study, tracking_uri, items=items).curves

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from crossover.analysis.analyze import LOSS_METRIC, StudyAnalysis
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
 from crossover.analysis.curves import StudyData
-from crossover.analysis.study import LOSS_METRIC, StudyAnalysis
 from crossover.specs import format_tokens, parse_tokens
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ def scaling_fits(analysis: StudyAnalysis, data: StudyData) -> Figure | None:
     fig = _figure(10, 3.4 * len(labels))
     axes = fig.subplots(len(labels), 2, squeeze=False)
     curves = data.curves[data.curves[LOSS_METRIC].notna()] if LOSS_METRIC in data.curves else data.curves.iloc[0:0]
-    from crossover.analysis.study import _other_axes_key
+    from crossover.analysis.analyze import _other_axes_key
 
     group = _other_axes_key(data.trials.set_index("run_id"), ("unique_tokens", "total_tokens"), analysis.axes)
     curves = curves.assign(group=group.reindex(curves["run_id"]).to_numpy())

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crossover.analysis.analyze import X_COLUMNS, StudyAnalysis
 from crossover.analysis.axes import axis_verdicts
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
 from crossover.analysis.curves import StudyData
-from crossover.analysis.study import X_COLUMNS, StudyAnalysis
 from crossover.analysis.verdict import Verdict, delta_nll_lines, loss_verdicts, verdicts
 from crossover.specs import format_tokens
 from crossover.tracking.names import (

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from crossover.analysis.analyze import SCORINGS, StudyAnalysis
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
-from crossover.analysis.study import SCORINGS, StudyAnalysis
 from crossover.specs import format_tokens, parse_tokens
 
 _BAD_KEY = re.compile(r"[^\w.\- /]")

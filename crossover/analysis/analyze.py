@@ -1,6 +1,6 @@
 """The in-memory analysis of a whole study: crossovers per cell, data efficiency, scaling fits, the Delta NLL view.
 
-`analyze_study(load_study(...))` computes everything `crossover analyze` reports, without plotting.
+`analyze_study(read_study(...))` computes everything `crossover analyze` reports, without plotting.
 """
 
 from __future__ import annotations
