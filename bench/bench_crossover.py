@@ -33,11 +33,11 @@ def measure(where: float, items: int, seeds: int, sims: int, boot: int) -> dict[
     covered, estimates, widths = 0, [], []
     for sim in range(sims):
         rng = np.random.default_rng(1_000 + sim)
-        ar, dlm = draw_shipped_study(rng, where, items, seeds)
-        samples = (ar[:, 0], dlm[:, 0]) if seeds == 1 else (ar, dlm)
+        ar, mdlm = draw_shipped_study(rng, where, items, seeds)
+        samples = (ar[:, 0], mdlm[:, 0]) if seeds == 1 else (ar, mdlm)
         result = find_crossover(
-            SHIPPED_X, ar.mean(axis=(1, 2)), dlm.mean(axis=(1, 2)),
-            ar_samples=samples[0], dlm_samples=samples[1], n_boot=boot, seed=sim,
+            SHIPPED_X, ar.mean(axis=(1, 2)), mdlm.mean(axis=(1, 2)),
+            ar_samples=samples[0], mdlm_samples=samples[1], n_boot=boot, seed=sim,
         )  # fmt: skip
         low, high = result.ci
         covered += low <= truth <= high

@@ -91,10 +91,10 @@ def draw_shipped_study(
     both objectives, a per-seed skill offset (training noise, 0.1 logits), each answer drawn afresh at every eval
     point. The population accuracy curves (chance 0.25) cross at exactly `true_crossover(where)`."""
     t = np.linspace(0, 1, len(x))
-    z_ar, z_dlm = shipped_skills(t, where)
+    z_ar, z_mdlm = shipped_skills(t, where)
     difficulty = 1.5 * rng.standard_normal(items)
     out = []
-    for z in (z_ar, z_dlm):
+    for z in (z_ar, z_mdlm):
         offset = 0.1 * rng.standard_normal(seeds) if seeds > 1 else np.zeros(1)
         logit = z[:, None, None] + offset[None, :, None] - difficulty[None, None, :]
         p = 0.25 + 0.75 / (1 + np.exp(-logit))

@@ -35,11 +35,11 @@ def draw_items(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(points x items) 0/1 outcomes for AR and MDLM on the same items."""
     lx = np.linspace(0, 1, len(x))
-    z_ar, z_dlm = skills(lx, kind, where)
+    z_ar, z_mdlm = skills(lx, kind, where)
     difficulty = 1.5 * rng.standard_normal(items)
     p_ar = 0.25 + 0.75 / (1 + np.exp(-(z_ar[:, None] - difficulty)))
-    p_dlm = 0.25 + 0.75 / (1 + np.exp(-(z_dlm[:, None] - difficulty)))
-    return (rng.random(p_ar.shape) < p_ar).astype(float), (rng.random(p_dlm.shape) < p_dlm).astype(float)
+    p_mdlm = 0.25 + 0.75 / (1 + np.exp(-(z_mdlm[:, None] - difficulty)))
+    return (rng.random(p_ar.shape) < p_ar).astype(float), (rng.random(p_mdlm.shape) < p_mdlm).astype(float)
 
 
 def true_x(where: float, x: np.ndarray = X) -> float:
@@ -50,8 +50,8 @@ def true_x(where: float, x: np.ndarray = X) -> float:
 def test_recovers_a_planted_crossover_within_5_percent_of_the_log_range(where):
     """2,000 items per eval point (the paper's specs' max_items): per-point accuracy noise of about 1 point."""
     for seed in range(3):
-        ar, dlm = draw_items(np.random.default_rng(seed), where=where, items=2000)
-        result = find_crossover(X, ar.mean(1), dlm.mean(1))
+        ar, mdlm = draw_items(np.random.default_rng(seed), where=where, items=2000)
+        result = find_crossover(X, ar.mean(1), mdlm.mean(1))
         assert result.status == "crossed"
         error = abs(math.log(result.x / true_x(where))) / SPAN
         assert error < 0.05, (where, seed, error)
@@ -62,8 +62,8 @@ def test_recovery_is_unbiased_over_many_draws_at_500_items():
     for seed in range(60):
         rng = np.random.default_rng(100 + seed)
         where = rng.uniform(0.25, 0.75)
-        ar, dlm = draw_items(rng, where=where, items=500)
-        result = find_crossover(X, ar.mean(1), dlm.mean(1))
+        ar, mdlm = draw_items(rng, where=where, items=500)
+        result = find_crossover(X, ar.mean(1), mdlm.mean(1))
         errors.append(math.log(result.x / true_x(where)) / SPAN)
     errors = np.array(errors)
     assert abs(np.median(errors)) < 0.02
@@ -72,18 +72,18 @@ def test_recovery_is_unbiased_over_many_draws_at_500_items():
 
 def test_lower_is_better_metrics_flip_the_sign():
     """Losses: MDLM ahead means MDLM lower."""
-    ar, dlm = draw_items(np.random.default_rng(7), where=0.4, items=2000)
-    up = find_crossover(X, ar.mean(1), dlm.mean(1))
-    down = find_crossover(X, -ar.mean(1), -dlm.mean(1), higher_is_better=False)
+    ar, mdlm = draw_items(np.random.default_rng(7), where=0.4, items=2000)
+    up = find_crossover(X, ar.mean(1), mdlm.mean(1))
+    down = find_crossover(X, -ar.mean(1), -mdlm.mean(1), higher_is_better=False)
     assert up.status == down.status == "crossed"
     assert down.x == pytest.approx(up.x)
 
 
-@pytest.mark.parametrize(("kind", "status"), [("never", "not_crossed"), ("ahead", "dlm_always_ahead")])
+@pytest.mark.parametrize(("kind", "status"), [("never", "not_crossed"), ("ahead", "mdlm_always_ahead")])
 def test_never_crossing_and_always_ahead(kind, status):
     for seed in range(20):
-        ar, dlm = draw_items(np.random.default_rng(seed), kind=kind, items=500)
-        result = find_crossover(X, ar.mean(1), dlm.mean(1), ar_samples=ar, dlm_samples=dlm, n_boot=300)
+        ar, mdlm = draw_items(np.random.default_rng(seed), kind=kind, items=500)
+        result = find_crossover(X, ar.mean(1), mdlm.mean(1), ar_samples=ar, mdlm_samples=mdlm, n_boot=300)
         assert result.status == status, seed
         assert result.x is None
         assert result.p_crossed is not None and result.p_crossed < 0.5
@@ -94,8 +94,8 @@ def test_mdlm_approaching_but_not_passing_is_not_crossed():
     lx = np.linspace(0, 1, 30)
     x = np.geomspace(1e6, 1e8, 30)
     ar = 0.6 + 0.1 * lx
-    dlm = ar - 0.05 * (1 - lx) - 0.01
-    assert find_crossover(x, ar, dlm).status == "not_crossed"
+    mdlm = ar - 0.05 * (1 - lx) - 0.01
+    assert find_crossover(x, ar, mdlm).status == "not_crossed"
 
 
 def test_dip_after_crossing_moves_the_crossover_to_the_last_passage():
@@ -109,8 +109,8 @@ def test_dip_after_crossing_moves_the_crossover_to_the_last_passage():
 
 
 def test_a_single_broken_evaluation_does_not_move_the_crossover():
-    ar, dlm = draw_items(np.random.default_rng(3), where=0.5, items=2000)
-    a, d = ar.mean(1), dlm.mean(1)
+    ar, mdlm = draw_items(np.random.default_rng(3), where=0.5, items=2000)
+    a, d = ar.mean(1), mdlm.mean(1)
     clean = find_crossover(X, a, d)
     broken = d.copy()
     broken[-5] = 0.0  # a failed eval logged as zero accuracy near the end
@@ -123,8 +123,8 @@ def test_a_single_broken_evaluation_does_not_move_the_crossover():
 def test_few_points_use_the_raw_margin(points):
     x = np.geomspace(10, 1000, points)
     ar = np.linspace(0.5, 0.6, points)
-    dlm = np.linspace(0.4, 0.7, points)
-    result = find_crossover(x, ar, dlm)
+    mdlm = np.linspace(0.4, 0.7, points)
+    result = find_crossover(x, ar, mdlm)
     assert result.span is None
     assert result.status == "crossed"
     # raw margin -0.1 -> +0.1 linearly in log x: zero crossing exactly at the geometric middle
@@ -132,7 +132,7 @@ def test_few_points_use_the_raw_margin(points):
 
 
 def test_single_point():
-    assert find_crossover([5.0], [0.5], [0.6]).status == "dlm_always_ahead"
+    assert find_crossover([5.0], [0.5], [0.6]).status == "mdlm_always_ahead"
     assert find_crossover([5.0], [0.6], [0.5]).status == "not_crossed"
 
 
@@ -144,10 +144,10 @@ def test_confidence_interval_covers_the_truth_about_90_percent_of_the_time(shape
     reps, covered = 80, 0
     where = SHAPES[shape]
     for sim in range(reps):
-        ar, dlm = draw_shipped_study(np.random.default_rng(10_000 + sim), where, items=(256, 128)[sim % 2])
-        ar, dlm = ar[:, 0], dlm[:, 0]
+        ar, mdlm = draw_shipped_study(np.random.default_rng(10_000 + sim), where, items=(256, 128)[sim % 2])
+        ar, mdlm = ar[:, 0], mdlm[:, 0]
         result = find_crossover(
-            SHIPPED_X, ar.mean(1), dlm.mean(1), ar_samples=ar, dlm_samples=dlm, n_boot=200, seed=sim
+            SHIPPED_X, ar.mean(1), mdlm.mean(1), ar_samples=ar, mdlm_samples=mdlm, n_boot=200, seed=sim
         )
         assert result.ci is not None and result.ci[0] <= result.ci[1] and result.ci_source == "items"
         covered += result.ci[0] <= true_crossover(where) <= result.ci[1]
@@ -158,24 +158,24 @@ def test_two_stage_bootstrap_over_seeds_then_items_is_wider_than_over_items_alon
     """(points, seeds, items) samples: seeds are resampled, then items; with training noise between seeds the
     interval must widen against the one that only resamples the items of the seed-averaged curves."""
     rng = np.random.default_rng(3)
-    ar, dlm = draw_shipped_study(rng, SHAPES["mid"], items=256, seeds=3)
+    ar, mdlm = draw_shipped_study(rng, SHAPES["mid"], items=256, seeds=3)
     ar[:, 1] = np.clip(ar[:, 1] + (rng.random(ar[:, 1].shape) < 0.15), 0, 1)  # one AR seed clearly better
-    curves = (ar.mean(axis=(1, 2)), dlm.mean(axis=(1, 2)))
-    two_stage = find_crossover(SHIPPED_X, *curves, ar_samples=ar, dlm_samples=dlm, n_boot=400,
+    curves = (ar.mean(axis=(1, 2)), mdlm.mean(axis=(1, 2)))
+    two_stage = find_crossover(SHIPPED_X, *curves, ar_samples=ar, mdlm_samples=mdlm, n_boot=400,
                                sample_kind="seeds then items, 3 seeds")  # fmt: skip
-    items_only = find_crossover(SHIPPED_X, *curves, ar_samples=ar.mean(1), dlm_samples=dlm.mean(1), n_boot=400)
+    items_only = find_crossover(SHIPPED_X, *curves, ar_samples=ar.mean(1), mdlm_samples=mdlm.mean(1), n_boot=400)
     assert two_stage.ci_source == "seeds then items, 3 seeds"
     assert two_stage.x == items_only.x
     width = {name: math.log(r.ci[1] / r.ci[0]) for name, r in (("two", two_stage), ("items", items_only))}
     assert width["two"] > 1.2 * width["items"], width
     with pytest.raises(ValueError, match="same number of items"):
-        find_crossover(SHIPPED_X, *curves, ar_samples=ar, dlm_samples=dlm[:, :2], paired=True)
+        find_crossover(SHIPPED_X, *curves, ar_samples=ar, mdlm_samples=mdlm[:, :2], paired=True)
 
 
 def test_interval_is_honest_when_the_crossing_is_near_the_end():
     """A crossing right at the edge: some replicates do not cross inside the window, so the upper bound is +inf."""
-    ar, dlm = draw_items(np.random.default_rng(5), where=0.97, items=300)
-    result = find_crossover(X, ar.mean(1), dlm.mean(1), ar_samples=ar, dlm_samples=dlm, n_boot=500)
+    ar, mdlm = draw_items(np.random.default_rng(5), where=0.97, items=300)
+    result = find_crossover(X, ar.mean(1), mdlm.mean(1), ar_samples=ar, mdlm_samples=mdlm, n_boot=500)
     assert result.ci is not None
     assert result.ci[1] == math.inf
     assert result.p_crossed < 1
@@ -186,10 +186,10 @@ def test_seed_bootstrap_unpaired_and_missing_values():
     lx = np.linspace(0, 1, 20)
     x = np.geomspace(1e5, 1e7, 20)
     ar = 0.5 + 0.2 * lx + 0.01 * rng.standard_normal((3, 20))
-    dlm = 0.4 + 0.4 * lx + 0.01 * rng.standard_normal((2, 20))
+    mdlm = 0.4 + 0.4 * lx + 0.01 * rng.standard_normal((2, 20))
     ar[1, 4] = np.nan  # one seed missed one eval
     result = find_crossover(
-        x, np.nanmean(ar, 0), dlm.mean(0), ar_samples=ar.T, dlm_samples=dlm.T, sample_kind="seeds", n_boot=200
+        x, np.nanmean(ar, 0), mdlm.mean(0), ar_samples=ar.T, mdlm_samples=mdlm.T, sample_kind="seeds", n_boot=200
     )
     assert result.status == "crossed" and result.ci_source == "seeds"
     assert result.ci[0] <= result.x <= result.ci[1]
@@ -207,7 +207,7 @@ def test_input_validation():
     with pytest.raises(ValueError, match="both"):
         find_crossover([1, 2, 3], [1, 2, 3], [1, 2, 3], ar_samples=np.ones((3, 2)))
     with pytest.raises(ValueError, match="one row per x"):
-        find_crossover([1, 2, 3], [1, 2, 3], [1, 2, 3], ar_samples=np.ones((2, 2)), dlm_samples=np.ones((2, 2)))
+        find_crossover([1, 2, 3], [1, 2, 3], [1, 2, 3], ar_samples=np.ones((2, 2)), mdlm_samples=np.ones((2, 2)))
     nan_points = find_crossover([1, 2, 3, 4], [0.5, np.nan, 0.5, 0.5], [0.4, 0.6, 0.6, 0.6])
     assert nan_points.n_points == 3 and nan_points.status == "crossed"
 
@@ -220,9 +220,9 @@ def test_conversions_between_tokens_flops_and_epochs():
         convert_x(1.0, "tokens", "epochs")
     with pytest.raises(ValueError, match="unknown compute axis"):
         convert_x(1.0, "tokens", "steps")
-    ar, dlm = draw_items(np.random.default_rng(1), where=0.5, items=2000)
-    tokens = find_crossover(X, ar.mean(1), dlm.mean(1))
-    flops = find_crossover(X * 6e8, ar.mean(1), dlm.mean(1))
+    ar, mdlm = draw_items(np.random.default_rng(1), where=0.5, items=2000)
+    tokens = find_crossover(X, ar.mean(1), mdlm.mean(1))
+    flops = find_crossover(X * 6e8, ar.mean(1), mdlm.mean(1))
     assert isinstance(tokens, Crossover)
     assert flops.x == pytest.approx(tokens.scaled(6e8).x, rel=1e-9)  # the detector is scale-free in log x
     epochs = tokens.scaled(1 / 1e6)

@@ -26,16 +26,16 @@ def performance(unique: np.ndarray) -> np.ndarray:
 
 
 AR_BUDGETS = np.geomspace(1e6, 1e10, 9)
-DLM_BUDGETS = np.geomspace(1e6, 1e10, 9)
+MDLM_BUDGETS = np.geomspace(1e6, 1e10, 9)
 
 
 def test_recovers_a_planted_3x_within_10_percent():
     rng = np.random.default_rng(0)
     ar = {u: float(performance(np.array(u)) + 0.002 * rng.standard_normal()) for u in AR_BUDGETS}
-    dlm = {u: float(performance(np.array(3 * u)) + 0.002 * rng.standard_normal()) for u in DLM_BUDGETS}
-    ratios = data_efficiency(ar, dlm)
-    assert set(ratios) == set(DLM_BUDGETS)
-    inside = [u for u in DLM_BUDGETS if 3 * u <= AR_BUDGETS[-1] / 1.5]
+    mdlm = {u: float(performance(np.array(3 * u)) + 0.002 * rng.standard_normal()) for u in MDLM_BUDGETS}
+    ratios = data_efficiency(ar, mdlm)
+    assert set(ratios) == set(MDLM_BUDGETS)
+    inside = [u for u in MDLM_BUDGETS if 3 * u <= AR_BUDGETS[-1] / 1.5]
     assert len(inside) >= 6
     for u in inside:
         assert ratios[u] == pytest.approx(3.0, rel=0.10), (u, ratios[u])
@@ -43,10 +43,10 @@ def test_recovers_a_planted_3x_within_10_percent():
 
 def test_none_beyond_the_observed_ar_budgets_never_extrapolated():
     ar = {u: float(performance(np.array(u))) for u in AR_BUDGETS[:5]}  # AR observed only up to 1e8
-    dlm = {u: float(performance(np.array(3 * u))) for u in DLM_BUDGETS}
-    details = {row.unique_tokens: row for row in efficiency_details(ar, dlm)}
-    ratios = data_efficiency(ar, dlm)
-    for u in DLM_BUDGETS:
+    mdlm = {u: float(performance(np.array(3 * u))) for u in MDLM_BUDGETS}
+    details = {row.unique_tokens: row for row in efficiency_details(ar, mdlm)}
+    ratios = data_efficiency(ar, mdlm)
+    for u in MDLM_BUDGETS:
         if 3 * u > 1e8 * 1.001:
             assert ratios[u] is None, u
             assert details[u].status == "above_range"
@@ -125,11 +125,11 @@ def test_critical_compute_of_planted_laws():
     from crossover.analysis import ScalingFit
 
     ar = ScalingFit("ar", 2.0, 300.0, 0.3, 15.0, 1.0, 100, 100.0, 0.0)
-    dlm = ScalingFit("mdlm", 2.05, 400.0, 0.3, 500.0, 1.0, 100, 100.0, 0.0)
-    small, large = critical_tokens(ar, dlm, 1e6), critical_tokens(ar, dlm, 1e8)
+    mdlm = ScalingFit("mdlm", 2.05, 400.0, 0.3, 500.0, 1.0, 100, 100.0, 0.0)
+    small, large = critical_tokens(ar, mdlm, 1e6), critical_tokens(ar, mdlm, 1e8)
     assert small is not None and large is not None and small < large
-    assert ar.predict(small * 1.5, 1e6) > dlm.predict(small * 1.5, 1e6)
-    assert ar.predict(small / 1.5, 1e6) < dlm.predict(small / 1.5, 1e6)
+    assert ar.predict(small * 1.5, 1e6) > mdlm.predict(small * 1.5, 1e6)
+    assert ar.predict(small / 1.5, 1e6) < mdlm.predict(small / 1.5, 1e6)
     never = ScalingFit("mdlm", 3.5, 400.0, 0.3, 500.0, 1.0, 100, 100.0, 0.0)
     assert critical_tokens(ar, never, 1e6) is None
     assert prabhudesai_critical_compute(100e6) == pytest.approx(2.12e15 * 100**2.174)

@@ -391,7 +391,7 @@ def test_noise_study_compares_ar_noise_variants_with_the_clean_mdlm(tmp_path):
     assert set(rows) == {"clean", "im0.1", "do0.1"}
     for noise in ("im0.1", "do0.1"):
         assert rows[noise]["reference"] == "MDLM from noise=clean"
-        assert rows[noise]["status"] in ("crossed", "not_crossed", "dlm_always_ahead")
+        assert rows[noise]["status"] in ("crossed", "not_crossed", "mdlm_always_ahead")
         assert rows[noise]["ci_source"] == "seeds, 2 seeds"
     assert (out / "figures" / "crossover_vs_noise.png").is_file()
     assert "compared with" in (out / "report.md").read_text()

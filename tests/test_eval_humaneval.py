@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from crossover.evals import check_tasks
 from crossover.evals.checkpoint import load_checkpoint
 from crossover.evals.humaneval import (
     OUTPUT_CHARS,
@@ -25,6 +24,7 @@ from crossover.evals.humaneval import (
     run_program,
     truncate_completion,
 )
+from crossover.evals.registry import check_tasks
 from crossover.evals.sandbox import SANDBOX_ENV, sandbox_available
 
 # The limit and classification tests run in the sandbox where this host has one and unsandboxed elsewhere (they

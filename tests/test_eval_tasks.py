@@ -460,10 +460,11 @@ def test_humaneval_items_rank_the_canonical_solution_among_other_problems(codec)
 def test_a_suite_builds_humaneval_items_within_the_training_window(codec):
     """A model is scored at the lengths it was trained on: a study of 128-token windows with a 1,024-token model gets
     the HumanEval problems whose solution fits half of 128 tokens, each row at most 128 tokens long."""
-    from crossover.evals.suite import ITEM_SEED, EvalSuite
+    from crossover.evals.registry import ITEM_SEED, EvalSettings
+    from crossover.evals.suite import EvalSuite
 
     em = with_model(codec, "ar", max_seq_len=1024)
-    suite = EvalSuite(["humaneval_likelihood"], max_items=256, mc_samples=1, data=em, seq_len=128)
+    suite = EvalSuite(["humaneval_likelihood"], EvalSettings(max_items=256, mc_samples=1, seq_len=128), em)
     items = suite.items["humaneval_likelihood"]
     assert items == humaneval_likelihood_items(codec, seed=ITEM_SEED, max_tokens=128)
     assert 0 < len(items) < len(read_problems())
@@ -484,8 +485,8 @@ def _humaneval_positions_counted(trial) -> float:
 def test_the_plan_counts_humaneval_rows_at_most_before_the_data_is_prepared(codec, objective, default_cache):
     """Without the study's token store (so its tokenizer) the plan counts every problem filling the window, once for
     AR and once per decoding step for MDLM: at least what any tokenizer's items score."""
+    from crossover.evals.tasks import HUMANEVAL_PROBLEMS
     from crossover.specs import load_study
-    from crossover.trainers.throughput import HUMANEVAL_PROBLEMS
 
     from .conftest import SPECS
 
@@ -500,6 +501,7 @@ def test_the_plan_counts_humaneval_rows_at_most_before_the_data_is_prepared(code
 def test_the_plan_counts_the_humaneval_rows_a_prepared_study_scores(tiny_corpus, session_cache, monkeypatch, objective):
     """Once the token store exists, the plan counts exactly the rows the trainer's suite scores."""
     from crossover.data import prepare
+    from crossover.evals.registry import EvalSettings
     from crossover.evals.suite import EvalSuite
     from crossover.specs import parse_study
 
@@ -511,7 +513,7 @@ def test_the_plan_counts_the_humaneval_rows_a_prepared_study_scores(tiny_corpus,
     raw["data"]["seq_len"] = 128
     trial = next(t for t in parse_study(raw).expand() if t.objective == objective)
     data = prepare(trial.data)
-    suite = EvalSuite(trial.eval.tasks, max_items=16, mc_samples=2, data=data, seq_len=trial.data.seq_len)
+    suite = EvalSuite(trial.eval.tasks, EvalSettings.of(trial), data)
     items = suite.items["humaneval_likelihood"]
     rows = 1 if objective == "ar" else 4
     assert _humaneval_positions_counted(trial) == rows * sum(len(i.context) + len(c) for i in items for c in i.choices)

@@ -11,8 +11,8 @@ What this package reads is what `crossover run` writes: the contract in words is
 Analysis contract
 =================
 - `load_curves(study, tracking_uri=None) -> DataFrame`: one row per (trial, eval point), see `curves.load_curves`.
-- `find_crossover(x, ar, dlm, higher_is_better=True) -> Crossover` (`x`, `status`, `ci`), see `crossing`.
-- `data_efficiency(ar, dlm, higher_is_better=True) -> dict`: per MDLM budget U, U'/U or None, see `efficiency`.
+- `find_crossover(x, ar, mdlm, higher_is_better=True) -> Crossover` (`x`, `status`, `ci`), see `crossing`.
+- `data_efficiency(ar, mdlm, higher_is_better=True) -> dict`: per MDLM budget U, U'/U or None, see `efficiency`.
 - `fit_data_constrained(...) -> ScalingFit` and `critical_tokens(...)`, see `scaling`.
 - `analyze_study(read_study(...)) -> StudyAnalysis` and `write_report(...)`: everything `crossover analyze` shows.
 - `verdicts(analysis) -> [Verdict]`: one line per cell, see `verdict`.

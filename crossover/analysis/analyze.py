@@ -65,7 +65,7 @@ class CellCurves:
     cell: str
     x: np.ndarray
     ar: np.ndarray
-    dlm: np.ndarray
+    mdlm: np.ndarray
     tokens: np.ndarray
     flops: np.ndarray
     epochs: np.ndarray
@@ -130,25 +130,25 @@ def _interp_log(value: float, xs: np.ndarray, ys: np.ndarray) -> float:
 
 
 def _seed_spread(
-    x: np.ndarray, tokens: np.ndarray, ar: pd.DataFrame, dlm: pd.DataFrame, higher: bool
+    x: np.ndarray, tokens: np.ndarray, ar: pd.DataFrame, mdlm: pd.DataFrame, higher: bool
 ) -> dict[str, Any]:
     """With two or more seeds of each objective: the crossover of each matched seed pair (tokens; +inf where that
     pair did not cross, -inf where MDLM led throughout) and the spread (sample standard deviation) over seeds of
     AR's best and MDLM's last value. Empty with one seed."""
-    if ar.shape[1] < 2 or dlm.shape[1] < 2:
+    if ar.shape[1] < 2 or mdlm.shape[1] < 2:
         return {}
     peak = ar.max() if higher else ar.min()
     out: dict[str, Any] = {
         "ar_best_sd": float(peak.std(ddof=1)),
-        "mdlm_final_sd": float(dlm.ffill().iloc[-1].std(ddof=1)),
+        "mdlm_final_sd": float(mdlm.ffill().iloc[-1].std(ddof=1)),
     }
     per_seed = []
-    for seed in [s for s in ar.columns if s in dlm.columns]:
-        a, d = ar[seed].to_numpy(dtype=float), dlm[seed].to_numpy(dtype=float)
+    for seed in [s for s in ar.columns if s in mdlm.columns]:
+        a, d = ar[seed].to_numpy(dtype=float), mdlm[seed].to_numpy(dtype=float)
         if np.isfinite(a).sum() < 2 or np.isfinite(d).sum() < 2:
             continue
         found = find_crossover(x, a, d, higher)  # it leaves out the points a seed has no value at
-        at = {"not_crossed": math.inf, "dlm_always_ahead": -math.inf}.get(found.status)
+        at = {"not_crossed": math.inf, "mdlm_always_ahead": -math.inf}.get(found.status)
         per_seed.append(at if at is not None else _interp_log(found.x, x, tokens))
     if per_seed:
         out["seed_crossover_tokens"] = per_seed
@@ -216,13 +216,13 @@ def _cell_crossover(tables: _MetricTables, cell: str, analysis: StudyAnalysis, n
         if tables.seeds_of(cell, objective) is None and (ref := tables.reference(cell, objective)) is not None:
             source[objective] = ref
             row["reference"] = f"{objective.upper()} from {ref}"
-    ar_seeds, dlm_seeds = tables.seeds_of(source["ar"], "ar"), tables.seeds_of(source["mdlm"], "mdlm")
-    if ar_seeds is None or dlm_seeds is None:
-        missing = ", ".join(o for o, t in (("ar", ar_seeds), ("mdlm", dlm_seeds)) if t is None)
+    ar_seeds, mdlm_seeds = tables.seeds_of(source["ar"], "ar"), tables.seeds_of(source["mdlm"], "mdlm")
+    if ar_seeds is None or mdlm_seeds is None:
+        missing = ", ".join(o for o, t in (("ar", ar_seeds), ("mdlm", mdlm_seeds)) if t is None)
         return {**row, "status": f"missing {missing}"}, None, None
-    means = pd.concat([ar_seeds.mean(axis=1).rename("ar"), dlm_seeds.mean(axis=1).rename("mdlm")], axis=1)
+    means = pd.concat([ar_seeds.mean(axis=1).rename("ar"), mdlm_seeds.mean(axis=1).rename("mdlm")], axis=1)
     means = means.dropna().sort_index()
-    ar_seeds, dlm_seeds = ar_seeds.reindex(means.index), dlm_seeds.reindex(means.index)
+    ar_seeds, mdlm_seeds = ar_seeds.reindex(means.index), mdlm_seeds.reindex(means.index)
     steps = means.index.to_numpy()
     xcol = X_COLUMNS[analysis.x_axis]
     ax = tables.axis[cell].reindex(steps)
@@ -231,23 +231,23 @@ def _cell_crossover(tables: _MetricTables, cell: str, analysis: StudyAnalysis, n
     keep = keep[np.concatenate([[True], np.diff(x[keep]) > 0])] if len(keep) else keep
     steps, x = steps[keep], x[keep]
     ar = means["ar"].to_numpy()[keep]
-    dlm = means["mdlm"].to_numpy()[keep]
+    mdlm = means["mdlm"].to_numpy()[keep]
     samples: dict[str, Any] = {}
     if tables.item_column and len(steps):
         samples = _item_samples(tables.valid, source, tables.item_column, tables.field_name, steps)
-    if not samples and ar_seeds.shape[1] >= 2 and dlm_seeds.shape[1] >= 2:
+    if not samples and ar_seeds.shape[1] >= 2 and mdlm_seeds.shape[1] >= 2:
         a_s = ar_seeds.to_numpy()[keep]
-        d_s = dlm_seeds.to_numpy()[keep]
-        same = sorted(ar_seeds.columns) == sorted(dlm_seeds.columns)
+        d_s = mdlm_seeds.to_numpy()[keep]
+        same = sorted(ar_seeds.columns) == sorted(mdlm_seeds.columns)
         kind = f"seeds, {min(a_s.shape[1], d_s.shape[1])} seeds"
-        samples = dict(ar_samples=a_s, dlm_samples=d_s, sample_kind=kind, paired=same)
+        samples = dict(ar_samples=a_s, mdlm_samples=d_s, sample_kind=kind, paired=same)
     if len(steps) == 0:
         return {**row, "status": "no_common_points"}, None, None
     result = find_crossover(
-        x, ar, dlm, analysis.higher_is_better, confidence=analysis.confidence, n_boot=n_boot, seed=seed, **samples
+        x, ar, mdlm, analysis.higher_is_better, confidence=analysis.confidence, n_boot=n_boot, seed=seed, **samples
     )
     tokens, flops, epochs = (ax[c].to_numpy(dtype=float)[keep] for c in ("tokens", "flops", "epoch"))
-    spread = _seed_spread(x, tokens, ar_seeds.iloc[keep], dlm_seeds.iloc[keep], analysis.higher_is_better)
+    spread = _seed_spread(x, tokens, ar_seeds.iloc[keep], mdlm_seeds.iloc[keep], analysis.higher_is_better)
     at = result.x if result.x is not None else math.nan
     row = {
         **row,
@@ -265,12 +265,12 @@ def _cell_crossover(tables: _MetricTables, cell: str, analysis: StudyAnalysis, n
         "x_end": float(x[-1]),
         "points": len(x),
         "ar_final": float(ar[-1]),
-        "mdlm_final": float(dlm[-1]),
+        "mdlm_final": float(mdlm[-1]),
         "seeds_ar": int(ar_seeds.shape[1]),
-        "seeds_mdlm": int(dlm_seeds.shape[1]),
+        "seeds_mdlm": int(mdlm_seeds.shape[1]),
         **spread,
     }
-    return row, result, CellCurves(cell, x, ar, dlm, tokens, flops, epochs)
+    return row, result, CellCurves(cell, x, ar, mdlm, tokens, flops, epochs)
 
 
 def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int) -> None:
@@ -356,9 +356,9 @@ def _item_samples(
     a, d = (np.stack([found[r] for r in runs[o]], axis=1) for o in ("ar", "mdlm"))
     seeds = min(a.shape[1], d.shape[1])
     if seeds == 1:
-        return dict(ar_samples=a[:, 0], dlm_samples=d[:, 0], sample_kind="items, 1 seed")
+        return dict(ar_samples=a[:, 0], mdlm_samples=d[:, 0], sample_kind="items, 1 seed")
     same = list(runs["ar"].index) == list(runs["mdlm"].index)
-    return dict(ar_samples=a, dlm_samples=d, sample_kind=f"seeds then items, {seeds} seeds", paired=same)
+    return dict(ar_samples=a, mdlm_samples=d, sample_kind=f"seeds then items, {seeds} seeds", paired=same)
 
 
 def _basis_details(values: pd.DataFrame, higher: bool) -> dict[str, list[Efficiency]] | None:

@@ -77,7 +77,7 @@ class _Point:
     text: str
     extra: dict[str, float] = field(default_factory=dict)
 
-    def surely_dlm_ahead_at_end(self) -> bool:
+    def surely_mdlm_ahead_at_end(self) -> bool:
         return self.row["status"] in (CROSSED, ALWAYS_AHEAD) and self.high is not None and self.high < math.inf
 
     def surely_ar_ahead_at_end(self) -> bool:
@@ -118,8 +118,8 @@ def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None
     extra = {
         "ar_best": float(curves.ar[peak]),
         "ar_last": float(curves.ar[-1]),
-        "mdlm_best": float(curves.dlm[int(np.argmax(better * curves.dlm))]),
-        "mdlm_last": float(curves.dlm[-1]),
+        "mdlm_best": float(curves.mdlm[int(np.argmax(better * curves.mdlm))]),
+        "mdlm_last": float(curves.mdlm[-1]),
     }
     return _Point(label, cell, row, position, low, high, text, extra)
 
@@ -156,7 +156,7 @@ def _judge_mdlm_ahead(points: list[_Point]) -> str:
     any, agrees where MDLM surely is at every one, and cannot tell otherwise."""
     if any(p.surely_ar_ahead_at_end() for p in points):
         return DISAGREES
-    return AGREES if all(p.surely_dlm_ahead_at_end() for p in points) else CANNOT_TELL
+    return AGREES if all(p.surely_mdlm_ahead_at_end() for p in points) else CANNOT_TELL
 
 
 def _trend(points: list[_Point], rises: str) -> str:
@@ -241,14 +241,14 @@ def _noise_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, str
     helped = sum((p.extra["ar_best"] - clean.extra["ar_best"]) * (1 if analysis.higher_is_better else -1) > 0
                  for p in noised)  # fmt: skip
     closed = [p for p in noised if p.surely_ar_ahead_at_end()]
-    open_ = [p for p in noised if p.surely_dlm_ahead_at_end()]
+    open_ = [p for p in noised if p.surely_mdlm_ahead_at_end()]
     saturates = sum(p.extra["ar_last"] != p.extra["ar_best"] for p in noised)
     summary = (
         f"noise raised AR's best in {helped} of {len(noised)} variants; MDLM still ahead at the end of "
         f"{len(open_)} of {len(noised)} noised ARs (surely, at the interval's level), AR ahead of it in "
         f"{len(closed)}; the noised AR ends below its own best in {saturates} of {len(noised)}"
     )
-    if not clean.surely_dlm_ahead_at_end():
+    if not clean.surely_mdlm_ahead_at_end():
         agreement, why = CANNOT_TELL, "MDLM is not surely ahead of even the clean AR here: there is no gap to close"
     else:
         agreement = _judge_mdlm_ahead(noised)
@@ -263,7 +263,7 @@ def _sparsity_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, 
     moe = [p for p in points if sizes[p.cell] and sizes[p.cell][1] < sizes[p.cell][0]]
     dense = sorted((p for p in points if p not in moe and sizes[p.cell]), key=lambda p: sizes[p.cell][0])
     better = 1.0 if analysis.higher_is_better else -1.0
-    ahead = [p for p in points if p.surely_dlm_ahead_at_end()]
+    ahead = [p for p in points if p.surely_mdlm_ahead_at_end()]
     behind = [p for p in points if p.surely_ar_ahead_at_end()]
     parts = [
         f"{p.label} ({_params(sizes[p.cell])}): {p.text}, AR's best {p.extra['ar_best']:.3g}, MDLM's last "

@@ -29,10 +29,10 @@ from typing import Literal
 
 import numpy as np
 
-Status = Literal["crossed", "not_crossed", "dlm_always_ahead"]
+Status = Literal["crossed", "not_crossed", "mdlm_always_ahead"]
 CROSSED: Status = "crossed"
 NOT_CROSSED: Status = "not_crossed"
-ALWAYS_AHEAD: Status = "dlm_always_ahead"
+ALWAYS_AHEAD: Status = "mdlm_always_ahead"
 
 MIN_SMOOTH_POINTS = 6
 GRID_POINTS = 200  # 0.5% of the log-x range per step, interpolated linearly within a step
@@ -251,11 +251,11 @@ def _draw_weights(rng: np.random.Generator, shape: tuple[int, ...], n_boot: int)
 def find_crossover(
     x: Sequence[float] | np.ndarray,
     ar: Sequence[float] | np.ndarray,
-    dlm: Sequence[float] | np.ndarray,
+    mdlm: Sequence[float] | np.ndarray,
     higher_is_better: bool = True,
     *,
     ar_samples: np.ndarray | None = None,
-    dlm_samples: np.ndarray | None = None,
+    mdlm_samples: np.ndarray | None = None,
     paired: bool | None = None,
     sample_kind: str = "items",
     confidence: float = 0.9,
@@ -265,17 +265,17 @@ def find_crossover(
 ) -> Crossover:
     """The first x after which MDLM stays ahead of AR to the end of the observation.
 
-    `x`, `ar`, `dlm`: equal-length sequences, x positive and increasing (tokens, FLOPs or epochs). Optional
-    `ar_samples` / `dlm_samples` of shape (len(x), k): per-item scores (or per-seed curves) whose mean is the curve,
+    `x`, `ar`, `mdlm`: equal-length sequences, x positive and increasing (tokens, FLOPs or epochs). Optional
+    `ar_samples` / `mdlm_samples` of shape (len(x), k): per-item scores (or per-seed curves) whose mean is the curve,
     or (len(x), seeds, items) per-seed per-item scores; they give the bootstrap interval `ci` at level
     `confidence`, and `sample_kind` says what was resampled (e.g. "items, 1 seed"). Samples are paired (the same
     items and seeds resampled for both objectives) when both have the same shape, unless `paired=False`.
     """
     xs = np.asarray(x, dtype=float)
     a = np.asarray(ar, dtype=float)
-    d = np.asarray(dlm, dtype=float)
+    d = np.asarray(mdlm, dtype=float)
     if not (xs.ndim == a.ndim == d.ndim == 1) or not (len(xs) == len(a) == len(d)):
-        raise ValueError(f"x, ar and dlm must be 1-D and of equal length (got {len(xs)}, {len(a)}, {len(d)})")
+        raise ValueError(f"x, ar and mdlm must be 1-D and of equal length (got {len(xs)}, {len(a)}, {len(d)})")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     keep = np.isfinite(xs) & np.isfinite(a) & np.isfinite(d)
@@ -284,11 +284,11 @@ def find_crossover(
     if np.any(np.diff(xs[keep]) <= 0):
         raise ValueError("x must be strictly increasing")
     a_s = d_s = None
-    if (ar_samples is None) != (dlm_samples is None):
-        raise ValueError("give both ar_samples and dlm_samples, or neither")
+    if (ar_samples is None) != (mdlm_samples is None):
+        raise ValueError("give both ar_samples and mdlm_samples, or neither")
     if ar_samples is not None:
         a_s = _as_samples(ar_samples, len(xs), "ar_samples")[keep]
-        d_s = _as_samples(dlm_samples, len(xs), "dlm_samples")[keep]
+        d_s = _as_samples(mdlm_samples, len(xs), "mdlm_samples")[keep]
     xs, a, d = xs[keep], a[keep], d[keep]
     n = len(xs)
     if n == 0:

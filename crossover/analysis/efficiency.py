@@ -39,7 +39,7 @@ def isotonic(y: np.ndarray, increasing: bool = True) -> np.ndarray:
 
 
 def efficiency_details(
-    ar: Mapping[float, float], dlm: Mapping[float, float], higher_is_better: bool = True
+    ar: Mapping[float, float], mdlm: Mapping[float, float], higher_is_better: bool = True
 ) -> list[Efficiency]:
     """`data_efficiency` with the reasons: one row per MDLM budget, in increasing order of budget."""
     from scipy.interpolate import PchipInterpolator
@@ -47,7 +47,7 @@ def efficiency_details(
     ar_items = sorted((float(u), float(p)) for u, p in ar.items() if np.isfinite(p))
     rows = []
     if len(ar_items) < 2:
-        for u, p in sorted(dlm.items()):
+        for u, p in sorted(mdlm.items()):
             rows.append(Efficiency(float(u), float(p), None, None, "too_few_ar_budgets"))
         return rows
     lu = np.log([u for u, _ in ar_items])
@@ -57,7 +57,7 @@ def efficiency_details(
     grid = np.linspace(lu[0], lu[-1], 4001)
     dense = np.maximum.accumulate(PchipInterpolator(lu, curve)(grid))
     low_u, high_u = float(np.exp(lu[0])), float(np.exp(lu[-1]))
-    for u, p in sorted((float(u), float(p)) for u, p in dlm.items()):
+    for u, p in sorted((float(u), float(p)) for u, p in mdlm.items()):
         target = sign * p
         if not np.isfinite(p):
             rows.append(Efficiency(u, p, None, None, "no_value"))
@@ -78,8 +78,8 @@ def efficiency_details(
 
 
 def data_efficiency(
-    ar: Mapping[float, float], dlm: Mapping[float, float], higher_is_better: bool = True
+    ar: Mapping[float, float], mdlm: Mapping[float, float], higher_is_better: bool = True
 ) -> dict[float, float | None]:
     """Per MDLM unique budget U: U'/U, with U' the AR unique budget of equal final performance (interpolated in
-    log U), or None when U' lies outside the observed AR budgets. `ar` and `dlm` map budget -> final performance."""
-    return {row.unique_tokens: row.ratio for row in efficiency_details(ar, dlm, higher_is_better)}
+    log U), or None when U' lies outside the observed AR budgets. `ar` and `mdlm` map budget -> final performance."""
+    return {row.unique_tokens: row.ratio for row in efficiency_details(ar, mdlm, higher_is_better)}

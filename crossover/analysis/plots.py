@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 from matplotlib.ticker import NullLocator
 
-AR_COLOR, DLM_COLOR = "#1f5fa8", "#c0392b"
-COLORS = {"ar": AR_COLOR, "mdlm": DLM_COLOR}
+AR_COLOR, MDLM_COLOR = "#1f5fa8", "#c0392b"
+COLORS = {"ar": AR_COLOR, "mdlm": MDLM_COLOR}
 MAX_CELLS = 12
 MAX_LINES = 8
 QUALITY_ORDER = {"low": 0, "medium": 1, "high": 2, "all": 3}
@@ -74,7 +74,7 @@ def cell_curves(analysis: StudyAnalysis) -> Figure | None:
     for ax, cell in zip(axes, cells, strict=False):
         curve, result = analysis.cells[cell], analysis.results[cell]
         ax.plot(curve.x, curve.ar, "o-", color=AR_COLOR, ms=3, lw=1.2, label="AR")
-        ax.plot(curve.x, curve.dlm, "s-", color=DLM_COLOR, ms=3, lw=1.2, label="MDLM")
+        ax.plot(curve.x, curve.mdlm, "s-", color=MDLM_COLOR, ms=3, lw=1.2, label="MDLM")
         ax.set_xscale("log")
         lo, hi = float(curve.x[0]), float(curve.x[-1])
         ci = _clip_ci(result.ci, lo, hi)
@@ -138,7 +138,7 @@ def crossover_vs_axis(analysis: StudyAnalysis, axis: str) -> Figure | None:
         ax.errorbar(
             stats["_pos"], stats["median"],
             yerr=[stats["median"] - stats["min"], stats["max"] - stats["median"]],
-            fmt="o-", color=DLM_COLOR, capsize=3,
+            fmt="o-", color=MDLM_COLOR, capsize=3,
             label=f"median over {len(groups)} combinations of {', '.join(others)} (bars: range)",
         )  # fmt: skip
         shares = table.groupby("_pos")["status"].apply(lambda s: (s == CROSSED).mean()).to_dict()

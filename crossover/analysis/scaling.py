@@ -269,11 +269,11 @@ def _fit(
     )
 
 
-def critical_tokens(ar: ScalingFit, dlm: ScalingFit, unique: float, max_epochs: float = 1e4) -> float | None:
+def critical_tokens(ar: ScalingFit, mdlm: ScalingFit, unique: float, max_epochs: float = 1e4) -> float | None:
     """Smallest D (tokens) from which the MDLM law predicts a lower loss than the AR law up to `max_epochs`;
     None if MDLM never gets ahead in that range. Returns 0.0 when MDLM is ahead from the first token."""
     grid = np.geomspace(unique * 1e-3, unique * max_epochs, 4000)
-    margin = ar.predict(grid, unique) - dlm.predict(grid, unique)
+    margin = ar.predict(grid, unique) - mdlm.predict(grid, unique)
     ahead = margin > 0
     if not ahead[-1]:
         return None

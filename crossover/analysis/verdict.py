@@ -207,7 +207,7 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
             head = f"MDLM overtakes AR on {metric} at {format_tokens(tokens)} tokens ({_epochs(epochs)} epochs{ci})"
             metrics.update(crossover_tokens=tokens, crossover_epochs=epochs)
         elif row["status"] == NOT_CROSSED:
-            lead = better * (curves.ar[-1] - curves.dlm[-1])
+            lead = better * (curves.ar[-1] - curves.mdlm[-1])
             head = (
                 f"not crossed within {_where(curves.tokens[-1], curves.epochs[-1])}; "
                 f"AR ahead by {abs(lead):.3g} at the end"
@@ -219,10 +219,10 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
             )
         peak = int(np.argmax(better * curves.ar))
         metrics.update(
-            ar_lead_final=float(better * (curves.ar[-1] - curves.dlm[-1])),
+            ar_lead_final=float(better * (curves.ar[-1] - curves.mdlm[-1])),
             ar_peak=float(curves.ar[peak]),
             ar_peak_tokens=float(curves.tokens[peak]),
-            mdlm_final=float(curves.dlm[-1]),
+            mdlm_final=float(curves.mdlm[-1]),
         )
         efficiency_metrics, efficiency = _efficiency_of(analysis, row)
         metrics.update(efficiency_metrics)
@@ -231,7 +231,7 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
             metrics["scorings_agree"] = share
         tail = (
             f"AR's best {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
-            f"{_epochs(curves.epochs[peak])} epochs), MDLM's last {curves.dlm[-1]:.3g}"
+            f"{_epochs(curves.epochs[peak])} epochs), MDLM's last {curves.mdlm[-1]:.3g}"
         )
         seed_metrics, seeds = _seeds_of(row)
         metrics.update(seed_metrics)

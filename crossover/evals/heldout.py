@@ -3,6 +3,9 @@
 The two are not comparable as numbers (one is a bound); the crossover is read from downstream tasks. The MDLM
 estimate uses a fixed random stream, so every eval point of a trial scores the same masks (common random numbers)
 and differences along the curve are not sampling noise.
+
+`HeldoutLoss` is the `heldout_loss` task: `max_items` windows of the training length, split over the ranks, their
+sums added up across them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from crossover.evals.registry import EvalSettings, EvalTask, Ranks
+from crossover.evals.results import TaskResult
 from crossover.models.objectives import ar_inputs_targets, ar_loss, mask_tokens, mdlm_loss, sample_t
 
 
@@ -48,3 +53,31 @@ def heldout_loss(
             total += loss.item() * tokens.numel() / mc_samples
         count += tokens.numel()
     return total, count
+
+
+class HeldoutLoss(EvalTask):
+    """`heldout_loss`: loss per token on `max_items` held-out windows (AR exact NLL, MDLM ELBO), logged as
+    eval/heldout_loss/loss. Windows are split over the ranks, so the loss of a multi-worker trial costs no more."""
+
+    needs_heldout = True
+    metrics = ("loss",)
+
+    def __init__(self, name: str, settings: EvalSettings, data):
+        super().__init__(name, settings, data)
+        self.windows = data.heldout_windows(settings.seq_len, max_windows=settings.max_items)
+
+    def score(self, em, ranks: Ranks) -> list[TaskResult]:
+        trial = em.trial
+        total, count = heldout_loss(
+            lambda tokens: em.model(tokens).logits, self.windows[ranks.rank :: ranks.world],
+            objective=em.objective, mask_id=em.mask_id, batch_size=trial.train.micro_batch,
+            mc_samples=self.settings.mc_samples, t_min=trial.train.mdlm_t_min, seed=trial.seed * 7919 + ranks.rank,
+            device=em.device,
+        )  # fmt: skip
+        total, count = ranks.sum_over_ranks([total, count])
+        return [TaskResult(self.name, {"loss": total / max(count, 1)}, [], {})]
+
+    @classmethod
+    def cost(cls, name: str, trial) -> float:
+        ev = trial.eval
+        return ev.max_items * trial.data.seq_len * (ev.mc_samples if trial.objective == "mdlm" else 1)

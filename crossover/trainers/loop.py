@@ -38,7 +38,7 @@ from crossover.models.objectives import (
 )
 from crossover.specs import TrialSpec, training_flops_per_token
 from crossover.specs.hardware import Runtime, resolve_runtime
-from crossover.tracking.names import HELDOUT_LOSS, TRAIN_LOSS
+from crossover.tracking.names import TRAIN_LOSS
 from crossover.trainers.engine import build_engine
 from crossover.trainers.schedules import branch_step, eval_steps, lr_at
 
@@ -114,11 +114,10 @@ class Trainer:
 
     def __init__(self, trial: TrialSpec, reporter: Reporter, runtime: Runtime | None = None):
         from crossover.data import prepare, train_stream
-        from crossover.evals import check_tasks
+        from crossover.evals.registry import EvalSettings, trial_tasks
         from crossover.evals.suite import EvalSuite
         from crossover.models import build_model
 
-        check_tasks(trial.eval.tasks, unsafe_execution=trial.eval.unsafe_execution)
         self.trial, self.reporter = trial, reporter
         # `crossover run` resolves precision and compile once for the whole study; alone, a trial resolves here.
         self.runtime = runtime or resolve_runtime(trial.train, trial.model, trial.resources)
@@ -141,11 +140,7 @@ class Trainer:
         self.branch_at = branch_step(trial)
         self.flops_per_token = training_flops_per_token(trial.model, trial.data.seq_len)
         self.log_every = max(1, self.stream.num_steps // LOG_POINTS)
-        self.heldout = self.data.heldout_windows(trial.data.seq_len, max_windows=trial.eval.max_items)
-        ev = trial.eval
-        self.suite = EvalSuite(ev.tasks, max_items=ev.max_items, mc_samples=ev.mc_samples, mdlm_steps=ev.mdlm_steps,
-                               data=self.data, seq_len=trial.data.seq_len,
-                               lm_eval_include=ev.lm_eval_include, unsafe_execution=ev.unsafe_execution)  # fmt: skip
+        self.suite = EvalSuite(trial_tasks(trial), EvalSettings.of(trial), self.data)
         self.peak = peak_flops(self.device)
         with reporter.latest_checkpoint() as resume_dir:
             if resume_dir:
@@ -283,26 +278,14 @@ class Trainer:
             return self._evaluate()
 
     def _evaluate(self) -> tuple[dict[str, float], list[TaskResult]]:
-        from crossover.evals.heldout import heldout_loss
+        from crossover.evals.registry import Ranks
         from crossover.evals.suite import metrics_of
 
         self.engine.eval()
-        mine = self.heldout[self.rank :: self.world]
-        total, count = heldout_loss(
-            lambda tokens: self.engine(tokens).logits,
-            mine,
-            objective=self.trial.objective,
-            mask_id=self.data.mask_id,
-            batch_size=self.trial.train.micro_batch,
-            mc_samples=self.trial.eval.mc_samples,
-            t_min=self.trial.train.mdlm_t_min,
-            seed=self.trial.seed * 7919 + self.rank,
-            device=self.device,
-        )
-        total, count = _all_reduce_sum([total, count], self.device)
-        metrics = {HELDOUT_LOSS: total / max(count, 1)}
-        results = self.suite.run(EvalModel.from_data(self.engine.module, self.trial.objective, self.data, self.trial))
-        return {**metrics, **metrics_of(results)}, results
+        ranks = Ranks(self.rank, self.world, lambda values: _all_reduce_sum(values, self.device))
+        results = self.suite.run(EvalModel.from_data(self.engine.module, self.trial.objective, self.data, self.trial),
+                                 ranks)  # fmt: skip
+        return metrics_of(results), [r for r in results if r.item_ids]
 
     # ---- checkpoints
     def _checkpoint(self, metrics: dict[str, float], tokens: int) -> None:

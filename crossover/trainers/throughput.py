@@ -17,7 +17,6 @@ line says so.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import json
 import os
@@ -36,8 +35,6 @@ EVAL_COST = 0.42
 TRIAL_START_S = 20.0  # a trial's process start, imports and data loading before its first step (measured 7-30 s)
 STUDY_START_S = 15.0  # the driver's MLflow parent run and Ray's start before the first trial
 CACHE_FILE = "throughput.json"
-CHOICES = 4  # of each multiple-choice item (a cloze choice is scored again after BOS alone, for PMI)
-HUMANEVAL_PROBLEMS = 164  # humaneval_likelihood without the study's tokenizer: at most 164 items filling the window
 
 
 ASSUMED_MFU = 0.4  # a GPU model too large to measure here trains at this share of the GPU's peak (the plan's GPU-hours)
@@ -177,47 +174,11 @@ def _measure(trial: TrialSpec, runtime: Runtime, threads: int) -> float:
 
 
 def eval_tokens(trial: TrialSpec) -> float:
-    """Forward token positions of all the trial's evaluations: the held-out loss, the cloze and HumanEval's
-    likelihood ranking (exactly where the study's token store exists, else at most); lm-eval tasks and pass@k are
-    not counted."""
-    ev, seq = trial.eval, trial.data.seq_len
-    mdlm = trial.objective == "mdlm"
-    per_point = ev.max_items * seq * (ev.mc_samples if mdlm else 1)  # held-out windows, always
-    rows = 1 if not mdlm else ev.mc_samples if ev.mdlm_steps is None else ev.mdlm_steps  # per choice
-    if "heldout_cloze" in ev.tasks:
-        span = min(16, seq // 4)
-        context = min(48, seq - span - 1) + 1
-        per_point += ev.max_items * CHOICES * (context + span + 1 + span) * min(rows, span)  # + PMI prior rows
-    if "humaneval_likelihood" in ev.tasks:
-        from crossover.data.store import cache_root
+    """Forward token positions of all the trial's evaluations: each task's cost per eval point (`EvalTask.cost`:
+    the held-out loss, the cloze and HumanEval's likelihood ranking; lm-eval tasks and pass@k count 0)."""
+    from crossover.evals.registry import eval_cost
 
-        positions = _humaneval_positions(
-            trial.data.model_dump_json(), str(cache_root(trial.data.cache_dir)), ev.max_items
-        )
-        if positions is None:
-            positions = min(ev.max_items, HUMANEVAL_PROBLEMS) * CHOICES * seq
-        per_point += rows * positions
-    return per_point * len(eval_steps(trial))
-
-
-@functools.cache
-def _humaneval_positions(data_json: str, cache: str, max_items: int) -> int | None:
-    """Token positions of one scoring of the humaneval_likelihood items (each choice after its prompt): which
-    problems fit the window, and how long their rows are, depend on the study's tokenizer. None before `crossover
-    data prepare` has built the study's token store (under `cache`, the cache root: part of the key)."""
-    from crossover.data import prepare
-    from crossover.data.store import read_manifest, store_dir
-    from crossover.evals.suite import ITEM_SEED
-    from crossover.evals.tasks import build_items
-    from crossover.specs.study import DataSpec
-
-    data = DataSpec.model_validate_json(data_json)
-    if read_manifest(store_dir(data)) is None:
-        return None
-    # the items exactly as the trainer's EvalSuite builds them
-    items = build_items("humaneval_likelihood", prepare(data), max_items=max_items, seed=ITEM_SEED,
-                        max_seq_len=data.seq_len)  # fmt: skip
-    return sum(len(item.context) + len(choice) for item in items for choice in item.choices)
+    return eval_cost(trial) * len(eval_steps(trial))
 
 
 def _model_label(model: ModelConfig) -> str:

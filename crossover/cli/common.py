@@ -1,0 +1,160 @@
+"""What the commands share: loading and checking a spec, the runtime line, the wall-time estimate, the token
+store's preparation with a progress bar, plain tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crossover.cli.app import err, out
+from crossover.specs import StudySpec, load_study
+
+
+def load_spec(path: Path) -> StudySpec:
+    """Load a spec; a SpecError (exit 2) names every problem it has, each with file, line, column and field. Its
+    eval tasks are names in the task registry (read without importing a task or torch)."""
+    from crossover.evals.registry import check_spec_tasks
+
+    spec = load_study(path)
+    check_spec_tasks(spec, installed=False)
+    return spec
+
+
+def check_data(spec: StudySpec) -> list[str]:
+    """Every unique budget fits its corpus or quality tier (exact with a token store, else a size bound); raises
+    SpecError naming the available size. Imports no torch."""
+    from crossover.data.check import check_study_data
+
+    return check_study_data(spec)
+
+
+def load_checked(path: Path, quiet: bool = False) -> StudySpec:
+    """`_load`, then the data-size check; exit 2 naming the available size when a budget cannot fit. The notes
+    (how the sizes were checked) go to stderr unless `quiet`."""
+    spec = load_spec(path)
+    notes = check_data(spec)
+    for note in [] if quiet else notes:
+        err.print(f"[dim]{note}[/]", highlight=False)
+    return spec
+
+
+def check_tasks(spec: StudySpec) -> None:
+    """Exit 2 before anything starts when the spec asks for an eval task this installation cannot run (lm-eval
+    without the `eval` extra, generated programs without a sandbox)."""
+    from crossover.evals.registry import check_spec_tasks
+
+    check_spec_tasks(spec)
+
+
+# Loggers of the libraries whose routine notices (accelerator detection, database migrations, a local Ray instance
+# starting, Tune's state files) would fill the first screen; Python warnings go the same way.
+LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "DeepSpeed", "deepspeed", "torch", "datasets", "urllib3", "py.warnings")
+
+
+def library_notices_to(log_file: Path, verbose: bool, libraries: tuple[str, ...]) -> None:
+    """Other libraries' notices go to `log_file` instead of the terminal (unless `verbose`); ours stay visible.
+    Their errors still reach the user through the exceptions and messages crossover prints. `libraries` are
+    imported here first, into the file: some print when imported, and attach terminal handlers of their own."""
+    if verbose:
+        return
+    import contextlib
+    import importlib
+    import logging
+    import os
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        for name in libraries:
+            importlib.import_module(name)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.captureWarnings(True)
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = False
+    err.print(f"[dim]library notices: {log_file} (--verbose shows them here)[/]", highlight=False)
+
+
+def runtime_of(spec: StudySpec):  # -> crossover.specs.hardware.Runtime
+    from crossover.specs.hardware import resolve_runtime
+
+    return resolve_runtime(spec.train, spec.expand()[0].model, spec.resources)
+
+
+def runtime_line(spec: StudySpec) -> str:
+    """How the study's `auto` settings resolve on this machine, in one line."""
+    runtime = runtime_of(spec)
+    return (
+        f"trains here in {runtime.precision} ({runtime.why}), "
+        f"{'compiled' if runtime.compile else 'eager'} on {runtime.device.upper()}"
+    )
+
+
+def warn_runtime(spec: StudySpec) -> None:
+    """A setting the spec pins that runs much slower here than it could: one line on stderr."""
+    if warning := runtime_of(spec).warning:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def print_wall_time(spec: StudySpec, max_concurrent: int | None = None) -> None:
+    """How long the study takes on this machine (measures a few seconds per model size the first time)."""
+    from crossover.trainers.throughput import wall_time_line
+
+    line = wall_time_line(spec, max_concurrent)
+    if line is None:
+        out.print("[dim]no wall-time estimate here: the trials need GPUs and this machine has none[/]", highlight=False)
+    else:
+        out.print(line, highlight=False)
+
+
+def significant(value: float) -> str:
+    """Three significant digits without exponents where they read easily: 12,984 / 41.3 / 0.00663."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain aligned table: fast for 10,000-trial plans (rich tables take ~0.5 ms a row) and easy to grep."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def prepare_data(spec: StudySpec, rebuild: bool = False, verify: bool = False):  # -> crossover.data.PreparedData
+    """prepare() with a rich progress bar; DataError exits 2 with its message."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from crossover.data import prepare
+
+    with Progress(
+        TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                for task in tasks.values():
+                    bar.update(task, completed=bar.tasks[task].total or 1, total=bar.tasks[task].total or 1)
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        return prepare(
+            spec.data,
+            progress=progress,
+            notify=lambda m: err.print(f"[yellow]{m}[/]", highlight=False),
+            rebuild=rebuild,
+            full_verify=verify,
+        )
+
+
+def print_link(uri: str, experiment_id: str) -> None:
+    from crossover.tracking.names import training_view_url, ui_server
+
+    where = "" if uri.startswith(("http://", "https://")) else " (after `crossover ui`)"
+    out.print(f"MLflow training view{where}: {training_view_url(ui_server(uri), experiment_id)}", highlight=False)

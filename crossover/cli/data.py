@@ -1,0 +1,110 @@
+"""`crossover data`: build and inspect token stores (logic in crossover.data; this is only the shell)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crossover.cli.app import app, out
+from crossover.cli.common import (
+    load_spec,
+    prepare_data,
+    text_table,
+)
+from crossover.specs import StudySpec, format_tokens
+
+data_app = typer.Typer(no_args_is_help=True, help="Build and inspect the token store of a study's data settings.")
+app.add_typer(data_app, name="data")
+
+
+def _budget_lines(spec: StudySpec, prepared) -> tuple[list[list[str]], int]:
+    from crossover.data.check import budget_fits
+
+    rows = budget_fits(spec, prepared)
+    table = [
+        [r["quality"], format_tokens(r["unique_tokens"]), format_tokens(r["total_tokens"]), f"{r['epochs']:.3g}",
+         format_tokens(r["available"]), "yes" if r["fits"] else "NO"]
+        for r in rows
+    ]  # fmt: skip
+    return table, sum(not r["fits"] for r in rows)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec YAML file.")],
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild even when a valid store is cached.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Hash every file of a cached store.")] = False,
+) -> None:
+    """Build (or load from the cache and verify) the tokenizer and token store of a study's data settings."""
+    import time
+
+    spec = load_spec(spec_path)
+    started = time.perf_counter()
+    prepared = prepare_data(spec, rebuild=rebuild, verify=verify)
+    seconds = time.perf_counter() - started
+    m = prepared.manifest
+    verb = "built" if prepared.built else "cached"
+    out.print(
+        f"[green]{verb}[/] {prepared.root} in {seconds:.2f}s: {m['documents']:,} documents, "
+        f"{format_tokens(m['tokens'])} tokens ({m['dtype']}), tokenizer {m['tokenizer']['name']} "
+        f"({m['tokenizer']['size']} tokens), {format_tokens(m['heldout']['tokens'])} held out",
+        highlight=False,
+    )
+    _, too_big = _budget_lines(spec, prepared)
+    if too_big:
+        out.print(
+            f"[red]{too_big} budget(s) do not fit[/]: `crossover data stats {spec_path}` lists them; "
+            "`crossover validate` rejects this spec",
+            highlight=False,
+        )
+
+
+@data_app.command("stats")
+def data_stats(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec YAML file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
+) -> None:
+    """Documents, tokens, held-out size, quality tiers, and whether each unique budget of the grid fits (builds the
+    token store first when it is not cached)."""
+    from crossover.data.check import budget_fits
+
+    spec = load_spec(spec_path)
+    prepared = prepare_data(spec)
+    stats = prepared.stats()
+    if as_json:
+        print(json.dumps({**stats, "budgets": budget_fits(spec, prepared)}, indent=1))
+        return
+    tok, held, train = stats["tokenizer"], stats["heldout"], stats["train"]
+    out.print(f"[bold]store[/] {stats['store']}", highlight=False)
+    print(
+        f"corpus      {stats['corpus']}: {stats['documents']:,} documents ({stats['duplicates_dropped']} duplicates, "
+        f"{stats['empty_dropped']} empty dropped), {stats['tokens']:,} tokens ({stats['dtype']})\n"
+        f"tokenizer   {tok['name']}: {tok['size']} tokens, embedding rows {tok['padded_vocab']}, "
+        f"eod {tok['eod_id']}, mask {tok['mask_id']}, pad {tok['pad_id']}\n"
+        f"held out    {held['documents']:,} documents, {held['tokens']:,} tokens (requested {held['requested']:,})\n"
+        f"training    {train['documents']:,} documents, {train['tokens']:,} tokens"
+    )
+    tiers = stats["quality"]["tiers"]
+    print(f"\nquality tiers ({stats['quality']['scorer']} scores, token terciles)")
+    print(
+        text_table(
+            ["tier", "documents", "tokens", "scores"],
+            [
+                [
+                    name,
+                    f"{t['documents']:,}",
+                    f"{t['tokens']:,}",
+                    "-" if t["score_min"] is None else f"{t['score_min']:.3g}..{t['score_max']:.3g}",
+                ]
+                for name, t in tiers.items()
+            ],
+        )
+    )
+    table, too_big = _budget_lines(spec, prepared)
+    print("\nbudgets of the grid")
+    print(text_table(["quality", "unique", "total", "epochs", "available", "fits"], table))
+    if too_big:
+        out.print(f"[red]{too_big} budget(s) do not fit[/]", highlight=False)

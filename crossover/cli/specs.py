@@ -1,0 +1,82 @@
+"""crossover validate / plan: check a spec and say what it will cost (logic in crossover.specs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crossover.cli.app import USER_ERROR, app, err, out
+from crossover.cli.common import (
+    check_data,
+    load_checked,
+    load_spec,
+    print_wall_time,
+    runtime_line,
+    significant,
+    text_table,
+    warn_runtime,
+)
+from crossover.specs import SpecError, format_tokens, plan_study
+
+
+@app.command()
+def validate(specs: Annotated[list[Path], typer.Argument(help="Study spec YAML files.")]) -> None:
+    """Check study specs; exit 2 if any cannot run."""
+    failed = False
+    for path in specs:
+        try:
+            spec = load_spec(path)
+            notes = check_data(spec)
+        except SpecError as exc:
+            failed = True
+            err.print(exc.render(), markup=False, highlight=False)
+            continue
+        out.print(f"[green]ok[/] {path}: study '{spec.name}', {len(spec.expand())} trials", highlight=False)
+        for note in [*notes, runtime_line(spec)]:
+            out.print(f"  [dim]{note}[/]", highlight=False)
+        warn_runtime(spec)
+    if failed:
+        raise typer.Exit(USER_ERROR)
+
+
+@app.command()
+def plan(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec YAML file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    mfu: Annotated[float, typer.Option(min=0.001, max=1.0, help="Assumed model FLOPs utilisation.")] = 0.4,
+    gpu_tflops: Annotated[
+        float, typer.Option(min=0.001, help="Peak dense bf16 TFLOP/s per GPU (H100 SXM: 989).")
+    ] = 989.0,
+) -> None:
+    """One row per trial: epochs, parameters, training FLOPs, estimated GPU-hours and memory per worker."""
+    spec = load_checked(spec_path, quiet=as_json)
+    study_plan = plan_study(spec, mfu=mfu, gpu_tflops=gpu_tflops)
+    if as_json:
+        print(json.dumps(study_plan.model_dump(mode="json"), indent=1))
+        return
+    axes = [a for a in (study_plan.trials[0].axes if study_plan.trials else {}) if a not in ("objective", "seed")]
+    rows = [
+        [
+            row.name,
+            *[row.axes[a] for a in axes],
+            f"{row.epochs:.3g}",
+            format_tokens(row.params_total),
+            format_tokens(row.params_active),
+            f"{row.flops:.3g}",
+            significant(row.gpu_hours),
+            f"{row.memory_gib:.3g}",
+        ]
+        for row in study_plan.trials
+    ]
+    memory = "GiB/GPU" if study_plan.runtime.device == "cuda" else "GiB/worker"
+    out.print(f"[bold]study {study_plan.study}[/]: {len(rows)} trials; {runtime_line(spec)}", highlight=False)
+    warn_runtime(spec)
+    print(text_table(["trial", *axes, "epochs", "params", "active", "FLOPs", "GPU-h", memory], rows))
+    print_wall_time(spec)
+    out.print(
+        f"total: {study_plan.total_flops:.3g} training FLOPs, {significant(study_plan.total_gpu_hours)} GPU-hours "
+        f"at {mfu:.0%} MFU of {gpu_tflops:g} TFLOP/s (evaluation not included)"
+    )

@@ -1,0 +1,41 @@
+"""`lm_eval:<task>`: any lm-evaluation-harness task, `max_items` documents of it, through `crossover.evals.lm_eval_bridge`.
+
+Kept apart from the bridge, which imports lm-eval: the registry resolves the name, and `check` says how to install
+the harness, on an installation without the `eval` extra."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from typing import Any
+
+from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks
+from crossover.evals.results import TaskResult
+
+PREFIX = "lm_eval:"
+
+
+@functools.cache
+def _task_manager(include_path: str | None) -> Any:
+    """lm-eval's index of task files (seconds to build): once per process and include folder."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path)
+
+
+class LmEvalTask(EvalTask):
+    """The lm-eval task after the prefix; its metrics are lm-eval's (acc, acc_norm, ... and their stderr)."""
+
+    def score(self, em: Any, ranks: Ranks) -> list[TaskResult]:
+        from crossover.evals.lm_eval_bridge import run_lm_eval
+
+        s = self.settings
+        found = run_lm_eval(em, [self.name.removeprefix(PREFIX)], limit=s.max_items, mc_samples=s.mc_samples,
+                            mdlm_steps=s.mdlm_steps, seed=ITEM_SEED,
+                            task_manager=_task_manager(s.lm_eval_include))  # fmt: skip
+        return list(found.values())
+
+    @classmethod
+    def check(cls, name: str, settings: EvalSettings) -> None:
+        if importlib.util.find_spec("lm_eval") is None:
+            raise ValueError(f"{name} needs the lm-eval harness: pip install 'crossover[eval]'")
