@@ -41,17 +41,12 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics and per-item results here.")] = None,
 ) -> None:
     """Evaluate a checkpoint on the platform's tasks (the same code the trainer runs at its eval points)."""
-    from crossover.data import DataError
-    from crossover.evals.checkpoint import CheckpointError
     from crossover.evals.suite import evaluate_checkpoint
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    try:
-        results = evaluate_checkpoint(str(checkpoint), names, max_items=max_items, mc_samples=mc_samples,
-                                      mdlm_steps=mdlm_steps, device=device, lm_eval_include=str(lm_eval_include) if lm_eval_include else None)  # fmt: skip
-    except (CheckpointError, DataError, ValueError, KeyError) as exc:  # KeyError: lm-eval's unknown task
-        err.print(f"[bold red]cannot evaluate {checkpoint}:[/] {exc}", highlight=False)
-        raise typer.Exit(USER_ERROR) from None
+    include = str(lm_eval_include) if lm_eval_include else None
+    results = evaluate_checkpoint(str(checkpoint), names, max_items=max_items, mc_samples=mc_samples,
+                                  mdlm_steps=mdlm_steps, device=device, lm_eval_include=include)  # fmt: skip
     rows = []
     for result in results:
         for metric, value in result.metrics.items():

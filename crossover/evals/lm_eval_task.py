@@ -9,7 +9,7 @@ import functools
 import importlib.util
 from typing import Any
 
-from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks
+from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks, TaskError
 from crossover.evals.results import TaskResult
 
 PREFIX = "lm_eval:"
@@ -29,13 +29,16 @@ class LmEvalTask(EvalTask):
     def score(self, em: Any, ranks: Ranks) -> list[TaskResult]:
         from crossover.evals.lm_eval_bridge import run_lm_eval
 
-        s = self.settings
-        found = run_lm_eval(em, [self.name.removeprefix(PREFIX)], limit=s.max_items, mc_samples=s.mc_samples,
-                            mdlm_steps=s.mdlm_steps, seed=ITEM_SEED,
-                            task_manager=_task_manager(s.lm_eval_include))  # fmt: skip
+        s, task = self.settings, self.name.removeprefix(PREFIX)
+        try:
+            found = run_lm_eval(em, [task], limit=s.max_items, mc_samples=s.mc_samples, mdlm_steps=s.mdlm_steps,
+                                seed=ITEM_SEED, task_manager=_task_manager(s.lm_eval_include))  # fmt: skip
+        except KeyError as exc:  # lm-eval's way of saying it has no such task
+            raise TaskError(f"{self.name}: lm-eval has no task {exc}; eval.lm_eval_include names a folder of "
+                            "local task YAMLs") from None  # fmt: skip
         return list(found.values())
 
     @classmethod
     def check(cls, name: str, settings: EvalSettings) -> None:
         if importlib.util.find_spec("lm_eval") is None:
-            raise ValueError(f"{name} needs the lm-eval harness: pip install 'crossover[eval]'")
+            raise TaskError(f"{name} needs the lm-eval harness: pip install 'crossover[eval]'")

@@ -27,9 +27,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from crossover.errors import UserError
+
 HELDOUT_LOSS = "heldout_loss"
 ALWAYS_SCORED = (HELDOUT_LOSS,)  # the loss curve: progress, early stopping and the analysis read it at every point
 ITEM_SEED = 0  # every trial of a study scores the same items: matched pairs and seeds compare item by item
+
+
+class TaskError(UserError, ValueError):
+    """A task that cannot be evaluated as asked: an unknown name, a missing extra or sandbox, no item that fits."""
+
+    title = "cannot evaluate"  # how the command line heads its message
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ class EvalTask:
 
     @classmethod
     def check(cls, name: str, settings: EvalSettings) -> None:
-        """Raise ValueError, naming the fix, when this installation cannot run the task."""
+        """Raise TaskError (or ValueError), naming the fix, when this installation cannot run the task."""
 
 
 # name -> "module:Class"; prefix -> "module:Class" for families of names
@@ -133,7 +141,7 @@ def check_names(tasks: Sequence[str]) -> None:
 
     for name in tasks:
         if _entry(name) is None:
-            raise ValueError(
+            raise TaskError(
                 f"unknown eval task '{name}'{closest(name, list(_TASKS))}; tasks: {', '.join(task_names())}"
             )
 
@@ -149,11 +157,16 @@ def resolve(name: str) -> type[EvalTask]:
 
 
 def check_tasks(tasks: Sequence[str], *, unsafe_execution: bool = False, settings: EvalSettings | None = None) -> None:
-    """Refuse, before any training, a task that is unknown or that this installation cannot run (ValueError)."""
+    """Refuse, before any training, a task that is unknown or that this installation cannot run (TaskError)."""
     check_names(tasks)
     settings = settings or EvalSettings(max_items=1, mc_samples=1, seq_len=1, unsafe_execution=unsafe_execution)
     for task in tasks:
-        resolve(task).check(task, settings)
+        try:
+            resolve(task).check(task, settings)
+        except TaskError:
+            raise
+        except ValueError as exc:
+            raise TaskError(str(exc)) from None
 
 
 def check_spec_tasks(spec: Any, *, installed: bool = True) -> None:

@@ -58,7 +58,7 @@ import torch
 
 from crossover.evals.checkpoint import EvalModel
 from crossover.evals.likelihood import ar_loglik, mdlm_loglik, mdlm_ordered_loglik
-from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks
+from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks, TaskError
 from crossover.evals.results import TaskResult, mean_and_stderr
 
 CHOICES = 4  # of each item: the gold and three others
@@ -443,7 +443,7 @@ class HeldoutCloze(MultipleChoiceTask):
         items = heldout_cloze_items(codec, heldout_documents, n_items=max_items, n_choices=CHOICES,
                                     prefix_tokens=prefix, span_tokens=span, seed=seed)  # fmt: skip
         if not items:
-            raise ValueError(
+            raise TaskError(
                 f"heldout_cloze: no items from {len(heldout_documents)} held-out documents (each item needs a "
                 f"document of at least {prefix + span} tokens and another one as long); raise data.heldout_tokens"
             )
@@ -467,7 +467,7 @@ class HumanEvalLikelihood(MultipleChoiceTask):
         items = humaneval_likelihood_items(codec, n_items=max_items, n_choices=CHOICES, seed=seed,
                                            max_tokens=max_seq_len)  # fmt: skip
         if not items:
-            raise ValueError(
+            raise TaskError(
                 f"humaneval_likelihood: no HumanEval solution fits half of the model's {max_seq_len}-token window; "
                 "use a model with a longer max_seq_len"
             )
@@ -511,9 +511,9 @@ def build_items(task: str, codec: Codec, **settings: Any) -> list[MCItem]:
 
     try:
         check_names([task])
-    except ValueError:
-        raise ValueError(f"unknown multiple-choice task '{task}'") from None
+    except TaskError:
+        raise TaskError(f"unknown multiple-choice task '{task}'") from None
     task_class = resolve(task)
     if not issubclass(task_class, MultipleChoiceTask):
-        raise ValueError(f"'{task}' is not a multiple-choice task")
+        raise TaskError(f"'{task}' is not a multiple-choice task")
     return task_class.build_items(codec, **settings)
