@@ -28,21 +28,13 @@ def check_data(spec: StudySpec) -> list[str]:
 
 
 def load_checked(path: Path, quiet: bool = False) -> StudySpec:
-    """`_load`, then the data-size check; exit 2 naming the available size when a budget cannot fit. The notes
+    """`load_spec`, then the data-size check; exit 2 naming the available size when a budget cannot fit. The notes
     (how the sizes were checked) go to stderr unless `quiet`."""
     spec = load_spec(path)
     notes = check_data(spec)
     for note in [] if quiet else notes:
         err.print(f"[dim]{note}[/]", highlight=False)
     return spec
-
-
-def check_tasks(spec: StudySpec) -> None:
-    """Exit 2 before anything starts when the spec asks for an eval task this installation cannot run (lm-eval
-    without the `eval` extra, generated programs without a sandbox)."""
-    from crossover.evals.registry import check_spec_tasks
-
-    check_spec_tasks(spec)
 
 
 # Loggers of the libraries whose routine notices (accelerator detection, database migrations, a local Ray instance

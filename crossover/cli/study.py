@@ -9,7 +9,6 @@ import typer
 
 from crossover.cli.app import STOPPED, app, err, out
 from crossover.cli.common import (
-    check_tasks,
     library_notices_to,
     load_checked,
     load_spec,
@@ -20,6 +19,7 @@ from crossover.cli.common import (
     text_table,
     warn_runtime,
 )
+from crossover.evals.registry import check_spec_tasks
 from crossover.specs import format_seconds, format_tokens
 from crossover.tracking.names import PROGRESS_METRICS
 
@@ -73,7 +73,7 @@ def run(
     spec = load_checked(spec_path)
     ray_storage = storage_path(spec, storage)
     check_start(spec, str(spec_path), ray_storage, resume=resume, fresh=fresh)
-    check_tasks(spec)
+    check_spec_tasks(spec)  # what this installation cannot run (lm-eval without its extra, no sandbox)
     log_dir = driver_folder(ray_storage)
     # The topmost folder the log creates, removed again if the study cannot start: nothing half-written.
     created = next((p for p in reversed([log_dir, *log_dir.parents]) if not p.exists()), None)

@@ -11,11 +11,11 @@ import typer
 
 from crossover.cli.app import USER_ERROR, app, err, out
 from crossover.cli.common import (
-    check_tasks,
     library_notices_to,
     load_checked,
     text_table,
 )
+from crossover.evals.registry import check_spec_tasks
 from crossover.specs import StudySpec, format_tokens
 from crossover.tracking.names import PROGRESS_METRICS
 
@@ -92,7 +92,7 @@ def train(
     from crossover.trainers.loop import train as train_trial
 
     spec = load_checked(spec_path)
-    check_tasks(spec)
+    check_spec_tasks(spec)  # what this installation cannot run (lm-eval without its extra, no sandbox)
     trial = _pick_trial(spec, which)
     folder = out_dir or Path(".crossover") / "train" / spec.name / trial.name
     if folder.exists() and any(folder.iterdir()) and not resume:

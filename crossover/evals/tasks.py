@@ -405,7 +405,7 @@ class MultipleChoiceTask(EvalTask):
     @classmethod
     def build_items(cls, codec: Codec, *, max_items: int, seed: int = 0, max_seq_len: int | None = None,
                     heldout_documents: Sequence[dict[str, str]] | None = None) -> list[MCItem]:  # fmt: skip
-        """The items, fitting `max_seq_len` (default: the codec's, as an EvalModel has one)."""
+        """The items, each fitting `max_seq_len` tokens (None: no limit)."""
         raise NotImplementedError
 
     @staticmethod
@@ -433,8 +433,6 @@ class HeldoutCloze(MultipleChoiceTask):
 
     @classmethod
     def build_items(cls, codec, *, max_items, seed=0, max_seq_len=None, heldout_documents=None):
-        if max_seq_len is None:
-            max_seq_len = getattr(codec, "max_seq_len", None)
         if heldout_documents is None:
             if not hasattr(codec, "heldout_documents"):
                 raise ValueError("heldout_cloze needs heldout_documents (or a PreparedData as codec)")
@@ -462,8 +460,6 @@ class HumanEvalLikelihood(MultipleChoiceTask):
 
     @classmethod
     def build_items(cls, codec, *, max_items, seed=0, max_seq_len=None, heldout_documents=None):
-        if max_seq_len is None:
-            max_seq_len = getattr(codec, "max_seq_len", None)
         items = humaneval_likelihood_items(codec, n_items=max_items, n_choices=CHOICES, seed=seed,
                                            max_tokens=max_seq_len)  # fmt: skip
         if not items:
@@ -505,15 +501,17 @@ def _humaneval_positions(data_json: str, cache: str, max_items: int) -> int | No
     return sum(len(item.context) + len(choice) for item in items for choice in item.choices)
 
 
-def build_items(task: str, codec: Codec, **settings: Any) -> list[MCItem]:
-    """The items of the multiple-choice task named `task` (settings as `MultipleChoiceTask.build_items`)."""
-    from crossover.evals.registry import check_names, resolve
+def build_items(task: str, codec: Codec, *, max_seq_len: int | None = None, **settings: Any) -> list[MCItem]:
+    """The items of the multiple-choice task named `task` (settings as `MultipleChoiceTask.build_items`), fitting
+    `max_seq_len` or else the codec's window (an EvalModel has one)."""
+    from crossover.evals.registry import resolve
 
     try:
-        check_names([task])
+        task_class = resolve(task)
     except TaskError:
         raise TaskError(f"unknown multiple-choice task '{task}'") from None
-    task_class = resolve(task)
     if not issubclass(task_class, MultipleChoiceTask):
         raise TaskError(f"'{task}' is not a multiple-choice task")
-    return task_class.build_items(codec, **settings)
+    if max_seq_len is None:
+        max_seq_len = getattr(codec, "max_seq_len", None)
+    return task_class.build_items(codec, max_seq_len=max_seq_len, **settings)
