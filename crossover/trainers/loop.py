@@ -285,7 +285,7 @@ class Trainer:
         ranks = Ranks(self.rank, self.world, lambda values: _all_reduce_sum(values, self.device))
         results = self.suite.run(EvalModel.from_data(self.engine.module, self.trial.objective, self.data, self.trial),
                                  ranks)  # fmt: skip
-        return metrics_of(results), [r for r in results if r.item_ids]
+        return metrics_of(results), [r for r in results if r.item_ids]  # the held-out loss has no per-item file
 
     # ---- checkpoints
     def _checkpoint(self, metrics: dict[str, float], tokens: int) -> None:
