@@ -26,22 +26,21 @@ from crossover.analysis.scaling import (
     prabhudesai_critical_compute,
 )
 from crossover.specs import ModelConfig, count_params
-from crossover.tracking.names import HEADLINE_ACCURACY, HELDOUT_LOSS
+from crossover.specs.tokens import format_tokens
+from crossover.tracking.names import (
+    HEADLINE_ACCURACY,
+    HELDOUT_LOSS,
+    TEST,
+    VALIDATION,
+    higher_is_better,
+    item_split,
+    validation_key,
+)
 
 X_COLUMNS = {"tokens": "tokens", "flops": "flops", "epochs": "epoch"}
 SCORINGS = ("acc", "acc_norm", "acc_pmi")  # a multiple-choice task's accuracies: raw, per character, PMI
 LOSS_METRIC = HELDOUT_LOSS
-_LOWER_SUFFIXES = ("loss", "nll", "ppl", "perplexity", "bpb")
 _DEFAULT_METRICS = (*HEADLINE_ACCURACY, "acc_norm", "acc", LOSS_METRIC)
-
-
-def higher_is_better(metric: str) -> bool:
-    """Direction from the metric name: loss, nll, ppl, perplexity and bpb are lower-is-better, delta_nll and
-    everything else (acc, acc_norm, pass_at_k, ...) higher-is-better."""
-    last = metric.rsplit("/", 1)[-1].lower()
-    if last.startswith("delta"):
-        return True
-    return not last.endswith(_LOWER_SUFFIXES)
 
 
 def default_metric(metrics: list[str]) -> str:
@@ -71,6 +70,31 @@ class CellCurves:
     epochs: np.ndarray
 
 
+@dataclass(frozen=True)
+class ArBestSeed:
+    """One seed's early-stopped AR and the matched MDLM's last value, on the same test items."""
+
+    seed: int
+    stop_tokens: float  # where AR stops: its anneal's length, or its validation-chosen eval point
+    value: float  # AR's best on the test items
+    mdlm_last: float | None  # the same cell's MDLM trial of this seed, its final value on the test items
+    run_id: str  # where `value` is read (the anneal run, or the AR run)
+
+
+@dataclass(frozen=True)
+class ArBest:
+    """AR's best in one cell, as the verdict reads it: chosen on the validation items, scored on the test items."""
+
+    cell: str
+    value: float  # mean over seeds of AR's best on the test items
+    stop_tokens: float  # mean over seeds of the stopping point (tokens)
+    source: str  # "annealed at 380k", "validation-chosen eval point (not annealed)", ... (`_trial_values`)
+    annealed: bool  # every seed's value is an annealed model's (an anneal run, or the AR trial's own end)
+    mdlm_last: float | None  # mean over seeds of the cell's MDLM final value on the same test items
+    test_items: bool  # the values are on the test items (False: older studies without per-item results, all items)
+    seeds: tuple[ArBestSeed, ...] = ()
+
+
 @dataclass
 class StudyAnalysis:
     study: str
@@ -98,6 +122,7 @@ class StudyAnalysis:
     loss: StudyAnalysis | None = None  # the held-out loss's crossovers, when the main metric is another
     scorings: dict[str, StudyAnalysis] = field(default_factory=dict)  # the same task's other accuracies' crossovers
     model_params: dict[str, tuple[int, int]] = field(default_factory=dict)  # cell -> (total, active) parameters
+    ar_best: dict[str, ArBest] = field(default_factory=dict)  # cell -> its early-stopped AR (`_ar_best`)
 
 
 def _axis_values(data: StudyData) -> pd.DataFrame:
@@ -293,18 +318,81 @@ def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int
         )
 
 
+def _half(items: Any, field_name: str, split: str) -> dict[str, float] | None:
+    """{item id: value} of one eval point's per-item results on one half of the items (names.item_split); None
+    without per-item results."""
+    if not isinstance(items, dict) or field_name not in items:
+        return None
+    return {i: float(v) for i, v in zip(items["ids"], items[field_name], strict=True) if item_split(i) == split}
+
+
+def _halves(curves: pd.DataFrame, metric: str, column: str | None, field_name: str) -> pd.DataFrame:
+    """Per curve row: `metric` on the validation items and on the test items, from the per-item results (the
+    logged eval/<task>/<metric>/validation where there are none); NaN where neither says."""
+    out = pd.DataFrame({VALIDATION: np.nan, TEST: np.nan}, index=curves.index)
+    if column is not None and column in curves:
+        for index, items in zip(curves.index, curves[column], strict=True):
+            for split in (VALIDATION, TEST):
+                if half := _half(items, field_name, split):
+                    out.at[index, split] = float(np.nanmean(list(half.values())))
+    logged = validation_key(metric.split("/")[1], field_name)
+    if logged in curves:
+        out[VALIDATION] = out[VALIDATION].fillna(curves[logged])
+    return out
+
+
+ANNEALED, VALIDATION_CHOSEN, ALL_ITEMS = "annealed at {stop}", "validation-chosen eval point (not annealed)", (
+    "best eval point on all items (no validation split: flatters AR)")  # fmt: skip
+
+
 def _trial_values(data: StudyData, metric: str, higher: bool) -> pd.DataFrame:
-    """Per trial: its last value of `metric` (`final`) and its best value over the run (`best`: the envelope at the
-    end, what early stopping on this metric keeps)."""
+    """Per trial (anneal runs are read as AR's best, never as trials): `final`, its last value on the test items;
+    `best`, what an early-stopped model of it scores on the test items: for AR, the final value of its anneal run
+    (crossover.platform.anneal) where the study has one, else its eval point with the best validation value
+    (chosen on the validation items, scored on the test items; not annealed unless it is the run's end); for MDLM,
+    its final value (MDLM's last, trained to its end). `stop`: the tokens AR stops at; `best_run`, `best_step`:
+    where `best` is read; `best_source`: which of these it is. Without per-item results or a validation metric
+    (older studies) the values are on all items and AR's best is its best eval point on them, as said there."""
+    task, field_name = metric.split("/")[1], metric.rsplit("/", 1)[-1]
+    column = f"items/{task}" if task in data.item_tasks else None
+    anneals: dict[str, pd.Series] = {}
+    if len(data.anneal_curves) and metric in data.anneal_curves:
+        done = data.anneal_curves[data.anneal_curves[metric].notna()].sort_values("step")
+        done = done.assign(**_halves(done, metric, column, field_name))
+        for _, last in done.groupby("run_id").tail(1).iterrows():  # a finished anneal: its last point is its stop
+            if last["step"] >= 0.99 * last["anneal_stop"]:
+                anneals[last["anneal_of"]] = last
     valid = data.curves[data.curves[metric].notna()].sort_values("step")
-    groups = valid.groupby("run_id")
-    last = groups.tail(1).set_index("run_id")
-    best = groups[metric].max() if higher else groups[metric].min()
-    return (
-        last[["cell", "objective", "seed", "unique_budget", "step"]]
-        .assign(final=last[metric], best=best.reindex(last.index))
-        .reset_index()
-    )
+    valid = valid.assign(**_halves(valid, metric, column, field_name))
+    rows = []
+    for run_id, points in valid.groupby("run_id", sort=False):
+        last = points.iloc[-1]
+        final = last[TEST] if pd.notna(last[TEST]) else last[metric]
+        row = {"run_id": run_id, **last[["cell", "objective", "seed", "unique_budget", "step"]].to_dict(),
+               "final": final, "best": final, "stop": last["tokens"], "best_run": run_id, "best_step": last["step"],
+               "best_source": "final"}  # fmt: skip
+        if last["objective"] == "ar":
+            if (anneal := anneals.get(last["trial_id"])) is not None:
+                best = anneal[TEST] if pd.notna(anneal[TEST]) else anneal[metric]
+                row |= {"best": best, "stop": anneal["anneal_stop"], "best_run": anneal["run_id"],
+                        "best_step": anneal["step"],
+                        "best_source": ANNEALED.format(stop=format_tokens(int(anneal["anneal_stop"])))}  # fmt: skip
+            else:
+                chosen = points[VALIDATION].notna().any()
+                scores = points[VALIDATION] if chosen else points[metric]
+                pick = points.loc[scores.idxmax() if higher else scores.idxmin()]  # the earliest among equals
+                at_end = pick["step"] == last["step"]
+                source = VALIDATION_CHOSEN if chosen else ALL_ITEMS
+                if chosen and at_end:  # its own schedule annealed it there
+                    source = f"{ANNEALED.format(stop=format_tokens(int(pick['tokens'])))} (its own end)"
+                if chosen and pd.isna(pick[TEST]):
+                    source += "; scored on all items"
+                row |= {"best": pick[TEST] if pd.notna(pick[TEST]) else pick[metric], "stop": pick["tokens"],
+                        "best_step": pick["step"], "best_source": source}  # fmt: skip
+        rows.append(row)
+    columns = ["run_id", "cell", "objective", "seed", "unique_budget", "step", "final", "best", "stop", "best_run",
+               "best_step", "best_source"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _other_axes_key(trials: pd.DataFrame, exclude: tuple[str, ...], axes: list[str]) -> pd.Series:
@@ -370,17 +458,34 @@ def _basis_details(values: pd.DataFrame, higher: bool) -> dict[str, list[Efficie
     return {b: efficiency_details(means.loc["ar"][b].to_dict(), means.loc["mdlm"][b].to_dict(), higher) for b in BASES}
 
 
+def _test_item_vectors(data: StudyData, sub: pd.DataFrame, column: str, field_name: str) -> dict[str, np.ndarray]:
+    """Per trial of `sub` (`_trial_values` rows): (best, final) x test items, its per-item scores where `best` and
+    `final` are read, items aligned on one list of ids; empty unless every trial has them there."""
+    curves = pd.concat([data.curves, data.anneal_curves]) if len(data.anneal_curves) else data.curves
+    if column not in curves:
+        return {}
+    at = dict(zip(zip(curves["run_id"], curves["step"], strict=True), curves[column], strict=True))
+    out: dict[str, np.ndarray] = {}
+    ids: list[str] | None = None
+    for row in sub.itertuples():
+        halves = [_half(at.get((run, step)), field_name, TEST) for run, step in
+                  ((row.best_run, row.best_step), (row.run_id, row.step))]  # fmt: skip
+        if not all(halves):
+            return {}
+        ids = ids if ids is not None else sorted(halves[0])
+        out[row.run_id] = np.asarray([[half.get(i, np.nan) for i in ids] for half in halves])
+    return out
+
+
 def _efficiency_intervals(
     data: StudyData, analysis: StudyAnalysis, sub: pd.DataFrame, n_boot: int, seed: int
 ) -> tuple[dict[tuple[str, float], tuple[float, float]], str | None]:
     """Bootstrap intervals of U'/U per (basis, MDLM budget): seeds resampled within each (objective, budget) when
     it has two or more, then the eval items (the same draw for every trial: the items are shared), each replicate's
-    best and final read from its own resampled curves. Returns ({(basis, U): (low, high)}, what was resampled)."""
+    best and final re-read on the resampled test items at the points `_trial_values` chose (the choice, made on the
+    validation items, is not redone). Returns ({(basis, U): (low, high)}, what was resampled)."""
     task, field_name = analysis.metric.split("/")[1], analysis.metric.rsplit("/", 1)[-1]
-    column = f"items/{task}"
-    item_curves = (
-        _trial_item_curves(data.curves, list(sub["run_id"]), column, field_name) if task in data.item_tasks else {}
-    )
+    item_curves = _test_item_vectors(data, sub, f"items/{task}", field_name) if task in data.item_tasks else {}
     seeds = sub.groupby(["objective", "unique_budget"])["run_id"].agg(list)
     most_seeds = int(seeds.map(len).max())
     if not item_curves and most_seeds < 2:
@@ -398,11 +503,9 @@ def _efficiency_intervals(
             chosen = rng.choice(run_ids, size=len(run_ids)) if len(run_ids) >= 2 else run_ids
             for run_id in chosen:
                 if item_curves:
-                    scores = item_curves[run_id]
+                    scores = item_curves[run_id]  # (best, final) x test items
                     ok = np.isfinite(scores)
-                    curve = (np.where(ok, scores, 0) @ weights) / np.maximum(ok @ weights, 1e-12)
-                    best = float(curve.max() if analysis.higher_is_better else curve.min())
-                    final = float(curve[-1])
+                    best, final = (np.where(ok, scores, 0) @ weights) / np.maximum(ok @ weights, 1e-12)
                 else:
                     best, final = observed[run_id]["best"], observed[run_id]["final"]
                 rows.append({"objective": objective, "unique_budget": budget, "best": best, "final": final})
@@ -430,10 +533,21 @@ def _efficiency_intervals(
     return intervals, source
 
 
+def _ar_best_at(values: pd.DataFrame, budget: float) -> dict[str, Any]:
+    """The efficiency row's AR at the MDLM budget itself: its best (mean over seeds, test items), stop and source."""
+    ar = values[(values["objective"] == "ar") & (values["unique_budget"] == budget)]
+    if ar.empty:
+        return {"ar_best": None, "ar_stop": None, "ar_best_source": None}
+    return {"ar_best": float(ar["best"].mean()), "ar_stop": float(ar["stop"].mean()),
+            "ar_best_source": "; ".join(dict.fromkeys(ar["best_source"]))}  # fmt: skip
+
+
 def _efficiency(data: StudyData, analysis: StudyAnalysis, n_boot: int = 1000, seed: int = 0) -> None:
-    """U'/U per MDLM budget against each trial's best value (the envelope: an early-stopped AR, the baseline a
-    practitioner would use; the headline) and against its final value (AR left to overfit), each with a bootstrap
-    interval over items (and seeds where there are several)."""
+    """U'/U per MDLM budget against an early-stopped AR (the headline: the baseline a practitioner would use; each
+    AR trial annealed to its stop chosen on the validation items where the study has anneal runs, else its
+    validation-chosen eval point; `ar_best_source` says which), and against final values (AR left to overfit);
+    every value on the test items (`_trial_values`), with MDLM's last on both bases; each with a bootstrap
+    interval over the test items (and seeds where there are several)."""
     if "unique_tokens" not in analysis.axes:
         analysis.efficiency_note = "Not applicable: the study does not vary the unique-token budget."
         return
@@ -457,7 +571,8 @@ def _efficiency(data: StudyData, analysis: StudyAnalysis, n_boot: int = 1000, se
             continue
         intervals, source = _efficiency_intervals(data, analysis, sub, n_boot, seed)
         for best, final in zip(details["best"], details["final"], strict=True):
-            row: dict[str, Any] = {"group": group, "unique_tokens": best.unique_tokens, "ci_source": source}
+            row: dict[str, Any] = {"group": group, "unique_tokens": best.unique_tokens, "ci_source": source,
+                                   **_ar_best_at(sub, best.unique_tokens)}  # fmt: skip
             for basis, eff in (("best", best), ("final", final)):
                 suffix = "" if basis == "best" else "_final"
                 low, high = intervals.get((basis, eff.unique_tokens), (None, None))
@@ -474,6 +589,30 @@ def _efficiency(data: StudyData, analysis: StudyAnalysis, n_boot: int = 1000, se
     analysis.efficiency = pd.DataFrame(rows)
     if not rows:
         analysis.efficiency_note = "No group has both AR and MDLM trials at two or more unique budgets."
+
+
+def _ar_best(data: StudyData, analysis: StudyAnalysis) -> None:
+    """Per cell with AR trials: its early-stopped AR (`ArBest`), paired seed by seed with the cell's MDLM last."""
+    if not (data.curves[analysis.metric].notna().any() if analysis.metric in data.curves else False):
+        return
+    values = _trial_values(data, analysis.metric, analysis.higher_is_better)
+    task = analysis.metric.split("/")[1]
+    on_test = task in data.item_tasks
+    for cell, rows in values.groupby("cell", sort=False):
+        ar, mdlm = rows[rows["objective"] == "ar"], rows[rows["objective"] == "mdlm"].set_index("seed")["final"]
+        if ar.empty:
+            continue
+        seeds = tuple(
+            ArBestSeed(int(r.seed), float(r.stop), float(r.best),
+                       float(mdlm[r.seed]) if r.seed in mdlm.index else None, str(r.best_run))
+            for r in ar.itertuples()
+        )  # fmt: skip
+        analysis.ar_best[cell] = ArBest(
+            cell=cell, value=float(ar["best"].mean()), stop_tokens=float(ar["stop"].mean()),
+            source="; ".join(dict.fromkeys(ar["best_source"])),
+            annealed=all(str(src).startswith(ANNEALED.split("{")[0]) for src in ar["best_source"]),
+            mdlm_last=float(mdlm.mean()) if len(mdlm) else None, test_items=on_test, seeds=seeds,
+        )  # fmt: skip
 
 
 def _scaling(data: StudyData, analysis: StudyAnalysis) -> None:
@@ -649,6 +788,7 @@ def analyze_study(
     analysis.model_params = _model_params(data)
     with _single_threaded_blas():
         _crossovers(data, analysis, n_boot, seed)
+        _ar_best(data, analysis)
         _efficiency(data, analysis, n_boot, seed)
         _scaling(data, analysis)
         _delta_nll(data, analysis)

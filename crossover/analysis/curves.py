@@ -24,7 +24,12 @@ from crossover.analysis.errors import AnalysisError
 from crossover.tracking.names import (
     EVAL_PREFIX,
     ITEMS_DIR,
+    ROLE_ANNEAL,
     ROLE_STUDY,
+    ROLE_TRIAL,
+    TAG_ANNEAL_OF,
+    TAG_ANNEAL_STOP,
+    TAG_AR_STOP,
     TAG_CELL,
     TAG_ITEMS,
     TAG_OBJECTIVE,
@@ -63,6 +68,12 @@ class StudyData:
     trials: pd.DataFrame  # one row per trial run: identity, axes.*, budgets and every param
     curves: pd.DataFrame  # one row per (trial, eval point)
     item_tasks: list[str] = field(default_factory=list)  # tasks whose per-item results are in `items/<task>` columns
+    # The anneal runs (crossover.platform.anneal: an AR trial trained again with its decay ending at its
+    # validation-chosen stop), kept out of `trials` and `curves` so no AR curve or mean mixes them in: one row per
+    # anneal run (its trial row, with `anneal_of`, the AR trial id, and `anneal_stop`, tokens), and their curves in
+    # the layout of `curves` (the last row of each is its final value, per-item results included).
+    anneals: pd.DataFrame = field(default_factory=pd.DataFrame)
+    anneal_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def axes(self) -> list[str]:
@@ -168,6 +179,10 @@ def _trial_table(study: str, runs: list[Any]) -> pd.DataFrame:
             start_time=run.info.start_time,
             parent_run_id=tags.get(TAG_PARENT),
             item_tasks=tags.get(TAG_ITEMS, ""),
+            role=tags.get(TAG_ROLE, ROLE_TRIAL),
+            anneal_of=tags.get(TAG_ANNEAL_OF),
+            anneal_stop=_number(tags.get(TAG_ANNEAL_STOP)),
+            ar_stop=_number(tags.get(TAG_AR_STOP)),
             metric_keys=sorted(run.data.metrics),
         )
         row["unique_budget"] = _number(params.get("data.unique_tokens"))
@@ -233,7 +248,8 @@ def read_study(study: str, tracking_uri: str | None = None, items: bool = True, 
     """Read a study (parent run, trial runs, metric histories, per-item results) from MLflow. The trial runs are the
     children (`mlflow.parentRunId`) of the current parent run (`crossover.role=study`; runs under parents that
     `crossover run --fresh` marked `superseded` are left out); without such a parent, every run tagged
-    `crossover.trial_id` in the study's experiment. `bulk=False` reads the histories through the public client API
+    `crossover.trial_id` in the study's experiment. Anneal runs (`crossover.role=anneal`) are kept apart, in
+    `anneals` and `anneal_curves`, out of the ordinary trials and curves. `bulk=False` reads the histories through the public client API
     even from a SQL store (slower; the tests compare both paths)."""
     from mlflow.exceptions import MlflowException
 
@@ -309,7 +325,13 @@ def read_study(study: str, tracking_uri: str | None = None, items: bool = True, 
     metric_cols = sorted(c for c in curves.columns if c not in meta_cols and c not in ("run_id", "step"))
     curves = curves[["run_id", *meta_cols, "step", *metric_cols]]
     curves = curves.sort_values(["cell", "objective", "seed", "trial", "step"], kind="stable").reset_index(drop=True)
-    return StudyData(study, uri, experiment_id, parent_run_id, trials, curves, item_tasks)
+    annealed = trials["role"] == ROLE_ANNEAL
+    anneals = trials[annealed].reset_index(drop=True)
+    in_anneal = curves["run_id"].isin(anneals["run_id"])
+    anneal_curves = curves[in_anneal].join(anneals.set_index("run_id")[["anneal_of", "anneal_stop"]], on="run_id")
+    return StudyData(study, uri, experiment_id, parent_run_id, trials[~annealed].reset_index(drop=True),
+                     curves[~in_anneal].reset_index(drop=True), item_tasks, anneals,
+                     anneal_curves.reset_index(drop=True))  # fmt: skip
 
 
 def _dedupe(trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:

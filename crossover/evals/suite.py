@@ -41,10 +41,18 @@ class EvalSuite:
 
 
 def metrics_of(results: Sequence[TaskResult]) -> dict[str, float]:
-    """eval/<task>/<metric> for every result (the MLflow metric names of the tracking contract)."""
-    from crossover.tracking.names import eval_key
+    """eval/<task>/<metric> for every result (the MLflow metric names of the tracking contract), and for a result
+    with per-item values, each one's mean over the task's validation items (`eval/<task>/<metric>/validation`, see
+    `crossover.tracking.names.item_split`): what the platform chooses AR's stopping point on, never the test items.
+    The per-item results keep every item."""
+    from crossover.tracking.names import VALIDATION, eval_key, split_means, validation_key
 
-    return {eval_key(r.task, name): value for r in results for name, value in r.metrics.items()}
+    metrics = {eval_key(r.task, name): value for r in results for name, value in r.metrics.items()}
+    for r in results:
+        if r.item_ids:
+            means = split_means(r.item_ids, r.item_metrics, VALIDATION)
+            metrics.update({validation_key(r.task, name): value for name, value in means.items()})
+    return metrics
 
 
 def evaluate_checkpoint(

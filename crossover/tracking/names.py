@@ -7,6 +7,7 @@ the analysis' reader. The contract in words is the docstring of `crossover.track
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -38,8 +39,15 @@ TAG_TUNE_EXPERIMENT = "crossover.tune_experiment"  # parent run: name:trials-has
 TAG_ERROR = "crossover.error"  # trial run: why it failed (cleared when a retry finishes)
 TAG_DATA_HASH = "crossover.data_hash"  # trial run: the hash of every batch it trained on, in order
 TAG_PARENT = "mlflow.parentRunId"
+# The early-stopped AR (spec block `early_stopped_ar`): the AR trial's run records the stop its validation items chose;
+# the anneal run (role "anneal", left out of the ordinary curves) trains the same trial with its decay ending there.
+TAG_AR_STOP = "crossover.ar_stop"  # AR trial run: the validation-chosen stop (tokens seen)
+TAG_ANNEAL_OF = "crossover.anneal_of"  # anneal run: the trial id of the AR trial it anneals
+TAG_ANNEAL_STOP = "crossover.anneal_stop"  # anneal run: its train.total_tokens, the AR trial's validation-chosen stop
+TAG_ANNEAL_METRIC = "crossover.anneal_metric"  # both: the metric whose validation half chose the stop
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
+ROLE_ANNEAL = "anneal"  # an AR trial annealed to the validation-chosen stop of another (crossover.anneal_of)
 ROLE_SUPERSEDED = "superseded"  # a parent run that `crossover run --fresh` replaced
 
 # Metrics (step = tokens seen)
@@ -64,6 +72,47 @@ LOCAL_UI = "http://127.0.0.1:5000"  # where `crossover ui` serves a local store
 SUMMARY_PREFIX = "summary/"
 SUMMARY_COLUMNS = [f"{SUMMARY_PREFIX}{name}" for name in ("acc_final", "acc_best", "heldout_loss_final", "epochs")]
 HEADLINE_ACCURACY = ("eval/heldout_cloze/acc_pmi", "eval/heldout_cloze/acc")
+
+# Every multiple-choice item belongs to one half, by its document: the validation half chooses (AR's stopping
+# point), the test half scores (the analysis' headline values), so no choice is made on the items that judge it.
+VALIDATION, TEST = "validation", "test"
+_LOWER_SUFFIXES = ("loss", "nll", "ppl", "perplexity", "bpb")
+
+
+def item_document(item_id: str) -> str:
+    """The document an item comes from: '<doc id>' of a held-out cloze item '<doc id>@<offset>'; the whole id of
+    items with no offset (a HumanEval task id)."""
+    return item_id.rsplit("@", 1)[0] if "@" in item_id else item_id
+
+
+def item_split(item_id: str) -> str:
+    """VALIDATION or TEST, by a hash of the item's document: the items of one document are all in one half, the
+    same half in every process, study and release."""
+    digest = hashlib.blake2b(item_document(str(item_id)).encode(), digest_size=8).digest()
+    return VALIDATION if digest[0] % 2 == 0 else TEST
+
+
+def split_means(ids: list[str], metrics: Mapping[str, list[float]], split: str) -> dict[str, float]:
+    """Each per-item metric's mean over the items of one half (nothing when the half has no items)."""
+    chosen = [i for i, item_id in enumerate(ids) if item_split(item_id) == split]
+    if not chosen:
+        return {}
+    return {name: sum(float(values[i]) for i in chosen) / len(chosen) for name, values in metrics.items()}
+
+
+def validation_key(task: str, metric: str) -> str:
+    """`eval/<task>/<metric>/validation`: the metric's mean over the task's validation items."""
+    return f"{eval_key(task, metric)}/{VALIDATION}"
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction from the metric name: loss, nll, ppl, perplexity and bpb are lower-is-better, delta_nll and
+    everything else (acc, acc_norm, pass_at_k, ...) higher-is-better; a split suffix (/validation) is skipped."""
+    parts = metric.split("/")
+    last = (parts[-2] if len(parts) > 1 and parts[-1] in (VALIDATION, TEST) else parts[-1]).lower()
+    if last.startswith("delta"):
+        return True
+    return not last.endswith(_LOWER_SUFFIXES)
 
 
 def training_view_url(server: str, experiment_id: str) -> str:
