@@ -359,8 +359,11 @@ def _trial_values(data: StudyData, metric: str, higher: bool) -> pd.DataFrame:
     if len(data.anneal_curves) and metric in data.anneal_curves:
         done = data.anneal_curves[data.anneal_curves[metric].notna()].sort_values("step")
         done = done.assign(**_halves(done, metric, column, field_name))
+        # the AR trial's current stop (crossover.ar_stop), where an earlier choice (another metric) left another
+        chosen = data.trials.set_index("trial_id")["ar_stop"] if "ar_stop" in data.trials else pd.Series(dtype=float)
         for _, last in done.groupby("run_id").tail(1).iterrows():  # a finished anneal: its last point is its stop
-            if last["step"] >= 0.99 * last["anneal_stop"]:
+            stop = chosen.get(last["anneal_of"], math.nan)
+            if last["step"] >= 0.99 * last["anneal_stop"] and (pd.isna(stop) or stop == last["anneal_stop"]):
                 anneals[last["anneal_of"]] = last
     valid = data.curves[data.curves[metric].notna()].sort_values("step")
     valid = valid.assign(**_halves(valid, metric, column, field_name))

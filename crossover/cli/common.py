@@ -91,9 +91,11 @@ def warn_runtime(spec: StudySpec) -> None:
 
 def print_wall_time(spec: StudySpec, max_concurrent: int | None = None) -> None:
     """How long the study takes on this machine (measures a few seconds per model size the first time)."""
+    from crossover.platform.anneal import anneal_cost
     from crossover.trainers.throughput import wall_time_line
 
-    line = wall_time_line(spec, max_concurrent)
+    anneal = anneal_cost(spec)  # the study's second phase, where it anneals AR to its validation-chosen stop
+    line = wall_time_line(spec, max_concurrent, after=anneal.bound if anneal else ())
     if line is None:
         out.print("[dim]no wall-time estimate here: the trials need GPUs and this machine has none[/]", highlight=False)
     else:

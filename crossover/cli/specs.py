@@ -52,10 +52,15 @@ def plan(
     ] = 989.0,
 ) -> None:
     """One row per trial: epochs, parameters, training FLOPs, estimated GPU-hours and memory per worker."""
+    from crossover.platform.anneal import anneal_cost
+
     spec = load_checked(spec_path, quiet=as_json)
     study_plan = plan_study(spec, mfu=mfu, gpu_tflops=gpu_tflops)
+    anneal = anneal_cost(spec)  # the anneal phase (early_stopped_ar.anneal): its own line, an upper bound
     if as_json:
-        print(json.dumps(study_plan.model_dump(mode="json"), indent=1))
+        bound = {"trials": len(anneal.bound), "tokens": anneal.tokens, "flops": anneal.flops,
+                 "continued": anneal.continued} if anneal else None  # fmt: skip
+        print(json.dumps({**study_plan.model_dump(mode="json"), "anneal": bound}, indent=1))
         return
     axes = [a for a in (study_plan.trials[0].axes if study_plan.trials else {}) if a not in ("objective", "seed")]
     rows = [
@@ -75,6 +80,8 @@ def plan(
     out.print(f"[bold]study {study_plan.study}[/]: {len(rows)} trials; {runtime_line(spec)}", highlight=False)
     warn_runtime(spec)
     print(text_table(["trial", *axes, "epochs", "params", "active", "FLOPs", "GPU-h", memory], rows))
+    if anneal:
+        out.print(anneal.line(), highlight=False)
     print_wall_time(spec)
     out.print(
         f"total: {study_plan.total_flops:.3g} training FLOPs, {significant(study_plan.total_gpu_hours)} GPU-hours "

@@ -101,11 +101,15 @@ def run(
             out.print(growth.summary(), highlight=False)
         progress.kept([t.name for t in growth.kept])
 
+    def on_anneal(plan) -> None:  # the second phase: AR annealed to its validation-chosen stop
+        out.print(plan.summary(), highlight=False)
+        progress.add([a.trial for a in plan.to_run])
+
     try:
         with progress:
             outcome = run_study(
                 spec, spec_path.read_text(), uri, address=address, fresh=fresh, max_concurrent=max_concurrent,
-                storage=storage, callbacks=[progress.callback()], on_growth=on_growth,
+                storage=storage, callbacks=[progress.callback()], on_growth=on_growth, on_anneal=on_anneal,
             )  # fmt: skip
     except KeyboardInterrupt:  # before the trials started (Ray starting); once they run, Tune stops them
         err.print(f"study stopped before its trials started: `crossover run {spec_path}` starts it again")

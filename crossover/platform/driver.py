@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from crossover.errors import UserError
+from crossover.platform.anneal import AnnealPlan, plan_anneals
 from crossover.platform.grow import Growth, plan_growth, score_added_tasks
 from crossover.platform.local_ray import init_local_instance, record_local_instance, state_file
 from crossover.platform.tracking import (
@@ -54,9 +55,9 @@ class StudyOutcome:
 
 
 def _tracked_run(trial_json: dict[str, Any], uri: str, parent_run_id: str, runtime: Runtime,
-                 continues: dict[str, Any] | None) -> TrialRun:  # fmt: skip
+                 continues: dict[str, Any] | None, tags: dict[str, str] | None) -> TrialRun:  # fmt: skip
     """Built inside the process that trains (rank 0): trials log to MLflow from where they run."""
-    return TrialRun(TrialSpec.model_validate(trial_json), uri, parent_run_id, runtime, continues)
+    return TrialRun(TrialSpec.model_validate(trial_json), uri, parent_run_id, runtime, continues, tags)
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -65,7 +66,8 @@ def run_trial(config: dict[str, Any]) -> None:
     runtime = Runtime.model_validate(config["runtime"])  # resolved once for the study, on the driver
     continues = config.get("continues", {}).get(trial.trial_id)  # a shorter trial this one continues (grow.py)
     branch = continues and continues["branch"]
-    run = TrialRun(trial, config["tracking_uri"], config["parent_run_id"], runtime, continues)
+    tags = config.get("run_tags", {}).get(trial.trial_id)  # an anneal trial's role (anneal.py)
+    run = TrialRun(trial, config["tracking_uri"], config["parent_run_id"], runtime, continues, tags)
     if run.already_finished:  # finished before a driver crash that Tune's state did not see: never train twice
         return
     try:
@@ -81,7 +83,7 @@ def run_trial(config: dict[str, Any]) -> None:
             from crossover.trainers.launch import run_workers
 
             tracked = functools.partial(_tracked_run, trial.model_dump(mode="json"), config["tracking_uri"],
-                                        config["parent_run_id"], runtime, continues)  # fmt: skip
+                                        config["parent_run_id"], runtime, continues, tags)  # fmt: skip
             outcome = run_workers(
                 trial, config["storage"], name=f"{trial.study}-{trial.trial_id}", run_factory=tracked,
                 callbacks=[TuneReportCallback()], max_failures=trial.resources.max_failures, runtime=runtime,
@@ -189,6 +191,7 @@ def run_study(
     storage: str | None = None,
     callbacks: list | None = None,
     on_growth: Callable[[Growth], None] | None = None,
+    on_anneal: Callable[[AnnealPlan], None] | None = None,
 ) -> StudyOutcome:
     """Run (or continue) every trial of the study; returns which finished and which failed.
 
@@ -196,6 +199,8 @@ def run_study(
     again, unfinished ones restart from their last checkpoint, and their MLflow runs are continued. A spec that
     changed since makes the study grow (crossover.platform.grow; `on_growth` hears what is kept and what runs
     before anything does). `fresh` starts over instead (new MLflow parent run, old Tune state removed).
+    With `early_stopped_ar.anneal`, a second phase then anneals each finished AR trial to its validation-chosen stop
+    (crossover.platform.anneal; `on_anneal` hears the plan before it trains).
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress table replaces Tune's console output
     trials, resources = spec.expand(), spec.resources
@@ -227,6 +232,16 @@ def run_study(
                 experiment = f"{storage.rstrip('/')}/{tune_name}"
             results = _fit(spec, trials, storage, address, max_concurrent, callbacks, common, interrupted,
                            tune_name, first) if trials else []  # fmt: skip
+            stopped = _sorted_out(results, trial_statuses(tracking_uri, parent_run_id))[2]
+            if spec.early_stopped_ar.anneal and spec.search is None and not stopped:
+                plan = plan_anneals(spec, tracking_uri, parent_run_id, storage)
+                if on_anneal:
+                    on_anneal(plan)
+                if todo := [a.trial for a in plan.to_run]:
+                    phase = {**common, "continues": {a.trial.trial_id: a.continues for a in plan.to_run if a.continues},
+                             "run_tags": {a.trial.trial_id: a.tags for a in plan.to_run}}  # fmt: skip
+                    results += _fit(spec, todo, storage, address, max_concurrent, callbacks, phase, interrupted,
+                                    f"{spec.name}.anneal-{_trials_hash(todo)[:8]}", True)  # fmt: skip
     except KeyboardInterrupt:  # Ctrl-C before Tune took it over (the parent run being made, Ray starting)
         mark_study_stopped(tracking_uri, spec.name)
         raise

@@ -24,9 +24,11 @@ from crossover.platform.tracking import TrialRun, mark_out_of_spec, trial_runs_o
 from crossover.specs import StudySpec, TrialSpec
 from crossover.tracking.names import (
     EVAL_PREFIX,
+    ROLE_ANNEAL,
     TAG_BRANCH,
     TAG_BRANCH_TOKENS,
     TAG_LINEAGE,
+    TAG_ROLE,
     TAG_TRIAL_ID,
     task_key,
 )
@@ -67,7 +69,9 @@ def plan_growth(spec: StudySpec, uri: str, parent_run_id: str) -> Growth:
     from crossover.trainers.schedules import branch_step
 
     trials = spec.expand()
-    finished = [r for r in trial_runs_of(uri, parent_run_id) if r.info.status == "FINISHED"]
+    # An anneal run (crossover.platform.anneal) is no grid trial: never kept, continued or marked out of spec here.
+    finished = [r for r in trial_runs_of(uri, parent_run_id)
+                if r.info.status == "FINISHED" and r.data.tags.get(TAG_ROLE) != ROLE_ANNEAL]  # fmt: skip
     by_id = {r.data.tags[TAG_TRIAL_ID]: r for r in finished}
     in_spec = {t.trial_id for t in trials}
     growth = Growth(out_of_spec=mark_out_of_spec(uri, finished, in_spec))

@@ -85,6 +85,14 @@ class StudyProgress:
             self.live.update(self.render())
             self.live.stop()
 
+    def add(self, trials: list[TrialSpec]) -> None:
+        """Trials the study runs beyond its grid (the anneal phase, crossover.platform.anneal)."""
+        self.totals.update({t.name: t.total_tokens for t in trials})
+        for trial in trials:
+            self.rows.setdefault(trial.name, {"status": "pending"})
+        if self.live:
+            self.live.update(self.render())
+
     def kept(self, names: list[str]) -> None:
         """Trials that finished in an earlier run of the study and are not run again."""
         for name in names:

@@ -211,11 +211,13 @@ class TrialRun:
     was logged meanwhile is sent when it answers again, at the latest when the trial ends."""
 
     def __init__(self, trial: TrialSpec, uri: str, parent_run_id: str, runtime: Runtime | None = None,
-                 continues: dict[str, Any] | None = None):  # fmt: skip
+                 continues: dict[str, Any] | None = None, tags: dict[str, str] | None = None):  # fmt: skip
         """`continues`: the shorter trial this one continues from its branch checkpoint ({"run_id", "tokens",
         "replaces"}): its points up to there are this run's too; when it `replaces` it (the spec no longer has
-        that trial), its run is deleted once this one finishes, so the study keeps one run per trial."""
-        self.continues = continues
+        that trial), its run is deleted once this one finishes, so the study keeps one run per trial (an anneal
+        trial continues a longer one's checkpoint the same way, replacing nothing). `tags`: set on the run as it is
+        created, over the trial's own (an anneal run's role, crossover.platform.anneal)."""
+        self.continues, self.tags = continues, tags or {}
         # A run is written from inside training: a down server must cost a failed call, not MLflow's minutes of
         # internal retries. This process retries itself (the buffers below), so turn MLflow's own retries off.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
@@ -241,7 +243,8 @@ class TrialRun:
         experiment_id = _experiment_id(self.client, self.uri, trial.study)
         run = _find_run(self.client, experiment_id, {TAG_TRIAL_ID: trial.trial_id, TAG_PARENT: parent_run_id})
         if run is None:
-            run = self.client.create_run(experiment_id, tags=trial_tags(trial, parent_run_id), run_name=trial.name)
+            tags = {**trial_tags(trial, parent_run_id), **self.tags}
+            run = self.client.create_run(experiment_id, tags=tags, run_name=trial.name)
         if not run.data.params and self.continues:  # before the params: their absence says the copy is not done
             self._copy_through(self.continues["run_id"], run.info.run_id, int(self.continues["tokens"]))
         if not run.data.params:  # new, or created by an attempt that failed before its params were sent

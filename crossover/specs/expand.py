@@ -407,6 +407,10 @@ def expand_study(spec: StudySpec) -> list[TrialSpec]:
     axes = expander.axis_values()
     if spec.search is not None:
         _check_search_metric(expander, spec)
+    from crossover.specs.anneal import metric_problem
+
+    if problem := metric_problem(spec):
+        expander.fail(("early_stopped_ar", "metric" if spec.early_stopped_ar.metric else "anneal"), problem)
     if expander.problems:
         raise SpecError(expander.source.file, expander.problems)
     names = list(axes)

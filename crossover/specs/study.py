@@ -315,6 +315,17 @@ class SearchSpec(Strict):
         return space
 
 
+class EarlyStoppedArSpec(Strict):
+    """The early-stopped AR baseline (the analysis' "AR's best"). Its stopping point is always chosen on the
+    validation items (`crossover.tracking.names.item_split`) and scored on the test items. `anneal`: once the AR
+    trials are done, `crossover run` trains one more AR trial per AR trial, the same one with its schedule's decay
+    ending at that stop (continued from a kept checkpoint before its decay where there is one: keep_checkpoints: all),
+    so the baseline is a model a practitioner would train, not a mid-run point at the stable learning rate."""
+
+    anneal: bool = False
+    metric: str | None = None  # eval/<task>/<metric> that chooses the stop; default: crossover.specs.anneal
+
+
 AXES = ("objective", "unique_tokens", "total_tokens", "quality", "model", "sparsity", "noise", "seed", *HYPERPARAMETERS)
 
 
@@ -333,6 +344,7 @@ class StudySpec(Strict):
     exclude: list[dict[str, Any]] = []
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
     search: SearchSpec | None = None
+    early_stopped_ar: EarlyStoppedArSpec = EarlyStoppedArSpec()
 
     # Where each field came from in the YAML file, so expansion errors can name file, line and column.
     _source: Any = PrivateAttr(default=None)

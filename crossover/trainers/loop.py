@@ -332,16 +332,30 @@ class Trainer:
                 f"checkpoint {folder} has no state for rank {self.rank} (was the worker count changed?)"
             )
         saved = TrialSpec.model_validate_json((Path(folder) / TRIAL_FILE).read_text())
-        longer = saved.trial_id != self.trial.trial_id
-        if longer and (saved.lineage_id != self.trial.lineage_id or saved.total_tokens > self.trial.total_tokens):
-            raise ValueError(f"checkpoint {folder} is trial {saved.name}'s, which trial {self.trial.name} cannot "
-                             "continue (only a longer train.total_tokens may differ)")  # fmt: skip
-        self.engine.load_checkpoint(folder, tag="model")
         state = json.loads(path.read_text())
+        longer = saved.trial_id != self.trial.trial_id
+        if longer and not _shared(saved, self.trial, int(state["tokens"])):
+            raise ValueError(f"checkpoint {folder} is trial {saved.name}'s, which trial {self.trial.name} cannot "
+                             "continue (only train.total_tokens may differ, and the checkpoint must be one both "
+                             "trials pass through alike: a shorter trial's branch, or a point of both stable "
+                             "phases)")  # fmt: skip
+        self.engine.load_checkpoint(folder, tag="model")
         self.stream.load_state(state["data"], longer=longer)
         self.data_hash = state["data_hash"]
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+
+def _shared(saved: TrialSpec, trial: TrialSpec, tokens: int) -> bool:
+    """Whether `trial` may continue `saved`'s checkpoint at `tokens`: the same lineage, and either `saved` is the
+    shorter (its branch checkpoint: a longer trial grows) or the point lies in both trials' stable phase (a shorter
+    trial annealed early, crossover.specs.anneal): both trained alike up to it."""
+    if saved.lineage_id != trial.lineage_id:
+        return False
+    if saved.total_tokens <= trial.total_tokens:
+        return True
+    steps = [branch_step(t) for t in (saved, trial)]
+    return all(s is not None and tokens <= s * trial.train.global_batch_tokens for s in steps)
 
 
 def train(

@@ -21,6 +21,7 @@ import heapq
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from crossover.specs import PRESETS, ModelConfig, StudySpec, TrialSpec, longest_first
@@ -48,6 +49,7 @@ class WallTime:
     rates: dict[str, float]  # tokens/s per model label, measured or cached
     per_trial: dict[str, float]  # seconds, by trial name
     estimated: dict[str, str] = field(default_factory=dict)  # label -> why its rate is estimated, not measured
+    after: dict[str, float] = field(default_factory=dict)  # seconds of the trials of a second phase (the anneal)
 
 
 def available_memory(runtime: Runtime) -> int:
@@ -194,9 +196,12 @@ def _model_label(model: ModelConfig) -> str:
     return f"L{model.layers}d{model.d_model}f{model.ffn}{moe}"
 
 
-def estimate_wall_time(spec: StudySpec, runtime: Runtime, slots: int, memory: int | None = None) -> WallTime:
+def estimate_wall_time(spec: StudySpec, runtime: Runtime, slots: int, memory: int | None = None,
+                       after: Sequence[tuple[TrialSpec, int]] = ()) -> WallTime:  # fmt: skip
     """The study's duration here with `slots` trials at once, from measured rates (see the module docstring); a
-    model too large to measure in `memory` (default: what is free here) gets an estimated rate, said so."""
+    model too large to measure in `memory` (default: what is free here) gets an estimated rate, said so. `after`:
+    trials of a second phase that starts once the grid is done, each (trial, tokens it trains) (the anneal,
+    crossover.platform.anneal.anneal_cost)."""
     rates: dict[str, float] = {}
     per_trial: dict[str, float] = {}
     estimated: dict[str, str] = {}
@@ -214,7 +219,16 @@ def estimate_wall_time(spec: StudySpec, runtime: Runtime, slots: int, memory: in
     loads = [0.0] * max(1, slots)
     for seconds in per_trial.values():  # each onto the slot that frees first, as Ray Tune places them
         heapq.heapreplace(loads, loads[0] + seconds)
-    return WallTime(STUDY_START_S + max(loads), len(loads), rates, per_trial, estimated)
+    phase: dict[str, float] = {}
+    for trial, tokens in after:
+        rate = rates.get(_model_label(trial.model)) or measure_rate(trial, runtime, memory)
+        share = tokens / trial.total_tokens  # its eval points after the checkpoint it continues
+        phase[trial.name] = TRIAL_START_S + (tokens + EVAL_COST * eval_tokens(trial) * share) / rate
+    if phase:
+        loads = [max(loads)] * len(loads)
+        for seconds in sorted(phase.values(), reverse=True):
+            heapq.heapreplace(loads, loads[0] + seconds)
+    return WallTime(STUDY_START_S + max(loads), len(loads), rates, per_trial, estimated, phase)
 
 
 def local_slots(spec: StudySpec, max_concurrent: int | None = None) -> int:
@@ -236,17 +250,19 @@ def describe(wall: WallTime, runtime: Runtime) -> str:
     rates = ", ".join(f"{label} {rate:,.0f} tok/s" + (" (estimated)" if label in wall.estimated else "")
                       for label, rate in wall.rates.items())  # fmt: skip
     notes = "".join(f"; {label} not measured: {why}" for label, why in wall.estimated.items())
+    after = f" then up to {len(wall.after)} anneal trials," if wall.after else ""
     return (
-        f"estimated {format_seconds(wall.seconds)} here: {len(wall.per_trial)} trials, {wall.slots} at a time, "
+        f"estimated {format_seconds(wall.seconds)} here: {len(wall.per_trial)} trials,{after} {wall.slots} at a time, "
         f"{rates} per worker measured in {runtime.precision} on {_device_name(runtime)} (evaluation and start-up "
         f"included){notes}"
     )
 
 
-def wall_time_line(spec: StudySpec, max_concurrent: int | None = None, memory: int | None = None) -> str | None:
+def wall_time_line(spec: StudySpec, max_concurrent: int | None = None, memory: int | None = None,
+                   after: Sequence[tuple[TrialSpec, int]] = ()) -> str | None:  # fmt: skip
     """One line for `plan` and `run`, or None where this machine cannot run the study's trials (GPU trials, no GPU).
     A measurement that fails (a kernel torch cannot run here, too little memory) never ends the plan: the line says
-    the estimate was not measured, and why."""
+    the estimate was not measured, and why. `after`: a second phase's trials, as in `estimate_wall_time`."""
     from crossover.specs.hardware import resolve_runtime
 
     trials = spec.expand()
@@ -257,7 +273,7 @@ def wall_time_line(spec: StudySpec, max_concurrent: int | None = None, memory: i
         if not torch.cuda.is_available():
             return None
     try:
-        wall = estimate_wall_time(spec, runtime, local_slots(spec, max_concurrent), memory)
+        wall = estimate_wall_time(spec, runtime, local_slots(spec, max_concurrent), memory, after)
     except Exception as exc:  # any failure of the measurement is reported, never raised
         reason = (str(exc).strip().splitlines() or [""])[0][:300]
         return (f"wall time not measured here: {type(exc).__name__}: {reason} (training a step in "

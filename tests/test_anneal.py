@@ -1,0 +1,160 @@
+"""The early-stopped AR a practitioner would train (spec block `early_stopped_ar`): the eval items split by document
+into validation and test halves, AR's stop chosen on the validation half, one AR trial per AR trial annealed to
+that stop by `crossover run` (real Ray Tune, DeepSpeed and MLflow), kept out of the AR curves and read by the
+analysis as AR's best on the test items; `crossover plan` counts it."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from crossover.cli import app
+from crossover.evals.results import TaskResult
+from crossover.evals.suite import metrics_of
+from crossover.specs import parse_study
+from crossover.specs.anneal import anneal_trial, choose_stop
+from crossover.tracking.names import (
+    ROLE_ANNEAL,
+    TAG_ANNEAL_OF,
+    TAG_ANNEAL_STOP,
+    TAG_AR_STOP,
+    TAG_ROLE,
+    TAG_TRIAL_ID,
+    TEST,
+    VALIDATION,
+    item_split,
+    validation_key,
+)
+
+from .conftest import tiny_study
+from .test_platform import run, runs
+
+ANNEAL = {
+    "data": {"heldout_tokens": "64k"},  # enough held-out documents for both halves of the cloze items
+    # half of each run a decay, so that every eval point but the last is a stop with steps to anneal
+    "train": {
+        "total_tokens": 16384,
+        "global_batch_tokens": 512,
+        "warmup_tokens": 1024,
+        "decay_fraction": 0.5,
+        "keep_checkpoints": "all",
+    },
+    "eval": {"every": 2048, "tasks": ["heldout_cloze"], "max_items": 32},
+    "grid": {"objective": ["ar", "mdlm"], "unique_tokens": ["2k", "4k"]},
+    # the gold span's NLL: AR on 2k-4k unique tokens overfits within the run, so its best point is before the end
+    "early_stopped_ar": {"anneal": True, "metric": "eval/heldout_cloze/nll"},
+}
+
+
+def test_items_split_into_validation_and_test_by_document_alike_everywhere():
+    ids = [f"{doc}@{offset}" for doc in range(60) for offset in (48, 112, 176)]
+    halves = {}
+    for item_id in ids:
+        halves.setdefault(item_id.split("@")[0], set()).add(item_split(item_id))
+    assert all(len(h) == 1 for h in halves.values())  # a document's items are all in one half
+    validation = sum(h == {VALIDATION} for h in halves.values())
+    assert 20 <= validation <= 40  # about half the documents each
+    # a hash of the document id, the same in every process and release (pinned)
+    assert [item_split(f"{doc}@48") for doc in ("0", "2", "18", "72")] == [VALIDATION, TEST, VALIDATION, TEST]
+    assert (item_split("HumanEval/0"), item_split("HumanEval/1")) == (TEST, VALIDATION)  # no offset: the id
+
+    # the trainer's metrics: every item's mean, and the validation half's as its own metric; per-item results keep all
+    result = TaskResult("heldout_cloze", {"acc": 0.5}, ["0@48", "0@112", "2@48", "18@48"],
+                        {"acc": [1.0, 0.0, 1.0, 1.0]})  # fmt: skip
+    metrics = metrics_of([result])
+    assert metrics["eval/heldout_cloze/acc"] == 0.5
+    assert metrics[validation_key("heldout_cloze", "acc")] == pytest.approx(2 / 3)  # documents 0 and 18
+    assert choose_stop([(2048, 0.4), (4096, 0.6), (6144, 0.6), (8192, 0.5)], "eval/x/acc") == 4096
+    assert choose_stop([(2048, 3.0), (4096, 2.5), (6144, 2.7)], "eval/x/nll") == 4096  # lower is better
+
+
+def test_the_spec_refuses_a_stop_metric_without_validation_items(tiny_corpus):
+    from crossover.specs import SpecError
+
+    with pytest.raises(SpecError, match="early_stopped_ar.anneal.*add heldout_cloze"):
+        parse_study(tiny_study(tiny_corpus, early_stopped_ar={"anneal": True})).expand()  # heldout_loss only
+    with pytest.raises(SpecError, match="early_stopped_ar.metric.*not a metric the trials report"):
+        parse_study(
+            tiny_study(tiny_corpus, **{**ANNEAL, "early_stopped_ar": {"metric": "eval/hellaswag/acc"}})
+        ).expand()
+    default = parse_study(tiny_study(tiny_corpus, **{**ANNEAL, "early_stopped_ar": {"anneal": True}}))
+    from crossover.specs.anneal import anneal_metric
+
+    assert anneal_metric(default) == "eval/heldout_cloze/acc_pmi" and len(default.expand()) == 4
+
+
+def test_plan_counts_the_anneal_trials_on_their_own_line(tiny_corpus, tmp_path):
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump(tiny_study(tiny_corpus, **ANNEAL)))
+    result = CliRunner().invoke(app, ["plan", str(spec)])
+    assert result.exit_code == 0, result.output
+    # 2 AR trials, eval every 2048 of 16384 in batches of 512: the costliest stop (14336, its decay from 7168 on)
+    # continues the checkpoint at 6144: 8192 tokens each at most
+    assert "anneal: up to 2 more AR trials, each annealed to its validation-chosen stop: at most 16.4k tokens" in (
+        result.output
+    ), result.output
+    assert "then up to 2 anneal trials" in result.output
+    off = tmp_path / "off.yaml"
+    off.write_text(yaml.safe_dump(tiny_study(tiny_corpus, **{**ANNEAL, "early_stopped_ar": {"anneal": False}})))
+    assert "anneal:" not in CliRunner().invoke(app, ["plan", str(off)]).output
+
+
+@pytest.mark.xdist_group("ray")
+def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysis_reads_it(study, tmp_path):
+    from crossover.analysis import analyze_study, read_study
+    from crossover.trainers.launch import LocalReporter
+    from crossover.trainers.loop import train
+    from crossover.trainers.schedules import lr_at
+
+    spec = study["write"](**ANNEAL)
+    result = run(study, spec, timeout=900)  # 4 trials and 2 anneals on 2 cores: about 5 minutes
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "annealing AR to its validation-chosen stop at " in result.stdout, result.stdout
+    assert "continue a kept checkpoint" in result.stdout and "not annealed (" not in result.stdout, result.stdout
+    client, _, children = runs(study["uri"])
+    trials = {t.trial_id: t for t in parse_study(yaml.safe_load(spec.read_text())).expand()}
+    anneals = [c for c in children if c.data.tags.get(TAG_ROLE) == ROLE_ANNEAL]
+    ar_runs = [c for c in children if c.data.tags[TAG_TRIAL_ID] in trials and trials[c.data.tags[TAG_TRIAL_ID]].objective == "ar"]  # fmt: skip
+    assert len(children) == 6 and len(anneals) == len(ar_runs) == 2  # one anneal per AR trial
+    for ar_run in ar_runs:
+        ar = trials[ar_run.data.tags[TAG_TRIAL_ID]]
+        history = client.get_metric_history(ar_run.info.run_id, validation_key("heldout_cloze", "nll"))
+        stop = choose_stop([(m.step, m.value) for m in history], "eval/heldout_cloze/nll")
+        assert ar_run.data.tags[TAG_AR_STOP] == str(stop) and stop < ar.total_tokens
+        (anneal,) = [a for a in anneals if a.data.tags[TAG_ANNEAL_OF] == ar.trial_id]
+        assert anneal.info.status == "FINISHED" and anneal.data.tags[TAG_ANNEAL_STOP] == str(stop)
+        assert anneal.data.params["train.total_tokens"] == str(stop)  # its schedule ends at the stop
+        expected = anneal_trial(ar, stop)
+        assert anneal.data.tags[TAG_TRIAL_ID] == expected.trial_id and anneal.info.run_name == expected.name
+        lrs = sorted((m.step, m.value) for m in client.get_metric_history(anneal.info.run_id, "lr"))
+        assert lrs[-1][0] == stop
+        assert lrs[-1][1] == pytest.approx(lr_at(stop - 512, expected.train)) and lrs[-1][1] < ar.train.lr  # decayed
+
+    # The longer anneal continued the AR trial's kept checkpoint: it equals the same trial trained from scratch.
+    anneal = max(anneals, key=lambda a: int(a.data.tags[TAG_ANNEAL_STOP]))
+    assert int(anneal.data.tags[TAG_ANNEAL_STOP]) >= 4096  # its decay begins after the first kept checkpoint
+    expected = anneal_trial(trials[anneal.data.tags[TAG_ANNEAL_OF]], int(anneal.data.tags[TAG_ANNEAL_STOP]))
+    scratch = LocalReporter(tmp_path / "scratch")
+    train(expected, scratch)
+    logged = {m.step: m.value for m in client.get_metric_history(anneal.info.run_id, "eval/heldout_cloze/nll")}
+    last = scratch.history()[-1]
+    assert last["step"] == expected.total_tokens
+    assert logged[last["step"]] == pytest.approx(last["eval/heldout_cloze/nll"], rel=1e-4, abs=1e-4)
+
+    data = read_study("tiny", study["uri"])
+    anneal_ids = {a.data.tags[TAG_TRIAL_ID] for a in anneals}
+    assert not anneal_ids & set(data.trials["trial_id"]) and not anneal_ids & set(data.curves["trial_id"])
+    assert set(data.anneals["trial_id"]) == anneal_ids and len(data.anneal_curves)
+    analysis = analyze_study(data, n_boot=50)
+    table = analysis.efficiency.set_index("unique_tokens")
+    for budget, cell in ((2000, "unique_tokens=2k"), (4000, "unique_tokens=4k")):
+        assert table.loc[budget, "ar_best_source"].startswith("annealed at "), table.loc[budget]
+        best = analysis.ar_best[cell]
+        assert best.annealed and best.test_items and best.mdlm_last is not None
+        assert best.seeds[0].run_id in {a.info.run_id for a in anneals}
+
+    again = run(study, spec, timeout=900)  # nothing left to train: the grid and its anneals are kept
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 AR anneal(s) finished earlier and are kept" in again.stdout, again.stdout
+    assert len(runs(study["uri"])[2]) == 6
