@@ -12,7 +12,7 @@ from matplotlib.collections import PathCollection
 from typer.testing import CliRunner
 
 from crossover.analysis import analyze_study, axis_verdicts, plots, read_study
-from crossover.analysis.axes import AGREES, CANNOT_TELL, DISAGREES
+from crossover.analysis.axes import AGREES, CANNOT_TELL, DISAGREES, NEEDS_SEEDS
 from crossover.cli import app
 from crossover.tracking.names import VERDICT_TAG
 from crossover.tracking.store import mlflow_client
@@ -28,9 +28,14 @@ runner = CliRunner()
 EARLY, MID, LATE, NEVER = 0.9, 0.5, 0.3, 0.05
 
 
-def _study(tmp_path, name: str, grid: dict, truth_of, exclude: list | None = None):
+def _study(tmp_path, name: str, grid: dict, truth_of, exclude: list | None = None, seeds: int = 1):
+    """A planted study with `seeds` seeds per objective. The synthetic world has no training noise, so most tests
+    judge its one-seed lines with `axis_verdicts(analysis, min_seeds=1)` (a real study needs 3 seeds; see
+    test_an_axis_from_one_seed_needs_seeds and the three-seed case of the quality test)."""
     raw = smoke_spec(name)
     raw["grid"] = {"objective": ["ar", "mdlm"], **grid}
+    if seeds > 1:
+        raw["seeds"] = list(range(seeds))
     if "unique_tokens" not in grid:
         raw["data"]["unique_tokens"] = "50k"
     if exclude:
@@ -47,18 +52,20 @@ def _mdlm_factor(factors: dict, key) -> object:
 
 
 @pytest.mark.parametrize(
-    "factors, expected",
+    "factors, expected, seeds",
     [
-        ({"low": EARLY, "medium": MID, "high": LATE}, AGREES),  # later as quality rises, as the paper found
-        ({"low": LATE, "medium": MID, "high": EARLY}, DISAGREES),
-        ({"low": MID, "medium": MID, "high": MID}, CANNOT_TELL),  # one world: the intervals overlap
+        ({"low": EARLY, "medium": MID, "high": LATE}, AGREES, 1),  # later as quality rises, as the paper found
+        ({"low": EARLY, "medium": MID, "high": LATE}, AGREES, 3),  # judged as a real study is: three seeds
+        ({"low": LATE, "medium": MID, "high": EARLY}, DISAGREES, 1),
+        ({"low": MID, "medium": MID, "high": MID}, CANNOT_TELL, 1),  # one world: no pair is surely ordered
     ],
 )
-def test_quality_axis_reads_the_crossover_against_quality(tmp_path, factors, expected):
+def test_quality_axis_reads_the_crossover_against_quality(tmp_path, factors, expected, seeds):
     analysis, _ = _study(
-        tmp_path, "quality", {"quality": ["high", "low", "medium"]}, _mdlm_factor(factors, lambda t: t.data.quality)
-    )
-    (verdict,) = axis_verdicts(analysis)
+        tmp_path, "quality", {"quality": ["high", "low", "medium"]}, _mdlm_factor(factors, lambda t: t.data.quality),
+        seeds=seeds,
+    )  # fmt: skip
+    (verdict,) = axis_verdicts(analysis, min_seeds=seeds)
     assert verdict.axis == "quality" and verdict.agreement == expected, verdict.line
     assert verdict.line.startswith("quality: ")
     assert verdict.line.index(": low ") < verdict.line.index(", medium ") < verdict.line.index(", high "), verdict.line
@@ -69,6 +76,18 @@ def test_quality_axis_reads_the_crossover_against_quality(tmp_path, factors, exp
     assert verdict.metrics["agreement"] == {AGREES: 1, DISAGREES: -1, CANNOT_TELL: 0}[expected]
 
 
+def test_an_axis_from_one_seed_needs_seeds(tmp_path):
+    """The planted 'agrees' world of the quality test with one seed per objective: its intervals hold item noise
+    only, so the line gives the crossovers and what it would have read, and its judgement is 'needs seeds'."""
+    factors = {"low": EARLY, "medium": MID, "high": LATE}
+    analysis, _ = _study(tmp_path, "quality1", {"quality": ["high", "low", "medium"]},
+                         _mdlm_factor(factors, lambda t: t.data.quality), seeds=1)  # fmt: skip
+    (verdict,) = axis_verdicts(analysis)
+    assert verdict.axis == "quality" and verdict.agreement == NEEDS_SEEDS, verdict.line
+    assert "needs seeds: 3 of 3 values have fewer than 3 seeds" in verdict.line
+    assert verdict.metrics["agreement"] == 0.0
+
+
 @pytest.mark.parametrize(
     "factors, expected", [({"nano": LATE, "micro": EARLY}, AGREES), ({"nano": EARLY, "micro": LATE}, DISAGREES)]
 )
@@ -76,7 +95,7 @@ def test_model_size_axis_orders_models_by_parameters_and_gives_ar_saturation(tmp
     analysis, _ = _study(
         tmp_path, "size", {"model": ["micro", "nano"]}, _mdlm_factor(factors, lambda t: t.model.preset)
     )
-    (verdict,) = axis_verdicts(analysis)
+    (verdict,) = axis_verdicts(analysis, min_seeds=1)
     assert verdict.axis == "model" and verdict.agreement == expected, verdict.line
     assert verdict.line.index(": nano ") < verdict.line.index(", micro "), "smaller model first"
     if expected == AGREES:
@@ -104,7 +123,7 @@ def test_sparsity_line_covers_every_configuration_and_places_the_moe(tmp_path, f
         tmp_path, "sparsity", {"model": ["nano", WIDE], "sparsity": ["dense", MOE]}, _mdlm_factor(factors, config),
         exclude=[{"model": WIDE, "sparsity": MOE}],
     )  # fmt: skip
-    (verdict,) = axis_verdicts(analysis)  # one line over model x sparsity, none per axis
+    (verdict,) = axis_verdicts(analysis, min_seeds=1)  # one line over model x sparsity, none per axis
     assert verdict.axis == "sparsity" and verdict.agreement == expected, verdict.line
     assert "MDLM surely ahead at the end in " in verdict.line and "of 3 configurations" in verdict.line
     assert (
@@ -145,7 +164,7 @@ def test_noise_line_says_whether_noised_ar_closed_the_gap(tmp_path, ar_r_star, m
         _noise_truth(ar_r_star, mdlm_factor), exclude=[{"objective": "mdlm", "noise": [{"input_mask": 0.1},
                                                                                        {"dropout": 0.1}]}],
     )  # fmt: skip
-    (verdict,) = axis_verdicts(analysis)
+    (verdict,) = axis_verdicts(analysis, min_seeds=1)
     assert verdict.axis == "noise" and verdict.agreement == expected, verdict.line
     assert verdict.line.startswith("noise: clean AR overtaken at ") and "im0.1: " in verdict.line
     assert "noise raised AR's best in " in verdict.line and "MDLM still ahead at the end of " in verdict.line
@@ -184,7 +203,7 @@ def test_the_trend_compares_crossovers_beyond_the_window_as_equal():
     from crossover.analysis.axes import _Point, _trend
 
     def at(*positions: float) -> list[_Point]:
-        return [_Point(f"v{i}", f"c{i}", None, x, None, None, "") for i, x in enumerate(positions)]
+        return [_Point(f"v{i}", f"c{i}", None, x, None, None, "", None) for i, x in enumerate(positions)]
 
     assert _trend(at(math.inf, math.inf, 9e5), "as the model grows") == "earlier as the model grows"
     assert _trend(at(-math.inf, 1e5, math.inf), "as quality rises") == "later as quality rises"

@@ -62,7 +62,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     raw = smoke_spec()
-    raw["eval"]["mdlm_steps"] = None  # MDLM's choices by the K = 8 ELBO: the analysis notes its Monte Carlo handicap
+    raw["eval"]["mdlm_block"] = None  # MDLM's choices by the K = 8 ELBO: the analysis notes its Monte Carlo handicap
     trials = parse_study(raw).expand()
     write_study(raw, uri, SMOKE_TRUTH)
     # a study whose only trial has started but not been evaluated yet
@@ -162,7 +162,11 @@ def test_analyze_command_writes_the_report_and_logs_it_to_the_parent_run(store, 
                  "figures/efficiency.svg", "figures/scaling_fits.png", "figures/delta_nll.png"):  # fmt: skip
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["metric"] == "eval/heldout_cloze/acc" and summary["ci_source"] == "items, 1 seed"
+    assert summary["metric"] == "eval/heldout_cloze/acc" and summary["ci_source"].startswith(
+        "items, 1 seed (item noise"
+    )
+    assert summary["states"] == "crossed 1, not crossed 1, undetermined 0 of 2 cells"
+    assert any(n.startswith("No C_crit(U) power law: it needs") for n in summary["notes"])  # two budgets fit any line
     assert any("K = 8 Monte Carlo samples" in note for note in summary["notes"])  # MDLM's accuracy: a lower estimate
     cells = {row["cell"]: row for row in summary["crossovers"]}
     small, large = cells["unique_tokens=50k"], cells["unique_tokens=200k"]
@@ -185,16 +189,24 @@ def test_analyze_command_writes_the_report_and_logs_it_to_the_parent_run(store, 
     # the verdict: one line per cell, heading the output and the report, and on the parent run for the runs table
     verdicts = {v["cell"]: v for v in summary["verdicts"]}
     crossed, open_ = verdicts["unique_tokens=50k"]["line"], verdicts["unique_tokens=200k"]["line"]
-    assert crossed.startswith(f"unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc at {format_tokens(small['crossover_tokens'])} tokens ({small['crossover_epochs']:.3g} epochs; 90% CI ")  # fmt: skip
-    assert "AR's best " in crossed and ", MDLM's last " in crossed
-    assert open_.startswith("unique_tokens=200k: not crossed within 400k tokens (2 epochs); AR ahead by ")
+    digits = small["sig_figs"]  # 12 points over 49x: 1.42x apart, so two significant figures
+    assert digits == 2
+    assert crossed.startswith(f"unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc at {format_tokens(small['crossover_tokens'], 2)} tokens ({small['crossover_epochs']:.2g} epochs) (90% CI ")  # fmt: skip
+    assert "; P(crossed) " in crossed and "over items, 1 seed (item noise only" in crossed
+    assert "at the end AR " in crossed and ", MDLM " in crossed
+    assert open_.startswith("unique_tokens=200k: not crossed within 400k tokens (2 epochs): AR ahead at the end by ")
+    assert [verdicts[c]["state"] for c in ("unique_tokens=50k", "unique_tokens=200k")] == ["crossed", "not_crossed"]
     assert result.output.index(crossed) < result.output.index("crossover (tokens)")  # before the table
     assert markdown.index("## Verdict") < markdown.index("## Crossover per cell") and crossed in markdown
     parent = MlflowClient(store.uri).get_run(data.parent_run_id).data
     assert parent.tags["crossover.verdict.50k"] == crossed
     assert parent.tags["crossover.verdict.200k"] == open_
-    assert parent.metrics["verdict/50k/crossed"] == 1.0
-    assert parent.metrics["verdict/200k/crossed"] == 0.0
+    assert parent.metrics["verdict/50k/crossed"] == 1.0 and parent.metrics["verdict/50k/state"] == 1.0
+    assert parent.metrics["verdict/200k/crossed"] == 0.0 and parent.metrics["verdict/200k/state"] == -1.0
+    assert parent.tags["crossover.state.50k"] == "crossed" and parent.tags["crossover.state.200k"] == "not_crossed"
+    status = runner.invoke(app, ["status", "smoke", "--tracking-uri", store.uri])  # the states, as last analysed
+    assert status.exit_code == 0, status.output
+    assert "verdict of the last analysis: crossed 1, not crossed 1 of 2 cells" in status.output, status.output
     assert parent.metrics["verdict/50k/crossover_tokens"] == pytest.approx(small["crossover_tokens"])
     assert parent.metrics["verdict/200k/ar_lead_final"] > 0
     assert "verdict/200k/crossover_tokens" not in parent.metrics
@@ -392,7 +404,7 @@ def test_noise_study_compares_ar_noise_variants_with_the_clean_mdlm(tmp_path):
     for noise in ("im0.1", "do0.1"):
         assert rows[noise]["reference"] == "MDLM from noise=clean"
         assert rows[noise]["status"] in ("crossed", "not_crossed", "mdlm_always_ahead")
-        assert rows[noise]["ci_source"] == "seeds, 2 seeds"
+        assert rows[noise]["ci_source"] == "seeds as a t with 1 df, 2 seeds"
     assert (out / "figures" / "crossover_vs_noise.png").is_file()
     assert "compared with" in (out / "report.md").read_text()
 
@@ -453,7 +465,7 @@ def test_three_seeds_give_a_seed_then_item_interval_and_the_spread_across_seeds(
     write_study(raw, uri, SMOKE_TRUTH)
     analysis = analyze_study(read_study("seeds", uri), n_boot=200)
     row = analysis.crossovers.set_index("cell").loc["unique_tokens=50k"]
-    assert row["ci_source"] == "seeds then items, 3 seeds" and row["seeds_ar"] == row["seeds_mdlm"] == 3
+    assert row["ci_source"] == "seeds as a t with 2 df and items, 3 seeds" and row["seeds_ar"] == row["seeds_mdlm"] == 3
     assert len(row["seed_crossover_tokens"]) == 3 and row["ar_best_sd"] > 0 and row["mdlm_final_sd"] > 0
     (verdict,) = verdicts(analysis)
     assert "across 3 seeds: crossover per seed " in verdict.line and "AR's best varies by" in verdict.line
@@ -468,9 +480,10 @@ def test_three_seeds_give_a_seed_then_item_interval_and_the_spread_across_seeds(
 
 
 def test_the_delta_nll_view_claims_only_what_the_accuracy_shows(tmp_path):
-    """Rising held-out loss reads "not worse answers" only where the study's accuracy held within a standard error
-    (AR still gaining from repeats while its loss rises after 2 epochs); where it fell (AR decaying after 2 epochs)
-    the line says so plainly, whatever Delta NLL did."""
+    """Rising held-out loss reads "not worse answers" only where the paired change of the study's accuracy on the
+    same items has its whole interval above -0.02, the equivalence margin (AR still gaining from repeats while its
+    loss rises after 2 epochs); where it fell surely (AR decaying after 2 epochs) the line says so plainly, whatever
+    Delta NLL did."""
     from crossover.analysis import analyze_study
     from crossover.analysis.verdict import delta_nll_lines
 
@@ -483,9 +496,12 @@ def test_the_delta_nll_view_claims_only_what_the_accuracy_shows(tmp_path):
     assert holds.delta_accuracy == "eval/heldout_cloze/acc"  # the study's metric
     lines = [line for line in delta_nll_lines(holds) if line.startswith("ar-U50k")]
     assert len(lines) == 1 and "rising loss is not worse answers here" in lines[0], lines
-    assert "while heldout_cloze/acc " in lines[0] and "within one standard error" in lines[0]
+    assert "; heldout_cloze/acc " in lines[0] and " held: change +" in lines[0], lines[0]
+    assert "paired on the same items; items, 1 seed x 300 items" in lines[0]
+    assert "lies above -0.02, the equivalence margin" in lines[0]
     row = holds.delta_nll.set_index("trial").loc["ar-U50k-nano-s0"]
-    assert row["loss_rise"] > 0.05 and row["acc_final"] >= row["acc_at_min"] - row["acc_stderr"]
+    assert row["loss_rise"] > 0.05 and row["acc_change_ci"][0] > -0.02
+    assert row["acc_change"] == pytest.approx(row["acc_final"] - row["acc_at_min"])
 
     uri = f"sqlite:///{tmp_path / 'falls.db'}"
     raw = smoke_spec("decaying")
@@ -496,7 +512,7 @@ def test_the_delta_nll_view_claims_only_what_the_accuracy_shows(tmp_path):
     assert len(lines) == 1 and "here rising loss did come with worse answers" in lines[0], lines
     assert "not worse answers" not in lines[0]
     row = falls.delta_nll.set_index("trial").loc["ar-U50k-nano-s0"]
-    assert row["acc_final"] < row["acc_at_min"] - row["acc_stderr"]
+    assert row["acc_change_ci"][1] < 0 and " fell: change -" in lines[0]
 
 
 def test_the_verdict_gives_every_scoring_side_by_side_and_says_where_it_holds(tmp_path):
@@ -507,7 +523,7 @@ def test_the_verdict_gives_every_scoring_side_by_side_and_says_where_it_holds(tm
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     raw = smoke_spec("scorings")
     raw["grid"]["unique_tokens"] = ["50k"]
-    write_study(raw, uri, dataclasses.replace(SMOKE_TRUTH, pmi_ar_shift=3.0))
+    write_study(raw, uri, dataclasses.replace(SMOKE_TRUTH, pmi_ar_shift=3.0, mdlm_data_factor=0.7))  # a clear crossing
     analysis = analyze_study(read_study("scorings", uri), metric="eval/heldout_cloze/acc", n_boot=100)
     assert set(analysis.scorings) == {"eval/heldout_cloze/acc_norm", "eval/heldout_cloze/acc_pmi"}
     assert analysis.scorings["eval/heldout_cloze/acc_pmi"].crossovers.iloc[0]["status"] == "not_crossed"
@@ -515,3 +531,30 @@ def test_the_verdict_gives_every_scoring_side_by_side_and_says_where_it_holds(tm
     assert verdict.line.startswith("unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc at "), verdict.line
     assert "; by scoring: acc crossed at " in verdict.line and ", acc_pmi not crossed (" in verdict.line
     assert "this verdict holds on 2 of 3 scorings" in verdict.line and verdict.metrics["scorings_agree"] == 2 / 3
+
+
+def test_the_analysis_names_mdlm_scored_in_blocks_as_a_handicap():
+    """MDLM's multiple choice scored in blocks of more than one token (eval.mdlm_block > 1: cheaper and weaker than its
+    exact chain rule) gets a note, block 1 none; so do a small ELBO K and, for runs from before the block size, an
+    eval.mdlm_steps below the cloze's 16-token spans. AR's settings never matter."""
+    import pandas as pd
+
+    from crossover.analysis.analyze import _monte_carlo_note
+    from crossover.analysis.curves import StudyData
+
+    def note(**params: str) -> str | None:
+        trials = pd.DataFrame({"objective": ["ar", "mdlm"], **{key: [value] * 2 for key, value in params.items()}})
+        data = StudyData(study="s", tracking_uri="sqlite://", experiment_id="0", parent_run_id=None, trials=trials,
+                         curves=pd.DataFrame())  # fmt: skip
+        return _monte_carlo_note(data)
+
+    k4 = {"eval.mc_samples": "4"}
+    assert note(**k4, **{"eval.mdlm_block": "1"}) is None
+    blocks = note(**k4, **{"eval.mdlm_block": "4"})
+    assert blocks.startswith("MDLM scored in blocks of 4 tokens (eval.mdlm_block): a weaker, cheaper approximation")
+    assert "its likelihoods are a lower estimate" in blocks and "Monte Carlo" not in blocks
+    assert "K = 4 Monte Carlo samples" in note(**k4, **{"eval.mdlm_block": "None"})
+    assert note(**{"eval.mc_samples": "32", "eval.mdlm_block": "None"}) is None
+    assert "in 4 steps (eval.mdlm_steps" in note(**k4, **{"eval.mdlm_steps": "4"})
+    assert note(**k4, **{"eval.mdlm_steps": "16"}) is None  # one token per step on the cloze's spans
+    assert "K = 4 Monte Carlo samples" in note(**k4)  # a run from before either setting: the ELBO

@@ -18,6 +18,7 @@ from crossover.analysis.crossing import CROSSED, Crossover, find_crossover
 from crossover.analysis.curves import StudyData
 from crossover.analysis.efficiency import Efficiency, efficiency_details
 from crossover.analysis.errors import AnalysisError
+from crossover.analysis.paired import Difference, paired_difference
 from crossover.analysis.scaling import (
     InsufficientData,
     ScalingFit,
@@ -264,8 +265,7 @@ def _cell_crossover(tables: _MetricTables, cell: str, analysis: StudyAnalysis, n
         a_s = ar_seeds.to_numpy()[keep]
         d_s = mdlm_seeds.to_numpy()[keep]
         same = sorted(ar_seeds.columns) == sorted(mdlm_seeds.columns)
-        kind = f"seeds, {min(a_s.shape[1], d_s.shape[1])} seeds"
-        samples = dict(ar_samples=a_s, mdlm_samples=d_s, sample_kind=kind, paired=same)
+        samples = dict(ar_samples=a_s, mdlm_samples=d_s, resample="seeds", paired=same)
     if len(steps) == 0:
         return {**row, "status": "no_common_points"}, None, None
     result = find_crossover(
@@ -277,11 +277,15 @@ def _cell_crossover(tables: _MetricTables, cell: str, analysis: StudyAnalysis, n
     row = {
         **row,
         "status": result.status,
+        "point_status": result.point_status,
+        "evidence": result.evidence,
         "x": result.x,
         "ci_low": result.ci[0] if result.ci else None,
         "ci_high": result.ci[1] if result.ci else None,
         "p_crossed": result.p_crossed,
+        "p_ahead_at_end": result.p_ahead_at_end,
         "ci_source": result.ci_source,
+        "sig_figs": grid_sig_figs(x, result.x),
         "crossover_tokens": _interp_log(at, x, tokens),
         "crossover_flops": _interp_log(at, x, flops),
         "crossover_epochs": _interp_log(at, x, epochs),
@@ -314,8 +318,18 @@ def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int
     if not sources:
         analysis.notes.append(
             "No confidence intervals: they need per-item eval results (items/<task>/ artifacts) or two or more "
-            "seeds per objective."
+            "seeds per objective. Every status is the smoothed point estimate's, which no interval backs."
         )
+
+
+def grid_sig_figs(x: np.ndarray, at: float | None) -> int:
+    """The significant figures a crossover position between eval points `x` supports: 3 where neighbouring points
+    are within ~10% of each other, 2 for spacings up to ~2x (cpu_crossover's log:12 over 100x: 1.52x), 1 beyond."""
+    if at is None or len(x) < 2 or not math.isfinite(at):
+        return 2
+    j = int(np.clip(np.searchsorted(x, at), 1, len(x) - 1))
+    spacing = x[j] / x[j - 1] - 1
+    return int(np.clip(2 + math.floor(-math.log10(max(spacing, 1e-9))), 1, 3)) if spacing < 1 else 1
 
 
 def _half(items: Any, field_name: str, split: str) -> dict[str, float] | None:
@@ -435,8 +449,8 @@ def _trial_item_curves(
 def _item_samples(
     curves: pd.DataFrame, source: dict[str, str], column: str, field_name: str, steps: np.ndarray
 ) -> dict[str, Any]:
-    """`find_crossover`'s per-item samples for one cell: (steps x items) with one seed, (steps x seeds x items) with
-    several (a seed-then-item bootstrap), paired when AR and MDLM have the same seeds; empty without items."""
+    """`find_crossover`'s per-item samples for one cell, (steps x seeds x items), its seeds paired when AR and MDLM
+    have the same ones; empty without items."""
     runs = {
         o: curves[(curves["cell"] == source[o]) & (curves["objective"] == o)].groupby("seed")["run_id"].first()
         for o in ("ar", "mdlm")
@@ -445,11 +459,8 @@ def _item_samples(
     if not found:
         return {}
     a, d = (np.stack([found[r] for r in runs[o]], axis=1) for o in ("ar", "mdlm"))
-    seeds = min(a.shape[1], d.shape[1])
-    if seeds == 1:
-        return dict(ar_samples=a[:, 0], mdlm_samples=d[:, 0], sample_kind="items, 1 seed")
     same = list(runs["ar"].index) == list(runs["mdlm"].index)
-    return dict(ar_samples=a, mdlm_samples=d, sample_kind=f"seeds then items, {seeds} seeds", paired=same)
+    return dict(ar_samples=a, mdlm_samples=d, paired=same)
 
 
 def _basis_details(values: pd.DataFrame, higher: bool) -> dict[str, list[Efficiency]] | None:
@@ -666,13 +677,24 @@ def _scaling(data: StudyData, analysis: StudyAnalysis) -> None:
             )
     analysis.critical = pd.DataFrame(rows)
     if rows:
+        # a power law in U only from critical computes whose fits identify R_D*, at three or more budgets: two points
+        # always fit a line, and an unidentified R_D* makes C_crit an extrapolation
         finite = analysis.critical.dropna(subset=["critical_flops"])
-        finite = finite[finite["critical_flops"] > 0]
-        if finite["unique_tokens"].nunique() >= 2:
+        finite = finite[(finite["critical_flops"] > 0) & (finite["note"] == "")]
+        if finite["unique_tokens"].nunique() >= MIN_POWER_LAW_BUDGETS:
             slope, intercept = np.polyfit(
                 np.log(finite["unique_tokens"] / 1e6), np.log(finite["critical_flops"].astype(float)), 1
             )
             analysis.critical_power_law = (float(math.exp(intercept)), float(slope))
+        else:
+            analysis.fit_notes.append(
+                f"No C_crit(U) power law: it needs critical computes from fits that identify R_D* at "
+                f"{MIN_POWER_LAW_BUDGETS} or more unique budgets; this study has "
+                f"{finite['unique_tokens'].nunique()}."
+            )
+
+
+MIN_POWER_LAW_BUDGETS = 3
 
 
 def _delta_nll(data: StudyData, analysis: StudyAnalysis) -> None:
@@ -718,10 +740,33 @@ def _delta_nll(data: StudyData, analysis: StudyAnalysis) -> None:
         table["acc_final"] = last[acc]
         if f"{acc}_stderr" in curves:  # the item standard errors logged with it
             table["acc_stderr"] = np.fmax(best[f"{acc}_stderr"], last[f"{acc}_stderr"])
+        if task in data.item_tasks:  # the paired change on the same items, from the loss minimum to the end
+            changes = {
+                run_id: _paired_change(curves, run_id, f"items/{task}", acc.rsplit("/", 1)[-1],
+                                       best.loc[run_id, "step"], last.loc[run_id, "step"], analysis.confidence)
+                for run_id in last.index
+            }  # fmt: skip
+            table["acc_change"] = pd.Series({r: c.value if c else math.nan for r, c in changes.items()})
+            table["acc_change_ci"] = pd.Series({r: (c.low, c.high) if c else None for r, c in changes.items()})
+            table["acc_change_source"] = pd.Series({r: c.source if c else None for r, c in changes.items()})
     if rel in curves:
         table["delta_rel_at_min"] = best[rel]
         table["delta_rel_final"] = last[rel]
     analysis.delta_nll = table.sort_values(["cell", "objective", "trial"]).reset_index(drop=True)
+
+
+EQUIVALENCE_MARGIN = 0.02  # accuracy: a change inside +-0.02 is "held" in the Delta NLL view
+
+
+def _paired_change(
+    curves: pd.DataFrame, run_id: str, column: str, field_name: str, start: int, end: int, confidence: float
+) -> Difference | None:
+    """A trial's accuracy at `end` minus at `start`, paired on its items, or None without per-item results."""
+    found = _trial_item_curves(curves, [run_id], column, field_name, np.array([start, end]))
+    if not found or not np.isfinite(found[run_id]).any(axis=1).all():
+        return None
+    before, after = found[run_id]
+    return paired_difference(before, after, confidence)
 
 
 @contextmanager
@@ -741,22 +786,44 @@ FEW_MC_SAMPLES = 16  # below this, bench/bench_mdlm_scoring.py measured MDLM's a
 
 
 def _monte_carlo_note(data: StudyData) -> str | None:
-    """MDLM's multiple-choice answers come from Monte Carlo likelihoods: with few samples the noise picks wrong
-    answers, so its accuracy is an underestimate, and the verdict should say so."""
-    if "eval.mc_samples" not in data.trials:
+    """MDLM's multiple-choice answers scored more weakly than its exact chain rule (eval.mdlm_block 1), so its
+    accuracy is an underestimate the verdict should name: by the Monte Carlo ELBO with few samples (noise picks wrong
+    answers), or decoded in blocks of more than one token (eval.mdlm_block > 1, or eval.mdlm_steps, the number of
+    steps per answer of runs from before the block size)."""
+    trials = data.trials
+    if "objective" not in trials:
         return None
-    elbo = data.trials["objective"] == "mdlm"
-    if "eval.mdlm_steps" in data.trials:  # decoded left to right instead: exact, no Monte Carlo noise
-        steps = data.trials["eval.mdlm_steps"]
-        elbo &= steps.isna() | (steps == "None")  # "None": the ELBO; missing: a run from before the setting
-    k = pd.to_numeric(data.trials.loc[elbo, "eval.mc_samples"], errors="coerce")
-    if k.empty or not (k < FEW_MC_SAMPLES).any():
-        return None
-    return (
-        f"MDLM's answers were scored with K = {int(k.min())} Monte Carlo samples: noisy likelihoods pull its accuracy "
-        f"towards chance, so its curves are a lower estimate (on the smoke study's models K = 16 raised MDLM's "
-        f"accuracy by about 0.05 over K = 4; bench/bench_mdlm_scoring.py). Raise eval.mc_samples to tighten it."
-    )
+    mdlm = trials["objective"] == "mdlm"
+
+    def number(param: str) -> pd.Series:  # "None" (the ELBO) and a param the run lacks read as NaN
+        if param not in trials:
+            return pd.Series(float("nan"), index=trials.index)
+        return pd.to_numeric(trials[param], errors="coerce")
+
+    block, steps = number("eval.mdlm_block"), number("eval.mdlm_steps")
+    notes = []
+    k = number("eval.mc_samples")[mdlm & block.isna() & steps.isna()].dropna()  # scored by the ELBO
+    if (k < FEW_MC_SAMPLES).any():
+        notes.append(
+            f"MDLM's answers were scored with K = {int(k.min())} Monte Carlo samples: noisy likelihoods pull its "
+            f"accuracy towards chance, so its curves are a lower estimate (on the smoke study's models K = 16 raised "
+            f"MDLM's accuracy by about 0.05 over K = 4; bench/bench_mdlm_scoring.py). Raise eval.mc_samples, or "
+            f"score exactly with eval.mdlm_block: 1."
+        )
+    if len(blocks := block[mdlm & (block > 1)]):
+        notes.append(
+            f"MDLM scored in blocks of {int(blocks.max())} tokens (eval.mdlm_block): a weaker, cheaper approximation "
+            f"than its exact chain rule; its likelihoods are a lower estimate, and its accuracies are not the exact "
+            f"scorer's (on the smoke study's models, blocks of 8 moved raw acc by +0.10 and acc_pmi by -0.02; "
+            f"docs/results.md, 'MDLM scorer sensitivity'). Score it exactly with eval.mdlm_block: 1."
+        )
+    if len(legacy := steps[mdlm & block.isna() & (steps < 16)]):  # 16: the cloze's span, decoded one token a step
+        notes.append(
+            f"MDLM decoded each answer in {int(legacy.min())} steps (eval.mdlm_steps, before eval.mdlm_block): "
+            f"answers longer than that in blocks of several tokens, a weaker, cheaper approximation than its exact "
+            f"chain rule, its likelihoods a lower estimate and its accuracies not the exact scorer's."
+        )
+    return " ".join(notes) or None
 
 
 def analyze_study(

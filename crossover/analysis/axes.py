@@ -30,12 +30,13 @@ import numpy as np
 import pandas as pd
 
 from crossover.analysis.analyze import StudyAnalysis
-from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
+from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, INTERVAL, NOT_CROSSED, STATUSES, Crossover, compare
 from crossover.analysis.verdict import Verdict
 from crossover.specs import format_tokens
 
-AGREES, DISAGREES, CANNOT_TELL = "agrees", "disagrees", "cannot tell"
-AGREEMENT = {AGREES: 1.0, DISAGREES: -1.0, CANNOT_TELL: 0.0}  # the metric logged on the parent run
+AGREES, DISAGREES, CANNOT_TELL, NEEDS_SEEDS = "agrees", "disagrees", "cannot tell", "needs seeds"
+AGREEMENT = {AGREES: 1.0, DISAGREES: -1.0, CANNOT_TELL: 0.0, NEEDS_SEEDS: 0.0}  # the metric logged on the parent run
+MIN_SEEDS = 3  # per objective, in every cell an axis line compares, before it agrees or disagrees
 NOT_AXES = ("objective", "seed", "unique_tokens")  # the unique budget's answer is each cell's own line
 CONFIG_AXES = ("model", "sparsity")
 QUALITY_ORDER = ("low", "medium", "high")
@@ -75,13 +76,15 @@ class _Point:
     low: float | None
     high: float | None
     text: str
+    result: Crossover
     extra: dict[str, float] = field(default_factory=dict)
 
     def surely_mdlm_ahead_at_end(self) -> bool:
-        return self.row["status"] in (CROSSED, ALWAYS_AHEAD) and self.high is not None and self.high < math.inf
+        """The status says so and an interval decided it (the status is the evidence's: crossing.decide)."""
+        return self.row["status"] in (CROSSED, ALWAYS_AHEAD) and self.result.evidence == INTERVAL
 
     def surely_ar_ahead_at_end(self) -> bool:
-        return self.row["status"] == NOT_CROSSED and self.low is not None and self.low == math.inf
+        return self.row["status"] == NOT_CROSSED and self.result.evidence == INTERVAL
 
 
 def _number(value: object) -> float | None:
@@ -101,7 +104,7 @@ def _tokens_at(analysis: StudyAnalysis, cell: str, x: float) -> str:
 
 def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None:
     cell = row["cell"]
-    if cell not in analysis.cells or row["status"] not in (CROSSED, NOT_CROSSED, ALWAYS_AHEAD):
+    if cell not in analysis.cells or row["status"] not in STATUSES:
         return None
     curves = analysis.cells[cell]
     low, high = _number(row.get("ci_low")), _number(row.get("ci_high"))
@@ -111,8 +114,11 @@ def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None
         text = f"{format_tokens(float(row['crossover_tokens']))}{ci}"
     elif row["status"] == NOT_CROSSED:
         position, text = math.inf, f"not crossed within {format_tokens(float(curves.tokens[-1]))}{ci}"
-    else:
+    elif row["status"] == ALWAYS_AHEAD:
         position, text = -math.inf, f"MDLM ahead from the start{ci}"
+    else:
+        position = float(row["x"]) if row.get("point_status") == CROSSED else math.nan
+        text = f"undetermined{ci}"
     better = 1.0 if analysis.higher_is_better else -1.0
     peak = int(np.argmax(better * curves.ar))
     extra = {
@@ -121,34 +127,35 @@ def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None
         "mdlm_best": float(curves.mdlm[int(np.argmax(better * curves.mdlm))]),
         "mdlm_last": float(curves.mdlm[-1]),
     }
-    return _Point(label, cell, row, position, low, high, text, extra)
+    return _Point(label, cell, row, position, low, high, text, analysis.results[cell], extra)
 
 
-def _later(a: _Point, b: _Point) -> bool:
-    """b's crossover surely after a's: their intervals do not overlap."""
-    return a.high is not None and b.low is not None and b.low > a.high
-
-
-def _judge_order(points: list[_Point], direction: int) -> tuple[str, str]:
-    """(agreement, why) for crossovers expected to move later (+1) or earlier (-1) along `points` (natural order)."""
+def _judge_order(points: list[_Point], direction: int, confidence: float) -> tuple[str, str]:
+    """(agreement, why) for crossovers expected to move later (+1) or earlier (-1) along `points` (natural order):
+    every pair compared on its paired replicates (`crossing.compare`), the level shared among the pairs."""
     if len(points) < 2:
         return CANNOT_TELL, "fewer than two values have a verdict"
     if any(p.low is None for p in points):
         return CANNOT_TELL, "no intervals to compare (per-item results or two or more seeds give them)"
     pairs = [(a, b) for i, a in enumerate(points) for b in points[i + 1 :]]
-    later = [(a, b) for a, b in pairs if _later(a, b)]
-    earlier = [(a, b) for a, b in pairs if _later(b, a)]
+    order = {(a.label, b.label): compare(a.result, b.result, confidence, len(pairs)) for a, b in pairs}
+    later = [(a, b) for a, b in pairs if order[(a.label, b.label)] > 0]
+    earlier = [(a, b) for a, b in pairs if order[(a.label, b.label)] < 0]
     expected, against = (later, earlier) if direction > 0 else (earlier, later)
     word = "after" if direction > 0 else "before"
+    level = f"paired replicates, {confidence:.0%} shared among {len(pairs)} pair{'s' if len(pairs) > 1 else ''}"
     if expected and not against:
         a, b = expected[0]
-        return AGREES, f"{b.label}'s interval lies {word} {a.label}'s"
+        return AGREES, f"{b.label}'s crossover comes surely {word} {a.label}'s; {level}"
     if against and not expected:
         a, b = against[0]
-        return DISAGREES, f"{b.label}'s interval lies {'before' if direction > 0 else 'after'} {a.label}'s"
+        return (
+            DISAGREES,
+            f"{b.label}'s crossover comes surely {'before' if direction > 0 else 'after'} {a.label}'s; {level}",
+        )
     if expected and against:
-        return CANNOT_TELL, "the intervals order the values both ways"
-    return CANNOT_TELL, "every interval overlaps another"
+        return CANNOT_TELL, f"the evidence orders the values both ways; {level}"
+    return CANNOT_TELL, f"no pair is surely ordered; {level}"
 
 
 def _judge_mdlm_ahead(points: list[_Point]) -> str:
@@ -160,7 +167,10 @@ def _judge_mdlm_ahead(points: list[_Point]) -> str:
 
 
 def _trend(points: list[_Point], rises: str) -> str:
+    """The point estimates' order (undetermined cells included at their estimate): a description, not a finding."""
     pairs = list(zip(points, points[1:], strict=False))  # compared, not subtracted: "not crossed" (+inf) twice is equal
+    if any(math.isnan(p.position) for p in points):
+        return f"no trend read {rises} (a cell's estimate does not cross)"
     if len(points) < 2 or all(a.position == b.position for a, b in pairs):
         return "the same at every value" if len(points) >= 2 else "one value"
     if all(a.position <= b.position for a, b in pairs):
@@ -220,7 +230,7 @@ def _ordered_line(analysis: StudyAnalysis, axis: str, points: list[_Point]) -> t
     head = f"{_trend(points, rises)}: {_values_text(points)}"
     if axis not in LATER:
         return f"{head}; the paper states no direction for {axis}", None, {}
-    agreement, why = _judge_order(points, LATER[axis])
+    agreement, why = _judge_order(points, LATER[axis], analysis.confidence)
     line = f"{head}; the paper: {PAPER[axis]}; this study {agreement} ({why})"
     if axis == "model":
         saturation = ", ".join(f"{p.label} {p.extra['ar_best']:.3g} -> {p.extra['ar_last']:.3g}" for p in points)
@@ -310,9 +320,10 @@ def _params(size: tuple[int, int] | None) -> str:
     return f"{total / 1e6:.3g}M" if total == active else f"{total / 1e6:.3g}M total, {active / 1e6:.3g}M active"
 
 
-def axis_verdicts(analysis: StudyAnalysis) -> list[AxisVerdict]:
+def axis_verdicts(analysis: StudyAnalysis, min_seeds: int = MIN_SEEDS) -> list[AxisVerdict]:
     """One line per axis the study varies besides the unique budget (per value of its other axes); empty when it
-    varies only the unique budget (each cell's verdict answers it)."""
+    varies only the unique budget (each cell's verdict answers it). A line whose cells have fewer than `min_seeds`
+    seeds per objective reads "needs seeds" instead of a judgement."""
     table = analysis.crossovers
     if table.empty:
         return []
@@ -343,8 +354,15 @@ def axis_verdicts(analysis: StudyAnalysis) -> list[AxisVerdict]:
                 body, agreement, metrics = _noise_line(analysis, points)
             else:
                 body, agreement, metrics = _ordered_line(analysis, name, points)
+            few = [p for p in points if p.result.seeds < min_seeds]
+            if agreement is not None and few:  # one seed's interval holds item noise only: no judgement on it
+                body += (f"; needs seeds: {len(few)} of {len(points)} values have fewer than {min_seeds} seeds per "
+                         f"objective, so their intervals leave out training noise (it would have read: {agreement})")  # fmt: skip
+                agreement = NEEDS_SEEDS
             if agreement is not None:
                 metrics = {"agreement": AGREEMENT[agreement], **metrics}
             head = f"{name}" + (f" (at {group})" if group else "")
-            out.append(AxisVerdict(f"axis:{name}", f"{head}: {body}", metrics, name, group, agreement))
+            out.append(
+                AxisVerdict(f"axis:{name}", f"{head}: {body}", metrics, axis=name, group=group, agreement=agreement)
+            )
     return out

@@ -1,4 +1,5 @@
-"""Crossover detection: where the MDLM curve passes the AR curve for good, robust to evaluation noise.
+"""Crossover detection: where the MDLM curve passes the AR curve for good, robust to evaluation noise, and how sure
+the evidence makes it.
 
 Method. The margin m(x) = MDLM - AR (AR - MDLM when lower is better, so positive always means "MDLM ahead") is
 smoothed with LOWESS in log x: local-linear fits with tricube weights, twiced (the residuals smoothed once more
@@ -8,31 +9,54 @@ smoothed margin is evaluated on a fine grid in log x; the crossover is the zero 
 positive to the end of the observation, interpolated linearly in log x. With fewer than `MIN_SMOOTH_POINTS` points
 the raw margin is used (there is too little data to smooth).
 
-Uncertainty. Given per-item (or per-seed) samples, items (seeds) are resampled with replacement -- the same items
-for AR and MDLM when paired, since both models answer the same items -- and the whole detector is re-run on every
-replicate, the span and the robustness weights chosen afresh from the replicate's own margin (keeping them fixed
-would make the interval conditional on the observed data's choices and too narrow at a dozen points). Samples of
-shape (points, seeds, items) are resampled in two stages, seeds first and then the items shared by every seed, so
-training noise and item sampling are both in the interval. The confidence interval holds the percentiles of the
-replicate crossovers, where a replicate that never crosses counts as +inf (beyond the observation) and one where
-MDLM leads throughout as -inf (before it): an interval bound that is infinite says honestly that the data cannot
-place the crossover inside the window on that side. `bench/bench_crossover.py` measures the interval's coverage and
-the estimate's bias on simulated studies shaped like the shipped ones.
+Uncertainty. Given per-item (or per-seed) samples, the whole detector is re-run on replicate margins, the span and
+the robustness weights chosen afresh from each replicate's own margin (keeping them fixed would make the interval
+conditional on the observed data's choices and too narrow at a dozen points). A replicate margin is the observed
+one plus two independent parts:
+- items: the eval items resampled with replacement (one draw shared by AR and MDLM, which answered the same items,
+  and by every seed), as the mean over seeds of the resampled item means;
+- seeds (two or more): the training noise of the margin curve, drawn from a multivariate t with n - 1 degrees of
+  freedom and scale (the sample covariance of the per-seed margin curves) / n: the posterior of a mean of n normal
+  draws. A seed's curve also varies by its own answers to the items (the item x seed interaction), which the item
+  part already holds: the per-seed residuals are shrunk to their training-noise share by a two-way ANOVA per point
+  (`_seed_residuals`). A percentile bootstrap over n seeds shrinks the spread to (n - 1)/n of the truth and gives
+  it normal tails; with 3 seeds its 90% interval covered the truth about 76% of the time. AR and MDLM trials with
+  the same seeds are paired (one draw for their margins' residuals); otherwise each objective's seeds get their own.
+With one seed the interval holds item noise only: the training noise between seeds is not in it, and `ci_source`
+says so.
+
+The interval holds percentiles of the replicate crossovers, where a replicate that never crosses counts as +inf
+(beyond the observation) and one where MDLM leads throughout as -inf (before it): an infinite bound says honestly
+that the data cannot place the crossover inside the window on that side.
+
+Status. The smoothed estimate alone gives `point_status`. `status` is what the evidence supports at the study's
+confidence: "MDLM ends ahead" is a one-sided claim, so `crossed` (or `mdlm_always_ahead`, when the estimate leads
+throughout) needs MDLM ahead at the end in at least `confidence` of the replicates (`p_ahead_at_end`; a tie at the
+end then reads `crossed` at most about 1 - confidence of the time); `not_crossed` needs AR ahead at the end as
+surely; otherwise `undetermined`, whatever the estimate says. (Deciding at the two-sided interval's upper bound
+instead, one-sided 95% for a 90% study, halves the false claims on a tie but cost a third of the power on a real
+crossing: bench/bench_crossover.py, docs/design.md.) Without samples there are no replicates: the status is the
+point estimate's and `evidence` says so. The bench measures false claims on a tie, power on a real crossing and
+the interval's coverage with 1, 3 and 5 seeds.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 
-Status = Literal["crossed", "not_crossed", "mdlm_always_ahead"]
+Status = Literal["crossed", "not_crossed", "mdlm_always_ahead", "undetermined"]
 CROSSED: Status = "crossed"
 NOT_CROSSED: Status = "not_crossed"
 ALWAYS_AHEAD: Status = "mdlm_always_ahead"
+UNDETERMINED: Status = "undetermined"
+STATUSES = (CROSSED, NOT_CROSSED, ALWAYS_AHEAD, UNDETERMINED)
+INTERVAL, POINT_ESTIMATE = "interval", "point estimate"  # what decided a status
 
 MIN_SMOOTH_POINTS = 6
 GRID_POINTS = 200  # 0.5% of the log-x range per step, interpolated linearly within a step
@@ -42,19 +66,25 @@ MIN_WINDOW = 4  # points in every local fit
 
 @dataclass(frozen=True)
 class Crossover:
-    """The answer of `find_crossover`. `x` is on the compute axis given (tokens, FLOPs or epochs)."""
+    """The answer of `find_crossover`. `x` is on the compute axis given (tokens, FLOPs or epochs): the smoothed
+    estimate's crossing whenever it crossed, even where the evidence leaves the status undetermined."""
 
     x: float | None
     status: Status
     ci: tuple[float, float] | None = None  # bounds may be -inf / +inf: see the module docstring
     confidence: float = 0.9
-    ci_source: str | None = None  # what the bootstrap resampled ("items, 1 seed"); None: no samples, no interval
-    p_crossed: float | None = None  # share of bootstrap replicates that cross inside the window
+    ci_source: str | None = None  # what the interval resampled ("items, 1 seed"); None: no samples, no interval
+    p_crossed: float | None = None  # share of replicates that cross inside the window
+    p_ahead_at_end: float | None = None  # share of replicates with MDLM ahead at the end (crossed or always ahead)
+    point_status: Status | None = None  # the smoothed estimate's own status
+    evidence: str = POINT_ESTIMATE  # INTERVAL: the status is decided by the interval; POINT_ESTIMATE: no samples
+    seeds: int = 1  # seeds per objective behind the interval (the fewer of the two)
     n_points: int = 0
     x_range: tuple[float, float] | None = None
     span: float | None = None  # LOWESS span used; None when the raw margin was used
     grid: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)  # x values of `margin`
     margin: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)  # smoothed MDLM advantage
+    replicates: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)  # replicate crossovers (x, +-inf)
 
     def scaled(self, factor: float) -> Crossover:
         """The same crossover on another compute axis that is a constant multiple of this one
@@ -65,7 +95,39 @@ class Crossover:
             ci=None if self.ci is None else (self.ci[0] * factor, self.ci[1] * factor),
             x_range=None if self.x_range is None else (self.x_range[0] * factor, self.x_range[1] * factor),
             grid=self.grid * factor,
+            replicates=self.replicates * factor,
         )
+
+
+def decide(point_status: Status, p_ahead_at_end: float | None, confidence: float) -> Status:
+    """The status the evidence supports (module docstring): the estimate's own where there are no replicates."""
+    if p_ahead_at_end is None:
+        return point_status
+    if p_ahead_at_end >= confidence and point_status in (CROSSED, ALWAYS_AHEAD):
+        return point_status
+    if 1 - p_ahead_at_end >= confidence and point_status == NOT_CROSSED:
+        return NOT_CROSSED
+    return UNDETERMINED
+
+
+def compare(a: Crossover, b: Crossover, confidence: float, comparisons: int = 1) -> int:
+    """+1 where b's crossover surely comes after a's, -1 where surely before, 0 where the evidence cannot tell.
+
+    Read on the replicates of both (paired through the item draw when they share their items: `find_crossover` draws
+    the items first from the same seed), at the two-sided level `confidence` shared among `comparisons` (Bonferroni):
+    b is later when b's replicate lies after a's in at least 1 - (1 - confidence) / (2 comparisons) of them. Two
+    replicates beyond the end (or both before the start) are equal, not ordered."""
+    ra, rb = a.replicates, b.replicates
+    if ra.size == 0 or rb.size == 0:
+        return 0
+    n = min(ra.size, rb.size)
+    ra, rb = ra[:n], rb[:n]
+    need = 1 - (1 - confidence) / (2 * max(comparisons, 1))
+    if np.mean(rb > ra) >= need:
+        return 1
+    if np.mean(rb < ra) >= need:
+        return -1
+    return 0
 
 
 def convert_x(
@@ -211,22 +273,9 @@ def _to_x(log_x: float) -> float:
     return float(np.exp(log_x)) if math.isfinite(log_x) else log_x
 
 
-def _bootstrap_curves(
-    center: np.ndarray, samples: np.ndarray, weights: np.ndarray
-) -> np.ndarray:  # (B, n): replicate means, shifted so that they scatter around `center`
-    finite = np.isfinite(samples)
-    filled = np.where(finite, samples, 0.0)
-    counts = weights @ finite.T.astype(float)
-    sums = weights @ filled.T
-    with np.errstate(invalid="ignore", divide="ignore"):
-        reps = sums / counts
-        base = np.nanmean(np.where(finite, samples, np.nan), axis=1)
-    reps = np.where(counts > 0, reps, base[None, :])
-    return center[None, :] + (reps - base[None, :])
-
-
-def _as_samples(samples: object, n: int, name: str) -> np.ndarray:
-    """(points, k) per-item or per-seed samples, or (points, seeds, items) for a two-stage bootstrap."""
+def _as_samples(samples: object, n: int, name: str, resample: str) -> np.ndarray:
+    """Samples as (points, seeds, items): (points, items) are one seed's items, (points, seeds) seeds without items
+    (`resample` says which a 2-D array holds)."""
     arr = np.asarray(samples, dtype=float)
     if arr.ndim == 1:
         arr = arr[:, None]
@@ -235,17 +284,98 @@ def _as_samples(samples: object, n: int, name: str) -> np.ndarray:
             f"{name} must have one row per x value ({n}): shape (points, samples) or (points, seeds, items); "
             f"got shape {arr.shape}"
         )
+    if arr.ndim == 2:
+        arr = arr[:, None, :] if resample == "items" else arr[:, :, None]
     return arr
 
 
-def _draw_weights(rng: np.random.Generator, shape: tuple[int, ...], n_boot: int) -> np.ndarray:
-    """(n_boot, prod(shape)) bootstrap counts over the flattened samples: one multinomial draw for (k,), and for
-    (seeds, items) seeds first, then items (the same item draw for every seed: they answered the same items)."""
-    draws = [rng.multinomial(k, np.full(k, 1 / k), size=n_boot).astype(float) for k in shape]
-    weights = draws[0]
-    for more in draws[1:]:
-        weights = (weights[:, :, None] * more[:, None, :]).reshape(n_boot, -1)
-    return weights
+def _item_part(samples: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(B, points): the item-resampled curve (mean over seeds of each seed's weighted item mean) minus the observed
+    one."""
+    finite = np.isfinite(samples)
+    filled = np.where(finite, samples, 0.0)
+    sums = np.einsum("bi,psi->bps", weights, filled)
+    counts = np.einsum("bi,psi->bps", weights, finite.astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_seed = sums / counts  # (B, points, seeds)
+        base = np.nanmean(np.where(finite, samples, np.nan), axis=2)  # (points, seeds)
+    per_seed = np.where(counts > 0, per_seed, base[None])
+    with np.errstate(invalid="ignore"):
+        part = np.nanmean(per_seed, axis=2) - np.nanmean(base, axis=1)[None]
+    return np.nan_to_num(part)
+
+
+def _seed_curves(samples: np.ndarray) -> np.ndarray:
+    """(points, seeds): each seed's item mean, a seed's missing point filled with the other seeds' mean (its
+    residual there is then zero)."""
+    with warnings.catch_warnings():  # a seed without a value at a point: filled below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_seed = np.nanmean(samples, axis=2)
+        mean = np.nanmean(per_seed, axis=1, keepdims=True)
+    return np.where(np.isfinite(per_seed), per_seed, mean)
+
+
+def seed_t_draws(rng: np.random.Generator, residuals: np.ndarray, n_boot: int) -> np.ndarray:
+    """(B, points) draws of the seed-level deviation of a mean curve: multivariate t, n - 1 degrees of freedom,
+    scale = the sample covariance of the n residual curves (points, n) / n. Zeros with fewer than two seeds."""
+    points, n = residuals.shape
+    if n < 2:
+        return np.zeros((n_boot, points))
+    normal = rng.standard_normal((n_boot, n)) @ residuals.T / math.sqrt(n * (n - 1))  # covariance S / n
+    return normal / np.sqrt(rng.chisquare(n - 1, size=(n_boot, 1)) / (n - 1))
+
+
+def _replicate_margins(
+    rng: np.random.Generator, margin: np.ndarray, a_s: np.ndarray, d_s: np.ndarray, sign: float, paired: bool,
+    n_boot: int,
+) -> np.ndarray:  # fmt: skip
+    """(B, points) replicate margins: the observed margin + the item part + the seed part (module docstring). The
+    items are drawn first, so cells with as many items get the same item draws from the same seed (`compare`)."""
+    ia, id_ = a_s.shape[2], d_s.shape[2]
+    uniform = lambda k: rng.multinomial(k, np.full(k, 1 / k), size=n_boot).astype(float)  # noqa: E731
+    wa = uniform(ia) if ia > 1 else None
+    wd = (wa if (ia == id_) else uniform(id_)) if id_ > 1 else None
+    items = np.zeros((n_boot, len(margin)))
+    if wa is not None:
+        items -= _item_part(a_s, wa)
+    if wd is not None:
+        items += _item_part(d_s, wd)
+    if paired and a_s.shape[1] >= 2:
+        seeds = seed_t_draws(rng, _seed_residuals(d_s - a_s), n_boot)
+    else:
+        seeds = seed_t_draws(rng, _seed_residuals(d_s), n_boot) - seed_t_draws(rng, _seed_residuals(a_s), n_boot)
+    return margin[None, :] + sign * (items + seeds)
+
+
+def _seed_residuals(samples: np.ndarray) -> np.ndarray:
+    """(points, seeds): each seed's curve minus the mean curve, shrunk to the training-noise part of its spread.
+
+    A seed's item mean varies with its training (sigma_s^2) and with its own answers to the items (the item x seed
+    interaction, sigma_e^2 / items), and the item part of a replicate already holds the latter. Per point, the
+    two-way ANOVA of (seeds x items) gives E[MS_seeds] = items sigma_s^2 + sigma_e^2 and E[MS_error] = sigma_e^2, so
+    the residuals are scaled by sqrt(1 - MS_error / MS_seeds) (0 when no training noise shows): the seed part then
+    adds sigma_s^2 / seeds, not the interaction a second time."""
+    curves = _seed_curves(samples)
+    residuals = curves - curves.mean(axis=1, keepdims=True)
+    seeds, items = samples.shape[1:]
+    if seeds < 2 or items < 2:
+        return residuals
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        by_item = np.nanmean(samples, axis=1, keepdims=True)  # (points, 1, items)
+        cells = samples - curves[:, :, None] - by_item + np.nanmean(by_item, axis=2, keepdims=True)
+        ms_error = np.nansum(cells**2, axis=(1, 2)) / ((seeds - 1) * (items - 1))
+        ms_seeds = items * np.sum(residuals**2, axis=1) / (seeds - 1)
+        share = np.where(ms_seeds > 0, 1 - ms_error / np.where(ms_seeds > 0, ms_seeds, 1.0), 0.0)
+    return residuals * np.sqrt(np.clip(share, 0.0, 1.0))[:, None]
+
+
+def describe_samples(seeds: int, items: bool) -> str:
+    """What an interval resampled, as the verdict prints it."""
+    if seeds < 2:
+        return "items, 1 seed (item noise only: training noise between seeds is not in it)"
+    t = f"seeds as a t with {seeds - 1} df"
+    return f"{t} and items, {seeds} seeds" if items else f"{t}, {seeds} seeds"
 
 
 def find_crossover(
@@ -257,19 +387,20 @@ def find_crossover(
     ar_samples: np.ndarray | None = None,
     mdlm_samples: np.ndarray | None = None,
     paired: bool | None = None,
-    sample_kind: str = "items",
+    resample: Literal["items", "seeds"] = "items",
     confidence: float = 0.9,
     n_boot: int = 1000,
     span: float | None = None,
     seed: int = 0,
 ) -> Crossover:
-    """The first x after which MDLM stays ahead of AR to the end of the observation.
+    """The first x after which MDLM stays ahead of AR to the end of the observation, and the status the evidence
+    supports (module docstring).
 
     `x`, `ar`, `mdlm`: equal-length sequences, x positive and increasing (tokens, FLOPs or epochs). Optional
-    `ar_samples` / `mdlm_samples` of shape (len(x), k): per-item scores (or per-seed curves) whose mean is the curve,
-    or (len(x), seeds, items) per-seed per-item scores; they give the bootstrap interval `ci` at level
-    `confidence`, and `sample_kind` says what was resampled (e.g. "items, 1 seed"). Samples are paired (the same
-    items and seeds resampled for both objectives) when both have the same shape, unless `paired=False`.
+    `ar_samples` / `mdlm_samples` whose mean is the curve: (len(x), items) per-item scores of one seed, (len(x),
+    seeds) per-seed values without items (`resample="seeds"`), or (len(x), seeds, items) per-seed per-item scores;
+    they give the interval `ci` at level `confidence` and the evidence-based status. AR and MDLM seeds are paired
+    when both have the same shape, unless `paired=False`.
     """
     xs = np.asarray(x, dtype=float)
     a = np.asarray(ar, dtype=float)
@@ -278,6 +409,8 @@ def find_crossover(
         raise ValueError(f"x, ar and mdlm must be 1-D and of equal length (got {len(xs)}, {len(a)}, {len(d)})")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if resample not in ("items", "seeds"):
+        raise ValueError(f"resample must be 'items' or 'seeds', got {resample!r}")
     keep = np.isfinite(xs) & np.isfinite(a) & np.isfinite(d)
     if np.any(xs[keep] <= 0):
         raise ValueError("x must be positive: the crossover is located in log x")
@@ -287,8 +420,8 @@ def find_crossover(
     if (ar_samples is None) != (mdlm_samples is None):
         raise ValueError("give both ar_samples and mdlm_samples, or neither")
     if ar_samples is not None:
-        a_s = _as_samples(ar_samples, len(xs), "ar_samples")[keep]
-        d_s = _as_samples(mdlm_samples, len(xs), "mdlm_samples")[keep]
+        a_s = _as_samples(ar_samples, len(xs), "ar_samples", resample)[keep]
+        d_s = _as_samples(mdlm_samples, len(xs), "mdlm_samples", resample)[keep]
     xs, a, d = xs[keep], a[keep], d[keep]
     n = len(xs)
     if n == 0:
@@ -307,6 +440,7 @@ def find_crossover(
     result = Crossover(
         x=float(np.exp(point)) if status == CROSSED else None,
         status=status,
+        point_status=status,
         confidence=confidence,
         n_points=n,
         x_range=x_range,
@@ -322,10 +456,7 @@ def find_crossover(
     pair = (ka == kd) if paired is None else paired
     if pair and ka != kd:
         raise ValueError(f"paired samples need the same number of items (and seeds) for AR and MDLM ({ka} vs {kd})")
-    wa = _draw_weights(rng, ka, n_boot)
-    wd = wa if pair else _draw_weights(rng, kd, n_boot)
-    a_s, d_s = a_s.reshape(n, -1), d_s.reshape(n, -1)
-    reps = sign * (_bootstrap_curves(d, d_s, wd) - _bootstrap_curves(a, a_s, wa))
+    reps = _replicate_margins(rng, margin, a_s, d_s, sign, pair, n_boot)
     spans = None  # every replicate chooses its own span (unless one was given) and its robustness weights
     if smoothed:
         spans = np.full(n_boot, span) if span is not None else choose_spans(lx, reps)
@@ -333,9 +464,16 @@ def find_crossover(
     alpha = (1 - confidence) / 2
     low = float(np.quantile(crossings, alpha, method="inverted_cdf"))
     high = float(np.quantile(crossings, 1 - alpha, method="inverted_cdf"))
+    seeds = int(min(ka[0], kd[0]))
+    p_ahead = float(np.mean(crossings < np.inf))
     return replace(
         result,
+        status=decide(status, p_ahead, confidence),
+        evidence=INTERVAL,
         ci=(_to_x(low), _to_x(high)),
-        ci_source=sample_kind,
+        ci_source=describe_samples(seeds, items=min(ka[1], kd[1]) > 1),
         p_crossed=float(np.mean(np.isfinite(crossings))),
+        p_ahead_at_end=p_ahead,
+        seeds=seeds,
+        replicates=np.exp(crossings),
     )

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from crossover.analysis.analyze import LOSS_METRIC, StudyAnalysis
-from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
+from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED, UNDETERMINED
 from crossover.analysis.curves import StudyData
 from crossover.specs import format_tokens, parse_tokens
 
@@ -82,7 +82,10 @@ def cell_curves(analysis: StudyAnalysis) -> Figure | None:
             ax.axvspan(*ci, color="#999999", alpha=0.18, lw=0, label=f"{analysis.confidence:.0%} CI")
         if result.status == CROSSED and result.x is not None:
             ax.axvline(result.x, color="black", ls="--", lw=1, label="crossover")
-        status = {NOT_CROSSED: "AR ahead at the end", ALWAYS_AHEAD: "MDLM ahead throughout"}.get(result.status)
+        elif result.status == UNDETERMINED and result.x is not None:
+            ax.axvline(result.x, color="black", ls=":", lw=1, label="point estimate (undetermined)")
+        status = {NOT_CROSSED: "AR ahead at the end", ALWAYS_AHEAD: "MDLM ahead throughout",
+                  UNDETERMINED: "undetermined"}.get(result.status)  # fmt: skip
         ax.set_title(_short(cell) + (f"\n({status})" if status else ""), fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.25, which="both")
@@ -121,7 +124,7 @@ def crossover_vs_axis(analysis: StudyAnalysis, axis: str) -> Figure | None:
     table = analysis.crossovers
     if axis not in table or "x" not in table:
         return None
-    table = table[table["status"].isin([CROSSED, NOT_CROSSED, ALWAYS_AHEAD])].copy()
+    table = table[table["status"].isin([CROSSED, NOT_CROSSED, ALWAYS_AHEAD, UNDETERMINED])].copy()
     if table.empty:
         return None
     others = [a for a in analysis.axes if a != axis]
@@ -166,6 +169,9 @@ def crossover_vs_axis(analysis: StudyAnalysis, axis: str) -> Figure | None:
             ahead = sub[sub["status"] == ALWAYS_AHEAD]
             ax.scatter(ahead["_pos"], ahead["x_start"], marker="v", facecolors="none", edgecolors=color, s=60,
                        label=f"MDLM ahead from the start{suffix}" if not ahead.empty else None)  # fmt: skip
+            unsure = sub[(sub["status"] == UNDETERMINED) & sub["x"].notna()]  # at the point estimate, hollow
+            ax.scatter(unsure["_pos"], unsure["x"], marker="o", facecolors="none", edgecolors=color, s=40,
+                       label=f"undetermined (point estimate){suffix}" if not unsure.empty else None)  # fmt: skip
     _log_y(ax, analysis.x_axis)
     if numeric:
         ax.set_xscale("log" if axis in TOKEN_AXES or (pos > 0).all() and pos.max() / pos.min() > 20 else "linear")

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crossover.analysis.analyze import X_COLUMNS, StudyAnalysis
+from crossover.analysis.analyze import EQUIVALENCE_MARGIN, X_COLUMNS, StudyAnalysis
 from crossover.analysis.axes import axis_verdicts
-from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
+from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, INTERVAL, NOT_CROSSED, UNDETERMINED
 from crossover.analysis.curves import StudyData
 from crossover.analysis.verdict import Verdict, delta_nll_lines, loss_verdicts, verdicts
 from crossover.specs import format_tokens
@@ -28,6 +28,7 @@ from crossover.tracking.names import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     REPORT_DIR,
+    STATE_TAG,
     SUMMARY_COLUMNS,
     VERDICT_TAG,
     VIEW_TAG,
@@ -35,7 +36,13 @@ from crossover.tracking.names import (
 )
 from crossover.tracking.store import mlflow_client, redact
 
-VIEW_VERDICT_METRICS = ("crossed", "crossover_tokens", "crossover_epochs", "efficiency")  # the view's columns
+VIEW_VERDICT_METRICS = (
+    "state",
+    "p_crossed",
+    "crossover_tokens",
+    "crossover_epochs",
+    "efficiency",
+)  # the view's columns
 
 MAX_TABLE_ROWS = 200
 
@@ -72,7 +79,17 @@ def _status_text(status: str) -> str:
         CROSSED: "crossed",
         NOT_CROSSED: "not crossed: AR still ahead at the end",
         ALWAYS_AHEAD: "MDLM ahead at every point",
+        UNDETERMINED: "undetermined: cannot tell whether MDLM ends ahead",
     }.get(status, status)
+
+
+def state_counts(analysis: StudyAnalysis) -> str:
+    """ "crossed 1, not crossed 0, undetermined 2 of 3 cells" (MDLM-always-ahead cells counted where there are)."""
+    states = analysis.crossovers.get("status", pd.Series(dtype=str))
+    names = [(CROSSED, "crossed"), (NOT_CROSSED, "not crossed"), (UNDETERMINED, "undetermined")]
+    if (states == ALWAYS_AHEAD).any():
+        names.append((ALWAYS_AHEAD, "MDLM ahead throughout"))
+    return ", ".join(f"{label} {int((states == s).sum())}" for s, label in names) + f" of {len(states)} cells"
 
 
 def _crossover_table(analysis: StudyAnalysis) -> pd.DataFrame:
@@ -84,6 +101,12 @@ def _crossover_table(analysis: StudyAnalysis) -> pd.DataFrame:
     for a in analysis.axes:
         out[a] = table[a]
     out["status"] = table["status"].map(_status_text)
+    if "evidence" in table:
+        out["decided by"] = [
+            "point estimate (no interval)" if e != INTERVAL else f"{analysis.confidence:.0%} interval"
+            for e in table["evidence"]
+        ]
+        out["point estimate"] = table["point_status"].map(_status_text)
     if "reference" in table:
         out["compared with"] = table["reference"].fillna("")
     out[f"crossover ({axis})"] = table.get("x", pd.Series(dtype=float)).map(lambda v: _x(v, axis))
@@ -93,6 +116,7 @@ def _crossover_table(analysis: StudyAnalysis) -> pd.DataFrame:
             for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
         ]
         out["P(crossed)"] = table["p_crossed"].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.0%}")
+        out["interval over"] = table["ci_source"].fillna("")
     if "crossover_tokens" in table:
         out["tokens"] = table["crossover_tokens"].map(_tokens)
         out["FLOPs"] = table["crossover_flops"].map(_num)
@@ -235,7 +259,6 @@ def _delta_table(analysis: StudyAnalysis) -> pd.DataFrame:
 def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, str]) -> list[Block]:
     axis = analysis.x_axis
     blocks = [Block("h1", f"Study {analysis.study}: AR vs MDLM")]
-    crossed = (analysis.crossovers.get("status", pd.Series(dtype=str)) == CROSSED).sum()
     seeds = data.trials.groupby("objective")["seed"].nunique().to_dict()
     blocks.append(
         Block(
@@ -246,11 +269,13 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
                 + ", ".join(f"{k} {v}" for k, v in sorted(seeds.items())),
                 f"Metric: {analysis.metric} ({'higher' if analysis.higher_is_better else 'lower'} is better); "
                 f"compute axis: {axis} ({X_COLUMNS[axis]}); {data.curves['step'].nunique()} distinct eval points.",
-                f"Crossed: {crossed} of {len(analysis.crossovers)} cells. Confidence intervals: "
+                f"States: {state_counts(analysis)}. Confidence intervals: "
                 + (
-                    f"{analysis.confidence:.0%} bootstrap over {analysis.ci_source}"
+                    f"{analysis.confidence:.0%} over {analysis.ci_source}; a state is 'crossed' or 'not crossed' "
+                    "only where the interval says so, 'undetermined' otherwise"
                     if analysis.ci_source
-                    else "none (no per-item results and fewer than two seeds per objective)"
+                    else "none (no per-item results and fewer than two seeds per objective): every state is the "
+                    "point estimate's, which no interval backs"
                 )
                 + ".",
                 f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `crossover analyze`.",
@@ -279,7 +304,9 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
                                "a crossover here is conservative):"), Block("list", lines)]  # fmt: skip
     if lines := delta_nll_lines(analysis):
         verdict += [Block("p", "Held-out loss rising after its minimum: did the answers get worse? (the Delta NLL "
-                               "view)"), Block("list", lines)]  # fmt: skip
+                               "view; the accuracy's change is paired on the same items, and 'held' means its whole "
+                               f"interval lies above -{EQUIVALENCE_MARGIN:g}, the equivalence margin)"),
+                    Block("list", lines)]  # fmt: skip
     blocks[1:1] = verdict
     blocks.append(Block("h2", "Crossover per cell"))
     blocks.append(
@@ -287,9 +314,13 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
             "p",
             "The crossover is the first point after which the MDLM curve stays ahead of AR to the end of the "
             "observation, found on the AR-MDLM margin smoothed in log compute (LOWESS, robust to single bad "
-            "evaluations). 'not crossed' means AR is still ahead at the last point: the crossover, if any, lies beyond "
-            "the observed compute. An interval bound 'beyond the end' or 'before the start' means some bootstrap "
-            "replicates place it outside the window. P(crossed) is the share of replicates that cross inside it.",
+            "evaluations). The state is the evidence's: 'crossed' only where the interval's upper bound lies inside "
+            "the window (MDLM ends ahead in at least 95% of the replicates of a 90% interval), 'not crossed' only "
+            "where its lower bound lies beyond the end (AR surely ahead at the last point: the crossover, if any, "
+            "lies beyond the observed compute), 'undetermined' otherwise; the point estimate's own reading is "
+            "beside it. An interval bound 'beyond the end' or 'before the start' means some replicates place it "
+            "outside the window. P(crossed) is the share of replicates that cross inside it. With one seed the "
+            "interval holds item noise only: training noise between seeds is not in it.",
         )
     )
     blocks.append(Block("table", _crossover_table(analysis)))
@@ -536,7 +567,8 @@ def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, 
                 {"axis": v.axis, "group": v.group, "line": v.line, **v.metrics, "agreement": v.agreement}
                 for v in axis_verdicts(analysis)
             ],
-            "verdicts": [{"cell": v.cell, "line": v.line, **v.metrics} for v in verdicts(analysis)],
+            "states": state_counts(analysis),
+            "verdicts": [{"cell": v.cell, "line": v.line, **v.metrics, "state": v.state} for v in verdicts(analysis)],
             "loss_verdicts": [{"cell": v.cell, "line": v.line, **v.metrics} for v in loss_verdicts(analysis)],
             "delta_nll": delta_nll_lines(analysis),
             "crossovers": _json_ready(analysis.crossovers),
@@ -578,6 +610,7 @@ def log_verdicts(data: StudyData, lines: list[Verdict]) -> None:
     client = mlflow_client(data.tracking_uri)
     now = int(datetime.now(timezone.utc).timestamp() * 1000)
     tags = [RunTag(f"{VERDICT_TAG}.{v.key}", v.line[:5000]) for v in lines]
+    tags += [RunTag(f"{STATE_TAG}.{v.key}", v.state) for v in lines if v.state]
     metrics = [Metric(f"verdict/{v.key}/{name}", value, now, 0) for v in lines for name, value in v.metrics.items()]
     for start in range(0, max(len(tags), len(metrics)), 100):  # MLflow takes at most 100 tags per batch
         client.log_batch(data.parent_run_id, metrics=metrics[start : start + 100], tags=tags[start : start + 100])

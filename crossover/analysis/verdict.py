@@ -1,25 +1,30 @@
-"""The answer in one line per cell: did MDLM overtake AR, where, with what certainty, and by how much in data.
+"""The answer in one line per cell: did MDLM overtake AR, where, how surely, and by how much in data.
 
-    verdicts(analysis) -> [Verdict(cell, line, metrics)]
+    verdicts(analysis) -> [Verdict(cell, line, metrics, state)]
 
-Lines read, for the study's metric (cloze accuracy by default):
-    unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc_pmi at 1.35M tokens (27 epochs; 90% CI 975k to 1.93M);
-        AR's best 0.555 (127k, 2.54 epochs), MDLM's last 0.539; MDLM not more data-efficient than an early-stopped
-        AR: data efficiency < 1x against AR's best (...); final vs final 2.1x (CI 1.6x to 2.8x); 90% intervals
-        over items, 1 seed
-    unique_tokens=600k: not crossed within 4.8M tokens (8 epochs); AR ahead by 0.061 at the end; ...
-    unique_tokens=16M: MDLM ahead at every point from 65k tokens (0.004 epochs): no crossover inside the window; ...
+Every line starts with the cell's state, decided by the evidence (crossover.analysis.crossing): `crossed`,
+`not crossed`, `undetermined` (the evidence cannot tell whether MDLM ends ahead; the point estimate is quoted beside
+it as such), or `MDLM ahead at every point`; then the interval, P(crossed) and what the interval resampled (items
+and/or seeds; with one seed it says the interval holds item noise only), both objectives' values at the end, and the
+data efficiency. Without per-item results or seeds the state is the point estimate's and the line says that no
+interval backs it. Crossover positions are quoted to the significant figures the eval grid supports (2 for points
+~1.5x apart). Lines read, for the study's metric (cloze accuracy by default):
+    unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc_pmi at 1.5M tokens (30 epochs) (90% CI 1.1M to 2M;
+        P(crossed) 96%; over seeds as a t with 2 df and items, 3 seeds); at the end AR 0.541, MDLM 0.603; ...
+    unique_tokens=200k: undetermined within 4M tokens (20 epochs): the evidence cannot tell whether MDLM ends ahead
+        (the point estimate crosses at 3.2M tokens (16 epochs); 90% CI 2.6M to beyond the end; ...); ...
+    unique_tokens=600k: not crossed within 4.8M tokens (8 epochs): AR ahead at the end by 0.061 (...); ...
 
 `loss_verdicts` gives the same lines for the held-out loss (AR's exact NLL against MDLM's ELBO, a bound: a loss
 crossover found this way is conservative) and `delta_nll_lines` the Delta NLL view: trials whose held-out loss rose
-after its minimum while the gap between wrong and right answers kept widening.
+after its minimum, with the paired change of their accuracy on the same items and an equivalence margin.
 
 They head the report and `crossover analyze`'s output, and are logged on the study's parent MLflow run: a tag
-`crossover.verdict.<cell>` with the line, and metrics `verdict/<cell>/...` (crossed 1/0, crossover tokens and epochs,
-AR's lead at the end, AR's peak, MDLM's final value, the efficiency ratio against AR's best and final vs final,
+`crossover.verdict.<cell>` with the line, `crossover.state.<cell>` with the state (`crossover status` prints them),
+and metrics `verdict/<cell>/...` (state 1 MDLM ahead at the end / 0 undetermined / -1 not crossed, crossed 1/0,
+P(crossed), crossover tokens and epochs, AR's lead at the end, AR's peak, MDLM's final value, the efficiency ratios,
 and with several seeds the share of seed pairs that crossed and the spread over seeds) that the runs table can show
-as columns. With two or more seeds a line also gives each seed pair's own crossover and that spread, and the
-intervals resample seeds, then items.
+as columns.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from crossover.analysis.analyze import SCORINGS, StudyAnalysis
-from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED
+from crossover.analysis.analyze import EQUIVALENCE_MARGIN, SCORINGS, StudyAnalysis
+from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED, UNDETERMINED
 from crossover.specs import format_tokens, parse_tokens
 
 _BAD_KEY = re.compile(r"[^\w.\- /]")
@@ -43,6 +48,7 @@ class Verdict:
     cell: str
     line: str
     metrics: dict[str, float] = field(default_factory=dict)
+    state: str | None = None  # crossed | not_crossed | undetermined | mdlm_always_ahead (None: no verdict)
 
     @property
     def key(self) -> str:
@@ -60,12 +66,12 @@ def _where(tokens: float, epochs: float) -> str:
     return f"{format_tokens(tokens)} tokens ({_epochs(epochs)} epochs)"
 
 
-def _x(v: float | None, axis: str) -> str:
+def _x(v: float | None, axis: str, digits: int = 3) -> str:
     if v is None or pd.isna(v):
         return "?"
     if math.isinf(v):
         return "beyond the end" if v > 0 else "before the start"
-    return format_tokens(v) if axis == "tokens" else f"{v:.3g} {axis}"
+    return format_tokens(v, digits) if axis == "tokens" else f"{v:.{digits}g} {axis}"
 
 
 def _ratio(v: float) -> str:
@@ -148,12 +154,63 @@ def _seeds_of(row: pd.Series) -> tuple[dict[str, float], str]:
     )
 
 
+STATE_CODE = {CROSSED: 1.0, ALWAYS_AHEAD: 1.0, UNDETERMINED: 0.0, NOT_CROSSED: -1.0}  # the `state` metric
+
+
 def status_phrase(row: pd.Series | None) -> str:
     if row is None:
         return "no verdict"
     if row["status"] == CROSSED:
-        return f"crossed at {format_tokens(float(row['crossover_tokens']))}"
-    return {NOT_CROSSED: "not crossed", ALWAYS_AHEAD: "MDLM always ahead"}.get(row["status"], "no verdict")
+        return f"crossed at {format_tokens(float(row['crossover_tokens']), _digits(row))}"
+    return {NOT_CROSSED: "not crossed", ALWAYS_AHEAD: "MDLM always ahead", UNDETERMINED: "undetermined"}.get(
+        row["status"], "no verdict"
+    )
+
+
+def _digits(row: pd.Series) -> int:
+    value = row.get("sig_figs")
+    return 2 if value is None or pd.isna(value) else int(value)
+
+
+def _evidence(row: pd.Series, confidence: float, axis: str) -> str:
+    """The interval and what it resampled, or that no interval backs the status."""
+    if row.get("ci_low") is None or pd.isna(row.get("ci_low")):
+        return "point estimate: no interval backs this state (one needs per-item results or two or more seeds)"
+    p = row.get("p_crossed")
+    chance = "" if p is None or pd.isna(p) else f"; P(crossed) {p:.0%}"
+    return (
+        f"{confidence:.0%} CI {_x(row['ci_low'], axis, _digits(row))} to {_x(row['ci_high'], axis, _digits(row))}"
+        f"{chance}; over {row['ci_source']}"
+    )
+
+
+def _head(row: pd.Series, curves, metric: str, confidence: float, axis: str, better: float) -> str:
+    """The state, where, and the evidence; both objectives' values at the end beside it."""
+    digits = _digits(row)
+    at_end = f"at the end AR {curves.ar[-1]:.3g}, MDLM {curves.mdlm[-1]:.3g}"
+    window = _where(curves.tokens[-1], curves.epochs[-1])
+    evidence = _evidence(row, confidence, axis)
+    estimate = ""
+    if row.get("point_status") == CROSSED and row.get("crossover_tokens") is not None:
+        tokens, epochs = float(row["crossover_tokens"]), float(row["crossover_epochs"])
+        estimate = f"{format_tokens(tokens, digits)} tokens ({epochs:.{digits}g} epochs)"
+    status = row["status"]
+    if status == CROSSED:
+        return f"MDLM overtakes AR on {metric} at {estimate} ({evidence}); {at_end}"
+    if status == NOT_CROSSED:
+        lead = abs(better * (curves.ar[-1] - curves.mdlm[-1]))
+        return f"not crossed within {window}: AR ahead at the end by {lead:.2g} ({evidence}); {at_end}"
+    if status == ALWAYS_AHEAD:
+        return (
+            f"MDLM ahead at every point from {_where(curves.tokens[0], curves.epochs[0])}: no crossover inside the "
+            f"window ({evidence}); {at_end}"
+        )
+    guess = {CROSSED: f"the point estimate crosses at {estimate}", NOT_CROSSED: "the point estimate does not cross",
+             ALWAYS_AHEAD: "the point estimate has MDLM ahead throughout"}.get(row.get("point_status"), "")  # fmt: skip
+    return (
+        f"undetermined within {window}: the evidence cannot tell whether MDLM ends ahead ({guess}; {evidence}); "
+        f"{at_end}"
+    )
 
 
 def scoring_tables(analysis: StudyAnalysis) -> dict[str, pd.DataFrame]:
@@ -194,29 +251,16 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
     for _, row in analysis.crossovers.iterrows():
         cell = row["cell"]
         curves = analysis.cells.get(cell)
-        if curves is None or row["status"] not in (CROSSED, NOT_CROSSED, ALWAYS_AHEAD):
+        if curves is None or row["status"] not in STATE_CODE:
             out.append(Verdict(cell, f"{cell}: no verdict ({str(row['status']).replace('_', ' ')})"))
             continue
-        metrics: dict[str, float] = {"crossed": float(row["status"] == CROSSED)}
+        metrics: dict[str, float] = {"crossed": float(row["status"] == CROSSED), "state": STATE_CODE[row["status"]]}
+        if row.get("p_crossed") is not None and not pd.isna(row.get("p_crossed")):
+            metrics["p_crossed"] = float(row["p_crossed"])
         if row["status"] == CROSSED:
-            tokens, epochs = float(row["crossover_tokens"]), float(row["crossover_epochs"])
-            ci = ""
-            if row.get("ci_low") is not None and not pd.isna(row.get("ci_low")):
-                ci = f"; {analysis.confidence:.0%} CI {_x(row['ci_low'], analysis.x_axis)} to " \
-                     f"{_x(row['ci_high'], analysis.x_axis)}"  # fmt: skip
-            head = f"MDLM overtakes AR on {metric} at {format_tokens(tokens)} tokens ({_epochs(epochs)} epochs{ci})"
-            metrics.update(crossover_tokens=tokens, crossover_epochs=epochs)
-        elif row["status"] == NOT_CROSSED:
-            lead = better * (curves.ar[-1] - curves.mdlm[-1])
-            head = (
-                f"not crossed within {_where(curves.tokens[-1], curves.epochs[-1])}; "
-                f"AR ahead by {abs(lead):.3g} at the end"
-            )
-        else:
-            head = (
-                f"MDLM ahead at every point from {_where(curves.tokens[0], curves.epochs[0])}: no crossover inside "
-                "the window"
-            )
+            metrics.update(crossover_tokens=float(row["crossover_tokens"]),
+                           crossover_epochs=float(row["crossover_epochs"]))  # fmt: skip
+        head = _head(row, curves, metric, analysis.confidence, analysis.x_axis, better)
         peak = int(np.argmax(better * curves.ar))
         metrics.update(
             ar_lead_final=float(better * (curves.ar[-1] - curves.mdlm[-1])),
@@ -230,12 +274,12 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
         if share is not None:
             metrics["scorings_agree"] = share
         tail = (
-            f"AR's best {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
-            f"{_epochs(curves.epochs[peak])} epochs), MDLM's last {curves.mdlm[-1]:.3g}"
+            f"AR's highest eval point {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
+            f"{_epochs(curves.epochs[peak])} epochs; chosen on the items that score it, not annealed)"
         )
         seed_metrics, seeds = _seeds_of(row)
         metrics.update(seed_metrics)
-        out.append(Verdict(cell, f"{cell}: {head}; {tail}{seeds}{scorings}{efficiency}", metrics))
+        out.append(Verdict(cell, f"{cell}: {head}; {tail}{seeds}{scorings}{efficiency}", metrics, row["status"]))
     return out
 
 
@@ -251,13 +295,15 @@ def loss_verdicts(analysis: StudyAnalysis) -> list[Verdict]:
 
 def delta_nll_lines(analysis: StudyAnalysis) -> list[str]:
     """One line per trial whose held-out loss rose at least 5% after its minimum: did its answers get worse? Read on
-    the study's accuracy (acc_pmi by default): "rising loss is not worse answers" only where the final accuracy is at
-    least the accuracy at the loss minimum minus one standard error (the larger of the two logged); the plain
-    opposite where it fell further; no claim without a standard error. Delta NLL raw and scale-free beside it."""
+    the study's accuracy (acc_pmi by default) as the paired change on the same items from the loss minimum to the
+    end, with its interval: "held" (rising loss is not worse answers) only where the whole interval lies above
+    -EQUIVALENCE_MARGIN, "fell" only where it lies below 0, "cannot tell" otherwise; without per-item results no
+    claim. Delta NLL raw and scale-free beside it."""
     table = analysis.delta_nll
     if table.empty or analysis.delta_task is None:
         return []
     name = (analysis.delta_accuracy or "").removeprefix("eval/")
+    margin = EQUIVALENCE_MARGIN
     lines = []
     for _, row in table.iterrows():
         if not row["loss_rise"] >= 0.05:
@@ -274,13 +320,22 @@ def delta_nll_lines(analysis: StudyAnalysis) -> list[str]:
             lines.append(f"{rise}; {delta}; no accuracy logged, so no claim about answers")
             continue
         accuracy = f"{name} {row['acc_at_min']:.3g} -> {row['acc_final']:.3g}"
-        se = row.get("acc_stderr")
-        if se is None or pd.isna(se):
-            lines.append(f"{rise}; {accuracy}; {delta}; no standard error logged, so no claim about answers")
-        elif row["acc_final"] >= row["acc_at_min"] - se:
-            lines.append(f"{rise} while {accuracy} held (within one standard error, {se:.2g}): rising loss is not "
-                         f"worse answers here; {delta}")  # fmt: skip
+        ci = row.get("acc_change_ci")
+        if not isinstance(ci, tuple):
+            lines.append(f"{rise}; {accuracy}; {delta}; no per-item results, so no paired interval and no claim "
+                         "about answers")  # fmt: skip
+            continue
+        low, high = ci
+        change = (
+            f"change {row['acc_change']:+.3f} ({analysis.confidence:.0%} CI {low:+.3f} to {high:+.3f}, paired on "
+            f"the same items; {row['acc_change_source']})"
+        )
+        if low > -margin:
+            verdict = (f"{accuracy} held: {change} lies above -{margin:g}, the equivalence margin: rising loss is not "
+                       "worse answers here")  # fmt: skip
+        elif high < 0:
+            verdict = f"{accuracy} fell: {change} lies below 0: here rising loss did come with worse answers"
         else:
-            lines.append(f"{rise} and {accuracy} fell by more than one standard error ({se:.2g}): here rising loss "
-                         f"did come with worse answers; {delta}")  # fmt: skip
+            verdict = f"{accuracy}: cannot tell whether answers got worse ({change} reaches below -{margin:g})"
+        lines.append(f"{rise}; {verdict}; {delta}")
     return lines

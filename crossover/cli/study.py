@@ -174,7 +174,10 @@ def status(
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
 ) -> None:
     """Per-trial progress of a study, read from MLflow."""
-    from crossover.platform.tracking import study_status
+    from collections import Counter
+
+    from crossover.analysis.crossing import STATUSES
+    from crossover.platform.tracking import study_states, study_status
     from crossover.tracking.store import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -195,6 +198,11 @@ def status(
     ]  # fmt: skip
     out.print(f"[bold]study {study}[/]: {len(rows)} trials in {uri}", highlight=False)
     print(text_table(headers, table))
+    if states := study_states(study, uri):
+        found = Counter(states.values())
+        counts = ", ".join(f"{s.replace('_', ' ')} {found[s]}" for s in STATUSES if s in found)
+        out.print(f"[bold]verdict[/] of the last analysis: {counts} of {len(states)} cells", highlight=False)
+        print(text_table(["cell", "state"], [[cell, state.replace("_", " ")] for cell, state in states.items()]))
 
 
 @app.command()

@@ -29,6 +29,7 @@ from crossover.tracking.names import (
     ROLE_STUDY,
     ROLE_SUPERSEDED,
     SPEC_DIR,
+    STATE_TAG,
     SUMMARY_COLUMNS,
     SUMMARY_PREFIX,
     TAG_BRANCH,
@@ -413,3 +414,15 @@ def study_status(study: str, uri: str) -> list[dict[str, Any]]:
          "total_tokens": int(run.data.params.get("train.total_tokens", 0))}
         for run in children
     ]  # fmt: skip
+
+
+def study_states(study: str, uri: str) -> dict[str, str]:
+    """The state of each cell's verdict (crossed, not_crossed, undetermined, mdlm_always_ahead) as the last analysis
+    (or the provisional verdict at the end of `crossover run`) put it on the study's parent run; empty before."""
+    client = mlflow_client(uri)
+    experiment = client.get_experiment_by_name(study)
+    parent = experiment and _find_run(client, experiment.experiment_id, _parent_tags(study))
+    if not parent:
+        return {}
+    prefix = f"{STATE_TAG}."
+    return {k.removeprefix(prefix): v for k, v in sorted(parent.data.tags.items()) if k.startswith(prefix)}

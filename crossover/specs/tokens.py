@@ -35,14 +35,15 @@ def parse_tokens(value: object) -> int:
     return int(number)
 
 
-def format_tokens(n: int | float) -> str:
-    """Short readable form used in trial names and tables: 50000 -> 50k, 1500000000 -> 1.5B."""
+def format_tokens(n: int | float, digits: int = 3) -> str:
+    """Short readable form used in trial names and tables: 50000 -> 50k, 1500000000 -> 1.5B; at most `digits`
+    significant figures (a position between eval points a factor 1.5 apart supports 2)."""
     for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("k", 10**3)):
         if abs(n) >= scale * 0.9995:  # 999,999 reads 1M, not 1e+03k
-            text = f"{n / scale:.3g}"
+            text = f"{float(f'{n / scale:.{digits}g}'):.4g}"  # rounded to `digits`, printed without an exponent
             if "e" not in text:
                 return text + suffix
-    return f"{n:.3g}"
+    return f"{float(f'{n:.{digits}g}'):.4g}"
 
 
 def format_seconds(seconds: float) -> str:

@@ -28,6 +28,7 @@ TAG_TRIAL_ID = "crossover.trial_id"
 TAG_ITEMS = "crossover.items"  # comma-separated tasks with per-item artifacts (absent: none)
 TAG_RUNTIME = "crossover.runtime"  # parent run: the study's resolved precision and compile (JSON)
 VERDICT_TAG = "crossover.verdict"  # parent run: crossover.verdict.<cell> holds the cell's verdict line
+STATE_TAG = "crossover.state"  # parent run: crossover.state.<cell> holds the cell's state (crossed, undetermined, ...)
 TAG_LINEAGE = "crossover.lineage_id"  # shared by trials that differ only in train.total_tokens
 TAG_BRANCH = "crossover.branch"  # where the trial's branch checkpoint is kept (path or URI), once it is whole
 TAG_BRANCH_TOKENS = "crossover.branch_tokens"  # the tokens seen at that checkpoint
