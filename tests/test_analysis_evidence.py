@@ -60,6 +60,15 @@ def test_a_three_seed_study_uses_its_seeds_in_the_interval(tmp_path):
     (verdict,) = verdicts(analysis)
     assert "over seeds as a t with 2 df and items, 3 seeds" in verdict.line
     assert "across 3 seeds: crossover per seed " in verdict.line
+    # MDLM's last against AR's best (chosen on the validation items, scored on the test items), paired by seed
+    best = analysis.ar_best["unique_tokens=50k"]
+    d = best.difference
+    assert best.source == "validation-chosen eval point (not annealed)" and best.test_items
+    assert d.seeds == 3 and 100 < d.items < 156 and "3 seeds x" in d.source  # the test half of 256 items
+    assert d.value == pytest.approx(best.mdlm_last - best.value)
+    assert d.low < d.value < d.high
+    assert f"MDLM's last minus AR's best {d.text(3)}" in verdict.line
+    assert verdict.metrics["last_minus_best"] == pytest.approx(d.value)
     # the same answers with the seeds pooled as if they were one seed's items: a narrower interval
     curves = data.curves.sort_values("step")
     pooled = {o: np.stack([np.concatenate([r["items/heldout_cloze"]["acc"] for _, r in at.iterrows()])

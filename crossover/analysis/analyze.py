@@ -94,6 +94,7 @@ class ArBest:
     mdlm_last: float | None  # mean over seeds of the cell's MDLM final value on the same test items
     test_items: bool  # the values are on the test items (False: older studies without per-item results, all items)
     seeds: tuple[ArBestSeed, ...] = ()
+    difference: Difference | None = None  # MDLM's last minus AR's best, paired on the test items and seeds
 
 
 @dataclass
@@ -626,7 +627,37 @@ def _ar_best(data: StudyData, analysis: StudyAnalysis) -> None:
             source="; ".join(dict.fromkeys(ar["best_source"])),
             annealed=all(str(src).startswith(ANNEALED.split("{")[0]) for src in ar["best_source"]),
             mdlm_last=float(mdlm.mean()) if len(mdlm) else None, test_items=on_test, seeds=seeds,
+            difference=_last_minus_best(data, analysis, rows) if on_test else None,
         )  # fmt: skip
+
+
+def _last_minus_best(data: StudyData, analysis: StudyAnalysis, rows: pd.DataFrame) -> Difference | None:
+    """MDLM's last minus AR's best in one cell (`_trial_values` rows), paired: per seed that has both, AR's
+    early-stopped model and MDLM's last on the same test items; None where no seed has per-item results of both."""
+    task, field_name = analysis.metric.split("/")[1], analysis.metric.rsplit("/", 1)[-1]
+    curves = pd.concat([data.curves, data.anneal_curves]) if len(data.anneal_curves) else data.curves
+    column = f"items/{task}"
+    if column not in curves:
+        return None
+    items = curves.set_index(["run_id", "step"])[column]
+
+    def test_items(run_id: str, step: int) -> dict[str, float]:
+        found = items.get((run_id, step))
+        return _half(found, field_name, TEST) or {}
+
+    pairs = []
+    mdlm = rows[rows["objective"] == "mdlm"].set_index("seed")
+    for r in rows[rows["objective"] == "ar"].itertuples():
+        if r.seed in mdlm.index:
+            last = mdlm.loc[r.seed]
+            pairs.append((test_items(r.best_run, r.best_step), test_items(last["run_id"], last["step"])))
+    ids = sorted(set.intersection(*(set(a) & set(d) for a, d in pairs))) if pairs else []
+    if not ids:
+        return None
+    sign = 1.0 if analysis.higher_is_better else -1.0
+    ar = np.array([[a[i] for i in ids] for a, _ in pairs])
+    last = np.array([[d[i] for i in ids] for _, d in pairs])
+    return paired_difference(sign * ar, sign * last, analysis.confidence)
 
 
 def _scaling(data: StudyData, analysis: StudyAnalysis) -> None:

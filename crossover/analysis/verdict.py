@@ -243,6 +243,33 @@ def _scorings_of(analysis: StudyAnalysis, cell: str, status: str) -> tuple[float
     return len(agree) / len(found), f"; by scoring: {parts} ({holds})"
 
 
+EQUIVALENT_WITHIN = 0.03  # "MDLM's last and AR's best are equivalent" when the whole interval lies inside +-0.03
+
+
+def _against_ar_best(analysis: StudyAnalysis, cell: str) -> tuple[dict[str, float], str]:
+    """MDLM's last against an early-stopped AR (analysis.ar_best: annealed to its validation-chosen stop, or that
+    eval point), paired on the test items and seeds: (metrics, phrase); ({}, "") where the cell has none."""
+    best = analysis.ar_best.get(cell)
+    if best is None:
+        return {}, ""
+    items = "the test items" if best.test_items else "all items (no validation split)"
+    phrase = f"AR's best {best.value:.3g} ({best.source}, on {items})"
+    if best.mdlm_last is not None:
+        phrase += f", MDLM's last {best.mdlm_last:.3g}"
+    d = best.difference
+    if d is None:
+        return {}, phrase
+    better = "MDLM's last minus AR's best" if analysis.higher_is_better else "MDLM's advantage over AR's best"
+    if d.excludes_zero():
+        reading = "MDLM's last surely ahead of an early-stopped AR" if d.low > 0 else "an early-stopped AR surely ahead"
+    elif d.within(EQUIVALENT_WITHIN):
+        reading = f"equivalent within +-{EQUIVALENT_WITHIN:g}"
+    else:
+        reading = f"cannot tell which is ahead (neither excludes zero nor lies within +-{EQUIVALENT_WITHIN:g})"
+    metrics = {"last_minus_best": d.value, "last_minus_best_low": d.low, "last_minus_best_high": d.high}
+    return metrics, f"{phrase}: {better} {d.text(3)}: {reading}"
+
+
 def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
     """One verdict per cell with curves; cells without both objectives get a line saying what is missing."""
     metric = analysis.metric.removeprefix("eval/")
@@ -273,10 +300,13 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
         share, scorings = _scorings_of(analysis, cell, row["status"])
         if share is not None:
             metrics["scorings_agree"] = share
-        tail = (
-            f"AR's highest eval point {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
-            f"{_epochs(curves.epochs[peak])} epochs; chosen on the items that score it, not annealed)"
-        )
+        best_metrics, tail = _against_ar_best(analysis, cell)
+        metrics.update(best_metrics)
+        if not tail:  # no AR's best of its own: the highest eval point, as it is
+            tail = (
+                f"AR's highest eval point {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
+                f"{_epochs(curves.epochs[peak])} epochs; chosen on the items that score it, not annealed)"
+            )
         seed_metrics, seeds = _seeds_of(row)
         metrics.update(seed_metrics)
         out.append(Verdict(cell, f"{cell}: {head}; {tail}{seeds}{scorings}{efficiency}", metrics, row["status"]))
