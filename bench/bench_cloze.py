@@ -77,13 +77,14 @@ def main() -> None:
           f"{'agree':>6s}")  # fmt: skip
     for name, (items, sharp) in tasks.items():
         for model_name, em in found.items():
+            # MDLM by its ELBO (mdlm_block None), the scorer this bench measured
             m = score_multiple_choice("heldout_cloze", em, items, mc_samples=args.mc_samples, paired=sharp,
-                                      pmi=sharp).metrics  # fmt: skip
+                                      pmi=sharp, mdlm_block=None).metrics  # fmt: skip
             metric = "acc_pmi" if sharp else "acc"
             agree = ""
             if em.objective == "mdlm":  # the same items scored with another seed: does the raw answer change?
-                again = choice_nlls(em, items, mc_samples=args.mc_samples, seed=1, paired=sharp)
-                first = choice_nlls(em, items, mc_samples=args.mc_samples, seed=0, paired=sharp)
+                again = choice_nlls(em, items, mc_samples=args.mc_samples, seed=1, paired=sharp, mdlm_block=None)
+                first = choice_nlls(em, items, mc_samples=args.mc_samples, seed=0, paired=sharp, mdlm_block=None)
                 same = [
                     item_metrics(i, a)["acc"] == item_metrics(i, b)["acc"]
                     for i, a, b in zip(items, first, again, strict=True)

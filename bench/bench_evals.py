@@ -70,7 +70,7 @@ def mc_noise(repeats: int = 12) -> None:
         print(f"{'K':>5s} {'per-item SE (nats)':>20s} {'task mean NLL/token SE':>24s} {'seconds':>8s}")
         for k in (1, 2, 4, 8, 16, 32, 64):
             started = time.perf_counter()
-            runs = [choice_nlls(em, items, mc_samples=k, seed=seed) for seed in range(repeats)]
+            runs = [choice_nlls(em, items, mc_samples=k, seed=seed, mdlm_block=None) for seed in range(repeats)]
             seconds = (time.perf_counter() - started) / repeats
             gold = [[run[i][item.gold] for i, item in enumerate(items)] for run in runs]  # [repeat][item]
             per_item = statistics.mean(statistics.stdev(r[i] for r in gold) for i in range(len(items)))

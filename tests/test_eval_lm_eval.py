@@ -60,7 +60,13 @@ def direct_ar(em, context: str, continuation: str) -> float:
     tokens = torch.tensor([ctx + cont])
     mask = torch.zeros_like(tokens, dtype=torch.bool)
     mask[0, len(ctx) :] = True
-    return float(ar_loglik(em.model, tokens, mask)[0])
+    return float(ar_loglik(em.model, tokens, mask, exclude=em.excluded_ids)[0])
+
+
+def real_logits(em, logits: torch.Tensor) -> torch.Tensor:
+    """The logits with the ids that are no real token (mask, pad, padded rows) at -inf, as every scorer has them."""
+    logits[..., list(em.excluded_ids)] = float("-inf")
+    return logits
 
 
 def text_ar(em, text: str) -> float:
@@ -128,7 +134,8 @@ def test_ar_rolling_is_the_summed_cross_entropy(ar, one_thread):
     ids = ar.encode(text)
     tokens = torch.tensor([[ar.eod_id, *ids]])
     with torch.no_grad():
-        direct = -F.cross_entropy(ar.model(tokens[:, :-1]).logits[0], tokens[0, 1:], reduction="sum").item()
+        direct = -F.cross_entropy(real_logits(ar, ar.model(tokens[:, :-1]).logits[0]), tokens[0, 1:], reduction="sum")
+        direct = direct.item()
     request = [Instance("loglikelihood_rolling", {}, (text,), 0)]
     assert CrossoverLM(ar).loglikelihood_rolling(request)[0] == pytest.approx(direct, abs=1e-3)
 
@@ -139,7 +146,7 @@ def test_ar_rolling_is_the_summed_cross_entropy(ar, one_thread):
         for window in get_rolling_token_windows(ids, ar.eod_id, 15, context_len=1):
             context, continuation = make_disjoint_window(window)
             seq = torch.tensor([context + continuation])
-            logits = ar.model(seq[:, :-1]).logits[0, len(context) - 1 :]
+            logits = real_logits(ar, ar.model(seq[:, :-1]).logits[0, len(context) - 1 :])
             windowed -= F.cross_entropy(logits, seq[0, len(context) :], reduction="sum").item()
     rolled = CrossoverLM(ar, max_length=16, batch_size=3).loglikelihood_rolling(request)[0]
     assert rolled == pytest.approx(windowed, abs=1e-3)
@@ -162,16 +169,18 @@ def test_mdlm_end_to_end_and_reproducible(mdlm, local_tasks, one_thread):
     assert group.metrics["acc"] == pytest.approx(result.metrics["acc"])
 
     pairs = [("import os\nimport", " sys"), ("def f(x):\n    return", " x + 1"), ("", "import re")]
-    elbo = {"mc_samples": 8, "mdlm_steps": None}
+    elbo = {"mc_samples": 8, "mdlm_block": None}
     first = CrossoverLM(mdlm, seed=3, **elbo).loglikelihood(ll_requests(pairs))
     again = CrossoverLM(mdlm, seed=3, **elbo).loglikelihood(ll_requests(pairs[::-1]))[::-1]
     other = CrossoverLM(mdlm, seed=4, **elbo).loglikelihood(ll_requests(pairs))
     assert first == again  # same seed: the same draws, whatever order the requests come in
     assert [s for s, _ in first] != [s for s, _ in other]
-    # decoded left to right (the default, 16 steps; a string when it comes from --model_args): exact, no seed
+    # decoded left to right (the default, one token per step; a string when it comes from --model_args): exact, no
+    # seed; in blocks of 2 tokens per step: another number
     ordered = [CrossoverLM(mdlm, seed=seed, **kw).loglikelihood(ll_requests(pairs)) for seed, kw in
-               ((3, {}), (4, {"mdlm_steps": "16"}))]  # fmt: skip
+               ((3, {}), (4, {"mdlm_block": "1"}), (3, {"mdlm_block": 2}))]  # fmt: skip
     assert ordered[0] == ordered[1] and [s for s, _ in ordered[0]] != [s for s, _ in first]
+    assert [s for s, _ in ordered[2]] != [s for s, _ in ordered[0]]
     assert [g for _, g in ordered[0]] == [g for _, g in first]  # is_greedy does not depend on the scorer
     assert all(s < 0.0 and math.isfinite(s) for s, _ in first)
     # is_greedy for MDLM: all continuation positions masked at once, their argmax fill is the continuation
@@ -196,7 +205,7 @@ def test_the_choices_of_an_mdlm_item_share_their_masks(mdlm, one_thread):
     that wins is the model's answer and not the draw's; another context gets masks of its own."""
     pairs = [("import os\nimport", " sys"), ("def f(x):\n    return", " sys"), ("import os\nimport", " sys")]
     for batch_size in (1, 3):
-        scores = [s for s, _ in CrossoverLM(mdlm, mc_samples=4, mdlm_steps=None, seed=0, batch_size=batch_size).loglikelihood(
+        scores = [s for s, _ in CrossoverLM(mdlm, mc_samples=4, mdlm_block=None, seed=0, batch_size=batch_size).loglikelihood(
             ll_requests(pairs))]  # fmt: skip
         assert scores[0] == scores[2] and scores[0] != scores[1]
 
@@ -224,6 +233,6 @@ def test_registered_as_crossover(tiny_checkpoints, one_thread):
     cls = get_model("crossover")
     assert cls is CrossoverLM and "hf" in model_registry  # lm-eval's own models stay reachable
     lm = cls.create_from_arg_string(f"pretrained={tiny_checkpoints['mdlm']},mc_samples=4,batch_size=2,device=cpu")
-    assert (lm.mc_samples, lm.batch_size, lm.em.objective, str(lm.device)) == (4, 2, "mdlm", "cpu")
+    assert (lm.mc_samples, lm.mdlm_block, lm.batch_size, lm.em.objective, str(lm.device)) == (4, 1, 2, "mdlm", "cpu")
     (score, greedy), *_ = lm.loglikelihood(ll_requests([("import os\nimport", " sys")]))
     assert score < 0.0 and isinstance(greedy, bool)

@@ -108,6 +108,7 @@ def test_ar_scores_equal_unbatched_cross_entropy():
             seq = torch.tensor([ctx + choice])
             with torch.no_grad():
                 logits = model(seq).logits[0, len(ctx) - 1 : -1]
+            logits[:, [MASK, PAD]] = float("-inf")  # never a choice's token: no probability
             assert nll == pytest.approx(F.cross_entropy(logits, torch.tensor(choice), reduction="sum").item(), abs=1e-4)
 
     result = score_multiple_choice("toy", eval_model(model, "ar"), items)
@@ -134,7 +135,8 @@ def test_item_metrics_pick_the_lowest_nll_raw_and_per_character():
 
 
 def test_mdlm_scores_are_exact_for_a_fixed_distribution():
-    """Choices repeat one token, the model outputs a fixed p: every ELBO sample is exactly -len * log p(token)."""
+    """Choices repeat one token, the model outputs a fixed p: every ELBO sample is exactly -len * log p(token), p
+    renormalised without the mask and pad ids, and so is every decoding in blocks."""
     g = torch.Generator().manual_seed(1)
     logp = torch.log_softmax(torch.randn(64, generator=g) * 2, 0)
     items = []
@@ -146,26 +148,27 @@ def test_mdlm_scores_are_exact_for_a_fixed_distribution():
             MCItem(f"u{i}", context, [[int(t)] * int(n) for t, n in zip(tokens, lengths, strict=True)], gold=i % 3)
         )
     em = eval_model(Unigram(logp), "mdlm")
-    got = choice_nlls(em, items, mc_samples=5, max_tokens=300)
+    real = logp - logp[[i for i in range(64) if i not in (MASK, PAD)]].logsumexp(0)  # over real tokens only
+    got = choice_nlls(em, items, mc_samples=5, max_tokens=300, mdlm_block=None)
     for item, nlls in zip(items, got, strict=True):
-        expected = [-len(c) * logp[c[0]].item() for c in item.choices]
+        expected = [-len(c) * real[c[0]].item() for c in item.choices]
         assert nlls == pytest.approx(expected, rel=1e-5)
-    result = score_multiple_choice("toy", em, items, mc_samples=5)
+    result = score_multiple_choice("toy", em, items, mc_samples=5, mdlm_block=None)
     assert result.item_metrics["acc"] == [float(min(n) == n[it.gold]) for it, n in zip(items, got, strict=True)]
-    for steps in (1, 4, 64):  # decoded left to right: every block's tokens are scored once, whatever the blocks
-        assert choice_nlls(em, items, mdlm_steps=steps, max_tokens=300) == [pytest.approx(n, rel=1e-5) for n in got]
+    for block in (1, 4, 64):  # decoded left to right: every block's tokens are scored once, whatever the blocks
+        assert choice_nlls(em, items, mdlm_block=block, max_tokens=300) == [pytest.approx(n, rel=1e-5) for n in got]
 
 
 def test_mdlm_scoring_uses_common_random_numbers():
     torch.manual_seed(0)
     em = eval_model(build_model(CFG, causal=False), "mdlm")
     items = random_items(1, n=3)
-    a = choice_nlls(em, items, mc_samples=4, seed=7)
-    assert a == choice_nlls(em, items, mc_samples=4, seed=7)  # the same masks at every eval point
-    assert a != choice_nlls(em, items, mc_samples=4, seed=8)
+    a = choice_nlls(em, items, mc_samples=4, seed=7, mdlm_block=None)
+    assert a == choice_nlls(em, items, mc_samples=4, seed=7, mdlm_block=None)  # the same masks at every eval point
+    assert a != choice_nlls(em, items, mc_samples=4, seed=8, mdlm_block=None)
     # left-to-right decoding draws nothing: the seed and K change nothing
-    exact = choice_nlls(em, items, mc_samples=4, seed=7, mdlm_steps=4)
-    assert exact == choice_nlls(em, items, mc_samples=16, seed=8, mdlm_steps=4) != a
+    exact = choice_nlls(em, items, mc_samples=4, seed=7, mdlm_block=4)
+    assert exact == choice_nlls(em, items, mc_samples=16, seed=8, mdlm_block=4) != a
 
 
 class Recording(nn.Module):
@@ -191,7 +194,9 @@ def test_the_choices_of_an_item_share_their_masks(paired):
                     [torch.randint(3, 64, (12,), generator=g).tolist() for _ in range(4)], gold=i % 4)
              for i in range(6)]  # fmt: skip
     model = Recording()
-    choice_nlls(eval_model(model, "mdlm"), items, mc_samples=4, seed=3, max_tokens=5 * 23, paired=paired)
+    choice_nlls(
+        eval_model(model, "mdlm"), items, mc_samples=4, seed=3, max_tokens=5 * 23, paired=paired, mdlm_block=None
+    )
     rows = torch.cat(model.seen)  # the rows in scoring order: 6 items x 4 choices x 4 samples
     masks = (rows == MASK).view(-1, 4, rows.shape[1])  # [item-choice rows, K, T]
     assert masks.shape[0] == 24 and masks.any()
@@ -222,7 +227,7 @@ def test_mdlm_rows_are_filled_to_the_trained_window(window):
     items = random_items(2, n=5)
     model = RecordingMasks()
     em = eval_model(model, "mdlm")
-    choice_nlls(em, items, mc_samples=2, seed=0, max_tokens=4 * 64, window=window)
+    choice_nlls(em, items, mc_samples=2, seed=0, max_tokens=4 * 64, window=window, mdlm_block=None)
     rows = torch.cat(model.seen) if window else None
     real = {tuple(item.context[-(64 - max(map(len, item.choices))) :] + c) for item in items for c in item.choices}
     if window:
@@ -238,8 +243,9 @@ def test_mdlm_rows_are_filled_to_the_trained_window(window):
     g = torch.Generator().manual_seed(1)
     logp = torch.log_softmax(torch.randn(64, generator=g), 0)
     exact = MCItem("u", [EOD, 5, 6], [[7] * 3, [8] * 5], gold=0)
-    nlls = choice_nlls(eval_model(Unigram(logp), "mdlm"), [exact], mc_samples=3, window=window)[0]
-    assert nlls == pytest.approx([-3 * logp[7].item(), -5 * logp[8].item()], rel=1e-5)  # the fill is never scored
+    nlls = choice_nlls(eval_model(Unigram(logp), "mdlm"), [exact], mc_samples=3, window=window, mdlm_block=None)[0]
+    real = logp - logp[[i for i in range(64) if i not in (MASK, PAD)]].logsumexp(0)
+    assert nlls == pytest.approx([-3 * real[7].item(), -5 * real[8].item()], rel=1e-5)  # the fill is never scored
 
 
 def test_ar_scores_do_not_change_with_tokens_after_the_continuation():
@@ -303,6 +309,62 @@ def test_pmi_scoring_cancels_the_prior_of_a_likely_anywhere_span():
     assert result.metrics["acc"] == 0.0 and result.metrics["acc_pmi"] == 1.0  # noqa: PLR2004
     assert set(result.item_metrics) == {*ITEM_METRICS, "acc_pmi"}
     assert "acc_pmi" not in score_multiple_choice("cloze", em, items).metrics
+
+
+class Boosted(nn.Module):
+    """A real model with `boost` added to the logits of `ids`: those ids get nearly all the probability."""
+
+    def __init__(self, model: nn.Module, ids: list[int], boost: float = 30.0):
+        super().__init__()
+        self.model, self.ids, self.boost, self.cfg = model, ids, boost, model.cfg
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.model(tokens, attention_mask=attention_mask).logits.clone()
+        logits[..., self.ids] += self.boost
+        return logits
+
+
+@pytest.mark.parametrize(("objective", "block"), [("ar", 1), ("mdlm", 1), ("mdlm", 4), ("mdlm", None)])
+def test_mask_and_pad_ids_never_receive_probability(codec, corpus_docs, objective, block):
+    """A choice's log-probability is over real tokens only: a model that puts almost all its mass on the mask and pad
+    ids scores every choice as the same model without that mass, in every scorer (AR, MDLM per token and in blocks,
+    the ELBO); for AR it is the cross-entropy over the vocabulary with those columns removed."""
+    em = with_model(codec, objective)
+    assert em.excluded_ids[:2] == (MASK, PAD) and EOD not in em.excluded_ids
+    vocab = em.model.cfg.vocab_size
+    assert em.excluded_ids[2:] == tuple(range(real_size(codec.tokenizer), vocab))  # the padded embedding rows
+    items = heldout_cloze_items(codec, corpus_docs, n_items=6, prefix_tokens=16, span_tokens=8, seed=0)
+    boosted = EvalModel(Boosted(em.model, [MASK, PAD]), objective, codec.tokenizer, EOD, MASK, PAD)
+    plain = choice_nlls(em, items, mdlm_block=block, mc_samples=4, seed=0)
+    assert choice_nlls(boosted, items, mdlm_block=block, mc_samples=4, seed=0) == [
+        pytest.approx(n, abs=1e-3) for n in plain
+    ]
+    if objective == "ar":
+        keep = [i for i in range(vocab) if i not in em.excluded_ids]
+        item = items[0]
+        for choice, nll in zip(item.choices, plain[0], strict=True):
+            with torch.no_grad():
+                logits = em.model(torch.tensor([item.context + choice])).logits[0, len(item.context) - 1 : -1]
+            targets = torch.tensor([keep.index(t) for t in choice])
+            assert nll == pytest.approx(F.cross_entropy(logits[:, keep], targets, reduction="sum").item(), abs=1e-4)
+    # a tokenizer without a pad token pads with the end-of-document id, a real token: it keeps its probability
+    assert EOD not in EvalModel(em.model, objective, codec.tokenizer, EOD, MASK, EOD).excluded_ids
+
+
+def test_the_default_scores_mdlm_exactly_one_token_per_step(codec):
+    """Block 1 is the default: in the spec, the suite's settings and the scorers."""
+    import inspect
+
+    from crossover.evals.registry import EvalSettings
+    from crossover.specs.study import EvalSpec
+
+    assert EvalSpec().mdlm_block == 1 and EvalSettings(max_items=1, mc_samples=1, seq_len=64).mdlm_block == 1
+    for function in (choice_nlls, score_multiple_choice):
+        assert inspect.signature(function).parameters["mdlm_block"].default == 1
+    em = with_model(codec, "mdlm")
+    item = MCItem("q", [EOD, 40, 41, 42], [[50, 51, 52], [60, 61, 62, 63, 64]], gold=0)
+    assert choice_nlls(em, [item]) == choice_nlls(em, [item], mdlm_block=1)
+    assert choice_nlls(em, [item]) != choice_nlls(em, [item], mdlm_block=2)
 
 
 def test_items_must_be_well_formed_and_fit():
@@ -481,20 +543,52 @@ def _humaneval_positions_counted(trial) -> float:
     return (eval_tokens(trial) - eval_tokens(without)) / len(eval_steps(trial))
 
 
+def test_the_plans_evaluation_estimate_grows_as_mdlm_blocks_shrink():
+    """Decoding a choice costs one forward per block: the plan's evaluation estimate for an MDLM trial grows as
+    eval.mdlm_block shrinks (the cloze's 16-token spans: 16 steps per choice at block 1, 4 at block 4, 1 from block 16
+    on), and the ELBO costs its samples; AR's does not change."""
+    from crossover.evals.tasks import HeldoutCloze
+    from crossover.specs import load_study
+    from crossover.trainers.throughput import eval_tokens
+
+    from .conftest import SPECS
+
+    trials = {t.objective: t for t in load_study(SPECS / "cpu_crossover.yaml").expand()}
+
+    def scored(objective: str, **eval_block) -> tuple[float, float]:
+        trial = trials[objective]
+        trial = trial.model_copy(update={"eval": trial.eval.model_copy(update=eval_block)})
+        return eval_tokens(trial), HeldoutCloze.cost("heldout_cloze", trial)
+
+    total = {block: scored("mdlm", mdlm_block=block)[0] for block in (1, 2, 4, 8, 16, 32)}
+    assert total[1] > total[2] > total[4] > total[8] > total[16] == total[32], total
+    cloze = {block: scored("mdlm", mdlm_block=block)[1] for block in (1, 4, 16)}
+    assert cloze[1] == 4 * cloze[4] == 16 * cloze[16]
+    assert scored("mdlm", mdlm_block=None, mc_samples=8)[1] == 8 * cloze[16]
+    assert len({scored("ar", mdlm_block=block) for block in (1, 4, None)}) == 1
+
+
 @pytest.mark.parametrize("objective", ["ar", "mdlm"])
 def test_the_plan_counts_humaneval_rows_at_most_before_the_data_is_prepared(codec, objective, default_cache):
-    """Without the study's token store (so its tokenizer) the plan counts every problem filling the window, once for
-    AR and once per decoding step for MDLM: at least what any tokenizer's items score."""
+    """Without the study's token store (so its tokenizer) the plan counts every problem filling the window, its
+    solution half of it, once for AR and once per decoding step for MDLM (a step per block of eval.mdlm_block
+    tokens): at least what any tokenizer's items score."""
     from crossover.evals.tasks import HUMANEVAL_PROBLEMS
     from crossover.specs import load_study
 
     from .conftest import SPECS
 
     trial = next(t for t in load_study(SPECS / "cpu_code.yaml").expand() if t.objective == objective)
-    rows = 1 if objective == "ar" else trial.eval.mdlm_steps
+    block = trial.eval.mdlm_block
+    assert block == 4  # noqa: PLR2004 (the shipped spec's)
+
+    def rows(tokens: int) -> int:
+        return 1 if objective == "ar" else -(-tokens // block)
+
     items = humaneval_likelihood_items(codec, n_items=trial.eval.max_items, seed=0, max_tokens=trial.data.seq_len)
-    scored = sum((len(item.context) + len(c)) * rows for item in items for c in item.choices)
-    assert scored <= _humaneval_positions_counted(trial) == HUMANEVAL_PROBLEMS * 4 * trial.data.seq_len * rows
+    scored = sum((len(item.context) + len(c)) * rows(len(c)) for item in items for c in item.choices)
+    most = HUMANEVAL_PROBLEMS * 4 * trial.data.seq_len * rows(trial.data.seq_len // 2)
+    assert scored <= _humaneval_positions_counted(trial) == most
 
 
 @pytest.mark.parametrize("objective", ["ar", "mdlm"])
@@ -509,14 +603,14 @@ def test_the_plan_counts_the_humaneval_rows_a_prepared_study_scores(tiny_corpus,
 
     monkeypatch.setenv("CROSSOVER_CACHE", str(session_cache))
     raw = tiny_study(tiny_corpus, eval={"every": "log:3", "tasks": ["heldout_loss", "humaneval_likelihood"],
-                                        "mc_samples": 2, "mdlm_steps": 4, "max_items": 16})  # fmt: skip
+                                        "mc_samples": 2, "mdlm_block": 4, "max_items": 16})  # fmt: skip
     raw["data"]["seq_len"] = 128
     trial = next(t for t in parse_study(raw).expand() if t.objective == objective)
     data = prepare(trial.data)
     suite = EvalSuite(trial.eval.tasks, EvalSettings.of(trial), data)
     items = suite.items["humaneval_likelihood"]
-    rows = 1 if objective == "ar" else 4
-    assert _humaneval_positions_counted(trial) == rows * sum(len(i.context) + len(c) for i in items for c in i.choices)
+    rows = [(len(i.context) + len(c), 1 if objective == "ar" else -(-len(c) // 4)) for i in items for c in i.choices]
+    assert _humaneval_positions_counted(trial) == sum(length * steps for length, steps in rows)
 
 
 def test_registry_builds_and_scores_humaneval(codec):

@@ -155,20 +155,55 @@ def _decoded_left_to_right(model, context: list[int], answer: list[int], blocks:
     return total
 
 
-@pytest.mark.parametrize("steps", [None, 1, 4])
-def test_mdlm_ordered_loglik_is_the_likelihood_of_decoding_in_reading_order(steps):
-    """Each example's answer decoded in `steps` contiguous blocks (one token per step with None), computed by hand
-    one forward at a time; padding and a batch of mixed lengths (answers shorter than `steps` included) change
-    nothing, and two calls give the same numbers (no Monte Carlo draw)."""
+@pytest.mark.parametrize("block", [1, 3, 100])
+def test_mdlm_ordered_loglik_is_the_likelihood_of_decoding_in_reading_order(block):
+    """Each example's answer decoded left to right `block` tokens per step (1: the chain rule, one token per step),
+    computed by hand one forward at a time; padding and a batch of mixed lengths (answers shorter than a block
+    included) change nothing, and two calls give the same numbers (no Monte Carlo draw)."""
     torch.manual_seed(0)
     model = build_model(CFG, causal=False).train()
     pairs = random_pairs(2, n=5)
     tokens, cont, lengths = pack(pairs, pad=7)
-    got = mdlm_ordered_loglik(model, tokens, cont, lengths, mask_id=MASK, steps=steps, max_tokens=40)
+    got = mdlm_ordered_loglik(model, tokens, cont, lengths, mask_id=MASK, block=block, max_tokens=40)
     assert model.training
     for i, (c, x) in enumerate(pairs):
-        n_blocks = len(x) if steps is None else min(steps, len(x))
-        blocks = [[j for j in range(len(x)) if j * n_blocks // len(x) == s] for s in range(n_blocks)]
-        assert got[i].item() == pytest.approx(_decoded_left_to_right(model, c, x, blocks), abs=1e-4), (i, steps)
-    again = mdlm_ordered_loglik(model, pack(pairs, pad=3)[0], cont, lengths, mask_id=MASK, steps=steps)
+        blocks = [list(range(start, min(start + block, len(x)))) for start in range(0, len(x), block)]
+        assert got[i].item() == pytest.approx(_decoded_left_to_right(model, c, x, blocks), abs=1e-4), (i, block)
+    again = mdlm_ordered_loglik(model, pack(pairs, pad=3)[0], cont, lengths, mask_id=MASK, block=block)
     assert torch.allclose(got, again, atol=1e-5)
+    assert mdlm_ordered_loglik(model, tokens, cont, lengths, mask_id=MASK).equal(
+        mdlm_ordered_loglik(model, tokens, cont, lengths, mask_id=MASK, block=1)
+    )  # the default: one token per step
+    with pytest.raises(ValueError, match="block must be >= 1"):
+        mdlm_ordered_loglik(model, tokens, cont, lengths, mask_id=MASK, block=0)
+
+
+def test_per_token_decoding_is_the_chain_rule():
+    """Block 1 is the chain rule in reading order: log p(x_1 | c) + log p(x_2 | c, x_1) + ..., each factor from its
+    own forward with the later answer tokens masked, summed by hand."""
+    torch.manual_seed(1)
+    model = build_model(CFG, causal=False).eval()
+    context, answer = [5, 9, 11, 2], [20, 21, 22, 23, 24, 25]
+    expected = 0.0
+    for j, token in enumerate(answer):
+        seq = torch.tensor([context + answer[:j] + [MASK] * (len(answer) - j)])
+        with torch.no_grad():
+            expected += model(seq).logits[0, len(context) + j].log_softmax(-1)[token].item()
+    tokens, cont, lengths = pack([(context, answer)])
+    got = mdlm_ordered_loglik(model, tokens, cont, lengths, mask_id=MASK)
+    assert got.item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_every_answer_is_decoded_in_blocks_of_the_same_size():
+    """With block 4, a 16-token answer takes 4 steps and a 6-token one 2 (4 tokens, then 2), in one batch: the block
+    is a number of tokens, never a number of steps per answer, so answers of different lengths are scored alike."""
+    model = Unigram(torch.full((64,), 1 / 64))
+    tokens, cont, lengths = pack([([1, 2], list(range(10, 26))), ([1, 2, 3], list(range(30, 36)))], pad=0)
+    mdlm_ordered_loglik(model, tokens, cont, lengths, mask_id=MASK, block=4)
+    rows = torch.cat(model.seen)
+    revealed = {}  # example -> answer tokens visible at each of its steps
+    for row in rows:
+        example = 0 if row[2] == 10 or row[2] == MASK else 1  # noqa: PLR2004 (example 0's answer starts at 2)
+        answer = row[2:18] if example == 0 else row[3:9]
+        revealed.setdefault(example, []).append(int((answer != MASK).sum()))
+    assert revealed == {0: [0, 4, 8, 12], 1: [0, 4]}

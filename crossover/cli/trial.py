@@ -33,8 +33,13 @@ def evaluate(
     ] = "heldout_loss",
     max_items: Annotated[int | None, typer.Option(help="Items per task (default: the trial's eval.max_items).")] = None,
     mc_samples: Annotated[int | None, typer.Option(help="Monte Carlo samples per MDLM ELBO.")] = None,
-    mdlm_steps: Annotated[
-        int | None, typer.Option(help="Score MDLM's choices by decoding them left to right in this many steps.")
+    mdlm_block: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Score MDLM's choices by decoding them left to right, this many tokens per step (1: exact, the "
+            "chain rule; larger: cheaper and weaker). Default: the trial's eval.mdlm_block.",
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     lm_eval_include: Annotated[Path | None, typer.Option(help="A folder of lm-eval task YAMLs.")] = None,
@@ -46,7 +51,7 @@ def evaluate(
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     include = str(lm_eval_include) if lm_eval_include else None
     results = evaluate_checkpoint(str(checkpoint), names, max_items=max_items, mc_samples=mc_samples,
-                                  mdlm_steps=mdlm_steps, device=device, lm_eval_include=include)  # fmt: skip
+                                  mdlm_block=mdlm_block, device=device, lm_eval_include=include)  # fmt: skip
     rows = []
     for result in results:
         for metric, value in result.metrics.items():

@@ -13,6 +13,8 @@ lm-eval bridge and the samplers; the trainer builds the same `EvalModel` around 
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ class EvalModel:
     """What every evaluator takes. `model(tokens, attention_mask=...)` follows the crossover.models forward contract."""
 
     model: nn.Module
-    objective: str  # "ar" (score with ar_loglik, sample left to right) or "mdlm" (ELBO, iterative unmasking)
+    objective: str  # "ar" (exact likelihood, sampled left to right) or "mdlm" (decoded in blocks or its ELBO, unmasked)
     tokenizer: Any  # a `tokenizers.Tokenizer`
     eod_id: int
     mask_id: int
@@ -58,6 +60,19 @@ class EvalModel:
     def window(self) -> int:
         """The sequence length the model was trained on (the model's limit when the trial is unknown)."""
         return min(self.trial.data.seq_len, self.max_seq_len) if self.trial is not None else self.max_seq_len
+
+    @functools.cached_property
+    def excluded_ids(self) -> tuple[int, ...]:
+        """Ids that are no real token of a text, so no likelihood and no sample gives them probability: the mask, the
+        pad (unless it is the end-of-document id, as with a tokenizer without a pad token) and the embedding rows past
+        the tokenizer's vocabulary (the model pads its vocabulary; see `crossover.specs.expand.padded_vocab`)."""
+        ids = {self.mask_id, self.pad_id} - {self.eod_id}
+        if self.tokenizer is not None:
+            from crossover.data.tokenizer import real_size
+
+            vocab = self.model.cfg.vocab_size
+            ids |= set(range(min(real_size(self.tokenizer), vocab), vocab))
+        return tuple(sorted(ids))
 
     def encode(self, text: str) -> list[int]:
         """Token ids exactly as the token store tokenized documents (special-token text stays text)."""
@@ -94,6 +109,15 @@ def _module_state(folder: Path, zero_stage: int) -> dict[str, torch.Tensor]:
     return torch.load(model_states, map_location="cpu", weights_only=False)["module"]
 
 
+def read_trial(path: Path) -> TrialSpec:
+    """A checkpoint's TrialSpec. One written before `eval.mdlm_block` carries `eval.mdlm_steps` (decoding steps per
+    answer): it is dropped, so the checkpoint is scored with the default block (1, exact) unless told otherwise."""
+    values = json.loads(path.read_text())
+    if isinstance(values.get("eval"), dict):
+        values["eval"].pop("mdlm_steps", None)
+    return TrialSpec.model_validate(values)
+
+
 def load_checkpoint(
     path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> EvalModel:
@@ -112,7 +136,7 @@ def load_checkpoint(
             f"{folder} is not a crossover checkpoint: {', '.join(missing)} missing; pass a checkpoint_* directory "
             "written by `crossover train` or a trial's Ray storage"
         )
-    trial = TrialSpec.model_validate_json((folder / TRIAL_FILE).read_text())
+    trial = read_trial(folder / TRIAL_FILE)
     model = build_model(trial.model, causal=trial.objective == "ar")
     state = _module_state(folder, trial.train.zero_stage)
     model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})

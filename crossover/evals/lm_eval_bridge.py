@@ -8,13 +8,14 @@ Its three request types all go through the scorers of `crossover.evals.likelihoo
 - `loglikelihood(context, continuation)`: the sequence scored is [eod] + context + continuation. The end-of-document
   id is the BOS because training streams concatenate documents separated by it, so a document always follows one; it
   also gives an empty context something to condition on. AR: exact log p(continuation | context) (`ar_loglik`).
-  MDLM: the exact likelihood of decoding the continuation left to right in `mdlm_steps` steps (default 16,
-  `mdlm_ordered_loglik`: no Monte Carlo draw). With `mdlm_steps=None`, the Monte Carlo ELBO with `mc_samples`
+  MDLM: the likelihood of decoding the continuation left to right, `mdlm_block` tokens per step (default 1: its exact
+  chain rule, `mdlm_ordered_loglik`, no Monte Carlo draw; every continuation with the same block size, whatever its
+  length). With `mdlm_block=None`, the Monte Carlo ELBO with `mc_samples`
   samples (`mdlm_loglik`), a lower bound in expectation, drawn from a CPU
   generator seeded with `seed` at the start of every call: the same requests, seed and batch size give the same
   numbers on any device (common random numbers across a trial's eval points); the choices of one item (requests with
   the same context) share their masks, as in the held-out cloze, so which choice wins is the model's answer and not
-  the draw's. `is_greedy`: AR, whether the
+  the draw's. The mask and pad ids never receive probability (`EvalModel.excluded_ids`). `is_greedy`: AR, whether the
   continuation is the argmax at every position (teacher forced, from the same forward pass); MDLM, whether filling
   all continuation positions at once, every one masked, by their argmax reproduces it (one extra forward pass).
 - `loglikelihood_rolling(text)`: log p(text | eod) in lm-eval's disjoint rolling windows (`get_rolling_token_windows`
@@ -52,7 +53,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import nn
 
 from crossover.evals.checkpoint import EvalModel, load_checkpoint
-from crossover.evals.likelihood import ar_loglik, evaluating, logits_of, mdlm_loglik, mdlm_ordered_loglik
+from crossover.evals.likelihood import continuation_loglik, evaluating, logits_of
 from crossover.evals.results import TaskResult
 from crossover.evals.tasks import item_key
 
@@ -77,7 +78,7 @@ class CrossoverLM(LM):
         self,
         pretrained: str | Path | EvalModel,
         mc_samples: int = 32,
-        mdlm_steps: int | None = 16,
+        mdlm_block: int | None = 1,
         batch_size: int | str = 16,
         device: str | None = None,
         seed: int = 0,
@@ -89,9 +90,9 @@ class CrossoverLM(LM):
         remasking: str = "low_confidence",
     ) -> None:
         """`device` places a checkpoint (default: cuda when available); an `EvalModel` stays where it is.
-        `max_tokens` bounds the token positions of one MDLM forward pass (see `mdlm_loglik`). `mdlm_steps`: MDLM
-        scores a continuation by decoding it left to right in that many steps (`mdlm_ordered_loglik`; 16, as in a
-        spec's eval block), or with None by the ELBO's `mc_samples`; `steps`, `block_length`, `remasking` are the
+        `max_tokens` bounds the token positions of one MDLM forward pass (see `mdlm_loglik`). `mdlm_block`: MDLM
+        scores a continuation by decoding it left to right, that many tokens per step (`mdlm_ordered_loglik`; 1, as
+        in a spec's eval block: the exact chain rule), or with None by the ELBO's `mc_samples`; `steps`, `block_length`, `remasking` are the
         generation sampler's."""
         super().__init__()
         if isinstance(pretrained, EvalModel):
@@ -105,7 +106,9 @@ class CrossoverLM(LM):
         except ValueError:
             raise ValueError(f"batch_size must be a whole number for crossover models, got '{batch_size}'") from None
         self.mc_samples = int(mc_samples)
-        self.mdlm_steps = None if mdlm_steps in (None, "", "None") else int(mdlm_steps)  # model_args give strings
+        self.mdlm_block = None if mdlm_block in (None, "", "None") else int(mdlm_block)  # model_args give strings
+        if self.mdlm_block is not None and self.mdlm_block < 1:
+            raise ValueError(f"mdlm_block must be >= 1 token per step (or None for the ELBO), got {mdlm_block}")
         self.seed = int(seed)
         self.max_length = int(max_length or self.em.max_seq_len)
         if not 2 <= self.max_length <= self.em.max_seq_len:
@@ -193,26 +196,22 @@ class CrossoverLM(LM):
         lengths = torch.tensor([len(ids) for ids, _ in rows])
         tokens, continuation, lengths = tokens.to(device), continuation.to(device), lengths.to(device)
         padded = lengths if bool((lengths < width).any()) else None  # no mask at all lets attention take its fast path
+        keep = _KeepLogits(self.em.model)
+        logp = continuation_loglik(self.em, tokens, continuation, padded, block=self.mdlm_block,
+                                   mc_samples=self.mc_samples, generator=generator, row_keys=keys,
+                                   max_tokens=self.max_tokens, model=keep)  # fmt: skip
+        excluded = list(self.em.excluded_ids)  # never an argmax either
         if self.em.objective == "ar":
-            keep = _KeepLogits(self.em.model)
-            logp = ar_loglik(keep, tokens, continuation, padded)
-            hit = keep.logits[:, :-1].argmax(-1) == tokens[:, 1:]
-            greedy = (hit | ~continuation[:, 1:]).all(-1)
+            logits = keep.logits[:, :-1].clone()
+            logits[..., excluded] = float("-inf")
+            greedy = (logits.argmax(-1) == tokens[:, 1:]) | ~continuation[:, 1:]
         else:
-            if self.mdlm_steps is not None:
-                logp = mdlm_ordered_loglik(
-                    self.em.model, tokens, continuation, padded, mask_id=self.em.mask_id, steps=self.mdlm_steps,
-                    max_tokens=self.max_tokens,
-                )  # fmt: skip
-            else:
-                logp = mdlm_loglik(
-                    self.em.model, tokens, continuation, padded, mask_id=self.em.mask_id, k=self.mc_samples,
-                    generator=generator, max_tokens=self.max_tokens, row_keys=keys,
-                )  # fmt: skip
             valid = None if padded is None else torch.arange(width, device=device)[None, :] < lengths[:, None]
             all_masked = tokens.masked_fill(continuation, self.em.mask_id)
-            hit = logits_of(self.em.model(all_masked, attention_mask=valid)).argmax(-1) == tokens
-            greedy = (hit | ~continuation).all(-1)
+            logits = logits_of(self.em.model(all_masked, attention_mask=valid))
+            logits[..., excluded] = float("-inf")
+            greedy = (logits.argmax(-1) == tokens) | ~continuation
+        greedy = greedy.all(-1)
         return [(float(lp), bool(g)) for lp, g in zip(logp.tolist(), greedy.tolist(), strict=True)]
 
     # ---------------------------------------------------------------- generation
@@ -342,7 +341,7 @@ def run_lm_eval(
     limit: int | float | None = None,
     num_fewshot: int | None = None,
     mc_samples: int = 32,
-    mdlm_steps: int | None = 16,
+    mdlm_block: int | None = 1,
     batch_size: int = 16,
     seed: int = 0,
     bootstrap_iters: int = 1000,
@@ -359,7 +358,7 @@ def run_lm_eval(
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    lm = CrossoverLM(em, mc_samples=mc_samples, mdlm_steps=mdlm_steps, batch_size=batch_size, seed=seed)
+    lm = CrossoverLM(em, mc_samples=mc_samples, mdlm_block=mdlm_block, batch_size=batch_size, seed=seed)
     manager = task_manager or TaskManager(include_path=include_path, include_defaults=include_defaults)
     with _own_rng(em.device):
         output = simple_evaluate(

@@ -31,7 +31,7 @@ class LmEvalTask(EvalTask):
 
         s, task = self.settings, self.name.removeprefix(PREFIX)
         try:
-            found = run_lm_eval(em, [task], limit=s.max_items, mc_samples=s.mc_samples, mdlm_steps=s.mdlm_steps,
+            found = run_lm_eval(em, [task], limit=s.max_items, mc_samples=s.mc_samples, mdlm_block=s.mdlm_block,
                                 seed=ITEM_SEED, task_manager=_task_manager(s.lm_eval_include))  # fmt: skip
         except KeyError as exc:  # lm-eval's way of saying it has no such task
             raise TaskError(f"{self.name}: lm-eval has no task {exc}; eval.lm_eval_include names a folder of "

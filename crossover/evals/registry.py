@@ -47,7 +47,7 @@ class EvalSettings:
     max_items: int  # items (windows, documents, problems) per task
     mc_samples: int  # Monte Carlo samples per MDLM ELBO
     seq_len: int  # the training window: every item fits it (a model is scored at the lengths it was trained on)
-    mdlm_steps: int | None = None  # MDLM's choices decoded left to right in that many steps instead of the ELBO
+    mdlm_block: int | None = 1  # MDLM's choices decoded left to right, tokens per step (1: exact); None: the ELBO
     lm_eval_include: str | None = None  # a folder of local lm-eval task YAMLs
     unsafe_execution: bool = False  # generated programs run unsandboxed where the host has no sandbox
 
@@ -56,7 +56,7 @@ class EvalSettings:
         """A trial's eval block; an override of None keeps the trial's value."""
         ev = trial.eval
         values = dict(max_items=ev.max_items, mc_samples=ev.mc_samples, seq_len=trial.data.seq_len,
-                      mdlm_steps=ev.mdlm_steps, lm_eval_include=ev.lm_eval_include,
+                      mdlm_block=ev.mdlm_block, lm_eval_include=ev.lm_eval_include,
                       unsafe_execution=ev.unsafe_execution)  # fmt: skip
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -193,10 +193,7 @@ def generate(em: Any, prompts: list[list[int]], max_new_tokens: int, **options: 
     remasking, block_length, stop_ids (the canvas is cut at the first one afterwards), generator.
     Ids the tokenizer does not have (padded embedding rows), the mask and the pad id are never generated.
     """
-    from crossover.data.tokenizer import real_size
-
-    vocab = em.model.cfg.vocab_size
-    suppress = sorted(({em.mask_id, em.pad_id} - {em.eod_id}) | set(range(min(real_size(em.tokenizer), vocab), vocab)))
+    suppress = list(em.excluded_ids)
     if em.objective == "ar":
         return ar_generate(em.model, prompts, max_new_tokens, suppress_ids=suppress, **options)
     if em.objective == "mdlm":

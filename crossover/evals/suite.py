@@ -5,8 +5,9 @@
     -> suite.run(em, ranks) -> [TaskResult], in the order of `tasks`
 
 Budgets come from the spec's eval block (`EvalSettings`): `max_items` items per task, `mc_samples` Monte Carlo
-samples per MDLM ELBO, and `mdlm_steps` (MDLM's choices decoded left to right in that many steps instead of the
-ELBO). Per-item results are kept for the analysis's bootstrap (`crossover.tracking.names.items_payload`).
+samples per MDLM ELBO, and `mdlm_block` (MDLM's choices decoded left to right, that many tokens per step: 1, the
+default, is its exact chain rule; None scores them with the ELBO instead). Per-item results are kept for the
+analysis's bootstrap (`crossover.tracking.names.items_payload`).
 """
 
 from __future__ import annotations
@@ -61,12 +62,12 @@ def evaluate_checkpoint(
     *,
     max_items: int | None = None,
     mc_samples: int | None = None,
-    mdlm_steps: int | None = None,
+    mdlm_block: int | None = None,
     device: str = "cpu",
     lm_eval_include: str | None = None,
 ) -> list[TaskResult]:
     """`crossover eval`: the tasks on a checkpoint, with the budgets of its trial's eval block unless given
-    (`mdlm_steps` can switch a trial scored by the ELBO to left-to-right decoding, not back).
+    (`mdlm_block` can switch a trial scored by the ELBO to left-to-right decoding, not back).
 
     Held-out tasks read the trial's token store (built again from its corpus if this machine lacks it)."""
     from crossover.evals.checkpoint import load_checkpoint
@@ -74,7 +75,7 @@ def evaluate_checkpoint(
     check_tasks(tasks, unsafe_execution=True)  # unknown tasks now; the sandbox once the trial's spec is read
     em = load_checkpoint(path, device=device)
     trial = em.trial
-    settings = EvalSettings.of(trial, max_items=max_items, mc_samples=mc_samples, mdlm_steps=mdlm_steps,
+    settings = EvalSettings.of(trial, max_items=max_items, mc_samples=mc_samples, mdlm_block=mdlm_block,
                                lm_eval_include=lm_eval_include)  # fmt: skip
     data = em
     if any(resolve(task).needs_heldout for task in tasks):

@@ -2,15 +2,19 @@
 
 An item is a context and k candidate continuations, all as token ids (`MCItem`). A model "answers" by giving the
 lowest negative log-likelihood to one candidate; both objectives answer the same way, only the likelihood differs:
-exact for AR (`ar_loglik`), the Monte Carlo ELBO for MDLM (`mdlm_loglik`). The paper reads the crossover from such
-accuracies and from Delta NLL (gold NLL minus the wrong ones'), which can keep improving while absolute NLL rises.
+exact for AR (`ar_loglik`); for MDLM, by default its exact chain rule in reading order, one token per step
+(`mdlm_ordered_loglik`, `eval.mdlm_block: 1`), or blocks of B tokens per step (a cheaper, weaker approximation), or
+with `mdlm_block: null` the Monte Carlo ELBO (`mdlm_loglik`, `eval.mc_samples` samples). Every choice, whatever its
+length, is scored with the same block size. `crossover.evals.likelihood.continuation_loglik` picks the scorer; the
+mask and pad ids never receive probability. The paper reads the crossover from such accuracies and from Delta NLL
+(gold NLL minus the wrong ones'), which can keep improving while absolute NLL rises.
 
 Scoring (`score_multiple_choice`)
 - Every (context, choice) pair is one row; rows are sorted by length and packed into right-padded batches of at most
   `max_tokens` token positions, so one forward scores several items.
 - A context that does not fit is cut from the left so that it plus the item's LONGEST choice fits `max_seq_len`: every
   choice of an item sees the same context, so their NLLs stay comparable.
-- MDLM draws its masks from a CPU generator seeded by `seed`: the same items get the same masks at every eval point
+- MDLM's ELBO draws its masks from a CPU generator seeded by `seed`: the same items get the same masks at every eval point
   (common random numbers), so a change along a training curve is the model's and not sampling noise. With `paired`
   (the default) the choices of one item also share their masks (`mdlm_loglik`'s row keys), so the comparison between
   them is the model's and not the draw's: far less noise in which choice wins at the same K.
@@ -57,7 +61,7 @@ from typing import Any, Protocol
 import torch
 
 from crossover.evals.checkpoint import EvalModel
-from crossover.evals.likelihood import ar_loglik, mdlm_loglik, mdlm_ordered_loglik
+from crossover.evals.likelihood import continuation_loglik
 from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks, TaskError
 from crossover.evals.results import TaskResult, mean_and_stderr
 
@@ -117,12 +121,13 @@ def choice_nlls(
     max_tokens: int = 16384,
     paired: bool = True,
     window: bool = False,
-    mdlm_steps: int | None = None,
+    mdlm_block: int | None = 1,
 ) -> list[list[float]]:
     """Negative log-likelihood of every choice of every item given its context (nats, summed over the choice);
-    `paired`: an item's choices share their MDLM masks; `window`: MDLM rows shorter than the trained window are
-    filled to it with attended, unscored [MASK] tokens (see the module docstring); `mdlm_steps`: MDLM decodes each
-    choice left to right in that many steps (exact, `mdlm_ordered_loglik`) instead of the ELBO's `mc_samples`."""
+    `mdlm_block`: MDLM decodes each choice left to right, that many tokens per step (1: exact, the chain rule;
+    `mdlm_ordered_loglik`), or with None scores it by the ELBO's `mc_samples` samples; `paired`: an item's choices
+    share their ELBO masks; `window`: MDLM rows shorter than the trained window are filled to it with attended,
+    unscored [MASK] tokens (see the module docstring)."""
     if em.objective not in ("ar", "mdlm"):
         raise ValueError(f"unknown objective '{em.objective}' (expected 'ar' or 'mdlm')")
     max_len = em.max_seq_len
@@ -158,18 +163,9 @@ def choice_nlls(
             cont[b, n_ctx : len(seq)] = True
         lengths = torch.tensor([max(len(seq), fill) for _, _, seq, _ in batch])
         tokens, cont, lengths = tokens.to(em.device), cont.to(em.device), lengths.to(em.device)
-        if em.objective == "ar":
-            loglik = ar_loglik(em.model, tokens, cont, lengths)
-        elif mdlm_steps is not None:
-            loglik = mdlm_ordered_loglik(
-                em.model, tokens, cont, lengths, mask_id=em.mask_id, steps=mdlm_steps, max_tokens=max_tokens
-            )
-        else:
-            keys = [item_key(items[i].id) for i, _, _, _ in batch] if paired else None
-            loglik = mdlm_loglik(
-                em.model, tokens, cont, lengths, mask_id=em.mask_id, k=mc_samples, generator=generator,
-                max_tokens=max_tokens, row_keys=keys,
-            )  # fmt: skip
+        keys = [item_key(items[i].id) for i, _, _, _ in batch] if paired else None
+        loglik = continuation_loglik(em, tokens, cont, lengths, block=mdlm_block, mc_samples=mc_samples,
+                                     generator=generator, row_keys=keys, max_tokens=max_tokens)  # fmt: skip
         for (i, j, _, _), value in zip(batch, loglik.tolist(), strict=True):
             nlls[i][j] = -value
         start = end
@@ -210,16 +206,16 @@ def score_multiple_choice(
     paired: bool = True,
     pmi: bool = False,
     window: bool = False,
-    mdlm_steps: int | None = None,
+    mdlm_block: int | None = 1,
 ) -> TaskResult:
-    """Score `items` with `em` (exact AR likelihood; MDLM's ELBO with `mc_samples` samples, or its left-to-right
-    decoding in `mdlm_steps` steps) into a TaskResult; `pmi` also scores each choice after BOS alone, for acc_pmi
-    (with the same MDLM masks when `paired`); `window` as in `choice_nlls`."""
+    """Score `items` with `em` (exact AR likelihood; MDLM decoded left to right `mdlm_block` tokens per step, 1 the
+    exact chain rule, or with None its ELBO with `mc_samples` samples) into a TaskResult; `pmi` also scores each
+    choice after BOS alone, for acc_pmi (with the same ELBO masks when `paired`); `window` as in `choice_nlls`."""
     if not items:
         raise ValueError(f"task {task}: no items to score")
     score = functools.partial(
         choice_nlls, em, mc_samples=mc_samples, seed=seed, max_tokens=max_tokens, paired=paired, window=window,
-        mdlm_steps=mdlm_steps,
+        mdlm_block=mdlm_block,
     )  # fmt: skip
     nlls = score(items)
     priors = score([MCItem(i.id, i.context[:1], i.choices, i.gold) for i in items]) if pmi else [None] * len(items)
@@ -400,7 +396,7 @@ class MultipleChoiceTask(EvalTask):
 
     def score(self, em: EvalModel, ranks: Ranks) -> list[TaskResult]:
         return [score_multiple_choice(self.name, em, self.items, mc_samples=self.settings.mc_samples,
-                                      mdlm_steps=self.settings.mdlm_steps, seed=ITEM_SEED, pmi=self.pmi)]  # fmt: skip
+                                      mdlm_block=self.settings.mdlm_block, seed=ITEM_SEED, pmi=self.pmi)]  # fmt: skip
 
     @classmethod
     def build_items(cls, codec: Codec, *, max_items: int, seed: int = 0, max_seq_len: int | None = None,
@@ -409,10 +405,13 @@ class MultipleChoiceTask(EvalTask):
         raise NotImplementedError
 
     @staticmethod
-    def rows_per_choice(trial: Any) -> int:
-        """Forwards per (context, choice) row: one for AR; MDLM's ELBO samples, or its decoding steps."""
+    def rows_per_choice(trial: Any, choice_tokens: int) -> int:
+        """Forwards per (context, choice) row of a `choice_tokens`-token choice: one for AR; for MDLM its decoding
+        steps, ceil(choice_tokens / eval.mdlm_block) (one per token by default), or the ELBO's samples."""
         ev = trial.eval
-        return 1 if trial.objective == "ar" else ev.mc_samples if ev.mdlm_steps is None else ev.mdlm_steps
+        if trial.objective == "ar":
+            return 1
+        return ev.mc_samples if ev.mdlm_block is None else -(-choice_tokens // ev.mdlm_block)
 
 
 def cloze_sizes(seq_len: int | None) -> tuple[int, int]:
@@ -451,8 +450,7 @@ class HeldoutCloze(MultipleChoiceTask):
     def cost(cls, name: str, trial: Any) -> float:
         """At most: every item with all its choices, each scored after its context and after BOS alone (PMI)."""
         prefix, span = cloze_sizes(trial.data.seq_len)
-        rows = cls.rows_per_choice(trial)
-        return trial.eval.max_items * CHOICES * (prefix + 1 + span + 1 + span) * min(rows, span)
+        return trial.eval.max_items * CHOICES * (prefix + 1 + span + 1 + span) * cls.rows_per_choice(trial, span)
 
 
 class HumanEvalLikelihood(MultipleChoiceTask):
@@ -472,21 +470,23 @@ class HumanEvalLikelihood(MultipleChoiceTask):
     @classmethod
     def cost(cls, name: str, trial: Any) -> float:
         """Exactly, where the study's token store exists (which problems fit and their rows' lengths depend on its
-        tokenizer); else at most: every problem's four choices filling the window."""
+        tokenizer); else at most: every problem's four choices filling the window, each half of it."""
         from crossover.data.store import cache_root
 
         ev = trial.eval
-        positions = _humaneval_positions(trial.data.model_dump_json(), str(cache_root(trial.data.cache_dir)),
-                                         ev.max_items)  # fmt: skip
-        if positions is None:
-            positions = min(ev.max_items, HUMANEVAL_PROBLEMS) * CHOICES * trial.data.seq_len
-        return cls.rows_per_choice(trial) * positions
+        rows = _humaneval_rows(trial.data.model_dump_json(), str(cache_root(trial.data.cache_dir)),
+                               ev.max_items)  # fmt: skip
+        if rows is None:
+            seq_len = trial.data.seq_len
+            rows = ((seq_len, seq_len // 2),) * (min(ev.max_items, HUMANEVAL_PROBLEMS) * CHOICES)
+        return sum(length * cls.rows_per_choice(trial, choice) for length, choice in rows)
 
 
 @functools.cache
-def _humaneval_positions(data_json: str, cache: str, max_items: int) -> int | None:
-    """Token positions of one scoring of the humaneval_likelihood items (each choice after its prompt). None before
-    `crossover data prepare` has built the study's token store (under `cache`, the cache root: part of the key)."""
+def _humaneval_rows(data_json: str, cache: str, max_items: int) -> tuple[tuple[int, int], ...] | None:
+    """(row tokens, choice tokens) of every row of one scoring of the humaneval_likelihood items (each choice after
+    its prompt). None before `crossover data prepare` has built the study's token store (under `cache`, the cache
+    root: part of the key)."""
     from crossover.data import prepare
     from crossover.data.store import read_manifest, store_dir
     from crossover.specs.study import DataSpec
@@ -498,7 +498,7 @@ def _humaneval_positions(data_json: str, cache: str, max_items: int) -> int | No
     items = HumanEvalLikelihood.build_items(
         prepare(data), max_items=max_items, seed=ITEM_SEED, max_seq_len=data.seq_len
     )
-    return sum(len(item.context) + len(choice) for item in items for choice in item.choices)
+    return tuple((len(item.context) + len(choice), len(choice)) for item in items for choice in item.choices)
 
 
 def build_items(task: str, codec: Codec, *, max_seq_len: int | None = None, **settings: Any) -> list[MCItem]:

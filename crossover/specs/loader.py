@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from crossover.specs.errors import FieldPath, Problem, SpecError, format_path
-from crossover.specs.study import StudySpec, closest
+from crossover.specs.study import RETIRED_KEYS, StudySpec, closest
 
 
 class Source:
@@ -93,6 +93,9 @@ def _clean_loc(loc: tuple, data: Any) -> FieldPath:
 def _describe(error: dict, path: FieldPath) -> str:
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden":
+        retired = RETIRED_KEYS.get(".".join(map(str, path)))
+        if retired:
+            return retired
         key = str(path[-1])
         model = _model_at(path[:-1])
         valid = list(model.model_fields) if model else []

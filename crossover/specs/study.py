@@ -21,6 +21,14 @@ Objective = Literal["ar", "mdlm"]
 Quality = Literal["all", "low", "medium", "high"]
 
 
+# Keys of earlier spec versions, by their dotted path: the spec error says what replaced them.
+RETIRED_KEYS = {
+    "eval.mdlm_steps": "retired key, replaced by 'mdlm_block': mdlm_steps set a number of decoding steps per answer "
+    "(longer answers got larger blocks); mdlm_block is the tokens decoded per step, the same for every answer: 1 (the "
+    "default) is MDLM's exact chain rule, 4 on the 16-token cloze spans matches the old mdlm_steps: 4, null the ELBO",
+}
+
+
 def closest(name: str, choices: list[str] | tuple[str, ...]) -> str:
     """' (did you mean 'x'?)' for the nearest valid name, or '' when nothing is close."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
@@ -221,9 +229,10 @@ class EvalSpec(Strict):
     every: str | int = "epoch"  # "epoch" (the paper), a token count ("2M"), or "log:K" for K log-spaced points
     tasks: list[str] = ["heldout_loss"]
     mc_samples: int = Field(default=32, gt=0)  # Monte Carlo samples for MDLM likelihoods (its ELBO)
-    # MDLM's multiple-choice answers decoded left to right in this many steps, an exact likelihood with no Monte
-    # Carlo noise (steps >= the answer's length: one token per step); None scores them with the ELBO instead
-    mdlm_steps: int | None = Field(default=16, gt=0)
+    # MDLM's multiple-choice answers decoded left to right, this many tokens per step, every answer alike whatever its
+    # length: 1 is its exact chain rule (one forward per answer token); a larger block is cheaper and weaker (the
+    # tokens of a block predicted independently); None scores them with the ELBO (mc_samples samples) instead
+    mdlm_block: int | None = Field(default=1, gt=0)
     max_items: int = Field(default=200, gt=0)  # items per task per eval point
     lm_eval_include: str | None = None  # a folder of lm-eval task YAMLs (local tasks) beside lm-eval's own
     unsafe_execution: bool = False  # humaneval_pass@k on a host without the sandbox: run generated code unsandboxed
