@@ -184,13 +184,15 @@ def test_the_study_verdict_heads_the_report_and_goes_to_summary_and_the_parent_r
     assert result.output.splitlines()[1].startswith("quality: later as quality rises"), result.output
     summary = json.loads((out / "summary.json").read_text())
     (line,) = summary["axis_verdicts"]
-    assert line["axis"] == "quality" and line["agreement"] == AGREES and line["line"].startswith("quality: ")
+    # one seed per cell: the command judges nothing ("needs seeds"), and says what it would have read
+    assert line["axis"] == "quality" and line["agreement"] == NEEDS_SEEDS and line["line"].startswith("quality: ")
+    assert line["line"].endswith("(it would have read: agrees)")
     report = (out / "report.md").read_text()
     assert report.index("Study verdict") < report.index("## Verdict") and line["line"] in report
     data = read_study("quality", uri)
     parent = mlflow_client(uri).get_run(data.parent_run_id)
     assert parent.data.tags[f"{VERDICT_TAG}.axis_quality"] == line["line"]
-    assert parent.data.metrics["verdict/axis_quality/agreement"] == 1.0
+    assert parent.data.metrics["verdict/axis_quality/agreement"] == 0.0
     budget_only, _ = _study(tmp_path, "budget", {"unique_tokens": ["50k", "200k"]}, SMOKE_TRUTH)
     assert axis_verdicts(budget_only) == []
 

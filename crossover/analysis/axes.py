@@ -116,8 +116,9 @@ def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None
         position, text = math.inf, f"not crossed within {format_tokens(float(curves.tokens[-1]))}{ci}"
     elif row["status"] == ALWAYS_AHEAD:
         position, text = -math.inf, f"MDLM ahead from the start{ci}"
-    else:
-        position = float(row["x"]) if row.get("point_status") == CROSSED else math.nan
+    else:  # undetermined: the trend reads its point estimate (a description, never a judgement)
+        point = row.get("point_status")
+        position = float(row["x"]) if point == CROSSED else math.inf if point == NOT_CROSSED else -math.inf
         text = f"undetermined{ci}"
     better = 1.0 if analysis.higher_is_better else -1.0
     peak = int(np.argmax(better * curves.ar))
@@ -167,10 +168,8 @@ def _judge_mdlm_ahead(points: list[_Point]) -> str:
 
 
 def _trend(points: list[_Point], rises: str) -> str:
-    """The point estimates' order (undetermined cells included at their estimate): a description, not a finding."""
+    """The point estimates' order (undetermined cells at their estimate): a description, not a finding."""
     pairs = list(zip(points, points[1:], strict=False))  # compared, not subtracted: "not crossed" (+inf) twice is equal
-    if any(math.isnan(p.position) for p in points):
-        return f"no trend read {rises} (a cell's estimate does not cross)"
     if len(points) < 2 or all(a.position == b.position for a, b in pairs):
         return "the same at every value" if len(points) >= 2 else "one value"
     if all(a.position <= b.position for a, b in pairs):

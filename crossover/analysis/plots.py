@@ -169,8 +169,10 @@ def crossover_vs_axis(analysis: StudyAnalysis, axis: str) -> Figure | None:
             ahead = sub[sub["status"] == ALWAYS_AHEAD]
             ax.scatter(ahead["_pos"], ahead["x_start"], marker="v", facecolors="none", edgecolors=color, s=60,
                        label=f"MDLM ahead from the start{suffix}" if not ahead.empty else None)  # fmt: skip
-            unsure = sub[(sub["status"] == UNDETERMINED) & sub["x"].notna()]  # at the point estimate, hollow
-            ax.scatter(unsure["_pos"], unsure["x"], marker="o", facecolors="none", edgecolors=color, s=40,
+            unsure = sub[sub["status"] == UNDETERMINED]  # at the point estimate (the window's edge if none), hollow
+            at = unsure["x"].where(unsure["x"].notna(), np.where(unsure["point_status"] == NOT_CROSSED,
+                                                                 unsure["x_end"], unsure["x_start"]))  # fmt: skip
+            ax.scatter(unsure["_pos"], at, marker="o", facecolors="none", edgecolors=color, s=40,
                        label=f"undetermined (point estimate){suffix}" if not unsure.empty else None)  # fmt: skip
     _log_y(ax, analysis.x_axis)
     if numeric:
