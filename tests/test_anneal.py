@@ -41,7 +41,8 @@ ANNEAL = {
         "keep_checkpoints": "all",
     },
     "eval": {"every": 2048, "tasks": ["heldout_cloze"], "max_items": 32},
-    "grid": {"objective": ["ar", "mdlm"], "unique_tokens": ["2k", "4k"]},
+    "grid": {"objective": ["ar", "mdlm"], "unique_tokens": ["4k"]},  # one cell: the suite's time (the efficiency
+    # table's reading of anneal runs is tested on planted studies in test_analysis_mlflow)
     # the gold span's NLL: AR on 2k-4k unique tokens overfits within the run, so its best point is before the end
     "early_stopped_ar": {"anneal": True, "metric": "eval/heldout_cloze/nll"},
 }
@@ -108,7 +109,7 @@ def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysi
     from crossover.trainers.schedules import lr_at
 
     spec = study["write"](**ANNEAL)
-    result = run(study, spec, timeout=900)  # 4 trials and 2 anneals on 2 cores: about 5 minutes
+    result = run(study, spec, timeout=900)  # 2 trials and 1 anneal on 2 cores: about 2 minutes
     assert result.returncode == 0, result.stdout + result.stderr
     assert "annealing AR to its validation-chosen stop at " in result.stdout, result.stdout
     assert "continue a kept checkpoint" in result.stdout and "not annealed (" not in result.stdout, result.stdout
@@ -116,7 +117,7 @@ def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysi
     trials = {t.trial_id: t for t in parse_study(yaml.safe_load(spec.read_text())).expand()}
     anneals = [c for c in children if c.data.tags.get(TAG_ROLE) == ROLE_ANNEAL]
     ar_runs = [c for c in children if c.data.tags[TAG_TRIAL_ID] in trials and trials[c.data.tags[TAG_TRIAL_ID]].objective == "ar"]  # fmt: skip
-    assert len(children) == 6 and len(anneals) == len(ar_runs) == 2  # one anneal per AR trial
+    assert len(children) == 3 and len(anneals) == len(ar_runs) == 1  # one anneal per AR trial
     for ar_run in ar_runs:
         ar = trials[ar_run.data.tags[TAG_TRIAL_ID]]
         history = client.get_metric_history(ar_run.info.run_id, validation_key("heldout_cloze", "nll"))
@@ -131,7 +132,7 @@ def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysi
         assert lrs[-1][0] == stop
         assert lrs[-1][1] == pytest.approx(lr_at(stop - 512, expected.train)) and lrs[-1][1] < ar.train.lr  # decayed
 
-    # The longer anneal continued the AR trial's kept checkpoint: it equals the same trial trained from scratch.
+    # The anneal continued the AR trial's kept checkpoint: it equals the same trial trained from scratch.
     anneal = max(anneals, key=lambda a: int(a.data.tags[TAG_ANNEAL_STOP]))
     assert int(anneal.data.tags[TAG_ANNEAL_STOP]) >= 4096  # its decay begins after the first kept checkpoint
     expected = anneal_trial(trials[anneal.data.tags[TAG_ANNEAL_OF]], int(anneal.data.tags[TAG_ANNEAL_STOP]))
@@ -147,14 +148,12 @@ def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysi
     assert not anneal_ids & set(data.trials["trial_id"]) and not anneal_ids & set(data.curves["trial_id"])
     assert set(data.anneals["trial_id"]) == anneal_ids and len(data.anneal_curves)
     analysis = analyze_study(data, n_boot=50)
-    table = analysis.efficiency.set_index("unique_tokens")
-    for budget, cell in ((2000, "unique_tokens=2k"), (4000, "unique_tokens=4k")):
-        assert table.loc[budget, "ar_best_source"].startswith("annealed at "), table.loc[budget]
-        best = analysis.ar_best[cell]
-        assert best.annealed and best.test_items and best.mdlm_last is not None
-        assert best.seeds[0].run_id in {a.info.run_id for a in anneals}
+    best = analysis.ar_best["unique_tokens=4k"]
+    assert best.source.startswith("annealed at ") and best.annealed and best.test_items and best.mdlm_last is not None
+    assert best.seeds[0].run_id in {a.info.run_id for a in anneals}
+    assert best.difference is not None and best.difference.seeds == 1  # MDLM's last against it, on the test items
 
     again = run(study, spec, timeout=900)  # nothing left to train: the grid and its anneals are kept
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "2 AR anneal(s) finished earlier and are kept" in again.stdout, again.stdout
-    assert len(runs(study["uri"])[2]) == 6
+    assert "1 AR anneal(s) finished earlier and are kept" in again.stdout, again.stdout
+    assert len(runs(study["uri"])[2]) == 3
