@@ -68,6 +68,7 @@ def test_a_three_seed_study_uses_its_seeds_in_the_interval(tmp_path):
     assert d.value == pytest.approx(best.mdlm_last - best.value)
     assert d.low < d.value < d.high
     assert f"MDLM's last minus AR's best {d.text(3)}" in verdict.line
+    assert "(validation-chosen eval point (not annealed), on the test items)" in verdict.line
     assert verdict.metrics["last_minus_best"] == pytest.approx(d.value)
     # the same answers with the seeds pooled as if they were one seed's items: a narrower interval
     curves = data.curves.sort_values("step")

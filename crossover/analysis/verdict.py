@@ -252,8 +252,8 @@ def _against_ar_best(analysis: StudyAnalysis, cell: str) -> tuple[dict[str, floa
     best = analysis.ar_best.get(cell)
     if best is None:
         return {}, ""
-    items = "the test items" if best.test_items else "all items (no validation split)"
-    phrase = f"AR's best {best.value:.3g} ({best.source}, on {items})"
+    items = "" if "all items" in best.source else ", on the test items" if best.test_items else ", on all items"
+    phrase = f"AR's best {best.value:.3g} ({best.source}{items})"
     if best.mdlm_last is not None:
         phrase += f", MDLM's last {best.mdlm_last:.3g}"
     d = best.difference
