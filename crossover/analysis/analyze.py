@@ -613,6 +613,7 @@ def _ar_best(data: StudyData, analysis: StudyAnalysis) -> None:
     values = _trial_values(data, analysis.metric, analysis.higher_is_better)
     task = analysis.metric.split("/")[1]
     on_test = task in data.item_tasks
+    items = _item_results(data, f"items/{task}") if on_test else None
     for cell, rows in values.groupby("cell", sort=False):
         ar, mdlm = rows[rows["objective"] == "ar"], rows[rows["objective"] == "mdlm"].set_index("seed")["final"]
         if ar.empty:
@@ -627,19 +628,21 @@ def _ar_best(data: StudyData, analysis: StudyAnalysis) -> None:
             source="; ".join(dict.fromkeys(ar["best_source"])),
             annealed=all(str(src).startswith(ANNEALED.split("{")[0]) for src in ar["best_source"]),
             mdlm_last=float(mdlm.mean()) if len(mdlm) else None, test_items=on_test, seeds=seeds,
-            difference=_last_minus_best(data, analysis, rows) if on_test else None,
+            difference=_last_minus_best(items, analysis, rows) if items is not None else None,
         )  # fmt: skip
 
 
-def _last_minus_best(data: StudyData, analysis: StudyAnalysis, rows: pd.DataFrame) -> Difference | None:
-    """MDLM's last minus AR's best in one cell (`_trial_values` rows), paired: per seed that has both, AR's
-    early-stopped model and MDLM's last on the same test items; None where no seed has per-item results of both."""
-    task, field_name = analysis.metric.split("/")[1], analysis.metric.rsplit("/", 1)[-1]
+def _item_results(data: StudyData, column: str) -> pd.Series | None:
+    """The per-item results of every run, trials' and anneals', indexed by (run id, step); None without them."""
     curves = pd.concat([data.curves, data.anneal_curves]) if len(data.anneal_curves) else data.curves
-    column = f"items/{task}"
-    if column not in curves:
-        return None
-    items = curves.set_index(["run_id", "step"])[column]
+    return curves.set_index(["run_id", "step"])[column] if column in curves else None
+
+
+def _last_minus_best(items: pd.Series, analysis: StudyAnalysis, rows: pd.DataFrame) -> Difference | None:
+    """MDLM's last minus AR's best in one cell (`_trial_values` rows), paired: per seed that has both, AR's
+    early-stopped model and MDLM's last on the same test items (`items`: `_item_results`); None where no seed has
+    per-item results of both."""
+    field_name = analysis.metric.rsplit("/", 1)[-1]
 
     def test_items(run_id: str, step: int) -> dict[str, float]:
         found = items.get((run_id, step))

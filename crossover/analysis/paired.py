@@ -45,12 +45,6 @@ class Difference:
         )
 
 
-def _t_quantile(q: float, df: float) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(q, df)) if math.isfinite(df) else float(t.ppf(q, 1e9))
-
-
 def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = 0.9) -> Difference:
     """b - a with its interval (module docstring). `a`, `b`: (seeds, items) on the same items in the same order,
     seeds paired by row (the same seed's AR and MDLM trials); a 1-D array is one seed's items."""
@@ -74,7 +68,9 @@ def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = 0.9) -> 
     variance = sum(v for v, _ in parts)
     denominator = sum(v * v / df for v, df in parts)
     df = variance * variance / denominator if denominator > 0 else math.inf
-    half = _t_quantile(0.5 + confidence / 2, df) * math.sqrt(variance)
+    from scipy.stats import t  # imported here, as crossover.analysis.efficiency does: scipy is slow to import
+
+    half = float(t.ppf(0.5 + confidence / 2, df)) * math.sqrt(variance)  # df inf: the normal quantile
     if seeds >= 2:
         source = f"seeds and items, {seeds} seeds x {items} items (t, {df:.3g} df)"
     else:
