@@ -7,6 +7,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -401,6 +402,9 @@ def _check_search_metric(expander: _Expander, spec: StudySpec) -> None:
         )
 
 
+MAX_GRID_POINTS = 10_000  # trials a grid may expand to (the paper's largest study has a few hundred)
+
+
 def expand_study(spec: StudySpec) -> list[TrialSpec]:
     """The cartesian product of the grid axes (seeds last), minus `exclude` rules, as complete TrialSpecs."""
     expander = _Expander(spec)
@@ -414,6 +418,15 @@ def expand_study(spec: StudySpec) -> list[TrialSpec]:
     if expander.problems:
         raise SpecError(expander.source.file, expander.problems)
     names = list(axes)
+    points = math.prod(len(axes[n]) for n in names)
+    if points > MAX_GRID_POINTS:  # checked before building any: a few short lists can multiply to billions
+        sizes = " x ".join(f"{len(axes[n])} {n}" for n in names)
+        expander.fail(
+            ("grid",),
+            f"the grid has {points:,} points ({sizes}), over the {MAX_GRID_POINTS:,} a study may "
+            "run: split it into several studies or narrow an axis",
+        )
+        raise SpecError(expander.source.file, expander.problems)
     trials: list[TrialSpec] = []
     for indices in itertools.product(*(range(len(axes[n])) for n in names)):
         index = dict(zip(names, indices, strict=True))

@@ -307,7 +307,7 @@ class SearchSpec(Strict):
     method: Literal["optuna"] = "optuna"
     metric: str = HELDOUT_LOSS
     mode: Literal["min", "max"] = "min"
-    num_samples: int = Field(default=8, gt=0)
+    num_samples: int = Field(default=8, gt=0, le=10_000)  # per cell (or in all, scope grid)
     scope: Literal["per_cell", "grid"] = "per_cell"
     space: dict[str, Distribution]
 
