@@ -92,7 +92,7 @@ def test_plan_counts_the_anneal_trials_on_their_own_line(tiny_corpus, tmp_path):
     assert result.exit_code == 0, result.output
     # 1 AR trial, eval every 2048 of 16384 in batches of 512: the costliest stop (14336, its decay from 7168 on)
     # continues the checkpoint at 6144: 8192 tokens at most
-    assert "anneal: up to 1 more AR trials, each annealed to its validation-chosen stop: at most 8.19k tokens" in (
+    assert "anneal: up to 1 more AR trial, each annealed to its validation-chosen stop: at most 8.19k tokens" in (
         result.output
     ), result.output
     assert "then up to 1 anneal trials" in result.output

@@ -208,7 +208,7 @@ class AnnealCost:
             else "from scratch (no kept checkpoints: train.keep_checkpoints: all keeps them)"
         )
         return (
-            f"anneal: up to {len(self.bound)} more AR trials, each annealed to its validation-chosen stop: at most "
+            f"anneal: up to {len(self.bound)} more AR trial{'s' if len(self.bound) != 1 else ''}, each annealed to its validation-chosen stop: at most "
             f"{format_tokens(self.tokens)} tokens, {self.flops:.3g} training FLOPs in all, each {how}"
         )
 
