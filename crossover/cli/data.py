@@ -32,11 +32,36 @@ def _budget_lines(spec: StudySpec, prepared) -> tuple[list[list[str]], int]:
     return table, sum(not r["fits"] for r in rows)
 
 
+_VERBOSE_FILES = typer.Option("--verbose", help="List the files of a local folder or glob corpus that were skipped.")
+
+
+def _local_files(spec: StudySpec):  # -> crossover.data.corpus.LocalFiles | None
+    from crossover.data import corpus as corpora
+
+    return corpora.local_files(spec.data.corpus) if corpora.kind(spec.data.corpus) == "local" else None
+
+
+def _files_lines(spec: StudySpec, verbose: bool) -> list[str]:
+    """How many files of a local folder or glob corpus were read and skipped, by reason (each with `verbose`)."""
+    from crossover.data.corpus import count_reasons
+
+    found = _local_files(spec)
+    if found is None:
+        return []
+    line = f"{len(found.files):,} file(s) read as {found.format}"
+    if not found.skipped:
+        return [line]
+    line += f", {len(found.skipped):,} skipped: {count_reasons(found.skipped)}"
+    return [line + ("" if verbose else " (--verbose lists them)")] + (
+        [f"  skipped {path}: {why}" for path, why in found.skipped] if verbose else [])  # fmt: skip
+
+
 @data_app.command("prepare")
 def data_prepare(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec YAML file.")],
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild even when a valid store is cached.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Hash every file of a cached store.")] = False,
+    verbose: Annotated[bool, _VERBOSE_FILES] = False,
 ) -> None:
     """Build (or load from the cache and verify) the tokenizer and token store of a study's data settings."""
     import time
@@ -53,6 +78,8 @@ def data_prepare(
         f"({m['tokenizer']['size']} tokens), {format_tokens(m['heldout']['tokens'])} held out",
         highlight=False,
     )
+    for line in _files_lines(spec, verbose):
+        print(line)
     _, too_big = _budget_lines(spec, prepared)
     if too_big:
         out.print(
@@ -66,6 +93,7 @@ def data_prepare(
 def data_stats(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec YAML file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
+    verbose: Annotated[bool, _VERBOSE_FILES] = False,
 ) -> None:
     """Documents, tokens, held-out size, quality tiers, and whether each unique budget of the grid fits (builds the
     token store first when it is not cached)."""
@@ -75,7 +103,11 @@ def data_stats(
     prepared = prepare_data(spec)
     stats = prepared.stats()
     if as_json:
-        print(json.dumps({**stats, "budgets": budget_fits(spec, prepared)}, indent=1))
+        found = _local_files(spec)
+        files = None if found is None else {
+            "format": found.format, "read": len(found.files),
+            "skipped": [{"path": path, "reason": why} for path, why in found.skipped]}  # fmt: skip
+        print(json.dumps({**stats, "files": files, "budgets": budget_fits(spec, prepared)}, indent=1))
         return
     tok, held, train = stats["tokenizer"], stats["heldout"], stats["train"]
     out.print(f"[bold]store[/] {stats['store']}", highlight=False)
@@ -87,6 +119,8 @@ def data_stats(
         f"held out    {held['documents']:,} documents, {held['tokens']:,} tokens (requested {held['requested']:,})\n"
         f"training    {train['documents']:,} documents, {train['tokens']:,} tokens"
     )
+    for i, line in enumerate(_files_lines(spec, verbose)):
+        print(("files       " if i == 0 else "            ") + line)
     tiers = stats["quality"]["tiers"]
     print(f"\nquality tiers ({stats['quality']['scorer']} scores, token terciles)")
     print(

@@ -7,14 +7,15 @@
   torch, ray, mlflow and the rest are installed anyway), the same way; roughly 10x the standard library, for studies
   that need more unique tokens offline. Exact duplicates are dropped and documents held out by content hash, as for
   every corpus (crossover.data.store).
-- a local file, directory or glob: jsonl, json, parquet or csv rows (the text in `CorpusSpec.text_field`), or txt
-  (one document per file; any file extension when `format: txt` is given).
+- a local file, directory or glob: jsonl, json, parquet or csv rows (the text in `CorpusSpec.text_field`), or text
+  (one document per file, whatever its extension). `local_files` says which files of a folder or glob are read and
+  why each other one is skipped.
 - `hf:<name>`: a Hugging Face hub dataset by name, `hf_config` and `split` (`streaming: true` streams it once into
   an on-disk Dataset instead of downloading the repository). `<name>` may also be a local dataset directory, which
   `datasets.load_dataset` reads the same way.
 
-Everything here but `load_corpus` is cheap (no `datasets` import, no file reads): `validate` and `plan` use
-`fingerprint` and `size_bound`.
+Everything here but `load_corpus` is cheap (no `datasets` import; of a local folder's or glob's text files only the
+first 8 KiB are read, to tell text from binary): `validate` and `plan` use `fingerprint` and `size_bound`.
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ if TYPE_CHECKING:
 STDLIB = "stdlib-python"
 PACKAGES = "python-packages"
 HF_PREFIX = "hf:"
-EXTENSIONS = {
+EXTENSIONS = {  # the structured formats; any other file is read as text (one document) unless it is binary
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".json": "json",
     ".parquet": "parquet",
     ".csv": "csv",
-    ".txt": "txt",
 }
+SNIFF_BYTES = 8192  # how much of a text file is read to tell text from binary
 _BUILDER = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}
 _EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 
@@ -110,45 +111,143 @@ def python_files(corpus: CorpusSpec) -> list[tuple[str, Path]]:
     return [(p.relative_to(root).as_posix(), p) for p in files]
 
 
-def local_files(corpus: CorpusSpec) -> tuple[Path, list[Path], str]:
-    """(base directory, files in sorted order, format) of a local source: a file, a directory or a glob."""
-    source = corpus.source[len(HF_PREFIX) :] if kind(corpus) == "hf" else corpus.source
+@dataclass(frozen=True)
+class LocalFiles:
+    """The files of a local source: the `files` read as `format` (sorted, ids relative to `base`) and the entries of
+    a folder or glob left out, as (path relative to `base`, reason)."""
+
+    base: Path
+    files: list[Path]
+    format: str
+    skipped: list[tuple[str, str]]
+
+
+def local_files(corpus: CorpusSpec) -> LocalFiles:
+    """The files of a local source (a file, a folder or a glob) and those skipped, with their reasons.
+
+    A file named as the source is read in `format`, or by its extension (`EXTENSIONS`, else text). In a folder (walked
+    recursively) or a glob's matches, a file with a structured extension is read in that format and any other file as
+    one text document, except:
+    - hidden files and folders (a name starting with "."), links to folders and what is not a regular file (a
+      broken link, a pipe) are skipped;
+    - a text file is skipped as binary when its first 8 KiB hold a NUL byte (UTF-16 text too), or as not UTF-8 when
+      over a tenth of their bytes are not UTF-8 (convert it with iconv); fewer are decoded as replacement characters;
+    - `format: auto` refuses a folder or glob that mixes structured formats, or structured and text files (an
+      unexpected README.md is no document of a jsonl corpus, and 900 text files beside one stray .json are no json
+      corpus): set `format` to choose;
+    - an explicit structured `format` reads a folder's files of that extension (the others are skipped) and every
+      file a glob matches; `format: txt` reads every file as text.
+    A `hf:<folder>` source is read by `datasets`; its files here only identify its content (`fingerprint`), and
+    beside structured files its text files (a README.md) are left out without an error.
+    """
+    hf = kind(corpus) == "hf"
+    source = corpus.source[len(HF_PREFIX) :] if hf else corpus.source
     path = Path(source).expanduser()
     if path.is_file():
-        files, base = [path], path.parent
-    elif path.is_dir():
+        fmt = corpus.format if corpus.format != "auto" else _ext_format(path) or "txt"
+        problem = _not_text(path) if fmt == "txt" and not hf else None
+        if problem:
+            raise DataError(f"corpus source '{corpus.source}' is {problem}: give a text file, or set "
+                            f"data.corpus.format to its structured format")  # fmt: skip
+        return LocalFiles(path.parent, [path], fmt, [])
+    if path.is_dir():
         base = path
-        everything = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
-        if corpus.format == "auto":
-            files = [p for p in everything if _ext_format(p) not in (None, "txt")]
-            files = files or [p for p in everything if _ext_format(p) == "txt"] or everything
-        else:
-            files = [p for p in everything if _ext_format(p) == corpus.format] or (
-                everything if corpus.format == "txt" else []
-            )
+        candidates, skipped = _folder_entries(path)
     elif globlib.has_magic(source):
-        files = sorted(Path(p) for p in globlib.glob(os.path.expanduser(source), recursive=True) if Path(p).is_file())
-        base = Path(os.path.commonpath([str(p.parent) for p in files])) if files else Path(".")
+        matches = sorted(Path(p) for p in globlib.glob(os.path.expanduser(source), recursive=True))
+        candidates = [p for p in matches if p.is_file()]
+        skipped = [(p, "not a regular file") for p in matches if not p.is_file() and not p.is_dir()]
+        base = Path(os.path.commonpath([str(p.parent) for p in candidates])) if candidates else Path(".")
     else:
         raise DataError(f"corpus source '{corpus.source}' does not exist; give a file, a directory, a glob, "
                         f"'{STDLIB}' or 'hf:<dataset name>'")  # fmt: skip
+    fmt = corpus.format if corpus.format != "auto" else _auto_format(corpus, base, candidates, hf)
+    if fmt == "txt" and not hf:
+        files = []
+        for p in candidates:
+            problem = _not_text(p)
+            if problem:
+                skipped.append((p, problem))
+            else:
+                files.append(p)
+    elif fmt != "txt" and (path.is_dir() or corpus.format == "auto"):
+        files = [p for p in candidates if _ext_format(p) == fmt]
+        skipped += [(p, f"not {fmt}: data.corpus.format is {fmt}") for p in candidates if _ext_format(p) != fmt]
+    else:
+        files = candidates  # the glob chose them (or datasets reads a hf:<folder>)
+    listed = sorted((os.path.relpath(p, base) + ("/" if p.is_dir() else ""), why) for p, why in skipped)
     if not files:
+        reasons = f"; skipped: {count_reasons(listed)} (e.g. {listed[0][0]}: {listed[0][1]})" if listed else ""
         raise DataError(f"corpus source '{corpus.source}' matches no files" + (
-            f" of format {corpus.format}" if corpus.format != "auto" else ""))  # fmt: skip
-    fmt = corpus.format
-    if fmt == "auto":
-        formats = {_ext_format(p) or "txt" for p in files}
-        if len(formats) > 1:
-            raise DataError(
-                f"corpus source '{corpus.source}' mixes formats {sorted(formats)}; set data.corpus.format or narrow "
-                f"the glob"
-            )
-        fmt = formats.pop()
-    return base, files, fmt
+            f" of format {corpus.format}" if corpus.format != "auto" else "") + reasons)  # fmt: skip
+    return LocalFiles(base, files, fmt, listed)
 
 
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+def _folder_entries(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The regular files under `root` (sorted) and the entries skipped: hidden ones, links to folders (not followed)
+    and whatever is not a regular file."""
+    files, skipped = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for d in dirnames:
+            if d.startswith("."):
+                skipped.append((here / d, "hidden"))
+            elif (here / d).is_symlink():
+                skipped.append((here / d, "link to a folder"))
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not (here / d).is_symlink()]
+        for name in filenames:
+            p = here / name
+            if name.startswith("."):
+                skipped.append((p, "hidden"))
+            elif p.is_file():
+                files.append(p)
+            else:
+                skipped.append((p, "not a regular file"))
+    return sorted(files), skipped
+
+
+def _auto_format(corpus: CorpusSpec, base: Path, candidates: list[Path], hf: bool) -> str:
+    """The format of a folder's or glob's files under `format: auto`: their structured format, else txt."""
+    structured = [p for p in candidates if _ext_format(p)]
+    formats = sorted({_ext_format(p) or "" for p in structured})
+    if len(formats) > 1:
+        raise DataError(
+            f"corpus source '{corpus.source}' mixes formats {formats}; set data.corpus.format or narrow the glob"
+        )
+    text = [p for p in candidates if not _ext_format(p)]
+    if structured and text and not hf:
+        fmt = formats[0]
+        raise DataError(
+            f"corpus source '{corpus.source}' holds {len(structured)} {fmt} file(s) (e.g. "
+            f"{os.path.relpath(structured[0], base)}) and {len(text)} other file(s) that would be read as text (e.g. "
+            f"{os.path.relpath(text[0], base)}); set data.corpus.format: {fmt} to read only the {fmt} files (the "
+            f"others are skipped, and `crossover data prepare --verbose` lists them), or format: txt to read every "
+            f"file as one text document"
+        )
+    return formats[0] if formats else "txt"
+
+
+def _not_text(path: Path) -> str | None:
+    """Why a file cannot be read as text ('binary: ...', 'not UTF-8: ...', 'unreadable: ...'), None when it can."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    if b"\0" in head:
+        return "binary: a NUL byte in its first 8 KiB"
+    invalid = len(head) - len(head.decode("utf-8", errors="ignore").encode())
+    if invalid > 3 and invalid * 10 > len(head):  # 3: a character cut at the end of the 8 KiB
+        return f"not UTF-8: {invalid} of its first {len(head)} bytes; convert it (iconv -t UTF-8)"
+    return None
+
+
+def count_reasons(skipped: Sequence[tuple[str, str]]) -> str:
+    """'2 hidden, 1 binary': the reasons of skipped entries (up to a colon), most frequent first."""
+    from collections import Counter
+
+    counts = Counter(why.split(":")[0] for _, why in skipped)
+    return ", ".join(f"{n} {why}" for why, n in counts.most_common())
 
 
 def _ext_format(path: Path) -> str | None:
@@ -176,8 +275,9 @@ def fingerprint(corpus: CorpusSpec) -> dict[str, Any]:
                 "files": [(doc_id, st.st_size, st.st_mtime_ns) for doc_id, st in files]}  # fmt: skip
     if k == "hf" and is_remote(corpus):
         return {"settings": settings}
-    base, files, fmt = local_files(corpus)
-    return {"settings": settings, "root": str(base.resolve()), "format": fmt, "files": _stat_list(base, files)}
+    lf = local_files(corpus)
+    return {"settings": settings, "root": str(lf.base.resolve()), "format": lf.format,
+            "files": _stat_list(lf.base, lf.files)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -201,7 +301,8 @@ def size_bound(corpus: CorpusSpec) -> SizeBound | None:
         return SizeBound(sum(sizes) + len(sizes), len(sizes), max(sizes, default=0) + 1)
     if is_remote(corpus):
         return None
-    _, files, fmt = local_files(corpus)
+    lf = local_files(corpus)
+    files, fmt = lf.files, lf.format
     if fmt == "parquet":
         return None
     sizes = [p.stat().st_size for p in files]
@@ -271,7 +372,8 @@ def _load(corpus: CorpusSpec, cache_dir: str | Path | None, columns: Sequence[st
         )
     if k == "hf":
         return _load_hf(corpus, hf_cache, columns, required)
-    base, files, fmt = local_files(corpus)
+    lf = local_files(corpus)
+    base, files, fmt = lf.base, lf.files, lf.format
     if fmt == "txt":
         _check_columns(corpus, ["id", "text", "path"], columns, required)
         return datasets.Dataset.from_dict(
