@@ -238,3 +238,18 @@ def test_a_trial_cannot_continue_one_of_another_lineage(tiny_corpus, tmp_path):
     train(short, LocalReporter(tmp_path / "short"), stop_after_steps=33)
     with pytest.raises(ValueError, match="cannot continue"):
         train(other, LocalReporter(tmp_path / "other", continues=str(tmp_path / "short" / "branch")))
+
+
+def test_a_checkpoint_of_another_version_says_start_over(tiny_corpus, tmp_path):
+    """A kept checkpoint whose trial.json no longer validates (eval.mdlm_steps was renamed eval.mdlm_block) is a
+    clear error asking for --fresh, not a pydantic traceback."""
+    import json
+
+    short = trials(tiny_corpus, eval={"every": "8k"})["ar"]
+    train(short, LocalReporter(tmp_path / "short"), stop_after_steps=33)
+    saved = tmp_path / "short" / "branch" / "trial.json"
+    old = json.loads(saved.read_text())
+    old["eval"]["mdlm_steps"] = old["eval"].pop("mdlm_block")
+    saved.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"another version of crossover.*`crossover run --fresh`"):
+        train(short, LocalReporter(tmp_path / "again", continues=str(saved.parent)))

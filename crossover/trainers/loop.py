@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from pydantic import ValidationError
 
 from crossover.errors import UserError
 from crossover.evals.checkpoint import EvalModel, write_checkpoint_extras
@@ -331,7 +332,12 @@ class Trainer:
             raise FileNotFoundError(
                 f"checkpoint {folder} has no state for rank {self.rank} (was the worker count changed?)"
             )
-        saved = TrialSpec.model_validate_json((Path(folder) / TRIAL_FILE).read_text())
+        try:
+            saved = TrialSpec.model_validate_json((Path(folder) / TRIAL_FILE).read_text())
+        except ValidationError as exc:  # written by another version of crossover (a key renamed or retired since)
+            raise ValueError(f"checkpoint {folder} was written by another version of crossover and its trial no "
+                             f"longer validates ({exc.error_count()} problems, first: {exc.errors()[0]['msg']}): "
+                             "start the study over with `crossover run --fresh`") from None  # fmt: skip
         state = json.loads(path.read_text())
         longer = saved.trial_id != self.trial.trial_id
         if longer and not _shared(saved, self.trial, int(state["tokens"])):
