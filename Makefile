@@ -13,14 +13,15 @@ setup: $(STAMP)
 # pip byte-compiles what it installs, and that stays: with PYTHONDONTWRITEBYTECODE set (as on our machines) nothing
 # else ever compiles, and every process would compile torch, ray and mlflow again at each import (measured: an
 # install with --no-compile saved 66 s and made the suite take over half as long again).
-# What `crossover plan` needs (PyTorch for the throughput it measures, the spec and CLI packages), installed first so
-# that `make demo` shows the plan and its estimated duration within a minute. Without an NVIDIA GPU, the CPU build of
-# torch goes in first so pip does not pull a multi-GB CUDA build.
+# What `crossover plan` needs (pyproject.toml's `planner` dependency group: the spec and CLI packages, PyTorch and psutil
+# for the throughput it measures), installed first so that `make demo` shows the plan and its estimated duration within
+# a minute (tests/test_planner_install.py builds this target in a fresh venv). Without an NVIDIA GPU, the CPU build of
+# torch goes in first so pip does not pull a multi-GB CUDA build. pip installs dependency groups since 25.1.
 $(PLANNER): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q pydantic pyyaml typer rich numpy
+	$(PY) -m pip install -q --group planner
 	PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-deps -e .
 	touch $(PLANNER)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -275,7 +276,18 @@ def wall_time_line(spec: StudySpec, max_concurrent: int | None = None, memory: i
     try:
         wall = estimate_wall_time(spec, runtime, local_slots(spec, max_concurrent), memory, after)
     except Exception as exc:  # any failure of the measurement is reported, never raised
-        reason = (str(exc).strip().splitlines() or [""])[0][:300]
-        return (f"wall time not measured here: {type(exc).__name__}: {reason} (training a step in "
-                f"{runtime.precision} on {_device_name(runtime)} failed)")  # fmt: skip
+        return f"wall time not measured here: {why_not_measured(exc, runtime)}"
     return describe(wall, runtime)
+
+
+def why_not_measured(exc: Exception, runtime: Runtime) -> str:
+    """What failed, for the plan's line: a module the measurement imports that this environment lacks (an install's
+    gap, named with its fix), else the error of training a step here."""
+    reason = (str(exc).strip().splitlines() or [""])[0][:300]
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return (f"the throughput measurement imports {exc.name}, which is not installed in {sys.prefix} "
+                f"(`pip install -e .` or `make setup` installs all of crossover's dependencies)")  # fmt: skip
+    if isinstance(exc, ImportError):
+        return (f"the throughput measurement's imports failed: {type(exc).__name__}: {reason} "
+                f"(`pip install -e .` or `make setup` installs all of crossover's dependencies)")  # fmt: skip
+    return f"{type(exc).__name__}: {reason} (training a step in {runtime.precision} on {_device_name(runtime)} failed)"
