@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -99,8 +99,8 @@ def test_every_shipped_spec_is_well_inside_the_bounds():
         text = path.read_text()
         events = list(yaml.parse(text, Loader=yaml.SafeLoader))
         depth = deepest = 0
-        for event in events:
-            depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+        for found in events:
+            depth += isinstance(found, yaml.CollectionStartEvent) - isinstance(found, yaml.CollectionEndEvent)
             deepest = max(deepest, depth)
         nodes = sum(isinstance(e, yaml.NodeEvent) for e in events)
         assert len(text.encode()) * 10 < MAX_SPEC_BYTES and nodes * 10 < MAX_SPEC_NODES, path.name
@@ -133,8 +133,10 @@ def assert_spec_or_spec_error(tmp_path: Path, content: bytes) -> None:
     path.write_bytes(content)
     try:
         load(path)
+        event("valid spec")
     except SpecError as exc:
         assert exc.problems and all(p.message for p in exc.problems)
+        event(f"SpecError at {exc.problems[0].field.split('.')[0].split('[')[0]}")
 
 
 def _paths(value, prefix=()):
@@ -162,6 +164,7 @@ def mutated_shipped_spec(draw) -> bytes:
     text = draw(st.sampled_from(SHIPPED)).read_text()
     data = yaml.safe_load(text)
     kind = draw(st.sampled_from(["delete", "swap", "huge", "nan", "deep", "duplicate", "alias", "bytes", "truncate"]))
+    event(f"mutation: {kind}")
     if kind in ("delete", "swap", "huge", "nan", "deep"):
         path = draw(st.sampled_from(list(_paths(data))))
         parent = _parent(data, path)

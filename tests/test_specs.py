@@ -9,6 +9,7 @@ from crossover.cli import app
 from crossover.specs import (
     PRESETS,
     ModelConfig,
+    SpecError,
     TrialSpec,
     count_params,
     load_study,
@@ -165,6 +166,26 @@ def test_grid_value_replaces_base_value():
     assert {t.train.warmup_tokens for t in trials} == {10_000}
     assert "ar-U50k-micro-L2d256-lr=0.0003-s0" in {t.name for t in trials}
     assert len({t.cell for t in trials}) == 4
+
+
+def test_seq_len_axis_is_one_declaration():
+    """The context length became a grid axis by one entry in crossover.specs.axes: its values validate, reach the
+    trial, name it and make cells, and a grid value that cannot run is an error at that value."""
+    from crossover.specs.axes import AXIS
+
+    assert AXIS["seq_len"].path == ("data", "seq_len")
+    spec = {**BASE, "grid": {"objective": ["ar", "mdlm"], "unique_tokens": ["50k"], "seq_len": [64, 128]}}
+    trials = parse_study(spec).expand()
+    assert sorted({(t.data.seq_len, t.grad_accum_steps) for t in trials}) == [(64, 8), (128, 4)]
+    assert {t.name for t in trials} >= {"ar-U50k-nano-ctx64-s0", "mdlm-U50k-nano-ctx128-s0"}
+    assert {t.cell for t in trials} == {"unique_tokens=50k,seq_len=64", "unique_tokens=50k,seq_len=128"}
+    for values, field, words in [
+        ([128, 0], "grid.seq_len[1]", "greater than 0"),
+        ([128, 96], "grid.seq_len[1]", "not a whole number of 96-token sequences"),
+    ]:
+        with pytest.raises(SpecError) as caught:
+            parse_study({**spec, "grid": {**spec["grid"], "seq_len": values}})
+        assert [(p.field, words in p.message) for p in caught.value.problems] == [(field, True)]
 
 
 def test_exclude_and_noise_axis():

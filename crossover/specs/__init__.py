@@ -1,11 +1,12 @@
 """Study specs: pydantic models, the YAML loader, grid expansion, model presets and analytic counts (no torch)."""
 
+from crossover.specs.axes import AXES
 from crossover.specs.errors import Problem, SpecError
 from crossover.specs.expand import padded_vocab, resolve_model
 from crossover.specs.loader import load_study, parse_study
 from crossover.specs.model import PRESETS, ModelConfig, ParamCounts, count_params, training_flops_per_token
 from crossover.specs.plan import Plan, PlanRow, longest_first, plan_study, training_flops
-from crossover.specs.study import AXES, HYPERPARAMETERS, StudySpec, TrialSpec
+from crossover.specs.study import HYPERPARAMETERS, StudySpec, TrialSpec
 from crossover.specs.tokens import format_seconds, format_tokens, parse_tokens
 
 __all__ = [

@@ -8,48 +8,28 @@ import hashlib
 import itertools
 import json
 import math
-from typing import Annotated, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
+from crossover.specs.axes import AXES, AXIS, DECLARED
 from crossover.specs.errors import FieldPath, Problem, SpecError
 from crossover.specs.memory import GIB, estimate_memory
 from crossover.specs.model import PRESETS, ModelConfig
 from crossover.specs.study import (
-    AXES,
-    HYPERPARAMETERS,
+    DataSpec,
     ModelSpec,
     NoiseSpec,
-    Objective,
-    Quality,
     ResourcesSpec,
     SparsitySpec,
     StudySpec,
-    Tokens,
     TrainSpec,
     TrialSpec,
     closest,
 )
 from crossover.specs.tokens import format_tokens
-
-_AXIS_TYPES: dict[str, Any] = {
-    "objective": Objective,
-    "unique_tokens": Tokens,
-    "total_tokens": Tokens,
-    "quality": Quality,
-    "model": ModelSpec,
-    "sparsity": SparsitySpec,
-    "noise": NoiseSpec,
-    "seed": int,
-}
-
-
-@functools.cache
-def _adapter(axis: str) -> TypeAdapter:
-    if axis in HYPERPARAMETERS:
-        field = TrainSpec.model_fields[axis]
-        return TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
-    return TypeAdapter(_AXIS_TYPES[axis])
 
 
 def padded_vocab(size: int) -> int:
@@ -79,32 +59,14 @@ def resolve_model(model: ModelSpec, sparsity: SparsitySpec, dropout: float, voca
 
 def _label(axis: str, value: Any) -> str:
     """Readable value for names, cells and tables."""
-    if axis in ("unique_tokens", "total_tokens", "warmup_tokens", "global_batch_tokens"):
-        return format_tokens(value)
-    if axis == "model":
-        return value.label
-    if axis == "sparsity":
-        return "dense" if value.experts in (None, 1) else f"moe{value.experts}x{value.top_k or 1}"
-    if axis == "noise":
-        return value.label
-    if isinstance(value, tuple):
-        return "/".join(f"{v:g}" for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-_NAME_PREFIX = {"total_tokens": "T", "quality": "q_", "seed": "s"}
+    return AXIS[axis].label(value)
 
 
 def _trial_name(objective: str, unique: int, model_label: str, axes: dict[str, str], seed: int) -> str:
+    """objective, U<budget>, model, then the other axes the grid varies (each with its prefix), then s<seed>."""
     parts = [objective, f"U{format_tokens(unique)}", model_label]
-    for axis, label in axes.items():
-        if axis in ("objective", "unique_tokens", "model", "seed"):
-            continue
-        parts.append(f"{_NAME_PREFIX.get(axis, axis + '=' if axis in HYPERPARAMETERS else '')}{label}")
-    parts.append(f"s{seed}")
-    return "-".join(parts)
+    parts += [f"{AXIS[axis].prefix}{label}" for axis, label in axes.items() if AXIS[axis].prefix is not None]
+    return "-".join([*parts, f"s{seed}"])
 
 
 def _content_id(trial: dict) -> str:
@@ -177,7 +139,7 @@ class _Expander:
             for i, raw in enumerate(raw_values):
                 path = ("grid", axis, i) if axis in self.spec.grid else ("seeds", i)
                 try:
-                    value = _adapter(axis).validate_python(raw)
+                    value = AXIS[axis].adapter.validate_python(raw)
                 except ValidationError as exc:
                     data = {"grid": {axis: {i: raw}}} if axis in self.spec.grid else {}
                     for problem in problems_from_validation(exc, data, self.source):
@@ -198,136 +160,48 @@ class _Expander:
     def _rule_matches(self, rule_index: int, axis: str, wanted: Any, actual: Any) -> bool:
         options = wanted if isinstance(wanted, list) and axis != "betas" else [wanted]
         try:
-            return actual in [_adapter(axis).validate_python(option) for option in options]
+            return actual in [AXIS[axis].adapter.validate_python(option) for option in options]
         except ValidationError as exc:
             self.fail(("exclude", rule_index, axis), f"not a valid {axis} value: {exc.errors()[0]['msg']}")
             return False
-
-    def base_path(self, axis: str) -> FieldPath:
-        if axis in self.spec.grid:
-            return ("grid", axis)
-        return {
-            "objective": ("objective",),
-            "unique_tokens": ("data", "unique_tokens"),
-            "quality": ("data", "quality"),
-            "total_tokens": ("train", "total_tokens"),
-            "model": ("model",),
-            "sparsity": ("sparsity",),
-            "noise": ("noise",),
-            "seed": ("seeds",),
-        }.get(axis, ("train", axis))
 
     def where(self, axis: str, index: dict[str, int]) -> FieldPath:
         """The YAML path of the value `axis` takes at this grid point: the grid entry if the grid varies it."""
         if axis in self.spec.grid:
             return ("grid", axis, index[axis])
-        return self.base_path(axis)
+        return AXIS[axis].path
 
     def build(self, point: dict[str, Any], index: dict[str, int]) -> TrialSpec | None:
+        """The trial of one grid point: every axis' value (the grid's, else the spec's) placed at its path, checked
+        by `RULES`; None (and the problems recorded) when it cannot run."""
         spec = self.spec
-        objective = point.get("objective", spec.objective)
-        unique = point.get("unique_tokens", spec.data.unique_tokens)
-        total = point.get("total_tokens", spec.train.total_tokens)
-        if objective is None:
-            self.fail(("objective",), "no objective: set `objective: ar|mdlm` or a grid axis `objective: [ar, mdlm]`")
-        if unique is None:
-            self.fail(
-                ("data", "unique_tokens"), "no unique-token budget: set data.unique_tokens or a grid axis unique_tokens"
-            )
-        if total is None:
-            self.fail(
-                ("train", "total_tokens"), "no compute budget: set train.total_tokens or a grid axis total_tokens"
-            )
-        if objective is None or unique is None or total is None:
+        values = {a.name: point[a.name] if a.name in point else a.spec_value(spec) for a in DECLARED}
+        for axis, missing in REQUIRED.items():
+            if values[axis] is None:
+                self.fail(AXIS[axis].path, missing)
+        if any(values[axis] is None for axis in REQUIRED):
             return None
 
-        data = spec.data.model_copy(
-            update={"unique_tokens": unique, "quality": point.get("quality", spec.data.quality)}
-        )
-        train = spec.train.model_copy(
-            update={"total_tokens": total, **{k: point[k] for k in HYPERPARAMETERS if k in point}}
-        )
-        noise: NoiseSpec = point.get("noise", spec.noise)
-        model_spec: ModelSpec = point.get("model", spec.model)
-        sparsity: SparsitySpec = point.get("sparsity", spec.sparsity)
-        seed = point["seed"]
-        workers = spec.resources.workers
+        def section(name: str) -> Any:
+            updates = {a.path[1]: values[a.name] for a in DECLARED if a.path[0] == name and len(a.path) == 2}
+            return getattr(spec, name).model_copy(update=updates)
 
+        data: DataSpec = section("data")
+        train: TrainSpec = section("train")
+        noise: NoiseSpec = values["noise"]
+        model_spec: ModelSpec = values["model"]
         try:
-            model = resolve_model(model_spec, sparsity, noise.dropout, padded_vocab(data.tokenizer.size))
+            model = resolve_model(model_spec, values["sparsity"], noise.dropout, padded_vocab(data.tokenizer.size))
         except ValidationError as exc:
             message = exc.errors()[0]["msg"].removeprefix("Value error, ")
             culprit = "sparsity" if "top_k" in message or "experts" in message else "model"
             self.fail(self.where(culprit, index), message)
             return None
-
-        ok = True
-
-        def check(condition: bool, axis_or_path: str | FieldPath, message: str) -> None:
-            nonlocal ok
-            if not condition:
-                ok = False
-                path = self.where(axis_or_path, index) if isinstance(axis_or_path, str) else axis_or_path
-                self.fail(path, message)
-
-        budget_axis = (
-            "total_tokens" if "total_tokens" in spec.grid and "unique_tokens" not in spec.grid else "unique_tokens"
-        )
-        check(
-            unique <= total,
-            budget_axis,
-            f"unique_tokens {format_tokens(unique)} exceeds total_tokens {format_tokens(total)}: a trial cannot see "
-            f"more unique tokens than it trains on; lower unique_tokens or raise train.total_tokens",
-        )
-        check(
-            data.seq_len <= model.max_seq_len,
-            ("data", "seq_len"),
-            f"seq_len {data.seq_len} exceeds the model's maximum {model.max_seq_len} ({model_spec.label}); "
-            f"shorten data.seq_len or set model.max_seq_len",
-        )
-        check(
-            train.global_batch_tokens % data.seq_len == 0,
-            "global_batch_tokens",
-            f"global_batch_tokens {train.global_batch_tokens} is not a whole number of {data.seq_len}-token sequences; "
-            f"use a multiple of seq_len, e.g. {max(1, train.global_batch_tokens // data.seq_len) * data.seq_len}",
-        )
-        sequences = train.global_batch_tokens // data.seq_len
-        per_step = train.micro_batch * workers
-        if train.global_batch_tokens % data.seq_len == 0:
-            check(
-                sequences % per_step == 0 and sequences >= per_step,
-                "micro_batch",
-                f"the global batch of {sequences} sequences cannot be split into micro batches of {train.micro_batch} "
-                f"on {workers} worker(s) ({per_step} sequences per accumulation step); make global_batch_tokens/seq_len "
-                f"a multiple of micro_batch x workers",
-            )
-        check(
-            total >= train.global_batch_tokens,
-            "total_tokens",
-            f"total_tokens {format_tokens(total)} is less than one global batch ({format_tokens(train.global_batch_tokens)})",
-        )
-        check(
-            train.warmup_tokens < total,
-            "warmup_tokens",
-            f"warmup_tokens {format_tokens(train.warmup_tokens)} must be less than total_tokens {format_tokens(total)}",
-        )
-        check(train.min_lr <= train.lr, "min_lr", f"min_lr {train.min_lr:g} exceeds lr {train.lr:g}")
-        check(
-            train.precision != "fp16" or spec.resources.gpus_per_worker > 0,
-            ("train", "precision"),
-            "precision fp16 trains on GPUs only (its loss scaling is a GPU recipe); use auto, fp32 or bf16 on CPU, "
-            "or set resources.gpus_per_worker",
-        )
-        if spec.resources.gpus_per_worker > 0:
-            fits, message = gpu_memory_fits(model, train, data.seq_len, spec.resources)
-            check(fits, "model" if "model" in spec.grid else "micro_batch", message)
-        check(
-            objective == "ar" or noise.input_mask == 0,
-            "noise",
-            "input_mask noise applies to AR trials only; drop these MDLM points with an exclude rule, e.g. "
-            f"exclude: [{{objective: mdlm, noise: {{input_mask: {noise.input_mask:g}}}}}]",
-        )
-        if not ok:
+        draft = Draft(spec, values["objective"], data, train, model, model_spec, noise)
+        problems = [found for rule in RULES if (found := rule(draft))]
+        for where, message in problems:
+            self.fail(self.where(where, index) if isinstance(where, str) else where, message)
+        if problems:
             return None
 
         axes = {axis: _label(axis, point[axis]) for axis in spec.grid}
@@ -336,23 +210,161 @@ class _Expander:
         content = dict(
             study=spec.name,
             cell=cell,
-            objective=objective,
-            seed=seed,
+            objective=draft.objective,
+            seed=point["seed"],
             axes=axes,
             data=data.model_dump(mode="json"),
             model=model.model_dump(mode="json"),
             noise=noise.model_dump(mode="json"),
             train=train.model_dump(mode="json"),
-            eval=spec.eval.model_dump(mode="json"),
+            eval=section("eval").model_dump(mode="json"),
             resources=spec.resources.model_dump(mode="json"),
         )
-        return TrialSpec.model_validate(
-            {
-                **content,
-                "trial_id": trial_identity(content),
-                "name": _trial_name(objective, unique, model_spec.label, axes, seed),
-            }
-        )
+        name = _trial_name(draft.objective, draft.unique, model_spec.label, axes, point["seed"])
+        return TrialSpec.model_validate({**content, "trial_id": trial_identity(content), "name": name})
+
+
+# What a grid point cannot do without: the axis and the problem when neither the grid nor the spec sets it.
+REQUIRED = {
+    "objective": "no objective: set `objective: ar|mdlm` or a grid axis `objective: [ar, mdlm]`",
+    "unique_tokens": "no unique-token budget: set data.unique_tokens or a grid axis unique_tokens",
+    "total_tokens": "no compute budget: set train.total_tokens or a grid axis total_tokens",
+}
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A grid point's trial before its checks: what the rules read."""
+
+    spec: StudySpec
+    objective: str
+    data: DataSpec
+    train: TrainSpec
+    model: ModelConfig
+    model_spec: ModelSpec
+    noise: NoiseSpec
+
+    @property
+    def unique(self) -> int:
+        return self.data.unique_tokens  # type: ignore[return-value]
+
+    @property
+    def total(self) -> int:
+        return self.train.total_tokens  # type: ignore[return-value]
+
+    @property
+    def workers(self) -> int:
+        return self.spec.resources.workers
+
+
+# A rule returns None when the trial can run, else (where, message): `where` an axis (placed at the grid entry or
+# the spec key that sets it) or a spec path. Adding a check is one function added to RULES.
+Found = tuple[str | FieldPath, str] | None
+
+
+def unique_within_total(d: Draft) -> Found:
+    if d.unique <= d.total:
+        return None
+    grid = d.spec.grid
+    axis = "total_tokens" if "total_tokens" in grid and "unique_tokens" not in grid else "unique_tokens"
+    return axis, (
+        f"unique_tokens {format_tokens(d.unique)} exceeds total_tokens {format_tokens(d.total)}: a trial cannot see "
+        "more unique tokens than it trains on; lower unique_tokens or raise train.total_tokens"
+    )
+
+
+def seq_len_within_model(d: Draft) -> Found:
+    if d.data.seq_len <= d.model.max_seq_len:
+        return None
+    return "seq_len", (
+        f"seq_len {d.data.seq_len} exceeds the model's maximum {d.model.max_seq_len} ({d.model_spec.label}); "
+        "shorten data.seq_len or set model.max_seq_len"
+    )
+
+
+def whole_sequences(d: Draft) -> Found:
+    batch, seq_len = d.train.global_batch_tokens, d.data.seq_len
+    if batch % seq_len == 0:
+        return None
+    grid = d.spec.grid
+    axis = "seq_len" if "seq_len" in grid and "global_batch_tokens" not in grid else "global_batch_tokens"
+    return axis, (
+        f"global_batch_tokens {batch} is not a whole number of {seq_len}-token sequences; "
+        f"use a multiple of seq_len, e.g. {max(1, batch // seq_len) * seq_len}"
+    )
+
+
+def micro_batches_split(d: Draft) -> Found:
+    if d.train.global_batch_tokens % d.data.seq_len:
+        return None  # whole_sequences says what is wrong
+    sequences, per_step = d.train.global_batch_tokens // d.data.seq_len, d.train.micro_batch * d.workers
+    if sequences % per_step == 0 and sequences >= per_step:
+        return None
+    return "micro_batch", (
+        f"the global batch of {sequences} sequences cannot be split into micro batches of {d.train.micro_batch} "
+        f"on {d.workers} worker(s) ({per_step} sequences per accumulation step); make global_batch_tokens/seq_len "
+        "a multiple of micro_batch x workers"
+    )
+
+
+def one_batch_at_least(d: Draft) -> Found:
+    if d.total >= d.train.global_batch_tokens:
+        return None
+    return "total_tokens", (
+        f"total_tokens {format_tokens(d.total)} is less than one global batch "
+        f"({format_tokens(d.train.global_batch_tokens)})"
+    )
+
+
+def warmup_before_end(d: Draft) -> Found:
+    if d.train.warmup_tokens < d.total:
+        return None
+    return "warmup_tokens", (
+        f"warmup_tokens {format_tokens(d.train.warmup_tokens)} must be less than total_tokens {format_tokens(d.total)}"
+    )
+
+
+def min_lr_below_lr(d: Draft) -> Found:
+    return None if d.train.min_lr <= d.train.lr else ("min_lr", f"min_lr {d.train.min_lr:g} exceeds lr {d.train.lr:g}")
+
+
+def fp16_on_gpus(d: Draft) -> Found:
+    if d.train.precision != "fp16" or d.spec.resources.gpus_per_worker > 0:
+        return None
+    return ("train", "precision"), (
+        "precision fp16 trains on GPUs only (its loss scaling is a GPU recipe); use auto, fp32 or bf16 on CPU, "
+        "or set resources.gpus_per_worker"
+    )
+
+
+def fits_gpu_memory(d: Draft) -> Found:
+    if d.spec.resources.gpus_per_worker <= 0:
+        return None
+    fits, message = gpu_memory_fits(d.model, d.train, d.data.seq_len, d.spec.resources)
+    return None if fits else ("model" if "model" in d.spec.grid else "micro_batch", message)
+
+
+def input_mask_on_ar(d: Draft) -> Found:
+    if d.objective == "ar" or d.noise.input_mask == 0:
+        return None
+    return "noise", (
+        "input_mask noise applies to AR trials only; drop these MDLM points with an exclude rule, e.g. "
+        f"exclude: [{{objective: mdlm, noise: {{input_mask: {d.noise.input_mask:g}}}}}]"
+    )
+
+
+RULES: tuple[Callable[[Draft], Found], ...] = (
+    unique_within_total,
+    seq_len_within_model,
+    whole_sequences,
+    micro_batches_split,
+    one_batch_at_least,
+    warmup_before_end,
+    min_lr_below_lr,
+    fp16_on_gpus,
+    fits_gpu_memory,
+    input_mask_on_ar,
+)
 
 
 def gpu_memory_fits(model: ModelConfig, train: TrainSpec, seq_len: int, resources: ResourcesSpec) -> tuple[bool, str]:

@@ -335,9 +335,6 @@ class EarlyStoppedArSpec(Strict):
     metric: str | None = None  # eval/<task>/<metric> that chooses the stop; default: crossover.specs.anneal
 
 
-AXES = ("objective", "unique_tokens", "total_tokens", "quality", "model", "sparsity", "noise", "seed", *HYPERPARAMETERS)
-
-
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)  # also the MLflow experiment name
     description: str = ""
