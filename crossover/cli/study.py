@@ -19,6 +19,7 @@ from crossover.cli.common import (
     text_table,
     warn_runtime,
 )
+from crossover.errors import UserError
 from crossover.evals.registry import check_spec_tasks
 from crossover.specs import format_seconds, format_tokens
 from crossover.tracking.names import PROGRESS_METRICS
@@ -84,6 +85,7 @@ def run(
     spec = load_checked(spec_path, quiet=True)  # exact budget check now that the store exists
 
     from crossover.platform.driver import clean_up_after_a_crash, run_study
+    from crossover.platform.grow import finished_in
     from crossover.platform.progress import StudyProgress
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -93,7 +95,9 @@ def run(
     if not address:  # on a cluster the trials do not run on this machine
         if stopped := clean_up_after_a_crash(log_dir, spec.name):
             out.print(f"stopped {stopped} Ray processes left running by an earlier driver of this study")
-        print_wall_time(spec, max_concurrent)
+        # what is left: the trials an earlier run finished are kept (a store not made yet holds none)
+        finished = None if fresh else finished_in(spec, uri)
+        print_wall_time(spec, max_concurrent, finished if finished and not finished.unread else None)
     progress = StudyProgress(spec.name, spec.expand(), out, quiet=quiet or not out.is_terminal)
 
     def on_growth(growth) -> None:  # a study that ran before: what it keeps and what runs now
@@ -177,6 +181,7 @@ def status(
     from collections import Counter
 
     from crossover.analysis.crossing import STATUSES
+    from crossover.platform.rates import eta_seconds
     from crossover.platform.tracking import study_states, study_status
     from crossover.tracking.store import check_reachable, resolve_tracking_uri
 
@@ -184,16 +189,15 @@ def status(
     check_reachable(uri, write=False)
     rows = study_status(study, uri)
 
-    def eta(r: dict) -> str:
-        if r["status"] != "RUNNING" or not r.get("tokens_per_s") or not r.get("total_tokens"):
-            return ""
-        return format_seconds((r["total_tokens"] - r.get("tokens", 0)) / r["tokens_per_s"])
+    def eta(r: dict) -> str:  # the rate: over the trial's last minute (crossover.platform.rates), as `run` shows it
+        seconds = eta_seconds(r.get("total_tokens"), r.get("tokens", 0), r.get("rate"))
+        return format_seconds(seconds) if r["status"] == "RUNNING" and seconds is not None else ""
 
     headers = ["trial", "status", "tokens", "epoch", *PROGRESS_METRICS, "tok/s", "ETA"]
     table = [
         [r["name"], r["status"], format_tokens(r.get("tokens", 0)), f"{r.get('epoch', 0):.2f}",
          *[f"{r[m]:.4f}" if m in r else "" for m in headers[4:6]],
-         f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else "", eta(r)]
+         f"{r['rate']:,.0f}" if r.get("rate") else "", eta(r)]
         for r in rows
     ]  # fmt: skip
     out.print(f"[bold]study {study}[/]: {len(rows)} trials in {uri}", highlight=False)
@@ -211,32 +215,130 @@ def ui(
     port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
 ) -> None:
-    """Start the MLflow UI on the study store (the local SQLite store by default)."""
-    import os
+    """Start the MLflow UI on the study store (the local SQLite store by default); its links are printed once it
+    answers."""
+    import signal
+    import subprocess
     import sys
+
+    from rich.markup import escape
 
     from crossover.tracking.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    server = uri if uri.startswith(("http://", "https://")) else f"http://{host}:{port}"
-    _print_studies(uri, server)
     if uri.startswith(("http://", "https://")):
+        _print_studies(_study_links(uri, uri))
         out.print(f"the tracking server already serves its UI: open {uri}")
         return
-    out.print(f"MLflow UI for {uri} on {server} (Ctrl-C stops it)", highlight=False)
+    server = f"http://{host}:{port}"
+    _check_port_free(host, port)  # else the link would open whatever answers there now
+    links = _study_links(uri, server)  # read before the server opens the store: never two first opens at once
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    os.execv(sys.executable, command)
+    out.print(f"[dim]starting the MLflow UI for {uri} on {server}...[/]", highlight=False)
+    server_process = subprocess.Popen(command)  # its own messages go to this terminal, as `mlflow ui`'s would
+    try:
+        problem = wait_until_answers(f"{_reachable(host, port)}/health", UI_START_LIMIT_S, server_process.poll)
+        if problem is not None:
+            _stop(server_process, signal.SIGTERM)
+            err.print(f"[red]the MLflow UI did not answer on {server}:[/] {escape(problem)}; its own messages above "
+                      "say why", highlight=False)  # fmt: skip
+            raise typer.Exit(1)
+        _print_studies(links)
+        out.print(f"MLflow UI for {uri}: open {server} (Ctrl-C stops it)", highlight=False)
+        if status := server_process.wait():
+            raise typer.Exit(status if status > 0 else 1)
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reaches the server too, a signal to this process alone not
+        _stop(server_process, signal.SIGINT)
 
 
-def _print_studies(uri: str, server: str) -> None:
-    """The training-view link of every study in the store (nothing when it cannot be read: the UI will say why)."""
+class UiError(UserError):
+    title = "cannot start the MLflow UI"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on (an earlier `crossover ui`, most often), naming the fix."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closed one's port is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UiError(f"port {port} on {host} is taken: another `crossover ui` or server listens there; "
+                              "open it, stop it, or choose another port with --port") from None  # fmt: skip
+            raise UiError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): check --host and --port") from None
+
+
+UI_START_LIMIT_S = 120.0  # a busy laptop's `mlflow ui` answers in 5-30 s (a new store's tables are made first)
+
+
+def wait_until_answers(url: str, limit_s: float, exited=lambda: None) -> str | None:
+    """Poll `url` until the server behind it answers (any HTTP status), `exited()` gives its process's exit status,
+    or `limit_s` pass: None once it answered, else why it did not (its last connection error named)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a loopback address: never a proxy
+    deadline, cause = time.monotonic() + limit_s, "no answer"
+    while True:
+        try:
+            with opener.open(url, timeout=2):
+                return None
+        except urllib.error.HTTPError:
+            return None  # an HTTP answer, whatever its status: the server is up
+        except OSError as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            cause = f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else str(reason)
+        if (status := exited()) is not None:
+            return f"it exited with status {status} before answering (last: {cause})"
+        if time.monotonic() >= deadline:
+            return f"no answer within {limit_s:g} s (last: {cause})"
+        time.sleep(0.25)
+
+
+def _reachable(host: str, port: int) -> str:
+    """Where this machine reaches a server listening on `host`: an any-address through loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _stop(process, signum: int) -> None:
+    """Signal a server and the processes it started (`mlflow ui` runs its web server as a child) and wait for them
+    to exit; SIGKILL for any left after 15 s."""
+    import contextlib
+
+    import psutil
+
+    try:
+        tree = [psutil.Process(process.pid)]
+        tree += tree[0].children(recursive=True)
+    except psutil.Error:  # it exited already
+        tree = []
+    for member in tree:
+        with contextlib.suppress(psutil.Error):
+            member.send_signal(signum)
+    for member in psutil.wait_procs(tree, timeout=15)[1]:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    process.wait()
+
+
+def _study_links(uri: str, server: str) -> list[str]:
+    """The training-view link of every study in the store (none when it cannot be read: the UI will say why)."""
     from crossover.tracking.names import training_view_url
     from crossover.tracking.store import mlflow_client
 
     try:
         experiments = mlflow_client(uri).search_experiments(max_results=200)
     except Exception:  # noqa: BLE001 - an empty or unreachable store: the UI itself reports it
-        return
-    for experiment in experiments:
-        if experiment.name != "Default":
-            print(f"{experiment.name}: {training_view_url(server, experiment.experiment_id)}")
+        return []
+    return [f"{e.name}: {training_view_url(server, e.experiment_id)}" for e in experiments if e.name != "Default"]
+
+
+def _print_studies(links: list[str]) -> None:
+    for link in links:
+        print(link, flush=True)  # now, also into a pipe: the server runs on

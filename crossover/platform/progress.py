@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from crossover.platform.rates import eta_seconds, recent_points, smoothed_rate
 from crossover.specs import TrialSpec, format_seconds, format_tokens
 from crossover.tracking.names import PROGRESS_METRICS
 
@@ -49,7 +50,7 @@ class ProgressCallback(Callback):
         if display := self._display():
             metrics = {k: result[k] for k in SHOWN_METRICS if isinstance(result.get(k), (int, float))}
             display.event(trial, "running", tokens=int(result.get("tokens", 0)), epoch=result.get("epoch", 0.0),
-                          rate=result.get("tokens_per_s"), metrics=metrics)  # fmt: skip
+                          metrics=metrics)  # fmt: skip
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if display := self._display():
@@ -61,7 +62,9 @@ class ProgressCallback(Callback):
 
 
 class StudyProgress:
-    """Trial, status, tokens, epoch, latest metrics and ETA for every trial; updated on each Tune event."""
+    """Trial, status, tokens, epoch, latest metrics, tokens/s and ETA for every trial; updated on each Tune event.
+    The rate is the trial's over the last minute of its reports (crossover.platform.rates, as `crossover status`
+    reads it from MLflow), timed by `clock` as they arrive."""
 
     def __init__(self, study: str, trials: list[TrialSpec], console: Console, quiet: bool = False, clock=time.time):
         self.study, self.clock = study, clock
@@ -106,8 +109,11 @@ class StudyProgress:
         changed = row["status"] != status
         metrics = {**row.get("metrics", {}), **fields.pop("metrics", {})}  # eval metrics stay until the next eval
         row.update(status=status, metrics=metrics, **{k: v for k, v in fields.items() if v is not None})
+        now = self.clock()
+        if "tokens" in fields:  # a report: the rate over the last minute of them (only that much is kept)
+            row["history"] = recent_points([*row.get("history", []), (now, fields["tokens"])])
+            row["rate"] = smoothed_rate(row["history"])
         if self.quiet:
-            now = self.clock()
             if changed or now - row.get("printed", 0.0) >= QUIET_EVERY_S:
                 row["printed"] = now
                 self.console.print(f"{name}: {status} {self._line(name, row)}", highlight=False)
@@ -115,10 +121,8 @@ class StudyProgress:
             self.live.update(self.render())
 
     def _eta(self, name: str, row: dict[str, Any]) -> str:
-        tokens, total, rate = row.get("tokens", 0), self.totals.get(name), row.get("rate")
-        if row["status"] != "running" or not total or not rate:
-            return ""
-        return format_seconds((total - tokens) / rate)
+        seconds = eta_seconds(self.totals.get(name), row.get("tokens", 0), row.get("rate"))
+        return format_seconds(seconds) if row["status"] == "running" and seconds is not None else ""
 
     def _line(self, name: str, row: dict[str, Any]) -> str:
         parts = [f"{format_tokens(row.get('tokens', 0))} tokens", f"epoch {row.get('epoch', 0):.2f}"]

@@ -398,9 +398,24 @@ class TrialRun:
         self.client.log_batch(self.run_id, metrics=found)
 
 
+def _current_parent(client, study: str):
+    """The study's current parent run, or None where the study has none (never run in this store)."""
+    experiment = client.get_experiment_by_name(study)
+    return experiment and _find_run(client, experiment.experiment_id, _parent_tags(study))
+
+
+def current_parent_run_id(uri: str, study: str) -> str | None:
+    """The id of the study's current parent run in `uri`, or None; reads only."""
+    parent = _current_parent(mlflow_client(uri), study)
+    return parent.info.run_id if parent else None
+
+
 def study_status(study: str, uri: str) -> list[dict[str, Any]]:
     """Each trial of the study's current parent run: name, status, latest metrics (tokens, epoch, losses,
-    tokens_per_s: trials log them at every log point) and its total tokens."""
+    tokens_per_s: trials log them at every log point), its total tokens and, while it runs, `rate`: its tokens/s
+    over the last minute of its log points (crossover.platform.rates)."""
+    from crossover.platform.rates import smoothed_rate
+
     client = mlflow_client(uri)
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
@@ -409,19 +424,21 @@ def study_status(study: str, uri: str) -> list[dict[str, Any]]:
     if parent is None:
         return []
     children = _trial_runs(client, experiment.experiment_id, parent.info.run_id, order_by=["attributes.run_name"])
-    return [
-        {"name": run.info.run_name, "status": run.info.status, **run.data.metrics,
-         "total_tokens": int(run.data.params.get("train.total_tokens", 0))}
-        for run in children
-    ]  # fmt: skip
+    rows = []
+    for run in children:
+        row = {"name": run.info.run_name, "status": run.info.status, **run.data.metrics,
+               "total_tokens": int(run.data.params.get("train.total_tokens", 0))}  # fmt: skip
+        if run.info.status == "RUNNING":
+            history = client.get_metric_history(run.info.run_id, "tokens")
+            row["rate"] = smoothed_rate([(m.timestamp / 1000, m.value) for m in history])
+        rows.append(row)
+    return rows
 
 
 def study_states(study: str, uri: str) -> dict[str, str]:
     """The state of each cell's verdict (crossed, not_crossed, undetermined, mdlm_always_ahead) as the last analysis
     (or the provisional verdict at the end of `crossover run`) put it on the study's parent run; empty before."""
-    client = mlflow_client(uri)
-    experiment = client.get_experiment_by_name(study)
-    parent = experiment and _find_run(client, experiment.experiment_id, _parent_tags(study))
+    parent = _current_parent(mlflow_client(uri), study)
     if not parent:
         return {}
     prefix = f"{STATE_TAG}."
