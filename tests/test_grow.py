@@ -35,6 +35,7 @@ def test_a_grown_study_trains_only_its_new_trials_and_a_changed_trial_is_a_new_o
     result = run(study, grown)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 of 4 trials finished earlier and are kept; 3 to run" in result.stdout, result.stdout
+    assert f"3 of 4 trials left (1 finished in {study['uri']})" in result.stdout, result.stdout  # its time estimate
     client, (parent,), children = runs(study["uri"])
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     (again,) = [c for c in children if c.info.run_id == kept.info.run_id]

@@ -89,17 +89,38 @@ def warn_runtime(spec: StudySpec) -> None:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
-def print_wall_time(spec: StudySpec, max_concurrent: int | None = None) -> None:
-    """How long the study takes on this machine (measures a few seconds per model size the first time)."""
+def print_wall_time(spec: StudySpec, max_concurrent: int | None = None, finished=None) -> None:
+    """How long the study takes on this machine (measures a few seconds per model size the first time). With
+    `finished` (crossover.platform.grow.Finished: what the study's records hold as done), how long what is left
+    takes: "estimated 9m40s here: 4 of 8 trials left (4 finished in <uri>), ..."."""
+    from rich.markup import escape
+
     from crossover.platform.anneal import anneal_cost
+    from crossover.platform.grow import remaining_study
+    from crossover.tracking.store import redact
     from crossover.trainers.throughput import wall_time_line
 
-    anneal = anneal_cost(spec)  # the study's second phase, where it anneals AR to its validation-chosen stop
-    line = wall_time_line(spec, max_concurrent, after=anneal.bound if anneal else ())
+    if finished is not None and finished.unread:
+        out.print(f"[dim]the estimate is the whole study's: its finished trials were not read ({escape(finished.unread)})"
+                  "[/]", highlight=False)  # fmt: skip
+    done = finished.trials if finished is not None else frozenset()
+    # the study's second phase, where it anneals AR to its validation-chosen stop
+    anneal = anneal_cost(spec, annealed=finished.annealed if finished is not None else ())
+    total, left = len(spec.expand()), finished.left(spec) if finished is not None else spec.expand()
+    where = f"finished in {escape(redact(finished.uri))}" if done else ""
+    if not left:
+        rest = (
+            f"; the anneal of up to {len(anneal.bound)} AR trials is not estimated" if anneal and anneal.bound else ""
+        )
+        out.print(f"nothing left to train here: all {total} trials {where}{rest}", highlight=False)
+        return
+    line = wall_time_line(remaining_study(spec, left), max_concurrent, after=anneal.bound if anneal else ())
     if line is None:
-        out.print("[dim]no wall-time estimate here: the trials need GPUs and this machine has none[/]", highlight=False)
-    else:
-        out.print(line, highlight=False)
+        line = "[dim]no wall-time estimate here: the trials need GPUs and this machine has none[/]"
+    if done:
+        counted, said = f" here: {len(left)} trials,", f"{len(left)} of {total} trials left ({len(done)} {where})"
+        line = line.replace(counted, f" here: {said},", 1) if counted in line else f"{line} ({said})"
+    out.print(line, highlight=False)
 
 
 def significant(value: float) -> str:

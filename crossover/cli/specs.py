@@ -50,9 +50,20 @@ def plan(
     gpu_tflops: Annotated[
         float, typer.Option(min=0.001, help="Peak dense bf16 TFLOP/s per GPU (H100 SXM: 989).")
     ] = 989.0,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow tracking URI whose records say which trials already finished, so the time estimate counts "
+            "only the rest (else MLFLOW_TRACKING_URI, else ./mlflow.db).",
+        ),
+    ] = None,
 ) -> None:
-    """One row per trial: epochs, parameters, training FLOPs, estimated GPU-hours and memory per worker."""
+    """One row per trial: epochs, parameters, training FLOPs, estimated GPU-hours and memory per worker, and how
+    long the study takes here; for a study that ran before (or grew), how long what is left takes."""
     from crossover.platform.anneal import anneal_cost
+    from crossover.platform.grow import finished_in
+    from crossover.tracking.store import resolve_tracking_uri
 
     spec = load_checked(spec_path, quiet=as_json)
     study_plan = plan_study(spec, mfu=mfu, gpu_tflops=gpu_tflops)
@@ -82,7 +93,7 @@ def plan(
     print(text_table(["trial", *axes, "epochs", "params", "active", "FLOPs", "GPU-h", memory], rows))
     if anneal:
         out.print(anneal.line(), highlight=False)
-    print_wall_time(spec)
+    print_wall_time(spec, finished=finished_in(spec, resolve_tracking_uri(tracking_uri)))
     out.print(
         f"total: {study_plan.total_flops:.3g} training FLOPs, {significant(study_plan.total_gpu_hours)} GPU-hours "
         f"at {mfu:.0%} MFU of {gpu_tflops:g} TFLOP/s (evaluation not included)"

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossover.platform.grow import kept_checkpoints
-from crossover.platform.tracking import trial_runs_of
+from crossover.platform.grow import finished_runs, kept_checkpoints
 from crossover.specs import StudySpec, TrialSpec, format_tokens, training_flops
 from crossover.specs.anneal import anneal_metric, anneal_trial, choose_stop
 from crossover.tracking.names import (
@@ -147,9 +147,9 @@ def plan_anneals(spec: StudySpec, uri: str, parent_run_id: str, storage: str) ->
         plan.notes.append("no AR stop chosen: the study runs no task with validation items")
         return plan
     client = mlflow_client(uri)
-    runs = [r for r in trial_runs_of(uri, parent_run_id) if r.info.status == "FINISHED"]
-    by_id = {r.data.tags[TAG_TRIAL_ID]: r for r in runs if r.data.tags.get(TAG_ROLE) != ROLE_ANNEAL}
-    anneal_runs = {r.data.tags[TAG_TRIAL_ID] for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_ANNEAL}
+    grid, anneals = finished_runs(uri, parent_run_id)
+    by_id = {r.data.tags[TAG_TRIAL_ID]: r for r in grid}
+    anneal_runs = {r.data.tags[TAG_TRIAL_ID] for r in anneals}
     skipped: dict[str, list[str]] = {}
     for ar in [t for t in spec.expand() if t.objective == "ar"]:
         run = by_id.get(ar.trial_id)
@@ -213,16 +213,17 @@ class AnnealCost:
         )
 
 
-def anneal_cost(spec: StudySpec, storage: str | None = None) -> AnnealCost | None:
+def anneal_cost(spec: StudySpec, storage: str | None = None, annealed: Collection[str] = ()) -> AnnealCost | None:
     """The anneal phase's cost bound (None when the spec does not anneal). A stop is one of the AR trial's eval
-    points; the anneal continues the checkpoint of the latest eval point at or before its decay start."""
+    points; the anneal continues the checkpoint of the latest eval point at or before its decay start. `annealed`:
+    AR trial ids whose anneal finished earlier (crossover.platform.grow.finished_in), left out."""
     from crossover.trainers.schedules import branch_step, eval_steps
 
     if not spec.early_stopped_ar.anneal or spec.search is not None:
         return None
     continued = spec.train.keep_checkpoints == "all" and "://" not in (storage or spec.resources.storage or "")
     bound = []
-    for ar in [t for t in spec.expand() if t.objective == "ar"]:
+    for ar in [t for t in spec.expand() if t.objective == "ar" and t.trial_id not in annealed]:
         batch = ar.train.global_batch_tokens
         points = [s * batch for s in eval_steps(ar)]
         worst, need = None, 0

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossover.platform.tracking import TrialRun, mark_out_of_spec, trial_runs_of
+from crossover.platform.tracking import TrialRun, current_parent_run_id, mark_out_of_spec, trial_runs_of
 from crossover.specs import StudySpec, TrialSpec
 from crossover.tracking.names import (
     EVAL_PREFIX,
     ROLE_ANNEAL,
+    TAG_ANNEAL_OF,
     TAG_BRANCH,
     TAG_BRANCH_TOKENS,
     TAG_LINEAGE,
@@ -64,14 +65,63 @@ class Growth:
         return "; ".join(parts + self.notes)
 
 
+def finished_runs(uri: str, parent_run_id: str) -> tuple[list, list]:
+    """The finished trial runs under the study's parent run (MLflow is the record of what finished): (grid trials'
+    runs, anneal runs). An anneal run (crossover.platform.anneal) is no grid trial: never kept, continued or marked
+    out of spec by the growth."""
+    runs = [r for r in trial_runs_of(uri, parent_run_id) if r.info.status == "FINISHED"]
+    anneals = [r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_ANNEAL]
+    return [r for r in runs if r.data.tags.get(TAG_ROLE) != ROLE_ANNEAL], anneals
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What a study's records say is done, as `crossover run` would keep it: what `plan` and `run` estimate is the
+    rest (`left`)."""
+
+    uri: str
+    trials: frozenset[str] = frozenset()  # ids of the spec's trials whose runs finished
+    annealed: frozenset[str] = frozenset()  # ids of the AR trials whose anneal run finished
+    unread: str | None = None  # why the records could not be read (the estimate is then the whole study's)
+
+    def left(self, spec: StudySpec) -> list[TrialSpec]:
+        return [t for t in spec.expand() if t.trial_id not in self.trials]
+
+
+def finished_in(spec: StudySpec, uri: str) -> Finished:
+    """Which of the spec's trials (and AR anneals) the study's records in `uri` hold as finished: those a
+    `crossover run` of it keeps (see plan_growth). Reads only; never raises: a store that cannot be read is said in
+    `unread`. A search study's trials are samples, not the grid's: none is matched."""
+    from crossover.tracking.store import TrackingError, check_reachable
+
+    if spec.search is not None:
+        return Finished(uri)
+    try:
+        check_reachable(uri, write=False)  # never creates a store, and a server that is down fails in seconds
+        parent_run_id = current_parent_run_id(uri, spec.name)
+        grid, anneals = finished_runs(uri, parent_run_id) if parent_run_id else ([], [])
+    except TrackingError as exc:
+        return Finished(uri, unread=str(exc))
+    except Exception as exc:  # noqa: BLE001 - any failure to read is reported, never raised: the plan goes on
+        return Finished(uri, unread=f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}")
+    in_spec = {t.trial_id for t in spec.expand()}
+    return Finished(uri, frozenset(r.data.tags[TAG_TRIAL_ID] for r in grid) & in_spec,
+                    frozenset(r.data.tags[TAG_ANNEAL_OF] for r in anneals if TAG_ANNEAL_OF in r.data.tags))  # fmt: skip
+
+
+def remaining_study(spec: StudySpec, trials: list[TrialSpec]) -> StudySpec:
+    """The study with only `trials` (its expansion set to them): what the wall-time estimate reads as the study."""
+    left = spec.model_copy()
+    left._trials = list(trials)
+    return left
+
+
 def plan_growth(spec: StudySpec, uri: str, parent_run_id: str) -> Growth:
     """Compare the spec's trials with the finished trial runs under the study's parent run (MLflow is the record)."""
     from crossover.trainers.schedules import branch_step
 
     trials = spec.expand()
-    # An anneal run (crossover.platform.anneal) is no grid trial: never kept, continued or marked out of spec here.
-    finished = [r for r in trial_runs_of(uri, parent_run_id)
-                if r.info.status == "FINISHED" and r.data.tags.get(TAG_ROLE) != ROLE_ANNEAL]  # fmt: skip
+    finished = finished_runs(uri, parent_run_id)[0]
     by_id = {r.data.tags[TAG_TRIAL_ID]: r for r in finished}
     in_spec = {t.trial_id for t in trials}
     growth = Growth(out_of_spec=mark_out_of_spec(uri, finished, in_spec))
