@@ -585,9 +585,13 @@ def _efficiency(data: StudyData, analysis: StudyAnalysis, n_boot: int = 1000, se
         if details is None:
             continue
         intervals, source = _efficiency_intervals(data, analysis, sub, n_boot, seed)
+        ar_budgets = sub.loc[sub["objective"] == "ar", "unique_budget"].astype(float)
         for best, final in zip(details["best"], details["final"], strict=True):
             row: dict[str, Any] = {"group": group, "unique_tokens": best.unique_tokens, "ci_source": source,
-                                   **_ar_best_at(sub, best.unique_tokens)}  # fmt: skip
+                                   **_ar_best_at(sub, best.unique_tokens),
+                                   # the ratios U'/U can take inside the AR budgets: bounds outside print against them
+                                   "ratio_below": ar_budgets.min() / best.unique_tokens,
+                                   "ratio_above": ar_budgets.max() / best.unique_tokens}  # fmt: skip
             for basis, eff in (("best", best), ("final", final)):
                 suffix = "" if basis == "best" else "_final"
                 low, high = intervals.get((basis, eff.unique_tokens), (None, None))

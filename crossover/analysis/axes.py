@@ -31,6 +31,7 @@ import pandas as pd
 
 from crossover.analysis.analyze import StudyAnalysis
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, INTERVAL, NOT_CROSSED, STATUSES, Crossover, compare
+from crossover.analysis.formatting import position
 from crossover.analysis.verdict import Verdict
 from crossover.specs import format_tokens
 
@@ -93,11 +94,9 @@ def _number(value: object) -> float | None:
 
 def _tokens_at(analysis: StudyAnalysis, cell: str, x: float) -> str:
     """A position on the analysis' x axis, printed in tokens (interpolated on the cell's own eval points)."""
-    if math.isinf(x):
-        return "beyond the end" if x > 0 else "before the start"
+    if math.isinf(x) or analysis.x_axis == "tokens":
+        return position(x, "tokens")
     curves = analysis.cells[cell]
-    if analysis.x_axis == "tokens":
-        return format_tokens(x)
     ok = (curves.x > 0) & (curves.tokens > 0)
     return format_tokens(float(np.exp(np.interp(math.log(x), np.log(curves.x[ok]), np.log(curves.tokens[ok])))))
 

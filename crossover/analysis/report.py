@@ -22,8 +22,8 @@ from crossover.analysis.analyze import EQUIVALENCE_MARGIN, X_COLUMNS, StudyAnaly
 from crossover.analysis.axes import axis_verdicts
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, INTERVAL, NOT_CROSSED, UNDETERMINED
 from crossover.analysis.curves import StudyData
+from crossover.analysis.formatting import interval, number, position
 from crossover.analysis.verdict import Verdict, delta_nll_lines, loss_verdicts, verdicts
-from crossover.specs import format_tokens
 from crossover.tracking.names import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -55,23 +55,7 @@ class Block:
 
 
 def _tokens(v: Any) -> str:
-    return "" if v is None or pd.isna(v) else format_tokens(float(v))
-
-
-def _num(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return ""
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{float(v):.{digits}g}"
-
-
-def _x(v: Any, axis: str) -> str:
-    if v is None or pd.isna(v):
-        return ""
-    if math.isinf(v):
-        return "beyond the end" if v > 0 else "before the start"
-    return format_tokens(v) if axis == "tokens" else f"{v:.3g}"
+    return position(v, "tokens")
 
 
 def _status_text(status: str) -> str:
@@ -109,29 +93,25 @@ def _crossover_table(analysis: StudyAnalysis) -> pd.DataFrame:
         out["point estimate"] = table["point_status"].map(_status_text)
     if "reference" in table:
         out["compared with"] = table["reference"].fillna("")
-    out[f"crossover ({axis})"] = table.get("x", pd.Series(dtype=float)).map(lambda v: _x(v, axis))
+    out[f"crossover ({axis})"] = table.get("x", pd.Series(dtype=float)).map(lambda v: position(v, axis))
     if "ci_low" in table:
         out[f"{analysis.confidence:.0%} CI"] = [
-            "" if lo is None or pd.isna(lo) else f"[{_x(lo, axis)}, {_x(hi, axis)}]"
-            for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
+            interval(lo, hi, axis) for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
         ]
         out["P(crossed)"] = table["p_crossed"].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.0%}")
         out["interval over"] = table["ci_source"].fillna("")
     if "crossover_tokens" in table:
         out["tokens"] = table["crossover_tokens"].map(_tokens)
-        out["FLOPs"] = table["crossover_flops"].map(_num)
-        out["epochs"] = table["crossover_epochs"].map(_num)
-        out["observed"] = [
-            "" if pd.isna(s) else f"{_x(s, axis)} to {_x(e, axis)}"
-            for s, e in zip(table["x_start"], table["x_end"], strict=True)
-        ]
+        out["FLOPs"] = table["crossover_flops"].map(number)
+        out["epochs"] = table["crossover_epochs"].map(number)
+        out["observed"] = [interval(s, e, axis) for s, e in zip(table["x_start"], table["x_end"], strict=True)]
         out["AR / MDLM final"] = [
             "" if pd.isna(a) else f"{a:.4g} / {d:.4g}"
             for a, d in zip(table["ar_final"], table["mdlm_final"], strict=True)
         ]
     if "seed_crossover_tokens" in table:  # two or more seeds in some cell: each seed pair's own crossover
         out["per seed"] = [
-            ", ".join(_x(v, "tokens") for v in per) if isinstance(per, list) else ""
+            ", ".join(position(v, "tokens") for v in per) if isinstance(per, list) else ""
             for per in table["seed_crossover_tokens"]
         ]
         out["sd over seeds: AR best / MDLM last"] = [
@@ -216,7 +196,7 @@ def _critical_table(analysis: StudyAnalysis) -> pd.DataFrame:
                 lambda v: "not within 10,000 epochs" if v is None or pd.isna(v) else f"{v:.3g}"
             ),
             "tokens": t["critical_tokens"].map(_tokens),
-            "epochs": t["critical_epochs"].map(_num),
+            "epochs": t["critical_epochs"].map(number),
             "Prabhudesai et al. (FLOPs)": t["prabhudesai_flops"].map(lambda v: f"{v:.3g}"),
             "ratio ours/theirs": [
                 "" if c is None or pd.isna(c) else f"{c / p:.3g}"
@@ -314,11 +294,11 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
             "p",
             "The crossover is the first point after which the MDLM curve stays ahead of AR to the end of the "
             "observation, found on the AR-MDLM margin smoothed in log compute (LOWESS, robust to single bad "
-            "evaluations). The state is the evidence's: 'crossed' only where the interval's upper bound lies inside "
-            "the window (MDLM ends ahead in at least 95% of the replicates of a 90% interval), 'not crossed' only "
-            "where its lower bound lies beyond the end (AR surely ahead at the last point: the crossover, if any, "
-            "lies beyond the observed compute), 'undetermined' otherwise; the point estimate's own reading is "
-            "beside it. An interval bound 'beyond the end' or 'before the start' means some replicates place it "
+            "evaluations). The state is the evidence's: 'crossed' only where MDLM ends ahead in at least "
+            f"{analysis.confidence:.0%} of the replicates (a one-sided claim at the study's confidence), 'not "
+            "crossed' only where AR is as surely ahead at the last point (the crossover, if any, lies beyond the "
+            "observed compute), 'undetermined' otherwise; the point estimate's own reading is beside it. An "
+            "interval bound 'past the end' or 'before the first point' means some replicates place it "
             "outside the window. P(crossed) is the share of replicates that cross inside it. With one seed the "
             "interval holds item noise only: training noise between seeds is not in it.",
         )

@@ -12,8 +12,11 @@ interval backs it. Crossover positions are quoted to the significant figures the
     unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc_pmi at 1.5M tokens (30 epochs) (90% CI 1.1M to 2M;
         P(crossed) 96%; over seeds as a t with 2 df and items, 3 seeds); at the end AR 0.541, MDLM 0.603; ...
     unique_tokens=200k: undetermined within 4M tokens (20 epochs): the evidence cannot tell whether MDLM ends ahead
-        (the point estimate crosses at 3.2M tokens (16 epochs); 90% CI 2.6M to beyond the end; ...); ...
-    unique_tokens=600k: not crossed within 4.8M tokens (8 epochs): AR ahead at the end by 0.061 (...); ...
+        (the point estimate crosses at 3.2M tokens (16 epochs) on heldout_cloze/acc_pmi; 90% CI 2.6M to past the
+        end; ...); ...
+    unique_tokens=600k: not crossed within 4.8M tokens (8 epochs): AR ahead at the end by 0.061 on
+        heldout_cloze/acc_pmi (...); ...
+Every line names its metric; positions and intervals print through crossover.analysis.formatting.
 
 `loss_verdicts` gives the same lines for the held-out loss (AR's exact NLL against MDLM's ELBO, a bound: a loss
 crossover found this way is conservative) and `delta_nll_lines` the Delta NLL view: trials whose held-out loss rose
@@ -38,6 +41,7 @@ import pandas as pd
 
 from crossover.analysis.analyze import EQUIVALENCE_MARGIN, SCORINGS, StudyAnalysis
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED, UNDETERMINED
+from crossover.analysis.formatting import interval, ratio
 from crossover.specs import format_tokens, parse_tokens
 
 _BAD_KEY = re.compile(r"[^\w.\- /]")
@@ -66,30 +70,19 @@ def _where(tokens: float, epochs: float) -> str:
     return f"{format_tokens(tokens)} tokens ({_epochs(epochs)} epochs)"
 
 
-def _x(v: float | None, axis: str, digits: int = 3) -> str:
-    if v is None or pd.isna(v):
-        return "?"
-    if math.isinf(v):
-        return "beyond the end" if v > 0 else "before the start"
-    return format_tokens(v, digits) if axis == "tokens" else f"{v:.{digits}g} {axis}"
-
-
-def _ratio(v: float) -> str:
-    return "above the AR budgets" if math.isinf(v) else ("below the AR budgets" if v == 0 else f"{v:.2g}x")
-
-
 def efficiency_ratio_text(row: pd.Series, suffix: str) -> str:
     """U'/U of one efficiency row on one basis ("" for best, "_final"), with its bound or interval."""
-    ratio, status, bound = row[f"ratio{suffix}"], row[f"status{suffix}"], row[f"bound{suffix}"]
-    if ratio is not None and not pd.isna(ratio):
-        text = f"{ratio:.2g}x"
+    value, status, bound = row[f"ratio{suffix}"], row[f"status{suffix}"], row[f"bound{suffix}"]
+    if value is not None and not pd.isna(value):
+        text = ratio(value)
     elif status in ("above_range", "below_range"):
         text = f"{'>' if status == 'above_range' else '<'} {bound:.2g}x"
     else:
         return "not defined"
     low, high = row.get(f"ci_low{suffix}"), row.get(f"ci_high{suffix}")
     if low is not None and not pd.isna(low) and not (low == high and low in (0, math.inf)):  # a bound says it all
-        text += f" (CI {_ratio(low)} to {_ratio(high)})"
+        below, above = row.get("ratio_below"), row.get("ratio_above")
+        text += f" (CI {ratio(low, below, above)} to {ratio(high, below, above)})"
     return text
 
 
@@ -179,8 +172,8 @@ def _evidence(row: pd.Series, confidence: float, axis: str) -> str:
     p = row.get("p_crossed")
     chance = "" if p is None or pd.isna(p) else f"; P(crossed) {p:.0%}"
     return (
-        f"{confidence:.0%} CI {_x(row['ci_low'], axis, _digits(row))} to {_x(row['ci_high'], axis, _digits(row))}"
-        f"{chance}; over {row['ci_source']}"
+        f"{confidence:.0%} CI {interval(row['ci_low'], row['ci_high'], axis, _digits(row), unit=True)}{chance}; "
+        f"over {row['ci_source']}"
     )
 
 
@@ -199,14 +192,17 @@ def _head(row: pd.Series, curves, metric: str, confidence: float, axis: str, bet
         return f"MDLM overtakes AR on {metric} at {estimate} ({evidence}); {at_end}"
     if status == NOT_CROSSED:
         lead = abs(better * (curves.ar[-1] - curves.mdlm[-1]))
-        return f"not crossed within {window}: AR ahead at the end by {lead:.2g} ({evidence}); {at_end}"
+        return f"not crossed within {window}: AR ahead at the end by {lead:.2g} on {metric} ({evidence}); {at_end}"
     if status == ALWAYS_AHEAD:
         return (
-            f"MDLM ahead at every point from {_where(curves.tokens[0], curves.epochs[0])}: no crossover inside the "
-            f"window ({evidence}); {at_end}"
+            f"MDLM ahead at every point from {_where(curves.tokens[0], curves.epochs[0])} on {metric}: no crossover "
+            f"inside the window ({evidence}); {at_end}"
         )
-    guess = {CROSSED: f"the point estimate crosses at {estimate}", NOT_CROSSED: "the point estimate does not cross",
-             ALWAYS_AHEAD: "the point estimate has MDLM ahead throughout"}.get(row.get("point_status"), "")  # fmt: skip
+    guess = {
+        CROSSED: f"the point estimate crosses at {estimate} on {metric}",
+        NOT_CROSSED: f"the point estimate on {metric} does not cross",
+        ALWAYS_AHEAD: f"the point estimate on {metric} has MDLM ahead throughout",
+    }.get(row.get("point_status"), f"on {metric}")
     return (
         f"undetermined within {window}: the evidence cannot tell whether MDLM ends ahead ({guess}; {evidence}); "
         f"{at_end}"

@@ -13,7 +13,6 @@ from crossover.cli.common import (
     print_link,
     text_table,
 )
-from crossover.specs import format_tokens
 
 
 @app.command()
@@ -39,6 +38,7 @@ def analyze(
         verdicts,
         write_report,
     )
+    from crossover.analysis.formatting import interval, position
     from crossover.analysis.verdict import delta_nll_lines, loss_verdicts
 
     name = load_spec(Path(study)).name if study.endswith((".yaml", ".yml")) and Path(study).is_file() else study
@@ -48,19 +48,12 @@ def analyze(
     table = analysis.crossovers
     axis = analysis.x_axis
 
-    def number(value: object) -> str:
-        if not isinstance(value, float) or value != value:
-            return ""
-        if value in (float("inf"), float("-inf")):
-            return "beyond the end" if value > 0 else "before the start"
-        return format_tokens(value) if axis == "tokens" else f"{value:.4g}"
-
     rows = [
         [
             str(r["cell"]),
             str(r["status"]),
-            number(r.get("x")),
-            f"[{number(r['ci_low'])}, {number(r['ci_high'])}]" if number(r.get("ci_low")) else "",
+            position(r.get("x"), axis),
+            interval(r.get("ci_low"), r.get("ci_high"), axis),
         ]
         for r in table.head(50).to_dict("records")
     ]
