@@ -358,7 +358,10 @@ def test_the_default_scores_mdlm_exactly_one_token_per_step(codec):
     from crossover.evals.registry import EvalSettings
     from crossover.specs.study import EvalSpec
 
-    assert EvalSpec().mdlm_block == 1 and EvalSettings(max_items=1, mc_samples=1, seq_len=64).mdlm_block == 1
+    assert (
+        EvalSpec().mdlm_block == 1
+        and EvalSettings(EvalSpec(max_items=1, mc_samples=1), seq_len=64).eval.mdlm_block == 1
+    )
     for function in (choice_nlls, score_multiple_choice):
         assert inspect.signature(function).parameters["mdlm_block"].default == 1
     em = with_model(codec, "mdlm")
@@ -524,9 +527,10 @@ def test_a_suite_builds_humaneval_items_within_the_training_window(codec):
     the HumanEval problems whose solution fits half of 128 tokens, each row at most 128 tokens long."""
     from crossover.evals.registry import ITEM_SEED, EvalSettings
     from crossover.evals.suite import EvalSuite
+    from crossover.specs.study import EvalSpec
 
     em = with_model(codec, "ar", max_seq_len=1024)
-    suite = EvalSuite(["humaneval_likelihood"], EvalSettings(max_items=256, mc_samples=1, seq_len=128), em)
+    suite = EvalSuite(["humaneval_likelihood"], EvalSettings(EvalSpec(max_items=256, mc_samples=1), seq_len=128), em)
     items = suite.items["humaneval_likelihood"]
     assert items == humaneval_likelihood_items(codec, seed=ITEM_SEED, max_tokens=128)
     assert 0 < len(items) < len(read_problems())

@@ -11,6 +11,7 @@ sums added up across them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,11 @@ import torch
 from crossover.evals.registry import EvalSettings, EvalTask, Ranks
 from crossover.evals.results import TaskResult
 from crossover.models.objectives import ar_inputs_targets, ar_loss, mask_tokens, mdlm_loss, sample_t
+
+if TYPE_CHECKING:
+    from crossover.evals.checkpoint import EvalModel
+    from crossover.evals.registry import TaskData
+    from crossover.specs import TrialSpec
 
 
 @torch.no_grad()
@@ -62,22 +68,21 @@ class HeldoutLoss(EvalTask):
     needs_heldout = True
     metrics = ("loss",)
 
-    def __init__(self, name: str, settings: EvalSettings, data):
+    def __init__(self, name: str, settings: EvalSettings, data: TaskData):
         super().__init__(name, settings, data)
-        self.windows = data.heldout_windows(settings.seq_len, max_windows=settings.max_items)
+        self.windows = data.heldout_windows(settings.seq_len, max_windows=settings.eval.max_items)
 
-    def score(self, em, ranks: Ranks) -> list[TaskResult]:
-        trial = em.trial
+    def score(self, em: EvalModel, ranks: Ranks) -> list[TaskResult]:
+        s = self.settings
         total, count = heldout_loss(
             lambda tokens: em.model(tokens).logits, self.windows[ranks.rank :: ranks.world],
-            objective=em.objective, mask_id=em.mask_id, batch_size=trial.train.micro_batch,
-            mc_samples=self.settings.mc_samples, t_min=trial.train.mdlm_t_min, seed=trial.seed * 7919 + ranks.rank,
-            device=em.device,
+            objective=em.objective, mask_id=em.mask_id, batch_size=s.batch_size, mc_samples=s.eval.mc_samples,
+            t_min=s.mdlm_t_min, seed=s.seed * 7919 + ranks.rank, device=em.device,
         )  # fmt: skip
         total, count = ranks.sum_over_ranks([total, count])
         return [TaskResult(self.name, {"loss": total / max(count, 1)}, [], {})]
 
     @classmethod
-    def cost(cls, name: str, trial) -> float:
+    def cost(cls, name: str, trial: TrialSpec) -> float:
         ev = trial.eval
         return ev.max_items * trial.data.seq_len * (ev.mc_samples if trial.objective == "mdlm" else 1)

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -47,6 +47,10 @@ from crossover.evals import sandbox
 from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks
 from crossover.evals.results import TaskResult, mean_and_stderr
 from crossover.evals.sampling import generate
+
+if TYPE_CHECKING:
+    from crossover.evals.checkpoint import EvalModel
+    from crossover.evals.registry import TaskData
 
 TASK = "humaneval_pass@k"
 # Where a completion stops being the function body (the Codex paper's stop sequences).
@@ -242,17 +246,17 @@ class HumanEvalPassAtK(EvalTask):
 
     metrics = ("pass@1",)
 
-    def __init__(self, name: str, settings: EvalSettings, data: Any):
+    def __init__(self, name: str, settings: EvalSettings, data: TaskData):
         super().__init__(name, settings, data)
-        self.problems = humaneval_problems(limit=settings.max_items)
+        self.problems = humaneval_problems(limit=settings.eval.max_items)
 
-    def score(self, em: Any, ranks: Ranks) -> list[TaskResult]:
+    def score(self, em: EvalModel, ranks: Ranks) -> list[TaskResult]:
         return [humaneval_pass_at_k(em, self.problems, n_samples=1, ks=(1,), seed=ITEM_SEED,
-                                    unsafe_execution=self.settings.unsafe_execution)]  # fmt: skip
+                                    unsafe_execution=self.settings.eval.unsafe_execution)]  # fmt: skip
 
     @classmethod
     def check(cls, name: str, settings: EvalSettings) -> None:
-        if not settings.unsafe_execution:
+        if not settings.eval.unsafe_execution:
             available, reason = sandbox.sandbox_available()
             if not available:
                 raise ValueError(sandbox.refusal(reason))

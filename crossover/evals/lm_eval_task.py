@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks, TaskError
 from crossover.evals.results import TaskResult
+
+if TYPE_CHECKING:
+    from crossover.evals.checkpoint import EvalModel
 
 PREFIX = "lm_eval:"
 
@@ -26,13 +29,13 @@ def _task_manager(include_path: str | None) -> Any:
 class LmEvalTask(EvalTask):
     """The lm-eval task after the prefix; its metrics are lm-eval's (acc, acc_norm, ... and their stderr)."""
 
-    def score(self, em: Any, ranks: Ranks) -> list[TaskResult]:
+    def score(self, em: EvalModel, ranks: Ranks) -> list[TaskResult]:
         from crossover.evals.lm_eval_bridge import run_lm_eval
 
-        s, task = self.settings, self.name.removeprefix(PREFIX)
+        ev, task = self.settings.eval, self.name.removeprefix(PREFIX)
         try:
-            found = run_lm_eval(em, [task], limit=s.max_items, mc_samples=s.mc_samples, mdlm_block=s.mdlm_block,
-                                seed=ITEM_SEED, task_manager=_task_manager(s.lm_eval_include))  # fmt: skip
+            found = run_lm_eval(em, [task], limit=ev.max_items, mc_samples=ev.mc_samples, mdlm_block=ev.mdlm_block,
+                                seed=ITEM_SEED, task_manager=_task_manager(ev.lm_eval_include))  # fmt: skip
         except KeyError as exc:  # lm-eval's way of saying it has no such task
             raise TaskError(f"{self.name}: lm-eval has no task {exc}; eval.lm_eval_include names a folder of "
                             "local task YAMLs") from None  # fmt: skip

@@ -24,10 +24,18 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from crossover.errors import UserError
+from crossover.specs.study import EvalSpec, TrialSpec
+
+if TYPE_CHECKING:  # torch-free at run time: `crossover validate` reads task names through this module
+    from crossover.data import PreparedData
+    from crossover.evals.checkpoint import EvalModel
+    from crossover.evals.results import TaskResult
+
+    TaskData = PreparedData | EvalModel  # what a task builds its items from
 
 HELDOUT_LOSS = "heldout_loss"
 ALWAYS_SCORED = (HELDOUT_LOSS,)  # the loss curve: progress, early stopping and the analysis read it at every point
@@ -42,24 +50,21 @@ class TaskError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """The budgets a task is built with: the spec's eval block (which `crossover eval` can override) and the window."""
+    """What a task is built and scored with, read from the trial once: its eval block as it is (`crossover eval`
+    may override budgets in it), the window it trained on, and what the held-out loss batches and draws with (the
+    trial's micro batch, MDLM's t_min and its seed). Tasks read these, never the trial."""
 
-    max_items: int  # items (windows, documents, problems) per task
-    mc_samples: int  # Monte Carlo samples per MDLM ELBO
-    seq_len: int  # the training window: every item fits it (a model is scored at the lengths it was trained on)
-    mdlm_block: int | None = 1  # MDLM's choices decoded left to right, tokens per step (1: exact); None: the ELBO
-    lm_eval_include: str | None = None  # a folder of local lm-eval task YAMLs
-    unsafe_execution: bool = False  # generated programs run unsandboxed where the host has no sandbox
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    seq_len: int = 256  # the training window: every item fits it (a model is scored at the lengths it was trained on)
+    batch_size: int = 8  # held-out windows per forward
+    mdlm_t_min: float = 1e-3  # the smallest mask ratio MDLM's ELBO draws (as in training)
+    seed: int = 0  # the trial's: its held-out ELBO's masks
 
     @classmethod
-    def of(cls, trial: Any, **overrides: Any) -> EvalSettings:
-        """A trial's eval block; an override of None keeps the trial's value."""
-        ev = trial.eval
-        values = dict(max_items=ev.max_items, mc_samples=ev.mc_samples, seq_len=trial.data.seq_len,
-                      mdlm_block=ev.mdlm_block, lm_eval_include=ev.lm_eval_include,
-                      unsafe_execution=ev.unsafe_execution)  # fmt: skip
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+    def of(cls, trial: TrialSpec, **overrides: Any) -> EvalSettings:
+        """A trial's settings; an override (a field of its eval block) of None keeps the trial's value."""
+        block = trial.eval.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+        return cls(block, trial.data.seq_len, trial.train.micro_batch, trial.train.mdlm_t_min, trial.seed)
 
 
 @dataclass(frozen=True)
@@ -83,17 +88,17 @@ class EvalTask:
     needs_heldout: ClassVar[bool] = False  # reads the study's held-out split (the token store is prepared for it)
     metrics: ClassVar[tuple[str, ...]] = ()  # what `score` logs, as eval/<task>/<metric>
 
-    def __init__(self, name: str, settings: EvalSettings, data: Any):
+    def __init__(self, name: str, settings: EvalSettings, data: TaskData):
         """`data`: a `crossover.data.PreparedData` (held-out documents and the tokenizer) or, for tasks that need no
         held-out data, an `EvalModel` (its tokenizer)."""
         self.name, self.settings = name, settings
 
-    def score(self, em: Any, ranks: Ranks) -> list[Any]:
+    def score(self, em: EvalModel, ranks: Ranks) -> list[TaskResult]:
         """[TaskResult] for the model `em` (an `EvalModel`)."""
         raise NotImplementedError
 
     @classmethod
-    def cost(cls, name: str, trial: Any) -> float:
+    def cost(cls, name: str, trial: TrialSpec) -> float:
         """Forward token positions of one scoring at an eval point (0: not counted by the plan)."""
         return 0.0
 
@@ -159,7 +164,7 @@ def resolve(name: str) -> type[EvalTask]:
 def check_tasks(tasks: Sequence[str], *, unsafe_execution: bool = False, settings: EvalSettings | None = None) -> None:
     """Refuse, before any training, a task that is unknown or that this installation cannot run (TaskError)."""
     check_names(tasks)
-    settings = settings or EvalSettings(max_items=1, mc_samples=1, seq_len=1, unsafe_execution=unsafe_execution)
+    settings = settings or EvalSettings(EvalSpec(unsafe_execution=unsafe_execution))
     for task in tasks:
         try:
             resolve(task).check(task, settings)

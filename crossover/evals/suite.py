@@ -13,11 +13,14 @@ analysis's bootstrap (`crossover.tracking.names.items_payload`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from crossover.evals.checkpoint import EvalModel
 from crossover.evals.registry import ITEM_SEED, ONE_RANK, EvalSettings, Ranks, check_tasks, resolve
 from crossover.evals.results import TaskResult
+
+if TYPE_CHECKING:
+    from crossover.evals.registry import TaskData
 
 __all__ = ["ITEM_SEED", "EvalSuite", "evaluate_checkpoint", "metrics_of"]
 
@@ -25,7 +28,7 @@ __all__ = ["ITEM_SEED", "EvalSuite", "evaluate_checkpoint", "metrics_of"]
 class EvalSuite:
     """`tasks` with their items built once."""
 
-    def __init__(self, tasks: Sequence[str], settings: EvalSettings, data: Any):
+    def __init__(self, tasks: Sequence[str], settings: EvalSettings, data: TaskData):
         """`data`: a `crossover.data.PreparedData` (held-out documents and the tokenizer) or an EvalModel (tasks
         that need no held-out documents)."""
         check_tasks(tasks, settings=settings)

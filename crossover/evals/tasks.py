@@ -56,7 +56,7 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -64,6 +64,10 @@ from crossover.evals.checkpoint import EvalModel
 from crossover.evals.likelihood import continuation_loglik
 from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks, TaskError
 from crossover.evals.results import TaskResult, mean_and_stderr
+
+if TYPE_CHECKING:
+    from crossover.evals.registry import TaskData
+    from crossover.specs import TrialSpec
 
 CHOICES = 4  # of each item: the gold and three others
 CLOZE_PREFIX, CLOZE_SPAN = 48, 16  # tokens of a cloze item's context and of the span to tell (`cloze_sizes`)
@@ -390,13 +394,15 @@ class MultipleChoiceTask(EvalTask):
     metrics = (*ITEM_METRICS, "chance")
     pmi = False  # also score each choice after BOS alone, for acc_pmi
 
-    def __init__(self, name: str, settings: EvalSettings, data: Any):
+    def __init__(self, name: str, settings: EvalSettings, data: TaskData):
         super().__init__(name, settings, data)
-        self.items = self.build_items(data, max_items=settings.max_items, seed=ITEM_SEED, max_seq_len=settings.seq_len)
+        self.items = self.build_items(
+            data, max_items=settings.eval.max_items, seed=ITEM_SEED, max_seq_len=settings.seq_len
+        )
 
     def score(self, em: EvalModel, ranks: Ranks) -> list[TaskResult]:
-        return [score_multiple_choice(self.name, em, self.items, mc_samples=self.settings.mc_samples,
-                                      mdlm_block=self.settings.mdlm_block, seed=ITEM_SEED, pmi=self.pmi)]  # fmt: skip
+        return [score_multiple_choice(self.name, em, self.items, mc_samples=self.settings.eval.mc_samples,
+                                      mdlm_block=self.settings.eval.mdlm_block, seed=ITEM_SEED, pmi=self.pmi)]  # fmt: skip
 
     @classmethod
     def build_items(cls, codec: Codec, *, max_items: int, seed: int = 0, max_seq_len: int | None = None,
@@ -447,7 +453,7 @@ class HeldoutCloze(MultipleChoiceTask):
         return items
 
     @classmethod
-    def cost(cls, name: str, trial: Any) -> float:
+    def cost(cls, name: str, trial: TrialSpec) -> float:
         """At most: every item with all its choices, each scored after its context and after BOS alone (PMI)."""
         prefix, span = cloze_sizes(trial.data.seq_len)
         return trial.eval.max_items * CHOICES * (prefix + 1 + span + 1 + span) * cls.rows_per_choice(trial, span)
@@ -468,7 +474,7 @@ class HumanEvalLikelihood(MultipleChoiceTask):
         return items
 
     @classmethod
-    def cost(cls, name: str, trial: Any) -> float:
+    def cost(cls, name: str, trial: TrialSpec) -> float:
         """Exactly, where the study's token store exists (which problems fit and their rows' lengths depend on its
         tokenizer); else at most: every problem's four choices filling the window, each half of it."""
         from crossover.data.store import cache_root
