@@ -63,23 +63,30 @@ def main() -> None:
     data = prepare(load_study("study_specs/smoke.yaml").data)
     docs = data.heldout_documents()
     tasks = {
-        "plain": (heldout_cloze_items(data, docs, n_items=args.items, prefix_tokens=48, span_tokens=16, sharp=False),
-                  False),
+        "plain": (
+            heldout_cloze_items(data, docs, n_items=args.items, prefix_tokens=48, span_tokens=16, sharp=False),
+            False,
+        ),
         "sharp": (heldout_cloze_items(data, docs, n_items=args.items, prefix_tokens=48, span_tokens=16), True),
-    }  # fmt: skip
-    print(f"held-out cloze, {args.items} items (48-token prefix, 16-token span, 4 choices), MDLM K={args.mc_samples}; "
-          f"trained models: smoke study data, U 150k, {args.tokens} tokens")  # fmt: skip
+    }
+    print(
+        f"held-out cloze, {args.items} items (48-token prefix, 16-token span, 4 choices), MDLM K={args.mc_samples}; "
+        f"trained models: smoke study data, U 150k, {args.tokens} tokens"
+    )
     for name, (items, sharp) in tasks.items():
         positions = sum(len(i.context) + len(c) for i in items for c in i.choices)
         positions += sum(1 + len(c) for i in items for c in i.choices) if sharp else 0
         print(f"{name}: {positions:,} token positions per AR scoring (x K for MDLM)")
-    print(f"{'task':6s} {'model':15s} {'metric':8s} {'acc':>6s} {'±se':>6s} {'z':>6s} {'delta_nll':>10s} {'±se':>6s} "
-          f"{'agree':>6s}")  # fmt: skip
+    print(
+        f"{'task':6s} {'model':15s} {'metric':8s} {'acc':>6s} {'±se':>6s} {'z':>6s} {'delta_nll':>10s} {'±se':>6s} "
+        f"{'agree':>6s}"
+    )
     for name, (items, sharp) in tasks.items():
         for model_name, em in found.items():
             # MDLM by its ELBO (mdlm_block None), the scorer this bench measured
-            m = score_multiple_choice("heldout_cloze", em, items, mc_samples=args.mc_samples, paired=sharp,
-                                      pmi=sharp, mdlm_block=None).metrics  # fmt: skip
+            m = score_multiple_choice(
+                "heldout_cloze", em, items, mc_samples=args.mc_samples, paired=sharp, pmi=sharp, mdlm_block=None
+            ).metrics
             metric = "acc_pmi" if sharp else "acc"
             agree = ""
             if em.objective == "mdlm":  # the same items scored with another seed: does the raw answer change?
@@ -91,8 +98,10 @@ def main() -> None:
                 ]
                 agree = f"{sum(same) / len(same):.2f}"
             z = (m[metric] - m["chance"]) / max(m[f"{metric}_stderr"], 1e-9)
-            print(f"{name:6s} {model_name:15s} {metric:8s} {m[metric]:6.3f} {m[f'{metric}_stderr']:6.3f} {z:6.1f} "
-                  f"{m['delta_nll']:10.2f} {m['delta_nll_stderr']:6.2f} {agree:>6s}")  # fmt: skip
+            print(
+                f"{name:6s} {model_name:15s} {metric:8s} {m[metric]:6.3f} {m[f'{metric}_stderr']:6.3f} {z:6.1f} "
+                f"{m['delta_nll']:10.2f} {m['delta_nll_stderr']:6.2f} {agree:>6s}"
+            )
 
 
 if __name__ == "__main__":

@@ -47,9 +47,14 @@ def measure(shape: str, seeds: int, noise: bool, items: int, sims: int, boot: in
         ar, mdlm = draw_sim_study(rng, study, items, seeds)
         samples = (ar[:, 0], mdlm[:, 0]) if seeds == 1 else (ar, mdlm)
         result = find_crossover(
-            SHIPPED_X, ar.mean(axis=(1, 2)), mdlm.mean(axis=(1, 2)),
-            ar_samples=samples[0], mdlm_samples=samples[1], n_boot=boot, seed=sim,
-        )  # fmt: skip
+            SHIPPED_X,
+            ar.mean(axis=(1, 2)),
+            mdlm.mean(axis=(1, 2)),
+            ar_samples=samples[0],
+            mdlm_samples=samples[1],
+            n_boot=boot,
+            seed=sim,
+        )
         claims += result.status in (CROSSED, ALWAYS_AHEAD)
         against += result.status == NOT_CROSSED
         if study.truth is not None:
@@ -64,8 +69,10 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=256, help="items per eval point (default 256)")
     args = parser.parse_args()
     print(f"{args.sims} simulated studies per row, {args.boot} replicates, {args.items} items; 90% intervals")
-    print("| seeds | training noise | tie: false 'crossed' (goal <= 10%) | touch: 'crossed' | ahead 0.07: power "
-          "(goal >= 70%) | ahead: 90% coverage (goal >= 85%) | ahead: 'not crossed' | s per study |")  # fmt: skip
+    print(
+        "| seeds | training noise | tie: false 'crossed' (goal <= 10%) | touch: 'crossed' | ahead 0.07: power "
+        "(goal >= 70%) | ahead: 90% coverage (goal >= 85%) | ahead: 'not crossed' | s per study |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for seeds, noise in ((1, False), (1, True), (3, True), (5, True)):
         start = time.perf_counter()

@@ -51,9 +51,11 @@ def cost(spec_name: str) -> None:
             steps = trial.total_tokens // trial.train.global_batch_tokens
             points = len(eval_steps(trial))
             fraction = points * eval_s / (steps * train_s)
-            print(f"{spec_name:18s} {objective:4s} tasks {','.join(trial.eval.tasks):28s} one eval point {eval_s:6.2f} s, "
-                  f"one train step {train_s:5.2f} s; {points} points over {steps} steps: eval = {fraction:.1%} of "
-                  f"training time")  # fmt: skip
+            print(
+                f"{spec_name:18s} {objective:4s} tasks {','.join(trial.eval.tasks):28s} one eval point {eval_s:6.2f} s, "
+                f"one train step {train_s:5.2f} s; {points} points over {steps} steps: eval = {fraction:.1%} of "
+                f"training time"
+            )
 
 
 def mc_noise(repeats: int = 12) -> None:

@@ -58,11 +58,15 @@ def cpu_row(rounds: int = 5) -> None:
         rates[dtype] = batch * seq / sorted(times)[len(times) // 2]
     auto = resolve_runtime(TrainSpec(), cfg, ResourcesSpec())
     info = cpu_info()
-    print(f"CPU {info.model} ({info.isa}, torch {torch.backends.cpu.get_cpu_capability()}), nano, one thread, "
-          f"batch {batch} x {seq}, forward + backward")  # fmt: skip
+    print(
+        f"CPU {info.model} ({info.isa}, torch {torch.backends.cpu.get_cpu_capability()}), nano, one thread, "
+        f"batch {batch} x {seq}, forward + backward"
+    )
     fp32, bf16 = rates[torch.float32], rates[torch.bfloat16]
-    print(f"  fp32 {fp32:8.0f} tok/s   bf16 {bf16:8.0f} tok/s   bf16/fp32 {bf16 / fp32:.2f}   "
-          f"precision auto picks {auto.precision} ({auto.why})")  # fmt: skip
+    print(
+        f"  fp32 {fp32:8.0f} tok/s   bf16 {bf16:8.0f} tok/s   bf16/fp32 {bf16 / fp32:.2f}   "
+        f"precision auto picks {auto.precision} ({auto.why})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- GPU parts
@@ -75,15 +79,27 @@ def bench_trial(preset: str, objective: str, seq: int, micro: int, accum: int, v
     spec = {
         "name": "bench-gpu",
         "objective": objective,
-        "data": {"corpus": "stdlib-python", "tokenizer": {"bpe_vocab": vocab}, "seq_len": seq, "heldout_tokens": "50k",
-                 "unique_tokens": min(total, 1_000_000)},
+        "data": {
+            "corpus": "stdlib-python",
+            "tokenizer": {"bpe_vocab": vocab},
+            "seq_len": seq,
+            "heldout_tokens": "50k",
+            "unique_tokens": min(total, 1_000_000),
+        },
         "model": preset,
-        "train": {"total_tokens": total, "global_batch_tokens": batch_tokens, "micro_batch": micro,
-                  "warmup_tokens": batch_tokens, "lr": 3e-4, "min_lr": 3e-5, "zero_stage": 1,
-                  **({"precision": "fp32"} if cpu else {})},
+        "train": {
+            "total_tokens": total,
+            "global_batch_tokens": batch_tokens,
+            "micro_batch": micro,
+            "warmup_tokens": batch_tokens,
+            "lr": 3e-4,
+            "min_lr": 3e-5,
+            "zero_stage": 1,
+            **({"precision": "fp32"} if cpu else {}),
+        },
         "eval": {"every": "log:1", "tasks": ["heldout_loss"], "max_items": 4, "mc_samples": 1},
         "resources": {"gpus_per_worker": 0 if cpu else 1},
-    }  # fmt: skip
+    }
     return parse_study(spec).expand()[0]
 
 
@@ -198,8 +214,10 @@ def trainer_vs_bare(steps: int, cpu: bool, presets: list[str]) -> None:
     presets = ["nano"] if cpu else presets
     seq, micro, accum, vocab = (128, 8, 2, 1024) if cpu else (2048, 8, 4, 32000)
     print(f"\n1. trainer vs compiled bare loop: seq {seq}, micro {micro} x accum {accum}, vocab {vocab}, {dtype}")
-    print(f"  {'trial':14s} {'trainer tok/s':>13s} {'MFU':>6s} {'peak GiB':>8s} {'plan GiB':>8s}   "
-          f"{'bare tok/s':>10s} {'MFU':>6s}   {'ratio':>5s}")  # fmt: skip
+    print(
+        f"  {'trial':14s} {'trainer tok/s':>13s} {'MFU':>6s} {'peak GiB':>8s} {'plan GiB':>8s}   "
+        f"{'bare tok/s':>10s} {'MFU':>6s}   {'ratio':>5s}"
+    )
     for preset in presets:
         for objective in ("ar", "mdlm"):
             trial = bench_trial(preset, objective, seq, micro, accum, vocab, steps, cpu)
@@ -210,12 +228,24 @@ def trainer_vs_bare(steps: int, cpu: bool, presets: list[str]) -> None:
                 print(f"  {preset}-{objective}: out of memory in the trainer")
                 _free()
                 continue
-            planned = estimate_memory(trial.model, precision=runtime.precision, zero_stage=1, workers=1,
-                                      micro_batch=micro, seq_len=seq, gpu=not cpu).total / GIB  # fmt: skip
+            planned = (
+                estimate_memory(
+                    trial.model,
+                    precision=runtime.precision,
+                    zero_stage=1,
+                    workers=1,
+                    micro_batch=micro,
+                    seq_len=seq,
+                    gpu=not cpu,
+                ).total
+                / GIB
+            )
             bare, _, _ = bare_rate(trial, steps, device, dtype, whole_model=False)
             _free()  # the bare loop's model and optimizer are gone with its frame
-            print(f"  {preset + '-' + objective:14s} {rate:13.0f} {mfu(trial, rate):>6s} {peak:8.1f} {planned:8.1f}   "
-                  f"{bare:10.0f} {mfu(trial, bare):>6s}   {rate / bare:5.2f}")  # fmt: skip
+            print(
+                f"  {preset + '-' + objective:14s} {rate:13.0f} {mfu(trial, rate):>6s} {peak:8.1f} {planned:8.1f}   "
+                f"{bare:10.0f} {mfu(trial, bare):>6s}   {rate / bare:5.2f}"
+            )
 
 
 def compile_modes(steps: int, cpu: bool) -> None:
@@ -230,8 +260,10 @@ def compile_modes(steps: int, cpu: bool) -> None:
         torch._dynamo.reset()
         whole, whole_s, _ = bare_rate(trial, steps, device, dtype, whole_model=True)
         _free()
-        print(f"  {objective:5s} per block {blocks:10.0f} tok/s (compile {blocks_s:5.1f} s)   whole model "
-              f"{whole:10.0f} tok/s (compile {whole_s:5.1f} s)   whole/blocks {whole / blocks:.2f}")  # fmt: skip
+        print(
+            f"  {objective:5s} per block {blocks:10.0f} tok/s (compile {blocks_s:5.1f} s)   whole model "
+            f"{whole:10.0f} tok/s (compile {whole_s:5.1f} s)   whole/blocks {whole / blocks:.2f}"
+        )
 
 
 def packed(steps: int, cpu: bool) -> None:
@@ -246,8 +278,10 @@ def packed(steps: int, cpu: bool) -> None:
         rates = [json.loads(p.communicate()[0].strip().splitlines()[-1])["tokens_per_s"] for p in procs]
         results[count] = sum(rates)
         trial = bench_trial(preset, "ar", 256, 64 if not cpu else 16, 4 if not cpu else 1, 4096, steps, cpu)
-        print(f"  {count} at once: {sum(rates):10.0f} tok/s in all ({', '.join(f'{r:.0f}' for r in rates)}), "
-              f"MFU {mfu(trial, sum(rates))}")  # fmt: skip
+        print(
+            f"  {count} at once: {sum(rates):10.0f} tok/s in all ({', '.join(f'{r:.0f}' for r in rates)}), "
+            f"MFU {mfu(trial, sum(rates))}"
+        )
     print(f"  4 packed / 1 alone: {results[4] / results[1]:.2f}")
 
 
@@ -272,8 +306,10 @@ def main() -> None:
         return
     cpu_row()
     if not torch.cuda.is_available() and not args.cpu_check:
-        print("\nGPU part skipped: no CUDA device here (torch.cuda.is_available() is False); run it where one is "
-              "(or --cpu-check to exercise the script on the CPU)")  # fmt: skip
+        print(
+            "\nGPU part skipped: no CUDA device here (torch.cuda.is_available() is False); run it where one is "
+            "(or --cpu-check to exercise the script on the CPU)"
+        )
         return
     print(f"\n{'CPU check of the GPU part (nano, fp32)' if args.cpu_check else torch.cuda.get_device_name()}")
     parts = set(args.parts.split(","))

@@ -25,14 +25,19 @@ MIB = 1 << 20
 def study(folder: Path, trials: int) -> Path:
     spec = {
         "name": "load",
-        "data": {"corpus": {"source": str(corpus(folder)), "format": "jsonl"}, "tokenizer": {"bpe_vocab": 512},
-                 "seq_len": 64, "heldout_tokens": "8k", "unique_tokens": 4096},
+        "data": {
+            "corpus": {"source": str(corpus(folder)), "format": "jsonl"},
+            "tokenizer": {"bpe_vocab": 512},
+            "seq_len": 64,
+            "heldout_tokens": "8k",
+            "unique_tokens": 4096,
+        },
         "model": "nano",
         "train": {"total_tokens": 4096, "global_batch_tokens": 1024, "micro_batch": 8, "warmup_tokens": 1024},
         "eval": {"every": "log:1", "tasks": ["heldout_loss"], "mc_samples": 2, "max_items": 8},
         "resources": {"cpus_per_worker": 0.5, "max_concurrent": 4},
         "grid": {"objective": ["ar"], "seed": list(range(trials))},
-    }  # fmt: skip
+    }
     path = folder / "load.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -63,10 +68,24 @@ def main() -> None:
         spec = study(folder, args.trials)
         uri = f"sqlite:///{folder / 'mlflow.db'}"
         env = {**os.environ, "CROSSOVER_CACHE": str(folder / "cache")}
-        subprocess.run([sys.executable, "-m", "crossover.cli", "data", "prepare", str(spec)], env=env, check=True,
-                       capture_output=True)  # fmt: skip
-        command = [sys.executable, "-m", "crossover.cli", "run", str(spec), "--tracking-uri", uri, "--storage",
-                   str(folder / "ray"), "--quiet"]  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "crossover.cli", "data", "prepare", str(spec)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "crossover.cli",
+            "run",
+            str(spec),
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(folder / "ray"),
+            "--quiet",
+        ]
         status, samples, seconds = driver_memory(command, env)
 
         client = MlflowClient(uri)

@@ -86,28 +86,41 @@ def main() -> None:
     first = next(iter(models.values()))
     data = prepare(first.trial.data)
     items = heldout_cloze_items(data, data.heldout_documents(), n_items=args.items, prefix_tokens=48, span_tokens=SPAN)
-    print(f"held-out cloze: {len(items)} items (48-token prefix, {SPAN}-token span, 4 choices, sharp, PMI); models: "
-          f"{', '.join(models)} ({args.tokens} training tokens unless checkpoints); {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"held-out cloze: {len(items)} items (48-token prefix, {SPAN}-token span, 4 choices, sharp, PMI); models: "
+        f"{', '.join(models)} ({args.tokens} training tokens unless checkpoints); {torch.get_num_threads()} threads"
+    )
     scorers = [("per token (block 1)", f"{SPAN}", {"mdlm_block": 1})]
     scorers += [(f"block {b}", f"{-(-SPAN // b)}", {"mdlm_block": b}) for b in map(int, args.blocks.split(",")) if b]
-    scorers += [(f"ELBO K = {k}", f"{k} samples", {"mdlm_block": None, "mc_samples": k})
-                for k in map(int, args.ks.split(",")) if k]  # fmt: skip
-    print("\n| model | scorer | forwards per choice | acc | acc vs per token (paired) | acc_pmi | "
-          "acc_pmi vs per token (paired) | gold nll / token | nll vs per token (paired) | s / scoring |")  # fmt: skip
+    scorers += [
+        (f"ELBO K = {k}", f"{k} samples", {"mdlm_block": None, "mc_samples": k})
+        for k in map(int, args.ks.split(","))
+        if k
+    ]
+    print(
+        "\n| model | scorer | forwards per choice | acc | acc vs per token (paired) | acc_pmi | "
+        "acc_pmi vs per token (paired) | gold nll / token | nll vs per token (paired) | s / scoring |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, em in models.items():
         if em.objective == "ar":
             values, seconds = scored(em, items)
-            print(f"| {name} | exact | 1 | {cell(values['acc'])} | | {cell(values['acc_pmi'])} | | "
-                  f"{cell(values['nll'])} | | {seconds:.1f} |", flush=True)  # fmt: skip
+            print(
+                f"| {name} | exact | 1 | {cell(values['acc'])} | | {cell(values['acc_pmi'])} | | "
+                f"{cell(values['nll'])} | | {seconds:.1f} |",
+                flush=True,
+            )
             continue
         reference = None
         for label, forwards, scorer in scorers:
             values, seconds = scored(em, items, **scorer)
             reference = reference or values
             diffs = ["" if values is reference else paired(values[m], reference[m]) for m in METRICS]
-            print(f"| {name} | {label} | {forwards} | {cell(values['acc'])} | {diffs[0]} | {cell(values['acc_pmi'])} "
-                  f"| {diffs[1]} | {cell(values['nll'])} | {diffs[2]} | {seconds:.1f} |", flush=True)  # fmt: skip
+            print(
+                f"| {name} | {label} | {forwards} | {cell(values['acc'])} | {diffs[0]} | {cell(values['acc_pmi'])} "
+                f"| {diffs[1]} | {cell(values['nll'])} | {diffs[2]} | {seconds:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

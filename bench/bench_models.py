@@ -69,7 +69,9 @@ def interleaved(steps_by_name: dict, tokens_per_step: int, rounds: int, sync=lam
 def cpu_part(rounds: int) -> None:
     batch, seq, vocab = 4, 256, 4096
     print(f"CPU: {torch.get_num_threads()} threads, batch {batch} x seq {seq}, vocab {vocab}, fp32, train step")
-    print(f"{'preset':8s} {'AR tok/s':>10s} {'MDLM tok/s':>11s} {'MDLM/AR':>8s}   {'SDPA tok/s':>10s} {'ref tok/s':>10s} {'SDPA/ref':>8s}")  # fmt: skip
+    print(
+        f"{'preset':8s} {'AR tok/s':>10s} {'MDLM tok/s':>11s} {'MDLM/AR':>8s}   {'SDPA tok/s':>10s} {'ref tok/s':>10s} {'SDPA/ref':>8s}"
+    )
     for preset in ("nano", "micro"):
         cfg = ModelConfig(preset=preset, vocab_size=vocab, **PRESETS[preset])
         variants = {

@@ -32,8 +32,11 @@ def main() -> None:
         spec = Path(tmp) / "bench.yaml"
         spec.write_text(SPEC % budgets)
         crossover = [sys.executable, "-m", "crossover.cli"]
-        for label, args in [("plan --json", ["plan", str(spec), "--json"]), ("plan (table)", ["plan", str(spec)]),
-                            ("validate", ["validate", str(spec)])]:  # fmt: skip
+        for label, args in [
+            ("plan --json", ["plan", str(spec), "--json"]),
+            ("plan (table)", ["plan", str(spec)]),
+            ("validate", ["validate", str(spec)]),
+        ]:
             start = time.perf_counter()
             result = subprocess.run([*crossover, *args], capture_output=True, text=True, check=True)
             seconds = time.perf_counter() - start

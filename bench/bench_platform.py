@@ -34,14 +34,19 @@ def corpus(folder: Path) -> Path:
 def study(folder: Path, workers: int, trials: int) -> Path:
     spec = {
         "name": f"overhead-w{workers}",
-        "data": {"corpus": {"source": str(corpus(folder)), "format": "jsonl"}, "tokenizer": {"bpe_vocab": 512},
-                 "seq_len": 64, "heldout_tokens": "8k", "unique_tokens": 16384},
+        "data": {
+            "corpus": {"source": str(corpus(folder)), "format": "jsonl"},
+            "tokenizer": {"bpe_vocab": 512},
+            "seq_len": 64,
+            "heldout_tokens": "8k",
+            "unique_tokens": 16384,
+        },
         "model": "nano",
         "train": {"total_tokens": 16384, "global_batch_tokens": 2048, "micro_batch": 8, "warmup_tokens": 1024},
         "eval": {"every": "log:2", "tasks": ["heldout_loss"], "mc_samples": 2, "max_items": 16},
         "resources": {"workers": workers, "cpus_per_worker": 1, "max_concurrent": 1},
         "grid": {"objective": ["ar", "mdlm"], "seed": list(range(trials // 2))},
-    }  # fmt: skip
+    }
     path = folder / f"overhead-w{workers}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -55,10 +60,24 @@ def overhead(workers: int, trials: int) -> None:
         spec = study(folder, workers, trials)
         uri = f"sqlite:///{folder / 'mlflow.db'}"
         env = {**os.environ, "CROSSOVER_CACHE": str(folder / "cache")}
-        command = [sys.executable, "-m", "crossover.cli", "run", str(spec), "--tracking-uri", uri, "--storage",
-                   str(folder / "ray"), "--quiet"]  # fmt: skip
-        subprocess.run([sys.executable, "-m", "crossover.cli", "data", "prepare", str(spec)], env=env, check=True,
-                       capture_output=True)  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "crossover.cli",
+            "run",
+            str(spec),
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(folder / "ray"),
+            "--quiet",
+        ]
+        subprocess.run(
+            [sys.executable, "-m", "crossover.cli", "data", "prepare", str(spec)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         start, started_at = time.perf_counter(), time.time()
         result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=folder)
         wall = time.perf_counter() - start
@@ -71,11 +90,13 @@ def overhead(workers: int, trials: int) -> None:
         spans = [(r.info.end_time - r.info.start_time) / 1000 for r in children]
         # Trials run one at a time: from the first trial's start to the last one's end, all but the loop is overhead.
         first, last = min(r.info.start_time for r in children) / 1000, max(r.info.end_time for r in children) / 1000
-        print(f"{workers} worker(s): {len(children)} trials one at a time in {wall:.1f} s, {busy:.1f} s training+eval; "
-              f"driver start-up (Ray, MLflow) {first - started_at:.1f} s; overhead per trial "
-              f"{(last - first - busy) / len(children):.1f} s (first trial start to last trial end, minus the loop); "
-              f"{(wall - busy) / len(children):.1f} s with the driver's start-up and shutdown shared out; "
-              f"MLflow run span minus loop {sum(spans) / len(spans) - busy / len(children):.1f} s")  # fmt: skip
+        print(
+            f"{workers} worker(s): {len(children)} trials one at a time in {wall:.1f} s, {busy:.1f} s training+eval; "
+            f"driver start-up (Ray, MLflow) {first - started_at:.1f} s; overhead per trial "
+            f"{(last - first - busy) / len(children):.1f} s (first trial start to last trial end, minus the loop); "
+            f"{(wall - busy) / len(children):.1f} s with the driver's start-up and shutdown shared out; "
+            f"MLflow run span minus loop {sum(spans) / len(spans) - busy / len(children):.1f} s"
+        )
 
 
 def demo() -> None:

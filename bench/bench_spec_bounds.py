@@ -21,8 +21,10 @@ from tests.test_spec_bounds import DEEP, billion_laughs  # noqa: E402
 
 def measure(path: Path) -> tuple[int, float, float, str]:
     """(exit status, seconds, peak RSS in MiB, first line of the message) of `crossover validate path`."""
-    code = "import sys, resource\nfrom crossover.cli import app\ntry:\n    app(['validate', sys.argv[1]])\nfinally:\n" \
-           "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"  # fmt: skip
+    code = (
+        "import sys, resource\nfrom crossover.cli import app\ntry:\n    app(['validate', sys.argv[1]])\nfinally:\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -99,14 +99,25 @@ def tiny_study(corpus: Path, **blocks) -> dict:
     """A small study over `corpus`: nano model, 64-token windows, 1k-token global batches."""
     spec = {
         "name": "tiny",
-        "data": {"corpus": {"source": str(corpus), "format": "jsonl"}, "tokenizer": {"bpe_vocab": 512},
-                 "seq_len": 64, "heldout_tokens": "8k"},
+        "data": {
+            "corpus": {"source": str(corpus), "format": "jsonl"},
+            "tokenizer": {"bpe_vocab": 512},
+            "seq_len": 64,
+            "heldout_tokens": "8k",
+        },
         "model": "nano",
-        "train": {"total_tokens": "40960", "global_batch_tokens": 1024, "micro_batch": 8, "lr": 3e-3,
-                  "min_lr": 3e-4, "warmup_tokens": 2048, "zero_stage": 1},
+        "train": {
+            "total_tokens": "40960",
+            "global_batch_tokens": 1024,
+            "micro_batch": 8,
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_tokens": 2048,
+            "zero_stage": 1,
+        },
         "eval": {"every": "log:3", "tasks": ["heldout_loss"], "mc_samples": 2, "max_items": 16},
         "grid": {"objective": ["ar", "mdlm"], "unique_tokens": ["10k"]},
-    }  # fmt: skip
+    }
     for key, value in blocks.items():
         spec[key] = {**spec[key], **value} if isinstance(spec.get(key), dict) else value
     return spec

@@ -61,8 +61,9 @@ def test_items_split_into_validation_and_test_by_document_alike_everywhere():
     assert (item_split("HumanEval/0"), item_split("HumanEval/1")) == (TEST, VALIDATION)  # no offset: the id
 
     # the trainer's metrics: every item's mean, and the validation half's as its own metric; per-item results keep all
-    result = TaskResult("heldout_cloze", {"acc": 0.5}, ["0@48", "0@112", "2@48", "18@48"],
-                        {"acc": [1.0, 0.0, 1.0, 1.0]})  # fmt: skip
+    result = TaskResult(
+        "heldout_cloze", {"acc": 0.5}, ["0@48", "0@112", "2@48", "18@48"], {"acc": [1.0, 0.0, 1.0, 1.0]}
+    )
     metrics = metrics_of([result])
     assert metrics["eval/heldout_cloze/acc"] == 0.5
     assert metrics[validation_key("heldout_cloze", "acc")] == pytest.approx(2 / 3)  # documents 0 and 18
@@ -116,7 +117,11 @@ def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysi
     client, _, children = runs(study["uri"])
     trials = {t.trial_id: t for t in parse_study(yaml.safe_load(spec.read_text())).expand()}
     anneals = [c for c in children if c.data.tags.get(TAG_ROLE) == ROLE_ANNEAL]
-    ar_runs = [c for c in children if c.data.tags[TAG_TRIAL_ID] in trials and trials[c.data.tags[TAG_TRIAL_ID]].objective == "ar"]  # fmt: skip
+    ar_runs = [
+        c
+        for c in children
+        if c.data.tags[TAG_TRIAL_ID] in trials and trials[c.data.tags[TAG_TRIAL_ID]].objective == "ar"
+    ]
     assert len(children) == 3 and len(anneals) == len(ar_runs) == 1  # one anneal per AR trial
     for ar_run in ar_runs:
         ar = trials[ar_run.data.tags[TAG_TRIAL_ID]]

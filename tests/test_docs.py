@@ -13,8 +13,13 @@ OUTSIDE = ".." + "/shared"  # spelt apart so this file does not match its own se
 
 
 def markdown_files() -> list:
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return sorted(ROOT / name for name in listed)
 
 
@@ -36,6 +41,10 @@ def test_every_relative_link_resolves_inside_the_repository(path):
 
 
 def test_nothing_refers_to_notes_outside_the_repository():
-    found = subprocess.run(["git", "grep", "--untracked", "-n", "-F", OUTSIDE, "--", "README.md", "docs", "crossover", "tests", "k8s"],
-                           cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    found = subprocess.run(
+        ["git", "grep", "--untracked", "-n", "-F", OUTSIDE, "--", "README.md", "docs", "crossover", "tests", "k8s"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert found.stdout == "", found.stdout

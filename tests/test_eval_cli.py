@@ -22,10 +22,25 @@ def _cache(session_cache, monkeypatch):
 def test_eval_prints_and_writes_every_task(tiny_checkpoints, tmp_path, monkeypatch, objective):
     monkeypatch.chdir(LM_EVAL_TASKS)  # the local lm-eval task names its data files relative to here
     out = tmp_path / "results.json"
-    result = CliRunner().invoke(app, ["eval", str(tiny_checkpoints[objective]), "--tasks",
-                                      "heldout_loss,heldout_cloze,lm_eval:crossover_pyfacts", "--max-items", "8",
-                                      "--mc-samples", "2", "--mdlm-block", "4", "--lm-eval-include", str(LM_EVAL_TASKS),
-                                      "--json", str(out)])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(tiny_checkpoints[objective]),
+            "--tasks",
+            "heldout_loss,heldout_cloze,lm_eval:crossover_pyfacts",
+            "--max-items",
+            "8",
+            "--mc-samples",
+            "2",
+            "--mdlm-block",
+            "4",
+            "--lm-eval-include",
+            str(LM_EVAL_TASKS),
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = {r["task"]: r for r in json.loads(out.read_text())}
     assert set(saved) == {"heldout_loss", "heldout_cloze", "lm_eval:crossover_pyfacts"}

@@ -151,8 +151,9 @@ def test_pass_at_k_matches_the_closed_form():
 def test_pass_at_k_of_a_tiny_checkpoint_end_to_end(tiny_checkpoints, one_thread, objective, n_samples):
     em = load_checkpoint(tiny_checkpoints[objective])
     problems = humaneval_problems(limit=2)
-    result = humaneval_pass_at_k(em, problems, n_samples=n_samples, ks=(1, 2), max_new_tokens=24, timeout_s=5,
-                                 **ANY_HOST)  # fmt: skip
+    result = humaneval_pass_at_k(
+        em, problems, n_samples=n_samples, ks=(1, 2), max_new_tokens=24, timeout_s=5, **ANY_HOST
+    )
     assert result.item_ids == ["HumanEval/0", "HumanEval/1"]
     names = ["pass@1", "pass@2"][:n_samples]
     assert set(result.metrics) == {m for k in names for m in (k, f"{k}_stderr")}

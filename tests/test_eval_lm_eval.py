@@ -95,8 +95,13 @@ def test_ar_multiple_choice_end_to_end(ar, local_tasks, one_thread):
 
 
 def test_ar_loglikelihood_is_exact_and_batched(ar, one_thread):
-    pairs = [("import os\nimport", " sys"), ("def f(x):\n    return", " x + 1"), ("", "import re"),
-             ("for i in ", "range(10):"), ("x = [1, 2,", " 3]")]  # fmt: skip
+    pairs = [
+        ("import os\nimport", " sys"),
+        ("def f(x):\n    return", " x + 1"),
+        ("", "import re"),
+        ("for i in ", "range(10):"),
+        ("x = [1, 2,", " 3]"),
+    ]
     lm = CrossoverLM(ar, batch_size=2)
     ar.model.train()  # a live model from the trainer: scored in eval mode, then handed back in training mode
     try:
@@ -177,8 +182,10 @@ def test_mdlm_end_to_end_and_reproducible(mdlm, local_tasks, one_thread):
     assert [s for s, _ in first] != [s for s, _ in other]
     # decoded left to right (the default, one token per step; a string when it comes from --model_args): exact, no
     # seed; in blocks of 2 tokens per step: another number
-    ordered = [CrossoverLM(mdlm, seed=seed, **kw).loglikelihood(ll_requests(pairs)) for seed, kw in
-               ((3, {}), (4, {"mdlm_block": "1"}), (3, {"mdlm_block": 2}))]  # fmt: skip
+    ordered = [
+        CrossoverLM(mdlm, seed=seed, **kw).loglikelihood(ll_requests(pairs))
+        for seed, kw in ((3, {}), (4, {"mdlm_block": "1"}), (3, {"mdlm_block": 2}))
+    ]
     assert ordered[0] == ordered[1] and [s for s, _ in ordered[0]] != [s for s, _ in first]
     assert [s for s, _ in ordered[2]] != [s for s, _ in ordered[0]]
     assert [g for _, g in ordered[0]] == [g for _, g in first]  # is_greedy does not depend on the scorer
@@ -205,8 +212,12 @@ def test_the_choices_of_an_mdlm_item_share_their_masks(mdlm, one_thread):
     that wins is the model's answer and not the draw's; another context gets masks of its own."""
     pairs = [("import os\nimport", " sys"), ("def f(x):\n    return", " sys"), ("import os\nimport", " sys")]
     for batch_size in (1, 3):
-        scores = [s for s, _ in CrossoverLM(mdlm, mc_samples=4, mdlm_block=None, seed=0, batch_size=batch_size).loglikelihood(
-            ll_requests(pairs))]  # fmt: skip
+        scores = [
+            s
+            for s, _ in CrossoverLM(mdlm, mc_samples=4, mdlm_block=None, seed=0, batch_size=batch_size).loglikelihood(
+                ll_requests(pairs)
+            )
+        ]
         assert scores[0] == scores[2] and scores[0] != scores[1]
 
 
@@ -220,8 +231,10 @@ def test_generate_until_follows_the_sampler(ar, mdlm, local_tasks, one_thread):
 
     # greedy AR: the bridge returns the sampler's tokens, decoded and cut at the first stop string
     lm = CrossoverLM(ar)
-    requests = [Instance("generate_until", {}, (doc["context"], {"until": ["\n"], "max_gen_toks": 5}), i)
-                for i, doc in enumerate(DOCS[:4])]  # fmt: skip
+    requests = [
+        Instance("generate_until", {}, (doc["context"], {"until": ["\n"], "max_gen_toks": 5}), i)
+        for i, doc in enumerate(DOCS[:4])
+    ]
     texts = lm.generate_until(requests)
     for doc, text in zip(DOCS[:4], texts, strict=True):
         new = sampling.generate(ar, [[ar.eod_id, *ar.encode(doc["context"])]], 5, stop_ids=[ar.eod_id])[0]

@@ -57,9 +57,12 @@ def _cache(session_cache, monkeypatch):
 
 
 def _spec(corpus, tmp_path, tasks):
-    raw = tiny_study(corpus, train={"total_tokens": 4096, "warmup_tokens": 0},
-                     eval={"every": "log:2", "tasks": tasks, "max_items": 4},
-                     grid={"objective": ["ar", "mdlm"], "unique_tokens": [4096]})  # fmt: skip
+    raw = tiny_study(
+        corpus,
+        train={"total_tokens": 4096, "warmup_tokens": 0},
+        eval={"every": "log:2", "tasks": tasks, "max_items": 4},
+        grid={"objective": ["ar", "mdlm"], "unique_tokens": [4096]},
+    )
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(raw))
     return raw, path

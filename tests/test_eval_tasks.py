@@ -60,8 +60,10 @@ def random_items(seed: int, n: int = 6) -> list[MCItem]:
     for i in range(n):
         ctx = [EOD] + torch.randint(3, 64, (int(torch.randint(0, 70, (1,), generator=g)),), generator=g).tolist()
         k = int(torch.randint(2, 6, (1,), generator=g))
-        choices = [torch.randint(3, 64, (int(torch.randint(1, 21, (1,), generator=g)),), generator=g).tolist()
-                   for _ in range(k)]  # fmt: skip
+        choices = [
+            torch.randint(3, 64, (int(torch.randint(1, 21, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(k)
+        ]
         chars = [3 * len(c) + j for j, c in enumerate(choices)] if i % 2 else None  # half fall back to token counts
         items.append(MCItem(f"item{i}", ctx, choices, gold=i % k, choice_chars=chars))
     return items
@@ -130,8 +132,13 @@ def test_ar_scores_equal_unbatched_cross_entropy():
 def test_item_metrics_pick_the_lowest_nll_raw_and_per_character():
     item = MCItem("x", [EOD], [[5] * 4, [6] * 2, [7] * 8], gold=2, choice_chars=[10, 5, 40])
     # Raw NLL: choice 1 wins; per character (0.8, 1.0, 0.25): the gold wins.
-    assert item_metrics(item, [8.0, 5.0, 10.0]) == {"acc": 0.0, "acc_norm": 1.0, "delta_nll": -3.5,
-                                                   "delta_nll_rel": pytest.approx(-3.5 / (23 / 3)), "nll": 10 / 8}  # fmt: skip
+    assert item_metrics(item, [8.0, 5.0, 10.0]) == {
+        "acc": 0.0,
+        "acc_norm": 1.0,
+        "delta_nll": -3.5,
+        "delta_nll_rel": pytest.approx(-3.5 / (23 / 3)),
+        "nll": 10 / 8,
+    }
 
 
 def test_mdlm_scores_are_exact_for_a_fixed_distribution():
@@ -190,9 +197,15 @@ def test_the_choices_of_an_item_share_their_masks(paired):
     """Paired scoring shows every choice of an item the same masked positions, whatever the batch holds, so the
     comparison between choices carries no sampling noise of its own."""
     g = torch.Generator().manual_seed(0)
-    items = [MCItem(f"q{i}", [EOD] + torch.randint(3, 64, (10,), generator=g).tolist(),
-                    [torch.randint(3, 64, (12,), generator=g).tolist() for _ in range(4)], gold=i % 4)
-             for i in range(6)]  # fmt: skip
+    items = [
+        MCItem(
+            f"q{i}",
+            [EOD] + torch.randint(3, 64, (10,), generator=g).tolist(),
+            [torch.randint(3, 64, (12,), generator=g).tolist() for _ in range(4)],
+            gold=i % 4,
+        )
+        for i in range(6)
+    ]
     model = Recording()
     choice_nlls(
         eval_model(model, "mdlm"), items, mc_samples=4, seed=3, max_tokens=5 * 23, paired=paired, mdlm_block=None
@@ -399,8 +412,29 @@ def test_a_random_model_scores_at_chance(codec, corpus_docs, objective):
 
 def periodic_documents(codec: EvalModel, n: int, seed: int) -> list[dict[str, str]]:
     """Documents that repeat a random 8-word cycle: the next span is predictable from the prefix, for a trained model."""
-    words = [w for w in ("self", "the", "def", "return", "if", "in", "is", "not", "None", "for", "to", "of", "and",
-                         "or", "else", "with", "as") if len(codec.encode(" " + w)) == 1]  # fmt: skip
+    words = [
+        w
+        for w in (
+            "self",
+            "the",
+            "def",
+            "return",
+            "if",
+            "in",
+            "is",
+            "not",
+            "None",
+            "for",
+            "to",
+            "of",
+            "and",
+            "or",
+            "else",
+            "with",
+            "as",
+        )
+        if len(codec.encode(" " + w)) == 1
+    ]
     assert len(words) >= 8, words
     rng = random.Random(seed)
     return [
@@ -606,8 +640,16 @@ def test_the_plan_counts_the_humaneval_rows_a_prepared_study_scores(tiny_corpus,
     from .conftest import tiny_study
 
     monkeypatch.setenv("CROSSOVER_CACHE", str(session_cache))
-    raw = tiny_study(tiny_corpus, eval={"every": "log:3", "tasks": ["heldout_loss", "humaneval_likelihood"],
-                                        "mc_samples": 2, "mdlm_block": 4, "max_items": 16})  # fmt: skip
+    raw = tiny_study(
+        tiny_corpus,
+        eval={
+            "every": "log:3",
+            "tasks": ["heldout_loss", "humaneval_likelihood"],
+            "mc_samples": 2,
+            "mdlm_block": 4,
+            "max_items": 16,
+        },
+    )
     raw["data"]["seq_len"] = 128
     trial = next(t for t in parse_study(raw).expand() if t.objective == objective)
     data = prepare(trial.data)

@@ -46,8 +46,11 @@ def test_a_grown_study_trains_only_its_new_trials_and_a_changed_trial_is_a_new_o
         assert yaml.safe_load(f)["seeds"] == [0, 1]  # the current version
 
     # A learning rate changes what every trial trains: none is kept, the old runs stay but are out of the spec.
-    changed = study["write"](**{**SMALL, "train": {**SMALL["train"], "lr": 1e-3}},
-                             grid={"objective": ["ar"], "unique_tokens": ["4k", "2k"]}, seeds=[0, 1])  # fmt: skip
+    changed = study["write"](
+        **{**SMALL, "train": {**SMALL["train"], "lr": 1e-3}},
+        grid={"objective": ["ar"], "unique_tokens": ["4k", "2k"]},
+        seeds=[0, 1],
+    )
     result = run(study, changed)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 of 4 trials finished earlier and are kept; 4 to run" in result.stdout
@@ -63,8 +66,11 @@ def test_a_grown_study_trains_only_its_new_trials_and_a_changed_trial_is_a_new_o
 
 
 def test_a_task_added_to_a_finished_study_is_scored_on_the_kept_checkpoints_without_training(study):
-    spec = study["write"](train={"total_tokens": 8192, "keep_checkpoints": "all"}, eval={"every": 2048},
-                          grid={"objective": ["mdlm"], "unique_tokens": ["4k"]})  # fmt: skip
+    spec = study["write"](
+        train={"total_tokens": 8192, "keep_checkpoints": "all"},
+        eval={"every": 2048},
+        grid={"objective": ["mdlm"], "unique_tokens": ["4k"]},
+    )
     assert run(study, spec).returncode == 0
     client, _, (child,) = runs(study["uri"])
     before = snapshot(client, child)

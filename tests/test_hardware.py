@@ -34,10 +34,15 @@ def test_auto_is_bf16_on_gpus_and_amx_cpus_and_fp32_elsewhere():
     auto = TrainSpec()
     assert auto.precision == "auto" and MODEL.compile == "auto"
     assert resolve_runtime(auto, MODEL, GPU, AVX2).model_dump(include={"precision", "compile", "device"}) == {
-        "device": "cuda", "precision": "bf16", "compile": True}  # fmt: skip
+        "device": "cuda",
+        "precision": "bf16",
+        "compile": True,
+    }
     assert resolve_runtime(auto, MODEL, ResourcesSpec(gpus_per_worker=0.25), AVX2).precision == "bf16"
     assert (resolve_runtime(auto, MODEL, CPU, AMX).precision, resolve_runtime(auto, MODEL, CPU, AMX).compile) == (
-        "bf16", False)  # fmt: skip
+        "bf16",
+        False,
+    )
     for cpu in (AVX512_BF16, AVX2):
         runtime = resolve_runtime(auto, MODEL, CPU, cpu)
         assert runtime.precision == "fp32" and not runtime.compile and runtime.warning is None
@@ -64,8 +69,9 @@ def test_zero_3_trains_eager_unless_compile_is_pinned():
     assert resolve_runtime(TrainSpec(zero_stage=2), MODEL, GPU, AVX2).compile is True
     pinned = resolve_runtime(zero3, MODEL.model_copy(update={"compile": True}), GPU, AVX2)
     assert pinned.compile is True and "ZeRO-3 recompiles every block" in pinned.warning
-    both = resolve_runtime(TrainSpec(zero_stage=3, precision="bf16"), MODEL.model_copy(update={"compile": True}), CPU,
-                           AVX2)  # fmt: skip
+    both = resolve_runtime(
+        TrainSpec(zero_stage=3, precision="bf16"), MODEL.model_copy(update={"compile": True}), CPU, AVX2
+    )
     assert "10.5x slower" in both.warning and "ZeRO-3" in both.warning
 
 
@@ -85,22 +91,39 @@ def test_lowering_torch_to_avx2_lowers_the_detection_too(monkeypatch):
 def test_each_kernel_library_cap_is_read_as_torch_reads_it():
     """ATen's and oneDNN's caps lower the ISA to the lower of the two; values torch does not know cap nothing."""
     assert [_aten_cap(v) for v in ("default", "AVX2", "avx512", "avx512_vnni", "nonsense", "")] == [
-        "other", "AVX2", "AMX", "AMX", "AMX", "AMX"]  # fmt: skip
-    assert [_onednn_cap(v) for v in ("AVX2", "avx2_vnni_2", "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_AMX",
-                                     "ALL", "", "SSE41")] == [
-        "AVX2", "AVX2", "AVX512", "AVX512", "AMX", "AMX", "AMX", "other"]  # fmt: skip
+        "other",
+        "AVX2",
+        "AMX",
+        "AMX",
+        "AMX",
+        "AMX",
+    ]
+    assert [
+        _onednn_cap(v)
+        for v in ("AVX2", "avx2_vnni_2", "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_AMX", "ALL", "", "SSE41")
+    ] == ["AVX2", "AVX2", "AVX512", "AVX512", "AMX", "AMX", "AMX", "other"]
 
 
 def test_a_matched_pair_resolves_alike():
-    spec = parse_study({"name": "pair", "train": {"total_tokens": "1M"},
-                        "grid": {"objective": ["ar", "mdlm"], "unique_tokens": ["100k"]}})  # fmt: skip
+    spec = parse_study(
+        {
+            "name": "pair",
+            "train": {"total_tokens": "1M"},
+            "grid": {"objective": ["ar", "mdlm"], "unique_tokens": ["100k"]},
+        }
+    )
     ar, mdlm = spec.expand()
     assert resolve_runtime(ar.train, ar.model, ar.resources) == resolve_runtime(mdlm.train, mdlm.model, mdlm.resources)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "crossover.cli", *args], capture_output=True, text=True,
-                          env=os.environ if env is None else env, timeout=180)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "crossover.cli", *args],
+        capture_output=True,
+        text=True,
+        env=os.environ if env is None else env,
+        timeout=180,
+    )
 
 
 def test_validate_and_plan_say_how_a_study_trains_here():
@@ -131,10 +154,21 @@ def test_plan_runs_as_on_each_kind_of_cpu(kind, tmp_path):
         assert ISA_ORDER.index(kind) > ISA_ORDER.index(have) and f"widest path is {have}" in str(exc)
         pytest.skip(str(exc))  # checked above: the helper refuses, naming why
     env["CROSSOVER_CACHE"] = str(tmp_path / "cache")  # measure, never read a cached rate
-    seen = subprocess.run([sys.executable, "-c", (
-        "import json, torch; from crossover.specs.hardware import cpu_info; "
-        "print(json.dumps([cpu_info().isa, torch.backends.cpu.get_cpu_capability(), "
-        "torch.cpu._is_amx_tile_supported()]))")], capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    seen = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import json, torch; from crossover.specs.hardware import cpu_info; "
+                "print(json.dumps([cpu_info().isa, torch.backends.cpu.get_cpu_capability(), "
+                "torch.cpu._is_amx_tile_supported()]))"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert seen.returncode == 0, seen.stderr
     isa, aten, amx_tiles = json.loads(seen.stdout)
     assert isa == kind and aten == {"AVX2": "AVX2"}.get(kind, "AVX512")
@@ -160,8 +194,13 @@ def test_plan_runs_as_on_each_kind_of_cpu(kind, tmp_path):
 def test_a_half_cap_on_an_amx_cpu_is_named(monkeypatch):
     """ATEN_CPU_CAPABILITY=avx2 alone leaves oneDNN on AMX tiles, which ATen's AVX2 bf16 attention cannot pack for:
     a pinned bf16 study is warned, and told to set both."""
-    amx = CpuInfo(model="Xeon AMX", isa="AVX2", avx512_bf16=True, hardware_isa="AMX",
-                  mixed_caps="ATEN_CPU_CAPABILITY=avx2 without ONEDNN_MAX_CPU_ISA=AVX2: ...")  # fmt: skip
+    amx = CpuInfo(
+        model="Xeon AMX",
+        isa="AVX2",
+        avx512_bf16=True,
+        hardware_isa="AMX",
+        mixed_caps="ATEN_CPU_CAPABILITY=avx2 without ONEDNN_MAX_CPU_ISA=AVX2: ...",
+    )
     bf16 = resolve_runtime(TrainSpec(precision="bf16"), MODEL, CPU, amx)
     assert "10.5x slower" in bf16.warning and "without ONEDNN_MAX_CPU_ISA=AVX2" in bf16.warning
     auto = resolve_runtime(TrainSpec(), MODEL, CPU, amx)
@@ -197,7 +236,8 @@ def test_a_measurement_that_fails_leaves_the_plan_whole(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert "mdlm-U150k-nano-s0" in result.output and "total:" in result.output
     assert "wall time not measured here: RuntimeError: pack_vnni2 is only supported when avx512 is supported " in (
-        result.output)  # fmt: skip
+        result.output
+    )
     assert "Exception raised from" not in result.output
     monkeypatch.undo()
     monkeypatch.setenv("CROSSOVER_CACHE", str(tmp_path))

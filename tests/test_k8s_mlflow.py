@@ -207,8 +207,14 @@ def test_manifest_server_logs_a_run_with_credentials_and_refuses_anonymous_reque
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     # The platform's own path: the start-up check, the study's parent run, a trial's child run.
     check_reachable(url, write=True)
-    spec = parse_study({"name": "k8s-manifest-check", "objective": "ar", "data": {"unique_tokens": "50k"},
-                        "train": {"total_tokens": "1M"}})  # fmt: skip
+    spec = parse_study(
+        {
+            "name": "k8s-manifest-check",
+            "objective": "ar",
+            "data": {"unique_tokens": "50k"},
+            "train": {"total_tokens": "1M"},
+        }
+    )
     parent = start_study(spec, "name: k8s-manifest-check\n", url)
     trial_run = TrialRun(spec.expand()[0], url, parent)
     trial_run.log({"train/loss": 3.25}, 4096)

@@ -44,7 +44,9 @@ def random_pairs(seed: int, n: int = 4, vocab: int = MASK):
     pairs = []
     for _ in range(n):
         c, x = torch.randint(1, 12, (2,), generator=g).tolist()
-        pairs.append((torch.randint(0, vocab, (c,), generator=g).tolist(), torch.randint(0, vocab, (x,), generator=g).tolist()))  # fmt: skip
+        pairs.append(
+            (torch.randint(0, vocab, (c,), generator=g).tolist(), torch.randint(0, vocab, (x,), generator=g).tolist())
+        )
     return pairs
 
 
@@ -108,10 +110,21 @@ def test_mdlm_loglik_converges_to_the_exact_nll():
     exact = (p.log()[tokens] * cont).sum(-1)
     errors, biases = {}, {}
     for k in (1, 8, 64, 512):
-        runs = torch.stack([
-            mdlm_loglik(Unigram(p), tokens, cont, lengths, mask_id=MASK, k=k, generator=torch.Generator().manual_seed(s), max_tokens=10**6)
-            for s in range(4)
-        ])  # fmt: skip
+        runs = torch.stack(
+            [
+                mdlm_loglik(
+                    Unigram(p),
+                    tokens,
+                    cont,
+                    lengths,
+                    mask_id=MASK,
+                    k=k,
+                    generator=torch.Generator().manual_seed(s),
+                    max_tokens=10**6,
+                )
+                for s in range(4)
+            ]
+        )
         per_token = (runs - exact) / cont.sum(-1)  # nats per continuation token
         errors[k], biases[k] = per_token.abs().mean().item(), per_token.mean().item()
     print("mean |error| per token by K:", errors, "bias:", biases)

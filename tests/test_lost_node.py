@@ -69,8 +69,13 @@ def trial_processes(temp_dir: str) -> set[int]:
 
 def dead_nodes(dashboard: str, env: dict[str, str]) -> list[str]:
     """The IDs of the nodes Ray's state API lists as dead."""
-    listed = subprocess.run([str(BIN / "ray"), "list", "nodes", "--address", dashboard, "--format", "json",
-                             "--filter", "state=DEAD"], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    listed = subprocess.run(
+        [str(BIN / "ray"), "list", "nodes", "--address", dashboard, "--format", "json", "--filter", "state=DEAD"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return [node["node_id"] for node in json.loads(listed.stdout)] if listed.returncode == 0 else []
 
 
@@ -99,10 +104,21 @@ def test_a_study_survives_losing_the_node_its_trials_run_on(tmp_path, tiny_corpu
     token = Path(env["RAY_AUTH_TOKEN_PATH"])
     log = tmp_path / "driver.log"  # a file, not a pipe: an unread pipe would block a chatty driver
     with ray_head(env, num_cpus=0, auth_token=token) as (address, dashboard), ray_worker_node(address, env, 2) as a:
-        command = [*CROSSOVER, "run", str(spec), "--address", address, "--tracking-uri", uri,
-                   "--storage", str(storage), "--quiet"]  # fmt: skip
-        driver = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
-                                  stdout=log.open("w"), stderr=subprocess.STDOUT)  # fmt: skip
+        command = [
+            *CROSSOVER,
+            "run",
+            str(spec),
+            "--address",
+            address,
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(storage),
+            "--quiet",
+        ]
+        driver = subprocess.Popen(
+            command, env=env, cwd=tmp_path, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT
+        )
         try:
 
             def logged(done) -> dict[str, list[int]]:

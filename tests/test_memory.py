@@ -66,8 +66,12 @@ def test_checkpointing_is_what_lets_large_presets_fit_one_80_gib_gpu():
         cfg = ModelConfig(preset=preset, vocab_size=padded_vocab(50278), **PRESETS[preset])
 
         def need(mode: str, micro: int = micro, cfg: ModelConfig = cfg) -> float:
-            return estimate_memory(cfg, precision="bf16", zero_stage=1, workers=1, micro_batch=micro, seq_len=2048,
-                                   checkpointing=mode).total / GIB  # fmt: skip
+            return (
+                estimate_memory(
+                    cfg, precision="bf16", zero_stage=1, workers=1, micro_batch=micro, seq_len=2048, checkpointing=mode
+                ).total
+                / GIB
+            )
 
         assert need("none") > 80, preset
         assert need("full") < 80, preset

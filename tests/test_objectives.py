@@ -37,7 +37,9 @@ def test_ar_loss_equals_cross_entropy():
     loss_mask = torch.rand(targets.shape, generator=g) < 0.5
     expected = F.cross_entropy(logits[loss_mask], targets[loss_mask])
     torch.testing.assert_close(ar_loss(logits, targets, loss_mask), expected)
-    torch.testing.assert_close(ar_loss(logits.bfloat16(), targets), F.cross_entropy(logits.bfloat16().float().flatten(0, 1), targets.flatten()))  # fmt: skip
+    torch.testing.assert_close(
+        ar_loss(logits.bfloat16(), targets), F.cross_entropy(logits.bfloat16().float().flatten(0, 1), targets.flatten())
+    )
     assert ar_loss(logits, targets, torch.zeros_like(loss_mask)).item() == 0.0
 
 

@@ -63,17 +63,36 @@ def test_the_planner_install_plans_with_the_wall_time_estimate(tmp_path):
     env = {k: v for k, v in env.items() if not k.startswith(("MAKE", "MFLAGS"))}  # a `make test` above us
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
     link_torch_and_pip(venv, tmp_path / "from-the-suite")
-    make = subprocess.run(["make", "--no-print-directory", f"VENV={venv}", f"PYTHON={sys.executable}",
-                           str(venv / ".planner")], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    make = subprocess.run(
+        ["make", "--no-print-directory", f"VENV={venv}", f"PYTHON={sys.executable}", str(venv / ".planner")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert make.returncode == 0, make.stdout + make.stderr
     python = str(venv / "bin" / "python")
-    found = subprocess.run([python, "-c", "import importlib.util as u; print([m for m in ('ray', 'mlflow', 'deepspeed', "
-                            "'datasets') if u.find_spec(m)])"], env=env, capture_output=True, text=True)  # fmt: skip
+    found = subprocess.run(
+        [
+            python,
+            "-c",
+            "import importlib.util as u; print([m for m in ('ray', 'mlflow', 'deepspeed', "
+            "'datasets') if u.find_spec(m)])",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert found.stdout.strip() == "[]", found.stdout + found.stderr  # the planner's packages alone, none of the rest
 
     def plan(cache: str) -> str:
-        done = subprocess.run([str(venv / "bin" / "crossover"), "plan", str(SPECS / "smoke.yaml")], cwd=tmp_path,
-                              env={**env, "CROSSOVER_CACHE": str(tmp_path / cache)}, capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [str(venv / "bin" / "crossover"), "plan", str(SPECS / "smoke.yaml")],
+            cwd=tmp_path,
+            env={**env, "CROSSOVER_CACHE": str(tmp_path / cache)},
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
@@ -83,7 +102,9 @@ def test_the_planner_install_plans_with_the_wall_time_estimate(tmp_path):
     # Without a module the measurement imports, the line names it and the fix, and does not blame training.
     subprocess.run([python, "-m", "pip", "uninstall", "-q", "-y", "psutil"], env=env, check=True, capture_output=True)
     out = plan("cache-again")  # a fresh cache: the measurement runs again
-    assert f"wall time not measured here: the throughput measurement imports psutil, which is not installed in {venv} " in (
-        out)  # fmt: skip
+    assert (
+        f"wall time not measured here: the throughput measurement imports psutil, which is not installed in {venv} "
+        in (out)
+    )
     assert "`pip install -e .` or `make setup` installs all of crossover's dependencies" in out, out
     assert "training a step" not in out, out

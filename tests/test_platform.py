@@ -33,8 +33,9 @@ CONTRACT_METRICS = {m for m in TRAIN_METRICS if m != "mfu"} | {"eval/heldout_los
 
 def run(study, spec: Path, *args: str, timeout: int = 420) -> subprocess.CompletedProcess:
     command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"], "--quiet"]
-    return subprocess.run([*command, *args], env=study["env"], capture_output=True, text=True, timeout=timeout,
-                          cwd=spec.parent)  # fmt: skip
+    return subprocess.run(
+        [*command, *args], env=study["env"], capture_output=True, text=True, timeout=timeout, cwd=spec.parent
+    )
 
 
 def poll_runs(uri: str):
@@ -92,8 +93,11 @@ def history_steps(client, run, key: str) -> list[int]:
 
 
 def test_run_records_every_trial_by_the_contract_and_a_rerun_trains_nothing(study):
-    spec = study["write"](train={"total_tokens": 8192}, eval={"every": "log:2"},
-                          grid={"objective": ["ar", "mdlm"], "unique_tokens": ["4k", "8k"]})  # fmt: skip
+    spec = study["write"](
+        train={"total_tokens": 8192},
+        eval={"every": "log:2"},
+        grid={"objective": ["ar", "mdlm"], "unique_tokens": ["4k", "8k"]},
+    )
     trials = parse_study(yaml.safe_load(spec.read_text())).expand()
     result = run(study, spec)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -130,8 +134,9 @@ def test_run_records_every_trial_by_the_contract_and_a_rerun_trains_nothing(stud
         heard = [r["tokens"] for r in tune_results(study, child.info.run_name)]
         evals = history_steps(client, child, "eval/heldout_loss/loss")
         assert heard == history_steps(client, child, "train/loss") and len(heard) > len(evals)
-    listed = subprocess.run([*CROSSOVER, "status", "tiny", "--tracking-uri", study["uri"]], capture_output=True,
-                            text=True, env=study["env"])  # fmt: skip
+    listed = subprocess.run(
+        [*CROSSOVER, "status", "tiny", "--tracking-uri", study["uri"]], capture_output=True, text=True, env=study["env"]
+    )
     assert listed.returncode == 0 and listed.stdout.count("FINISHED") == len(trials), listed.stdout
 
     steps_before = {c.info.run_name: history_steps(client, c, "train/loss") for c in children}
@@ -147,9 +152,12 @@ def test_two_worker_trials_share_a_two_cpu_machine(study):
     resources held by another trial's driver) and logs one MLflow run from its rank-0 worker."""
     from crossover.platform.driver import worker_groups_that_fit
 
-    spec = study["write"](train={"total_tokens": 4096, "warmup_tokens": 0}, eval={"every": 2048},
-                          grid={"objective": ["ar", "mdlm"], "unique_tokens": [4096]},
-                          resources={"workers": 2, "cpus_per_worker": 1})  # fmt: skip
+    spec = study["write"](
+        train={"total_tokens": 4096, "warmup_tokens": 0},
+        eval={"every": 2048},
+        grid={"objective": ["ar", "mdlm"], "unique_tokens": [4096]},
+        resources={"workers": 2, "cpus_per_worker": 1},
+    )
     parsed = parse_study(yaml.safe_load(spec.read_text()))
     assert worker_groups_that_fit(parsed, {"CPU": 2.0}) == 1 and worker_groups_that_fit(parsed, {"CPU": 5.0}) == 2
     result = run(study, spec, "--verbose")  # library notices on the terminal, and no log folder made beforehand
@@ -170,12 +178,17 @@ def test_resume_refuses_a_study_that_never_ran_and_writes_nothing(study, tmp_pat
 
 
 def test_driver_killed_mid_study_resumes_without_rerunning_finished_trials(study):
-    spec = study["write"](train={"total_tokens": 16384}, eval={"every": 4096},
-                          resources={"max_concurrent": 1})  # fmt: skip
+    spec = study["write"](train={"total_tokens": 16384}, eval={"every": 4096}, resources={"max_concurrent": 1})
     trials = parse_study(yaml.safe_load(spec.read_text())).expand()
     command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"], "--quiet"]
-    driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    driver = subprocess.Popen(
+        command,
+        env=study["env"],
+        cwd=spec.parent,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 400
     try:
         while time.monotonic() < deadline:
@@ -216,16 +229,28 @@ def test_stop_ends_a_running_study_leaving_no_process_and_a_rerun_finishes_it(st
     spec = study["write"](train={"total_tokens": 98304}, eval={"every": 24576}, grid={"objective": ["ar"]})
     command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"], "--quiet"]
     log = spec.parent / "driver.log"
-    driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, start_new_session=True,
-                              stdout=log.open("w"), stderr=subprocess.STDOUT)  # fmt: skip
+    driver = subprocess.Popen(
+        command,
+        env=study["env"],
+        cwd=spec.parent,
+        start_new_session=True,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        found = wait_for(lambda: poll_runs(study["uri"])[2], lambda children: children or driver.poll() is not None,
-                         timeout_s=300)  # fmt: skip
+        found = wait_for(
+            lambda: poll_runs(study["uri"])[2], lambda children: children or driver.poll() is not None, timeout_s=300
+        )
         assert found, "the trial never started:\n" + log.read_text()[-3000:]
         again = run(study, spec)  # a second driver of the same study is refused while the first runs
         assert again.returncode == 2 and "already running" in again.stderr
-        stop = subprocess.run([*CROSSOVER, "stop", str(spec), "--storage", study["storage"]], env=study["env"],
-                              capture_output=True, text=True, timeout=180)  # fmt: skip
+        stop = subprocess.run(
+            [*CROSSOVER, "stop", str(spec), "--storage", study["storage"]],
+            env=study["env"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert stop.returncode == 0 and "stopped its driver" in stop.stdout, stop.stdout + stop.stderr
         driver.wait(timeout=30)
     finally:
@@ -250,8 +275,15 @@ def test_ctrl_c_while_a_study_starts_stops_it_marked_killed(study):
     # and the signal must still find the study running (it ends the trial early, so the length costs nothing).
     spec = study["write"](train={"total_tokens": 1_000_000}, grid={"objective": ["ar"]})
     command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"]]
-    driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    driver = subprocess.Popen(
+        command,
+        env=study["env"],
+        cwd=spec.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert wait_for(lambda: poll_runs(study["uri"])[1], lambda parents: parents or driver.poll() is not None)
         driver.send_signal(signal.SIGINT)
@@ -290,12 +322,20 @@ def test_killed_training_process_restarts_from_its_checkpoint(study):
     import psutil
 
     # Three quarters of the trial remain after its first checkpoint: seconds to find and kill its process, on any CPU.
-    spec = study["write"](train={"total_tokens": 98304}, eval={"every": 24576},
-                          grid={"objective": ["ar"], "unique_tokens": ["10k"]})  # fmt: skip
+    spec = study["write"](
+        train={"total_tokens": 98304}, eval={"every": 24576}, grid={"objective": ["ar"], "unique_tokens": ["10k"]}
+    )
     command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"], "--quiet"]
     log = spec.parent / "driver.log"  # a file, not a pipe: an unread pipe would block a chatty driver
-    driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, start_new_session=True,
-                              stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    driver = subprocess.Popen(
+        command,
+        env=study["env"],
+        cwd=spec.parent,
+        start_new_session=True,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     killed = None
     try:
         deadline = time.monotonic() + 300
@@ -323,17 +363,25 @@ def test_a_full_disk_at_a_checkpoint_fails_the_trial_naming_the_space_and_a_reru
     every, total = 49152, 147456
     disk = tmp_path / "disk"  # a small filesystem of its own for the study's storage, filled up mid-trial
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)  # fmt: skip
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small filesystem here (needs root): {mounted.stderr.strip()}")
     storage, log = str(disk / "ray"), tmp_path / "driver.log"
-    spec = study["write"](train={"total_tokens": total}, eval={"every": every}, grid={"objective": ["ar"]},
-                          resources={"max_failures": 0})  # fmt: skip
+    spec = study["write"](
+        train={"total_tokens": total}, eval={"every": every}, grid={"objective": ["ar"]}, resources={"max_failures": 0}
+    )
     command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", storage, "--quiet"]
     try:
-        driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, stdout=log.open("w"),
-                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        driver = subprocess.Popen(
+            command,
+            env=study["env"],
+            cwd=spec.parent,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
         def logged() -> int:  # MLflow, not Tune's result.json: that is synced to storage only now and then
             _, _, children = poll_runs(study["uri"])
@@ -358,8 +406,7 @@ def test_a_full_disk_at_a_checkpoint_fails_the_trial_naming_the_space_and_a_reru
         assert {f.relative_to(first): f.stat().st_size for f in first.rglob("*") if f.is_file()} == files
 
         (disk / "filler").unlink()  # space freed: the same command resumes the study
-        rerun = subprocess.run(command, env=study["env"], cwd=spec.parent, capture_output=True, text=True,
-                               timeout=420)  # fmt: skip
+        rerun = subprocess.run(command, env=study["env"], cwd=spec.parent, capture_output=True, text=True, timeout=420)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         client, _, (child,) = runs(study["uri"])
         assert child.info.status == "FINISHED"
@@ -380,11 +427,17 @@ def test_a_full_disk_at_a_checkpoint_fails_the_trial_naming_the_space_and_a_reru
 
 def test_optuna_search_samples_hyperparameters(study):
     spec = study["write"](
-        train={"total_tokens": 4096}, eval={"every": "log:1"},
+        train={"total_tokens": 4096},
+        eval={"every": "log:1"},
         grid={"objective": ["ar"], "unique_tokens": ["4k"]},
-        search={"metric": "eval/heldout_loss/loss", "mode": "min", "num_samples": 2, "scope": "per_cell",
-                "space": {"lr": {"loguniform": [1e-3, 1e-2]}}},
-    )  # fmt: skip
+        search={
+            "metric": "eval/heldout_loss/loss",
+            "mode": "min",
+            "num_samples": 2,
+            "scope": "per_cell",
+            "space": {"lr": {"loguniform": [1e-3, 1e-2]}},
+        },
+    )
     result = run(study, spec)
     assert result.returncode == 0, result.stdout + result.stderr
     _, _, children = runs(study["uri"])
@@ -396,8 +449,14 @@ def test_optuna_search_samples_hyperparameters(study):
 def test_unreachable_tracking_server_exits_2_before_any_trial(study, tmp_path):
     spec = study["write"]()
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    result = subprocess.run([*CROSSOVER, "run", str(spec), "--tracking-uri", url, "--storage", study["storage"]],
-                            env=study["env"], capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [*CROSSOVER, "run", str(spec), "--tracking-uri", url, "--storage", study["storage"]],
+        env=study["env"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "unreachable" in result.stderr and url in result.stderr
     assert "Ray" not in result.stdout + result.stderr  # no Ray instance was started
@@ -412,8 +471,15 @@ def test_a_tracking_server_restarted_mid_study_loses_nothing(study, tmp_path):
     store, port = tmp_path / "server", free_port()
     with mlflow_server(store, port) as url:
         command = [*CROSSOVER, "run", str(spec), "--tracking-uri", url, "--storage", study["storage"], "--quiet"]
-        driver = subprocess.Popen(command, env=study["env"], cwd=spec.parent, start_new_session=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        driver = subprocess.Popen(
+            command,
+            env=study["env"],
+            cwd=spec.parent,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
         def logged() -> list[int]:
             with contextlib.suppress(Exception):

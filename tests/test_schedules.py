@@ -7,9 +7,16 @@ SPEC = {
     "name": "sched",
     "objective": "ar",
     "data": {"seq_len": 128, "unique_tokens": "100k"},
-    "train": {"total_tokens": "1M", "global_batch_tokens": 4096, "micro_batch": 8, "warmup_tokens": "100k",
-              "lr": 1e-3, "min_lr": 1e-4, "decay_fraction": 0.2},
-}  # fmt: skip
+    "train": {
+        "total_tokens": "1M",
+        "global_batch_tokens": 4096,
+        "micro_batch": 8,
+        "warmup_tokens": "100k",
+        "lr": 1e-3,
+        "min_lr": 1e-4,
+        "decay_fraction": 0.2,
+    },
+}
 
 
 def trial(**overrides):

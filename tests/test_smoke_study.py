@@ -45,9 +45,20 @@ def smoke(tmp_path_factory, session_cache):
     with mlflow_server(base / "mlflow") as url, ray_head(env, auth_token=token) as (_, dashboard):
         runtime_env = {"env_vars": {"CROSSOVER_CACHE": str(session_cache)}}
         args = [
-            "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
-            "crossover", "run", str(spec), "--tracking-uri", url, "--storage", str(base / "ray"), "--quiet",
-        ]  # fmt: skip
+            "--working-dir",
+            str(ROOT),
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            "crossover",
+            "run",
+            str(spec),
+            "--tracking-uri",
+            url,
+            "--storage",
+            str(base / "ray"),
+            "--quiet",
+        ]
         job = ray_job_submit(dashboard, args, with_token_auth(env, token))
         yield {"job": job, "uri": url, "base": base, "spec": spec}
 

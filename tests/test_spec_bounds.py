@@ -88,8 +88,10 @@ def test_billion_laughs_is_refused_before_it_costs_memory(tmp_path):
 def test_a_grid_that_multiplies_to_millions_is_refused_before_expanding(tmp_path):
     spec = tmp_path / "grid.yaml"
     axis = ", ".join(f"{v}k" for v in range(10, 60))  # 50 values
-    spec.write_text(f"name: big\ngrid:\n  objective: [ar, mdlm]\n  unique_tokens: [{axis}]\n  lr: [{', '.join(f'{i}e-4' for i in range(1, 50))}]\n"
-                    f"seeds: [{', '.join(map(str, range(100)))}]\n")  # fmt: skip
+    spec.write_text(
+        f"name: big\ngrid:\n  objective: [ar, mdlm]\n  unique_tokens: [{axis}]\n  lr: [{', '.join(f'{i}e-4' for i in range(1, 50))}]\n"
+        f"seeds: [{', '.join(map(str, range(100)))}]\n"
+    )
     with pytest.raises(SpecError, match=r"490,000 points \(2 objective x 50 unique_tokens x 49 lr x 100 seed\)"):
         load_study(spec)
 
@@ -111,15 +113,45 @@ def test_every_shipped_spec_is_well_inside_the_bounds():
 # The fuzz: any outcome but a StudySpec or a SpecError is a bug (a traceback and exit 1 at the command line).
 
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=10**20, max_value=10**400),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**20, max_value=10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
     st.sampled_from(["ar", "mdlm", "nano", "1M", "50k", "1e400", "-1", "0", "log:0", "epoch", "auto", ".nan", "all"]),
-)  # fmt: skip
-KEYS = st.one_of(st.text(max_size=12), st.sampled_from(
-    ["name", "data", "model", "train", "eval", "grid", "seeds", "exclude", "search", "resources", "unique_tokens",
-     "total_tokens", "objective", "lr", "seq_len", "tasks", "every", "space", "preset", "sparsity", "noise"]))  # fmt: skip
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5),
-                      max_leaves=30)  # fmt: skip
+)
+KEYS = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "name",
+            "data",
+            "model",
+            "train",
+            "eval",
+            "grid",
+            "seeds",
+            "exclude",
+            "search",
+            "resources",
+            "unique_tokens",
+            "total_tokens",
+            "objective",
+            "lr",
+            "seq_len",
+            "tasks",
+            "every",
+            "space",
+            "preset",
+            "sparsity",
+            "noise",
+        ]
+    ),
+)
+VALUES = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5), max_leaves=30
+)
 # A few hundred examples in the suite; CROSSOVER_FUZZ_EXAMPLES=10000 for the long run (docs/results.md).
 FUZZ = settings(
     max_examples=int(os.environ.get("CROSSOVER_FUZZ_EXAMPLES", 150)),
@@ -176,8 +208,11 @@ def mutated_shipped_spec(draw) -> bytes:
             for _ in range(draw(st.integers(1, 60))):
                 replacement = [replacement]
         else:
-            replacement = {"swap": draw(VALUES), "nan": math.nan,
-                           "huge": draw(st.sampled_from([10**30, 1e308, -(10**30), 2**63]))}[kind]  # fmt: skip
+            replacement = {
+                "swap": draw(VALUES),
+                "nan": math.nan,
+                "huge": draw(st.sampled_from([10**30, 1e308, -(10**30), 2**63])),
+            }[kind]
         parent[path[-1]] = replacement
         return yaml.safe_dump(data, sort_keys=False).encode()
     lines = text.splitlines(keepends=True)

@@ -28,14 +28,25 @@ runner = CliRunner()
 def test_every_shipped_spec_validates():
     result = runner.invoke(app, ["validate", *map(str, sorted(SPECS.glob("*.yaml")))])
     assert result.exit_code == 0, result.output
-    for name in ("smoke", "cpu_crossover", "cpu_crossover_seeds", "paper_data_budget", "paper_quality", "paper_model_size",
-                 "paper_sparsity", "paper_noise", "paper_code_1p7b", *PAPER_STUDIES_SMALL):  # fmt: skip
+    for name in (
+        "smoke",
+        "cpu_crossover",
+        "cpu_crossover_seeds",
+        "paper_data_budget",
+        "paper_quality",
+        "paper_model_size",
+        "paper_sparsity",
+        "paper_noise",
+        "paper_code_1p7b",
+        *PAPER_STUDIES_SMALL,
+    ):
         assert (SPECS / f"{name}.yaml").exists()
 
 
 # Every study of the paper at laptop scale and for one GPU
-PAPER_STUDIES_SMALL = [f"{scale}_{study}" for scale in ("cpu", "gpu") for study in
-                       ("quality", "model_size", "sparsity", "noise", "code")]  # fmt: skip
+PAPER_STUDIES_SMALL = [
+    f"{scale}_{study}" for scale in ("cpu", "gpu") for study in ("quality", "model_size", "sparsity", "noise", "code")
+]
 
 
 @pytest.mark.parametrize("name", PAPER_STUDIES_SMALL)
@@ -91,9 +102,13 @@ def test_trials_start_longest_first():
     trials = load_study(SPECS / "cpu_model_size.yaml").expand()
     ordered = longest_first(trials)
     assert [t.name for t in ordered] == [
-        "ar-U25k-micro-s0", "mdlm-U25k-micro-s0", "ar-U25k-nano-s0", "mdlm-U25k-nano-s0",
-        "ar-U25k-L2d64-s0", "mdlm-U25k-L2d64-s0",
-    ]  # fmt: skip
+        "ar-U25k-micro-s0",
+        "mdlm-U25k-micro-s0",
+        "ar-U25k-nano-s0",
+        "mdlm-U25k-nano-s0",
+        "ar-U25k-L2d64-s0",
+        "mdlm-U25k-L2d64-s0",
+    ]
     assert [training_flops(t) for t in ordered] == sorted(map(training_flops, trials), reverse=True)
     equal = parse_study(BASE).expand()
     assert longest_first(equal) == equal
@@ -191,8 +206,12 @@ def test_seq_len_axis_is_one_declaration():
 def test_exclude_and_noise_axis():
     trials = load_study(SPECS / "paper_noise.yaml").expand()
     assert sorted((t.objective, t.noise.input_mask, t.noise.dropout) for t in trials) == [
-        ("ar", 0.0, 0.0), ("ar", 0.0, 0.1), ("ar", 0.1, 0.0), ("ar", 0.2, 0.0), ("mdlm", 0.0, 0.0)
-    ]  # fmt: skip
+        ("ar", 0.0, 0.0),
+        ("ar", 0.0, 0.1),
+        ("ar", 0.1, 0.0),
+        ("ar", 0.2, 0.0),
+        ("mdlm", 0.0, 0.0),
+    ]
     dropout_trial = next(t for t in trials if t.noise.dropout)
     assert dropout_trial.model.dropout == 0.1
 

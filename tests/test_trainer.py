@@ -36,6 +36,20 @@ def test_matched_pair_sees_identical_data_and_settings(tiny_corpus, tmp_path):
         assert losses[-1] < losses[0] - 1.0  # it learns
 
 
+def test_budget_seed_fixes_the_documents_and_the_seed_still_sets_initialisation_and_order(tiny_corpus, tmp_path):
+    import torch
+
+    grid = {"objective": ["ar"], "unique_tokens": ["10k"]}
+    spec = tiny_study(tiny_corpus, data={"budget_seed": 3}, grid=grid, seeds=[0, 1])
+    first, second = (Trainer(t, LocalReporter(tmp_path / str(t.seed))) for t in parse_study(spec).expand())
+    assert (first.trial.seed, second.trial.seed) == (0, 1)
+    assert list(first.stream.budget.documents) == list(second.stream.budget.documents)  # the same documents
+    assert (first.stream.budget.tokens() == second.stream.budget.tokens()).all()
+    assert first.stream.order_hash != second.stream.order_hash  # in each seed's own order
+    weights = [next(iter(trainer.engine.module.parameters())).detach() for trainer in (first, second)]
+    assert weights[0].shape == weights[1].shape and not torch.equal(weights[0], weights[1])  # and its own weights
+
+
 @pytest.mark.parametrize("objective", ["ar", "mdlm"])
 def test_resume_continues_exactly(tiny_corpus, tmp_path, objective):
     trial = trials(tiny_corpus, eval={"every": "8k"})[objective]  # eval and checkpoint every 8 steps
@@ -64,8 +78,12 @@ def test_zero_stages_train_on_cpu(tiny_corpus, tmp_path, stage):
 
 
 def test_bf16_trains_on_cpu_through_deepspeed(tiny_corpus, tmp_path):
-    trial = trials(tiny_corpus, train={"precision": "bf16", "total_tokens": 6144, "warmup_tokens": 1024},
-                   grid={"objective": ["ar"], "unique_tokens": [6144]}, eval={"every": "log:1"})["ar"]  # fmt: skip
+    trial = trials(
+        tiny_corpus,
+        train={"precision": "bf16", "total_tokens": 6144, "warmup_tokens": 1024},
+        grid={"objective": ["ar"], "unique_tokens": [6144]},
+        eval={"every": "log:1"},
+    )["ar"]
     reporter = LocalReporter(tmp_path)
     train(trial, reporter)
     losses = [m["train/loss"] for m in reporter.history("metrics")]
@@ -152,8 +170,11 @@ def test_train_command_runs_one_trial_and_keeps_earlier_runs(tiny_corpus, tmp_pa
     from crossover.cli import app
 
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(yaml.safe_dump(tiny_study(tiny_corpus, train={"total_tokens": 4096},
-                                              grid={"objective": ["mdlm"], "unique_tokens": ["4k"]})))  # fmt: skip
+    spec.write_text(
+        yaml.safe_dump(
+            tiny_study(tiny_corpus, train={"total_tokens": 4096}, grid={"objective": ["mdlm"], "unique_tokens": ["4k"]})
+        )
+    )
     out = tmp_path / "run"
     runner = CliRunner()
     result = runner.invoke(app, ["train", str(spec), "--trial", "mdlm-U4k-nano-s0", "--out", str(out)])
@@ -170,8 +191,12 @@ def test_train_command_runs_one_trial_and_keeps_earlier_runs(tiny_corpus, tmp_pa
 def test_eval_tasks_run_at_eval_points_with_per_item_results(tiny_corpus, tmp_path):
     import json
 
-    trial = trials(tiny_corpus, train={"total_tokens": 4096}, eval={"every": "log:2", "tasks": ["heldout_loss",
-                   "heldout_cloze"], "max_items": 12}, grid={"objective": ["mdlm"], "unique_tokens": [4096]})["mdlm"]  # fmt: skip
+    trial = trials(
+        tiny_corpus,
+        train={"total_tokens": 4096},
+        eval={"every": "log:2", "tasks": ["heldout_loss", "heldout_cloze"], "max_items": 12},
+        grid={"objective": ["mdlm"], "unique_tokens": [4096]},
+    )["mdlm"]
     reporter = LocalReporter(tmp_path)
     train(trial, reporter)
     evals = reporter.history()
@@ -197,15 +222,33 @@ def test_a_trial_started_from_a_process_that_trained_in_process_gets_its_own_por
     import yaml
 
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(yaml.safe_dump(tiny_study(tiny_corpus, train={"total_tokens": 2048, "warmup_tokens": 0},
-                                              grid={"objective": ["ar"], "unique_tokens": [2048]})))  # fmt: skip
+    spec.write_text(
+        yaml.safe_dump(
+            tiny_study(
+                tiny_corpus,
+                train={"total_tokens": 2048, "warmup_tokens": 0},
+                grid={"objective": ["ar"], "unique_tokens": [2048]},
+            )
+        )
+    )
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
-        env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(held.getsockname()[1])}  # fmt: skip
-        result = subprocess.run([sys.executable, "-m", "crossover.cli", "train", str(spec), "--trial", "0", "--out",
-                                 str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        env = {
+            **os.environ,
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(held.getsockname()[1]),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "crossover.cli", "train", str(spec), "--trial", "0", "--out", str(tmp_path / "run")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 

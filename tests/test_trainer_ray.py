@@ -66,8 +66,11 @@ def test_trials_with_a_quarter_gpu_share_one_gpu(ray_cluster, tmp_path):
 
     request = trial_resources(ResourcesSpec(cpus_per_worker=0.5, gpus_per_worker=0.25))
     assert request == {"cpu": 0.5, "gpu": 0.25}
-    tuner = tune.Tuner(tune.with_resources(trial, request), param_space={"i": tune.grid_search([0, 1, 2, 3])},
-                       run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))  # fmt: skip
+    tuner = tune.Tuner(
+        tune.with_resources(trial, request),
+        param_space={"i": tune.grid_search([0, 1, 2, 3])},
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+    )
     results = list(tuner.fit())
     assert len(results) == 4 and all(r.error is None for r in results)
     assert max(r.metrics["start"] for r in results) < min(r.metrics["end"] for r in results)  # all four at once

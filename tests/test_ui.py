@@ -91,8 +91,9 @@ def test_ui_prints_the_links_once_the_real_server_answers_and_ctrl_c_stops_it(tm
     command = [sys.executable, "-m", "crossover.cli", "ui", "--tracking-uri", uri, "--port", str(port)]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "w") as server_log:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=server_log, text=True, env=env,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=server_log, text=True, env=env, start_new_session=True
+        )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     seen: list[str] = []

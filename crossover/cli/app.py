@@ -40,8 +40,12 @@ class _UserErrorsExit2(TyperGroup):
             raise typer.Exit(USER_ERROR) from None
 
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, cls=_UserErrorsExit2,
-                  help="Data-constrained AR vs masked-diffusion studies.")  # fmt: skip
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    cls=_UserErrorsExit2,
+    help="Data-constrained AR vs masked-diffusion studies.",
+)
 
 
 def _version(value: bool) -> None:

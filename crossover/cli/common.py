@@ -101,8 +101,10 @@ def print_wall_time(spec: StudySpec, max_concurrent: int | None = None, finished
     from crossover.trainers.throughput import wall_time_line
 
     if finished is not None and finished.unread:
-        out.print(f"[dim]the estimate is the whole study's: its finished trials were not read ({escape(finished.unread)})"
-                  "[/]", highlight=False)  # fmt: skip
+        out.print(
+            f"[dim]the estimate is the whole study's: its finished trials were not read ({escape(finished.unread)})[/]",
+            highlight=False,
+        )
     done = finished.trials if finished is not None else frozenset()
     # the study's second phase, where it anneals AR to its validation-chosen stop
     anneal = anneal_cost(spec, annealed=finished.annealed if finished is not None else ())
@@ -147,9 +149,13 @@ def prepare_data(spec: StudySpec, rebuild: bool = False, verify: bool = False): 
     from crossover.data import prepare
 
     with Progress(
-        TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, transient=True,
-    ) as bar:  # fmt: skip
+        TextColumn("{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int | None) -> None:

@@ -25,10 +25,16 @@ def _budget_lines(spec: StudySpec, prepared) -> tuple[list[list[str]], int]:
 
     rows = budget_fits(spec, prepared)
     table = [
-        [r["quality"], format_tokens(r["unique_tokens"]), format_tokens(r["total_tokens"]), f"{r['epochs']:.3g}",
-         format_tokens(r["available"]), "yes" if r["fits"] else "NO"]
+        [
+            r["quality"],
+            format_tokens(r["unique_tokens"]),
+            format_tokens(r["total_tokens"]),
+            f"{r['epochs']:.3g}",
+            format_tokens(r["available"]),
+            "yes" if r["fits"] else "NO",
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return table, sum(not r["fits"] for r in rows)
 
 
@@ -53,7 +59,8 @@ def _files_lines(spec: StudySpec, verbose: bool) -> list[str]:
         return [line]
     line += f", {len(found.skipped):,} skipped: {count_reasons(found.skipped)}"
     return [line + ("" if verbose else " (--verbose lists them)")] + (
-        [f"  skipped {path}: {why}" for path, why in found.skipped] if verbose else [])  # fmt: skip
+        [f"  skipped {path}: {why}" for path, why in found.skipped] if verbose else []
+    )
 
 
 @data_app.command("prepare")
@@ -104,9 +111,15 @@ def data_stats(
     stats = prepared.stats()
     if as_json:
         found = _local_files(spec)
-        files = None if found is None else {
-            "format": found.format, "read": len(found.files),
-            "skipped": [{"path": path, "reason": why} for path, why in found.skipped]}  # fmt: skip
+        files = (
+            None
+            if found is None
+            else {
+                "format": found.format,
+                "read": len(found.files),
+                "skipped": [{"path": path, "reason": why} for path, why in found.skipped],
+            }
+        )
         print(json.dumps({**stats, "files": files, "budgets": budget_fits(spec, prepared)}, indent=1))
         return
     tok, held, train = stats["tokenizer"], stats["heldout"], stats["train"]

@@ -69,8 +69,11 @@ def plan(
     study_plan = plan_study(spec, mfu=mfu, gpu_tflops=gpu_tflops)
     anneal = anneal_cost(spec)  # the anneal phase (early_stopped_ar.anneal): its own line, an upper bound
     if as_json:
-        bound = {"trials": len(anneal.bound), "tokens": anneal.tokens, "flops": anneal.flops,
-                 "continued": anneal.continued} if anneal else None  # fmt: skip
+        bound = (
+            {"trials": len(anneal.bound), "tokens": anneal.tokens, "flops": anneal.flops, "continued": anneal.continued}
+            if anneal
+            else None
+        )
         print(json.dumps({**study_plan.model_dump(mode="json"), "anneal": bound}, indent=1))
         return
     axes = [a for a in (study_plan.trials[0].axes if study_plan.trials else {}) if a not in ("objective", "seed")]

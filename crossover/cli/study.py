@@ -112,9 +112,17 @@ def run(
     try:
         with progress:
             outcome = run_study(
-                spec, spec_path.read_text(), uri, address=address, fresh=fresh, max_concurrent=max_concurrent,
-                storage=storage, callbacks=[progress.callback()], on_growth=on_growth, on_anneal=on_anneal,
-            )  # fmt: skip
+                spec,
+                spec_path.read_text(),
+                uri,
+                address=address,
+                fresh=fresh,
+                max_concurrent=max_concurrent,
+                storage=storage,
+                callbacks=[progress.callback()],
+                on_growth=on_growth,
+                on_anneal=on_anneal,
+            )
     except KeyboardInterrupt:  # before the trials started (Ray starting); once they run, Tune stops them
         err.print(f"study stopped before its trials started: `crossover run {spec_path}` starts it again")
         raise typer.Exit(STOPPED) from None
@@ -195,11 +203,17 @@ def status(
 
     headers = ["trial", "status", "tokens", "epoch", *PROGRESS_METRICS, "tok/s", "ETA"]
     table = [
-        [r["name"], r["status"], format_tokens(r.get("tokens", 0)), f"{r.get('epoch', 0):.2f}",
-         *[f"{r[m]:.4f}" if m in r else "" for m in headers[4:6]],
-         f"{r['rate']:,.0f}" if r.get("rate") else "", eta(r)]
+        [
+            r["name"],
+            r["status"],
+            format_tokens(r.get("tokens", 0)),
+            f"{r.get('epoch', 0):.2f}",
+            *[f"{r[m]:.4f}" if m in r else "" for m in headers[4:6]],
+            f"{r['rate']:,.0f}" if r.get("rate") else "",
+            eta(r),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     out.print(f"[bold]study {study}[/]: {len(rows)} trials in {uri}", highlight=False)
     print(text_table(headers, table))
     if states := study_states(study, uri):
@@ -240,8 +254,10 @@ def ui(
         problem = wait_until_answers(f"{_reachable(host, port)}/health", UI_START_LIMIT_S, server_process.poll)
         if problem is not None:
             _stop(server_process, signal.SIGTERM)
-            err.print(f"[red]the MLflow UI did not answer on {server}:[/] {escape(problem)}; its own messages above "
-                      "say why", highlight=False)  # fmt: skip
+            err.print(
+                f"[red]the MLflow UI did not answer on {server}:[/] {escape(problem)}; its own messages above say why",
+                highlight=False,
+            )
             raise typer.Exit(1)
         _print_studies(links)
         out.print(f"MLflow UI for {uri}: open {server} (Ctrl-C stops it)", highlight=False)
@@ -267,8 +283,10 @@ def _check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise UiError(f"port {port} on {host} is taken: another `crossover ui` or server listens there; "
-                              "open it, stop it, or choose another port with --port") from None  # fmt: skip
+                raise UiError(
+                    f"port {port} on {host} is taken: another `crossover ui` or server listens there; "
+                    "open it, stop it, or choose another port with --port"
+                ) from None
             raise UiError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): check --host and --port") from None
 
 

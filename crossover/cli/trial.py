@@ -50,8 +50,15 @@ def evaluate(
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     include = str(lm_eval_include) if lm_eval_include else None
-    results = evaluate_checkpoint(str(checkpoint), names, max_items=max_items, mc_samples=mc_samples,
-                                  mdlm_block=mdlm_block, device=device, lm_eval_include=include)  # fmt: skip
+    results = evaluate_checkpoint(
+        str(checkpoint),
+        names,
+        max_items=max_items,
+        mc_samples=mc_samples,
+        mdlm_block=mdlm_block,
+        device=device,
+        lm_eval_include=include,
+    )
     rows = []
     for result in results:
         for metric, value in result.metrics.items():
@@ -105,9 +112,12 @@ def train(
         raise typer.Exit(USER_ERROR)
     library_notices_to(folder / "train.log", verbose, ("deepspeed",))
     with Progress(
-        TextColumn(f"{trial.name}"), BarColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+        TextColumn(f"{trial.name}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
         console=out,
-    ) as bar:  # fmt: skip
+    ) as bar:
         task = bar.add_task("train", total=trial.total_tokens, status="starting")
 
         def show(metrics: dict[str, float], step: int) -> None:

@@ -75,10 +75,16 @@ class HeldoutLoss(EvalTask):
     def score(self, em: EvalModel, ranks: Ranks) -> list[TaskResult]:
         s = self.settings
         total, count = heldout_loss(
-            lambda tokens: em.model(tokens).logits, self.windows[ranks.rank :: ranks.world],
-            objective=em.objective, mask_id=em.mask_id, batch_size=s.batch_size, mc_samples=s.eval.mc_samples,
-            t_min=s.mdlm_t_min, seed=s.seed * 7919 + ranks.rank, device=em.device,
-        )  # fmt: skip
+            lambda tokens: em.model(tokens).logits,
+            self.windows[ranks.rank :: ranks.world],
+            objective=em.objective,
+            mask_id=em.mask_id,
+            batch_size=s.batch_size,
+            mc_samples=s.eval.mc_samples,
+            t_min=s.mdlm_t_min,
+            seed=s.seed * 7919 + ranks.rank,
+            device=em.device,
+        )
         total, count = ranks.sum_over_ranks([total, count])
         return [TaskResult(self.name, {"loss": total / max(count, 1)}, [], {})]
 

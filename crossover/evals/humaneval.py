@@ -251,8 +251,16 @@ class HumanEvalPassAtK(EvalTask):
         self.problems = humaneval_problems(limit=settings.eval.max_items)
 
     def score(self, em: EvalModel, ranks: Ranks) -> list[TaskResult]:
-        return [humaneval_pass_at_k(em, self.problems, n_samples=1, ks=(1,), seed=ITEM_SEED,
-                                    unsafe_execution=self.settings.eval.unsafe_execution)]  # fmt: skip
+        return [
+            humaneval_pass_at_k(
+                em,
+                self.problems,
+                n_samples=1,
+                ks=(1,),
+                seed=ITEM_SEED,
+                unsafe_execution=self.settings.eval.unsafe_execution,
+            )
+        ]
 
     @classmethod
     def check(cls, name: str, settings: EvalSettings) -> None:

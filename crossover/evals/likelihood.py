@@ -260,7 +260,25 @@ def continuation_loglik(
     if em.objective != "mdlm":
         raise ValueError(f"unknown objective '{em.objective}' (expected 'ar' or 'mdlm')")
     if block is not None:
-        return mdlm_ordered_loglik(net, tokens, continuation_mask, lengths, mask_id=em.mask_id, block=block,
-                                   max_tokens=max_tokens, exclude=exclude)  # fmt: skip
-    return mdlm_loglik(net, tokens, continuation_mask, lengths, mask_id=em.mask_id, k=mc_samples,
-                       generator=generator, max_tokens=max_tokens, row_keys=row_keys, exclude=exclude)  # fmt: skip
+        return mdlm_ordered_loglik(
+            net,
+            tokens,
+            continuation_mask,
+            lengths,
+            mask_id=em.mask_id,
+            block=block,
+            max_tokens=max_tokens,
+            exclude=exclude,
+        )
+    return mdlm_loglik(
+        net,
+        tokens,
+        continuation_mask,
+        lengths,
+        mask_id=em.mask_id,
+        k=mc_samples,
+        generator=generator,
+        max_tokens=max_tokens,
+        row_keys=row_keys,
+        exclude=exclude,
+    )

@@ -197,9 +197,18 @@ class CrossoverLM(LM):
         tokens, continuation, lengths = tokens.to(device), continuation.to(device), lengths.to(device)
         padded = lengths if bool((lengths < width).any()) else None  # no mask at all lets attention take its fast path
         keep = _KeepLogits(self.em.model)
-        logp = continuation_loglik(self.em, tokens, continuation, padded, block=self.mdlm_block,
-                                   mc_samples=self.mc_samples, generator=generator, row_keys=keys,
-                                   max_tokens=self.max_tokens, model=keep)  # fmt: skip
+        logp = continuation_loglik(
+            self.em,
+            tokens,
+            continuation,
+            padded,
+            block=self.mdlm_block,
+            mc_samples=self.mc_samples,
+            generator=generator,
+            row_keys=keys,
+            max_tokens=self.max_tokens,
+            model=keep,
+        )
         excluded = list(self.em.excluded_ids)  # never an argmax either
         if self.em.objective == "ar":
             logits = keep.logits[:, :-1].clone()
@@ -362,8 +371,16 @@ def run_lm_eval(
     manager = task_manager or TaskManager(include_path=include_path, include_defaults=include_defaults)
     with _own_rng(em.device):
         output = simple_evaluate(
-            model=lm, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=num_fewshot, log_samples=True,
-            bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            model=lm,
+            tasks=list(tasks),
+            task_manager=manager,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            log_samples=True,
+            bootstrap_iters=bootstrap_iters,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
             fewshot_random_seed=seed,
-        )  # fmt: skip
+        )
     return task_results(output)

@@ -34,11 +34,19 @@ class LmEvalTask(EvalTask):
 
         ev, task = self.settings.eval, self.name.removeprefix(PREFIX)
         try:
-            found = run_lm_eval(em, [task], limit=ev.max_items, mc_samples=ev.mc_samples, mdlm_block=ev.mdlm_block,
-                                seed=ITEM_SEED, task_manager=_task_manager(ev.lm_eval_include))  # fmt: skip
+            found = run_lm_eval(
+                em,
+                [task],
+                limit=ev.max_items,
+                mc_samples=ev.mc_samples,
+                mdlm_block=ev.mdlm_block,
+                seed=ITEM_SEED,
+                task_manager=_task_manager(ev.lm_eval_include),
+            )
         except KeyError as exc:  # lm-eval's way of saying it has no such task
-            raise TaskError(f"{self.name}: lm-eval has no task {exc}; eval.lm_eval_include names a folder of "
-                            "local task YAMLs") from None  # fmt: skip
+            raise TaskError(
+                f"{self.name}: lm-eval has no task {exc}; eval.lm_eval_include names a folder of local task YAMLs"
+            ) from None
         return list(found.values())
 
     @classmethod

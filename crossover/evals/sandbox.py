@@ -78,8 +78,10 @@ def use_sandbox(unsafe_execution: bool) -> bool:
 
 @functools.cache  # once per process and reason, not once per program
 def _warn_unsandboxed(reason: str) -> None:
-    print(f"warning: executing model-written programs WITHOUT a sandbox (eval.unsafe_execution is true; {reason})",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"warning: executing model-written programs WITHOUT a sandbox (eval.unsafe_execution is true; {reason})",
+        file=sys.stderr,
+    )
 
 
 def prepare(folder: str | os.PathLike) -> str:
@@ -110,9 +112,27 @@ def exit_status(folder: str | os.PathLike, returncode: int) -> int:
 def _command(way: str, folder: str | os.PathLike, python_args: list[str]) -> list[str]:
     user_namespace = ["--map-root-user"] if way == IN_USER_NAMESPACE else []
     drop_to = str(PROGRAM_UID) if way == AS_ROOT else "-"  # "-": stay the user namespace's (capability-less) root
-    return [_tool("unshare") or "unshare", "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child",
-            *user_namespace, "--", _base_python(), "-I", "-S", "-c", _RUN_LAUNCHER, __file__, os.fspath(folder),
-            drop_to, *python_args]  # fmt: skip
+    return [
+        _tool("unshare") or "unshare",
+        "--mount",
+        "--net",
+        "--pid",
+        "--ipc",
+        "--uts",
+        "--fork",
+        "--kill-child",
+        *user_namespace,
+        "--",
+        _base_python(),
+        "-I",
+        "-S",
+        "-c",
+        _RUN_LAUNCHER,
+        __file__,
+        os.fspath(folder),
+        drop_to,
+        *python_args,
+    ]
 
 
 def _base_python() -> str:
@@ -152,8 +172,15 @@ def _try(way: str) -> str:
         _lay_out(folder, way)
         command = _command(way, folder, ["-c", "print('sandbox ok')"])
         try:
-            done = subprocess.run(command, cwd=folder, env=PROGRAM_ENV, stdin=subprocess.DEVNULL,
-                                  capture_output=True, timeout=60, start_new_session=True)  # fmt: skip
+            done = subprocess.run(
+                command,
+                cwd=folder,
+                env=PROGRAM_ENV,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=60,
+                start_new_session=True,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return str(exc)
         output = (done.stdout + done.stderr).decode(errors="replace").strip()

@@ -78,8 +78,9 @@ def evaluate_checkpoint(
     check_tasks(tasks, unsafe_execution=True)  # unknown tasks now; the sandbox once the trial's spec is read
     em = load_checkpoint(path, device=device)
     trial = em.trial
-    settings = EvalSettings.of(trial, max_items=max_items, mc_samples=mc_samples, mdlm_block=mdlm_block,
-                               lm_eval_include=lm_eval_include)  # fmt: skip
+    settings = EvalSettings.of(
+        trial, max_items=max_items, mc_samples=mc_samples, mdlm_block=mdlm_block, lm_eval_include=lm_eval_include
+    )
     data = em
     if any(resolve(task).needs_heldout for task in tasks):
         from crossover.data import prepare

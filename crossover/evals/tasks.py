@@ -168,8 +168,17 @@ def choice_nlls(
         lengths = torch.tensor([max(len(seq), fill) for _, _, seq, _ in batch])
         tokens, cont, lengths = tokens.to(em.device), cont.to(em.device), lengths.to(em.device)
         keys = [item_key(items[i].id) for i, _, _, _ in batch] if paired else None
-        loglik = continuation_loglik(em, tokens, cont, lengths, block=mdlm_block, mc_samples=mc_samples,
-                                     generator=generator, row_keys=keys, max_tokens=max_tokens)  # fmt: skip
+        loglik = continuation_loglik(
+            em,
+            tokens,
+            cont,
+            lengths,
+            block=mdlm_block,
+            mc_samples=mc_samples,
+            generator=generator,
+            row_keys=keys,
+            max_tokens=max_tokens,
+        )
         for (i, j, _, _), value in zip(batch, loglik.tolist(), strict=True):
             nlls[i][j] = -value
         start = end
@@ -218,9 +227,15 @@ def score_multiple_choice(
     if not items:
         raise ValueError(f"task {task}: no items to score")
     score = functools.partial(
-        choice_nlls, em, mc_samples=mc_samples, seed=seed, max_tokens=max_tokens, paired=paired, window=window,
+        choice_nlls,
+        em,
+        mc_samples=mc_samples,
+        seed=seed,
+        max_tokens=max_tokens,
+        paired=paired,
+        window=window,
         mdlm_block=mdlm_block,
-    )  # fmt: skip
+    )
     nlls = score(items)
     priors = score([MCItem(i.id, i.context[:1], i.choices, i.gold) for i in items]) if pmi else [None] * len(items)
     per_item = [item_metrics(item, v, prior) for item, v, prior in zip(items, nlls, priors, strict=True)]
@@ -296,8 +311,11 @@ def heldout_cloze_items(
             if usable is not None and (d, o) not in usable:
                 continue
             # Distractors: the span at the same offset of other documents, each different from the gold and each other.
-            candidates = [e for e in range(len(docs)) if e != d and len(docs[e][1]) >= o + span_tokens
-                          and (usable is None or (e, o) in usable)]  # fmt: skip
+            candidates = [
+                e
+                for e in range(len(docs))
+                if e != d and len(docs[e][1]) >= o + span_tokens and (usable is None or (e, o) in usable)
+            ]
             rng.shuffle(candidates)
             choices = [gold]
             for e in candidates:
@@ -401,12 +419,28 @@ class MultipleChoiceTask(EvalTask):
         )
 
     def score(self, em: EvalModel, ranks: Ranks) -> list[TaskResult]:
-        return [score_multiple_choice(self.name, em, self.items, mc_samples=self.settings.eval.mc_samples,
-                                      mdlm_block=self.settings.eval.mdlm_block, seed=ITEM_SEED, pmi=self.pmi)]  # fmt: skip
+        return [
+            score_multiple_choice(
+                self.name,
+                em,
+                self.items,
+                mc_samples=self.settings.eval.mc_samples,
+                mdlm_block=self.settings.eval.mdlm_block,
+                seed=ITEM_SEED,
+                pmi=self.pmi,
+            )
+        ]
 
     @classmethod
-    def build_items(cls, codec: Codec, *, max_items: int, seed: int = 0, max_seq_len: int | None = None,
-                    heldout_documents: Sequence[dict[str, str]] | None = None) -> list[MCItem]:  # fmt: skip
+    def build_items(
+        cls,
+        codec: Codec,
+        *,
+        max_items: int,
+        seed: int = 0,
+        max_seq_len: int | None = None,
+        heldout_documents: Sequence[dict[str, str]] | None = None,
+    ) -> list[MCItem]:
         """The items, each fitting `max_seq_len` tokens (None: no limit)."""
         raise NotImplementedError
 
@@ -443,8 +477,15 @@ class HeldoutCloze(MultipleChoiceTask):
                 raise ValueError("heldout_cloze needs heldout_documents (or a PreparedData as codec)")
             heldout_documents = codec.heldout_documents()
         prefix, span = cloze_sizes(max_seq_len)
-        items = heldout_cloze_items(codec, heldout_documents, n_items=max_items, n_choices=CHOICES,
-                                    prefix_tokens=prefix, span_tokens=span, seed=seed)  # fmt: skip
+        items = heldout_cloze_items(
+            codec,
+            heldout_documents,
+            n_items=max_items,
+            n_choices=CHOICES,
+            prefix_tokens=prefix,
+            span_tokens=span,
+            seed=seed,
+        )
         if not items:
             raise TaskError(
                 f"heldout_cloze: no items from {len(heldout_documents)} held-out documents (each item needs a "
@@ -464,8 +505,9 @@ class HumanEvalLikelihood(MultipleChoiceTask):
 
     @classmethod
     def build_items(cls, codec, *, max_items, seed=0, max_seq_len=None, heldout_documents=None):
-        items = humaneval_likelihood_items(codec, n_items=max_items, n_choices=CHOICES, seed=seed,
-                                           max_tokens=max_seq_len)  # fmt: skip
+        items = humaneval_likelihood_items(
+            codec, n_items=max_items, n_choices=CHOICES, seed=seed, max_tokens=max_seq_len
+        )
         if not items:
             raise TaskError(
                 f"humaneval_likelihood: no HumanEval solution fits half of the model's {max_seq_len}-token window; "
@@ -480,8 +522,7 @@ class HumanEvalLikelihood(MultipleChoiceTask):
         from crossover.data.store import cache_root
 
         ev = trial.eval
-        rows = _humaneval_rows(trial.data.model_dump_json(), str(cache_root(trial.data.cache_dir)),
-                               ev.max_items)  # fmt: skip
+        rows = _humaneval_rows(trial.data.model_dump_json(), str(cache_root(trial.data.cache_dir)), ev.max_items)
         if rows is None:
             seq_len = trial.data.seq_len
             rows = ((seq_len, seq_len // 2),) * (min(ev.max_items, HUMANEVAL_PROBLEMS) * CHOICES)

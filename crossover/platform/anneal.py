@@ -55,8 +55,12 @@ class Anneal:
 
     @property
     def tags(self) -> dict[str, str]:
-        return {TAG_ROLE: ROLE_ANNEAL, TAG_ANNEAL_OF: self.of.trial_id, TAG_ANNEAL_STOP: str(self.stop),
-                TAG_ANNEAL_METRIC: self.metric}  # fmt: skip
+        return {
+            TAG_ROLE: ROLE_ANNEAL,
+            TAG_ANNEAL_OF: self.of.trial_id,
+            TAG_ANNEAL_STOP: str(self.stop),
+            TAG_ANNEAL_METRIC: self.metric,
+        }
 
     @property
     def trained_tokens(self) -> int:
@@ -87,8 +91,10 @@ class AnnealPlan:
         per = f"{cells} cell{'s' if cells != 1 else ''}" + (f" ({len(todo)} trials)" if len(todo) != cells else "")
         continued = [a for a in todo if a.continues]
         how = f"{len(continued)} continue a kept checkpoint" if continued else "each trained from scratch"
-        line = (f"annealing AR to its validation-chosen stop {at} tokens for {per} ({how}: "
-                f"{format_tokens(sum(a.trained_tokens for a in todo))} tokens to train)")  # fmt: skip
+        line = (
+            f"annealing AR to its validation-chosen stop {at} tokens for {per} ({how}: "
+            f"{format_tokens(sum(a.trained_tokens for a in todo))} tokens to train)"
+        )
         return "; ".join([line, *self.notes])
 
 

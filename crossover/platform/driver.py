@@ -54,8 +54,14 @@ class StudyOutcome:
     experiment_path: str
 
 
-def _tracked_run(trial_json: dict[str, Any], uri: str, parent_run_id: str, runtime: Runtime,
-                 continues: dict[str, Any] | None, tags: dict[str, str] | None) -> TrialRun:  # fmt: skip
+def _tracked_run(
+    trial_json: dict[str, Any],
+    uri: str,
+    parent_run_id: str,
+    runtime: Runtime,
+    continues: dict[str, Any] | None,
+    tags: dict[str, str] | None,
+) -> TrialRun:
     """Built inside the process that trains (rank 0): trials log to MLflow from where they run."""
     return TrialRun(TrialSpec.model_validate(trial_json), uri, parent_run_id, runtime, continues, tags)
 
@@ -82,13 +88,25 @@ def run_trial(config: dict[str, Any]) -> None:
 
             from crossover.trainers.launch import run_workers
 
-            tracked = functools.partial(_tracked_run, trial.model_dump(mode="json"), config["tracking_uri"],
-                                        config["parent_run_id"], runtime, continues, tags)  # fmt: skip
+            tracked = functools.partial(
+                _tracked_run,
+                trial.model_dump(mode="json"),
+                config["tracking_uri"],
+                config["parent_run_id"],
+                runtime,
+                continues,
+                tags,
+            )
             outcome = run_workers(
-                trial, config["storage"], name=f"{trial.study}-{trial.trial_id}", run_factory=tracked,
-                callbacks=[TuneReportCallback()], max_failures=trial.resources.max_failures, runtime=runtime,
+                trial,
+                config["storage"],
+                name=f"{trial.study}-{trial.trial_id}",
+                run_factory=tracked,
+                callbacks=[TuneReportCallback()],
+                max_failures=trial.resources.max_failures,
+                runtime=runtime,
                 continues=branch,
-            )  # fmt: skip
+            )
             if outcome.error is not None:
                 raise outcome.error
     except (SystemExit, KeyboardInterrupt):  # Tune stopped the trial with its study: not a failure, it continues
@@ -151,8 +169,10 @@ def check_start(spec: StudySpec, spec_path: str, storage: str, *, resume: bool, 
     if resume and fresh:
         raise StartError("--resume and --fresh contradict each other: choose one")
     if resume and not has_tune_state(spec, storage):
-        raise StartError(f"nothing to continue: study {spec.name} has no earlier run under {storage} (never run "
-                         f"there, or --storage differs); `crossover run {spec_path}` without --resume starts it")  # fmt: skip
+        raise StartError(
+            f"nothing to continue: study {spec.name} has no earlier run under {storage} (never run "
+            f"there, or --storage differs); `crossover run {spec_path}` without --resume starts it"
+        )
 
 
 def check_tracking(uri: str, created: Path | None) -> None:
@@ -175,8 +195,10 @@ def clean_up_after_a_crash(folder: Path, study: str) -> int:
 
     record = state_file(folder, study)
     if driver := running_driver(record):
-        raise StartError(f"study {study} is already running (driver pid {driver.pid}); `crossover stop` stops it, "
-                         f"`crossover status {study}` shows it")  # fmt: skip
+        raise StartError(
+            f"study {study} is already running (driver pid {driver.pid}); `crossover stop` stops it, "
+            f"`crossover status {study}` shows it"
+        )
     return clean_up(record)
 
 
@@ -218,8 +240,12 @@ def run_study(
             runtime = study_runtime(
                 tracking_uri, parent_run_id, resolve_runtime(spec.train, trials[0].model, resources)
             )
-            common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "storage": storage,
-                      "runtime": runtime.model_dump()}  # fmt: skip
+            common = {
+                "tracking_uri": tracking_uri,
+                "parent_run_id": parent_run_id,
+                "storage": storage,
+                "runtime": runtime.model_dump(),
+            }
             tune_name, first = spec.name, True
             if spec.search is None:  # a grid study can grow; a search study's trials are samples
                 growth = plan_growth(spec, tracking_uri, parent_run_id)
@@ -230,18 +256,34 @@ def run_study(
                 common["continues"] = growth.continues
                 trials = trials if first else growth.to_run
                 experiment = f"{storage.rstrip('/')}/{tune_name}"
-            results = _fit(spec, trials, storage, address, max_concurrent, callbacks, common, interrupted,
-                           tune_name, first) if trials else []  # fmt: skip
+            results = (
+                _fit(spec, trials, storage, address, max_concurrent, callbacks, common, interrupted, tune_name, first)
+                if trials
+                else []
+            )
             stopped = _sorted_out(results, trial_statuses(tracking_uri, parent_run_id))[2]
             if spec.early_stopped_ar.anneal and spec.search is None and not stopped:
                 plan = plan_anneals(spec, tracking_uri, parent_run_id, storage)
                 if on_anneal:
                     on_anneal(plan)
                 if todo := [a.trial for a in plan.to_run]:
-                    phase = {**common, "continues": {a.trial.trial_id: a.continues for a in plan.to_run if a.continues},
-                             "run_tags": {a.trial.trial_id: a.tags for a in plan.to_run}}  # fmt: skip
-                    results += _fit(spec, todo, storage, address, max_concurrent, callbacks, phase, interrupted,
-                                    f"{spec.name}.anneal-{_trials_hash(todo)[:8]}", True)  # fmt: skip
+                    phase = {
+                        **common,
+                        "continues": {a.trial.trial_id: a.continues for a in plan.to_run if a.continues},
+                        "run_tags": {a.trial.trial_id: a.tags for a in plan.to_run},
+                    }
+                    results += _fit(
+                        spec,
+                        todo,
+                        storage,
+                        address,
+                        max_concurrent,
+                        callbacks,
+                        phase,
+                        interrupted,
+                        f"{spec.name}.anneal-{_trials_hash(todo)[:8]}",
+                        True,
+                    )
     except KeyboardInterrupt:  # Ctrl-C before Tune took it over (the parent run being made, Ray starting)
         mark_study_stopped(tracking_uri, spec.name)
         raise
@@ -277,9 +319,18 @@ def interrupts_kept() -> Iterator[Callable[[], None]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _fit(spec: StudySpec, trials: list[TrialSpec], storage: str, address: str | None, max_concurrent: int | None,
-         callbacks: list | None, common: dict[str, Any], interrupted: Callable[[], None], experiment: str,
-         first: bool) -> list:  # fmt: skip
+def _fit(
+    spec: StudySpec,
+    trials: list[TrialSpec],
+    storage: str,
+    address: str | None,
+    max_concurrent: int | None,
+    callbacks: list | None,
+    common: dict[str, Any],
+    interrupted: Callable[[], None],
+    experiment: str,
+    first: bool,
+) -> list:
     """Start or join Ray and run the study's Tuners; their Results. A stopped Tuner (Ctrl-C: some of its trials
     did not finish) ends the study's run there: the Tuners after it wait for the next `crossover run`.
     `interrupted()` raises KeyboardInterrupt if a Ctrl-C came and was lost on the way (see `interrupts_kept`).
@@ -436,6 +487,7 @@ def searched_trial(study: dict[str, Any], point: str, hparams: dict[str, Any]) -
     grid = {**study.get("grid", {}), **{name: [value] for name, value in hparams.items()}}
     candidates = parse_study({**study, "grid": grid}).expand()
     return next(
-        t for t in candidates
+        t
+        for t in candidates
         if t.objective == base.objective and t.seed == base.seed and base.axes.items() <= t.axes.items()
-    )  # fmt: skip
+    )

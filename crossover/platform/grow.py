@@ -105,8 +105,11 @@ def finished_in(spec: StudySpec, uri: str) -> Finished:
     except Exception as exc:  # noqa: BLE001 - any failure to read is reported, never raised: the plan goes on
         return Finished(uri, unread=f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}")
     in_spec = {t.trial_id for t in spec.expand()}
-    return Finished(uri, frozenset(r.data.tags[TAG_TRIAL_ID] for r in grid) & in_spec,
-                    frozenset(r.data.tags[TAG_ANNEAL_OF] for r in anneals if TAG_ANNEAL_OF in r.data.tags))  # fmt: skip
+    return Finished(
+        uri,
+        frozenset(r.data.tags[TAG_TRIAL_ID] for r in grid) & in_spec,
+        frozenset(r.data.tags[TAG_ANNEAL_OF] for r in anneals if TAG_ANNEAL_OF in r.data.tags),
+    )
 
 
 def remaining_study(spec: StudySpec, trials: list[TrialSpec]) -> StudySpec:
@@ -133,8 +136,12 @@ def plan_growth(spec: StudySpec, uri: str, parent_run_id: str) -> Growth:
             growth.added_tasks[trial.trial_id] = missing
     replaced: set[str] = set()
     for trial in growth.to_run:
-        shorter = [r for r in finished if r.data.tags.get(TAG_LINEAGE) == trial.lineage_id
-                   and int(r.data.params.get("train.total_tokens", 0)) < trial.total_tokens]  # fmt: skip
+        shorter = [
+            r
+            for r in finished
+            if r.data.tags.get(TAG_LINEAGE) == trial.lineage_id
+            and int(r.data.params.get("train.total_tokens", 0)) < trial.total_tokens
+        ]
         step = branch_step(trial)
         if step is None:
             if shorter and COSINE_NOTE not in growth.notes:
@@ -148,9 +155,12 @@ def plan_growth(spec: StudySpec, uri: str, parent_run_id: str) -> Growth:
         source_id = source.data.tags[TAG_TRIAL_ID]
         replaces = source_id not in in_spec and source_id not in replaced
         replaced |= {source_id} if replaces else set()
-        growth.continues[trial.trial_id] = {"run_id": source.info.run_id, "branch": source.data.tags[TAG_BRANCH],
-                                            "tokens": int(source.data.tags[TAG_BRANCH_TOKENS]),
-                                            "replaces": replaces}  # fmt: skip
+        growth.continues[trial.trial_id] = {
+            "run_id": source.info.run_id,
+            "branch": source.data.tags[TAG_BRANCH],
+            "tokens": int(source.data.tags[TAG_BRANCH_TOKENS]),
+            "replaces": replaces,
+        }
     return growth
 
 
@@ -173,8 +183,7 @@ def kept_checkpoints(storage: str, spec: StudySpec, trial: TrialSpec) -> list[tu
     return sorted(found.items())
 
 
-def score_added_tasks(spec: StudySpec, growth: Growth, uri: str, parent_run_id: str, storage: str,
-                      say=print) -> None:  # fmt: skip
+def score_added_tasks(spec: StudySpec, growth: Growth, uri: str, parent_run_id: str, storage: str, say=print) -> None:
     """Score each kept trial on the tasks added to the spec, at each of its kept checkpoints, into its run."""
     from crossover.evals.suite import evaluate_checkpoint, metrics_of
     from crossover.trainers.schedules import eval_steps
@@ -182,8 +191,10 @@ def score_added_tasks(spec: StudySpec, growth: Growth, uri: str, parent_run_id: 
     if not growth.added_tasks:
         return
     if "://" in storage:
-        say(f"added tasks not scored: the kept trials' checkpoints are in {storage}, and scoring them is done on "
-            "local storage only; `crossover eval CHECKPOINT --task ...` scores one")  # fmt: skip
+        say(
+            f"added tasks not scored: the kept trials' checkpoints are in {storage}, and scoring them is done on "
+            "local storage only; `crossover eval CHECKPOINT --task ...` scores one"
+        )
         return
     trials = {t.trial_id: t for t in growth.kept}
     for trial_id, tasks in growth.added_tasks.items():
@@ -194,9 +205,11 @@ def score_added_tasks(spec: StudySpec, growth: Growth, uri: str, parent_run_id: 
             say(f"{trial.name}: no kept checkpoint under {storage}; {', '.join(tasks)} not scored for it")
             continue
         if len(checkpoints) < points:
-            say(f"{trial.name}: {len(checkpoints)} of its {points} eval points' checkpoints are kept "
+            say(
+                f"{trial.name}: {len(checkpoints)} of its {points} eval points' checkpoints are kept "
                 f"(train.keep_checkpoints: {trial.train.keep_checkpoints}): {', '.join(tasks)} scored at those; "
-                "train.keep_checkpoints: all keeps one per eval point")  # fmt: skip
+                "train.keep_checkpoints: all keeps one per eval point"
+            )
         run = TrialRun(trial, uri, parent_run_id)
         for tokens, folder in checkpoints:
             results = evaluate_checkpoint(str(folder), tasks)

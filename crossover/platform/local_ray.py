@@ -45,8 +45,11 @@ def record_local_instance(path: Path) -> None:
     import ray
 
     me = psutil.Process()
-    payload = {"driver_pid": me.pid, "driver_started": me.create_time(),
-               "session_dir": ray._private.worker._global_node.get_session_dir_path()}  # fmt: skip
+    payload = {
+        "driver_pid": me.pid,
+        "driver_started": me.create_time(),
+        "session_dir": ray._private.worker._global_node.get_session_dir_path(),
+    }
     partial = path.with_name(path.name + ".partial")
     path.parent.mkdir(parents=True, exist_ok=True)  # a first run with --verbose has no log there yet
     partial.write_text(json.dumps(payload))

@@ -49,8 +49,9 @@ class ProgressCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if display := self._display():
             metrics = {k: result[k] for k in SHOWN_METRICS if isinstance(result.get(k), (int, float))}
-            display.event(trial, "running", tokens=int(result.get("tokens", 0)), epoch=result.get("epoch", 0.0),
-                          metrics=metrics)  # fmt: skip
+            display.event(
+                trial, "running", tokens=int(result.get("tokens", 0)), epoch=result.get("epoch", 0.0), metrics=metrics
+            )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if display := self._display():
@@ -141,8 +142,12 @@ class StudyProgress:
         for name, row in self.rows.items():
             metrics = row.get("metrics", {})
             table.add_row(
-                name, f"[{colors.get(row['status'], 'dim')}]{row['status']}[/]", format_tokens(row.get("tokens", 0)),
-                f"{row.get('epoch', 0):.2f}", *[f"{metrics[m]:.4f}" if m in metrics else "" for m in SHOWN_METRICS],
-                f"{row['rate']:,.0f}" if row.get("rate") else "", self._eta(name, row),
-            )  # fmt: skip
+                name,
+                f"[{colors.get(row['status'], 'dim')}]{row['status']}[/]",
+                format_tokens(row.get("tokens", 0)),
+                f"{row.get('epoch', 0):.2f}",
+                *[f"{metrics[m]:.4f}" if m in metrics else "" for m in SHOWN_METRICS],
+                f"{row['rate']:,.0f}" if row.get("rate") else "",
+                self._eta(name, row),
+            )
         return table

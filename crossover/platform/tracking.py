@@ -211,8 +211,15 @@ class TrialRun:
     closing the run wait out a restart, so a tracking server that is down for a while mid-run loses nothing: what
     was logged meanwhile is sent when it answers again, at the latest when the trial ends."""
 
-    def __init__(self, trial: TrialSpec, uri: str, parent_run_id: str, runtime: Runtime | None = None,
-                 continues: dict[str, Any] | None = None, tags: dict[str, str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        trial: TrialSpec,
+        uri: str,
+        parent_run_id: str,
+        runtime: Runtime | None = None,
+        continues: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+    ):
         """`continues`: the shorter trial this one continues from its branch checkpoint ({"run_id", "tokens",
         "replaces"}): its points up to there are this run's too; when it `replaces` it (the spec no longer has
         that trial), its run is deleted once this one finishes, so the study keeps one run per trial (an anneal
@@ -323,8 +330,11 @@ class TrialRun:
             return
         keys = sorted(k for k in self.client.get_run(source).data.metrics if not k.startswith(SUMMARY_PREFIX))
         for key in sorted(keys, key=lambda k: k == "tokens"):
-            points = [Metric(key, m.value, m.timestamp, m.step)
-                      for m in self.client.get_metric_history(source, key) if m.step <= tokens]  # fmt: skip
+            points = [
+                Metric(key, m.value, m.timestamp, m.step)
+                for m in self.client.get_metric_history(source, key)
+                if m.step <= tokens
+            ]
             for start in range(0, len(points), 1000):
                 self.client.log_batch(target, metrics=points[start : start + 1000])
         tasks = [f.path for f in self.client.list_artifacts(source, ITEMS_DIR) if f.is_dir]
@@ -426,8 +436,12 @@ def study_status(study: str, uri: str) -> list[dict[str, Any]]:
     children = _trial_runs(client, experiment.experiment_id, parent.info.run_id, order_by=["attributes.run_name"])
     rows = []
     for run in children:
-        row = {"name": run.info.run_name, "status": run.info.status, **run.data.metrics,
-               "total_tokens": int(run.data.params.get("train.total_tokens", 0))}  # fmt: skip
+        row = {
+            "name": run.info.run_name,
+            "status": run.info.status,
+            **run.data.metrics,
+            "total_tokens": int(run.data.params.get("train.total_tokens", 0)),
+        }
         if run.info.status == "RUNNING":
             history = client.get_metric_history(run.info.run_id, "tokens")
             row["rate"] = smoothed_rate([(m.timestamp / 1000, m.value) for m in history])

@@ -42,8 +42,10 @@ def metric_problem(spec: StudySpec) -> str | None:
             return f"{HELDOUT_LOSS} has no items to split into validation and test: name a multiple-choice metric"
         return None
     if spec.early_stopped_ar.anneal and anneal_metric(spec) is None:
-        return ("the anneal chooses AR's stop on a task's validation items, and eval.tasks has no task with items: "
-                "add heldout_cloze")  # fmt: skip
+        return (
+            "the anneal chooses AR's stop on a task's validation items, and eval.tasks has no task with items: "
+            "add heldout_cloze"
+        )
     return None
 
 
@@ -62,8 +64,10 @@ def anneal_trial(ar: TrialSpec, stop: int) -> TrialSpec:
     """`ar` trained for `stop` tokens (its decay ending there), named `<ar name>-anneal<stop>`."""
     content = ar.model_dump(mode="json", exclude={"trial_id", "name"})
     content["train"]["total_tokens"] = int(stop)
-    return TrialSpec.model_validate({
-        **content,
-        "trial_id": trial_identity({**content, "anneal_of": ar.trial_id}),
-        "name": f"{ar.name}-anneal{format_tokens(stop)}",
-    })  # fmt: skip
+    return TrialSpec.model_validate(
+        {
+            **content,
+            "trial_id": trial_identity({**content, "anneal_of": ar.trial_id}),
+            "name": f"{ar.name}-anneal{format_tokens(stop)}",
+        }
+    )

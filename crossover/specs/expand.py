@@ -371,9 +371,14 @@ def gpu_memory_fits(model: ModelConfig, train: TrainSpec, seq_len: int, resource
     """Whether a GPU trial's estimated peak memory fits its share of a GPU; if not, a message naming the changes
     that would make it fit (by the same estimate)."""
     budget = resources.gpu_memory_gb * GIB * min(1.0, resources.gpus_per_worker)
-    settings = dict(precision="bf16" if train.precision == "auto" else train.precision, zero_stage=train.zero_stage,
-                    workers=resources.workers, micro_batch=train.micro_batch, seq_len=seq_len,
-                    checkpointing=train.activation_checkpointing)  # fmt: skip
+    settings = dict(
+        precision="bf16" if train.precision == "auto" else train.precision,
+        zero_stage=train.zero_stage,
+        workers=resources.workers,
+        micro_batch=train.micro_batch,
+        seq_len=seq_len,
+        checkpointing=train.activation_checkpointing,
+    )
     estimate = estimate_memory(model, **settings)
     if estimate.total <= budget:
         return True, ""

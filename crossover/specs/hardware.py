@@ -104,10 +104,17 @@ def cpu_info() -> CpuInfo:
     aten, onednn = (os.environ.get(var, "") for var in CAP_VARS)
     mixed = None
     if hardware == "AMX" and _aten_cap(aten) in ("other", "AVX2") and _onednn_cap(onednn) == "AMX":
-        mixed = (f"ATEN_CPU_CAPABILITY={aten} without ONEDNN_MAX_CPU_ISA=AVX2: torch's bf16 attention fails on this "
-                 f"AMX CPU (pack_vnni2); set both, or neither")  # fmt: skip
-    return CpuInfo(model=model, isa=_lowest(hardware, _aten_cap(aten), _onednn_cap(onednn)),
-                   avx512_bf16="avx512_bf16" in flags, hardware_isa=hardware, mixed_caps=mixed)  # fmt: skip
+        mixed = (
+            f"ATEN_CPU_CAPABILITY={aten} without ONEDNN_MAX_CPU_ISA=AVX2: torch's bf16 attention fails on this "
+            f"AMX CPU (pack_vnni2); set both, or neither"
+        )
+    return CpuInfo(
+        model=model,
+        isa=_lowest(hardware, _aten_cap(aten), _onednn_cap(onednn)),
+        avx512_bf16="avx512_bf16" in flags,
+        hardware_isa=hardware,
+        mixed_caps=mixed,
+    )
 
 
 def capped_env(isa: Isa, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -163,14 +170,22 @@ def resolve_runtime(
         capped = f", capped from {cpu.hardware_isa}" if cpu.hardware_isa not in (None, cpu.isa) else ""
         slower = "bf16 is slower without AMX on most CPUs, though not all (train.precision: bf16 chooses it)"
         reason = "has AMX" if cpu.native_bf16 else f"uses no AMX ({cpu.isa}{capped}): {slower}"
-        return Runtime(device=device, precision=precision, compile=compile_, why=f"CPU {cpu.model} {reason}",
-                       warning=slow_compile)  # fmt: skip
+        return Runtime(
+            device=device, precision=precision, compile=compile_, why=f"CPU {cpu.model} {reason}", warning=slow_compile
+        )
     warning = slow_compile
     if train.precision == "bf16" and not cpu.native_bf16:
         slower = BF16_SLOWDOWN.get(cpu.isa, BF16_SLOWDOWN["AVX2"])
-        warning = "; ".join(filter(None, [
-            f"train.precision bf16 on a CPU without AMX ({cpu.model}, {cpu.isa}) trains about {slower:g}x slower "
-            f"than fp32; use precision: auto (or fp32)", slow_compile]))  # fmt: skip
+        warning = "; ".join(
+            filter(
+                None,
+                [
+                    f"train.precision bf16 on a CPU without AMX ({cpu.model}, {cpu.isa}) trains about {slower:g}x slower "
+                    f"than fp32; use precision: auto (or fp32)",
+                    slow_compile,
+                ],
+            )
+        )
     if train.precision == "bf16" and cpu.mixed_caps:
         warning = "; ".join(filter(None, [warning, cpu.mixed_caps]))
     return Runtime(device=device, precision=train.precision, compile=compile_, why="set in the spec", warning=warning)

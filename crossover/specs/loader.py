@@ -171,8 +171,10 @@ def _read_spec_text(path: str | Path, file: str) -> str:
     except OSError as exc:
         raise refuse(f"cannot read the spec: {exc}") from None
     if len(raw) > MAX_SPEC_BYTES:
-        raise refuse(f"over {MAX_SPEC_BYTES // 1024} KiB, the most a study spec may be (a few keys and grids): is this "
-                     "the right file?")  # fmt: skip
+        raise refuse(
+            f"over {MAX_SPEC_BYTES // 1024} KiB, the most a study spec may be (a few keys and grids): is this "
+            "the right file?"
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -89,5 +89,11 @@ def estimate_memory(
     states = weights + gradients + optimizer
     peak = max(states + activations, states + step_gradients)
     total = peak * FRAGMENTATION + (OVERHEAD_BYTES if gpu else 0)
-    return MemoryEstimate(weights=weights, gradients=gradients, optimizer=optimizer, activations=activations,
-                          step_gradients=step_gradients, total=total)  # fmt: skip
+    return MemoryEstimate(
+        weights=weights,
+        gradients=gradients,
+        optimizer=optimizer,
+        activations=activations,
+        step_gradients=step_gradients,
+        total=total,
+    )

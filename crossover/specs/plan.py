@@ -81,7 +81,7 @@ def plan_study(spec: StudySpec, mfu: float = 0.4, gpu_tflops: float = 989.0) -> 
                     gpu=runtime.device == "cuda",
                 ).total
                 / GIB,
-            )  # fmt: skip
+            )
         )
     return Plan(
         study=spec.name,

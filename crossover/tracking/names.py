@@ -128,8 +128,11 @@ def ui_server(tracking_uri: str) -> str:
 
 def view_state(columns: list[str]) -> str:
     """The experiment tag value of the saved view: its name and the runs table's columns (MLflow 3.17's format)."""
-    state = {"selectedColumns": [f"metrics.`{c}`" for c in columns], "orderByKey": "attributes.start_time",
-             "orderByAsc": False}  # fmt: skip
+    state = {
+        "selectedColumns": [f"metrics.`{c}`" for c in columns],
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+    }
     return json.dumps({"name": "crossover", "createdAt": 0, "state": json.dumps(state)})
 
 
@@ -154,8 +157,12 @@ def items_path(task: str, step: int) -> str:
 
 def items_payload(task: str, step: int, ids: list[str], metrics: Mapping[str, list[float]]) -> dict[str, Any]:
     """The per-item file's content: eval/<task>/<metric> is the mean of each list, in the order of `ids`."""
-    return {"task": task, "step": int(step), "ids": [str(i) for i in ids],
-            "metrics": {k: [float(v) for v in vs] for k, vs in metrics.items()}}  # fmt: skip
+    return {
+        "task": task,
+        "step": int(step),
+        "ids": [str(i) for i in ids],
+        "metrics": {k: [float(v) for v in vs] for k, vs in metrics.items()},
+    }
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:

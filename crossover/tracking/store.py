@@ -58,8 +58,10 @@ def check_reachable(uri: str, *, write: bool, timeout_s: float = 5.0) -> None:
                     f"cannot write the SQLite tracking store in {folder}; choose a writable --tracking-uri"
                 )
         elif not Path(path).is_file():
-            raise TrackingError(f"no MLflow store at {path} (tracking URI {uri}); run a study first, or point "
-                                "--tracking-uri or MLFLOW_TRACKING_URI at the store that holds it")  # fmt: skip
+            raise TrackingError(
+                f"no MLflow store at {path} (tracking URI {uri}); run a study first, or point "
+                "--tracking-uri or MLFLOW_TRACKING_URI at the store that holds it"
+            )
     elif scheme in ("", "file") and not write:
         path = urllib.parse.urlsplit(uri).path if scheme == "file" else uri
         if not Path(path).is_dir():
@@ -117,14 +119,16 @@ def find_experiment_id(client: Any, name: str) -> str | None:
     return experiment.experiment_id if experiment is not None and experiment.lifecycle_stage == "active" else None
 
 
-def search_all_runs(client: Any, experiment_ids: list[str], filter_string: str = "",
-                    order_by: list[str] | None = None) -> list:  # fmt: skip
+def search_all_runs(
+    client: Any, experiment_ids: list[str], filter_string: str = "", order_by: list[str] | None = None
+) -> list:
     """Every run matching the search, page after page (one search returns at most a page)."""
     runs: list = []
     token = None
     while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, order_by=order_by,
-                                  max_results=PAGE, page_token=token)  # fmt: skip
+        page = client.search_runs(
+            experiment_ids, filter_string=filter_string, order_by=order_by, max_results=PAGE, page_token=token
+        )
         runs.extend(page)
         token = page.token
         if not token:

@@ -124,8 +124,9 @@ class LocalReporter:
     "all") with their eval metrics in `folder/evals.jsonl`, the branch checkpoint in `folder/branch`. `continues`:
     a shorter trial's branch checkpoint to start from. Used by `crossover train` and the tests."""
 
-    def __init__(self, folder: str | Path, keep: int | str = 2, sink: MetricSink | None = None,
-                 continues: str | None = None):  # fmt: skip
+    def __init__(
+        self, folder: str | Path, keep: int | str = 2, sink: MetricSink | None = None, continues: str | None = None
+    ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.keep, self.sink, self.continues = keep, sink, continues
@@ -192,8 +193,9 @@ class RayReporter:
     """Inside a Ray Tune trial (`api="tune"`, one worker in the trial's process) or a Ray Train worker
     (`api="train"`): checkpoints go to Ray's storage, metrics and per-item results to the tracked run (MLflow)."""
 
-    def __init__(self, api: str, run: TrackedRun | None = None, storage: str | None = None,
-                 continues: str | None = None):  # fmt: skip
+    def __init__(
+        self, api: str, run: TrackedRun | None = None, storage: str | None = None, continues: str | None = None
+    ):
         self.api, self.run, self.storage = api, run, storage  # storage: the study's Ray storage path or URI
         self.continues = continues  # a shorter trial's branch checkpoint (path or URI) this trial starts from
 
@@ -281,9 +283,14 @@ def run_workers(
     worker_resources = {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"trial": trial.model_dump(mode="json"), "run_factory": run_factory, "storage": str(storage),
-                           "stop_after_steps": stop_after_steps, "runtime": runtime and runtime.model_dump(),
-                           "continues": continues},
+        train_loop_config={
+            "trial": trial.model_dump(mode="json"),
+            "run_factory": run_factory,
+            "storage": str(storage),
+            "stop_after_steps": stop_after_steps,
+            "runtime": runtime and runtime.model_dump(),
+            "continues": continues,
+        },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=worker_resources
@@ -295,5 +302,5 @@ def run_workers(
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             callbacks=callbacks,
         ),
-    )  # fmt: skip
+    )
     return trainer.fit()

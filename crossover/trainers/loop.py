@@ -284,8 +284,9 @@ class Trainer:
 
         self.engine.eval()
         ranks = Ranks(self.rank, self.world, lambda values: _all_reduce_sum(values, self.device))
-        results = self.suite.run(EvalModel.from_data(self.engine.module, self.trial.objective, self.data, self.trial),
-                                 ranks)  # fmt: skip
+        results = self.suite.run(
+            EvalModel.from_data(self.engine.module, self.trial.objective, self.data, self.trial), ranks
+        )
         return metrics_of(results), [r for r in results if r.item_ids]  # the held-out loss has no per-item file
 
     # ---- checkpoints
@@ -335,16 +336,20 @@ class Trainer:
         try:
             saved = TrialSpec.model_validate_json((Path(folder) / TRIAL_FILE).read_text())
         except ValidationError as exc:  # written by another version of crossover (a key renamed or retired since)
-            raise ValueError(f"checkpoint {folder} was written by another version of crossover and its trial no "
-                             f"longer validates ({exc.error_count()} problems, first: {exc.errors()[0]['msg']}): "
-                             "start the study over with `crossover run --fresh`") from None  # fmt: skip
+            raise ValueError(
+                f"checkpoint {folder} was written by another version of crossover and its trial no "
+                f"longer validates ({exc.error_count()} problems, first: {exc.errors()[0]['msg']}): "
+                "start the study over with `crossover run --fresh`"
+            ) from None
         state = json.loads(path.read_text())
         longer = saved.trial_id != self.trial.trial_id
         if longer and not _shared(saved, self.trial, int(state["tokens"])):
-            raise ValueError(f"checkpoint {folder} is trial {saved.name}'s, which trial {self.trial.name} cannot "
-                             "continue (only train.total_tokens may differ, and the checkpoint must be one both "
-                             "trials pass through alike: a shorter trial's branch, or a point of both stable "
-                             "phases)")  # fmt: skip
+            raise ValueError(
+                f"checkpoint {folder} is trial {saved.name}'s, which trial {self.trial.name} cannot "
+                "continue (only train.total_tokens may differ, and the checkpoint must be one both "
+                "trials pass through alike: a shorter trial's branch, or a point of both stable "
+                "phases)"
+            )
         self.engine.load_checkpoint(folder, tag="model")
         self.stream.load_state(state["data"], longer=longer)
         self.data_hash = state["data_hash"]

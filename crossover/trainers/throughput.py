@@ -69,10 +69,16 @@ def measurement_memory(trial: TrialSpec, runtime: Runtime) -> int:
     checkpointing and micro batch."""
     from crossover.specs.memory import estimate_memory
 
-    return estimate_memory(trial.model, precision=runtime.precision, zero_stage=0, workers=1,
-                           micro_batch=trial.train.micro_batch, seq_len=trial.data.seq_len,
-                           checkpointing=trial.train.activation_checkpointing,
-                           gpu=runtime.device == "cuda").total  # fmt: skip
+    return estimate_memory(
+        trial.model,
+        precision=runtime.precision,
+        zero_stage=0,
+        workers=1,
+        micro_batch=trial.train.micro_batch,
+        seq_len=trial.data.seq_len,
+        checkpointing=trial.train.activation_checkpointing,
+        gpu=runtime.device == "cuda",
+    ).total
 
 
 def estimated_rate(trial: TrialSpec, runtime: Runtime, memory: int | None = None) -> float:
@@ -116,9 +122,18 @@ def measure_rate(trial: TrialSpec, runtime: Runtime, memory: int | None = None) 
     from crossover.data.cache import cache_root
 
     threads = max(1, int(trial.resources.cpus_per_worker))
-    key = json.dumps([_device_name(runtime), torch.__version__, runtime.precision, threads, trial.data.seq_len,
-                      trial.train.micro_batch, trial.model.model_dump(exclude={"preset", "compile", "attention"})],
-                     sort_keys=True)  # fmt: skip
+    key = json.dumps(
+        [
+            _device_name(runtime),
+            torch.__version__,
+            runtime.precision,
+            threads,
+            trial.data.seq_len,
+            trial.train.micro_batch,
+            trial.model.model_dump(exclude={"preset", "compile", "attention"}),
+        ],
+        sort_keys=True,
+    )
     path = cache_root() / CACHE_FILE
     try:
         cache = json.loads(path.read_text()) if path.exists() else {}
@@ -197,8 +212,13 @@ def _model_label(model: ModelConfig) -> str:
     return f"L{model.layers}d{model.d_model}f{model.ffn}{moe}"
 
 
-def estimate_wall_time(spec: StudySpec, runtime: Runtime, slots: int, memory: int | None = None,
-                       after: Sequence[tuple[TrialSpec, int]] = ()) -> WallTime:  # fmt: skip
+def estimate_wall_time(
+    spec: StudySpec,
+    runtime: Runtime,
+    slots: int,
+    memory: int | None = None,
+    after: Sequence[tuple[TrialSpec, int]] = (),
+) -> WallTime:
     """The study's duration here with `slots` trials at once, from measured rates (see the module docstring); a
     model too large to measure in `memory` (default: what is free here) gets an estimated rate, said so. `after`:
     trials of a second phase that starts once the grid is done, each (trial, tokens it trains) (the anneal,
@@ -248,8 +268,10 @@ def local_slots(spec: StudySpec, max_concurrent: int | None = None) -> int:
 def describe(wall: WallTime, runtime: Runtime) -> str:
     from crossover.specs import format_seconds
 
-    rates = ", ".join(f"{label} {rate:,.0f} tok/s" + (" (estimated)" if label in wall.estimated else "")
-                      for label, rate in wall.rates.items())  # fmt: skip
+    rates = ", ".join(
+        f"{label} {rate:,.0f} tok/s" + (" (estimated)" if label in wall.estimated else "")
+        for label, rate in wall.rates.items()
+    )
     notes = "".join(f"; {label} not measured: {why}" for label, why in wall.estimated.items())
     after = f" then up to {len(wall.after)} anneal trials," if wall.after else ""
     return (
@@ -259,8 +281,12 @@ def describe(wall: WallTime, runtime: Runtime) -> str:
     )
 
 
-def wall_time_line(spec: StudySpec, max_concurrent: int | None = None, memory: int | None = None,
-                   after: Sequence[tuple[TrialSpec, int]] = ()) -> str | None:  # fmt: skip
+def wall_time_line(
+    spec: StudySpec,
+    max_concurrent: int | None = None,
+    memory: int | None = None,
+    after: Sequence[tuple[TrialSpec, int]] = (),
+) -> str | None:
     """One line for `plan` and `run`, or None where this machine cannot run the study's trials (GPU trials, no GPU).
     A measurement that fails (a kernel torch cannot run here, too little memory) never ends the plan: the line says
     the estimate was not measured, and why. `after`: a second phase's trials, as in `estimate_wall_time`."""
@@ -285,9 +311,13 @@ def why_not_measured(exc: Exception, runtime: Runtime) -> str:
     gap, named with its fix), else the error of training a step here."""
     reason = (str(exc).strip().splitlines() or [""])[0][:300]
     if isinstance(exc, ModuleNotFoundError) and exc.name:
-        return (f"the throughput measurement imports {exc.name}, which is not installed in {sys.prefix} "
-                f"(`pip install -e .` or `make setup` installs all of crossover's dependencies)")  # fmt: skip
+        return (
+            f"the throughput measurement imports {exc.name}, which is not installed in {sys.prefix} "
+            f"(`pip install -e .` or `make setup` installs all of crossover's dependencies)"
+        )
     if isinstance(exc, ImportError):
-        return (f"the throughput measurement's imports failed: {type(exc).__name__}: {reason} "
-                f"(`pip install -e .` or `make setup` installs all of crossover's dependencies)")  # fmt: skip
+        return (
+            f"the throughput measurement's imports failed: {type(exc).__name__}: {reason} "
+            f"(`pip install -e .` or `make setup` installs all of crossover's dependencies)"
+        )
     return f"{type(exc).__name__}: {reason} (training a step in {runtime.precision} on {_device_name(runtime)} failed)"
