@@ -8,7 +8,7 @@ import math
 import pytest
 
 from crossover.analysis import analyze_study, read_study, verdicts
-from crossover.analysis.formatting import BEFORE_START, PAST_END, interval, number, position, ratio
+from crossover.analysis.formatting import BEFORE_START, PAST_END, interval, number, position, ratio, significant
 
 from .analysis_support import write_study
 from .synthetic import Truth
@@ -16,6 +16,7 @@ from .test_analysis_mlflow import smoke_spec
 
 
 def test_positions_and_intervals_read_in_words():
+    assert significant(29.7, 1) == "30" and significant(47.92, 3) == "47.9" and significant(0.02371, 2) == "0.024"
     assert position(1.5e6, "tokens") == "1.5M" and position(2.34567, "epochs", unit=True) == "2.35 epochs"
     assert position(math.inf, "tokens") == PAST_END == "past the end"
     assert position(-math.inf, "flops") == BEFORE_START and position(float("nan"), "tokens") == ""

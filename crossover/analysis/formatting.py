@@ -33,6 +33,12 @@ def number(v: Any, digits: int = 3) -> str:
     return f"{float(v):.{digits}g}"
 
 
+def significant(v: float, digits: int = 3) -> str:
+    """`v` rounded to `digits` significant figures, without an exponent for everyday sizes: 29.7 at 1 figure reads
+    '30', not '3e+01'."""
+    return f"{float(f'{v:.{digits}g}'):.6g}"
+
+
 def position(v: Any, axis: str, digits: int = 3, unit: bool = False) -> str:
     """A position on the x axis ("tokens", "flops", "epochs"): tokens as 1.5M, others as numbers (followed by the
     axis' name with `unit`); an infinite bound in words; "" when missing."""

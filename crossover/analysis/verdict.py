@@ -41,7 +41,7 @@ import pandas as pd
 
 from crossover.analysis.analyze import EQUIVALENCE_MARGIN, SCORINGS, StudyAnalysis
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED, UNDETERMINED
-from crossover.analysis.formatting import interval, ratio
+from crossover.analysis.formatting import interval, ratio, significant
 from crossover.specs import format_tokens, parse_tokens
 
 _BAD_KEY = re.compile(r"[^\w.\- /]")
@@ -63,7 +63,7 @@ class Verdict:
 
 
 def _epochs(v: float) -> str:
-    return f"{v:.3g}"
+    return significant(v, 3)
 
 
 def _where(tokens: float, epochs: float) -> str:
@@ -186,7 +186,7 @@ def _head(row: pd.Series, curves, metric: str, confidence: float, axis: str, bet
     estimate = ""
     if row.get("point_status") == CROSSED and row.get("crossover_tokens") is not None:
         tokens, epochs = float(row["crossover_tokens"]), float(row["crossover_epochs"])
-        estimate = f"{format_tokens(tokens, digits)} tokens ({epochs:.{digits}g} epochs)"
+        estimate = f"{format_tokens(tokens, digits)} tokens ({significant(epochs, digits)} epochs)"
     status = row["status"]
     if status == CROSSED:
         return f"MDLM overtakes AR on {metric} at {estimate} ({evidence}); {at_end}"
