@@ -263,8 +263,8 @@ def _chromium() -> str:
 
 
 def assert_report_renders(report: Path, tmp_path: Path, min_images: int) -> Path:
-    """Open an analysis report in headless Chromium: at least `min_images` images, every one loaded, the page not
-    blank. Returns the screenshot."""
+    """Open an analysis report in headless Chromium: at least `min_images` images, every one loaded, every table
+    within the page at 1280 px (none cut off or scrolling sideways), the page not blank. Returns the screenshot."""
     chromium = _chromium()
     page = report.resolve().as_uri()
 
@@ -273,12 +273,14 @@ def assert_report_renders(report: Path, tmp_path: Path, min_images: int) -> Path
         command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page]
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
-    dom = run("--virtual-time-budget=10000", "--dump-dom")
+    dom = run("--window-size=1280,2400", "--virtual-time-budget=10000", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     marker = re.search(r'data-images="(\d+)/(\d+)"', dom.stdout)
     assert marker, "the report's image check did not run: " + dom.stdout[:500]
     loaded, total = map(int, marker.groups())
     assert total >= min_images and loaded == total, f"{loaded} of {total} images loaded"
+    wide = re.search(r'data-wide-tables="([^"]*)"', dom.stdout)  # tables wider than their box, " page" if it is
+    assert wide and wide.group(1) == "0", f"tables wider than the page at 1280 px: {wide and wide.group(1)}"
     assert "Some figures failed to load" in dom.stdout  # the warning exists ...
     assert 'id="image-warning" style="display: block' not in dom.stdout  # ... and stays hidden
 

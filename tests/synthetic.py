@@ -153,6 +153,7 @@ def trial_points(
                 eval_key(CLOZE, "acc_stderr"): correct.std(ddof=1) / math.sqrt(truth.items),
                 eval_key(CLOZE, "delta_nll"): delta.mean(),
                 eval_key(CLOZE, "nll"): float(np.mean(nll)),
+                eval_key(CLOZE, "chance"): truth.chance,  # as the task logs it: the mean of 1 / choices per item
             }
             items = {"acc": correct, "delta_nll": delta, "nll": nll}
             if truth.pmi_ar_shift is not None:  # the other scorings: per character alike, PMI shifted for AR

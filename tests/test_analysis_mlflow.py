@@ -13,6 +13,7 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -380,6 +381,93 @@ def test_report_opens_in_headless_chromium_with_every_image_loaded(store, tmp_pa
     keep = os.environ.get("CROSSOVER_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def _markdown_tables(markdown: str) -> list[list[list[str]]]:
+    """Each table of a Markdown report as rows of cells, its header first (the separator row left out)."""
+    tables, rows = [], []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
+def test_report_has_no_empty_column_or_csv_file(store, tmp_path):
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["analyze", "smoke", "--tracking-uri", store.uri, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    tables = _markdown_tables((out / "report.md").read_text())
+    assert len(tables) >= 5
+    for header, *rows in tables:
+        for i, column in enumerate(header):
+            assert any(row[i] for row in rows), f"the report's column '{column}' is empty"
+    written = sorted(p.name for p in out.glob("*.csv"))
+    assert written == ["critical_compute.csv", "crossovers.csv", "delta_nll.csv", "efficiency.csv", "scaling.csv"]
+    assert all(len(pd.read_csv(out / name)) for name in written)
+    assert json.loads((out / "summary.json").read_text())["not_written"] == {}
+
+    # three eval points: too few for a scaling law, so no scaling.csv nor critical_compute.csv, and the report says why
+    raw = smoke_spec("short")
+    uri = f"sqlite:///{tmp_path / 'short.db'}"
+    write_study(raw, uri, SMOKE_TRUTH, items=False, steps=[100_000, 200_000, 400_000])
+    short = tmp_path / "short"
+    result = runner.invoke(app, ["analyze", "short", "--tracking-uri", uri, "--out", str(short)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in short.glob("*.csv")) == ["crossovers.csv", "delta_nll.csv", "efficiency.csv"]
+    assert all(len(pd.read_csv(p)) for p in short.glob("*.csv"))
+    markdown = (short / "report.md").read_text()
+    not_written = json.loads((short / "summary.json").read_text())["not_written"]
+    assert set(not_written) == {"scaling.csv", "critical_compute.csv"}
+    for name, why in not_written.items():
+        assert f"- No {name}: {why}." in markdown
+    assert "- Beside this report: crossovers.csv, efficiency.csv, delta_nll.csv and summary.json." in markdown
+    for header, *rows in _markdown_tables(markdown):
+        assert all(any(row[i] for row in rows) for i in range(len(header))), header
+
+
+def test_figures_label_their_axes_and_draw_the_chance_line(store):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from crossover.analysis import plots
+    from crossover.analysis.analyze import analyze_study
+
+    data = read_study("smoke", store.uri)
+    analysis = analyze_study(data)
+    assert analysis.metric.startswith("eval/heldout_cloze/acc")  # an accuracy of a four-way multiple choice
+    figures = {
+        "cells": plots.cell_curves(analysis, data),
+        "axis": plots.crossover_vs_axis(analysis, "unique_tokens"),
+        "efficiency": plots.efficiency_bars(analysis),
+        "scaling": plots.scaling_fits(analysis, data),
+        "delta": plots.delta_nll_view(analysis, data),
+    }
+    for name, fig in figures.items():
+        shown = [ax for ax in fig.axes if ax.get_visible()]
+        assert shown and all(ax.get_xlabel() for ax in shown), name
+
+    def chance_lines(ax) -> list:
+        return [line for line in ax.get_lines() if str(line.get_label()).startswith("chance")]
+
+    cells = [ax for ax in figures["cells"].axes if ax.get_visible()]
+    assert len(cells) == 2
+    for ax in cells:
+        (line,) = chance_lines(ax)
+        assert list(line.get_ydata()) == [0.25, 0.25] and line.get_label() == "chance (0.25)"
+        assert ax.get_xlabel() == "training tokens" and ax.get_ylabel() == analysis.metric.removeprefix("eval/")
+    assert "chance (0.25)" in [t.get_text() for t in cells[0].get_legend().get_texts()]
+    loss, accuracy, *delta = figures["delta"].axes  # the chance line on the accuracy only
+    assert not chance_lines(loss) and len(chance_lines(accuracy)) == 1
+    assert "chance" in [t.get_text() for t in accuracy.texts] and not loss.texts  # said on the panel itself
+    assert not any(chance_lines(ax) for ax in delta)
+    # no chance line where the metric is no accuracy
+    on_loss = analyze_study(data, metric="eval/heldout_loss/loss")
+    assert not any(chance_lines(ax) for ax in plots.cell_curves(on_loss, data).axes)
+    assert plots.chance_level(data.curves, "eval/heldout_cloze/delta_nll") is None
 
 
 def test_noise_study_compares_ar_noise_variants_with_the_clean_mdlm(tmp_path):

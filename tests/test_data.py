@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from crossover.cli import app
 from crossover.data import (
     TIERS,
+    Budget,
     CodeQualityScorer,
     DataError,
     ProseQualityScorer,
@@ -531,6 +532,29 @@ def test_train_stream_gives_torch_micro_batches_and_exact_accounting(small, smal
     assert train_stream(other_seed, small).order_hash != streams[0].order_hash
     state = streams[1].state()
     assert state["step"] == 40 and (state["epoch"], state["position"]) == divmod(10_240, 3000)
+
+
+def test_budget_seed_holds_the_documents_of_a_budget_fixed_across_seeds(small, small_spec):
+    def ar_streams(data: DataSpec) -> list:
+        trials = make_trials(data, unique=3000, total=10_240, seeds=(0, 1))
+        return [train_stream(t, small) for t in trials if t.objective == "ar"]
+
+    own = ar_streams(small_spec)  # without data.budget_seed, each seed draws its own documents
+    assert set(own[0].budget.documents) != set(own[1].budget.documents)
+    fixed_spec = DataSpec.model_validate({**small_spec.model_dump(mode="json"), "budget_seed": 7})
+    fixed = ar_streams(fixed_spec)
+    assert list(fixed[0].budget.documents) == list(fixed[1].budget.documents)
+    assert list(fixed[0].budget.documents) == list(Budget(small, 3000, 7).documents)
+    assert (fixed[0].budget.tokens() == fixed[1].budget.tokens()).all()
+    # the data order is still each seed's own: the same unique tokens, shuffled differently
+    first = [s.global_batch(0) for s in fixed]
+    assert not np.array_equal(first[0], first[1])
+    assert fixed[0].order_hash != fixed[1].order_hash
+    # the field is in a trial's identity only where it is set: the ids of specs without it are unchanged
+    assert "budget_seed" not in small_spec.model_dump(mode="json")
+    assert fixed_spec.model_dump(mode="json")["budget_seed"] == 7
+    plain, held = make_trials(small_spec, 3000, 10_240)[0], make_trials(fixed_spec, 3000, 10_240)[0]
+    assert plain.trial_id != held.trial_id and plain.data.budget_seed is None and held.data.budget_seed == 7
 
 
 def test_a_budget_beyond_a_tier_fails_with_the_available_size(small, small_spec):

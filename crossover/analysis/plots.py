@@ -62,8 +62,29 @@ def _clip_ci(ci: tuple[float, float] | None, lo: float, hi: float) -> tuple[floa
     return (a, b) if b > a else None
 
 
-def cell_curves(analysis: StudyAnalysis) -> Figure | None:
-    """AR and MDLM curves of each cell, the crossover and its interval marked."""
+def chance_level(curves: pd.DataFrame | None, metric: str) -> float | None:
+    """The accuracy a guess gets on `metric`'s multiple-choice task: the mean of 1 / choices per item, which the task
+    logs as eval/<task>/chance. None for a metric that is no accuracy, or a task that logs no chance level."""
+    parts = metric.split("/")
+    if curves is None or len(parts) != 3 or not parts[2].startswith("acc") or parts[2].endswith("_stderr"):
+        return None
+    column = f"eval/{parts[1]}/chance"
+    if column not in curves or not curves[column].notna().any():
+        return None
+    return float(curves[column].mean())
+
+
+def _chance_line(ax, chance: float | None) -> None:
+    """The chance level as a dash-dot line, labelled on the panel itself (and in its legend, where it has one)."""
+    if chance is not None:
+        ax.axhline(chance, color="#777777", ls="-.", lw=0.9, label=f"chance ({chance:.3g})")
+        where = ax.get_yaxis_transform()  # x in axes fractions, y in data
+        ax.text(0.99, chance, "chance", transform=where, ha="right", va="bottom", fontsize=7, color="#555555")
+
+
+def cell_curves(analysis: StudyAnalysis, data: StudyData | None = None) -> Figure | None:
+    """AR and MDLM curves of each cell, the crossover and its interval marked; the chance level of an accuracy on a
+    multiple-choice task (read from `data`'s curves) as a line."""
     cells = _pick(list(analysis.cells), MAX_CELLS)
     if not cells:
         return None
@@ -71,6 +92,7 @@ def cell_curves(analysis: StudyAnalysis) -> Figure | None:
     nrow = math.ceil(len(cells) / ncol)
     fig = _figure(3.6 * ncol, 2.8 * nrow)
     axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False).ravel())
+    chance = chance_level(data.curves if data is not None else None, analysis.metric)
     for ax, cell in zip(axes, cells, strict=False):
         curve, result = analysis.cells[cell], analysis.results[cell]
         ax.plot(curve.x, curve.ar, "o-", color=AR_COLOR, ms=3, lw=1.2, label="AR")
@@ -87,6 +109,9 @@ def cell_curves(analysis: StudyAnalysis) -> Figure | None:
         status = {NOT_CROSSED: "AR ahead at the end", ALWAYS_AHEAD: "MDLM ahead throughout",
                   UNDETERMINED: "undetermined"}.get(result.status)  # fmt: skip
         ax.set_title(_short(cell) + (f"\n({status})" if status else ""), fontsize=9)
+        _chance_line(ax, chance)
+        ax.set_xlabel(X_LABELS[analysis.x_axis], fontsize=8)
+        ax.set_ylabel(analysis.metric.removeprefix("eval/"), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.25, which="both")
     for ax in axes[len(cells) :]:
@@ -335,6 +360,7 @@ def delta_nll_view(analysis: StudyAnalysis, data: StudyData) -> Figure | None:
                         label=f"{objective.upper()} {_short(cell, 24)}")  # fmt: skip
         ax.set_xscale("log")
         ax.set_title(title, fontsize=9)
+        _chance_line(ax, chance_level(curves, metric))
         ax.set_xlabel("training tokens", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.25, which="both")

@@ -22,7 +22,7 @@ from crossover.analysis.analyze import EQUIVALENCE_MARGIN, X_COLUMNS, StudyAnaly
 from crossover.analysis.axes import axis_verdicts
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, INTERVAL, NOT_CROSSED, UNDETERMINED
 from crossover.analysis.curves import StudyData
-from crossover.analysis.formatting import interval, number, position
+from crossover.analysis.formatting import interval, missing, number, position
 from crossover.analysis.verdict import Verdict, delta_nll_lines, loss_verdicts, verdicts
 from crossover.tracking.names import (
     EXPERIMENT_KIND,
@@ -54,8 +54,20 @@ class Block:
     caption: str = ""
 
 
+_AXIS_NAMES = {"tokens": "tokens", "flops": "FLOPs", "epochs": "epochs"}
+
+
 def _tokens(v: Any) -> str:
     return position(v, "tokens")
+
+
+def _blank(v: Any) -> bool:
+    return missing(v) or (isinstance(v, str) and not v.strip())
+
+
+def _shown_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A report table without its empty columns (no value in any row): an empty column says nothing."""
+    return df[[c for c in df.columns if not df[c].map(_blank).all()]]
 
 
 def _status_text(status: str) -> str:
@@ -99,11 +111,14 @@ def _crossover_table(analysis: StudyAnalysis) -> pd.DataFrame:
             interval(lo, hi, axis) for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
         ]
         out["P(crossed)"] = table["p_crossed"].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.0%}")
-        out["interval over"] = table["ci_source"].fillna("")
+        if not (table["ci_source"] == analysis.ci_source).all():  # else said once above the report's tables
+            out["interval over"] = table["ci_source"].fillna("")
     if "crossover_tokens" in table:
-        out["tokens"] = table["crossover_tokens"].map(_tokens)
-        out["FLOPs"] = table["crossover_flops"].map(number)
-        out["epochs"] = table["crossover_epochs"].map(number)
+        others = [a for a in X_COLUMNS if a != axis]  # the crossover on the other compute axes, in one column
+        out[f"crossover ({' / '.join(_AXIS_NAMES[a] for a in others)})"] = [
+            " / ".join(position(row[f"crossover_{a}"], a) for a in others) if not missing(row.get("x")) else ""
+            for _, row in table.iterrows()
+        ]
         out["observed"] = [interval(s, e, axis) for s, e in zip(table["x_start"], table["x_end"], strict=True)]
         out["AR / MDLM final"] = [
             "" if pd.isna(a) else f"{a:.4g} / {d:.4g}"
@@ -132,7 +147,9 @@ def _efficiency_table(analysis: StudyAnalysis) -> pd.DataFrame:
             "group": t["group"],
             "MDLM budget U": t["unique_tokens"].map(_tokens),
             "MDLM best / final": [f"{b:.4g} / {f:.4g}" for b, f in zip(t["mdlm_best"], t["mdlm_final"], strict=True)],
-            "AR budget U' of MDLM's best (vs AR's best)": t["ar_equivalent"].map(_tokens),
+            "AR budget U' of MDLM's best (vs AR's best)": [
+                "outside the AR budgets" if missing(v) else _tokens(v) for v in t["ar_equivalent"]
+            ],
             "U'/U vs AR's best (headline)": [efficiency_ratio_text(r, "") for _, r in t.iterrows()],
             "U'/U final vs final": [efficiency_ratio_text(r, "_final") for _, r in t.iterrows()],
             "interval over": t["ci_source"].fillna("none"),
@@ -311,7 +328,12 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
         blocks.append(Block("table", _scorings_table(analysis)))
     if "cells" in figures:
         blocks.append(
-            Block("figure", figures["cells"], "AR and MDLM curves per cell; dashed: crossover; grey: interval")
+            Block(
+                "figure",
+                figures["cells"],
+                "AR and MDLM curves per cell; dashed: crossover; grey: interval; "
+                "dash-dot: chance, where the metric is a multiple-choice accuracy",
+            )
         )
     for a in analysis.axes:
         if f"axis:{a}" in figures:
@@ -381,13 +403,18 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
     if analysis.notes:
         blocks.append(Block("h2", "Notes"))
         blocks.append(Block("list", analysis.notes))
+    tables = _csv_tables(analysis)
+    written = [name for name, (table, _) in tables.items() if not table.empty]
+    files = [f"Beside this report: {', '.join(written) or 'no CSV table'} and summary.json."]
+    files += [f"No {name}: {why.rstrip('.')}." for name, why in _unwritten(analysis)]
+    blocks += [Block("h2", "Files"), Block("list", files)]
     return blocks
 
 
 def _md_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "(none)"
-    shown = df.head(MAX_TABLE_ROWS)
+    shown = _shown_columns(df.head(MAX_TABLE_ROWS))
     cells = [[str(v).replace("|", "\\|") for v in row] for row in shown.itertuples(index=False)]
     lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + "---|" * len(shown.columns)]
     lines += ["| " + " | ".join(r) + " |" for r in cells]
@@ -419,19 +446,25 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#222;
 padding:0 1rem;line-height:1.45}
 h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
-table{border-collapse:collapse;font-size:.82rem;margin:.6rem 0;display:block;overflow-x:auto}
-th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;white-space:nowrap}th{background:#f4f4f4}
+.table{overflow-x:auto;margin:.6rem 0}table{border-collapse:collapse;font-size:.82rem}
+th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top;overflow-wrap:break-word}
+th{background:#f4f4f4}
 figure{margin:1rem 0}img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85rem;color:#555}
 #image-warning{display:none;background:#fde2e2;padding:.5rem;border:1px solid #e99}
 """
 
-# Marks the page once every figure has loaded (data-images="loaded/total"), and shows a warning if one did not.
+# Marks the page once every figure has loaded (data-images="loaded/total"), and shows a warning if one did not;
+# data-wide-tables: how many tables are wider than their box (then they scroll in it), " page" if the page itself is.
 CHECK_IMAGES = """
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute('data-images', ok + '/' + imgs.length);
   if (ok < imgs.length) { document.getElementById('image-warning').style.display = 'block'; }
+  var wide = Array.prototype.slice.call(document.querySelectorAll('div.table')).filter(function (t) {
+    return t.scrollWidth > t.clientWidth + 1; }).length;
+  document.body.setAttribute('data-wide-tables', wide + (document.documentElement.scrollWidth >
+    document.documentElement.clientWidth + 1 ? ' page' : ''));
 });
 """
 
@@ -458,13 +491,13 @@ def render_html(blocks: list[Block], figure_dir: Path, title: str) -> str:
             if df.empty:
                 parts.append("<p>(none)</p>")
                 continue
-            shown = df.head(MAX_TABLE_ROWS)
+            shown = _shown_columns(df.head(MAX_TABLE_ROWS))
             head = "".join(f"<th>{e(str(c))}</th>" for c in shown.columns)
             body = "".join(
                 "<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>"
                 for row in shown.itertuples(index=False)
             )
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            parts.append(f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
             if len(df) > MAX_TABLE_ROWS:
                 parts.append(f"<p>{len(df) - MAX_TABLE_ROWS} more rows in the CSV files beside this report.</p>")
         elif b.kind == "figure":
@@ -478,6 +511,25 @@ def render_html(blocks: list[Block], figure_dir: Path, title: str) -> str:
     return "\n".join(parts)
 
 
+def _csv_tables(analysis: StudyAnalysis) -> dict[str, tuple[pd.DataFrame, str]]:
+    """The report's CSV files: name -> (table, why it is empty when it is; an empty table is not written)."""
+    return {
+        "crossovers.csv": (analysis.crossovers, "no cell has both AR and MDLM curves"),
+        "efficiency.csv": (analysis.efficiency, analysis.efficiency_note or "no MDLM budget to compare"),
+        "scaling.csv": (_fit_frame(analysis), "no scaling law was fitted (the scaling laws' section says why)"),
+        "critical_compute.csv": (
+            analysis.critical,
+            "no critical compute: it needs a fitted scaling law for both AR and MDLM in a group",
+        ),
+        "delta_nll.csv": (analysis.delta_nll, analysis.delta_note or "no Delta NLL view"),
+    }
+
+
+def _unwritten(analysis: StudyAnalysis) -> list[tuple[str, str]]:
+    """(file, why) for each CSV file the report leaves out because its table has no row."""
+    return [(name, why) for name, (table, why) in _csv_tables(analysis).items() if table.empty]
+
+
 def _draw(analysis: StudyAnalysis, data: StudyData, figure_dir: Path) -> dict[str, str]:
     import matplotlib
 
@@ -485,7 +537,7 @@ def _draw(analysis: StudyAnalysis, data: StudyData, figure_dir: Path) -> dict[st
     from crossover.analysis import plots
 
     figures: dict[str, str] = {}
-    drawings: list[tuple[str, str, Any]] = [("cells", "curves", lambda: plots.cell_curves(analysis))]
+    drawings: list[tuple[str, str, Any]] = [("cells", "curves", lambda: plots.cell_curves(analysis, data))]
     for a in analysis.axes:
         drawings.append((f"axis:{a}", f"crossover_vs_{a}", lambda a=a: plots.crossover_vs_axis(analysis, a)))
     drawings += [
@@ -531,11 +583,9 @@ def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, 
         (staging / "report.md").write_text(render_markdown(blocks))
         title = f"crossover report: {analysis.study}"
         (staging / "report.html").write_text(render_html(blocks, staging / "figures", title))
-        analysis.crossovers.to_csv(staging / "crossovers.csv", index=False)
-        analysis.efficiency.to_csv(staging / "efficiency.csv", index=False)
-        _fit_frame(analysis).to_csv(staging / "scaling.csv", index=False)
-        analysis.critical.to_csv(staging / "critical_compute.csv", index=False)
-        analysis.delta_nll.to_csv(staging / "delta_nll.csv", index=False)
+        for name, (table, _) in _csv_tables(analysis).items():
+            if not table.empty:
+                table.to_csv(staging / name, index=False)
         summary = {
             "study": analysis.study,
             "metric": analysis.metric,
@@ -556,6 +606,7 @@ def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, 
             "scaling": _json_ready(_fit_frame(analysis)),
             "critical_compute": _json_ready(analysis.critical),
             "notes": analysis.notes + analysis.fit_notes,
+            "not_written": {name: why for name, why in _unwritten(analysis)},
         }
         (staging / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         if out_dir.exists():

@@ -3,7 +3,9 @@
 Budget. The training documents of the tier are put in a seeded order (a hash of seed and document content, so the
 order never depends on the objective and is stable when unrelated documents change); the budget is the shortest
 prefix holding U tokens, its last document cut so the unique stream has exactly U tokens (each document followed
-by end-of-document). Budgets of one seed and tier are nested: the 50k stream is a prefix of the 200k stream.
+by end-of-document). Budgets of one seed and tier are nested: the 50k stream is a prefix of the 200k stream. The seed
+is the trial's unless `data.budget_seed` is set: then every seed of a study trains on the same documents, each in its
+own order.
 
 Epochs. The unique stream is cut into C = ceil(U / seq_len) chunks (the last one shorter when seq_len does not
 divide U). Epoch e is the C chunks in a fresh seeded order (seed, e); the training stream is epoch 0, epoch 1, ...
@@ -194,7 +196,9 @@ class TrainStream:
         self.total_tokens = self.num_steps * self.global_batch_tokens  # <= trial.total_tokens: whole batches only
         self.quality = trial.data.quality
         self.seed = trial.seed
-        self.budget = Budget(data, self.unique_tokens, self.seed, self.quality)
+        # the documents of the budget: the trial's seed chooses them unless data.budget_seed holds them fixed
+        self.budget_seed = self.seed if trial.data.budget_seed is None else trial.data.budget_seed
+        self.budget = Budget(data, self.unique_tokens, self.budget_seed, self.quality)
         self.epochs = EpochOrder(self.unique_tokens, self.seq_len, self.seed)
         self.as_torch = as_torch
         self.order_hash = self._order_hash()

@@ -9,7 +9,17 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from crossover.specs.model import PRESETS, ModelConfig
 from crossover.specs.tokens import parse_tokens
@@ -99,6 +109,17 @@ class DataSpec(Strict):
     quality_scorer: str = "auto"  # "auto", "code", "prose", or the name of a score column in the dataset
     unique_tokens: Tokens | None = None  # the data budget; usually a grid axis
     cache_dir: str | None = None  # token stores and tokenizers; default ~/.cache/crossover
+    # Which documents make up a budget: chosen by the trial's seed unless this is set, when every seed trains on the
+    # same documents (the seed still sets the initial weights and the data order).
+    budget_seed: int | None = Field(default=None, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_budget_seed(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # left out while None, so the trial ids of specs written before the field existed stay what they were
+        dumped = handler(self)
+        if self.budget_seed is None:
+            dumped.pop("budget_seed", None)
+        return dumped
 
 
 class ModelSpec(Frozen):

@@ -24,8 +24,8 @@ Parent run (one current per study)
     artifacts: `spec/study.yaml` (the spec file as last run), `spec/trials.json` (the expanded trial table: a JSON
     list of `TrialSpec.model_dump(mode="json")`) and `spec/history/<UTC time>.yaml` (each version of the spec that
     was run: a study grows, crossover.platform.grow). `crossover analyze` adds `report/` (report.html, report.md,
-    figures/*.png|svg, crossovers.csv, efficiency.csv, scaling.csv, critical_compute.csv, delta_nll.csv and
-    summary.json, where interval bounds outside the observed window are the strings "inf" / "-inf"), and the verdict
+    figures/*.png|svg, crossovers.csv, efficiency.csv, scaling.csv, critical_compute.csv, delta_nll.csv (those with
+    rows: summary.json's `not_written` says why one is missing) and summary.json, where interval bounds outside the observed window are the strings "inf" / "-inf"), and the verdict
     per cell (`crossover.analysis.verdict`): the tag `crossover.verdict.<cell key>` with the line, and metrics
     `verdict/<cell key>/<name>` (crossed, crossover_tokens, crossover_epochs, ar_lead_final, ar_peak,
     ar_peak_tokens, mdlm_final, efficiency), the cell key being its axis values joined by `_` (`50k`, `high_1B`).
