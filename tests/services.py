@@ -61,10 +61,19 @@ def mlflow_server(folder: Path, port: int | None = None, backend_uri: str | None
     folder.mkdir(parents=True, exist_ok=True)
     backend_uri = backend_uri or f"sqlite:///{folder / 'mlflow.db'}"
     command = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", backend_uri, "--artifacts-destination", str(folder / "artifacts"),
-        "--workers", "1",
-    ]  # fmt: skip
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(folder / "artifacts"),
+        "--workers",
+        "1",
+    ]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(folder / f"server-{port}.log", "ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -194,15 +203,36 @@ def ray_head(env: dict[str, str], num_cpus: int = 2, auth_token: Path | None = N
 
     def options(temp_dir: str) -> list[str]:  # the agents' ports new at each try
         return [
-            "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-            "--num-cpus", str(num_cpus), "--num-gpus", "0", "--include-dashboard", "true",
-            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--temp-dir", temp_dir,
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            str(num_cpus),
+            "--num-gpus",
+            "0",
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard),
+            "--temp-dir",
+            temp_dir,
             "--disable-usage-stats",
             # free ports, not Ray's fixed defaults: a stale agent elsewhere on the machine must not block this one
-            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
-            "--ray-client-server-port", str(free_port()),
-        ]  # fmt: skip
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--dashboard-agent-grpc-port",
+            str(free_port()),
+            "--runtime-env-agent-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+            "--ray-client-server-port",
+            str(free_port()),
+        ]
 
     temp_dir = ray_start(options, env, gcs_port=port)
     try:
@@ -225,13 +255,31 @@ def ray_worker_node(address: str, env: dict[str, str], num_cpus: int = 1) -> Ite
 
     def options(temp_dir: str) -> list[str]:  # new free ports at each try
         return [
-            "--address", address, "--node-ip-address", "127.0.0.1",
-            "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", temp_dir, "--disable-usage-stats",
+            "--address",
+            address,
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            str(num_cpus),
+            "--num-gpus",
+            "0",
+            "--temp-dir",
+            temp_dir,
+            "--disable-usage-stats",
             # free ports, as `ray_head`'s; workers on OS-chosen ports, as ray.cluster_utils does for nodes on one host
-            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
-            "--min-worker-port", "0", "--max-worker-port", "0",
-        ]  # fmt: skip
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--dashboard-agent-grpc-port",
+            str(free_port()),
+            "--runtime-env-agent-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+            "--min-worker-port",
+            "0",
+            "--max-worker-port",
+            "0",
+        ]
 
     temp_dir = ray_start(options, env)
     try:

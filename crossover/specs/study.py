@@ -296,8 +296,10 @@ class ResourcesSpec(Strict):
     @classmethod
     def _whole_or_fraction(cls, gpus: float) -> float:
         if gpus > 1 and gpus != int(gpus):
-            raise ValueError(f"gpus_per_worker {gpus:g}: above 1 a worker takes whole GPUs (Ray can share one GPU, "
-                             "not split several); use a fraction below 1 to pack trials, or a whole number")  # fmt: skip
+            raise ValueError(
+                f"gpus_per_worker {gpus:g}: above 1 a worker takes whole GPUs (Ray can share one GPU, "
+                "not split several); use a fraction below 1 to pack trials, or a whole number"
+            )
         return gpus
 
 
