@@ -187,8 +187,11 @@ def write_sim_study(raw: dict[str, Any], uri: str, study: SimStudy, items: int =
         run = TrialRun(trial, uri, parent_run_id)
         for step, correct in zip(steps, answers, strict=True):
             run.log_items(CLOZE, step, ids, {"acc": list(correct)})
-            run.log({"tokens": step, "epoch": step / trial.unique_tokens, eval_key(CLOZE, "acc"): correct.mean()},
-                    step, flush=False)  # fmt: skip
+            run.log(
+                {"tokens": step, "epoch": step / trial.unique_tokens, eval_key(CLOZE, "acc"): correct.mean()},
+                step,
+                flush=False,
+            )
         run.finish()
     finish_study(uri, parent_run_id)
     return parent_run_id

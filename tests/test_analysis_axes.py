@@ -62,9 +62,12 @@ def _mdlm_factor(factors: dict, key) -> object:
 )
 def test_quality_axis_reads_the_crossover_against_quality(tmp_path, factors, expected, seeds):
     analysis, _ = _study(
-        tmp_path, "quality", {"quality": ["high", "low", "medium"]}, _mdlm_factor(factors, lambda t: t.data.quality),
+        tmp_path,
+        "quality",
+        {"quality": ["high", "low", "medium"]},
+        _mdlm_factor(factors, lambda t: t.data.quality),
         seeds=seeds,
-    )  # fmt: skip
+    )
     (verdict,) = axis_verdicts(analysis, min_seeds=seeds)
     assert verdict.axis == "quality" and verdict.agreement == expected, verdict.line
     assert verdict.line.startswith("quality: ")
@@ -80,8 +83,13 @@ def test_an_axis_from_one_seed_needs_seeds(tmp_path):
     """The planted 'agrees' world of the quality test with one seed per objective: its intervals hold item noise
     only, so the line gives the crossovers and what it would have read, and its judgement is 'needs seeds'."""
     factors = {"low": EARLY, "medium": MID, "high": LATE}
-    analysis, _ = _study(tmp_path, "quality1", {"quality": ["high", "low", "medium"]},
-                         _mdlm_factor(factors, lambda t: t.data.quality), seeds=1)  # fmt: skip
+    analysis, _ = _study(
+        tmp_path,
+        "quality1",
+        {"quality": ["high", "low", "medium"]},
+        _mdlm_factor(factors, lambda t: t.data.quality),
+        seeds=1,
+    )
     (verdict,) = axis_verdicts(analysis)
     assert verdict.axis == "quality" and verdict.agreement == NEEDS_SEEDS, verdict.line
     assert "needs seeds: 3 of 3 values have fewer than 3 seeds" in verdict.line
@@ -120,9 +128,12 @@ def test_sparsity_line_covers_every_configuration_and_places_the_moe(tmp_path, f
         return "moe4x1" if trial.model.experts > 1 else ("wide" if trial.model.ffn == 2048 else "dense")
 
     analysis, _ = _study(
-        tmp_path, "sparsity", {"model": ["nano", WIDE], "sparsity": ["dense", MOE]}, _mdlm_factor(factors, config),
+        tmp_path,
+        "sparsity",
+        {"model": ["nano", WIDE], "sparsity": ["dense", MOE]},
+        _mdlm_factor(factors, config),
         exclude=[{"model": WIDE, "sparsity": MOE}],
-    )  # fmt: skip
+    )
     (verdict,) = axis_verdicts(analysis, min_seeds=1)  # one line over model x sparsity, none per axis
     assert verdict.axis == "sparsity" and verdict.agreement == expected, verdict.line
     assert "MDLM surely ahead at the end in " in verdict.line and "of 3 configurations" in verdict.line
@@ -160,10 +171,12 @@ def _noise_truth(ar_r_star: dict, mdlm_factor: float = EARLY):
 )
 def test_noise_line_says_whether_noised_ar_closed_the_gap(tmp_path, ar_r_star, mdlm_factor, expected):
     analysis, _ = _study(
-        tmp_path, "noise", {"noise": [{}, {"input_mask": 0.1}, {"dropout": 0.1}]},
-        _noise_truth(ar_r_star, mdlm_factor), exclude=[{"objective": "mdlm", "noise": [{"input_mask": 0.1},
-                                                                                       {"dropout": 0.1}]}],
-    )  # fmt: skip
+        tmp_path,
+        "noise",
+        {"noise": [{}, {"input_mask": 0.1}, {"dropout": 0.1}]},
+        _noise_truth(ar_r_star, mdlm_factor),
+        exclude=[{"objective": "mdlm", "noise": [{"input_mask": 0.1}, {"dropout": 0.1}]}],
+    )
     (verdict,) = axis_verdicts(analysis, min_seeds=1)
     assert verdict.axis == "noise" and verdict.agreement == expected, verdict.line
     assert verdict.line.startswith("noise: clean AR overtaken at ") and "im0.1: " in verdict.line
@@ -176,8 +189,9 @@ def test_the_study_verdict_heads_the_report_and_goes_to_summary_and_the_parent_r
     """`crossover analyze` prints the axis line first, puts it at the head of the report and in summary.json, and
     tags the parent run with it (a metric `agreement` beside it); a study varying only the budget has none."""
     factors = {"low": EARLY, "medium": MID, "high": LATE}
-    _, uri = _study(tmp_path, "quality", {"quality": ["low", "medium", "high"]},
-                    _mdlm_factor(factors, lambda t: t.data.quality))  # fmt: skip
+    _, uri = _study(
+        tmp_path, "quality", {"quality": ["low", "medium", "high"]}, _mdlm_factor(factors, lambda t: t.data.quality)
+    )
     out = tmp_path / "report"
     result = runner.invoke(app, ["analyze", "quality", "--tracking-uri", uri, "--out", str(out)])
     assert result.exit_code == 0, result.output

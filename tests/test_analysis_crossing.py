@@ -173,8 +173,15 @@ def test_a_tie_does_not_read_crossed():
     sims = 100
     for sim in range(sims):
         ar, mdlm = draw_sim_study(np.random.default_rng(20_000 + sim), study, items=256, seeds=1)
-        result = find_crossover(SHIPPED_X, ar.mean(axis=(1, 2)), mdlm.mean(axis=(1, 2)), ar_samples=ar[:, 0],
-                                mdlm_samples=mdlm[:, 0], n_boot=300, seed=sim)  # fmt: skip
+        result = find_crossover(
+            SHIPPED_X,
+            ar.mean(axis=(1, 2)),
+            mdlm.mean(axis=(1, 2)),
+            ar_samples=ar[:, 0],
+            mdlm_samples=mdlm[:, 0],
+            n_boot=300,
+            seed=sim,
+        )
         point_crossed += result.point_status == CROSSED
         claimed += result.status in (CROSSED, ALWAYS_AHEAD)
         if result.point_status == CROSSED and result.status != CROSSED:
@@ -195,8 +202,9 @@ def test_three_seeds_interval_uses_the_seeds_as_a_t():
         ar, mdlm = draw_sim_study(np.random.default_rng(30_000 + sim), study, items=256, seeds=3)
         curves = (ar.mean(axis=(1, 2)), mdlm.mean(axis=(1, 2)))
         with_seeds = find_crossover(SHIPPED_X, *curves, ar_samples=ar, mdlm_samples=mdlm, n_boot=300, seed=sim)
-        items_only = find_crossover(SHIPPED_X, *curves, ar_samples=ar.mean(1), mdlm_samples=mdlm.mean(1),
-                                    n_boot=300, seed=sim)  # fmt: skip
+        items_only = find_crossover(
+            SHIPPED_X, *curves, ar_samples=ar.mean(1), mdlm_samples=mdlm.mean(1), n_boot=300, seed=sim
+        )
         assert with_seeds.ci_source == "seeds as a t with 2 df and items, 3 seeds" and with_seeds.seeds == 3
         assert with_seeds.x == items_only.x
         for name, r in (("seeds", with_seeds), ("items", items_only)):

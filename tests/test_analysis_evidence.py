@@ -37,8 +37,10 @@ def test_a_planted_tie_reads_undetermined_where_its_point_estimate_crosses(tmp_p
     assert row["p_ahead_at_end"] < 0.9
     (verdict,) = verdicts(analysis)
     assert verdict.state == "undetermined" and verdict.metrics["state"] == 0.0 and verdict.metrics["crossed"] == 0.0
-    assert verdict.line.startswith("unique_tokens=50k: undetermined within 400k tokens (8 epochs): the evidence "
-                                   "cannot tell whether MDLM ends ahead (the point estimate crosses at "), verdict.line  # fmt: skip
+    assert verdict.line.startswith(
+        "unique_tokens=50k: undetermined within 400k tokens (8 epochs): the evidence "
+        "cannot tell whether MDLM ends ahead (the point estimate crosses at "
+    ), verdict.line
     assert "P(crossed) " in verdict.line and "item noise only" in verdict.line
     assert "at the end AR " in verdict.line and "overtakes" not in verdict.line
 
@@ -72,13 +74,21 @@ def test_a_three_seed_study_uses_its_seeds_in_the_interval(tmp_path):
     assert verdict.metrics["last_minus_best"] == pytest.approx(d.value)
     # the same answers with the seeds pooled as if they were one seed's items: a narrower interval
     curves = data.curves.sort_values("step")
-    pooled = {o: np.stack([np.concatenate([r["items/heldout_cloze"]["acc"] for _, r in at.iterrows()])
-                           for _, at in curves[curves["objective"] == o].groupby("step")]) for o in ("ar", "mdlm")}  # fmt: skip
+    pooled = {
+        o: np.stack(
+            [
+                np.concatenate([r["items/heldout_cloze"]["acc"] for _, r in at.iterrows()])
+                for _, at in curves[curves["objective"] == o].groupby("step")
+            ]
+        )
+        for o in ("ar", "mdlm")
+    }
     from crossover.analysis import find_crossover
 
     x = curves.groupby("step")["tokens"].first().to_numpy()
-    items_only = find_crossover(x, pooled["ar"].mean(1), pooled["mdlm"].mean(1), ar_samples=pooled["ar"],
-                                mdlm_samples=pooled["mdlm"])  # fmt: skip
+    items_only = find_crossover(
+        x, pooled["ar"].mean(1), pooled["mdlm"].mean(1), ar_samples=pooled["ar"], mdlm_samples=pooled["mdlm"]
+    )
 
     def width(ci):
         low, high = (min(max(b, x[0]), x[-1]) for b in ci)

@@ -76,9 +76,25 @@ def test_load_curves_one_row_per_trial_and_eval_point(store):
     curves = load_curves("smoke", store.uri)
     assert len(curves) == 4 * 12
     assert sorted(curves["trial"].unique()) == sorted(t.name for t in store.trials)
-    for column in ("cell", "objective", "seed", "unique_budget", "axes.unique_tokens", "tokens", "epoch", "flops",
-                   "train/loss", "lr", "grad_norm", "tokens_per_s", "unique_tokens", "eval/heldout_loss/loss",
-                   "eval/heldout_cloze/acc", "eval/heldout_cloze/delta_nll", "items/heldout_cloze"):  # fmt: skip
+    for column in (
+        "cell",
+        "objective",
+        "seed",
+        "unique_budget",
+        "axes.unique_tokens",
+        "tokens",
+        "epoch",
+        "flops",
+        "train/loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "unique_tokens",
+        "eval/heldout_loss/loss",
+        "eval/heldout_cloze/acc",
+        "eval/heldout_cloze/delta_nll",
+        "items/heldout_cloze",
+    ):
         assert column in curves, column
         assert curves[column].notna().all(), column
     ar50 = curves[curves["trial"] == "ar-U50k-nano-s0"]
@@ -130,8 +146,12 @@ def test_processes_opening_a_new_sqlite_store_at_once_leave_it_whole(tmp_path):
 
     uri, go = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "go"
     ready = [tmp_path / f"ready{i}" for i in range(3)]
-    opening = [subprocess.Popen([sys.executable, "-c", OPEN_WHEN_TOLD, uri, str(r), str(go)], stderr=subprocess.PIPE,
-                                text=True) for r in ready]  # fmt: skip
+    opening = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_WHEN_TOLD, uri, str(r), str(go)], stderr=subprocess.PIPE, text=True
+        )
+        for r in ready
+    ]
     deadline = time.monotonic() + 120
     while not all(r.exists() for r in ready) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -158,9 +178,20 @@ def test_analyze_command_writes_the_report_and_logs_it_to_the_parent_run(store, 
     result = runner.invoke(app, ["analyze", "smoke", "--tracking-uri", store.uri, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "unique_tokens=50k" in result.output and "crossed" in result.output
-    for name in ("report.html", "report.md", "crossovers.csv", "efficiency.csv", "scaling.csv", "summary.json",
-                 "figures/curves.png", "figures/curves.svg", "figures/crossover_vs_unique_tokens.png",
-                 "figures/efficiency.svg", "figures/scaling_fits.png", "figures/delta_nll.png"):  # fmt: skip
+    for name in (
+        "report.html",
+        "report.md",
+        "crossovers.csv",
+        "efficiency.csv",
+        "scaling.csv",
+        "summary.json",
+        "figures/curves.png",
+        "figures/curves.svg",
+        "figures/crossover_vs_unique_tokens.png",
+        "figures/efficiency.svg",
+        "figures/scaling_fits.png",
+        "figures/delta_nll.png",
+    ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == "eval/heldout_cloze/acc" and summary["ci_source"].startswith(
@@ -192,7 +223,9 @@ def test_analyze_command_writes_the_report_and_logs_it_to_the_parent_run(store, 
     crossed, open_ = verdicts["unique_tokens=50k"]["line"], verdicts["unique_tokens=200k"]["line"]
     digits = small["sig_figs"]  # 12 points over 49x: 1.42x apart, so two significant figures
     assert digits == 2
-    assert crossed.startswith(f"unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc at {format_tokens(small['crossover_tokens'], 2)} tokens ({small['crossover_epochs']:.2g} epochs) (90% CI ")  # fmt: skip
+    assert crossed.startswith(
+        f"unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc at {format_tokens(small['crossover_tokens'], 2)} tokens ({small['crossover_epochs']:.2g} epochs) (90% CI "
+    )
     assert "; P(crossed) " in crossed and "over items, 1 seed (item noise only" in crossed
     assert "at the end AR " in crossed and ", MDLM " in crossed
     assert open_.startswith("unique_tokens=200k: not crossed within 400k tokens (2 epochs): AR ahead at the end by ")
@@ -242,9 +275,19 @@ def test_analyze_on_loss_and_flops_axis(store, tmp_path):
     out = tmp_path / "loss"
     result = runner.invoke(
         app,
-        ["analyze", "smoke", "--tracking-uri", store.uri, "--out", str(out), "--metric", "eval/heldout_loss/loss",
-         "--x", "flops"],
-    )  # fmt: skip
+        [
+            "analyze",
+            "smoke",
+            "--tracking-uri",
+            store.uri,
+            "--out",
+            str(out),
+            "--metric",
+            "eval/heldout_loss/loss",
+            "--x",
+            "flops",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["higher_is_better"] is False and summary["x_axis"] == "flops"
@@ -500,9 +543,16 @@ def test_noise_study_compares_ar_noise_variants_with_the_clean_mdlm(tmp_path):
 # AR peaks early and decays after 2 epochs (its accuracy too); MDLM learns at 0.35x per token and never reaches AR's
 # best at the same budget, but at 50k and 100k its final is above AR's decayed final. Population values (best/final):
 # 50k AR 0.598/0.355, MDLM 0.539; 100k AR 0.677/0.539, MDLM 0.600.
-DECAYING_AR = Truth(r_star_ar=2.0, r_star_mdlm=2.0, mdlm_data_factor=0.35, ar_overfit_epochs=2, ar_overfit_skill=2.0,
-                    ar_overfit_loss=0.3,
-                    midpoint_tokens=1e5, items=300)  # fmt: skip
+DECAYING_AR = Truth(
+    r_star_ar=2.0,
+    r_star_mdlm=2.0,
+    mdlm_data_factor=0.35,
+    ar_overfit_epochs=2,
+    ar_overfit_skill=2.0,
+    ar_overfit_loss=0.3,
+    midpoint_tokens=1e5,
+    items=300,
+)
 
 
 def test_efficiency_is_against_an_early_stopped_ar_and_says_when_mdlm_is_not_more_data_efficient(tmp_path):
@@ -578,8 +628,18 @@ def test_the_delta_nll_view_claims_only_what_the_accuracy_shows(tmp_path):
     uri = f"sqlite:///{tmp_path / 'holds.db'}"
     raw = smoke_spec("holds")
     raw["grid"]["unique_tokens"] = ["50k"]
-    write_study(raw, uri, Truth(r_star_ar=15.0, ar_overfit_epochs=2, ar_overfit_loss=0.3, ar_overfit_skill=0.0,
-                                midpoint_tokens=1e5, items=300))  # fmt: skip
+    write_study(
+        raw,
+        uri,
+        Truth(
+            r_star_ar=15.0,
+            ar_overfit_epochs=2,
+            ar_overfit_loss=0.3,
+            ar_overfit_skill=0.0,
+            midpoint_tokens=1e5,
+            items=300,
+        ),
+    )
     holds = analyze_study(read_study("holds", uri), n_boot=50)
     assert holds.delta_accuracy == "eval/heldout_cloze/acc"  # the study's metric
     lines = [line for line in delta_nll_lines(holds) if line.startswith("ar-U50k")]
@@ -632,8 +692,14 @@ def test_the_analysis_names_mdlm_scored_in_blocks_as_a_handicap():
 
     def note(**params: str) -> str | None:
         trials = pd.DataFrame({"objective": ["ar", "mdlm"], **{key: [value] * 2 for key, value in params.items()}})
-        data = StudyData(study="s", tracking_uri="sqlite://", experiment_id="0", parent_run_id=None, trials=trials,
-                         curves=pd.DataFrame())  # fmt: skip
+        data = StudyData(
+            study="s",
+            tracking_uri="sqlite://",
+            experiment_id="0",
+            parent_run_id=None,
+            trials=trials,
+            curves=pd.DataFrame(),
+        )
         return _monte_carlo_note(data)
 
     k4 = {"eval.mc_samples": "4"}

@@ -109,8 +109,9 @@ def test_python_packages_corpus_is_the_environments_site_packages(tmp_path, monk
     bound = size_bound(corpus)
     assert bound.documents == len(ids) and bound.tokens >= sum(len(t.encode()) for t in ds["text"])
     # the store drops the copy and the empty file, and holds out documents by content hash
-    spec = DataSpec(corpus=corpus, tokenizer={"bpe_vocab": 300}, seq_len=32, heldout_tokens=2000,
-                    cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    spec = DataSpec(
+        corpus=corpus, tokenizer={"bpe_vocab": 300}, seq_len=32, heldout_tokens=2000, cache_dir=str(tmp_path / "cache")
+    )
     data = prepare(spec)
     assert data.manifest["documents"] == len(docs)
     assert data.manifest["duplicates_dropped"] == 1 and data.manifest["empty_dropped"] == 1

@@ -71,7 +71,16 @@ def test_each_full_epoch_sees_every_unique_token_exactly_once(
     unique = max(1, int(share * small.available_tokens(quality)))
     batch = seq_len * sequences
     total = max(batch, -(-int(unique * epochs) // batch) * batch)
-    (trial, _) = make_trials(small_spec, unique, max(total, unique), seq_len=seq_len, sequences=sequences, micro_batch=1, seeds=(seed,), quality=quality)  # fmt: skip
+    (trial, _) = make_trials(
+        small_spec,
+        unique,
+        max(total, unique),
+        seq_len=seq_len,
+        sequences=sequences,
+        micro_batch=1,
+        seeds=(seed,),
+        quality=quality,
+    )
     stream = train_stream(trial, small, as_torch=False)
     tokens = _stream_tokens(stream)
     assert len(tokens) == stream.total_tokens == stream.num_steps * batch
@@ -144,7 +153,9 @@ def test_same_global_batches_on_one_and_two_workers_and_for_both_objectives(
 def test_resuming_from_a_saved_state_continues_the_exact_sequence(small, small_spec, seed, share, workers, steps, cut):
     unique = max(1, int(share * small.available_tokens()))
     total = max(unique, steps * 128)
-    (trial, _) = make_trials(small_spec, unique, total, seq_len=16, sequences=8, micro_batch=2, workers=workers, seeds=(seed,))  # fmt: skip
+    (trial, _) = make_trials(
+        small_spec, unique, total, seq_len=16, sequences=8, micro_batch=2, workers=workers, seeds=(seed,)
+    )
     rank = workers - 1
     whole = [np.concatenate(s.micro_batches) for s in train_stream(trial, small, rank=rank, as_torch=False)]
     first = train_stream(trial, small, rank=rank, as_torch=False)

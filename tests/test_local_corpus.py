@@ -23,8 +23,17 @@ runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("default_cache")
 
 # what a folder of Debian's licence texts and package docs holds: files without an extension, .txt, .md, .rst
-READ = ["GPL-3", "doc/bash/COMPACT.rst", "doc/bash/NEWS", "doc/bash/README.md", "doc/ed/AUTHORS", "doc/notes.txt",
-        "doc/zlib/FAQ.txt", "licences/Apache-2.0", "licences/BSD"]  # fmt: skip
+READ = [
+    "GPL-3",
+    "doc/bash/COMPACT.rst",
+    "doc/bash/NEWS",
+    "doc/bash/README.md",
+    "doc/ed/AUTHORS",
+    "doc/notes.txt",
+    "doc/zlib/FAQ.txt",
+    "licences/Apache-2.0",
+    "licences/BSD",
+]
 SKIPPED = {
     ".git/": "hidden",
     "doc/.cache.md": "hidden",

@@ -208,8 +208,11 @@ class _MetricTables:
         if "noise" not in values.columns:
             return None
         mine = values.loc[cell].drop("noise")
-        others = [c for c in values.index
-                  if c != cell and self.seeds_of(c, objective) is not None and values.loc[c].drop("noise").equals(mine)]  # fmt: skip
+        others = [
+            c
+            for c in values.index
+            if c != cell and self.seeds_of(c, objective) is not None and values.loc[c].drop("noise").equals(mine)
+        ]
         clean = [c for c in others if values.loc[c, "noise"] == "clean"]
         choice = clean or others
         return choice[0] if len(choice) == 1 else None
@@ -231,8 +234,9 @@ def _metric_tables(data: StudyData, metric: str, xcol: str) -> _MetricTables:
     )
 
 
-def _cell_crossover(tables: _MetricTables, cell: str, analysis: StudyAnalysis, n_boot: int,
-                    seed: int) -> tuple[dict[str, Any], Crossover | None, CellCurves | None]:  # fmt: skip
+def _cell_crossover(
+    tables: _MetricTables, cell: str, analysis: StudyAnalysis, n_boot: int, seed: int
+) -> tuple[dict[str, Any], Crossover | None, CellCurves | None]:
     """Stage 2, one cell: its row of the crossover table, and (where it has common points) the crossover with its
     interval and the matched curves."""
     row: dict[str, Any] = {"cell": cell, **tables.axis_values.loc[cell].to_dict()}
@@ -356,8 +360,11 @@ def _halves(curves: pd.DataFrame, metric: str, column: str | None, field_name: s
     return out
 
 
-ANNEALED, VALIDATION_CHOSEN, ALL_ITEMS = "annealed at {stop}", "validation-chosen eval point (not annealed)", (
-    "best eval point on all items (no validation split: flatters AR)")  # fmt: skip
+ANNEALED, VALIDATION_CHOSEN, ALL_ITEMS = (
+    "annealed at {stop}",
+    "validation-chosen eval point (not annealed)",
+    ("best eval point on all items (no validation split: flatters AR)"),
+)
 
 
 def _trial_values(data: StudyData, metric: str, higher: bool) -> pd.DataFrame:
@@ -386,15 +393,26 @@ def _trial_values(data: StudyData, metric: str, higher: bool) -> pd.DataFrame:
     for run_id, points in valid.groupby("run_id", sort=False):
         last = points.iloc[-1]
         final = last[TEST] if pd.notna(last[TEST]) else last[metric]
-        row = {"run_id": run_id, **last[["cell", "objective", "seed", "unique_budget", "step"]].to_dict(),
-               "final": final, "best": final, "stop": last["tokens"], "best_run": run_id, "best_step": last["step"],
-               "best_source": "final"}  # fmt: skip
+        row = {
+            "run_id": run_id,
+            **last[["cell", "objective", "seed", "unique_budget", "step"]].to_dict(),
+            "final": final,
+            "best": final,
+            "stop": last["tokens"],
+            "best_run": run_id,
+            "best_step": last["step"],
+            "best_source": "final",
+        }
         if last["objective"] == "ar":
             if (anneal := anneals.get(last["trial_id"])) is not None:
                 best = anneal[TEST] if pd.notna(anneal[TEST]) else anneal[metric]
-                row |= {"best": best, "stop": anneal["anneal_stop"], "best_run": anneal["run_id"],
-                        "best_step": anneal["step"],
-                        "best_source": ANNEALED.format(stop=format_tokens(int(anneal["anneal_stop"])))}  # fmt: skip
+                row |= {
+                    "best": best,
+                    "stop": anneal["anneal_stop"],
+                    "best_run": anneal["run_id"],
+                    "best_step": anneal["step"],
+                    "best_source": ANNEALED.format(stop=format_tokens(int(anneal["anneal_stop"]))),
+                }
             else:
                 chosen = points[VALIDATION].notna().any()
                 scores = points[VALIDATION] if chosen else points[metric]
@@ -405,11 +423,27 @@ def _trial_values(data: StudyData, metric: str, higher: bool) -> pd.DataFrame:
                     source = f"{ANNEALED.format(stop=format_tokens(int(pick['tokens'])))} (its own end)"
                 if chosen and pd.isna(pick[TEST]):
                     source += "; scored on all items"
-                row |= {"best": pick[TEST] if pd.notna(pick[TEST]) else pick[metric], "stop": pick["tokens"],
-                        "best_step": pick["step"], "best_source": source}  # fmt: skip
+                row |= {
+                    "best": pick[TEST] if pd.notna(pick[TEST]) else pick[metric],
+                    "stop": pick["tokens"],
+                    "best_step": pick["step"],
+                    "best_source": source,
+                }
         rows.append(row)
-    columns = ["run_id", "cell", "objective", "seed", "unique_budget", "step", "final", "best", "stop", "best_run",
-               "best_step", "best_source"]  # fmt: skip
+    columns = [
+        "run_id",
+        "cell",
+        "objective",
+        "seed",
+        "unique_budget",
+        "step",
+        "final",
+        "best",
+        "stop",
+        "best_run",
+        "best_step",
+        "best_source",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -483,8 +517,10 @@ def _test_item_vectors(data: StudyData, sub: pd.DataFrame, column: str, field_na
     out: dict[str, np.ndarray] = {}
     ids: list[str] | None = None
     for row in sub.itertuples():
-        halves = [_half(at.get((run, step)), field_name, TEST) for run, step in
-                  ((row.best_run, row.best_step), (row.run_id, row.step))]  # fmt: skip
+        halves = [
+            _half(at.get((run, step)), field_name, TEST)
+            for run, step in ((row.best_run, row.best_step), (row.run_id, row.step))
+        ]
         if not all(halves):
             return {}
         ids = ids if ids is not None else sorted(halves[0])
@@ -526,10 +562,12 @@ def _efficiency_intervals(
                 rows.append({"objective": objective, "unique_budget": budget, "best": best, "final": final})
         details = _basis_details(pd.DataFrame(rows), analysis.higher_is_better) or {}
         for basis in BASES:
-            draws[basis].append({
-                r.unique_tokens: r.ratio if r.ratio is not None else coded.get(r.status, math.nan)
-                for r in details.get(basis, [])
-            })  # fmt: skip
+            draws[basis].append(
+                {
+                    r.unique_tokens: r.ratio if r.ratio is not None else coded.get(r.status, math.nan)
+                    for r in details.get(basis, [])
+                }
+            )
     alpha = (1 - analysis.confidence) / 2
     intervals = {}
     for basis in BASES:
@@ -543,8 +581,11 @@ def _efficiency_intervals(
             intervals[(basis, budget)] = (float(low), float(high))
     n_seeds = int(seeds.map(len).min())
     seeds_part = f"{n_seeds} seed" + ("s" if n_seeds != 1 else "")
-    source = f"items, {seeds_part}" if item_curves and most_seeds < 2 else (
-        f"seeds then items, {seeds_part}" if item_curves else f"seeds, {seeds_part}")  # fmt: skip
+    source = (
+        f"items, {seeds_part}"
+        if item_curves and most_seeds < 2
+        else (f"seeds then items, {seeds_part}" if item_curves else f"seeds, {seeds_part}")
+    )
     return intervals, source
 
 
@@ -553,8 +594,11 @@ def _ar_best_at(values: pd.DataFrame, budget: float) -> dict[str, Any]:
     ar = values[(values["objective"] == "ar") & (values["unique_budget"] == budget)]
     if ar.empty:
         return {"ar_best": None, "ar_stop": None, "ar_best_source": None}
-    return {"ar_best": float(ar["best"].mean()), "ar_stop": float(ar["stop"].mean()),
-            "ar_best_source": "; ".join(dict.fromkeys(ar["best_source"]))}  # fmt: skip
+    return {
+        "ar_best": float(ar["best"].mean()),
+        "ar_stop": float(ar["stop"].mean()),
+        "ar_best_source": "; ".join(dict.fromkeys(ar["best_source"])),
+    }
 
 
 def _efficiency(data: StudyData, analysis: StudyAnalysis, n_boot: int = 1000, seed: int = 0) -> None:
@@ -587,11 +631,15 @@ def _efficiency(data: StudyData, analysis: StudyAnalysis, n_boot: int = 1000, se
         intervals, source = _efficiency_intervals(data, analysis, sub, n_boot, seed)
         ar_budgets = sub.loc[sub["objective"] == "ar", "unique_budget"].astype(float)
         for best, final in zip(details["best"], details["final"], strict=True):
-            row: dict[str, Any] = {"group": group, "unique_tokens": best.unique_tokens, "ci_source": source,
-                                   **_ar_best_at(sub, best.unique_tokens),
-                                   # the ratios U'/U can take inside the AR budgets: bounds outside print against them
-                                   "ratio_below": ar_budgets.min() / best.unique_tokens,
-                                   "ratio_above": ar_budgets.max() / best.unique_tokens}  # fmt: skip
+            row: dict[str, Any] = {
+                "group": group,
+                "unique_tokens": best.unique_tokens,
+                "ci_source": source,
+                **_ar_best_at(sub, best.unique_tokens),
+                # the ratios U'/U can take inside the AR budgets: bounds outside print against them
+                "ratio_below": ar_budgets.min() / best.unique_tokens,
+                "ratio_above": ar_budgets.max() / best.unique_tokens,
+            }
             for basis, eff in (("best", best), ("final", final)):
                 suffix = "" if basis == "best" else "_final"
                 low, high = intervals.get((basis, eff.unique_tokens), (None, None))
@@ -623,17 +671,26 @@ def _ar_best(data: StudyData, analysis: StudyAnalysis) -> None:
         if ar.empty:
             continue
         seeds = tuple(
-            ArBestSeed(int(r.seed), float(r.stop), float(r.best),
-                       float(mdlm[r.seed]) if r.seed in mdlm.index else None, str(r.best_run))
+            ArBestSeed(
+                int(r.seed),
+                float(r.stop),
+                float(r.best),
+                float(mdlm[r.seed]) if r.seed in mdlm.index else None,
+                str(r.best_run),
+            )
             for r in ar.itertuples()
-        )  # fmt: skip
+        )
         analysis.ar_best[cell] = ArBest(
-            cell=cell, value=float(ar["best"].mean()), stop_tokens=float(ar["stop"].mean()),
+            cell=cell,
+            value=float(ar["best"].mean()),
+            stop_tokens=float(ar["stop"].mean()),
             source="; ".join(dict.fromkeys(ar["best_source"])),
             annealed=all(str(src).startswith(ANNEALED.split("{")[0]) for src in ar["best_source"]),
-            mdlm_last=float(mdlm.mean()) if len(mdlm) else None, test_items=on_test, seeds=seeds,
+            mdlm_last=float(mdlm.mean()) if len(mdlm) else None,
+            test_items=on_test,
+            seeds=seeds,
             difference=_last_minus_best(items, analysis, rows) if items is not None else None,
-        )  # fmt: skip
+        )
 
 
 def _item_results(data: StudyData, column: str) -> pd.Series | None:
@@ -684,9 +741,13 @@ def _scaling(data: StudyData, analysis: StudyAnalysis) -> None:
     for (label, objective), sub in curves.groupby(["group", "objective"], sort=True):
         try:
             fit = fit_data_constrained(
-                sub["tokens"].to_numpy(), sub["unique_budget"].to_numpy(), sub[LOSS_METRIC].to_numpy(), objective,
-                label, runs=sub["run_id"].to_numpy(),
-            )  # fmt: skip
+                sub["tokens"].to_numpy(),
+                sub["unique_budget"].to_numpy(),
+                sub[LOSS_METRIC].to_numpy(),
+                objective,
+                label,
+                runs=sub["run_id"].to_numpy(),
+            )
         except InsufficientData as exc:
             analysis.fit_notes.append(f"No fit for {objective} ({label}): {exc}")
             continue
@@ -780,10 +841,17 @@ def _delta_nll(data: StudyData, analysis: StudyAnalysis) -> None:
             table["acc_stderr"] = np.fmax(best[f"{acc}_stderr"], last[f"{acc}_stderr"])
         if task in data.item_tasks:  # the paired change on the same items, from the loss minimum to the end
             changes = {
-                run_id: _paired_change(curves, run_id, f"items/{task}", acc.rsplit("/", 1)[-1],
-                                       best.loc[run_id, "step"], last.loc[run_id, "step"], analysis.confidence)
+                run_id: _paired_change(
+                    curves,
+                    run_id,
+                    f"items/{task}",
+                    acc.rsplit("/", 1)[-1],
+                    best.loc[run_id, "step"],
+                    last.loc[run_id, "step"],
+                    analysis.confidence,
+                )
                 for run_id in last.index
-            }  # fmt: skip
+            }
             table["acc_change"] = pd.Series({r: c.value if c else math.nan for r, c in changes.items()})
             table["acc_change_ci"] = pd.Series({r: (c.low, c.high) if c else None for r, c in changes.items()})
             table["acc_change_source"] = pd.Series({r: c.source if c else None for r, c in changes.items()})
@@ -902,18 +970,30 @@ def analyze_study(
         _delta_nll(data, analysis)
         if metric != LOSS_METRIC and LOSS_METRIC in metrics:  # the loss crossover too, read with its caveat
             analysis.loss = StudyAnalysis(
-                study=data.study, tracking_uri=data.tracking_uri, metric=LOSS_METRIC, x_axis=x, higher_is_better=False,
-                confidence=confidence, axes=data.axes, crossovers=pd.DataFrame(),
-            )  # fmt: skip
+                study=data.study,
+                tracking_uri=data.tracking_uri,
+                metric=LOSS_METRIC,
+                x_axis=x,
+                higher_is_better=False,
+                confidence=confidence,
+                axes=data.axes,
+                crossovers=pd.DataFrame(),
+            )
             _crossovers(data, analysis.loss, n_boot, seed)
         task = metric.split("/")[1]
         if metric.rsplit("/", 1)[-1] in SCORINGS:  # the verdict on every scoring of the task, side by side
             for other in (f"eval/{task}/{name}" for name in SCORINGS):
                 if other != metric and other in metrics:
                     sibling = StudyAnalysis(
-                        study=data.study, tracking_uri=data.tracking_uri, metric=other, x_axis=x,
-                        higher_is_better=True, confidence=confidence, axes=data.axes, crossovers=pd.DataFrame(),
-                    )  # fmt: skip
+                        study=data.study,
+                        tracking_uri=data.tracking_uri,
+                        metric=other,
+                        x_axis=x,
+                        higher_is_better=True,
+                        confidence=confidence,
+                        axes=data.axes,
+                        crossovers=pd.DataFrame(),
+                    )
                     _crossovers(data, sibling, n_boot, seed)
                     analysis.scorings[other] = sibling
     if metric.rsplit("/", 1)[-1] in SCORINGS and (note := _monte_carlo_note(data)):

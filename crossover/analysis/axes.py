@@ -246,8 +246,9 @@ def _noise_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, str
     for p in noised:
         delta = p.extra["ar_best"] - clean.extra["ar_best"]
         parts.append(f"{p.label}: {p.text}, AR's best {p.extra['ar_best']:.3g} ({delta:+.3g} against clean)")
-    helped = sum((p.extra["ar_best"] - clean.extra["ar_best"]) * (1 if analysis.higher_is_better else -1) > 0
-                 for p in noised)  # fmt: skip
+    helped = sum(
+        (p.extra["ar_best"] - clean.extra["ar_best"]) * (1 if analysis.higher_is_better else -1) > 0 for p in noised
+    )
     closed = [p for p in noised if p.surely_ar_ahead_at_end()]
     open_ = [p for p in noised if p.surely_mdlm_ahead_at_end()]
     saturates = sum(p.extra["ar_last"] != p.extra["ar_best"] for p in noised)
@@ -260,8 +261,11 @@ def _noise_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, str
         agreement, why = CANNOT_TELL, "MDLM is not surely ahead of even the clean AR here: there is no gap to close"
     else:
         agreement = _judge_mdlm_ahead(noised)
-        why = {DISAGREES: f"{', '.join(p.label for p in closed)} closed the gap", AGREES: "no noised AR closed the gap",
-               CANNOT_TELL: "some noised ARs' crossovers are not surely inside the window"}[agreement]  # fmt: skip
+        why = {
+            DISAGREES: f"{', '.join(p.label for p in closed)} closed the gap",
+            AGREES: "no noised AR closed the gap",
+            CANNOT_TELL: "some noised ARs' crossovers are not surely inside the window",
+        }[agreement]
     line = f"{'; '.join(parts)}; {summary}; the paper: {PAPER['noise']}; this study {agreement} ({why})"
     return line, agreement, {"noise_helped": helped / len(noised), "gap_closed": len(closed) / len(noised)}
 
@@ -297,16 +301,21 @@ def _sparsity_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, 
             continue
         lo, hi = sorted((compute.extra["mdlm_last"], param.extra["mdlm_last"]), key=lambda v: better * v)
         value = m.extra["mdlm_last"]
-        where = "between" if better * lo <= better * value <= better * hi else (
-            "above both" if better * value > better * hi else "below both")  # fmt: skip
+        where = (
+            "between"
+            if better * lo <= better * value <= better * hi
+            else ("above both" if better * value > better * hi else "below both")
+        )
         findings.append(
             f"MDLM's {m.label} ({value:.3g}) lands {where} its compute-matched {compute.label} "
             f"({compute.extra['mdlm_last']:.3g}) and parameter-matched {param.label} ({param.extra['mdlm_last']:.3g})"
         )
     agreement = _judge_mdlm_ahead(points)
-    why = {DISAGREES: f"AR surely ahead at the end in {', '.join(p.label for p in behind)}",
-           AGREES: "MDLM surely ahead at the end in every configuration",
-           CANNOT_TELL: "some configurations' verdicts are not sure at the interval's level"}[agreement]  # fmt: skip
+    why = {
+        DISAGREES: f"AR surely ahead at the end in {', '.join(p.label for p in behind)}",
+        AGREES: "MDLM surely ahead at the end in every configuration",
+        CANNOT_TELL: "some configurations' verdicts are not sure at the interval's level",
+    }[agreement]
     line = f"{'; '.join(parts)}; {'; '.join(findings)}; the paper: {PAPER['sparsity']}; this study {agreement} ({why})"
     return line, agreement, {"configs_mdlm_ahead": len(ahead) / len(points)}
 
@@ -354,8 +363,10 @@ def axis_verdicts(analysis: StudyAnalysis, min_seeds: int = MIN_SEEDS) -> list[A
                 body, agreement, metrics = _ordered_line(analysis, name, points)
             few = [p for p in points if p.result.seeds < min_seeds]
             if agreement is not None and few:  # one seed's interval holds item noise only: no judgement on it
-                body += (f"; needs seeds: {len(few)} of {len(points)} values have fewer than {min_seeds} seeds per "
-                         f"objective, so their intervals leave out training noise (it would have read: {agreement})")  # fmt: skip
+                body += (
+                    f"; needs seeds: {len(few)} of {len(points)} values have fewer than {min_seeds} seeds per "
+                    f"objective, so their intervals leave out training noise (it would have read: {agreement})"
+                )
                 agreement = NEEDS_SEEDS
             if agreement is not None:
                 metrics = {"agreement": AGREEMENT[agreement], **metrics}

@@ -326,9 +326,14 @@ def seed_t_draws(rng: np.random.Generator, residuals: np.ndarray, n_boot: int) -
 
 
 def _replicate_margins(
-    rng: np.random.Generator, margin: np.ndarray, a_s: np.ndarray, d_s: np.ndarray, sign: float, paired: bool,
+    rng: np.random.Generator,
+    margin: np.ndarray,
+    a_s: np.ndarray,
+    d_s: np.ndarray,
+    sign: float,
+    paired: bool,
     n_boot: int,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """(B, points) replicate margins: the observed margin + the item part + the seed part (module docstring). The
     items are drawn first, so cells with as many items get the same item draws from the same seed (`compare`)."""
     ia, id_ = a_s.shape[2], d_s.shape[2]

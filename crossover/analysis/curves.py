@@ -329,9 +329,17 @@ def read_study(study: str, tracking_uri: str | None = None, items: bool = True, 
     anneals = trials[annealed].reset_index(drop=True)
     in_anneal = curves["run_id"].isin(anneals["run_id"])
     anneal_curves = curves[in_anneal].join(anneals.set_index("run_id")[["anneal_of", "anneal_stop"]], on="run_id")
-    return StudyData(study, uri, experiment_id, parent_run_id, trials[~annealed].reset_index(drop=True),
-                     curves[~in_anneal].reset_index(drop=True), item_tasks, anneals,
-                     anneal_curves.reset_index(drop=True))  # fmt: skip
+    return StudyData(
+        study,
+        uri,
+        experiment_id,
+        parent_run_id,
+        trials[~annealed].reset_index(drop=True),
+        curves[~in_anneal].reset_index(drop=True),
+        item_tasks,
+        anneals,
+        anneal_curves.reset_index(drop=True),
+    )
 
 
 def _dedupe(trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:

@@ -106,8 +106,11 @@ def cell_curves(analysis: StudyAnalysis, data: StudyData | None = None) -> Figur
             ax.axvline(result.x, color="black", ls="--", lw=1, label="crossover")
         elif result.status == UNDETERMINED and result.x is not None:
             ax.axvline(result.x, color="black", ls=":", lw=1, label="point estimate (undetermined)")
-        status = {NOT_CROSSED: "AR ahead at the end", ALWAYS_AHEAD: "MDLM ahead throughout",
-                  UNDETERMINED: "undetermined"}.get(result.status)  # fmt: skip
+        status = {
+            NOT_CROSSED: "AR ahead at the end",
+            ALWAYS_AHEAD: "MDLM ahead throughout",
+            UNDETERMINED: "undetermined",
+        }.get(result.status)
         ax.set_title(_short(cell) + (f"\n({status})" if status else ""), fontsize=9)
         _chance_line(ax, chance)
         ax.set_xlabel(X_LABELS[analysis.x_axis], fontsize=8)
@@ -164,11 +167,14 @@ def crossover_vs_axis(analysis: StudyAnalysis, axis: str) -> Figure | None:
         crossed = table[table["status"] == CROSSED]
         stats = crossed.groupby("_pos")["x"].agg(["median", "min", "max", "size"]).reset_index()
         ax.errorbar(
-            stats["_pos"], stats["median"],
+            stats["_pos"],
+            stats["median"],
             yerr=[stats["median"] - stats["min"], stats["max"] - stats["median"]],
-            fmt="o-", color=MDLM_COLOR, capsize=3,
+            fmt="o-",
+            color=MDLM_COLOR,
+            capsize=3,
             label=f"median over {len(groups)} combinations of {', '.join(others)} (bars: range)",
-        )  # fmt: skip
+        )
         shares = table.groupby("_pos")["status"].apply(lambda s: (s == CROSSED).mean()).to_dict()
     else:
         cmap = _colors(len(groups))
@@ -185,20 +191,49 @@ def crossover_vs_axis(analysis: StudyAnalysis, axis: str) -> Figure | None:
                 high = np.where(np.isfinite(crossed["ci_high"].astype(float)), crossed["ci_high"], crossed["x_end"])
                 has_ci = crossed["ci_low"].notna().to_numpy()
                 yerr = np.vstack([np.where(has_ci, crossed["x"] - low, 0), np.where(has_ci, high - crossed["x"], 0)])
-                ax.errorbar(crossed["_pos"], crossed["x"], yerr=np.clip(yerr.astype(float), 0, None), fmt="o-",
-                            color=color, capsize=3, label=label)  # fmt: skip
+                ax.errorbar(
+                    crossed["_pos"],
+                    crossed["x"],
+                    yerr=np.clip(yerr.astype(float), 0, None),
+                    fmt="o-",
+                    color=color,
+                    capsize=3,
+                    label=label,
+                )
             never = sub[sub["status"] == NOT_CROSSED]
             suffix = "" if group == "all" else f" ({group})"
-            ax.scatter(never["_pos"], never["x_end"], marker="^", facecolors="none", edgecolors=color, s=60,
-                       label=f"not crossed by the end{suffix}" if not never.empty else None)  # fmt: skip
+            ax.scatter(
+                never["_pos"],
+                never["x_end"],
+                marker="^",
+                facecolors="none",
+                edgecolors=color,
+                s=60,
+                label=f"not crossed by the end{suffix}" if not never.empty else None,
+            )
             ahead = sub[sub["status"] == ALWAYS_AHEAD]
-            ax.scatter(ahead["_pos"], ahead["x_start"], marker="v", facecolors="none", edgecolors=color, s=60,
-                       label=f"MDLM ahead from the start{suffix}" if not ahead.empty else None)  # fmt: skip
+            ax.scatter(
+                ahead["_pos"],
+                ahead["x_start"],
+                marker="v",
+                facecolors="none",
+                edgecolors=color,
+                s=60,
+                label=f"MDLM ahead from the start{suffix}" if not ahead.empty else None,
+            )
             unsure = sub[sub["status"] == UNDETERMINED]  # at the point estimate (the window's edge if none), hollow
-            at = unsure["x"].where(unsure["x"].notna(), np.where(unsure["point_status"] == NOT_CROSSED,
-                                                                 unsure["x_end"], unsure["x_start"]))  # fmt: skip
-            ax.scatter(unsure["_pos"], at, marker="o", facecolors="none", edgecolors=color, s=40,
-                       label=f"undetermined (point estimate){suffix}" if not unsure.empty else None)  # fmt: skip
+            at = unsure["x"].where(
+                unsure["x"].notna(), np.where(unsure["point_status"] == NOT_CROSSED, unsure["x_end"], unsure["x_start"])
+            )
+            ax.scatter(
+                unsure["_pos"],
+                at,
+                marker="o",
+                facecolors="none",
+                edgecolors=color,
+                s=40,
+                label=f"undetermined (point estimate){suffix}" if not unsure.empty else None,
+            )
     _log_y(ax, analysis.x_axis)
     if numeric:
         ax.set_xscale("log" if axis in TOKEN_AXES or (pos > 0).all() and pos.max() / pos.min() > 20 else "linear")
@@ -277,8 +312,10 @@ def efficiency_bars(analysis: StudyAnalysis) -> Figure | None:
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("MDLM unique-token budget U")
     ax.set_ylabel("U'/U (AR budget of equal best performance)")
-    ax.set_title("Data efficiency of MDLM against AR's best (early-stopped)\n(hatched: beyond the AR budgets observed, "
-                 "a bound)", fontsize=9)  # fmt: skip
+    ax.set_title(
+        "Data efficiency of MDLM against AR's best (early-stopped)\n(hatched: beyond the AR budgets observed, a bound)",
+        fontsize=9,
+    )
     ax.grid(alpha=0.25, axis="y")
     return fig
 
@@ -306,8 +343,14 @@ def scaling_fits(analysis: StudyAnalysis, data: StudyData) -> Figure | None:
             for i, unique in enumerate(budgets):
                 color = cmap(i / max(1, len(budgets) - 1))
                 points = sub[sub["unique_budget"] == unique]
-                ax.scatter(points["tokens"], points[LOSS_METRIC], s=8, color=color, alpha=0.6,
-                           label=f"U={format_tokens(unique)}")  # fmt: skip
+                ax.scatter(
+                    points["tokens"],
+                    points[LOSS_METRIC],
+                    s=8,
+                    color=color,
+                    alpha=0.6,
+                    label=f"U={format_tokens(unique)}",
+                )
                 fit = fits.get((label, objective))
                 if fit is not None and len(points):
                     grid = np.geomspace(points["tokens"].min(), points["tokens"].max(), 200)
@@ -356,8 +399,14 @@ def delta_nll_view(analysis: StudyAnalysis, data: StudyData) -> Figure | None:
                 if sub.empty:
                     continue
                 mean = sub.groupby("tokens")[metric].mean()
-                ax.plot(mean.index, mean.to_numpy(), styles[i % 4], color=COLORS[objective], lw=1.3,
-                        label=f"{objective.upper()} {_short(cell, 24)}")  # fmt: skip
+                ax.plot(
+                    mean.index,
+                    mean.to_numpy(),
+                    styles[i % 4],
+                    color=COLORS[objective],
+                    lw=1.3,
+                    label=f"{objective.upper()} {_short(cell, 24)}",
+                )
         ax.set_xscale("log")
         ax.set_title(title, fontsize=9)
         _chance_line(ax, chance_level(curves, metric))

@@ -181,8 +181,12 @@ def _fit_table(analysis: StudyAnalysis) -> pd.DataFrame:
             r_star = f"not identified (fit {fit.r_star:.3g})"
             note = f"repeats had not lost much value by R = {fit.max_repetitions:.3g}: train longer to measure R_D*"
         if fit.dropped_after_minimum:
-            note = "; ".join(filter(None, [note, f"{fit.dropped_after_minimum} points after a run's loss minimum "
-                                                 "left out (overfitting)"]))  # fmt: skip
+            note = "; ".join(
+                filter(
+                    None,
+                    [note, f"{fit.dropped_after_minimum} points after a run's loss minimum left out (overfitting)"],
+                )
+            )
         rows.append(
             {
                 "group": label,
@@ -290,20 +294,34 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
     )
     verdict = []
     if lines := [v.line for v in axis_verdicts(analysis)]:
-        verdict += [Block("h2", "Study verdict"), Block("p", "Along each axis the study varies besides the unique "
-                    "budget, against the paper's finding:"), Block("list", lines)]  # fmt: skip
+        verdict += [
+            Block("h2", "Study verdict"),
+            Block("p", "Along each axis the study varies besides the unique budget, against the paper's finding:"),
+            Block("list", lines),
+        ]
     verdict += [
         Block("h2", "Verdict"),
         Block("list", [v.line for v in verdicts(analysis)] or ["No cell has both AR and MDLM curves."]),
     ]
     if lines := [v.line for v in loss_verdicts(analysis)]:
-        verdict += [Block("p", "On the held-out loss (AR's exact NLL against MDLM's ELBO, an upper bound on its NLL, so "
-                               "a crossover here is conservative):"), Block("list", lines)]  # fmt: skip
+        verdict += [
+            Block(
+                "p",
+                "On the held-out loss (AR's exact NLL against MDLM's ELBO, an upper bound on its NLL, so "
+                "a crossover here is conservative):",
+            ),
+            Block("list", lines),
+        ]
     if lines := delta_nll_lines(analysis):
-        verdict += [Block("p", "Held-out loss rising after its minimum: did the answers get worse? (the Delta NLL "
-                               "view; the accuracy's change is paired on the same items, and 'held' means its whole "
-                               f"interval lies above -{EQUIVALENCE_MARGIN:g}, the equivalence margin)"),
-                    Block("list", lines)]  # fmt: skip
+        verdict += [
+            Block(
+                "p",
+                "Held-out loss rising after its minimum: did the answers get worse? (the Delta NLL "
+                "view; the accuracy's change is paired on the same items, and 'held' means its whole "
+                f"interval lies above -{EQUIVALENCE_MARGIN:g}, the equivalence margin)",
+            ),
+            Block("list", lines),
+        ]
     blocks[1:1] = verdict
     blocks.append(Block("h2", "Crossover per cell"))
     blocks.append(
@@ -322,9 +340,14 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
     )
     blocks.append(Block("table", _crossover_table(analysis)))
     if analysis.scorings:
-        blocks.append(Block("p", "The same crossover on each accuracy of the task: raw likelihood (acc), per character "
-                                 "(acc_norm) and PMI (acc_pmi). A verdict that holds on one of them only is weaker "
-                                 "evidence than one that holds on all."))  # fmt: skip
+        blocks.append(
+            Block(
+                "p",
+                "The same crossover on each accuracy of the task: raw likelihood (acc), per character "
+                "(acc_norm) and PMI (acc_pmi). A verdict that holds on one of them only is weaker "
+                "evidence than one that holds on all.",
+            )
+        )
         blocks.append(Block("table", _scorings_table(analysis)))
     if "cells" in figures:
         blocks.append(

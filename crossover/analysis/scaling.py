@@ -91,8 +91,10 @@ class ScalingFit:
         if self.poor:
             out.append(f"a poor fit (log-loss RMSE {self.rmse:.3f})")
         if not math.isfinite(self.r_star_factor):
-            out.append("no standard error" + (f" (only {self.n_runs} run: a block bootstrap needs 3)"
-                                              if self.n_runs < MIN_RUNS else ""))  # fmt: skip
+            out.append(
+                "no standard error"
+                + (f" (only {self.n_runs} run: a block bootstrap needs 3)" if self.n_runs < MIN_RUNS else "")
+            )
         return out
 
     def predict(self, tokens: np.ndarray | float, unique: np.ndarray | float) -> np.ndarray:

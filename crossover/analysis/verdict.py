@@ -281,8 +281,9 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
         if row.get("p_crossed") is not None and not pd.isna(row.get("p_crossed")):
             metrics["p_crossed"] = float(row["p_crossed"])
         if row["status"] == CROSSED:
-            metrics.update(crossover_tokens=float(row["crossover_tokens"]),
-                           crossover_epochs=float(row["crossover_epochs"]))  # fmt: skip
+            metrics.update(
+                crossover_tokens=float(row["crossover_tokens"]), crossover_epochs=float(row["crossover_epochs"])
+            )
         head = _head(row, curves, metric, analysis.confidence, analysis.x_axis, better)
         peak = int(np.argmax(better * curves.ar))
         metrics.update(
@@ -348,8 +349,9 @@ def delta_nll_lines(analysis: StudyAnalysis) -> list[str]:
         accuracy = f"{name} {row['acc_at_min']:.3g} -> {row['acc_final']:.3g}"
         ci = row.get("acc_change_ci")
         if not isinstance(ci, tuple):
-            lines.append(f"{rise}; {accuracy}; {delta}; no per-item results, so no paired interval and no claim "
-                         "about answers")  # fmt: skip
+            lines.append(
+                f"{rise}; {accuracy}; {delta}; no per-item results, so no paired interval and no claim about answers"
+            )
             continue
         low, high = ci
         change = (
@@ -357,8 +359,10 @@ def delta_nll_lines(analysis: StudyAnalysis) -> list[str]:
             f"the same items; {row['acc_change_source']})"
         )
         if low > -margin:
-            verdict = (f"{accuracy} held: {change} lies above -{margin:g}, the equivalence margin: rising loss is not "
-                       "worse answers here")  # fmt: skip
+            verdict = (
+                f"{accuracy} held: {change} lies above -{margin:g}, the equivalence margin: rising loss is not "
+                "worse answers here"
+            )
         elif high < 0:
             verdict = f"{accuracy} fell: {change} lies below 0: here rising loss did come with worse answers"
         else:

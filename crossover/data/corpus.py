@@ -147,8 +147,10 @@ def local_files(corpus: CorpusSpec) -> LocalFiles:
         fmt = corpus.format if corpus.format != "auto" else _ext_format(path) or "txt"
         problem = _not_text(path) if fmt == "txt" and not hf else None
         if problem:
-            raise DataError(f"corpus source '{corpus.source}' is {problem}: give a text file, or set "
-                            f"data.corpus.format to its structured format")  # fmt: skip
+            raise DataError(
+                f"corpus source '{corpus.source}' is {problem}: give a text file, or set "
+                f"data.corpus.format to its structured format"
+            )
         return LocalFiles(path.parent, [path], fmt, [])
     if path.is_dir():
         base = path
@@ -159,8 +161,10 @@ def local_files(corpus: CorpusSpec) -> LocalFiles:
         skipped = [(p, "not a regular file") for p in matches if not p.is_file() and not p.is_dir()]
         base = Path(os.path.commonpath([str(p.parent) for p in candidates])) if candidates else Path(".")
     else:
-        raise DataError(f"corpus source '{corpus.source}' does not exist; give a file, a directory, a glob, "
-                        f"'{STDLIB}' or 'hf:<dataset name>'")  # fmt: skip
+        raise DataError(
+            f"corpus source '{corpus.source}' does not exist; give a file, a directory, a glob, "
+            f"'{STDLIB}' or 'hf:<dataset name>'"
+        )
     fmt = corpus.format if corpus.format != "auto" else _auto_format(corpus, base, candidates, hf)
     if fmt == "txt" and not hf:
         files = []
@@ -178,8 +182,11 @@ def local_files(corpus: CorpusSpec) -> LocalFiles:
     listed = sorted((os.path.relpath(p, base) + ("/" if p.is_dir() else ""), why) for p, why in skipped)
     if not files:
         reasons = f"; skipped: {count_reasons(listed)} (e.g. {listed[0][0]}: {listed[0][1]})" if listed else ""
-        raise DataError(f"corpus source '{corpus.source}' matches no files" + (
-            f" of format {corpus.format}" if corpus.format != "auto" else "") + reasons)  # fmt: skip
+        raise DataError(
+            f"corpus source '{corpus.source}' matches no files"
+            + (f" of format {corpus.format}" if corpus.format != "auto" else "")
+            + reasons
+        )
     return LocalFiles(base, files, fmt, listed)
 
 
@@ -271,13 +278,20 @@ def fingerprint(corpus: CorpusSpec) -> dict[str, Any]:
     k = kind(corpus)
     if k in ("stdlib", "packages"):
         files = [(doc_id, p.stat()) for doc_id, p in python_files(corpus)]
-        return {"settings": settings, "python": sys.version,
-                "files": [(doc_id, st.st_size, st.st_mtime_ns) for doc_id, st in files]}  # fmt: skip
+        return {
+            "settings": settings,
+            "python": sys.version,
+            "files": [(doc_id, st.st_size, st.st_mtime_ns) for doc_id, st in files],
+        }
     if k == "hf" and is_remote(corpus):
         return {"settings": settings}
     lf = local_files(corpus)
-    return {"settings": settings, "root": str(lf.base.resolve()), "format": lf.format,
-            "files": _stat_list(lf.base, lf.files)}  # fmt: skip
+    return {
+        "settings": settings,
+        "root": str(lf.base.resolve()),
+        "format": lf.format,
+        "files": _stat_list(lf.base, lf.files),
+    }
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,32 @@ import numpy as np
 TIERS = ("low", "medium", "high")
 SCORE_COLUMN = "quality_score"  # the column `auto` uses when the dataset has one
 
-_CODE_EXTENSIONS = {".py", ".pyi", ".js", ".ts", ".java", ".c", ".cc", ".cpp", ".h", ".hpp", ".go", ".rs", ".rb",
-                    ".php", ".cs", ".swift", ".kt", ".scala", ".sh", ".lua", ".r", ".jl", ".m", ".sql"}  # fmt: skip
+_CODE_EXTENSIONS = {
+    ".py",
+    ".pyi",
+    ".js",
+    ".ts",
+    ".java",
+    ".c",
+    ".cc",
+    ".cpp",
+    ".h",
+    ".hpp",
+    ".go",
+    ".rs",
+    ".rb",
+    ".php",
+    ".cs",
+    ".swift",
+    ".kt",
+    ".scala",
+    ".sh",
+    ".lua",
+    ".r",
+    ".jl",
+    ".m",
+    ".sql",
+}
 _CODE_LINE = re.compile(
     r"^\s*(def |class |import |from \S+ import|#include|return\b|if\b.*[:{]$|for\b.*[:{]$|while\b|function\b|"
     r"var |let |const |public |private |static |fn |func |package |[\w.\[\]]+\s*[-+*/%|&]?=\s*\S)|[:;{}()\[\],]\s*$"

@@ -110,8 +110,11 @@ class PreparedData:
         self.vocab_size: int = tok["size"]  # the tokenizer's real size (largest id + 1)
         self.padded_vocab: int = tok["padded_vocab"]  # embedding rows: padded_vocab(spec size)
         self.dtype = np.dtype(manifest["dtype"])
-        self.tokens = np.memmap(root / "tokens.bin", dtype=self.dtype, mode="r") if manifest["tokens"] else (
-            np.zeros(0, self.dtype))  # fmt: skip
+        self.tokens = (
+            np.memmap(root / "tokens.bin", dtype=self.dtype, mode="r")
+            if manifest["tokens"]
+            else (np.zeros(0, self.dtype))
+        )
         with np.load(root / "docs.npz") as docs:
             self.offsets: np.ndarray = docs["offsets"]
             self.digests: np.ndarray = docs["digest"]
@@ -327,8 +330,11 @@ def _build(data: DataSpec, key: str, cache: Path, out: Path, progress: Progress,
     """Build the store's files in `out`, stage by stage; its manifest."""
     started = time.time()
     progress("reading corpus", 0, None)
-    extra = [SCORE_COLUMN] if data.quality_scorer == "auto" else (
-        [] if data.quality_scorer in ("code", "prose") else [data.quality_scorer])  # fmt: skip
+    extra = (
+        [SCORE_COLUMN]
+        if data.quality_scorer == "auto"
+        else ([] if data.quality_scorer in ("code", "prose") else [data.quality_scorer])
+    )
     named_column = data.quality_scorer not in ("auto", "code", "prose")
     ds = corpora.load_corpus(data.corpus, cache / "hf-datasets", columns=extra, required=named_column)
     docs = _hash_documents(ds, data, progress)
@@ -368,8 +374,15 @@ class _Documents:
 
 def _hash_documents(ds: datasets.Dataset, data: DataSpec, progress: Progress) -> _Documents:
     n_rows = len(ds)
-    docs = _Documents(n_rows, np.zeros(n_rows, dtype=bool), np.zeros(n_rows, dtype=np.uint64),
-                      np.zeros(n_rows, dtype=np.int64), [], 0, 0)  # fmt: skip
+    docs = _Documents(
+        n_rows,
+        np.zeros(n_rows, dtype=bool),
+        np.zeros(n_rows, dtype=np.uint64),
+        np.zeros(n_rows, dtype=np.int64),
+        [],
+        0,
+        0,
+    )
     seen: set[bytes] = set()
     for start, batch in _batches(ds, ["id", "text"]):
         for j, (doc_id, text) in enumerate(zip(batch["id"], batch["text"], strict=True)):
@@ -395,8 +408,12 @@ def _hash_documents(ds: datasets.Dataset, data: DataSpec, progress: Progress) ->
 def _quality_scorer(ds: datasets.Dataset, data: DataSpec, samples: list[tuple[str, str]]):
     """(name, scorer) of the spec's quality scorer; the scorer is None where the score is a corpus column."""
     try:
-        return resolve_scorer(data.quality_scorer, ds.column_names,
-                              True if corpora.kind(data.corpus) in ("stdlib", "packages") else None, samples)  # fmt: skip
+        return resolve_scorer(
+            data.quality_scorer,
+            ds.column_names,
+            True if corpora.kind(data.corpus) in ("stdlib", "packages") else None,
+            samples,
+        )
     except ValueError as exc:
         raise DataError(str(exc)) from None
 
@@ -416,8 +433,9 @@ def _heldout_reserve(docs: _Documents, data: DataSpec) -> np.ndarray:
     return reserved
 
 
-def _train_tokenizer(ds: datasets.Dataset, data: DataSpec, cache: Path, shown: np.ndarray, progress: Progress,
-                     notify: Notify):  # fmt: skip
+def _train_tokenizer(
+    ds: datasets.Dataset, data: DataSpec, cache: Path, shown: np.ndarray, progress: Progress, notify: Notify
+):
     """Stage 3: the spec's tokenizer (trained on the rows `shown`, or cached, or pretrained) and its cache key."""
 
     def training_texts() -> tuple[Iterator[str], int]:
@@ -433,8 +451,16 @@ def _train_tokenizer(ds: datasets.Dataset, data: DataSpec, cache: Path, shown: n
     return get_tokenizer(data.tokenizer, cache, corpus_key(data), training_texts, notify)
 
 
-def _tokenize(ds: datasets.Dataset, tok, dtype: np.dtype, keep: np.ndarray, scorer: QualityScorer | None, scorer_name: str,
-              out: Path, progress: Progress) -> tuple[np.ndarray, np.ndarray, str]:  # fmt: skip
+def _tokenize(
+    ds: datasets.Dataset,
+    tok,
+    dtype: np.dtype,
+    keep: np.ndarray,
+    scorer: QualityScorer | None,
+    scorer_name: str,
+    out: Path,
+    progress: Progress,
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Stage 4: every kept document's tokens and end-of-document into tokens.bin (corpus order), scored on the way;
     (tokens per row, quality score per row, tokens.bin's sha256). The tokenizers library encodes each batch on all
     cores, one batch ahead on a thread (it releases the GIL), so scoring overlaps encoding."""
@@ -503,8 +529,9 @@ class _Layout:
         return int(self.offsets[-1])
 
 
-def _split_and_tier(docs: _Documents, lengths: np.ndarray, scores: np.ndarray, reserved: np.ndarray,
-                    data: DataSpec) -> _Layout:  # fmt: skip
+def _split_and_tier(
+    docs: _Documents, lengths: np.ndarray, scores: np.ndarray, reserved: np.ndarray, data: DataSpec
+) -> _Layout:
     kept = docs.kept
     lengths, scores, digests = lengths[kept], scores[kept], docs.digests[kept]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -527,8 +554,14 @@ def _split_and_tier(docs: _Documents, lengths: np.ndarray, scores: np.ndarray, r
 def _write_store(ds: datasets.Dataset, docs: _Documents, layout: _Layout, tok, out: Path) -> None:
     """Stage 6: docs.npz (offsets, digests, scores, tiers, held-out flags), heldout.jsonl (the held-out documents'
     text, hash order) and tokenizer.json beside tokens.bin."""
-    np.savez(out / "docs.npz", offsets=layout.offsets, digest=layout.digests, score=layout.scores, tier=layout.tiers,
-             heldout=layout.heldout)  # fmt: skip
+    np.savez(
+        out / "docs.npz",
+        offsets=layout.offsets,
+        digest=layout.digests,
+        score=layout.scores,
+        tier=layout.tiers,
+        heldout=layout.heldout,
+    )
     held_rows = docs.kept[layout.heldout_order]
     wanted = set(held_rows.tolist())
     texts_by_row: dict[int, dict[str, str]] = {}
@@ -542,8 +575,19 @@ def _write_store(ds: datasets.Dataset, docs: _Documents, layout: _Layout, tok, o
     tok.save(str(out / "tokenizer.json"))
 
 
-def _manifest(data: DataSpec, key: str, out: Path, docs: _Documents, layout: _Layout, tok, tok_key: str, size: int,
-              dtype: np.dtype, scorer_name: str, started: float) -> dict[str, Any]:  # fmt: skip
+def _manifest(
+    data: DataSpec,
+    key: str,
+    out: Path,
+    docs: _Documents,
+    layout: _Layout,
+    tok,
+    tok_key: str,
+    size: int,
+    dtype: np.dtype,
+    scorer_name: str,
+    started: float,
+) -> dict[str, Any]:
     """Stage 7: the manifest (what was built, from what, and each file's size and sha256), written last and synced:
     a store is whole once its manifest exists."""
     lengths, tiers, scores = layout.lengths, layout.tiers, layout.scores
