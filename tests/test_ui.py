@@ -92,7 +92,15 @@ def test_ui_prints_the_links_once_the_real_server_answers_and_ctrl_c_stops_it(tm
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "w") as server_log:
         proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=server_log, text=True, env=env, start_new_session=True
+            command,
+            stdout=subprocess.PIPE,
+            stderr=server_log,
+            text=True,
+            env=env,
+            start_new_session=True,
+            # Ctrl-C as a terminal delivers it: a suite started in the background of a non-interactive shell runs
+            # with SIGINT ignored, which every child inherits (and Python then keeps ignoring it)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
