@@ -106,7 +106,8 @@ def _describe(error: dict, path: FieldPath) -> str:
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     value = error.get("input")
     if isinstance(value, (str, int, float, bool)) and repr(value) not in msg:
-        msg += f" (got {value!r})"
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:40] + f"... ({len(repr(value))} characters)"
+        msg += f" (got {shown})"
     return msg
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 
 _SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+# Far past any training run (the largest published use tens of T); a larger count is a typo, and refusing it keeps
+# every later float conversion and message finite.
+MAX_TOKENS = 10**15
 
 
 def parse_tokens(value: object) -> int:
@@ -12,11 +15,11 @@ def parse_tokens(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"expected a token count such as 50k, 1.5B or 2000000, got {value!r}")
     if isinstance(value, int):
-        return value
+        return _bounded(value)
     if isinstance(value, float):
         if not value.is_integer():
             raise ValueError(f"a token count must be a whole number, got {value!r}")
-        return int(value)
+        return _bounded(value)
     if not isinstance(value, str):
         raise ValueError(f"expected a token count such as 50k, 1.5B or 2000000, got {value!r}")
     text = value.strip().replace("_", "").replace(",", "")
@@ -26,13 +29,22 @@ def parse_tokens(value: object) -> int:
         text = text[:-1]
     try:
         number = Decimal(text) * scale
-    except InvalidOperation:
+    except DecimalException:  # not a number, or one past Decimal's own exponent range
         raise ValueError(
             f"expected a token count such as 50k, 500M, 1.5B, 96B, 1.5e9 or 2000000, got {value!r}"
         ) from None
     if number != number.to_integral_value():
         raise ValueError(f"a token count must be a whole number of tokens, got {value!r} = {number}")
-    return int(number)
+    return _bounded(number)
+
+
+def _bounded(count: int | float | Decimal) -> int:
+    """The count as an int, refused before conversion when past MAX_TOKENS ("1e999999999" would fill memory)."""
+    if abs(count) > MAX_TOKENS:
+        raise ValueError(
+            f"a token count of {Decimal(count):.3g} is beyond any training run (at most 1,000T = 1e15): check for a typo"
+        )
+    return int(count)
 
 
 def format_tokens(n: int | float, digits: int = 3) -> str:
