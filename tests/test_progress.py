@@ -9,6 +9,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from crossover.cli import app
+from crossover.platform.launch import LAUNCH
 from crossover.platform.progress import QUIET_EVERY_S, ProgressCallback, StudyProgress
 from crossover.platform.rates import RATE_WINDOW_S, eta_seconds, recent_points, smoothed_rate
 from crossover.platform.tracking import TrialRun, start_study
@@ -26,7 +27,7 @@ class Clock:
 
 
 def tune_trial(name: str) -> SimpleNamespace:
-    return SimpleNamespace(config={"trial": {"name": name}}, trial_id="t0")
+    return SimpleNamespace(config={LAUNCH: {"trial": {"name": name}}}, trial_id="t0")
 
 
 def log_point(tokens: int, rate: float, **metrics: float) -> dict:
@@ -47,7 +48,7 @@ def test_quiet_progress_prints_a_trial_at_most_every_30_s_and_every_change_of_st
         clock.now += 1
         callback.on_trial_complete(0, [], ar)
     lines = console.file.getvalue().splitlines()
-    ar_lines = [line for line in lines if line.startswith(ar.config["trial"]["name"])]
+    ar_lines = [line for line in lines if line.startswith(ar.config[LAUNCH]["trial"]["name"])]
     # started (a change), then 30, 60 and 90 s later, then finished (a change): never two within 30 s otherwise
     assert QUIET_EVERY_S == 30
     assert [line.split(":")[1].split()[0] for line in ar_lines] == ["running"] * 4 + ["finished"]
@@ -58,7 +59,7 @@ def test_quiet_progress_prints_a_trial_at_most_every_30_s_and_every_change_of_st
     total = trials[0].total_tokens
     assert f"ETA {format_seconds((total - 91 * 1024) / 1024.0)}" in running_at_90
     assert "ETA" not in ar_lines[-1]  # a finished trial has none
-    (mdlm_line,) = [line for line in lines if line.startswith(mdlm.config["trial"]["name"])]
+    (mdlm_line,) = [line for line in lines if line.startswith(mdlm.config[LAUNCH]["trial"]["name"])]
     assert "eval/heldout_loss/loss 6.5" in mdlm_line and "tok/s" not in mdlm_line  # one report: no rate yet
 
 

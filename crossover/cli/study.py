@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from crossover.cli.app import STOPPED, app, err, out
 from crossover.cli.common import (
+    check_data,
     library_notices_to,
     load_checked,
     load_spec,
@@ -23,6 +24,9 @@ from crossover.errors import UserError
 from crossover.evals.registry import check_spec_tasks
 from crossover.specs import format_seconds, format_tokens
 from crossover.tracking.names import PROGRESS_METRICS
+
+if TYPE_CHECKING:  # the platform (Ray, MLflow) is imported only by the commands that run it
+    from crossover.platform.driver import RunOptions, StudyOutcome
 
 
 @app.command()
@@ -68,31 +72,37 @@ def run(
     checkpoints, longer trials continue shorter ones, and only what is new trains."""
     import os
 
-    from crossover.platform.driver import check_start, check_tracking, driver_folder, storage_path
-    from crossover.tracking.store import resolve_tracking_uri
+    from crossover.platform.driver import RunOptions, check_start, driver_folder, started_or_removed, storage_path
+    from crossover.tracking.store import check_reachable, resolve_tracking_uri
 
     spec = load_checked(spec_path)
-    ray_storage = storage_path(spec, storage)
-    check_start(spec, str(spec_path), ray_storage, resume=resume, fresh=fresh)
+    options = RunOptions(
+        spec=spec,
+        spec_text=spec_path.read_text(),
+        tracking_uri=resolve_tracking_uri(tracking_uri),
+        storage=storage_path(spec, storage),
+        address=address or os.environ.get("RAY_ADDRESS"),
+        fresh=fresh,
+        max_concurrent=max_concurrent,
+    )
+    check_start(spec, str(spec_path), options.storage, resume=resume, fresh=fresh)
     check_spec_tasks(spec)  # what this installation cannot run (lm-eval without its extra, no sandbox)
-    log_dir = driver_folder(ray_storage)
-    # The topmost folder the log creates, removed again if the study cannot start: nothing half-written.
-    created = next((p for p in reversed([log_dir, *log_dir.parents]) if not p.exists()), None)
-    library_notices_to(log_dir / f"{spec.name}.log", verbose, ("mlflow", "ray"))
-    uri = resolve_tracking_uri(tracking_uri)
-    check_tracking(uri, created)
+    log_dir = driver_folder(options.storage)
+    with started_or_removed(log_dir):  # an unreachable store leaves no log folder behind
+        library_notices_to(log_dir / f"{spec.name}.log", verbose, ("mlflow", "ray"))
+        check_reachable(options.tracking_uri, write=True)
     prepare_data(spec)  # once, on the driver, so trials never race to build the token store
-    spec = load_checked(spec_path, quiet=True)  # exact budget check now that the store exists
+    check_data(spec)  # exact now that the token store exists
 
-    from crossover.platform.driver import clean_up_after_a_crash, run_study
+    from crossover.platform.driver import StudyEvents, clean_up_after_a_crash, run_study
     from crossover.platform.grow import finished_in
     from crossover.platform.progress import StudyProgress
 
-    address = address or os.environ.get("RAY_ADDRESS")
+    uri = options.tracking_uri
     out.print(f"study [bold]{spec.name}[/]: {len(spec.expand())} trials; MLflow {uri}", highlight=False)
     out.print(f"[dim]{runtime_line(spec)}[/]", highlight=False)
     warn_runtime(spec)
-    if not address:  # on a cluster the trials do not run on this machine
+    if not options.address:  # on a cluster the trials do not run on this machine
         if stopped := clean_up_after_a_crash(log_dir, spec.name):
             out.print(f"stopped {stopped} Ray processes left running by an earlier driver of this study")
         # what is left: the trials an earlier run finished are kept (a store not made yet holds none)
@@ -111,25 +121,19 @@ def run(
 
     try:
         with progress:
-            outcome = run_study(
-                spec,
-                spec_path.read_text(),
-                uri,
-                address=address,
-                fresh=fresh,
-                max_concurrent=max_concurrent,
-                storage=storage,
-                callbacks=[progress.callback()],
-                on_growth=on_growth,
-                on_anneal=on_anneal,
-            )
+            outcome = run_study(options, StudyEvents([progress.callback()], on_growth, on_anneal))
     except KeyboardInterrupt:  # before the trials started (Ray starting); once they run, Tune stops them
         err.print(f"study stopped before its trials started: `crossover run {spec_path}` starts it again")
         raise typer.Exit(STOPPED) from None
+    _report(outcome, spec_path, options)
+
+
+def _report(outcome: StudyOutcome, spec_path: Path, options: RunOptions) -> None:
+    """What the study's run ended with, its exit status, and the verdict as it stands."""
     stopped = f", {len(outcome.stopped)} stopped" if outcome.stopped else ""
     out.print(
-        f"{len(outcome.finished)} trials finished, {len(outcome.failed)} failed{stopped}; MLflow: {uri} "
-        f"(parent run {outcome.parent_run_id}); Ray: {outcome.experiment_path}",
+        f"{len(outcome.finished)} trials finished, {len(outcome.failed)} failed{stopped}; MLflow: "
+        f"{options.tracking_uri} (parent run {outcome.parent_run_id}); Ray: {outcome.experiment_path}",
         highlight=False,
     )
     for name, error in outcome.failed.items():
@@ -137,7 +141,7 @@ def run(
     if outcome.stopped:
         out.print(f"study stopped: `crossover run {spec_path}` continues it from the trials' last checkpoints")
         raise typer.Exit(STOPPED)
-    _provisional_verdict(spec.name, uri)
+    _provisional_verdict(options.spec.name, options.tracking_uri)
     if outcome.failed:
         raise typer.Exit(1)
 

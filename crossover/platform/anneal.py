@@ -22,9 +22,9 @@ import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from crossover.platform.grow import finished_runs, kept_checkpoints
+from crossover.platform.launch import Continuation
 from crossover.specs import StudySpec, TrialSpec, format_tokens, training_flops
 from crossover.specs.anneal import anneal_metric, anneal_trial, choose_stop
 from crossover.tracking.names import (
@@ -51,7 +51,7 @@ class Anneal:
     of: TrialSpec  # the AR trial
     stop: int  # tokens: the eval point its validation items chose
     metric: str
-    continues: dict[str, Any] | None  # the AR trial's kept checkpoint it starts from (TrialRun's `continues`)
+    continues: Continuation | None  # the AR trial's kept checkpoint it starts from
 
     @property
     def tags(self) -> dict[str, str]:
@@ -64,7 +64,7 @@ class Anneal:
 
     @property
     def trained_tokens(self) -> int:
-        return self.stop - (int(self.continues["tokens"]) if self.continues else 0)
+        return self.stop - (self.continues.tokens if self.continues else 0)
 
 
 @dataclass
@@ -119,9 +119,11 @@ def validation_points(client, run, metric: str) -> list[tuple[int, float]]:
     return sorted(points)
 
 
-def _kept_checkpoint(spec: StudySpec, storage: str, ar: TrialSpec, trial: TrialSpec, run_id: str) -> dict | None:
-    """The AR trial's latest kept checkpoint at or before the anneal trial's decay start, as TrialRun's and the
-    reporter's `continues`; None: the anneal trains from scratch."""
+def _kept_checkpoint(
+    spec: StudySpec, storage: str, ar: TrialSpec, trial: TrialSpec, run_id: str
+) -> Continuation | None:
+    """The AR trial's latest kept checkpoint at or before the anneal trial's decay start; None: the anneal trains
+    from scratch."""
     from crossover.trainers.schedules import branch_step
 
     step = branch_step(trial)
@@ -132,7 +134,7 @@ def _kept_checkpoint(spec: StudySpec, storage: str, ar: TrialSpec, trial: TrialS
     if not found:
         return None
     tokens, folder = found[-1]
-    return {"run_id": run_id, "branch": str(folder), "tokens": tokens, "replaces": False}
+    return Continuation(run_id=run_id, branch=str(folder), tokens=tokens)
 
 
 def _no_decay_step(trial: TrialSpec) -> bool:

@@ -19,13 +19,14 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crossover.errors import UserError
 from crossover.platform.anneal import AnnealPlan, plan_anneals
 from crossover.platform.grow import Growth, plan_growth, score_added_tasks
+from crossover.platform.launch import HPARAMS, LAUNCH, LAUNCHES, POINT, TrialLaunch, config_name, launch_of
 from crossover.platform.local_ray import init_local_instance, record_local_instance, state_file
 from crossover.platform.tracking import (
     TrialRun,
@@ -37,9 +38,9 @@ from crossover.platform.tracking import (
     tune_experiment,
 )
 from crossover.specs import StudySpec, TrialSpec, longest_first
-from crossover.specs.hardware import Runtime, resolve_runtime
 from crossover.specs.study import ResourcesSpec
 from crossover.tracking.names import TAG_DATA_HASH
+from crossover.trainers.throughput import study_runtime_here
 
 # Environment the trials need that a local Ray instance would not otherwise pass on.
 FORWARDED_ENV = ("CROSSOVER_CACHE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "TOKENIZERS_PARALLELISM")
@@ -54,26 +55,35 @@ class StudyOutcome:
     experiment_path: str
 
 
-def _tracked_run(
-    trial_json: dict[str, Any],
-    uri: str,
-    parent_run_id: str,
-    runtime: Runtime,
-    continues: dict[str, Any] | None,
-    tags: dict[str, str] | None,
-) -> TrialRun:
-    """Built inside the process that trains (rank 0): trials log to MLflow from where they run."""
-    return TrialRun(TrialSpec.model_validate(trial_json), uri, parent_run_id, runtime, continues, tags)
+@dataclass(frozen=True)
+class RunOptions:
+    """What `crossover run` asks of the platform, its options resolved: the one object the command line hands over."""
+
+    spec: StudySpec
+    spec_text: str  # as written, kept on the study's MLflow parent run
+    tracking_uri: str
+    storage: str  # Ray storage: an absolute path or a URI (`storage_path`)
+    address: str | None = None  # a Ray cluster to join; None: a local instance
+    fresh: bool = False  # start over: new MLflow parent run, old Tune state removed
+    max_concurrent: int | None = None
+
+
+@dataclass(frozen=True)
+class StudyEvents:
+    """What the caller hears while the study runs: Tune's callbacks (the progress display), what a study that ran
+    before keeps and runs (`on_growth`) and the anneal phase's plan (`on_anneal`), each before anything trains."""
+
+    callbacks: list = field(default_factory=list)
+    on_growth: Callable[[Growth], None] | None = None
+    on_anneal: Callable[[AnnealPlan], None] | None = None
 
 
 def run_trial(config: dict[str, Any]) -> None:
     """The Tune trainable: train one trial and keep its MLflow child run in step with it."""
-    trial = trial_of(config)
-    runtime = Runtime.model_validate(config["runtime"])  # resolved once for the study, on the driver
-    continues = config.get("continues", {}).get(trial.trial_id)  # a shorter trial this one continues (grow.py)
-    branch = continues and continues["branch"]
-    tags = config.get("run_tags", {}).get(trial.trial_id)  # an anneal trial's role (anneal.py)
-    run = TrialRun(trial, config["tracking_uri"], config["parent_run_id"], runtime, continues, tags)
+    launch = launch_of(config)
+    trial = launch.trial
+    branch = launch.continues and launch.continues.branch
+    run = TrialRun.of(launch)
     if run.already_finished:  # finished before a driver crash that Tune's state did not see: never train twice
         return
     try:
@@ -81,30 +91,21 @@ def run_trial(config: dict[str, Any]) -> None:
             from crossover.trainers.launch import RayReporter
             from crossover.trainers.loop import train
 
-            result = train(trial, RayReporter("tune", run, config["storage"], branch), runtime=runtime)
+            result = train(trial, RayReporter("tune", run, launch.storage, branch), runtime=launch.runtime)
             run.set_tags({TAG_DATA_HASH: result["data_hash"]})
         else:
             from ray.tune.integration.ray_train import TuneReportCallback
 
             from crossover.trainers.launch import run_workers
 
-            tracked = functools.partial(
-                _tracked_run,
-                trial.model_dump(mode="json"),
-                config["tracking_uri"],
-                config["parent_run_id"],
-                runtime,
-                continues,
-                tags,
-            )
             outcome = run_workers(
                 trial,
-                config["storage"],
+                launch.storage,
                 name=f"{trial.study}-{trial.trial_id}",
-                run_factory=tracked,
+                run_factory=functools.partial(_tracked_run, launch.model_dump(mode="json")),
                 callbacks=[TuneReportCallback()],
                 max_failures=trial.resources.max_failures,
-                runtime=runtime,
+                runtime=launch.runtime,
                 continues=branch,
             )
             if outcome.error is not None:
@@ -118,12 +119,9 @@ def run_trial(config: dict[str, Any]) -> None:
     run.finish()
 
 
-def trial_of(config: dict[str, Any]) -> TrialSpec:
-    """The trial a Tune config stands for: a grid trial, or a search sample (its grid point with the sampled
-    hyper-parameters)."""
-    if "point" in config:
-        return searched_trial(config["study"], config["point"], config["hparams"])
-    return TrialSpec.model_validate(config["trial"])
+def _tracked_run(launch_json: dict[str, Any]) -> TrialRun:
+    """Built inside the Ray Train worker that logs (rank 0): trials log to MLflow from where they run."""
+    return TrialRun.of(TrialLaunch.model_validate(launch_json))
 
 
 def _trials_hash(trials: list[TrialSpec]) -> str:
@@ -175,14 +173,14 @@ def check_start(spec: StudySpec, spec_path: str, storage: str, *, resume: bool, 
         )
 
 
-def check_tracking(uri: str, created: Path | None) -> None:
-    """The tracking store can be written; else the folder this start created (`created`, the driver log's topmost
-    new folder) is removed again before the error goes up: nothing half-written."""
-    from crossover.tracking.store import TrackingError, check_reachable
-
+@contextmanager
+def started_or_removed(folder: Path) -> Iterator[None]:
+    """The topmost folder a start creates for `folder` (the driver's log) is removed again if the start fails
+    within: nothing half-written."""
+    created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
     try:
-        check_reachable(uri, write=True)
-    except TrackingError:
+        yield
+    except BaseException:
         if created:
             shutil.rmtree(created, ignore_errors=True)
         raise
@@ -202,94 +200,71 @@ def clean_up_after_a_crash(folder: Path, study: str) -> int:
     return clean_up(record)
 
 
-def run_study(
-    spec: StudySpec,
-    spec_text: str,
-    tracking_uri: str,
-    *,
-    address: str | None = None,
-    fresh: bool = False,
-    max_concurrent: int | None = None,
-    storage: str | None = None,
-    callbacks: list | None = None,
-    on_growth: Callable[[Growth], None] | None = None,
-    on_anneal: Callable[[AnnealPlan], None] | None = None,
-) -> StudyOutcome:
+def run_study(options: RunOptions, events: StudyEvents | None = None) -> StudyOutcome:
     """Run (or continue) every trial of the study; returns which finished and which failed.
 
     An existing Tune experiment of the same study at the same storage is continued: finished trials are not run
     again, unfinished ones restart from their last checkpoint, and their MLflow runs are continued. A spec that
-    changed since makes the study grow (crossover.platform.grow; `on_growth` hears what is kept and what runs
-    before anything does). `fresh` starts over instead (new MLflow parent run, old Tune state removed).
+    changed since makes the study grow (crossover.platform.grow; `events.on_growth` hears what is kept and what runs
+    before anything does). `options.fresh` starts over instead (new MLflow parent run, old Tune state removed).
     With `early_stopped_ar.anneal`, a second phase then anneals each finished AR trial to its validation-chosen stop
-    (crossover.platform.anneal; `on_anneal` hears the plan before it trains).
+    (crossover.platform.anneal; `events.on_anneal` hears the plan before it trains).
     """
+    events = events or StudyEvents()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress table replaces Tune's console output
-    trials, resources = spec.expand(), spec.resources
-    storage = storage_path(spec, storage)
+    spec, uri, storage = options.spec, options.tracking_uri, options.storage
+    trials = spec.expand()
     experiment = f"{storage.rstrip('/')}/{spec.name}"
-    if fresh and "://" not in storage:
+    if options.fresh and "://" not in storage:
         for path in _local_tune_folders(spec, storage):
             shutil.rmtree(path, ignore_errors=True)
     try:
         with interrupts_kept() as interrupted:
             trials_hash = _trials_hash(trials)
-            parent_run_id = start_study(spec, spec_text, tracking_uri, fresh=fresh, trials_hash=trials_hash)
+            parent_run_id = start_study(spec, options.spec_text, uri, fresh=options.fresh, trials_hash=trials_hash)
             # Once per study, so every trial (the AR and MDLM of each cell) trains alike; a continued study keeps the
             # resolution it began with.
-            runtime = study_runtime(
-                tracking_uri, parent_run_id, resolve_runtime(spec.train, trials[0].model, resources)
+            runtime = study_runtime(uri, parent_run_id, study_runtime_here(spec))
+            launch = functools.partial(
+                TrialLaunch, runtime=runtime, tracking_uri=uri, parent_run_id=parent_run_id, storage=storage
             )
-            common = {
-                "tracking_uri": tracking_uri,
-                "parent_run_id": parent_run_id,
-                "storage": storage,
-                "runtime": runtime.model_dump(),
-            }
-            tune_name, first = spec.name, True
+            phase = Phase(spec.name, [launch(trial=t) for t in trials])
             if spec.search is None:  # a grid study can grow; a search study's trials are samples
-                growth = plan_growth(spec, tracking_uri, parent_run_id)
-                if on_growth:
-                    on_growth(growth)
-                score_added_tasks(spec, growth, tracking_uri, parent_run_id, storage)
-                tune_name, first = tune_experiment(tracking_uri, parent_run_id, spec.name, trials_hash)
-                common["continues"] = growth.continues
-                trials = trials if first else growth.to_run
+                growth = plan_growth(spec, uri, parent_run_id)
+                if events.on_growth:
+                    events.on_growth(growth)
+                score_added_tasks(spec, growth, uri, parent_run_id, storage)
+                tune_name, first = tune_experiment(uri, parent_run_id, spec.name, trials_hash)
+                to_run = trials if first else growth.to_run
+                launches = [launch(trial=t, continues=growth.continues.get(t.trial_id)) for t in to_run]
+                phase = Phase(tune_name, launches, as_saved=not first)
                 experiment = f"{storage.rstrip('/')}/{tune_name}"
-            results = (
-                _fit(spec, trials, storage, address, max_concurrent, callbacks, common, interrupted, tune_name, first)
-                if trials
-                else []
-            )
-            stopped = _sorted_out(results, trial_statuses(tracking_uri, parent_run_id))[2]
+            results = _fit(options, phase, events.callbacks, interrupted) if phase.launches else []
+            stopped = _sorted_out(results, trial_statuses(uri, parent_run_id))[2]
             if spec.early_stopped_ar.anneal and spec.search is None and not stopped:
-                plan = plan_anneals(spec, tracking_uri, parent_run_id, storage)
-                if on_anneal:
-                    on_anneal(plan)
-                if todo := [a.trial for a in plan.to_run]:
-                    phase = {
-                        **common,
-                        "continues": {a.trial.trial_id: a.continues for a in plan.to_run if a.continues},
-                        "run_tags": {a.trial.trial_id: a.tags for a in plan.to_run},
-                    }
-                    results += _fit(
-                        spec,
-                        todo,
-                        storage,
-                        address,
-                        max_concurrent,
-                        callbacks,
-                        phase,
-                        interrupted,
-                        f"{spec.name}.anneal-{_trials_hash(todo)[:8]}",
-                        True,
-                    )
+                plan = plan_anneals(spec, uri, parent_run_id, storage)
+                if events.on_anneal:
+                    events.on_anneal(plan)
+                if plan.to_run:
+                    name = f"{spec.name}.anneal-{_trials_hash([a.trial for a in plan.to_run])[:8]}"
+                    launches = [launch(trial=a.trial, continues=a.continues, tags=a.tags) for a in plan.to_run]
+                    results += _fit(options, Phase(name, launches), events.callbacks, interrupted)
     except KeyboardInterrupt:  # Ctrl-C before Tune took it over (the parent run being made, Ray starting)
-        mark_study_stopped(tracking_uri, spec.name)
+        mark_study_stopped(uri, spec.name)
         raise
-    finished, failed, stopped = _sorted_out(results, trial_statuses(tracking_uri, parent_run_id))
-    finish_study(tracking_uri, parent_run_id, "KILLED" if stopped else "FAILED" if failed else "FINISHED")
+    finished, failed, stopped = _sorted_out(results, trial_statuses(uri, parent_run_id))
+    finish_study(uri, parent_run_id, "KILLED" if stopped else "FAILED" if failed else "FINISHED")
     return StudyOutcome(finished, failed, stopped, parent_run_id, experiment)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One Tune experiment of a study: its name under the Ray storage and the trials it runs. `as_saved`: an
+    experiment a grown study made earlier, continued with the trials it was made with (fewer are left to run now)."""
+
+    experiment: str
+    launches: list[TrialLaunch]
+    as_saved: bool = False
 
 
 @contextmanager
@@ -319,46 +294,36 @@ def interrupts_kept() -> Iterator[Callable[[], None]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _fit(
-    spec: StudySpec,
-    trials: list[TrialSpec],
-    storage: str,
-    address: str | None,
-    max_concurrent: int | None,
-    callbacks: list | None,
-    common: dict[str, Any],
-    interrupted: Callable[[], None],
-    experiment: str,
-    first: bool,
-) -> list:
-    """Start or join Ray and run the study's Tuners; their Results. A stopped Tuner (Ctrl-C: some of its trials
+def _fit(options: RunOptions, phase: Phase, callbacks: list, interrupted: Callable[[], None]) -> list:
+    """Start or join Ray and run the phase's Tuners; their Results. A stopped Tuner (Ctrl-C: some of its trials
     did not finish) ends the study's run there: the Tuners after it wait for the next `crossover run`.
-    `interrupted()` raises KeyboardInterrupt if a Ctrl-C came and was lost on the way (see `interrupts_kept`).
-    `experiment`: the grid's Tune experiment; not the `first` (a grown study's) is continued as it was made."""
+    `interrupted()` raises KeyboardInterrupt if a Ctrl-C came and was lost on the way (see `interrupts_kept`)."""
     import ray
     from ray import tune
 
     from crossover.trainers.launch import checkpoints_to_keep
 
+    spec, storage = options.spec, options.storage
     resources = spec.resources
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-        if address:
-            ray.init(address=address, log_to_driver=False)
+        if options.address:
+            ray.init(address=options.address, log_to_driver=False)
         else:  # the embedded default: a local instance with this machine's cores
             init_local_instance(runtime_env={"env_vars": env} if env else None)
             record_local_instance(state_file(driver_folder(storage), spec.name))  # so a crash leaves nothing behind
 
     interrupted()
     trainable = tune.with_resources(run_trial, trial_resources(resources))
-    concurrent = max_concurrent or resources.max_concurrent or worker_groups_that_fit(spec, ray.cluster_resources())
-    results, tuners = [], _tuners(spec, trials, concurrent, experiment)
+    concurrent = (
+        options.max_concurrent or resources.max_concurrent or worker_groups_that_fit(spec, ray.cluster_resources())
+    )
+    results, tuners = [], _tuners(spec, phase.launches, concurrent, phase.experiment)
+    parent = phase.launches[0]
     for index, (name, tune_config, space) in enumerate(tuners):
         path = f"{storage.rstrip('/')}/{name}"
         if tune.Tuner.can_restore(path):
-            # A grown study's experiment has the trials it was made with (fewer are left to run now): as saved.
-            space = {**space, **common} if first else None
-            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, param_space=space)
+            tuner = _restored(path, trainable, None if phase.as_saved else space)
         else:
             run_config = tune.RunConfig(
                 name=name,
@@ -368,16 +333,30 @@ def _fit(
                 callbacks=callbacks,
                 verbose=0,
             )
-            tuner = tune.Tuner(
-                trainable, param_space={**space, **common}, tune_config=tune_config, run_config=run_config
-            )
+            tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
         interrupted()
         fitted = list(tuner.fit())
         results.extend(fitted)
         more_to_come = index + 1 < len(tuners)
-        if more_to_come and _sorted_out(fitted, trial_statuses(common["tracking_uri"], common["parent_run_id"]))[2]:
+        if more_to_come and _sorted_out(fitted, trial_statuses(parent.tracking_uri, parent.parent_run_id))[2]:
             break
     return results
+
+
+def _restored(path: str, trainable: Any, space: dict | None):
+    """The Tuner saved at `path`, to continue; one saved by a crossover before trials crossed Ray as a TrialLaunch
+    cannot be (its trials' configs have another shape): the error says how to start over."""
+    from ray import tune
+
+    try:
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, param_space=space)
+    except ValueError as exc:
+        if "Invalid `param_space`" not in str(exc):
+            raise
+        raise StartError(
+            f"the Tune state at {path} was written by an earlier version of crossover, in a form this one cannot "
+            "continue; `crossover run --fresh` starts the study over (its finished MLflow runs stay in the store)"
+        ) from None
 
 
 def _sorted_out(results: list, statuses: dict[str, str]) -> tuple[list[str], dict[str, str], list[str]]:
@@ -386,7 +365,7 @@ def _sorted_out(results: list, statuses: dict[str, str]) -> tuple[list[str], dic
     it calls such trials TERMINATED, and its `done` flag was seen missing on a finished trial."""
     finished, failed, stopped = [], {}, []
     for result in results:
-        trial = trial_of(result.config)
+        trial = launch_of(result.config).trial
         if result.error is not None:
             failed[trial.name] = f"{type(result.error).__name__}: {result.error}"
         elif statuses.get(trial.trial_id) == "FINISHED":
@@ -419,7 +398,7 @@ def worker_groups_that_fit(spec: StudySpec, cluster: dict[str, float]) -> int | 
     return max(1, min(fits))
 
 
-def _tuners(spec: StudySpec, trials: list[TrialSpec], max_concurrent: int | None, experiment: str):
+def _tuners(spec: StudySpec, launches: list[TrialLaunch], max_concurrent: int | None, experiment: str):
     """(experiment name, TuneConfig, parameter space) of each Tuner the study needs.
 
     No search: one Tuner over every trial of the grid. Search scope `grid`: one Optuna study whose dimensions are
@@ -429,13 +408,14 @@ def _tuners(spec: StudySpec, trials: list[TrialSpec], max_concurrent: int | None
     from ray import tune
 
     def name_of(t) -> str:
-        config = t.config
-        return config["trial"]["name"] if "trial" in config else f"{config['point']}-{t.trial_id}"
+        return config_name(t.config, t.trial_id)
 
     # Reusing a finished trial's process for the next saves its imports (torch, DeepSpeed: seconds per trial).
     names = {"trial_name_creator": name_of, "trial_dirname_creator": name_of, "reuse_actors": True}
+    by_name = {launch.trial.name: launch.model_dump(mode="json") for launch in launches}
     if spec.search is None:
-        space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in longest_first(trials)])}
+        ordered = longest_first([launch.trial for launch in launches])
+        space = {LAUNCH: tune.grid_search([by_name[t.name] for t in ordered])}
         return [(experiment, tune.TuneConfig(max_concurrent_trials=max_concurrent, **names), space)]
 
     from ray.tune.search import ConcurrencyLimiter
@@ -452,18 +432,18 @@ def _tuners(spec: StudySpec, trials: list[TrialSpec], max_concurrent: int | None
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     search = spec.search
     hparams = {name: _distribution(dist) for name, dist in search.space.items()}
-    study = spec.model_dump(mode="json")
 
     def tuner(points: list[str]) -> tuple[tune.TuneConfig, dict]:
         algorithm = EvalPointOptunaSearch(metric=search.metric, mode=search.mode, seed=0)
         if max_concurrent:
             algorithm = ConcurrencyLimiter(algorithm, max_concurrent=max_concurrent)
-        space = {"point": tune.choice(points), "hparams": hparams, "study": study}
+        # Optuna chooses among names (its categorical values are plain); the trial finds its launch by name.
+        space = {POINT: tune.choice(points), HPARAMS: hparams, LAUNCHES: {p: by_name[p] for p in points}}
         return tune.TuneConfig(search_alg=algorithm, num_samples=search.num_samples, **names), space
 
     if search.scope == "grid":
-        return [(spec.name, *tuner([t.name for t in trials]))]
-    return [(f"{spec.name}.{t.name}", *tuner([t.name])) for t in trials]
+        return [(spec.name, *tuner(list(by_name)))]
+    return [(f"{spec.name}.{name}", *tuner([name])) for name in by_name]
 
 
 def _distribution(dist):
@@ -476,18 +456,3 @@ def _distribution(dist):
     if dist.int is not None:
         return tune.randint(dist.int[0], dist.int[1] + 1)
     return tune.choice(dist.choice)
-
-
-def searched_trial(study: dict[str, Any], point: str, hparams: dict[str, Any]) -> TrialSpec:
-    """The grid trial `point` with the sampled hyper-parameters, validated and identified like any other trial
-    (the samples become single-value grid axes, so a bad sample fails with the usual spec error)."""
-    from crossover.specs import parse_study
-
-    base = next(t for t in parse_study(study).expand() if t.name == point)
-    grid = {**study.get("grid", {}), **{name: [value] for name, value in hparams.items()}}
-    candidates = parse_study({**study, "grid": grid}).expand()
-    return next(
-        t
-        for t in candidates
-        if t.objective == base.objective and t.seed == base.seed and base.axes.items() <= t.axes.items()
-    )

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from crossover.platform.launch import Continuation
 from crossover.platform.tracking import TrialRun, current_parent_run_id, mark_out_of_spec, trial_runs_of
 from crossover.specs import StudySpec, TrialSpec
 from crossover.tracking.names import (
@@ -45,8 +45,8 @@ COSINE_NOTE = (
 class Growth:
     kept: list[TrialSpec] = field(default_factory=list)  # finished earlier and unchanged: not run again
     to_run: list[TrialSpec] = field(default_factory=list)
-    # trial id -> the shorter finished trial it continues: {"run_id", "branch", "tokens", "replaces"}
-    continues: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # trial id -> the shorter finished trial it continues
+    continues: dict[str, Continuation] = field(default_factory=dict)
     added_tasks: dict[str, list[str]] = field(default_factory=dict)  # kept trial id -> tasks it has no results for
     out_of_spec: int = 0  # finished trials the spec no longer has
     notes: list[str] = field(default_factory=list)  # what could not be done as asked, and why
@@ -155,12 +155,12 @@ def plan_growth(spec: StudySpec, uri: str, parent_run_id: str) -> Growth:
         source_id = source.data.tags[TAG_TRIAL_ID]
         replaces = source_id not in in_spec and source_id not in replaced
         replaced |= {source_id} if replaces else set()
-        growth.continues[trial.trial_id] = {
-            "run_id": source.info.run_id,
-            "branch": source.data.tags[TAG_BRANCH],
-            "tokens": int(source.data.tags[TAG_BRANCH_TOKENS]),
-            "replaces": replaces,
-        }
+        growth.continues[trial.trial_id] = Continuation(
+            run_id=source.info.run_id,
+            branch=source.data.tags[TAG_BRANCH],
+            tokens=int(source.data.tags[TAG_BRANCH_TOKENS]),
+            replaces=replaces,
+        )
     return growth
 
 

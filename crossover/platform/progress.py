@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from crossover.platform.launch import config_name
 from crossover.platform.rates import eta_seconds, recent_points, smoothed_rate
 from crossover.specs import TrialSpec, format_seconds, format_tokens
 from crossover.tracking.names import PROGRESS_METRICS
@@ -26,8 +27,7 @@ QUIET_EVERY_S = 30.0  # --quiet: at most one progress line per trial this often
 
 
 def _name(trial: Any) -> str:
-    config = trial.config
-    return config["trial"]["name"] if "trial" in config else f"{config.get('point', '?')}-{trial.trial_id}"
+    return config_name(trial.config, trial.trial_id)
 
 
 DISPLAYS: dict[str, StudyProgress] = {}

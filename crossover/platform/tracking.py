@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from crossover.platform.launch import Continuation, TrialLaunch
 from crossover.specs import StudySpec, TrialSpec
 from crossover.specs.hardware import Runtime
 from crossover.tracking.names import (
@@ -217,11 +218,10 @@ class TrialRun:
         uri: str,
         parent_run_id: str,
         runtime: Runtime | None = None,
-        continues: dict[str, Any] | None = None,
+        continues: Continuation | None = None,
         tags: dict[str, str] | None = None,
     ):
-        """`continues`: the shorter trial this one continues from its branch checkpoint ({"run_id", "tokens",
-        "replaces"}): its points up to there are this run's too; when it `replaces` it (the spec no longer has
+        """`continues`: the shorter trial this one continues from its branch checkpoint: its points up to there are this run's too; when it `replaces` it (the spec no longer has
         that trial), its run is deleted once this one finishes, so the study keeps one run per trial (an anneal
         trial continues a longer one's checkpoint the same way, replacing nothing). `tags`: set on the run as it is
         created, over the trial's own (an anneal run's role, crossover.platform.anneal)."""
@@ -244,6 +244,13 @@ class TrialRun:
         self._pending: list = []
         self._pending_items: list[tuple[str, int, list[str], dict[str, list[float]]]] = []
 
+    @classmethod
+    def of(cls, launch: TrialLaunch) -> TrialRun:
+        """The run of a launched trial (built where it trains: trials log to MLflow from where they run)."""
+        return cls(
+            launch.trial, launch.tracking_uri, launch.parent_run_id, launch.runtime, launch.continues, launch.tags
+        )
+
     def _open(self, trial: TrialSpec, parent_run_id: str, runtime: Runtime | None):
         """Find or create the trial's run, with its params, marked RUNNING unless it is done (safe to repeat)."""
         from mlflow.entities import Param
@@ -254,7 +261,7 @@ class TrialRun:
             tags = {**trial_tags(trial, parent_run_id), **self.tags}
             run = self.client.create_run(experiment_id, tags=tags, run_name=trial.name)
         if not run.data.params and self.continues:  # before the params: their absence says the copy is not done
-            self._copy_through(self.continues["run_id"], run.info.run_id, int(self.continues["tokens"]))
+            self._copy_through(self.continues.run_id, run.info.run_id, self.continues.tokens)
         if not run.data.params:  # new, or created by an attempt that failed before its params were sent
             params = [Param(k, v) for k, v in trial_params(trial, runtime).items()]
             for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
@@ -385,7 +392,7 @@ class TrialRun:
                 self.client.delete_tag(self.run_id, TAG_ERROR)
             self._log_summary()
         self.client.set_terminated(self.run_id, status="FAILED" if error else "FINISHED")
-        replaced = self.continues["run_id"] if self.continues and self.continues.get("replaces") else None
+        replaced = self.continues.run_id if self.continues and self.continues.replaces else None
         if not error and replaced and self.client.get_run(replaced).info.lifecycle_stage == "active":
             self.client.set_tag(replaced, TAG_EXTENDED_BY, self.run_id)
             self.client.delete_run(replaced)  # MLflow's trash: `mlflow runs restore` brings it back

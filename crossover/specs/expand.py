@@ -64,9 +64,19 @@ def _label(axis: str, value: Any) -> str:
 
 def _trial_name(objective: str, unique: int, model_label: str, axes: dict[str, str], seed: int) -> str:
     """objective, U<budget>, model, then the other axes the grid varies (each with its prefix), then s<seed>."""
-    parts = [objective, f"U{format_tokens(unique)}", model_label]
-    parts += [f"{AXIS[axis].prefix}{label}" for axis, label in axes.items() if AXIS[axis].prefix is not None]
-    return "-".join([*parts, f"s{seed}"])
+    return f"{objective}-U{format_tokens(unique)}-{model_label}{_name_tail(axes, seed)}"
+
+
+def _name_tail(axes: dict[str, str], seed: int) -> str:
+    return "".join(f"-{AXIS[axis].prefix}{label}" for axis, label in axes.items() if AXIS[axis].prefix is not None) + (
+        f"-s{seed}"
+    )
+
+
+def _model_label(trial: TrialSpec) -> str:
+    """The model's label as a grid trial's name holds it, between its budget and its other axes (`_trial_name`)."""
+    body = trial.name[len(f"{trial.objective}-U{format_tokens(trial.unique_tokens)}-") :]
+    return body[: body.rindex(_name_tail(trial.axes, trial.seed))]
 
 
 def _content_id(trial: dict) -> str:
@@ -197,19 +207,16 @@ class _Expander:
             culprit = "sparsity" if "top_k" in message or "experts" in message else "model"
             self.fail(self.where(culprit, index), message)
             return None
-        draft = Draft(spec, values["objective"], data, train, model, model_spec, noise)
+        varied = frozenset(spec.grid)
+        draft = Draft(values["objective"], data, train, model, model_spec.label, noise, spec.resources, varied)
         problems = [found for rule in RULES if (found := rule(draft))]
         for where, message in problems:
             self.fail(self.where(where, index) if isinstance(where, str) else where, message)
         if problems:
             return None
-
         axes = {axis: _label(axis, point[axis]) for axis in spec.grid}
-        varied = {axis: label for axis, label in axes.items() if axis not in ("objective", "seed")}
-        cell = ",".join(f"{axis}={label}" for axis, label in varied.items()) or "base"
         content = dict(
             study=spec.name,
-            cell=cell,
             objective=draft.objective,
             seed=point["seed"],
             axes=axes,
@@ -220,8 +227,50 @@ class _Expander:
             eval=section("eval").model_dump(mode="json"),
             resources=spec.resources.model_dump(mode="json"),
         )
-        name = _trial_name(draft.objective, draft.unique, model_spec.label, axes, point["seed"])
-        return TrialSpec.model_validate({**content, "trial_id": trial_identity(content), "name": name})
+        return _trial(content, model_spec.label)
+
+
+def _trial(content: dict[str, Any], model_label: str) -> TrialSpec:
+    """The TrialSpec of a trial's content (its axes' labels set): its cell, readable name and content id added."""
+    axes = content["axes"]
+    varied = {axis: label for axis, label in axes.items() if axis not in ("objective", "seed")}
+    content = {"cell": ",".join(f"{axis}={label}" for axis, label in varied.items()) or "base", **content}
+    unique = content["data"]["unique_tokens"]
+    name = _trial_name(content["objective"], unique, model_label, axes, content["seed"])
+    return TrialSpec.model_validate({**content, "trial_id": trial_identity(content), "name": name})
+
+
+def sampled_trial(trial: TrialSpec, hparams: dict[str, Any]) -> TrialSpec:
+    """The grid trial `trial` with a search sample's hyper-parameters, without expanding the study again: each
+    sampled value becomes a one-value axis of the trial (in its name, cell and id, as a grid axis would be) and the
+    trial passes the grid's checks (`RULES`); a sample that cannot train raises SpecError at search.space.<name>."""
+    problems: list[Problem] = []
+    values = {}
+    for name, value in hparams.items():
+        try:
+            values[name] = AXIS[name].adapter.validate_python(value)
+        except ValidationError as exc:
+            problems.append(Problem(f"search.space.{name}", f"sampled {value!r}: {exc.errors()[0]['msg']}"))
+    if problems:
+        raise SpecError(None, problems)
+    train = trial.train.model_copy(update={AXIS[name].path[1]: value for name, value in values.items()})
+    model_label = _model_label(trial)
+    varied = frozenset(trial.axes) | frozenset(values)
+    draft = Draft(trial.objective, trial.data, train, trial.model, model_label, trial.noise, trial.resources, varied)
+    for where, message in (found for rule in RULES if (found := rule(draft))):
+        at = (
+            f"search.space.{where}"
+            if where in values
+            else ".".join(map(str, (where,) if isinstance(where, str) else where))
+        )
+        problems.append(
+            Problem(at, f"with the sampled {', '.join(f'{k}={v!r}' for k, v in hparams.items())}: {message}")
+        )
+    if problems:
+        raise SpecError(None, problems)
+    axes = {**trial.axes, **{name: _label(name, value) for name, value in values.items()}}
+    content = trial.model_dump(mode="json", exclude={"trial_id", "name", "cell"})
+    return _trial({**content, "axes": axes, "train": train.model_dump(mode="json")}, model_label)
 
 
 # What a grid point cannot do without: the axis and the problem when neither the grid nor the spec sets it.
@@ -234,15 +283,16 @@ REQUIRED = {
 
 @dataclass(frozen=True)
 class Draft:
-    """A grid point's trial before its checks: what the rules read."""
+    """A trial before its checks: what the rules read. `varied`: the axes its grid varies (where a problem goes)."""
 
-    spec: StudySpec
     objective: str
     data: DataSpec
     train: TrainSpec
     model: ModelConfig
-    model_spec: ModelSpec
+    model_label: str
     noise: NoiseSpec
+    resources: ResourcesSpec
+    varied: frozenset[str]
 
     @property
     def unique(self) -> int:
@@ -254,7 +304,7 @@ class Draft:
 
     @property
     def workers(self) -> int:
-        return self.spec.resources.workers
+        return self.resources.workers
 
 
 # A rule returns None when the trial can run, else (where, message): `where` an axis (placed at the grid entry or
@@ -265,7 +315,7 @@ Found = tuple[str | FieldPath, str] | None
 def unique_within_total(d: Draft) -> Found:
     if d.unique <= d.total:
         return None
-    grid = d.spec.grid
+    grid = d.varied
     axis = "total_tokens" if "total_tokens" in grid and "unique_tokens" not in grid else "unique_tokens"
     return axis, (
         f"unique_tokens {format_tokens(d.unique)} exceeds total_tokens {format_tokens(d.total)}: a trial cannot see "
@@ -277,7 +327,7 @@ def seq_len_within_model(d: Draft) -> Found:
     if d.data.seq_len <= d.model.max_seq_len:
         return None
     return "seq_len", (
-        f"seq_len {d.data.seq_len} exceeds the model's maximum {d.model.max_seq_len} ({d.model_spec.label}); "
+        f"seq_len {d.data.seq_len} exceeds the model's maximum {d.model.max_seq_len} ({d.model_label}); "
         "shorten data.seq_len or set model.max_seq_len"
     )
 
@@ -286,7 +336,7 @@ def whole_sequences(d: Draft) -> Found:
     batch, seq_len = d.train.global_batch_tokens, d.data.seq_len
     if batch % seq_len == 0:
         return None
-    grid = d.spec.grid
+    grid = d.varied
     axis = "seq_len" if "seq_len" in grid and "global_batch_tokens" not in grid else "global_batch_tokens"
     return axis, (
         f"global_batch_tokens {batch} is not a whole number of {seq_len}-token sequences; "
@@ -329,7 +379,7 @@ def min_lr_below_lr(d: Draft) -> Found:
 
 
 def fp16_on_gpus(d: Draft) -> Found:
-    if d.train.precision != "fp16" or d.spec.resources.gpus_per_worker > 0:
+    if d.train.precision != "fp16" or d.resources.gpus_per_worker > 0:
         return None
     return ("train", "precision"), (
         "precision fp16 trains on GPUs only (its loss scaling is a GPU recipe); use auto, fp32 or bf16 on CPU, "
@@ -338,10 +388,10 @@ def fp16_on_gpus(d: Draft) -> Found:
 
 
 def fits_gpu_memory(d: Draft) -> Found:
-    if d.spec.resources.gpus_per_worker <= 0:
+    if d.resources.gpus_per_worker <= 0:
         return None
-    fits, message = gpu_memory_fits(d.model, d.train, d.data.seq_len, d.spec.resources)
-    return None if fits else ("model" if "model" in d.spec.grid else "micro_batch", message)
+    fits, message = gpu_memory_fits(d.model, d.train, d.data.seq_len, d.resources)
+    return None if fits else ("model" if "model" in d.varied else "micro_batch", message)
 
 
 def input_mask_on_ar(d: Draft) -> Found:

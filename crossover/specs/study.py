@@ -6,6 +6,7 @@ complete, self-contained `TrialSpec`s.
 
 from __future__ import annotations
 
+import builtins
 import difflib
 from typing import Annotated, Any, Literal
 
@@ -213,7 +214,7 @@ class TrainSpec(Strict):
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(default=1e-8, gt=0)
     grad_clip: float = Field(default=1.0, ge=0)  # 0 disables clipping
-    # auto: bf16 on a GPU and on CPUs whose matrix units do bf16 (AMX), fp32 elsewhere (crossover.specs.hardware)
+    # auto: bf16 on a GPU and with AMX, fp32 without AVX512, else the faster measured (crossover.specs.hardware)
     precision: Literal["auto", "bf16", "fp32", "fp16"] = "auto"
     zero_stage: int = Field(default=1, ge=0, le=3)
     activation_checkpointing: Literal["none", "full", "selective"] = "none"  # recompute activations in backward
@@ -308,7 +309,8 @@ class Distribution(Strict):
 
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
+    # builtins.int: in this class body `int` names the field itself (None), so `tuple[int, int]` read as (None, None)
+    int: tuple[builtins.int, builtins.int] | None = None
     choice: list[Any] | None = None
 
     @model_validator(mode="after")
