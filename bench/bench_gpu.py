@@ -56,13 +56,13 @@ def cpu_row(rounds: int = 5) -> None:
             if i:  # the first is warm-up
                 times.append(time.perf_counter() - start)
         rates[dtype] = batch * seq / sorted(times)[len(times) // 2]
-    auto = resolve_runtime(TrainSpec(), cfg, ResourcesSpec())
+    fp32, bf16 = rates[torch.float32], rates[torch.bfloat16]
+    auto = resolve_runtime(TrainSpec(), cfg, ResourcesSpec(), measure=lambda: (fp32, bf16))  # these rates decide
     info = cpu_info()
     print(
         f"CPU {info.model} ({info.isa}, torch {torch.backends.cpu.get_cpu_capability()}), nano, one thread, "
         f"batch {batch} x {seq}, forward + backward"
     )
-    fp32, bf16 = rates[torch.float32], rates[torch.bfloat16]
     print(
         f"  fp32 {fp32:8.0f} tok/s   bf16 {bf16:8.0f} tok/s   bf16/fp32 {bf16 / fp32:.2f}   "
         f"precision auto picks {auto.precision} ({auto.why})"

@@ -27,10 +27,17 @@ MODEL = ModelConfig(layers=1, d_model=64, heads=1, kv_heads=1, ffn=64, vocab_siz
 AMX = CpuInfo(model="Xeon AMX", isa="AMX", avx512_bf16=True)
 AVX512_BF16 = CpuInfo(model="Xeon", isa="AVX512", avx512_bf16=True)
 AVX2 = CpuInfo(model="EPYC", isa="AVX2", avx512_bf16=False)
+OTHER = CpuInfo(model="ARM", isa="other", avx512_bf16=False)
 CPU, GPU = ResourcesSpec(), ResourcesSpec(gpus_per_worker=1)
 
 
-def test_auto_is_bf16_on_gpus_and_amx_cpus_and_fp32_elsewhere():
+def never_measured() -> tuple[float, float]:
+    raise AssertionError("measured where the rule needs no measurement")
+
+
+def test_auto_is_bf16_on_gpus_and_amx_cpus_fp32_without_avx512_and_measured_between():
+    """The rule alone (the measurement's rates given): AMX, AVX2 and GPUs never measure; an AVX512 CPU without AMX
+    takes the faster of the two rates, or fp32 where nothing measured, saying which."""
     auto = TrainSpec()
     assert auto.precision == "auto" and MODEL.compile == "auto"
     assert resolve_runtime(auto, MODEL, GPU, AVX2).model_dump(include={"precision", "compile", "device"}) == {
@@ -43,10 +50,21 @@ def test_auto_is_bf16_on_gpus_and_amx_cpus_and_fp32_elsewhere():
         "bf16",
         False,
     )
-    for cpu in (AVX512_BF16, AVX2):
-        runtime = resolve_runtime(auto, MODEL, CPU, cpu)
-        assert runtime.precision == "fp32" and not runtime.compile and runtime.warning is None
-        assert f"no AMX ({cpu.isa})" in runtime.why
+    for cpu in (AMX, AVX2, OTHER):  # decided by the flags, never measured
+        runtime = resolve_runtime(auto, MODEL, CPU, cpu, never_measured)
+        assert runtime.precision == ("bf16" if cpu is AMX else "fp32") and not runtime.compile
+        assert runtime.warning is None and ("has AMX" if cpu is AMX else f"uses no AMX ({cpu.isa})") in runtime.why
+    assert resolve_runtime(auto, MODEL, GPU, AVX512_BF16, never_measured).precision == "bf16"
+    assert resolve_runtime(TrainSpec(precision="fp32"), MODEL, CPU, AVX512_BF16, never_measured).precision == "fp32"
+    zen4 = resolve_runtime(auto, MODEL, CPU, AVX512_BF16, lambda: (7079.0, 9060.0))
+    assert (zen4.precision, zen4.compile, zen4.warning) == ("bf16", False, None)
+    assert zen4.why == "CPU Xeon (AVX512, no AMX): bf16 measured 1.28x fp32 (9,060 vs 7,079 tok/s), so bf16"
+    xeon = resolve_runtime(auto, MODEL, CPU, AVX512_BF16, lambda: (9156.0, 5450.0))
+    assert xeon.precision == "fp32" and "bf16 measured 0.60x fp32 (5,450 vs 9,156 tok/s), so fp32" in xeon.why
+    unmeasured = resolve_runtime(auto, MODEL, CPU, AVX512_BF16)
+    assert unmeasured.precision == "fp32" and "bf16 not measured against it (nothing measured them here)" in (
+        unmeasured.why
+    )
 
 
 def test_explicit_settings_are_kept_and_slow_bf16_is_named():
@@ -126,15 +144,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def test_validate_and_plan_say_how_a_study_trains_here():
+def test_validate_and_plan_say_how_a_study_trains_here(monkeypatch, tmp_path):
+    """`plan` resolves (measuring where the CPU needs it) and `validate`, which imports no torch, then reads the
+    same decision from the cache."""
+    from crossover.specs import load_study
+    from crossover.trainers.throughput import study_runtime_here
+
     from .conftest import SPECS
 
+    monkeypatch.setenv("CROSSOVER_CACHE", str(tmp_path))
     smoke = str(SPECS / "smoke.yaml")
-    expected = resolve_runtime(TrainSpec(), MODEL, CPU).precision
-    validated = run_cli("validate", smoke)
-    assert validated.returncode == 0 and f"trains here in {expected} (CPU " in validated.stdout
     plan = json.loads(run_cli("plan", smoke, "--json").stdout)
-    assert plan["runtime"]["precision"] == expected and plan["runtime"]["device"] == "cpu"
+    expected = study_runtime_here(load_study(smoke), measure=False)
+    assert plan["runtime"] == expected.model_dump() and expected.device == "cpu"
+    validated = run_cli("validate", smoke)
+    assert validated.returncode == 0 and f"trains here in {expected.precision} ({expected.why})" in validated.stdout
     assert all(row["memory_gib"] > 0 for row in plan["trials"])
     gpu_plan = run_cli("plan", str(SPECS / "paper_data_budget.yaml"))
     assert "trains here in bf16 (GPU trials), compiled on CUDA" in gpu_plan.stdout and "GiB/GPU" in gpu_plan.stdout
@@ -175,8 +199,11 @@ def test_plan_runs_as_on_each_kind_of_cpu(kind, tmp_path):
     assert amx_tiles == (have == "AMX")  # the hardware flag; the cap is what keeps oneDNN off the tiles
 
     smoke = (SPECS / "smoke.yaml").read_text()
-    auto = json.loads(run_cli("plan", str(SPECS / "smoke.yaml"), "--json", env=env).stdout)
-    assert auto["runtime"]["precision"] == ("bf16" if kind == "AMX" else "fp32")
+    auto = json.loads(run_cli("plan", str(SPECS / "smoke.yaml"), "--json", env=env).stdout)["runtime"]
+    if kind == "AVX512":  # no AMX: measured, whichever trains faster on this CPU acting as one
+        assert "bf16 measured" in auto["why"] and auto["why"].endswith(f"so {auto['precision']}"), auto["why"]
+    else:
+        assert auto["precision"] == ("bf16" if kind == "AMX" else "fp32")
     pinned = tmp_path / "bf16.yaml"
     pinned.write_text(smoke.replace("precision: auto", "precision: bf16"))
     plan = run_cli("plan", str(pinned), env=env)
@@ -302,3 +329,88 @@ def test_the_wall_time_packs_trials_longest_first_with_evaluation_and_start_up(m
     assert wall.seconds == pytest.approx(throughput.STUDY_START_S + max(slots))
     assert cost["mdlm-U25k-micro-s0"] > cost["ar-U25k-micro-s0"]  # MDLM scores its choices in several steps
     assert wall.rates == rates
+
+
+def tiny_study():
+    """Two trials of a one-layer model: a measurement of a few seconds per precision."""
+    return parse_study(
+        {
+            "name": "precision",
+            "data": {"seq_len": 64},
+            "model": {"layers": 1, "d_model": 64, "heads": 1, "kv_heads": 1, "ffn": 128},
+            "train": {"total_tokens": "1M", "micro_batch": 4, "global_batch_tokens": 256},
+            "grid": {"objective": ["ar", "mdlm"], "unique_tokens": ["100k"]},
+        }
+    )
+
+
+def test_auto_on_an_avx512_cpu_without_amx_measures_both_once_and_takes_the_faster(monkeypatch, tmp_path):
+    """Issue 33 item 7: flags cannot tell an AMD Zen 4 (bf16 1.28x fp32) from an Intel Xeon (bf16 0.56x), both
+    AVX512-BF16 without AMX, so there `precision: auto` measures a training step in both and takes the faster. The
+    rule reads this CPU described as such a CPU; the measurement really runs here (on an AVX2-only CPU bf16 is ~10x
+    slower: fp32). The decision is cached once per machine: a second resolution, and validate's torch-free one, read
+    it (doctored rates in the cache show they were read, not measured again)."""
+    from crossover.specs import longest_first
+    from crossover.trainers import throughput
+
+    monkeypatch.setenv("CROSSOVER_CACHE", str(tmp_path))
+    spec = tiny_study()
+    here = cpu_info()
+    avx512 = CpuInfo(model=f"{here.model} described as AVX512", isa="AVX512", avx512_bf16=True)
+    first = throughput.study_runtime_here(spec, cpu=avx512)
+    path = tmp_path / throughput.CACHE_FILE
+    cache = json.loads(path.read_text())
+    key = throughput.precision_key(longest_first(spec.expand())[0], avx512)
+    fp32, bf16 = cache[key]["fp32"], cache[key]["bf16"]
+    # beside the decision, the two step rates under the plan's own keys, which its wall-time estimate reuses
+    assert {json.loads(k)[2]: rate for k, rate in cache.items() if k != key} == {"fp32": fp32, "bf16": bf16}
+    assert (first.device, first.compile, first.warning) == ("cpu", False, None)
+    assert first.precision == ("bf16" if bf16 > fp32 else "fp32")
+    if here.isa == "AVX2":
+        assert first.precision == "fp32" and bf16 < fp32
+    assert first.why == (
+        f"CPU {avx512.model} (AVX512, no AMX): bf16 measured {bf16 / fp32:.2f}x fp32 "
+        f"({bf16:,.0f} vs {fp32:,.0f} tok/s), so {first.precision}"
+    )
+    cache[key] = {"fp32": 1000.0, "bf16": 1280.0}
+    path.write_text(json.dumps(cache))
+    for measure in (True, False):
+        again = throughput.study_runtime_here(spec, cpu=avx512, measure=measure)
+        assert again.precision == "bf16", again.why
+        assert again.why.endswith("bf16 measured 1.28x fp32 (1,280 vs 1,000 tok/s), so bf16")
+    assert json.loads(path.read_text()) == cache  # nothing measured or written since
+
+
+def test_auto_on_amx_and_avx2_cpus_keeps_the_flag_rule_and_measures_nothing(monkeypatch, tmp_path):
+    """AMX: bf16; AVX2 only: fp32 (bf16 ~10x slower), neither measured; an AVX512 CPU without AMX whose decision is
+    not cached, resolved without measuring (validate), falls back to fp32 and says how it gets measured."""
+    from crossover.trainers import throughput
+
+    monkeypatch.setenv("CROSSOVER_CACHE", str(tmp_path))
+    spec = tiny_study()
+    for cpu, precision in ((AVX2, "fp32"), (AMX, "bf16"), (OTHER, "fp32")):
+        runtime = throughput.study_runtime_here(spec, cpu=cpu)
+        assert runtime.precision == precision and "measured" not in runtime.why, runtime.why
+    unmeasured = throughput.study_runtime_here(spec, cpu=AVX512_BF16, measure=False)
+    assert unmeasured.precision == "fp32"
+    assert "bf16 not measured against it (`crossover plan` measures them, once per machine)" in unmeasured.why
+    assert not (tmp_path / throughput.CACHE_FILE).exists()  # nothing was measured, bf16 least of all
+
+
+def test_a_trial_trained_alone_keeps_its_runtime_on_resume(monkeypatch, tmp_path):
+    """`crossover train` records how its trial trains in the trial's folder and a --resume reuses that record, so a
+    resumed trial never changes precision (`crossover run` keeps its study's on the MLflow parent run)."""
+    from crossover.cli.trial import RUNTIME_FILE, _trial_runtime
+    from crossover.specs.hardware import Runtime
+    from crossover.trainers.throughput import runtime_here
+
+    monkeypatch.setenv("CROSSOVER_CACHE", str(tmp_path / "cache"))
+    trial = tiny_study().expand()[0]
+    folder = tmp_path / "run"
+    first = _trial_runtime(trial, folder, resume=False)
+    assert first == runtime_here(trial)
+    assert Runtime.model_validate_json((folder / RUNTIME_FILE).read_text()) == first
+    began = first.model_copy(update={"precision": "bf16" if first.precision == "fp32" else "fp32", "why": "began"})
+    (folder / RUNTIME_FILE).write_text(began.model_dump_json())
+    assert _trial_runtime(trial, folder, resume=True) == began
+    assert _trial_runtime(trial, folder, resume=False) == first  # a fresh start resolves again

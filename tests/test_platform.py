@@ -18,9 +18,10 @@ import yaml
 
 from crossover.platform.tracking import TrialRun, start_study
 from crossover.specs import parse_study
-from crossover.specs.hardware import Runtime, resolve_runtime
+from crossover.specs.hardware import Runtime
 from crossover.tracking.names import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS
 from crossover.tracking.store import mlflow_client
+from crossover.trainers.throughput import study_runtime_here
 
 from .conftest import tiny_study
 from .services import free_port, mlflow_server, stop_group
@@ -110,7 +111,9 @@ def test_run_records_every_trial_by_the_contract_and_a_rerun_trains_nothing(stud
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "spec")}
     assert artifacts == {"spec/study.yaml", "spec/trials.json", "spec/history"}
     runtime = Runtime.model_validate_json(parents[0].data.tags["crossover.runtime"])
-    assert runtime == resolve_runtime(trials[0].train, trials[0].model, trials[0].resources)
+    with pytest.MonkeyPatch.context() as env:  # the decision the run made here, as the plan states it
+        env.setenv("CROSSOVER_CACHE", study["env"]["CROSSOVER_CACHE"])
+        assert runtime == study_runtime_here(parse_study(yaml.safe_load(spec.read_text())), measure=False)
     assert sorted(r.info.run_name for r in children) == sorted(t.name for t in trials)
     by_name = {t.name: t for t in trials}
     for child in children:

@@ -68,15 +68,17 @@ def library_notices_to(log_file: Path, verbose: bool, libraries: tuple[str, ...]
     err.print(f"[dim]library notices: {log_file} (--verbose shows them here)[/]", highlight=False)
 
 
-def runtime_of(spec: StudySpec):  # -> crossover.specs.hardware.Runtime
-    from crossover.specs.hardware import resolve_runtime
+def runtime_of(spec: StudySpec, measure: bool = True):  # -> crossover.specs.hardware.Runtime
+    """How the study trains here: `precision: auto` on an AVX512 CPU without AMX measured (once per machine, cached);
+    measure=False reads only a cached measurement (`validate` imports no torch)."""
+    from crossover.trainers.throughput import study_runtime_here
 
-    return resolve_runtime(spec.train, spec.expand()[0].model, spec.resources)
+    return study_runtime_here(spec, measure=measure)
 
 
-def runtime_line(spec: StudySpec) -> str:
+def runtime_line(spec: StudySpec, measure: bool = True) -> str:
     """How the study's `auto` settings resolve on this machine, in one line."""
-    runtime = runtime_of(spec)
+    runtime = runtime_of(spec, measure)
     return (
         f"trains here in {runtime.precision} ({runtime.why}), "
         f"{'compiled' if runtime.compile else 'eager'} on {runtime.device.upper()}"
@@ -85,7 +87,7 @@ def runtime_line(spec: StudySpec) -> str:
 
 def warn_runtime(spec: StudySpec) -> None:
     """A setting the spec pins that runs much slower here than it could: one line on stderr."""
-    if warning := runtime_of(spec).warning:
+    if warning := runtime_of(spec, measure=False).warning:  # warnings concern explicit settings: nothing to measure
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 

@@ -15,6 +15,7 @@ from crossover.cli.common import (
     load_spec,
     print_wall_time,
     runtime_line,
+    runtime_of,
     significant,
     text_table,
     warn_runtime,
@@ -35,7 +36,7 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="Study spec YAML f
             err.print(exc.render(), markup=False, highlight=False)
             continue
         out.print(f"[green]ok[/] {path}: study '{spec.name}', {len(spec.expand())} trials", highlight=False)
-        for note in [*notes, runtime_line(spec)]:
+        for note in [*notes, runtime_line(spec, measure=False)]:  # torch-free: a cached measurement only
             out.print(f"  [dim]{note}[/]", highlight=False)
         warn_runtime(spec)
     if failed:
@@ -66,7 +67,7 @@ def plan(
     from crossover.tracking.store import resolve_tracking_uri
 
     spec = load_checked(spec_path, quiet=as_json)
-    study_plan = plan_study(spec, mfu=mfu, gpu_tflops=gpu_tflops)
+    study_plan = plan_study(spec, mfu=mfu, gpu_tflops=gpu_tflops, runtime=runtime_of(spec))
     anneal = anneal_cost(spec)  # the anneal phase (early_stopped_ar.anneal): its own line, an upper bound
     if as_json:
         bound = (

@@ -16,7 +16,7 @@ from crossover.cli.common import (
     text_table,
 )
 from crossover.evals.registry import check_spec_tasks
-from crossover.specs import StudySpec, format_tokens
+from crossover.specs import StudySpec, TrialSpec, format_tokens
 from crossover.tracking.names import PROGRESS_METRICS
 
 
@@ -74,6 +74,27 @@ def evaluate(
         out.print(f"results: {json_out}", highlight=False)
 
 
+RUNTIME_FILE = "runtime.json"  # in a `crossover train` folder: how the trial trains, reused by --resume
+
+
+def _trial_runtime(trial: TrialSpec, folder: Path, resume: bool):  # -> crossover.specs.hardware.Runtime
+    """How the trial trains: on --resume as it began (recorded in its folder), else resolved here once (`precision:
+    auto` on an AVX512 CPU without AMX from the cached measurement) and recorded: a resume never changes precision."""
+    from crossover.specs.hardware import Runtime
+    from crossover.trainers.throughput import runtime_here
+
+    record = folder / RUNTIME_FILE
+    if resume:
+        try:
+            return Runtime.model_validate_json(record.read_text())
+        except (OSError, ValueError):  # a folder from before the record, or a torn one: resolve as it first did
+            pass
+    runtime = runtime_here(trial)
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(runtime.model_dump_json())
+    return runtime
+
+
 def _pick_trial(spec: StudySpec, which: str):
     """A trial by index, name or trial_id (prefix); exit 2 listing the names otherwise."""
     trials = spec.expand()
@@ -111,6 +132,7 @@ def train(
         err.print(f"[bold red]{folder} already holds a run[/]: pass --resume to continue it, or --out for a new folder")
         raise typer.Exit(USER_ERROR)
     library_notices_to(folder / "train.log", verbose, ("deepspeed",))
+    runtime = _trial_runtime(trial, folder, resume)
     with Progress(
         TextColumn(f"{trial.name}"),
         BarColumn(),
@@ -126,11 +148,11 @@ def train(
             bar.update(task, completed=step, status="  ".join(fields))
 
         if trial.resources.workers > 1:
-            result = run_workers(trial, folder.resolve() / "ray", name=trial.name)
+            result = run_workers(trial, folder.resolve() / "ray", name=trial.name, runtime=runtime)
             if result.error:
                 raise result.error
         else:
-            train_trial(trial, LocalReporter(folder, keep=trial.train.keep_checkpoints, sink=show))
+            train_trial(trial, LocalReporter(folder, keep=trial.train.keep_checkpoints, sink=show), runtime=runtime)
     out.print(f"[green]done[/] {trial.name}: checkpoints and metrics in {folder}", highlight=False)
 
 

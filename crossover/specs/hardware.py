@@ -2,12 +2,18 @@
 `model.compile: auto`. Plain Python (it reads /proc/cpuinfo, as torch's own cpuinfo does), no torch, so `validate`
 and `plan` can say what a study resolves to here; tests check it agrees with what torch reports.
 
-Why bf16 only where the CPU has AMX: measured on one core, nano model forward + backward (tokens/s, bf16 vs fp32):
-an AVX2-only AMD EPYC 508 vs 5,323 (bf16 10x slower); an Intel Xeon with AVX512-BF16 but no AMX 5,450 vs 9,156
-(bf16 1.7x slower; a plain 2048 x 2048 matmul 83 vs 162 GFLOP/s). AMX's tile units do bf16 matmuls natively.
+`precision: auto` on a CPU: bf16 where the CPU has AMX, fp32 where it has no AVX512, and on an AVX512 CPU without
+AMX the faster of the two as measured. Measured on one core, nano model forward + backward (tokens/s, bf16 vs fp32):
+an AVX2-only AMD EPYC 508 vs 5,323 (bf16 10x slower, so it is never measured there); an Intel Xeon with AVX512-BF16
+but no AMX 5,450 vs 9,156 (bf16 1.7x slower; a plain 2048 x 2048 matmul 83 vs 162 GFLOP/s), while an AMD EPYC
+Zen 4, also AVX512-BF16 without AMX, trains bf16 1.28x faster (9,060 vs 7,079): the flags cannot tell these two
+apart, a measurement can. AMX's tile units do bf16 matmuls natively. The measurement is `resolve_runtime`'s
+`measure` callable, which the trainers' layer supplies (`crossover.trainers.throughput.runtime_here`: a training step
+of the study's model in each precision, cached per machine beside the plan's throughput); without one the rule
+falls back to fp32 and says so.
 
-A study resolves once, on the driver (`resolve_runtime`), and every trial of it trains with that resolution, so the
-AR and MDLM trials of a cell always use the same precision.
+A study resolves once, on the driver, and every trial of it trains with that resolution (recorded on the study's
+parent run and reused when it continues), so the AR and MDLM trials of a cell always use the same precision.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from pydantic import BaseModel
@@ -140,16 +146,53 @@ class Runtime(BaseModel):
     warning: str | None = None  # an explicit choice that will run much slower than it could here
 
 
+class NotMeasured(Exception):
+    """A `measure` callable could not measure fp32 against bf16 here; its message says why (one line)."""
+
+
+# Tokens/s of one training step of the study's model here, (fp32, bf16); raises NotMeasured where it cannot.
+MeasureRates = Callable[[], tuple[float, float]]
+
+
+def measures_precision(cpu: CpuInfo) -> bool:
+    """Whether `precision: auto` on this CPU is decided by measuring: AVX512 without AMX, where bf16 is faster on
+    some CPUs (AMD Zen 4) and slower on others (Intel Xeons before AMX). AMX: bf16; AVX2 or less: fp32 (bf16 ~10x
+    slower), unmeasured."""
+    return cpu.isa == "AVX512"
+
+
+def _measured_precision(cpu: CpuInfo, capped: str, measure: MeasureRates | None) -> tuple[Precision, str]:
+    """fp32 or bf16 on an AVX512 CPU without AMX, whichever trains faster by `measure`, and the line saying so."""
+    head = f"CPU {cpu.model} ({cpu.isa}, no AMX{capped})"
+    try:
+        if measure is None:
+            raise NotMeasured("nothing measured them here")
+        fp32, bf16 = measure()
+    except NotMeasured as exc:
+        return "fp32", f"{head}: fp32, bf16 not measured against it ({exc}); bf16 is faster on some such CPUs"
+    precision: Precision = "bf16" if bf16 > fp32 else "fp32"
+    return (
+        precision,
+        f"{head}: bf16 measured {bf16 / fp32:.2f}x fp32 ({bf16:,.0f} vs {fp32:,.0f} tok/s), so {precision}",
+    )
+
+
 def resolve_runtime(
-    train: TrainSpec, model: ModelConfig, resources: ResourcesSpec, cpu: CpuInfo | None = None
+    train: TrainSpec,
+    model: ModelConfig,
+    resources: ResourcesSpec,
+    cpu: CpuInfo | None = None,
+    measure: MeasureRates | None = None,
 ) -> Runtime:
     """Precision and compile for trials with these resources on this kind of machine.
 
-    GPU trials: bf16 (compiled). CPU trials: bf16 where the CPU has AMX, else fp32 (eager: inductor's compile time
-    outweighs its gain for the small models a CPU trains). ZeRO-3 trains eager: it gathers each block's parameters
-    in module hooks that a compiled block recompiles for, past torch's limit of 8 per block (measured: 29 recompiles
-    in a 10-step trial), so most of the model would run eager anyway, between graph breaks. Explicit settings are
-    kept; bf16 on a CPU without AMX, and compile with ZeRO-3, get a warning.
+    GPU trials: bf16 (compiled). CPU trials: bf16 where the CPU has AMX, fp32 where it has no AVX512, and on an
+    AVX512 CPU without AMX whichever of the two `measure` finds faster (fp32 where nothing measures; see the module
+    docstring); eager: inductor's compile time outweighs its gain for the small models a CPU trains. ZeRO-3 trains
+    eager: it gathers each block's parameters in module hooks that a compiled block recompiles for, past torch's
+    limit of 8 per block (measured: 29 recompiles in a 10-step trial), so most of the model would run eager anyway,
+    between graph breaks. Explicit settings are kept; bf16 on a CPU without AMX, and compile with ZeRO-3, get a
+    warning. `measure` is called only where the decision needs it.
     """
     gpu = resources.gpus_per_worker > 0
     device: Literal["cpu", "cuda"] = "cuda" if gpu else "cpu"
@@ -166,13 +209,15 @@ def resolve_runtime(
         return Runtime(device=device, precision=precision, compile=compile_, why=why, warning=slow_compile)
     cpu = cpu or cpu_info()
     if train.precision == "auto":
-        precision = "bf16" if cpu.native_bf16 else "fp32"
         capped = f", capped from {cpu.hardware_isa}" if cpu.hardware_isa not in (None, cpu.isa) else ""
-        slower = "bf16 is slower without AMX on most CPUs, though not all (train.precision: bf16 chooses it)"
-        reason = "has AMX" if cpu.native_bf16 else f"uses no AMX ({cpu.isa}{capped}): {slower}"
-        return Runtime(
-            device=device, precision=precision, compile=compile_, why=f"CPU {cpu.model} {reason}", warning=slow_compile
-        )
+        if measures_precision(cpu):
+            precision, why = _measured_precision(cpu, capped, measure)
+        elif cpu.native_bf16:
+            precision, why = "bf16", f"CPU {cpu.model} has AMX"
+        else:
+            slower = f"bf16 trains about {BF16_SLOWDOWN['AVX2']:g}x slower than fp32 without AVX512"
+            precision, why = "fp32", f"CPU {cpu.model} uses no AMX ({cpu.isa}{capped}): {slower}"
+        return Runtime(device=device, precision=precision, compile=compile_, why=why, warning=slow_compile)
     warning = slow_compile
     if train.precision == "bf16" and not cpu.native_bf16:
         slower = BF16_SLOWDOWN.get(cpu.isa, BF16_SLOWDOWN["AVX2"])

@@ -48,10 +48,12 @@ def longest_first(trials: list[TrialSpec]) -> list[TrialSpec]:
     return sorted(trials, key=training_flops, reverse=True)
 
 
-def plan_study(spec: StudySpec, mfu: float = 0.4, gpu_tflops: float = 989.0) -> Plan:
-    """GPU-hours = FLOPs / (MFU x peak FLOP/s); the defaults are an H100's dense bf16 peak at 40% utilisation."""
+def plan_study(spec: StudySpec, mfu: float = 0.4, gpu_tflops: float = 989.0, runtime: Runtime | None = None) -> Plan:
+    """GPU-hours = FLOPs / (MFU x peak FLOP/s); the defaults are an H100's dense bf16 peak at 40% utilisation.
+    `runtime`: how the trials train here (`crossover plan` passes the measured one,
+    crossover.trainers.throughput.study_runtime_here); default: the rule without measuring."""
     trials = spec.expand()
-    runtime = resolve_runtime(spec.train, trials[0].model, spec.resources)
+    runtime = runtime or resolve_runtime(spec.train, trials[0].model, spec.resources)
     rows = []
     for trial in trials:
         counts = count_params(trial.model)

@@ -24,6 +24,7 @@ from crossover.specs import TrialSpec
 from crossover.specs.hardware import Runtime
 from crossover.tracking.names import items_path, items_payload
 from crossover.trainers.loop import train
+from crossover.trainers.throughput import runtime_here
 
 MetricSink = Callable[[dict[str, float], int], None]
 
@@ -278,6 +279,7 @@ def run_workers(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    runtime = runtime or runtime_here(trial)  # here, once: ranks resolving apart could measure apart and disagree
     resources = trial.resources
     use_gpu = resources.gpus_per_worker > 0
     worker_resources = {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if use_gpu else {})}
@@ -288,7 +290,7 @@ def run_workers(
             "run_factory": run_factory,
             "storage": str(storage),
             "stop_after_steps": stop_after_steps,
-            "runtime": runtime and runtime.model_dump(),
+            "runtime": runtime.model_dump(),
             "continues": continues,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

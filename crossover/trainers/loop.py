@@ -38,10 +38,11 @@ from crossover.models.objectives import (
     sample_t,
 )
 from crossover.specs import TrialSpec, training_flops_per_token
-from crossover.specs.hardware import Runtime, resolve_runtime
+from crossover.specs.hardware import Runtime
 from crossover.tracking.names import TRAIN_LOSS
 from crossover.trainers.engine import build_engine
 from crossover.trainers.schedules import branch_step, eval_steps, lr_at
+from crossover.trainers.throughput import runtime_here
 
 CLIENT_STATE = "crossover_state.json"
 LOG_POINTS = 200  # train metrics are logged about this many times per trial, and at every eval point
@@ -120,8 +121,9 @@ class Trainer:
         from crossover.models import build_model
 
         self.trial, self.reporter = trial, reporter
-        # `crossover run` resolves precision and compile once for the whole study; alone, a trial resolves here.
-        self.runtime = runtime or resolve_runtime(trial.train, trial.model, trial.resources)
+        # `crossover run` resolves precision and compile once for the whole study; alone, a trial resolves here (an
+        # AVX512 CPU's `precision: auto` from the cached measurement of this trial's shape, measured once if none).
+        self.runtime = runtime or runtime_here(trial)
         if self.runtime.warning:
             print(f"warning: {self.runtime.warning}", file=sys.stderr)
         torch.set_num_threads(max(1, int(trial.resources.cpus_per_worker)))

@@ -13,11 +13,17 @@ sharing a machine's memory bandwidth (measured: up to ~15% slower training besid
 (the whole model in one process: no sharding) would not fit the free memory is not measured: its rate is estimated
 from its FLOPs per token (a GPU at ASSUMED_MFU of its peak, a CPU at the reference preset's measured rate), and the
 line says so.
+
+`precision: auto` on an AVX512 CPU without AMX is decided here (`runtime_here`): a training step of the study's
+longest trial measured as above in fp32 and in bf16, the faster chosen. The decision is cached in the same file
+under a key that needs no torch (the CPU as `cpu_info` reads it, the kernel caps, torch's installed version and the
+shape), so it is made once per machine and `validate`, which imports no torch, reads it too.
 """
 
 from __future__ import annotations
 
 import heapq
+import importlib.metadata
 import json
 import os
 import sys
@@ -26,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from crossover.specs import PRESETS, ModelConfig, StudySpec, TrialSpec, longest_first
-from crossover.specs.hardware import Runtime, cpu_info
+from crossover.specs.hardware import CAP_VARS, CpuInfo, NotMeasured, Runtime, cpu_info, resolve_runtime
 from crossover.trainers.schedules import eval_steps
 
 MEASURE_SECONDS = 2.0  # per model shape, after one warm-up step
@@ -119,8 +125,6 @@ def measure_rate(trial: TrialSpec, runtime: Runtime, memory: int | None = None) 
     with MemoryError before anything is allocated."""
     import torch
 
-    from crossover.data.cache import cache_root
-
     threads = max(1, int(trial.resources.cpus_per_worker))
     key = json.dumps(
         [
@@ -134,23 +138,102 @@ def measure_rate(trial: TrialSpec, runtime: Runtime, memory: int | None = None) 
         ],
         sort_keys=True,
     )
-    path = cache_root() / CACHE_FILE
-    try:
-        cache = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):  # a torn or foreign file: measure again and write it whole
-        cache = {}
+    cache = _read_cache()
     if key in cache:
         return cache[key]
     need, free = measurement_memory(trial, runtime), memory if memory is not None else available_memory(runtime)
     if need > free:
         raise MemoryError(f"measuring it needs ~{need / 2**30:.1f} GiB unsharded, {free / 2**30:.1f} GiB free here")
     rate = _measure(trial, runtime, threads)
-    cache[key] = rate
+    _cache_put(key, rate)
+    return rate
+
+
+def _read_cache() -> dict:
+    """The throughput cache (measured rates, precision decisions); empty where there is none or it is unreadable."""
+    from crossover.data.cache import cache_root
+
+    path = cache_root() / CACHE_FILE
+    try:
+        cache = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):  # a torn or foreign file: measure again and write it whole
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _cache_put(key: str, value: object) -> None:
+    """One entry into the throughput cache, the file rewritten whole (re-read first: other entries are kept)."""
+    from crossover.data.cache import cache_root
+
+    path = cache_root() / CACHE_FILE
+    cache = {**_read_cache(), key: value}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(cache, indent=1))
     tmp.replace(path)  # whole or not at all
-    return rate
+
+
+def precision_key(trial: TrialSpec, cpu: CpuInfo) -> str | None:
+    """The cache key of `precision: auto`'s decision for `trial` on `cpu`, read without importing torch (torch's
+    version from its installed metadata); None where torch is not installed."""
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return json.dumps(
+        [
+            "precision: auto",
+            cpu.model_dump(),
+            {var: os.environ.get(var, "") for var in CAP_VARS},
+            torch_version,
+            max(1, int(trial.resources.cpus_per_worker)),
+            trial.data.seq_len,
+            trial.train.micro_batch,
+            trial.model.model_dump(exclude={"preset", "compile", "attention"}),
+        ],
+        sort_keys=True,
+    )
+
+
+RATES = ("fp32", "bf16")  # what `precision: auto` measures against each other, in a decision's cache entry
+
+
+def precision_rates(trial: TrialSpec, cpu: CpuInfo | None = None, measure: bool = True) -> tuple[float, float]:
+    """Tokens/s of a training step of `trial` here in fp32 and in bf16 (`measure_rate`, on this CPU), for
+    `precision: auto`'s choice on `cpu` (default: this CPU as read): the decision cached under `precision_key`, else
+    measured and cached. `measure=False` (validate, torch-free) only reads the cache. Raises NotMeasured, saying why,
+    where it cannot."""
+    cpu = cpu or cpu_info()
+    key = precision_key(trial, cpu)
+    if key is None:
+        raise NotMeasured(f"torch is not installed in {sys.prefix}")
+    cached = _read_cache().get(key)
+    if isinstance(cached, dict) and all(isinstance(cached.get(p), (int, float)) and cached[p] > 0 for p in RATES):
+        return cached["fp32"], cached["bf16"]
+    if not measure:
+        raise NotMeasured("`crossover plan` measures them, once per machine")
+    rates = {}
+    for precision in RATES:
+        runtime = Runtime(device="cpu", precision=precision, compile=False, why="measuring precision: auto")
+        try:
+            rates[precision] = measure_rate(trial, runtime)
+        except Exception as exc:  # a failed measurement decides nothing; the line says why
+            raise NotMeasured(why_not_measured(exc, runtime)) from exc
+    _cache_put(key, rates)
+    return rates["fp32"], rates["bf16"]
+
+
+def runtime_here(trial: TrialSpec, *, measure: bool = True, cpu: CpuInfo | None = None) -> Runtime:
+    """How `trial` trains on this machine: `resolve_runtime`, with `precision: auto` on an AVX512 CPU without AMX
+    decided by `precision_rates` (measured once per machine and cached; `measure=False` reads only the cache). `cpu`:
+    the CPU the rule reads (default this one); the measurement always runs here."""
+    return resolve_runtime(trial.train, trial.model, trial.resources, cpu, lambda: precision_rates(trial, cpu, measure))
+
+
+def study_runtime_here(spec: StudySpec, *, measure: bool = True, cpu: CpuInfo | None = None) -> Runtime:
+    """How the study's trials train on this machine (`runtime_here`), decided on its longest trial (the one the
+    plan measures first, whose time dominates): one resolution for every trial, so a matched pair trains alike."""
+    return runtime_here(longest_first(spec.expand())[0], measure=measure, cpu=cpu)
 
 
 def _measure(trial: TrialSpec, runtime: Runtime, threads: int) -> float:
@@ -290,10 +373,7 @@ def wall_time_line(
     """One line for `plan` and `run`, or None where this machine cannot run the study's trials (GPU trials, no GPU).
     A measurement that fails (a kernel torch cannot run here, too little memory) never ends the plan: the line says
     the estimate was not measured, and why. `after`: a second phase's trials, as in `estimate_wall_time`."""
-    from crossover.specs.hardware import resolve_runtime
-
-    trials = spec.expand()
-    runtime = resolve_runtime(spec.train, trials[0].model, spec.resources)
+    runtime = study_runtime_here(spec)
     if runtime.device == "cuda":
         import torch
 
