@@ -8,6 +8,7 @@ import hashlib
 import re
 
 import numpy as np
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -99,6 +100,14 @@ def test_plan_without_the_records_says_so_and_estimates_the_whole_study(tiny_cor
         f"server at {down}" in result.output
     ), result.output
     assert "here: 4 trials," in result.output, result.output
+    # the embedded store of a machine where no study ran yet (no option, no MLFLOW_TRACKING_URI): nothing said
+    with pytest.MonkeyPatch.context() as env:
+        env.chdir(tmp_path)
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        result = CliRunner().invoke(app, ["plan", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert "here: 4 trials," in result.output and "not read" not in result.output, result.output
+    assert not (tmp_path / "mlflow.db").exists()
     # a store that holds no run of the study: the whole study, nothing said
     other = f"sqlite:///{tmp_path / 'mlflow.db'}"
     start(tiny_study(tiny_corpus, name="another"), other)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +22,7 @@ from crossover.cli.common import (
     warn_runtime,
 )
 from crossover.specs import SpecError, format_tokens, plan_study
+from crossover.tracking.store import resolve_tracking_uri
 
 
 @app.command()
@@ -62,9 +64,9 @@ def plan(
 ) -> None:
     """One row per trial: epochs, parameters, training FLOPs, estimated GPU-hours and memory per worker, and how
     long the study takes here; for a study that ran before (or grew), how long what is left takes."""
+    # lazy: keeps the platform (~50 ms of imports) out of --help and validate
     from crossover.platform.anneal import anneal_cost
     from crossover.platform.grow import finished_in
-    from crossover.tracking.store import resolve_tracking_uri
 
     spec = load_checked(spec_path, quiet=as_json)
     study_plan = plan_study(spec, mfu=mfu, gpu_tflops=gpu_tflops, runtime=runtime_of(spec))
@@ -97,7 +99,11 @@ def plan(
     print(text_table(["trial", *axes, "epochs", "params", "active", "FLOPs", "GPU-h", memory], rows))
     if anneal:
         out.print(anneal.line(), highlight=False)
-    print_wall_time(spec, finished=finished_in(spec, resolve_tracking_uri(tracking_uri)))
+    uri = resolve_tracking_uri(tracking_uri)
+    # The embedded store not made yet (no --tracking-uri, no MLFLOW_TRACKING_URI): no study ran here, nothing to say.
+    implicit = tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
+    never_made = uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
+    print_wall_time(spec, finished=None if implicit and never_made else finished_in(spec, uri))
     out.print(
         f"total: {study_plan.total_flops:.3g} training FLOPs, {significant(study_plan.total_gpu_hours)} GPU-hours "
         f"at {mfu:.0%} MFU of {gpu_tflops:g} TFLOP/s (evaluation not included)"
