@@ -30,9 +30,10 @@ $(STAMP): $(PLANNER)
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no tests: that is a failure here, never a pass. Two workers (tests/conftest.py says
-# which tests share one): the Ray tests mostly wait, and the rest fill those waits.
+# which tests share one): the Ray tests mostly wait, and the rest fill those waits. The slowest 40 are listed at the end,
+# so a CI log says where the suite's time goes.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=40; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
 # A real small study end to end on the embedded defaults: the stdlib corpus, a local Ray instance, SQLite MLflow.
 DEMO_STORE := sqlite:///$(CURDIR)/mlflow.db
