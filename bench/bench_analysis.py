@@ -96,10 +96,10 @@ def bench(uri: str, tmp: Path, compare_client: bool = True) -> None:
     start = time.perf_counter()
     analysis = analyze_study(data, metric="eval/heldout_cloze/acc")
     analysis_s = time.perf_counter() - start
-    crossed = int((analysis.crossovers["status"] == "crossed").sum())
+    crossed = int((analysis.crossovers.table["status"] == "crossed").sum())
     print(
-        f"analysis        {analysis_s:7.2f} s  ({len(analysis.crossovers)} cells, {crossed} crossed, "
-        f"{len(analysis.fits)} scaling fits, bootstrap over {analysis.ci_source or 'nothing'})"
+        f"analysis        {analysis_s:7.2f} s  ({len(analysis.crossovers.table)} cells, {crossed} crossed, "
+        f"{len(analysis.scaling.fits)} scaling fits, bootstrap over {analysis.crossovers.ci_source or 'nothing'})"
     )
 
     start = time.perf_counter()

@@ -32,7 +32,7 @@ def test_a_planted_tie_reads_undetermined_where_its_point_estimate_crosses(tmp_p
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     write_sim_study(_one_cell("tie", 1), uri, sim_study("tie", noise=False), seed=TIE_DRAW)
     analysis = analyze_study(read_study("tie", uri))
-    row = analysis.crossovers.iloc[0]
+    row = analysis.crossovers.table.iloc[0]
     assert row["point_status"] == "crossed" and row["status"] == "undetermined", row
     assert row["p_ahead_at_end"] < 0.9
     (verdict,) = verdicts(analysis)
@@ -55,15 +55,15 @@ def test_a_three_seed_study_uses_its_seeds_in_the_interval(tmp_path):
     write_sim_study(_one_cell("three", 3), uri, sim_study("ahead", noise=True), seed=1)
     data = read_study("three", uri)
     analysis = analyze_study(data)
-    row = analysis.crossovers.iloc[0]
+    row = analysis.crossovers.table.iloc[0]
     assert row["ci_source"] == "seeds as a t with 2 df and items, 3 seeds" and row["seeds_ar"] == 3
-    result = analysis.results["unique_tokens=50k"]
+    result = analysis.crossovers.results["unique_tokens=50k"]
     assert result.seeds == 3 and result.replicates.size == 1000
     (verdict,) = verdicts(analysis)
     assert "over seeds as a t with 2 df and items, 3 seeds" in verdict.line
     assert "across 3 seeds: crossover per seed " in verdict.line
     # MDLM's last against AR's best (chosen on the validation items, scored on the test items), paired by seed
-    best = analysis.ar_best["unique_tokens=50k"]
+    best = analysis.ar_best.by_cell["unique_tokens=50k"]
     d = best.difference
     assert best.source == "validation-chosen eval point (not annealed)" and best.test_items
     assert d.seeds == 3 and 100 < d.items < 156 and "3 seeds x" in d.source  # the test half of 256 items

@@ -566,7 +566,7 @@ def test_efficiency_is_against_an_early_stopped_ar_and_says_when_mdlm_is_not_mor
     raw["grid"]["unique_tokens"] = ["25k", "50k", "100k", "200k"]
     write_study(raw, uri, dataclasses.replace(DECAYING_AR, items=1200))  # about half of them test items
     analysis = analyze_study(read_study("decaying", uri), n_boot=300)
-    table = analysis.efficiency.set_index("unique_tokens")
+    table = analysis.efficiency.table.set_index("unique_tokens")
     for budget in (50_000, 100_000):
         row = table.loc[budget]
         assert row["ratio"] < 1 and row["ci_low"] <= row["ratio"] <= row["ci_high"], row  # against AR's best
@@ -574,7 +574,7 @@ def test_efficiency_is_against_an_early_stopped_ar_and_says_when_mdlm_is_not_mor
         assert row["mdlm_best"] == row["mdlm_final"]  # MDLM's last on both bases
         # no anneal runs: AR's best is the eval point its validation items chose, read on the test items
         assert row["ar_best_source"] == "validation-chosen eval point (not annealed)"
-        assert analysis.ar_best[f"unique_tokens={budget // 1000}k"].value == pytest.approx(row["ar_best"])
+        assert analysis.ar_best.by_cell[f"unique_tokens={budget // 1000}k"].value == pytest.approx(row["ar_best"])
     assert table.loc[100_000, "ci_high"] < 1
     assert table.loc[50_000, "ratio_final"] > 1.4 and table.loc[50_000, "ci_low_final"] > 1  # AR's decay, as a gain
     lines = {v.cell: v for v in verdicts(analysis)}
@@ -602,7 +602,7 @@ def test_three_seeds_give_a_seed_then_item_interval_and_the_spread_across_seeds(
     raw["seeds"] = [0, 1, 2]
     write_study(raw, uri, SMOKE_TRUTH)
     analysis = analyze_study(read_study("seeds", uri), n_boot=200)
-    row = analysis.crossovers.set_index("cell").loc["unique_tokens=50k"]
+    row = analysis.crossovers.table.set_index("cell").loc["unique_tokens=50k"]
     assert row["ci_source"] == "seeds as a t with 2 df and items, 3 seeds" and row["seeds_ar"] == row["seeds_mdlm"] == 3
     assert len(row["seed_crossover_tokens"]) == 3 and row["ar_best_sd"] > 0 and row["mdlm_final_sd"] > 0
     (verdict,) = verdicts(analysis)
@@ -641,13 +641,13 @@ def test_the_delta_nll_view_claims_only_what_the_accuracy_shows(tmp_path):
         ),
     )
     holds = analyze_study(read_study("holds", uri), n_boot=50)
-    assert holds.delta_accuracy == "eval/heldout_cloze/acc"  # the study's metric
+    assert holds.delta_nll.accuracy == "eval/heldout_cloze/acc"  # the study's metric
     lines = [line for line in delta_nll_lines(holds) if line.startswith("ar-U50k")]
     assert len(lines) == 1 and "rising loss is not worse answers here" in lines[0], lines
     assert "; heldout_cloze/acc " in lines[0] and " held: change +" in lines[0], lines[0]
     assert "paired on the same items; items, 1 seed x 300 items" in lines[0]
     assert "lies above -0.02, the equivalence margin" in lines[0]
-    row = holds.delta_nll.set_index("trial").loc["ar-U50k-nano-s0"]
+    row = holds.delta_nll.table.set_index("trial").loc["ar-U50k-nano-s0"]
     assert row["loss_rise"] > 0.05 and row["acc_change_ci"][0] > -0.02
     assert row["acc_change"] == pytest.approx(row["acc_final"] - row["acc_at_min"])
 
@@ -659,7 +659,7 @@ def test_the_delta_nll_view_claims_only_what_the_accuracy_shows(tmp_path):
     lines = [line for line in delta_nll_lines(falls) if line.startswith("ar-U50k")]
     assert len(lines) == 1 and "here rising loss did come with worse answers" in lines[0], lines
     assert "not worse answers" not in lines[0]
-    row = falls.delta_nll.set_index("trial").loc["ar-U50k-nano-s0"]
+    row = falls.delta_nll.table.set_index("trial").loc["ar-U50k-nano-s0"]
     assert row["acc_change_ci"][1] < 0 and " fell: change -" in lines[0]
 
 
@@ -674,7 +674,7 @@ def test_the_verdict_gives_every_scoring_side_by_side_and_says_where_it_holds(tm
     write_study(raw, uri, dataclasses.replace(SMOKE_TRUTH, pmi_ar_shift=3.0, mdlm_data_factor=0.7))  # a clear crossing
     analysis = analyze_study(read_study("scorings", uri), metric="eval/heldout_cloze/acc", n_boot=100)
     assert set(analysis.scorings) == {"eval/heldout_cloze/acc_norm", "eval/heldout_cloze/acc_pmi"}
-    assert analysis.scorings["eval/heldout_cloze/acc_pmi"].crossovers.iloc[0]["status"] == "not_crossed"
+    assert analysis.scorings["eval/heldout_cloze/acc_pmi"].crossovers.table.iloc[0]["status"] == "not_crossed"
     (verdict,) = verdicts(analysis)
     assert verdict.line.startswith("unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc at "), verdict.line
     assert "; by scoring: acc crossed at " in verdict.line and ", acc_pmi not crossed (" in verdict.line

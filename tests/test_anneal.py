@@ -153,7 +153,7 @@ def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysi
     assert not anneal_ids & set(data.trials["trial_id"]) and not anneal_ids & set(data.curves["trial_id"])
     assert set(data.anneals["trial_id"]) == anneal_ids and len(data.anneal_curves)
     analysis = analyze_study(data, n_boot=50)
-    best = analysis.ar_best["unique_tokens=4k"]
+    best = analysis.ar_best.by_cell["unique_tokens=4k"]
     assert best.source.startswith("annealed at ") and best.annealed and best.test_items and best.mdlm_last is not None
     assert best.seeds[0].run_id in {a.info.run_id for a in anneals}
     assert best.difference is not None and best.difference.seeds == 1  # MDLM's last against it, on the test items

@@ -14,7 +14,9 @@ Analysis contract
 - `find_crossover(x, ar, mdlm, higher_is_better=True) -> Crossover` (`x`, `status`, `ci`), see `crossing`.
 - `data_efficiency(ar, mdlm, higher_is_better=True) -> dict`: per MDLM budget U, U'/U or None, see `efficiency`.
 - `fit_data_constrained(...) -> ScalingFit` and `critical_tokens(...)`, see `scaling`.
-- `analyze_study(read_study(...)) -> StudyAnalysis` and `write_report(...)`: everything `crossover analyze` shows.
+- `analyze_study(read_study(...)) -> StudyAnalysis` and `write_report(...)`: everything `crossover analyze` shows;
+  `StudyAnalysis` composes the frozen results of the analysis' pure stages (`Crossovers`, `ArBaseline`,
+  `DataEfficiency`, `Scaling`, `DeltaNll`), see `analyze`.
 - `verdicts(analysis) -> [Verdict]`: one line per cell, see `verdict`.
 - `axis_verdicts(analysis) -> [AxisVerdict]`: one line per axis varied besides the unique budget, read against the
   paper's finding (agrees, disagrees, cannot tell), see `axes`; on the parent run as the tag

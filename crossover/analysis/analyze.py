@@ -1,12 +1,23 @@
 """The in-memory analysis of a whole study: crossovers per cell, data efficiency, scaling fits, the Delta NLL view.
 
-`analyze_study(read_study(...))` computes everything `crossover analyze` reports, without plotting.
+`analyze_study(read_study(...))` computes everything `crossover analyze` reports, without plotting. It is a chain of
+pure stages, each a function of the study's data (and the `Reading`: which metric, which way is better, which compute
+axis, which confidence) that returns a frozen result:
+
+    find_crossovers -> Crossovers        every cell's crossover, its interval and matched curves
+    find_ar_best    -> ArBaseline        per cell, AR early-stopped (chosen on validation items, scored on test items)
+    measure_efficiency -> DataEfficiency U'/U per MDLM budget against AR's best and final values
+    fit_scaling     -> Scaling           data-constrained scaling laws on the held-out loss, critical compute
+    read_delta_nll  -> DeltaNll          per trial: loss minimum, final, accuracy and Delta NLL there
+
+`StudyAnalysis` composes them, built once; the report (crossover.analysis.report), the verdicts
+(crossover.analysis.verdict, crossover.analysis.axes) and the plots read those results and never change them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +69,29 @@ def default_metric(metrics: list[str]) -> str:
     return metrics[0]
 
 
-@dataclass
+@dataclass(frozen=True)
+class Reading:
+    """What an analysis reads and how: the metric (eval/<task>/<name>), which way is better, the compute axis
+    (tokens, flops or epochs) and the level of its intervals. The stages take it; the loss and the other scorings
+    are read with another."""
+
+    metric: str
+    x_axis: str
+    higher_is_better: bool
+    confidence: float
+
+    @property
+    def task(self) -> str:
+        return self.metric.split("/")[1]
+
+    @property
+    def field_name(self) -> str:
+        """The metric's name within its task's per-item results (acc, acc_pmi, loss)."""
+        return self.metric.rsplit("/", 1)[-1]
+
+
+# The results hold DataFrames, which have no truth value: compared by identity (eq=False), never by content.
+@dataclass(frozen=True, eq=False)
 class CellCurves:
     """The matched AR and MDLM curves of one cell on the common eval points (means over seeds)."""
 
@@ -69,6 +102,17 @@ class CellCurves:
     tokens: np.ndarray
     flops: np.ndarray
     epochs: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Crossovers:
+    """`find_crossovers`: every cell's crossover on one reading."""
+
+    table: pd.DataFrame  # one row per cell (its axis values, status, position, interval, finals, seed spread)
+    results: Mapping[str, Crossover] = field(default_factory=dict)  # cells with both curves on common points
+    curves: Mapping[str, CellCurves] = field(default_factory=dict)  # the same cells' matched curves
+    ci_source: str | None = None  # what the intervals resampled, over every cell ("/"-joined); None: no interval
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,34 +141,82 @@ class ArBest:
     difference: Difference | None = None  # MDLM's last minus AR's best, paired on the test items and seeds
 
 
-@dataclass
+@dataclass(frozen=True)
+class ArBaseline:
+    """`find_ar_best`: per cell with AR trials, its early-stopped AR."""
+
+    by_cell: Mapping[str, ArBest] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class DataEfficiency:
+    """`measure_efficiency`: U'/U per (group of the other axes, MDLM budget), on both bases (BASES)."""
+
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)  # empty: `why_empty` says why
+    why_empty: str | None = None
+    notes: tuple[str, ...] = ()  # trials left out
+
+
+@dataclass(frozen=True, eq=False)
+class Scaling:
+    """`fit_scaling`: the data-constrained law per (group, objective) and the critical compute it implies."""
+
+    fits: tuple[tuple[str, ScalingFit], ...] = ()  # (group label, fit)
+    critical: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (group, unique budget)
+    critical_power_law: tuple[float, float] | None = None  # (coef, exponent) of our C_crit(U), U in millions
+    notes: tuple[str, ...] = ()  # fits not made, and why
+
+
+@dataclass(frozen=True, eq=False)
+class DeltaNll:
+    """`read_delta_nll`: per trial, the held-out loss at its minimum and at the end, and the accuracy and Delta NLL
+    there (does rising loss mean worse answers?)."""
+
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)  # empty: `why_empty` says why
+    task: str | None = None  # the multiple-choice task read
+    accuracy: str | None = None  # the accuracy read (the study's metric where it can)
+    why_empty: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
 class StudyAnalysis:
+    """The stages' results on one reading of a study, composed once (`analyze_study`). The held-out loss's and the
+    task's other scorings' crossovers are the same composition on another reading, with their crossovers only."""
+
     study: str
     tracking_uri: str
-    metric: str
-    x_axis: str
-    higher_is_better: bool
-    confidence: float
-    axes: list[str]
-    crossovers: pd.DataFrame  # one row per cell
-    results: dict[str, Crossover] = field(default_factory=dict)
-    cells: dict[str, CellCurves] = field(default_factory=dict)
-    ci_source: str | None = None
-    efficiency: pd.DataFrame = field(default_factory=pd.DataFrame)
-    efficiency_note: str | None = None
-    fits: list[tuple[str, ScalingFit]] = field(default_factory=list)  # (group label, fit)
-    fit_notes: list[str] = field(default_factory=list)
-    critical: pd.DataFrame = field(default_factory=pd.DataFrame)
-    critical_power_law: tuple[float, float] | None = None  # (coef, exponent) of our C_crit(U), U in millions
-    delta_nll: pd.DataFrame = field(default_factory=pd.DataFrame)
-    delta_task: str | None = None
-    delta_accuracy: str | None = None  # the accuracy the Delta NLL view reads (the study's metric where it can)
-    delta_note: str | None = None
-    notes: list[str] = field(default_factory=list)
+    axes: tuple[str, ...]
+    reading: Reading
+    crossovers: Crossovers
+    ar_best: ArBaseline = field(default_factory=ArBaseline)
+    efficiency: DataEfficiency = field(default_factory=DataEfficiency)
+    scaling: Scaling = field(default_factory=Scaling)
+    delta_nll: DeltaNll = field(default_factory=DeltaNll)
     loss: StudyAnalysis | None = None  # the held-out loss's crossovers, when the main metric is another
-    scorings: dict[str, StudyAnalysis] = field(default_factory=dict)  # the same task's other accuracies' crossovers
-    model_params: dict[str, tuple[int, int]] = field(default_factory=dict)  # cell -> (total, active) parameters
-    ar_best: dict[str, ArBest] = field(default_factory=dict)  # cell -> its early-stopped AR (`_ar_best`)
+    scorings: Mapping[str, StudyAnalysis] = field(default_factory=dict)  # the task's other accuracies' crossovers
+    model_params: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # cell -> (total, active) parameters
+    study_notes: tuple[str, ...] = ()  # about the whole study: MDLM's scoring handicap, no cell crossed
+
+    @property
+    def metric(self) -> str:
+        return self.reading.metric
+
+    @property
+    def x_axis(self) -> str:
+        return self.reading.x_axis
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.reading.higher_is_better
+
+    @property
+    def confidence(self) -> float:
+        return self.reading.confidence
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The report's notes, in stage order (the scaling fits' own notes are the scaling section's)."""
+        return (*self.crossovers.notes, *self.efficiency.notes, *self.study_notes)
 
 
 def _axis_values(data: StudyData) -> pd.DataFrame:
@@ -182,7 +274,7 @@ def _seed_spread(
     return out
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class _MetricTables:
     """Stage 1 of the crossovers: the metric per cell, eval step, objective and seed, and the x axis per cell and
     step, on the points that have both."""
@@ -235,7 +327,7 @@ def _metric_tables(data: StudyData, metric: str, xcol: str) -> _MetricTables:
 
 
 def _cell_crossover(
-    tables: _MetricTables, cell: str, analysis: StudyAnalysis, n_boot: int, seed: int
+    tables: _MetricTables, cell: str, reading: Reading, n_boot: int, seed: int
 ) -> tuple[dict[str, Any], Crossover | None, CellCurves | None]:
     """Stage 2, one cell: its row of the crossover table, and (where it has common points) the crossover with its
     interval and the matched curves."""
@@ -255,7 +347,7 @@ def _cell_crossover(
     means = means.dropna().sort_index()
     ar_seeds, mdlm_seeds = ar_seeds.reindex(means.index), mdlm_seeds.reindex(means.index)
     steps = means.index.to_numpy()
-    xcol = X_COLUMNS[analysis.x_axis]
+    xcol = X_COLUMNS[reading.x_axis]
     ax = tables.axis[cell].reindex(steps)
     x = ax[xcol].to_numpy(dtype=float)
     keep = np.flatnonzero(np.isfinite(x))
@@ -274,10 +366,10 @@ def _cell_crossover(
     if len(steps) == 0:
         return {**row, "status": "no_common_points"}, None, None
     result = find_crossover(
-        x, ar, mdlm, analysis.higher_is_better, confidence=analysis.confidence, n_boot=n_boot, seed=seed, **samples
+        x, ar, mdlm, reading.higher_is_better, confidence=reading.confidence, n_boot=n_boot, seed=seed, **samples
     )
     tokens, flops, epochs = (ax[c].to_numpy(dtype=float)[keep] for c in ("tokens", "flops", "epoch"))
-    spread = _seed_spread(x, tokens, ar_seeds.iloc[keep], mdlm_seeds.iloc[keep], analysis.higher_is_better)
+    spread = _seed_spread(x, tokens, ar_seeds.iloc[keep], mdlm_seeds.iloc[keep], reading.higher_is_better)
     at = result.x if result.x is not None else math.nan
     row = {
         **row,
@@ -307,24 +399,24 @@ def _cell_crossover(
     return row, result, CellCurves(cell, x, ar, mdlm, tokens, flops, epochs)
 
 
-def _crossovers(data: StudyData, analysis: StudyAnalysis, n_boot: int, seed: int) -> None:
-    """Every cell's crossover on the analysis' metric and x axis (stage 1: the tables; stage 2: each cell), into
-    `analysis`: the table, the crossovers, the matched curves and what the intervals resampled."""
-    tables = _metric_tables(data, analysis.metric, X_COLUMNS[analysis.x_axis])
-    rows = []
+def find_crossovers(data: StudyData, reading: Reading, n_boot: int = 1000, seed: int = 0) -> Crossovers:
+    """Every cell's crossover on the reading's metric and x axis (stage 1: the tables; stage 2: each cell): the
+    table, the crossovers, the matched curves and what the intervals resampled."""
+    tables = _metric_tables(data, reading.metric, X_COLUMNS[reading.x_axis])
+    rows, results, curves = [], {}, {}
     for cell in tables.axis_values.index:
-        row, result, curves = _cell_crossover(tables, cell, analysis, n_boot, seed)
+        row, result, matched = _cell_crossover(tables, cell, reading, n_boot, seed)
         rows.append(row)
         if result is not None:
-            analysis.results[cell], analysis.cells[cell] = result, curves
-    sources = {r.ci_source for r in analysis.results.values() if r.ci_source}
-    analysis.crossovers = pd.DataFrame(rows)
-    analysis.ci_source = "/".join(sorted(sources)) or None
+            results[cell], curves[cell] = result, matched
+    sources = {r.ci_source for r in results.values() if r.ci_source}
+    notes = ()
     if not sources:
-        analysis.notes.append(
+        notes = (
             "No confidence intervals: they need per-item eval results (items/<task>/ artifacts) or two or more "
-            "seeds per objective. Every status is the smoothed point estimate's, which no interval backs."
+            "seeds per objective. Every status is the smoothed point estimate's, which no interval backs.",
         )
+    return Crossovers(pd.DataFrame(rows), results, curves, "/".join(sorted(sources)) or None, notes)
 
 
 def grid_sig_figs(x: np.ndarray, at: float | None) -> int:
@@ -529,14 +621,14 @@ def _test_item_vectors(data: StudyData, sub: pd.DataFrame, column: str, field_na
 
 
 def _efficiency_intervals(
-    data: StudyData, analysis: StudyAnalysis, sub: pd.DataFrame, n_boot: int, seed: int
+    data: StudyData, reading: Reading, sub: pd.DataFrame, n_boot: int, seed: int
 ) -> tuple[dict[tuple[str, float], tuple[float, float]], str | None]:
     """Bootstrap intervals of U'/U per (basis, MDLM budget): seeds resampled within each (objective, budget) when
     it has two or more, then the eval items (the same draw for every trial: the items are shared), each replicate's
     best and final re-read on the resampled test items at the points `_trial_values` chose (the choice, made on the
     validation items, is not redone). Returns ({(basis, U): (low, high)}, what was resampled)."""
-    task, field_name = analysis.metric.split("/")[1], analysis.metric.rsplit("/", 1)[-1]
-    item_curves = _test_item_vectors(data, sub, f"items/{task}", field_name) if task in data.item_tasks else {}
+    task = reading.task
+    item_curves = _test_item_vectors(data, sub, f"items/{task}", reading.field_name) if task in data.item_tasks else {}
     seeds = sub.groupby(["objective", "unique_budget"])["run_id"].agg(list)
     most_seeds = int(seeds.map(len).max())
     if not item_curves and most_seeds < 2:
@@ -560,7 +652,7 @@ def _efficiency_intervals(
                 else:
                     best, final = observed[run_id]["best"], observed[run_id]["final"]
                 rows.append({"objective": objective, "unique_budget": budget, "best": best, "final": final})
-        details = _basis_details(pd.DataFrame(rows), analysis.higher_is_better) or {}
+        details = _basis_details(pd.DataFrame(rows), reading.higher_is_better) or {}
         for basis in BASES:
             draws[basis].append(
                 {
@@ -568,7 +660,7 @@ def _efficiency_intervals(
                     for r in details.get(basis, [])
                 }
             )
-    alpha = (1 - analysis.confidence) / 2
+    alpha = (1 - reading.confidence) / 2
     intervals = {}
     for basis in BASES:
         budgets = {u for d in draws[basis] for u in d}
@@ -601,34 +693,34 @@ def _ar_best_at(values: pd.DataFrame, budget: float) -> dict[str, Any]:
     }
 
 
-def _efficiency(data: StudyData, analysis: StudyAnalysis, n_boot: int = 1000, seed: int = 0) -> None:
+def measure_efficiency(data: StudyData, reading: Reading, n_boot: int = 1000, seed: int = 0) -> DataEfficiency:
     """U'/U per MDLM budget against an early-stopped AR (the headline: the baseline a practitioner would use; each
     AR trial annealed to its stop chosen on the validation items where the study has anneal runs, else its
     validation-chosen eval point; `ar_best_source` says which), and against final values (AR left to overfit);
     every value on the test items (`_trial_values`), with MDLM's last on both bases; each with a bootstrap
     interval over the test items (and seeds where there are several)."""
-    if "unique_tokens" not in analysis.axes:
-        analysis.efficiency_note = "Not applicable: the study does not vary the unique-token budget."
-        return
-    values = _trial_values(data, analysis.metric, analysis.higher_is_better)
+    if "unique_tokens" not in data.axes:
+        return DataEfficiency(why_empty="Not applicable: the study does not vary the unique-token budget.")
+    values = _trial_values(data, reading.metric, reading.higher_is_better)
     unfinished = values["step"] < 0.99 * values["run_id"].map(data.trials.set_index("run_id")["total_budget"])
+    notes = ()
     if unfinished.any():
-        analysis.notes.append(
+        notes = (
             f"Data efficiency leaves out {int(unfinished.sum())} trial(s) whose last evaluation is before the end of "
-            f"their training budget: their final performance is not known yet."
+            f"their training budget: their final performance is not known yet.",
         )
         values = values[~unfinished]
     trials = data.trials.set_index("run_id")
     values = values.assign(
-        group=_other_axes_key(trials, ("unique_tokens",), analysis.axes).reindex(values["run_id"]).to_numpy()
+        group=_other_axes_key(trials, ("unique_tokens",), data.axes).reindex(values["run_id"]).to_numpy()
     )
     rows = []
     for group in sorted(values["group"].unique()):
         sub = values[values["group"] == group]
-        details = _basis_details(sub, analysis.higher_is_better)
+        details = _basis_details(sub, reading.higher_is_better)
         if details is None:
             continue
-        intervals, source = _efficiency_intervals(data, analysis, sub, n_boot, seed)
+        intervals, source = _efficiency_intervals(data, reading, sub, n_boot, seed)
         ar_budgets = sub.loc[sub["objective"] == "ar", "unique_budget"].astype(float)
         for best, final in zip(details["best"], details["final"], strict=True):
             row: dict[str, Any] = {
@@ -653,19 +745,18 @@ def _efficiency(data: StudyData, analysis: StudyAnalysis, n_boot: int = 1000, se
                     f"ci_high{suffix}": high,
                 }
             rows.append(row)
-    analysis.efficiency = pd.DataFrame(rows)
-    if not rows:
-        analysis.efficiency_note = "No group has both AR and MDLM trials at two or more unique budgets."
+    why_empty = None if rows else "No group has both AR and MDLM trials at two or more unique budgets."
+    return DataEfficiency(pd.DataFrame(rows), why_empty, notes)
 
 
-def _ar_best(data: StudyData, analysis: StudyAnalysis) -> None:
+def find_ar_best(data: StudyData, reading: Reading) -> ArBaseline:
     """Per cell with AR trials: its early-stopped AR (`ArBest`), paired seed by seed with the cell's MDLM last."""
-    if not (data.curves[analysis.metric].notna().any() if analysis.metric in data.curves else False):
-        return
-    values = _trial_values(data, analysis.metric, analysis.higher_is_better)
-    task = analysis.metric.split("/")[1]
-    on_test = task in data.item_tasks
-    items = _item_results(data, f"items/{task}") if on_test else None
+    if not (data.curves[reading.metric].notna().any() if reading.metric in data.curves else False):
+        return ArBaseline()
+    values = _trial_values(data, reading.metric, reading.higher_is_better)
+    on_test = reading.task in data.item_tasks
+    items = _item_results(data, f"items/{reading.task}") if on_test else None
+    by_cell = {}
     for cell, rows in values.groupby("cell", sort=False):
         ar, mdlm = rows[rows["objective"] == "ar"], rows[rows["objective"] == "mdlm"].set_index("seed")["final"]
         if ar.empty:
@@ -680,7 +771,7 @@ def _ar_best(data: StudyData, analysis: StudyAnalysis) -> None:
             )
             for r in ar.itertuples()
         )
-        analysis.ar_best[cell] = ArBest(
+        by_cell[cell] = ArBest(
             cell=cell,
             value=float(ar["best"].mean()),
             stop_tokens=float(ar["stop"].mean()),
@@ -689,8 +780,9 @@ def _ar_best(data: StudyData, analysis: StudyAnalysis) -> None:
             mdlm_last=float(mdlm.mean()) if len(mdlm) else None,
             test_items=on_test,
             seeds=seeds,
-            difference=_last_minus_best(items, analysis, rows) if items is not None else None,
+            difference=_last_minus_best(items, reading, rows) if items is not None else None,
         )
+    return ArBaseline(by_cell)
 
 
 def _item_results(data: StudyData, column: str) -> pd.Series | None:
@@ -699,15 +791,14 @@ def _item_results(data: StudyData, column: str) -> pd.Series | None:
     return curves.set_index(["run_id", "step"])[column] if column in curves else None
 
 
-def _last_minus_best(items: pd.Series, analysis: StudyAnalysis, rows: pd.DataFrame) -> Difference | None:
+def _last_minus_best(items: pd.Series, reading: Reading, rows: pd.DataFrame) -> Difference | None:
     """MDLM's last minus AR's best in one cell (`_trial_values` rows), paired: per seed that has both, AR's
     early-stopped model and MDLM's last on the same test items (`items`: `_item_results`); None where no seed has
     per-item results of both."""
-    field_name = analysis.metric.rsplit("/", 1)[-1]
 
     def test_items(run_id: str, step: int) -> dict[str, float]:
         found = items.get((run_id, step))
-        return _half(found, field_name, TEST) or {}
+        return _half(found, reading.field_name, TEST) or {}
 
     pairs = []
     mdlm = rows[rows["objective"] == "mdlm"].set_index("seed")
@@ -718,19 +809,21 @@ def _last_minus_best(items: pd.Series, analysis: StudyAnalysis, rows: pd.DataFra
     ids = sorted(set.intersection(*(set(a) & set(d) for a, d in pairs))) if pairs else []
     if not ids:
         return None
-    sign = 1.0 if analysis.higher_is_better else -1.0
+    sign = 1.0 if reading.higher_is_better else -1.0
     ar = np.array([[a[i] for i in ids] for a, _ in pairs])
     last = np.array([[d[i] for i in ids] for _, d in pairs])
-    return paired_difference(sign * ar, sign * last, analysis.confidence)
+    return paired_difference(sign * ar, sign * last, reading.confidence)
 
 
-def _scaling(data: StudyData, analysis: StudyAnalysis) -> None:
+def fit_scaling(data: StudyData) -> Scaling:
+    """The data-constrained law per (group of the other axes, objective) on the held-out loss after warm-up, and
+    per unique budget the critical compute where the MDLM law passes the AR law."""
     if LOSS_METRIC not in data.curves:
-        analysis.fit_notes.append(f"No scaling-law fit: the study logged no {LOSS_METRIC}.")
-        return
+        return Scaling(notes=(f"No scaling-law fit: the study logged no {LOSS_METRIC}.",))
+    notes = []
     curves = data.curves[data.curves[LOSS_METRIC].notna()]
     trials = data.trials.set_index("run_id")
-    group = _other_axes_key(trials, ("unique_tokens", "total_tokens"), analysis.axes)
+    group = _other_axes_key(trials, ("unique_tokens", "total_tokens"), data.axes)
     warmup = pd.to_numeric(trials.get("train.warmup_tokens", pd.Series(0, index=trials.index)), errors="coerce")
     curves = curves.assign(
         group=group.reindex(curves["run_id"]).to_numpy(),
@@ -749,10 +842,9 @@ def _scaling(data: StudyData, analysis: StudyAnalysis) -> None:
                 runs=sub["run_id"].to_numpy(),
             )
         except InsufficientData as exc:
-            analysis.fit_notes.append(f"No fit for {objective} ({label}): {exc}")
+            notes.append(f"No fit for {objective} ({label}): {exc}")
             continue
         fits[(label, objective)] = fit
-        analysis.fits.append((label, fit))
     rows = []
     for label in sorted({g for g, _ in fits}):
         if (label, "ar") not in fits or (label, "mdlm") not in fits:
@@ -774,44 +866,44 @@ def _scaling(data: StudyData, analysis: StudyAnalysis) -> None:
                     else "extrapolates an R_D* the data does not identify",
                 }
             )
-    analysis.critical = pd.DataFrame(rows)
+    critical, power_law = pd.DataFrame(rows), None
     if rows:
         # a power law in U only from critical computes whose fits identify R_D*, at three or more budgets: two points
         # always fit a line, and an unidentified R_D* makes C_crit an extrapolation
-        finite = analysis.critical.dropna(subset=["critical_flops"])
+        finite = critical.dropna(subset=["critical_flops"])
         finite = finite[(finite["critical_flops"] > 0) & (finite["note"] == "")]
         if finite["unique_tokens"].nunique() >= MIN_POWER_LAW_BUDGETS:
             slope, intercept = np.polyfit(
                 np.log(finite["unique_tokens"] / 1e6), np.log(finite["critical_flops"].astype(float)), 1
             )
-            analysis.critical_power_law = (float(math.exp(intercept)), float(slope))
+            power_law = (float(math.exp(intercept)), float(slope))
         else:
-            analysis.fit_notes.append(
+            notes.append(
                 f"No C_crit(U) power law: it needs critical computes from fits that identify R_D* at "
                 f"{MIN_POWER_LAW_BUDGETS} or more unique budgets; this study has "
                 f"{finite['unique_tokens'].nunique()}."
             )
+    return Scaling(tuple((label, fit) for (label, _), fit in fits.items()), critical, power_law, tuple(notes))
 
 
 MIN_POWER_LAW_BUDGETS = 3
 
 
-def _delta_nll(data: StudyData, analysis: StudyAnalysis) -> None:
+def read_delta_nll(data: StudyData, reading: Reading) -> DeltaNll:
+    """Per trial, from its held-out loss minimum to its end: the loss, the reading's accuracy (its paired change on
+    the same items where there are per-item results) and Delta NLL, on the reading's task where it logged one."""
     curves = data.curves
     tasks = [c.split("/")[1] for c in curves.columns if c.startswith("eval/") and c.endswith("/delta_nll")]
     if not tasks:
-        analysis.delta_note = (
-            "No Delta NLL logged: it needs a multiple-choice task such as heldout_cloze (eval/<task>/delta_nll)."
+        return DeltaNll(
+            why_empty="No Delta NLL logged: it needs a multiple-choice task such as heldout_cloze "
+            "(eval/<task>/delta_nll)."
         )
-        return
-    metric_task = analysis.metric.split("/")[1]
-    task = metric_task if metric_task in tasks else tasks[0]
-    analysis.delta_task = task
+    task = reading.task if reading.task in tasks else tasks[0]
     loss = LOSS_METRIC if LOSS_METRIC in curves else f"eval/{task}/nll"
     # the study's own accuracy where it is this task's (acc_pmi by default), else its raw accuracy
-    own = analysis.metric if metric_task == task and analysis.metric.rsplit("/", 1)[-1].startswith("acc") else None
+    own = reading.metric if reading.task == task and reading.field_name.startswith("acc") else None
     acc = own or next((f"eval/{task}/{m}" for m in ("acc", "acc_norm") if f"eval/{task}/{m}" in curves), None)
-    analysis.delta_accuracy = acc
     delta = f"eval/{task}/delta_nll"
     rel = f"eval/{task}/delta_nll_rel"
     cols = [c for c in (loss, acc, delta) if c is not None and c in curves]
@@ -848,7 +940,7 @@ def _delta_nll(data: StudyData, analysis: StudyAnalysis) -> None:
                     acc.rsplit("/", 1)[-1],
                     best.loc[run_id, "step"],
                     last.loc[run_id, "step"],
-                    analysis.confidence,
+                    reading.confidence,
                 )
                 for run_id in last.index
             }
@@ -858,7 +950,7 @@ def _delta_nll(data: StudyData, analysis: StudyAnalysis) -> None:
     if rel in curves:
         table["delta_rel_at_min"] = best[rel]
         table["delta_rel_final"] = last[rel]
-    analysis.delta_nll = table.sort_values(["cell", "objective", "trial"]).reset_index(drop=True)
+    return DeltaNll(table.sort_values(["cell", "objective", "trial"]).reset_index(drop=True), task, acc)
 
 
 EQUIVALENCE_MARGIN = 0.02  # accuracy: a change inside +-0.02 is "held" in the Delta NLL view
@@ -951,54 +1043,48 @@ def analyze_study(
         raise AnalysisError(f"study '{data.study}' logged no metric '{metric}'; eval metrics: {', '.join(metrics)}")
     if x == "flops" and not data.curves["flops"].notna().any():
         raise AnalysisError("the study logged no `flops` metric, so there is no FLOPs axis; use --x tokens or epochs")
-    analysis = StudyAnalysis(
-        study=data.study,
-        tracking_uri=data.tracking_uri,
-        metric=metric,
-        x_axis=x,
-        higher_is_better=higher_is_better(metric) if higher is None else higher,
-        confidence=confidence,
-        axes=data.axes,
-        crossovers=pd.DataFrame(),
-    )
-    analysis.model_params = _model_params(data)
+    reading = Reading(metric, x, higher_is_better(metric) if higher is None else higher, confidence)
+
+    def crossovers_only(other: str, higher: bool) -> StudyAnalysis:
+        """The loss's or another scoring's reading: its crossovers, read as the main one's are."""
+        again = Reading(other, x, higher, confidence)
+        return _composed(data, again, find_crossovers(data, again, n_boot, seed))
+
     with _single_threaded_blas():
-        _crossovers(data, analysis, n_boot, seed)
-        _ar_best(data, analysis)
-        _efficiency(data, analysis, n_boot, seed)
-        _scaling(data, analysis)
-        _delta_nll(data, analysis)
-        if metric != LOSS_METRIC and LOSS_METRIC in metrics:  # the loss crossover too, read with its caveat
-            analysis.loss = StudyAnalysis(
-                study=data.study,
-                tracking_uri=data.tracking_uri,
-                metric=LOSS_METRIC,
-                x_axis=x,
-                higher_is_better=False,
-                confidence=confidence,
-                axes=data.axes,
-                crossovers=pd.DataFrame(),
-            )
-            _crossovers(data, analysis.loss, n_boot, seed)
-        task = metric.split("/")[1]
-        if metric.rsplit("/", 1)[-1] in SCORINGS:  # the verdict on every scoring of the task, side by side
-            for other in (f"eval/{task}/{name}" for name in SCORINGS):
+        crossovers = find_crossovers(data, reading, n_boot, seed)
+        ar_best = find_ar_best(data, reading)
+        efficiency = measure_efficiency(data, reading, n_boot, seed)
+        scaling = fit_scaling(data)
+        delta_nll = read_delta_nll(data, reading)
+        # the loss crossover too, read with its caveat
+        loss = crossovers_only(LOSS_METRIC, False) if metric != LOSS_METRIC and LOSS_METRIC in metrics else None
+        scorings = {}
+        if reading.field_name in SCORINGS:  # the verdict on every scoring of the task, side by side
+            for other in (f"eval/{reading.task}/{name}" for name in SCORINGS):
                 if other != metric and other in metrics:
-                    sibling = StudyAnalysis(
-                        study=data.study,
-                        tracking_uri=data.tracking_uri,
-                        metric=other,
-                        x_axis=x,
-                        higher_is_better=True,
-                        confidence=confidence,
-                        axes=data.axes,
-                        crossovers=pd.DataFrame(),
-                    )
-                    _crossovers(data, sibling, n_boot, seed)
-                    analysis.scorings[other] = sibling
-    if metric.rsplit("/", 1)[-1] in SCORINGS and (note := _monte_carlo_note(data)):
-        analysis.notes.append(note)
-    crossed = analysis.crossovers.get("status", pd.Series(dtype=str)).eq(CROSSED).sum()
-    if len(analysis.crossovers) and not crossed:
-        analysis.notes.append("No cell crossed inside the observed window.")
-    return analysis
+                    scorings[other] = crossovers_only(other, True)
+    notes = []
+    if reading.field_name in SCORINGS and (note := _monte_carlo_note(data)):
+        notes.append(note)
+    crossed = crossovers.table.get("status", pd.Series(dtype=str)).eq(CROSSED).sum()
+    if len(crossovers.table) and not crossed:
+        notes.append("No cell crossed inside the observed window.")
+    return _composed(
+        data,
+        reading,
+        crossovers,
+        ar_best=ar_best,
+        efficiency=efficiency,
+        scaling=scaling,
+        delta_nll=delta_nll,
+        loss=loss,
+        scorings=scorings,
+        model_params=_model_params(data),
+        study_notes=tuple(notes),
+    )
+
+
+def _composed(data: StudyData, reading: Reading, crossovers: Crossovers, **stages: Any) -> StudyAnalysis:
+    """A study's stage results on one reading, with the study's identity: the main analysis and its loss and
+    scoring sub-analyses alike (stages not given stay empty)."""
+    return StudyAnalysis(data.study, data.tracking_uri, tuple(data.axes), reading, crossovers, **stages)

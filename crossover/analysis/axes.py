@@ -31,7 +31,7 @@ import pandas as pd
 
 from crossover.analysis.analyze import StudyAnalysis
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, INTERVAL, NOT_CROSSED, STATUSES, Crossover, compare
-from crossover.analysis.formatting import position
+from crossover.analysis.formatting import parameters, position
 from crossover.analysis.verdict import Verdict
 from crossover.specs import format_tokens
 
@@ -96,16 +96,16 @@ def _tokens_at(analysis: StudyAnalysis, cell: str, x: float) -> str:
     """A position on the analysis' x axis, printed in tokens (interpolated on the cell's own eval points)."""
     if math.isinf(x) or analysis.x_axis == "tokens":
         return position(x, "tokens")
-    curves = analysis.cells[cell]
+    curves = analysis.crossovers.curves[cell]
     ok = (curves.x > 0) & (curves.tokens > 0)
     return format_tokens(float(np.exp(np.interp(math.log(x), np.log(curves.x[ok]), np.log(curves.tokens[ok])))))
 
 
 def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None:
     cell = row["cell"]
-    if cell not in analysis.cells or row["status"] not in STATUSES:
+    if cell not in analysis.crossovers.curves or row["status"] not in STATUSES:
         return None
-    curves = analysis.cells[cell]
+    curves = analysis.crossovers.curves[cell]
     low, high = _number(row.get("ci_low")), _number(row.get("ci_high"))
     ci = f" (CI {_tokens_at(analysis, cell, low)} to {_tokens_at(analysis, cell, high)})" if low is not None else ""
     if row["status"] == CROSSED:
@@ -127,7 +127,7 @@ def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None
         "mdlm_best": float(curves.mdlm[int(np.argmax(better * curves.mdlm))]),
         "mdlm_last": float(curves.mdlm[-1]),
     }
-    return _Point(label, cell, row, position, low, high, text, analysis.results[cell], extra)
+    return _Point(label, cell, row, position, low, high, text, analysis.crossovers.results[cell], extra)
 
 
 def _judge_order(points: list[_Point], direction: int, confidence: float) -> tuple[str, str]:
@@ -278,7 +278,7 @@ def _sparsity_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, 
     ahead = [p for p in points if p.surely_mdlm_ahead_at_end()]
     behind = [p for p in points if p.surely_ar_ahead_at_end()]
     parts = [
-        f"{p.label} ({_params(sizes[p.cell])}): {p.text}, AR's best {p.extra['ar_best']:.3g}, MDLM's last "
+        f"{p.label} ({parameters(sizes[p.cell])}): {p.text}, AR's best {p.extra['ar_best']:.3g}, MDLM's last "
         f"{p.extra['mdlm_last']:.3g}"
         for p in points
     ]
@@ -320,18 +320,11 @@ def _sparsity_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, 
     return line, agreement, {"configs_mdlm_ahead": len(ahead) / len(points)}
 
 
-def _params(size: tuple[int, int] | None) -> str:
-    if not size:
-        return "size unknown"
-    total, active = size
-    return f"{total / 1e6:.3g}M" if total == active else f"{total / 1e6:.3g}M total, {active / 1e6:.3g}M active"
-
-
 def axis_verdicts(analysis: StudyAnalysis, min_seeds: int = MIN_SEEDS) -> list[AxisVerdict]:
     """One line per axis the study varies besides the unique budget (per value of its other axes); empty when it
     varies only the unique budget (each cell's verdict answers it). A line whose cells have fewer than `min_seeds`
     seeds per objective reads "needs seeds" instead of a judgement."""
-    table = analysis.crossovers
+    table = analysis.crossovers.table
     if table.empty:
         return []
     axes = [a for a in analysis.axes if a not in NOT_AXES and a in table.columns]

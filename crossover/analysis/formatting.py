@@ -1,5 +1,6 @@
-"""How the analysis prints a value, a position on the x axis, an interval and a data-efficiency ratio: one place,
-so the verdict lines, the axis lines, the report and `crossover analyze`'s table say the same thing the same way.
+"""How the analysis prints a value, a position on the x axis, an interval, a data-efficiency ratio and a model's
+size: one place, so the verdict lines, the axis lines, the report and `crossover analyze`'s table say the same thing
+the same way.
 
 A crossover interval bound is infinite where replicates do not cross inside the run: it reads "past the end" (or
 "before the first point" for MDLM ahead from the start), and an interval lying wholly there says so in words
@@ -51,6 +52,11 @@ def position(v: Any, axis: str, digits: int = 3, unit: bool = False) -> str:
     return f"{v:.{digits}g}" + (f" {axis}" if unit else "")
 
 
+def tokens_and_epochs(tokens: float, epochs: float, digits: int = 3) -> str:
+    """A point of training in tokens and the epochs over the unique data they are: "1.5M tokens (30 epochs)"."""
+    return f"{format_tokens(tokens, digits)} tokens ({significant(epochs, digits)} epochs)"
+
+
 def interval(low: Any, high: Any, axis: str, digits: int = 3, unit: bool = False) -> str:
     """`low` to `high` on the x axis; an interval wholly past the end (or before the first point) in words."""
     if missing(low) or missing(high):
@@ -58,6 +64,14 @@ def interval(low: Any, high: Any, axis: str, digits: int = 3, unit: bool = False
     if math.isinf(low) and low == high:
         return f"entirely {position(low, axis)}"
     return f"{position(low, axis, digits, unit)} to {position(high, axis, digits, unit)}"
+
+
+def parameters(size: tuple[int, int] | None) -> str:
+    """A model's (total, active) parameter count: "12.3M", or "48.1M total, 12.3M active" for a mixture of experts."""
+    if not size:
+        return "size unknown"
+    total, active = size
+    return f"{total / 1e6:.3g}M" if total == active else f"{total / 1e6:.3g}M total, {active / 1e6:.3g}M active"
 
 
 def ratio(v: Any, below: Any = None, above: Any = None) -> str:

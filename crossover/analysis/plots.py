@@ -85,7 +85,8 @@ def _chance_line(ax, chance: float | None) -> None:
 def cell_curves(analysis: StudyAnalysis, data: StudyData | None = None) -> Figure | None:
     """AR and MDLM curves of each cell, the crossover and its interval marked; the chance level of an accuracy on a
     multiple-choice task (read from `data`'s curves) as a line."""
-    cells = _pick(list(analysis.cells), MAX_CELLS)
+    matched = analysis.crossovers.curves
+    cells = _pick(list(matched), MAX_CELLS)
     if not cells:
         return None
     ncol = min(4, len(cells))
@@ -94,7 +95,7 @@ def cell_curves(analysis: StudyAnalysis, data: StudyData | None = None) -> Figur
     axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False).ravel())
     chance = chance_level(data.curves if data is not None else None, analysis.metric)
     for ax, cell in zip(axes, cells, strict=False):
-        curve, result = analysis.cells[cell], analysis.results[cell]
+        curve, result = matched[cell], analysis.crossovers.results[cell]
         ax.plot(curve.x, curve.ar, "o-", color=AR_COLOR, ms=3, lw=1.2, label="AR")
         ax.plot(curve.x, curve.mdlm, "s-", color=MDLM_COLOR, ms=3, lw=1.2, label="MDLM")
         ax.set_xscale("log")
@@ -120,7 +121,7 @@ def cell_curves(analysis: StudyAnalysis, data: StudyData | None = None) -> Figur
     for ax in axes[len(cells) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7, loc="best")
-    shown = f" ({len(cells)} of {len(analysis.cells)} cells)" if len(cells) < len(analysis.cells) else ""
+    shown = f" ({len(cells)} of {len(matched)} cells)" if len(cells) < len(matched) else ""
     fig.suptitle(f"{analysis.metric} against {X_LABELS[analysis.x_axis]}{shown}", fontsize=11)
     return fig
 
@@ -149,7 +150,7 @@ def _axis_position(axis: str, labels: pd.Series, size: pd.Series | None = None) 
 
 def crossover_vs_axis(analysis: StudyAnalysis, axis: str) -> Figure | None:
     """The crossover (with its interval) against one varied axis; one line per combination of the other axes."""
-    table = analysis.crossovers
+    table = analysis.crossovers.table
     if axis not in table or "x" not in table:
         return None
     table = table[table["status"].isin([CROSSED, NOT_CROSSED, ALWAYS_AHEAD, UNDETERMINED])].copy()
@@ -200,40 +201,18 @@ def crossover_vs_axis(analysis: StudyAnalysis, axis: str) -> Figure | None:
                     capsize=3,
                     label=label,
                 )
-            never = sub[sub["status"] == NOT_CROSSED]
             suffix = "" if group == "all" else f" ({group})"
-            ax.scatter(
-                never["_pos"],
-                never["x_end"],
-                marker="^",
-                facecolors="none",
-                edgecolors=color,
-                s=60,
-                label=f"not crossed by the end{suffix}" if not never.empty else None,
-            )
-            ahead = sub[sub["status"] == ALWAYS_AHEAD]
-            ax.scatter(
-                ahead["_pos"],
-                ahead["x_start"],
-                marker="v",
-                facecolors="none",
-                edgecolors=color,
-                s=60,
-                label=f"MDLM ahead from the start{suffix}" if not ahead.empty else None,
-            )
-            unsure = sub[sub["status"] == UNDETERMINED]  # at the point estimate (the window's edge if none), hollow
-            at = unsure["x"].where(
-                unsure["x"].notna(), np.where(unsure["point_status"] == NOT_CROSSED, unsure["x_end"], unsure["x_start"])
-            )
-            ax.scatter(
-                unsure["_pos"],
-                at,
-                marker="o",
-                facecolors="none",
-                edgecolors=color,
-                s=40,
-                label=f"undetermined (point estimate){suffix}" if not unsure.empty else None,
-            )
+            for status, where, marker, size, label in HOLLOW_MARKERS:
+                rows = sub[sub["status"] == status]
+                ax.scatter(
+                    rows["_pos"],
+                    where(rows),
+                    marker=marker,
+                    facecolors="none",
+                    edgecolors=color,
+                    s=size,
+                    label=f"{label}{suffix}" if not rows.empty else None,
+                )
     _log_y(ax, analysis.x_axis)
     if numeric:
         ax.set_xscale("log" if axis in TOKEN_AXES or (pos > 0).all() and pos.max() / pos.min() > 20 else "linear")
@@ -257,6 +236,20 @@ def crossover_vs_axis(analysis: StudyAnalysis, axis: str) -> Figure | None:
     return fig
 
 
+def _point_estimate_or_edge(rows: pd.DataFrame) -> pd.Series:
+    """Undetermined cells sit at their point estimate, or at the window's edge where it has none."""
+    edge = np.where(rows["point_status"] == NOT_CROSSED, rows["x_end"], rows["x_start"])
+    return rows["x"].where(rows["x"].notna(), edge)
+
+
+# Cells without a crossover to place, drawn hollow: (status, where on the y axis, marker, size, legend)
+HOLLOW_MARKERS = (
+    (NOT_CROSSED, lambda rows: rows["x_end"], "^", 60, "not crossed by the end"),
+    (ALWAYS_AHEAD, lambda rows: rows["x_start"], "v", 60, "MDLM ahead from the start"),
+    (UNDETERMINED, _point_estimate_or_edge, "o", 40, "undetermined (point estimate)"),
+)
+
+
 def _log_y(ax, x_axis: str) -> None:
     """Log y with labelled ticks at 1, 2 and 5 of each decade (a crossover range is often under one decade)."""
     from matplotlib.ticker import FuncFormatter, LogLocator
@@ -276,7 +269,7 @@ def _colors(n: int) -> list:
 
 
 def efficiency_bars(analysis: StudyAnalysis) -> Figure | None:
-    table = analysis.efficiency
+    table = analysis.efficiency.table
     if table.empty:
         return None
     groups = _pick(list(dict.fromkeys(table["group"])), 6)
@@ -321,9 +314,9 @@ def efficiency_bars(analysis: StudyAnalysis) -> Figure | None:
 
 
 def scaling_fits(analysis: StudyAnalysis, data: StudyData) -> Figure | None:
-    if not analysis.fits:
+    if not analysis.scaling.fits:
         return None
-    labels = _pick(list(dict.fromkeys(label for label, _ in analysis.fits)), 3)
+    labels = _pick(list(dict.fromkeys(label for label, _ in analysis.scaling.fits)), 3)
     fig = _figure(10, 3.4 * len(labels))
     axes = fig.subplots(len(labels), 2, squeeze=False)
     curves = data.curves[data.curves[LOSS_METRIC].notna()] if LOSS_METRIC in data.curves else data.curves.iloc[0:0]
@@ -331,7 +324,7 @@ def scaling_fits(analysis: StudyAnalysis, data: StudyData) -> Figure | None:
 
     group = _other_axes_key(data.trials.set_index("run_id"), ("unique_tokens", "total_tokens"), analysis.axes)
     curves = curves.assign(group=group.reindex(curves["run_id"]).to_numpy())
-    fits = {(label, fit.objective): fit for label, fit in analysis.fits}
+    fits = {(label, fit.objective): fit for label, fit in analysis.scaling.fits}
     from matplotlib import colormaps
 
     for row, label in enumerate(labels):
@@ -376,12 +369,12 @@ def scaling_fits(analysis: StudyAnalysis, data: StudyData) -> Figure | None:
 
 def delta_nll_view(analysis: StudyAnalysis, data: StudyData) -> Figure | None:
     """Loss, the study's accuracy and Delta NLL (raw and scale-free) over training, per objective."""
-    if analysis.delta_task is None:
+    task = analysis.delta_nll.task
+    if task is None:
         return None
-    task = analysis.delta_task
     curves = data.curves
     panels = [(LOSS_METRIC if LOSS_METRIC in curves else f"eval/{task}/nll", "held-out loss")]
-    acc = analysis.delta_accuracy
+    acc = analysis.delta_nll.accuracy
     if acc:
         panels.append((acc, acc.removeprefix("eval/")))
     panels.append((f"eval/{task}/delta_nll", f"{task} Delta NLL (wrong - right)"))

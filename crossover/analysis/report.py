@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crossover.analysis.analyze import EQUIVALENCE_MARGIN, X_COLUMNS, StudyAnalysis
+from crossover.analysis.analyze import (
+    EQUIVALENCE_MARGIN,
+    X_COLUMNS,
+    DataEfficiency,
+    DeltaNll,
+    Scaling,
+    StudyAnalysis,
+)
 from crossover.analysis.axes import axis_verdicts
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, INTERVAL, NOT_CROSSED, UNDETERMINED
 from crossover.analysis.curves import StudyData
@@ -57,10 +64,6 @@ class Block:
 _AXIS_NAMES = {"tokens": "tokens", "flops": "FLOPs", "epochs": "epochs"}
 
 
-def _tokens(v: Any) -> str:
-    return position(v, "tokens")
-
-
 def _blank(v: Any) -> bool:
     return missing(v) or (isinstance(v, str) and not v.strip())
 
@@ -81,7 +84,7 @@ def _status_text(status: str) -> str:
 
 def state_counts(analysis: StudyAnalysis) -> str:
     """ "crossed 1, not crossed 0, undetermined 2 of 3 cells" (MDLM-always-ahead cells counted where there are)."""
-    states = analysis.crossovers.get("status", pd.Series(dtype=str))
+    states = analysis.crossovers.table.get("status", pd.Series(dtype=str))
     names = [(CROSSED, "crossed"), (NOT_CROSSED, "not crossed"), (UNDETERMINED, "undetermined")]
     if (states == ALWAYS_AHEAD).any():
         names.append((ALWAYS_AHEAD, "MDLM ahead throughout"))
@@ -89,7 +92,7 @@ def state_counts(analysis: StudyAnalysis) -> str:
 
 
 def _crossover_table(analysis: StudyAnalysis) -> pd.DataFrame:
-    table = analysis.crossovers
+    table = analysis.crossovers.table
     if table.empty:
         return table
     axis = analysis.x_axis
@@ -111,7 +114,7 @@ def _crossover_table(analysis: StudyAnalysis) -> pd.DataFrame:
             interval(lo, hi, axis) for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
         ]
         out["P(crossed)"] = table["p_crossed"].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.0%}")
-        if not (table["ci_source"] == analysis.ci_source).all():  # else said once above the report's tables
+        if not (table["ci_source"] == analysis.crossovers.ci_source).all():  # else said once above the report's tables
             out["interval over"] = table["ci_source"].fillna("")
     if "crossover_tokens" in table:
         others = [a for a in X_COLUMNS if a != axis]  # the crossover on the other compute axes, in one column
@@ -136,19 +139,19 @@ def _crossover_table(analysis: StudyAnalysis) -> pd.DataFrame:
     return out
 
 
-def _efficiency_table(analysis: StudyAnalysis) -> pd.DataFrame:
+def _efficiency_table(efficiency: DataEfficiency) -> pd.DataFrame:
     from crossover.analysis.verdict import efficiency_ratio_text
 
-    t = analysis.efficiency
+    t = efficiency.table
     if t.empty:
         return t
     return pd.DataFrame(
         {
             "group": t["group"],
-            "MDLM budget U": t["unique_tokens"].map(_tokens),
+            "MDLM budget U": t["unique_tokens"].map(lambda v: position(v, "tokens")),
             "MDLM best / final": [f"{b:.4g} / {f:.4g}" for b, f in zip(t["mdlm_best"], t["mdlm_final"], strict=True)],
             "AR budget U' of MDLM's best (vs AR's best)": [
-                "outside the AR budgets" if missing(v) else _tokens(v) for v in t["ar_equivalent"]
+                "outside the AR budgets" if missing(v) else position(v, "tokens") for v in t["ar_equivalent"]
             ],
             "U'/U vs AR's best (headline)": [efficiency_ratio_text(r, "") for _, r in t.iterrows()],
             "U'/U final vs final": [efficiency_ratio_text(r, "_final") for _, r in t.iterrows()],
@@ -160,7 +163,7 @@ def _efficiency_table(analysis: StudyAnalysis) -> pd.DataFrame:
 def _scorings_table(analysis: StudyAnalysis) -> pd.DataFrame:
     from crossover.analysis.verdict import scoring_tables, status_phrase
 
-    out = pd.DataFrame({"cell": analysis.crossovers["cell"]})
+    out = pd.DataFrame({"cell": analysis.crossovers.table["cell"]})
     for metric, by_cell in scoring_tables(analysis).items():
         out[metric.rsplit("/", 1)[-1]] = [
             status_phrase(by_cell.loc[c]) if c in by_cell.index else "no verdict" for c in out["cell"]
@@ -168,9 +171,9 @@ def _scorings_table(analysis: StudyAnalysis) -> pd.DataFrame:
     return out
 
 
-def _fit_table(analysis: StudyAnalysis) -> pd.DataFrame:
+def _fit_table(scaling: Scaling) -> pd.DataFrame:
     rows = []
-    for label, fit in analysis.fits:
+    for label, fit in scaling.fits:
         if fit.identified:
             r_star = f"{fit.r_star:.3g} (x/÷ {fit.r_star_factor:.2g})"
             note = "beyond the repetitions observed" if fit.extrapolated else ""
@@ -205,18 +208,18 @@ def _fit_table(analysis: StudyAnalysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _critical_table(analysis: StudyAnalysis) -> pd.DataFrame:
-    t = analysis.critical
+def _critical_table(scaling: Scaling) -> pd.DataFrame:
+    t = scaling.critical
     if t.empty:
         return t
     return pd.DataFrame(
         {
             "group": t["group"],
-            "U": t["unique_tokens"].map(_tokens),
+            "U": t["unique_tokens"].map(lambda v: position(v, "tokens")),
             "C_crit (fitted laws, FLOPs)": t["critical_flops"].map(
                 lambda v: "not within 10,000 epochs" if v is None or pd.isna(v) else f"{v:.3g}"
             ),
-            "tokens": t["critical_tokens"].map(_tokens),
+            "tokens": t["critical_tokens"].map(lambda v: position(v, "tokens")),
             "epochs": t["critical_epochs"].map(number),
             "Prabhudesai et al. (FLOPs)": t["prabhudesai_flops"].map(lambda v: f"{v:.3g}"),
             "ratio ours/theirs": [
@@ -228,20 +231,20 @@ def _critical_table(analysis: StudyAnalysis) -> pd.DataFrame:
     )
 
 
-def _delta_table(analysis: StudyAnalysis) -> pd.DataFrame:
-    t = analysis.delta_nll
+def _delta_table(delta: DeltaNll) -> pd.DataFrame:
+    t = delta.table
     if t.empty:
         return t
     out = pd.DataFrame(
         {
             "trial": t["trial"],
-            "loss min at": t["loss_min_tokens"].map(_tokens),
+            "loss min at": t["loss_min_tokens"].map(lambda v: position(v, "tokens")),
             "loss min -> final": [f"{a:.4g} -> {b:.4g}" for a, b in zip(t["loss_min"], t["loss_final"], strict=True)],
             "loss rise": t["loss_rise"].map(lambda v: f"{v:+.1%}"),
         }
     )
     if "acc_at_min" in t:
-        name = (analysis.delta_accuracy or "accuracy").rsplit("/", 1)[-1]
+        name = (delta.accuracy or "accuracy").rsplit("/", 1)[-1]
         se = t["acc_stderr"] if "acc_stderr" in t else pd.Series(np.nan, index=t.index)
         out[f"{name} at min -> final (± se)"] = [
             f"{a:.3f} -> {b:.3f}" + ("" if pd.isna(e) else f" (± {e:.3f})")
@@ -258,53 +261,33 @@ def _delta_table(analysis: StudyAnalysis) -> pd.DataFrame:
 
 
 def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, str]) -> list[Block]:
-    axis = analysis.x_axis
-    blocks = [Block("h1", f"Study {analysis.study}: AR vs MDLM")]
-    seeds = data.trials.groupby("objective")["seed"].nunique().to_dict()
-    blocks.append(
-        Block(
-            "list",
-            [
-                f"Tracking store: {redact(analysis.tracking_uri)}; {len(data.trials)} trial runs in "
-                f"{data.trials['cell'].nunique()} cells; seeds per objective: "
-                + ", ".join(f"{k} {v}" for k, v in sorted(seeds.items())),
-                f"Metric: {analysis.metric} ({'higher' if analysis.higher_is_better else 'lower'} is better); "
-                f"compute axis: {axis} ({X_COLUMNS[axis]}); {data.curves['step'].nunique()} distinct eval points.",
-                f"States: {state_counts(analysis)}. Confidence intervals: "
-                + (
-                    f"{analysis.confidence:.0%} over {analysis.ci_source}; a state is 'crossed' or 'not crossed' "
-                    "only where the interval says so, 'undetermined' otherwise"
-                    if analysis.ci_source
-                    else "none (no per-item results and fewer than two seeds per objective): every state is the "
-                    "point estimate's, which no interval backs"
-                )
-                + ".",
-                f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `crossover analyze`.",
-                *(
-                    [
-                        "Caution: this compares AR's exact held-out NLL with MDLM's ELBO, an upper bound on its NLL, "
-                        "so MDLM looks worse than it is and a crossover found here is conservative. The paper reads "
-                        "crossovers from downstream accuracy: add heldout_cloze (or another task) to eval.tasks."
-                    ]
-                    if analysis.metric.startswith("eval/heldout_loss/")
-                    else []
-                ),
-            ],
-        )
-    )
-    verdict = []
+    """The report, section by section, each read from its stage's result; the verdicts head it."""
+    return [
+        Block("h1", f"Study {analysis.study}: AR vs MDLM"),
+        *_verdict_section(analysis),
+        _study_facts(analysis, data),
+        *_crossover_section(analysis, figures),
+        *_efficiency_section(analysis.efficiency, analysis.confidence, figures),
+        *_scaling_section(analysis.scaling, figures),
+        *_delta_nll_section(analysis.delta_nll, figures),
+        *_notes_and_files(analysis),
+    ]
+
+
+def _verdict_section(analysis: StudyAnalysis) -> list[Block]:
+    blocks = []
     if lines := [v.line for v in axis_verdicts(analysis)]:
-        verdict += [
+        blocks += [
             Block("h2", "Study verdict"),
             Block("p", "Along each axis the study varies besides the unique budget, against the paper's finding:"),
             Block("list", lines),
         ]
-    verdict += [
+    blocks += [
         Block("h2", "Verdict"),
         Block("list", [v.line for v in verdicts(analysis)] or ["No cell has both AR and MDLM curves."]),
     ]
     if lines := [v.line for v in loss_verdicts(analysis)]:
-        verdict += [
+        blocks += [
             Block(
                 "p",
                 "On the held-out loss (AR's exact NLL against MDLM's ELBO, an upper bound on its NLL, so "
@@ -313,7 +296,7 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
             Block("list", lines),
         ]
     if lines := delta_nll_lines(analysis):
-        verdict += [
+        blocks += [
             Block(
                 "p",
                 "Held-out loss rising after its minimum: did the answers get worse? (the Delta NLL "
@@ -322,8 +305,46 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
             ),
             Block("list", lines),
         ]
-    blocks[1:1] = verdict
-    blocks.append(Block("h2", "Crossover per cell"))
+    return blocks
+
+
+def _study_facts(analysis: StudyAnalysis, data: StudyData) -> Block:
+    """What was read: the store, the trials, the metric and axis, the states and what backs them."""
+    axis, ci_source = analysis.x_axis, analysis.crossovers.ci_source
+    seeds = data.trials.groupby("objective")["seed"].nunique().to_dict()
+    return Block(
+        "list",
+        [
+            f"Tracking store: {redact(analysis.tracking_uri)}; {len(data.trials)} trial runs in "
+            f"{data.trials['cell'].nunique()} cells; seeds per objective: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(seeds.items())),
+            f"Metric: {analysis.metric} ({'higher' if analysis.higher_is_better else 'lower'} is better); "
+            f"compute axis: {axis} ({X_COLUMNS[axis]}); {data.curves['step'].nunique()} distinct eval points.",
+            f"States: {state_counts(analysis)}. Confidence intervals: "
+            + (
+                f"{analysis.confidence:.0%} over {ci_source}; a state is 'crossed' or 'not crossed' "
+                "only where the interval says so, 'undetermined' otherwise"
+                if ci_source
+                else "none (no per-item results and fewer than two seeds per objective): every state is the "
+                "point estimate's, which no interval backs"
+            )
+            + ".",
+            f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `crossover analyze`.",
+            *(
+                [
+                    "Caution: this compares AR's exact held-out NLL with MDLM's ELBO, an upper bound on its NLL, "
+                    "so MDLM looks worse than it is and a crossover found here is conservative. The paper reads "
+                    "crossovers from downstream accuracy: add heldout_cloze (or another task) to eval.tasks."
+                ]
+                if analysis.metric.startswith("eval/heldout_loss/")
+                else []
+            ),
+        ],
+    )
+
+
+def _crossover_section(analysis: StudyAnalysis, figures: dict[str, str]) -> list[Block]:
+    blocks = [Block("h2", "Crossover per cell")]
     blocks.append(
         Block(
             "p",
@@ -361,9 +382,13 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
     for a in analysis.axes:
         if f"axis:{a}" in figures:
             blocks.append(Block("figure", figures[f"axis:{a}"], f"Crossover against {a.replace('_', ' ')}"))
-    blocks.append(Block("h2", "Data efficiency"))
-    if analysis.efficiency_note:
-        blocks.append(Block("p", analysis.efficiency_note))
+    return blocks
+
+
+def _efficiency_section(efficiency: DataEfficiency, confidence: float, figures: dict[str, str]) -> list[Block]:
+    blocks = [Block("h2", "Data efficiency")]
+    if efficiency.why_empty:
+        blocks.append(Block("p", efficiency.why_empty))
     else:
         blocks.append(
             Block(
@@ -373,14 +398,18 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
                 "headline compares what each trial reached: its best value over the run (an early-stopped AR, the "
                 "baseline a practitioner would use, against MDLM's best). Final vs final compares the last values, "
                 "where an AR left to overfit has decayed: a ratio there above the headline measures AR's decay, not "
-                f"MDLM's gain. Intervals: {analysis.confidence:.0%} bootstrap over what the column 'interval over' "
+                f"MDLM's gain. Intervals: {confidence:.0%} bootstrap over what the column 'interval over' "
                 "names. The paper reports about 3x.",
             )
         )
-        blocks.append(Block("table", _efficiency_table(analysis)))
+        blocks.append(Block("table", _efficiency_table(efficiency)))
         if "efficiency" in figures:
             blocks.append(Block("figure", figures["efficiency"], "U'/U per MDLM budget"))
-    blocks.append(Block("h2", "Data-constrained scaling laws"))
+    return blocks
+
+
+def _scaling_section(scaling: Scaling, figures: dict[str, str]) -> list[Block]:
+    blocks = [Block("h2", "Data-constrained scaling laws")]
     blocks.append(
         Block(
             "p",
@@ -391,13 +420,13 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
             "diffusion.",
         )
     )
-    if analysis.fits:
-        blocks.append(Block("table", _fit_table(analysis)))
-    for note in analysis.fit_notes:
+    if scaling.fits:
+        blocks.append(Block("table", _fit_table(scaling)))
+    for note in scaling.notes:
         blocks.append(Block("p", note))
     if "scaling" in figures:
         blocks.append(Block("figure", figures["scaling"], "Observed held-out loss and the fitted laws"))
-    if not analysis.critical.empty:
+    if not scaling.critical.empty:
         blocks.append(
             Block(
                 "p",
@@ -405,24 +434,33 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
                 "AR law, against Prabhudesai et al.'s C_crit(U) = 2.12e15 U^2.174 (U in millions of unique tokens).",
             )
         )
-        blocks.append(Block("table", _critical_table(analysis)))
-        if analysis.critical_power_law:
-            coef, exponent = analysis.critical_power_law
+        blocks.append(Block("table", _critical_table(scaling)))
+        if scaling.critical_power_law:
+            coef, exponent = scaling.critical_power_law
             blocks.append(Block("p", f"Our fit across budgets: C_crit(U) = {coef:.3g} U^{exponent:.3g}."))
-    blocks.append(Block("h2", "Delta NLL: does rising loss mean worse answers?"))
-    if analysis.delta_note:
-        blocks.append(Block("p", analysis.delta_note))
+    return blocks
+
+
+def _delta_nll_section(delta: DeltaNll, figures: dict[str, str]) -> list[Block]:
+    blocks = [Block("h2", "Delta NLL: does rising loss mean worse answers?")]
+    if delta.why_empty:
+        blocks.append(Block("p", delta.why_empty))
     else:
         blocks.append(
             Block(
                 "p",
                 f"Validation loss, accuracy and Delta NLL (mean NLL of the wrong options minus that of the right one) "
-                f"on {analysis.delta_task}, per trial: from the point of lowest loss to the end of training.",
+                f"on {delta.task}, per trial: from the point of lowest loss to the end of training.",
             )
         )
-        blocks.append(Block("table", _delta_table(analysis)))
+        blocks.append(Block("table", _delta_table(delta)))
         if "delta" in figures:
             blocks.append(Block("figure", figures["delta"], "Loss, accuracy and Delta NLL over training"))
+    return blocks
+
+
+def _notes_and_files(analysis: StudyAnalysis) -> list[Block]:
+    blocks: list[Block] = []
     if analysis.notes:
         blocks.append(Block("h2", "Notes"))
         blocks.append(Block("list", analysis.notes))
@@ -537,14 +575,14 @@ def render_html(blocks: list[Block], figure_dir: Path, title: str) -> str:
 def _csv_tables(analysis: StudyAnalysis) -> dict[str, tuple[pd.DataFrame, str]]:
     """The report's CSV files: name -> (table, why it is empty when it is; an empty table is not written)."""
     return {
-        "crossovers.csv": (analysis.crossovers, "no cell has both AR and MDLM curves"),
-        "efficiency.csv": (analysis.efficiency, analysis.efficiency_note or "no MDLM budget to compare"),
-        "scaling.csv": (_fit_frame(analysis), "no scaling law was fitted (the scaling laws' section says why)"),
+        "crossovers.csv": (analysis.crossovers.table, "no cell has both AR and MDLM curves"),
+        "efficiency.csv": (analysis.efficiency.table, analysis.efficiency.why_empty or "no MDLM budget to compare"),
+        "scaling.csv": (_fit_frame(analysis.scaling), "no scaling law was fitted (the scaling laws' section says why)"),
         "critical_compute.csv": (
-            analysis.critical,
+            analysis.scaling.critical,
             "no critical compute: it needs a fitted scaling law for both AR and MDLM in a group",
         ),
-        "delta_nll.csv": (analysis.delta_nll, analysis.delta_note or "no Delta NLL view"),
+        "delta_nll.csv": (analysis.delta_nll.table, analysis.delta_nll.why_empty or "no Delta NLL view"),
     }
 
 
@@ -615,7 +653,7 @@ def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, 
             "x_axis": analysis.x_axis,
             "higher_is_better": analysis.higher_is_better,
             "confidence": analysis.confidence,
-            "ci_source": analysis.ci_source,
+            "ci_source": analysis.crossovers.ci_source,
             "axis_verdicts": [
                 {"axis": v.axis, "group": v.group, "line": v.line, **v.metrics, "agreement": v.agreement}
                 for v in axis_verdicts(analysis)
@@ -624,11 +662,11 @@ def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, 
             "verdicts": [{"cell": v.cell, "line": v.line, **v.metrics, "state": v.state} for v in verdicts(analysis)],
             "loss_verdicts": [{"cell": v.cell, "line": v.line, **v.metrics} for v in loss_verdicts(analysis)],
             "delta_nll": delta_nll_lines(analysis),
-            "crossovers": _json_ready(analysis.crossovers),
-            "efficiency": _json_ready(analysis.efficiency),
-            "scaling": _json_ready(_fit_frame(analysis)),
-            "critical_compute": _json_ready(analysis.critical),
-            "notes": analysis.notes + analysis.fit_notes,
+            "crossovers": _json_ready(analysis.crossovers.table),
+            "efficiency": _json_ready(analysis.efficiency.table),
+            "scaling": _json_ready(_fit_frame(analysis.scaling)),
+            "critical_compute": _json_ready(analysis.scaling.critical),
+            "notes": [*analysis.notes, *analysis.scaling.notes],
             "not_written": {name: why for name, why in _unwritten(analysis)},
         }
         (staging / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -673,7 +711,7 @@ def log_verdicts(data: StudyData, lines: list[Verdict]) -> None:
     client.set_experiment_tag(data.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
-def _fit_frame(analysis: StudyAnalysis) -> pd.DataFrame:
+def _fit_frame(scaling: Scaling) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
@@ -690,6 +728,6 @@ def _fit_frame(analysis: StudyAnalysis) -> pd.DataFrame:
                 "extrapolated": f.extrapolated,
                 "identified": f.identified,
             }
-            for label, f in analysis.fits
+            for label, f in scaling.fits
         ]
     )

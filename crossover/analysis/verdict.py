@@ -41,7 +41,7 @@ import pandas as pd
 
 from crossover.analysis.analyze import EQUIVALENCE_MARGIN, SCORINGS, StudyAnalysis
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED, UNDETERMINED
-from crossover.analysis.formatting import interval, ratio, significant
+from crossover.analysis.formatting import interval, ratio, significant, tokens_and_epochs
 from crossover.specs import format_tokens, parse_tokens
 
 _BAD_KEY = re.compile(r"[^\w.\- /]")
@@ -60,14 +60,6 @@ class Verdict:
         `quality=high,unique_tokens=1B` -> `high_1B` (short, so the runs table's column headers tell cells apart)."""
         values = "_".join(part.split("=", 1)[-1] for part in self.cell.split(","))
         return _BAD_KEY.sub("_", values.replace("/", "-"))
-
-
-def _epochs(v: float) -> str:
-    return significant(v, 3)
-
-
-def _where(tokens: float, epochs: float) -> str:
-    return f"{format_tokens(tokens)} tokens ({_epochs(epochs)} epochs)"
 
 
 def efficiency_ratio_text(row: pd.Series, suffix: str) -> str:
@@ -89,7 +81,7 @@ def efficiency_ratio_text(row: pd.Series, suffix: str) -> str:
 def _efficiency_of(analysis: StudyAnalysis, row: pd.Series) -> tuple[dict[str, float], str]:
     """(verdict metrics, phrase) for the cell's MDLM budget from the data-efficiency table: the headline against
     AR's best (early-stopped), the final-vs-final ratio beside it, each with its interval and what it resamples."""
-    table = analysis.efficiency
+    table = analysis.efficiency.table
     if table.empty or "unique_tokens" not in row or pd.isna(row["unique_tokens"]):
         return {}, ""
     others = [a for a in analysis.axes if a != "unique_tokens"]
@@ -181,12 +173,12 @@ def _head(row: pd.Series, curves, metric: str, confidence: float, axis: str, bet
     """The state, where, and the evidence; both objectives' values at the end beside it."""
     digits = _digits(row)
     at_end = f"at the end AR {curves.ar[-1]:.3g}, MDLM {curves.mdlm[-1]:.3g}"
-    window = _where(curves.tokens[-1], curves.epochs[-1])
+    window = tokens_and_epochs(curves.tokens[-1], curves.epochs[-1])
     evidence = _evidence(row, confidence, axis)
     estimate = ""
     if row.get("point_status") == CROSSED and row.get("crossover_tokens") is not None:
         tokens, epochs = float(row["crossover_tokens"]), float(row["crossover_epochs"])
-        estimate = f"{format_tokens(tokens, digits)} tokens ({significant(epochs, digits)} epochs)"
+        estimate = tokens_and_epochs(tokens, epochs, digits)
     status = row["status"]
     if status == CROSSED:
         return f"MDLM overtakes AR on {metric} at {estimate} ({evidence}); {at_end}"
@@ -195,7 +187,7 @@ def _head(row: pd.Series, curves, metric: str, confidence: float, axis: str, bet
         return f"not crossed within {window}: AR ahead at the end by {lead:.2g} on {metric} ({evidence}); {at_end}"
     if status == ALWAYS_AHEAD:
         return (
-            f"MDLM ahead at every point from {_where(curves.tokens[0], curves.epochs[0])} on {metric}: no crossover "
+            f"MDLM ahead at every point from {tokens_and_epochs(curves.tokens[0], curves.epochs[0])} on {metric}: no crossover "
             f"inside the window ({evidence}); {at_end}"
         )
     guess = {
@@ -214,7 +206,7 @@ def scoring_tables(analysis: StudyAnalysis) -> dict[str, pd.DataFrame]:
     the order acc, acc_norm, acc_pmi; empty when the study scored only one."""
     if not analysis.scorings:
         return {}
-    tables = {analysis.metric: analysis.crossovers, **{m: a.crossovers for m, a in analysis.scorings.items()}}
+    tables = {m: a.crossovers.table for m, a in {analysis.metric: analysis, **analysis.scorings}.items()}
     return {
         m: tables[m].set_index("cell") if not tables[m].empty else pd.DataFrame()
         for m in sorted(tables, key=lambda m: SCORINGS.index(m.rsplit("/", 1)[-1]))
@@ -243,9 +235,9 @@ EQUIVALENT_WITHIN = 0.03  # "MDLM's last and AR's best are equivalent" when the 
 
 
 def _against_ar_best(analysis: StudyAnalysis, cell: str) -> tuple[dict[str, float], str]:
-    """MDLM's last against an early-stopped AR (analysis.ar_best: annealed to its validation-chosen stop, or that
+    """MDLM's last against an early-stopped AR (`find_ar_best`: annealed to its validation-chosen stop, or that
     eval point), paired on the test items and seeds: (metrics, phrase); ({}, "") where the cell has none."""
-    best = analysis.ar_best.get(cell)
+    best = analysis.ar_best.by_cell.get(cell)
     if best is None:
         return {}, ""
     items = "" if "all items" in best.source else ", on the test items" if best.test_items else ", on all items"
@@ -271,9 +263,9 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
     metric = analysis.metric.removeprefix("eval/")
     better = 1.0 if analysis.higher_is_better else -1.0
     out = []
-    for _, row in analysis.crossovers.iterrows():
+    for _, row in analysis.crossovers.table.iterrows():
         cell = row["cell"]
-        curves = analysis.cells.get(cell)
+        curves = analysis.crossovers.curves.get(cell)
         if curves is None or row["status"] not in STATE_CODE:
             out.append(Verdict(cell, f"{cell}: no verdict ({str(row['status']).replace('_', ' ')})"))
             continue
@@ -302,7 +294,7 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
         if not tail:  # no AR's best of its own: the highest eval point, as it is
             tail = (
                 f"AR's highest eval point {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
-                f"{_epochs(curves.epochs[peak])} epochs; chosen on the items that score it, not annealed)"
+                f"{significant(curves.epochs[peak])} epochs; chosen on the items that score it, not annealed)"
             )
         seed_metrics, seeds = _seeds_of(row)
         metrics.update(seed_metrics)
@@ -326,10 +318,11 @@ def delta_nll_lines(analysis: StudyAnalysis) -> list[str]:
     end, with its interval: "held" (rising loss is not worse answers) only where the whole interval lies above
     -EQUIVALENCE_MARGIN, "fell" only where it lies below 0, "cannot tell" otherwise; without per-item results no
     claim. Delta NLL raw and scale-free beside it."""
-    table = analysis.delta_nll
-    if table.empty or analysis.delta_task is None:
+    view = analysis.delta_nll
+    table = view.table
+    if table.empty or view.task is None:
         return []
-    name = (analysis.delta_accuracy or "").removeprefix("eval/")
+    name = (view.accuracy or "").removeprefix("eval/")
     margin = EQUIVALENCE_MARGIN
     lines = []
     for _, row in table.iterrows():

@@ -30,6 +30,7 @@ def analyze(
     confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="Level of the bootstrap intervals.")] = 0.9,
 ) -> None:
     """Crossovers, data efficiency, scaling-law fits and a report (HTML + Markdown) from a study's MLflow records."""
+    # lazy: the analysis imports pandas, scipy and matplotlib (seconds): every other command starts without them
     from crossover.analysis import (
         analyze_study,
         axis_verdicts,
@@ -45,7 +46,7 @@ def analyze(
     data = read_study(name, tracking_uri)
     analysis = analyze_study(data, metric=metric, x=x, confidence=confidence)
     report = write_report(analysis, data, out_dir or Path("reports") / name)
-    table = analysis.crossovers
+    table = analysis.crossovers.table
     axis = analysis.x_axis
 
     rows = [
