@@ -3,17 +3,24 @@ store's preparation with a progress bar, plain tables."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import logging
+import os
 from pathlib import Path
 
+from rich.markup import escape
+
 from crossover.cli.app import err, out
+from crossover.evals.registry import check_spec_tasks
 from crossover.specs import StudySpec, load_study
+from crossover.tracking.names import training_view_url, ui_server
+from crossover.tracking.store import redact
 
 
 def load_spec(path: Path) -> StudySpec:
     """Load a spec; a SpecError (exit 2) names every problem it has, each with file, line, column and field. Its
     eval tasks are names in the task registry (read without importing a task or torch)."""
-    from crossover.evals.registry import check_spec_tasks
-
     spec = load_study(path)
     check_spec_tasks(spec, installed=False)
     return spec
@@ -22,7 +29,7 @@ def load_spec(path: Path) -> StudySpec:
 def check_data(spec: StudySpec) -> list[str]:
     """Every unique budget fits its corpus or quality tier (exact with a token store, else a size bound); raises
     SpecError naming the available size. Imports no torch."""
-    from crossover.data.check import check_study_data
+    from crossover.data.check import check_study_data  # lazy: keeps the data package (numpy) out of --help
 
     return check_study_data(spec)
 
@@ -48,11 +55,6 @@ def library_notices_to(log_file: Path, verbose: bool, libraries: tuple[str, ...]
     imported here first, into the file: some print when imported, and attach terminal handlers of their own."""
     if verbose:
         return
-    import contextlib
-    import importlib
-    import logging
-    import os
-
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
@@ -95,11 +97,9 @@ def print_wall_time(spec: StudySpec, max_concurrent: int | None = None, finished
     """How long the study takes on this machine (measures a few seconds per model size the first time). With
     `finished` (crossover.platform.grow.Finished: what the study's records hold as done), how long what is left
     takes: "estimated 9m40s here: 4 of 8 trials left (4 finished in <uri>), ..."."""
-    from rich.markup import escape
-
+    # lazy: keeps the platform (~50 ms of imports) out of --help and validate, which never estimate
     from crossover.platform.anneal import anneal_cost
     from crossover.platform.grow import remaining_study
-    from crossover.tracking.store import redact
     from crossover.trainers.throughput import wall_time_line
 
     if finished is not None and finished.unread:
@@ -146,6 +146,7 @@ def text_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def prepare_data(spec: StudySpec, rebuild: bool = False, verify: bool = False):  # -> crossover.data.PreparedData
     """prepare() with a rich progress bar; DataError exits 2 with its message."""
+    # lazy: rich.progress (~0.1 s) and the data package (numpy) stay out of --help
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from crossover.data import prepare
@@ -177,7 +178,5 @@ def prepare_data(spec: StudySpec, rebuild: bool = False, verify: bool = False): 
 
 
 def print_link(uri: str, experiment_id: str) -> None:
-    from crossover.tracking.names import training_view_url, ui_server
-
     where = "" if uri.startswith(("http://", "https://")) else " (after `crossover ui`)"
     out.print(f"MLflow training view{where}: {training_view_url(ui_server(uri), experiment_id)}", highlight=False)

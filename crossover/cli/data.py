@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +22,7 @@ app.add_typer(data_app, name="data")
 
 
 def _budget_lines(spec: StudySpec, prepared) -> tuple[list[list[str]], int]:
-    from crossover.data.check import budget_fits
+    from crossover.data.check import budget_fits  # lazy: keeps the data package (numpy) out of --help
 
     rows = budget_fits(spec, prepared)
     table = [
@@ -42,14 +43,14 @@ _VERBOSE_FILES = typer.Option("--verbose", help="List the files of a local folde
 
 
 def _local_files(spec: StudySpec):  # -> crossover.data.corpus.LocalFiles | None
-    from crossover.data import corpus as corpora
+    from crossover.data import corpus as corpora  # lazy: as in _budget_lines
 
     return corpora.local_files(spec.data.corpus) if corpora.kind(spec.data.corpus) == "local" else None
 
 
 def _files_lines(spec: StudySpec, verbose: bool) -> list[str]:
     """How many files of a local folder or glob corpus were read and skipped, by reason (each with `verbose`)."""
-    from crossover.data.corpus import count_reasons
+    from crossover.data.corpus import count_reasons  # lazy: as in _budget_lines
 
     found = _local_files(spec)
     if found is None:
@@ -71,8 +72,6 @@ def data_prepare(
     verbose: Annotated[bool, _VERBOSE_FILES] = False,
 ) -> None:
     """Build (or load from the cache and verify) the tokenizer and token store of a study's data settings."""
-    import time
-
     spec = load_spec(spec_path)
     started = time.perf_counter()
     prepared = prepare_data(spec, rebuild=rebuild, verify=verify)
@@ -104,7 +103,7 @@ def data_stats(
 ) -> None:
     """Documents, tokens, held-out size, quality tiers, and whether each unique budget of the grid fits (builds the
     token store first when it is not cached)."""
-    from crossover.data.check import budget_fits
+    from crossover.data.check import budget_fits  # lazy: as in _budget_lines
 
     spec = load_spec(spec_path)
     prepared = prepare_data(spec)

@@ -4,6 +4,7 @@ this machine, for debugging (logic in crossover.trainers)."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -46,7 +47,7 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics and per-item results here.")] = None,
 ) -> None:
     """Evaluate a checkpoint on the platform's tasks (the same code the trainer runs at its eval points)."""
-    from crossover.evals.suite import evaluate_checkpoint
+    from crossover.evals.suite import evaluate_checkpoint  # lazy: torch (seconds) stays out of the other commands
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     include = str(lm_eval_include) if lm_eval_include else None
@@ -68,8 +69,6 @@ def evaluate(
             rows.append([result.task, metric, f"{value:.4f}", "" if stderr is None else f"± {stderr:.4f}"])
     out.print(text_table(["task", "metric", "value", "stderr"], rows), markup=False, highlight=False)
     if json_out:
-        from dataclasses import asdict
-
         json_out.write_text(json.dumps([asdict(r) for r in results], indent=1))
         out.print(f"results: {json_out}", highlight=False)
 
@@ -119,6 +118,7 @@ def train(
     ] = False,
 ) -> None:
     """Train one trial locally, printing progress (no MLflow): for debugging a spec or the loop."""
+    # lazy: torch (seconds) and rich.progress (~0.1 s) stay out of the other commands
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from crossover.trainers.launch import LocalReporter, run_workers

@@ -9,24 +9,20 @@ A remote hub corpus has no cheap size: the check is skipped, saying so.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from crossover.data import corpus as corpora
 from crossover.data.errors import DataError
+from crossover.data.store import PreparedData, read_manifest, store_dir
 from crossover.specs.errors import FieldPath, SpecError
+from crossover.specs.loader import Source
 from crossover.specs.study import StudySpec
 from crossover.specs.tokens import format_tokens, parse_tokens
-
-if TYPE_CHECKING:
-    from crossover.data.store import PreparedData
 
 
 def check_study_data(spec: StudySpec) -> list[str]:
     """Notes on how the sizes were checked; raises SpecError (naming file, line and the available size) when a
     unique budget is larger than the training tokens of its corpus or quality tier."""
-    from crossover.data.store import read_manifest, store_dir
-    from crossover.specs.loader import Source
-
     source: Source = spec._source or Source(None)
     data = spec.data
     name = corpora.describe(data.corpus)

@@ -26,11 +26,13 @@ import os
 import sys
 import sysconfig
 import tokenize
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crossover.data.cache import cache_root, content_key
 from crossover.data.errors import DataError
 from crossover.specs.study import CorpusSpec
 
@@ -251,8 +253,6 @@ def _not_text(path: Path) -> str | None:
 
 def count_reasons(skipped: Sequence[tuple[str, str]]) -> str:
     """'2 hidden, 1 binary': the reasons of skipped entries (up to a colon), most frequent first."""
-    from collections import Counter
-
     counts = Counter(why.split(":")[0] for _, why in skipped)
     return ", ".join(f"{n} {why}" for why, n in counts.most_common())
 
@@ -350,7 +350,7 @@ def load_corpus(
 
     `cache_dir` holds `datasets`' own cache for file and hub sources (default: the crossover cache root).
     """
-    import datasets
+    import datasets  # lazy: keeps `datasets` (seconds) out of crossover validate and the data package
 
     quiet = not datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # the CLI shows its own progress
@@ -368,9 +368,7 @@ def _check_columns(corpus: CorpusSpec, names: Sequence[str], columns: Sequence[s
 
 
 def _load(corpus: CorpusSpec, cache_dir: str | Path | None, columns: Sequence[str], required: bool) -> datasets.Dataset:
-    import datasets
-
-    from crossover.data.cache import cache_root
+    import datasets  # lazy: keeps `datasets` (seconds) out of crossover validate and the data package
 
     hf_cache = str(Path(cache_dir) if cache_dir else cache_root() / "hf-datasets")
     k = kind(corpus)
@@ -405,7 +403,7 @@ def _load(corpus: CorpusSpec, cache_dir: str | Path | None, columns: Sequence[st
 
 
 def _load_hf(corpus: CorpusSpec, hf_cache: str, columns: Sequence[str], required: bool) -> datasets.Dataset:
-    import datasets
+    import datasets  # lazy: keeps `datasets` (seconds) out of crossover validate and the data package
 
     name = corpus.source[len(HF_PREFIX) :]
     try:
@@ -426,8 +424,6 @@ def _load_hf(corpus: CorpusSpec, hf_cache: str, columns: Sequence[str], required
         if names:
             _check_columns(corpus, names, columns, required)
         keep = [c for c in (corpus.text_field, "id", *columns) if not names or c in names]
-        from crossover.data.cache import content_key
-
         ds = datasets.Dataset.from_generator(
             _stream_rows,
             gen_kwargs={"stream": ds, "keep": tuple(keep)},  # a list would be sharded
@@ -450,7 +446,7 @@ def _missing_field(corpus: CorpusSpec, names: list[str]) -> DataError:
 
 
 def _normalize(ds: datasets.Dataset, corpus: CorpusSpec, columns: Sequence[str], required: bool) -> datasets.Dataset:
-    import datasets
+    import datasets  # lazy: keeps `datasets` (seconds) out of crossover validate and the data package
 
     names = ds.column_names
     if corpus.text_field not in names:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -45,7 +46,15 @@ from crossover.data.cache import (
 )
 from crossover.data.errors import DataError
 from crossover.data.quality import SCORE_COLUMN, TIERS, QualityScorer, assign_tiers, resolve_scorer
-from crossover.data.tokenizer import check_size, decode_ids, encode_text, get_tokenizer, real_size, special_ids
+from crossover.data.tokenizer import (
+    check_size,
+    decode_ids,
+    encode_text,
+    get_tokenizer,
+    real_size,
+    special_ids,
+    tokenizer_key,
+)
 from crossover.specs.expand import padded_vocab
 from crossover.specs.study import DataSpec
 
@@ -68,8 +77,6 @@ def _quiet_progress(stage: str, done: int, total: int | None) -> None:
 
 
 def _log_notify(message: str) -> None:
-    import logging
-
     logging.getLogger("crossover.data").warning(message)
 
 
@@ -79,8 +86,6 @@ def corpus_key(data: DataSpec) -> str:
 
 
 def store_key(data: DataSpec) -> str:
-    from crossover.data.tokenizer import tokenizer_key
-
     ckey = corpus_key(data)
     return content_key("store", STORE_VERSION, ckey, tokenizer_key(data.tokenizer, ckey), data.quality_scorer)
 
@@ -155,7 +160,7 @@ class PreparedData:
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            from tokenizers import Tokenizer
+            from tokenizers import Tokenizer  # lazy: keeps tokenizers out of crossover validate
 
             self._tokenizer = Tokenizer.from_file(str(self.root / "tokenizer.json"))
         return self._tokenizer

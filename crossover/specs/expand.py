@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from crossover.specs.axes import AXES, AXIS, DECLARED
 from crossover.specs.errors import FieldPath, Problem, SpecError
+from crossover.specs.loader import Source, problems_from_validation
 from crossover.specs.memory import GIB, estimate_memory
 from crossover.specs.model import PRESETS, ModelConfig
 from crossover.specs.study import (
@@ -30,6 +31,7 @@ from crossover.specs.study import (
     closest,
 )
 from crossover.specs.tokens import format_tokens
+from crossover.tracking.names import EVAL_PREFIX, TRAIN_LOSS, task_key
 
 
 def padded_vocab(size: int) -> int:
@@ -110,8 +112,6 @@ def trial_identity(content: dict, *, lineage: bool = False) -> str:
 
 class _Expander:
     def __init__(self, spec: StudySpec):
-        from crossover.specs.loader import Source
-
         self.spec = spec
         self.source: Source = spec._source or Source(None)
         self.problems: list[Problem] = []
@@ -123,8 +123,6 @@ class _Expander:
 
     def axis_values(self) -> dict[str, list[Any]]:
         """Each grid axis validated once, value by value, so errors point at grid.<axis>[i]."""
-        from crossover.specs.loader import problems_from_validation
-
         for axis, values in self.spec.grid.items():
             if axis not in AXES:
                 self.fail(("grid", axis), f"unknown grid axis '{axis}'{closest(axis, AXES)}; axes: {', '.join(AXES)}")
@@ -456,8 +454,6 @@ def gpu_memory_fits(model: ModelConfig, train: TrainSpec, seq_len: int, resource
 def _check_search_metric(expander: _Expander, spec: StudySpec) -> None:
     """The searched metric is one a trial reports: `train/loss` or `eval/<task>/<metric>` of a task the spec runs
     (Tune cannot catch a misspelt name: reports between eval points carry no eval metrics)."""
-    from crossover.tracking.names import EVAL_PREFIX, TRAIN_LOSS, task_key
-
     metric = spec.search.metric
     tasks = [task_key(t) for t in spec.eval.tasks]
     task = metric[len(EVAL_PREFIX) :].split("/")[0] if metric.startswith(EVAL_PREFIX) else None
@@ -478,7 +474,7 @@ def expand_study(spec: StudySpec) -> list[TrialSpec]:
     axes = expander.axis_values()
     if spec.search is not None:
         _check_search_metric(expander, spec)
-    from crossover.specs.anneal import metric_problem
+    from crossover.specs.anneal import metric_problem  # lazy: import cycle (specs.anneal imports this module)
 
     if problem := metric_problem(spec):
         expander.fail(("early_stopped_ar", "metric" if spec.early_stopped_ar.metric else "anneal"), problem)

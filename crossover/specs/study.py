@@ -384,7 +384,7 @@ class StudySpec(Strict):
     def expand(self) -> list[TrialSpec]:
         """Every trial of the study, in grid order (see crossover.specs.expand)."""
         if self._trials is None:
-            from crossover.specs.expand import expand_study
+            from crossover.specs.expand import expand_study  # lazy: import cycle (specs.expand imports this module)
 
             self._trials = expand_study(self)
         return self._trials
@@ -416,7 +416,7 @@ class TrialSpec(BaseModel):
     @property
     def lineage_id(self) -> str:
         """Shared by the trials that differ from this one only in train.total_tokens (see `trial_identity`)."""
-        from crossover.specs.expand import trial_identity
+        from crossover.specs.expand import trial_identity  # lazy: import cycle, as in expand()
 
         return trial_identity(self.model_dump(mode="json", exclude={"trial_id", "name"}), lineage=True)
 

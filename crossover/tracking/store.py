@@ -69,7 +69,7 @@ def check_reachable(uri: str, *, write: bool, timeout_s: float = 5.0) -> None:
 
 
 def _check_server(uri: str, timeout_s: float) -> None:
-    import requests
+    import requests  # lazy: not in the planner install (plan imports this module)
 
     auth = None
     if os.environ.get("MLFLOW_TRACKING_USERNAME"):
@@ -101,7 +101,7 @@ def mlflow_client(uri: str):
     store at once (`crossover status` in a second terminal while `run` starts) leave it half-migrated for good. So a
     SQLite store is opened holding a lock on the folder that holds it; other stores need none.
     """
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is slow and not in the planner install
 
     if not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)

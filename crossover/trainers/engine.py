@@ -38,6 +38,8 @@ def _free_port() -> int:
 
 def init_distributed() -> None:
     """Join the worker group Ray Train set up, or make a one-process group for a trial run in the calling process."""
+    # lazy: deepspeed takes seconds, is not in the planner install (plan imports crossover.trainers.loop, and this
+    # module, on a GPU), and prints notices on import: `crossover train` first sends those to its log file
     import deepspeed
 
     # DeepSpeed's shared-memory all-reduce serves only its inference all-reduce (tensor-parallel serving); training
@@ -67,7 +69,7 @@ def build_optimizer(model: torch.nn.Module, trial: TrialSpec) -> torch.optim.Opt
 
 def build_engine(model: torch.nn.Module, trial: TrialSpec, precision: str):
     """Wrap the model in a DeepSpeed engine with the spec's optimizer; the LR is set per step by the loop."""
-    import deepspeed
+    import deepspeed  # lazy: as in init_distributed
 
     init_distributed()
     if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,7 +99,7 @@ def branch_folder(storage: str, trial: TrialSpec) -> str:
 def _copy_into(source: str, destination: str) -> None:
     """Copy a folder's files into `destination`, a local path or a storage URI (s3://, gs://: through pyarrow)."""
     if "://" in destination:
-        import pyarrow.fs
+        import pyarrow.fs  # lazy: only storage URIs need pyarrow (~0.6 s): a local trial starts without it
 
         pyarrow.fs.copy_files(source, destination)
     else:
@@ -111,9 +112,7 @@ def _local_copy(folder: str) -> Iterator[str]:
     if "://" not in folder:
         yield folder
         return
-    import tempfile
-
-    import pyarrow.fs
+    import pyarrow.fs  # lazy: as in _copy_into
 
     with tempfile.TemporaryDirectory(prefix="crossover-branch-") as local:
         pyarrow.fs.copy_files(folder, local)
@@ -201,6 +200,7 @@ class RayReporter:
         self.continues = continues  # a shorter trial's branch checkpoint (path or URI) this trial starts from
 
     def _ray(self):
+        # lazy: ray takes seconds; `crossover train` runs a one-process trial (LocalReporter) without it
         import ray.train
         import ray.tune
 
@@ -250,7 +250,7 @@ class RayReporter:
 
 def _train_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker entry point: the same loop, reporting through Ray Train."""
-    import ray.train
+    import ray.train  # lazy: as in RayReporter._ray
 
     trial = TrialSpec.model_validate(config["trial"])
     run_factory = config.get("run_factory")
@@ -276,6 +276,7 @@ def run_workers(
 
     Re-running with the same storage and name resumes from the latest checkpoint (Ray Train restores the run).
     """
+    # lazy: as in RayReporter._ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 

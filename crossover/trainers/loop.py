@@ -26,9 +26,13 @@ from typing import Any, Protocol
 import torch
 from pydantic import ValidationError
 
+from crossover.data import prepare, train_stream
 from crossover.errors import UserError
-from crossover.evals.checkpoint import EvalModel, write_checkpoint_extras
+from crossover.evals.checkpoint import TRIAL_FILE, EvalModel, write_checkpoint_extras
+from crossover.evals.registry import EvalSettings, Ranks, trial_tasks
 from crossover.evals.results import TaskResult
+from crossover.evals.suite import EvalSuite, metrics_of
+from crossover.models import build_model
 from crossover.models.objectives import (
     ar_inputs_targets,
     ar_weights,
@@ -115,11 +119,6 @@ class Trainer:
     """One trial on one worker. `run()` trains to the end (or `stop_after_steps`) and returns the final metrics."""
 
     def __init__(self, trial: TrialSpec, reporter: Reporter, runtime: Runtime | None = None):
-        from crossover.data import prepare, train_stream
-        from crossover.evals.registry import EvalSettings, trial_tasks
-        from crossover.evals.suite import EvalSuite
-        from crossover.models import build_model
-
         self.trial, self.reporter = trial, reporter
         # `crossover run` resolves precision and compile once for the whole study; alone, a trial resolves here (an
         # AVX512 CPU's `precision: auto` from the cached measurement of this trial's shape, measured once if none).
@@ -281,9 +280,6 @@ class Trainer:
             return self._evaluate()
 
     def _evaluate(self) -> tuple[dict[str, float], list[TaskResult]]:
-        from crossover.evals.registry import Ranks
-        from crossover.evals.suite import metrics_of
-
         self.engine.eval()
         ranks = Ranks(self.rank, self.world, lambda values: _all_reduce_sum(values, self.device))
         results = self.suite.run(
@@ -328,8 +324,6 @@ class Trainer:
 
     def _restore(self, folder: str) -> None:
         """Resume from the trial's own checkpoint, or continue a shorter trial of its lineage from its branch."""
-        from crossover.evals.checkpoint import TRIAL_FILE
-
         path = Path(folder) / f"rank{self.rank}_{CLIENT_STATE}"
         if not path.exists():
             raise FileNotFoundError(
