@@ -31,7 +31,6 @@ def analyze(
 ) -> None:
     """Crossovers, data efficiency, scaling-law fits and a report (HTML + Markdown) from a study's MLflow records."""
     # lazy: the analysis imports pandas, scipy and matplotlib (seconds): every other command starts without them
-    # lazy: the analysis imports pandas, scipy and matplotlib (seconds): every other command starts without them
     from crossover.analysis import (
         analyze_study,
         axis_verdicts,
