@@ -972,7 +972,7 @@ def _single_threaded_blas() -> Iterator[None]:
     """The matrices here are small (hundreds of rows): BLAS threads only add contention, several-fold on a busy
     machine. threadpoolctl is optional."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # lazy: only around the bootstrap
     except ImportError:
         yield
         return

@@ -33,7 +33,7 @@ from crossover.analysis.analyze import StudyAnalysis
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, INTERVAL, NOT_CROSSED, STATUSES, Crossover, compare
 from crossover.analysis.formatting import parameters, position
 from crossover.analysis.verdict import Verdict
-from crossover.specs import format_tokens
+from crossover.specs import format_tokens, parse_tokens
 
 AGREES, DISAGREES, CANNOT_TELL, NEEDS_SEEDS = "agrees", "disagrees", "cannot tell", "needs seeds"
 AGREEMENT = {AGREES: 1.0, DISAGREES: -1.0, CANNOT_TELL: 0.0, NEEDS_SEEDS: 0.0}  # the metric logged on the parent run
@@ -196,7 +196,6 @@ def _noise_key(label: str) -> tuple[float, float]:
 
 
 def _generic_key(label: str) -> tuple[int, float, str]:
-    from crossover.specs import parse_tokens
 
     try:
         return (0, float(parse_tokens(label)), label)

@@ -9,6 +9,7 @@ client's `get_metric_history` in a thread pool. See bench/bench_analysis.py for 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tempfile
@@ -50,7 +51,7 @@ from crossover.tracking.store import (
 )
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # lazy: MLflow (seconds); a study read from files needs none
 
 ID_COLUMNS = ["study", "run_id", "trial", "trial_id", "cell", "objective", "seed", "status"]
 BUDGET_COLUMNS = ["unique_budget", "total_budget"]
@@ -84,9 +85,8 @@ class StudyData:
 
 def _experiment_id(client: MlflowClient, study: str, uri: str) -> str:
     """The study's experiment, or an AnalysisError naming the closest study the store holds."""
-    import difflib
 
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: as in the client above
 
     try:
         if (found := find_experiment_id(client, study)) is not None:
@@ -104,7 +104,7 @@ def _experiment_id(client: MlflowClient, study: str, uri: str) -> str:
 def _sql_store(client: MlflowClient) -> Any:
     """MLflow's SQLAlchemy store behind the client, or None for HTTP and file stores."""
     try:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # lazy: as above
 
         store = client._tracking_client.store
     except Exception:  # noqa: BLE001 - any change in MLflow internals just means: use the public API
@@ -251,7 +251,7 @@ def read_study(study: str, tracking_uri: str | None = None, items: bool = True, 
     `crossover.trial_id` in the study's experiment. Anneal runs (`crossover.role=anneal`) are kept apart, in
     `anneals` and `anneal_curves`, out of the ordinary trials and curves. `bulk=False` reads the histories through the public client API
     even from a SQL store (slower; the tests compare both paths)."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: as in the client above
 
     uri = resolve_tracking_uri(tracking_uri)
     try:

@@ -42,7 +42,7 @@ def efficiency_details(
     ar: Mapping[float, float], mdlm: Mapping[float, float], higher_is_better: bool = True
 ) -> list[Efficiency]:
     """`data_efficiency` with the reasons: one row per MDLM budget, in increasing order of budget."""
-    from scipy.interpolate import PchipInterpolator
+    from scipy.interpolate import PchipInterpolator  # lazy: scipy is slow to import
 
     ar_items = sorted((float(u), float(p)) for u, p in ar.items() if np.isfinite(p))
     rows = []

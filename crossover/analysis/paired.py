@@ -68,7 +68,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = 0.9) -> 
     variance = sum(v for v, _ in parts)
     denominator = sum(v * v / df for v, df in parts)
     df = variance * variance / denominator if denominator > 0 else math.inf
-    from scipy.stats import t  # imported here, as crossover.analysis.efficiency does: scipy is slow to import
+    from scipy.stats import t  # lazy: scipy is slow to import
 
     half = float(t.ppf(0.5 + confidence / 2, df)) * math.sqrt(variance)  # df inf: the normal quantile
     if seeds >= 2:

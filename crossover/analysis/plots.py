@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from crossover.analysis.analyze import LOSS_METRIC, StudyAnalysis
+from crossover.analysis.analyze import LOSS_METRIC, StudyAnalysis, _other_axes_key
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED, UNDETERMINED
 from crossover.analysis.curves import StudyData
 from crossover.specs import format_tokens, parse_tokens
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib (seconds); verdicts and `crossover status` need none
 
 from matplotlib.ticker import NullLocator
 
@@ -29,7 +29,7 @@ X_LABELS = {"tokens": "training tokens", "flops": "training FLOPs", "epochs": "e
 
 
 def _figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib (seconds); verdicts and `crossover status` need none
 
     return Figure(figsize=(width, height), layout="constrained")
 
@@ -252,7 +252,7 @@ HOLLOW_MARKERS = (
 
 def _log_y(ax, x_axis: str) -> None:
     """Log y with labelled ticks at 1, 2 and 5 of each decade (a crossover range is often under one decade)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator  # lazy: as above
 
     ax.set_yscale("log")
     fmt = (lambda v, _: format_tokens(v)) if x_axis == "tokens" else (lambda v, _: f"{v:.3g}")
@@ -262,7 +262,7 @@ def _log_y(ax, x_axis: str) -> None:
 
 
 def _colors(n: int) -> list:
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # lazy: as above
 
     cmap = colormaps["tab10"]
     return [cmap(i % 10) for i in range(n)]
@@ -320,12 +320,11 @@ def scaling_fits(analysis: StudyAnalysis, data: StudyData) -> Figure | None:
     fig = _figure(10, 3.4 * len(labels))
     axes = fig.subplots(len(labels), 2, squeeze=False)
     curves = data.curves[data.curves[LOSS_METRIC].notna()] if LOSS_METRIC in data.curves else data.curves.iloc[0:0]
-    from crossover.analysis.analyze import _other_axes_key
 
     group = _other_axes_key(data.trials.set_index("run_id"), ("unique_tokens", "total_tokens"), analysis.axes)
     curves = curves.assign(group=group.reindex(curves["run_id"]).to_numpy())
     fits = {(label, fit.objective): fit for label, fit in analysis.scaling.fits}
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # lazy: as above
 
     for row, label in enumerate(labels):
         for col, objective in enumerate(("ar", "mdlm")):

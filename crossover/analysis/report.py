@@ -30,7 +30,15 @@ from crossover.analysis.axes import axis_verdicts
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, INTERVAL, NOT_CROSSED, UNDETERMINED
 from crossover.analysis.curves import StudyData
 from crossover.analysis.formatting import interval, missing, number, position
-from crossover.analysis.verdict import Verdict, delta_nll_lines, loss_verdicts, verdicts
+from crossover.analysis.verdict import (
+    Verdict,
+    delta_nll_lines,
+    efficiency_ratio_text,
+    loss_verdicts,
+    scoring_tables,
+    status_phrase,
+    verdicts,
+)
 from crossover.tracking.names import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -140,7 +148,6 @@ def _crossover_table(analysis: StudyAnalysis) -> pd.DataFrame:
 
 
 def _efficiency_table(efficiency: DataEfficiency) -> pd.DataFrame:
-    from crossover.analysis.verdict import efficiency_ratio_text
 
     t = efficiency.table
     if t.empty:
@@ -161,7 +168,6 @@ def _efficiency_table(efficiency: DataEfficiency) -> pd.DataFrame:
 
 
 def _scorings_table(analysis: StudyAnalysis) -> pd.DataFrame:
-    from crossover.analysis.verdict import scoring_tables, status_phrase
 
     out = pd.DataFrame({"cell": analysis.crossovers.table["cell"]})
     for metric, by_cell in scoring_tables(analysis).items():
@@ -592,10 +598,10 @@ def _unwritten(analysis: StudyAnalysis) -> list[tuple[str, str]]:
 
 
 def _draw(analysis: StudyAnalysis, data: StudyData, figure_dir: Path) -> dict[str, str]:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only when figures are drawn (seconds to import)
 
     matplotlib.use("Agg", force=True)
-    from crossover.analysis import plots
+    from crossover.analysis import plots  # lazy: matplotlib, as above
 
     figures: dict[str, str] = {}
     drawings: list[tuple[str, str, Any]] = [("cells", "curves", lambda: plots.cell_curves(analysis, data))]
@@ -697,7 +703,7 @@ def log_verdicts(data: StudyData, lines: list[Verdict]) -> None:
     `verdict/<cell>/<name>`, and the experiment's saved view showing those columns beside the trials' summaries."""
     if not data.parent_run_id:
         return
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import Metric, RunTag  # lazy: MLflow only when results are logged back
 
     client = mlflow_client(data.tracking_uri)
     now = int(datetime.now(timezone.utc).timestamp() * 1000)

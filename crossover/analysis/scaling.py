@@ -176,7 +176,7 @@ def _fit(
     d: np.ndarray, u: np.ndarray, y: np.ndarray, objective: str, label: str, start: ScalingFit | None = None
 ) -> ScalingFit:
     """One robust least-squares fit (from a grid of starts, or from `start`)."""
-    from scipy.optimize import least_squares
+    from scipy.optimize import least_squares  # lazy: scipy is slow to import
 
     name = f"{objective} {label}".strip() or "this objective"
     if len(y) < MIN_POINTS:

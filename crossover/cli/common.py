@@ -73,7 +73,7 @@ def library_notices_to(log_file: Path, verbose: bool, libraries: tuple[str, ...]
 def runtime_of(spec: StudySpec, measure: bool = True):  # -> crossover.specs.hardware.Runtime
     """How the study trains here: `precision: auto` on an AVX512 CPU without AMX measured (once per machine, cached);
     measure=False reads only a cached measurement (`validate` imports no torch)."""
-    from crossover.trainers.throughput import study_runtime_here
+    from crossover.trainers.throughput import study_runtime_here  # lazy: the trainers stay out of --help
 
     return study_runtime_here(spec, measure=measure)
 

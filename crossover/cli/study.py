@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from crossover.cli.app import STOPPED, app, err, out
 from crossover.cli.common import (
@@ -22,8 +32,10 @@ from crossover.cli.common import (
 )
 from crossover.errors import UserError
 from crossover.evals.registry import check_spec_tasks
+from crossover.platform.rates import eta_seconds
 from crossover.specs import format_seconds, format_tokens
-from crossover.tracking.names import PROGRESS_METRICS
+from crossover.tracking.names import PROGRESS_METRICS, training_view_url
+from crossover.tracking.store import check_reachable, mlflow_client, resolve_tracking_uri
 
 if TYPE_CHECKING:  # the platform (Ray, MLflow) is imported only by the commands that run it
     from crossover.platform.driver import RunOptions, StudyOutcome
@@ -70,10 +82,8 @@ def run(
     """Run every trial of a study on Ray Tune, recording it in MLflow. Run again, it continues a study that was
     interrupted, and grows one whose spec changed: finished trials are kept, added eval tasks are scored on their
     checkpoints, longer trials continue shorter ones, and only what is new trains."""
-    import os
-
+    # lazy: the platform (MLflow, Ray Tune at run time) is for the commands that run a study, not --help or validate
     from crossover.platform.driver import RunOptions, check_start, driver_folder, started_or_removed, storage_path
-    from crossover.tracking.store import check_reachable, resolve_tracking_uri
 
     spec = load_checked(spec_path)
     options = RunOptions(
@@ -94,7 +104,7 @@ def run(
     prepare_data(spec)  # once, on the driver, so trials never race to build the token store
     check_data(spec)  # exact now that the token store exists
 
-    from crossover.platform.driver import StudyEvents, clean_up_after_a_crash, run_study
+    from crossover.platform.driver import StudyEvents, clean_up_after_a_crash, run_study  # lazy: as above
     from crossover.platform.grow import finished_in
     from crossover.platform.progress import StudyProgress
 
@@ -155,6 +165,7 @@ def stop(
 ) -> None:
     """Stop a study running on this machine (as Ctrl-C would: it resumes later with `crossover run`), and the
     local Ray processes a killed driver of it left behind."""
+    # lazy: the platform is for the commands that run or stop a study, not --help or validate
     from crossover.platform.driver import driver_folder, storage_path
     from crossover.platform.local_ray import clean_up, state_file, stop_driver
 
@@ -169,6 +180,7 @@ def stop(
 def _provisional_verdict(study: str, uri: str) -> None:
     """The verdict per cell as the study stands, printed and put on its parent run (`crossover analyze` replaces it
     with the full analysis and report), and the link to the study in the MLflow UI."""
+    # lazy: the analysis (pandas, scipy, MLflow) runs only when a study ends
     from crossover.analysis import AnalysisError, analyze_study, log_verdicts, read_study, verdicts
 
     try:
@@ -190,12 +202,9 @@ def status(
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
 ) -> None:
     """Per-trial progress of a study, read from MLflow."""
-    from collections import Counter
-
+    # lazy: the analysis and the MLflow records are for this command, not --help or validate
     from crossover.analysis.crossing import STATUSES
-    from crossover.platform.rates import eta_seconds
     from crossover.platform.tracking import study_states, study_status
-    from crossover.tracking.store import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri, write=False)
@@ -235,14 +244,6 @@ def ui(
 ) -> None:
     """Start the MLflow UI on the study store (the local SQLite store by default); its links are printed once it
     answers."""
-    import signal
-    import subprocess
-    import sys
-
-    from rich.markup import escape
-
-    from crossover.tracking.store import resolve_tracking_uri
-
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         _print_studies(_study_links(uri, uri))
@@ -277,8 +278,6 @@ class UiError(UserError):
 
 def _check_port_free(host: str, port: int) -> None:
     """Refuse a port something already listens on (an earlier `crossover ui`, most often), naming the fix."""
-    import errno
-    import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -300,8 +299,7 @@ UI_START_LIMIT_S = 120.0  # a busy laptop's `mlflow ui` answers in 5-30 s (a new
 def wait_until_answers(url: str, limit_s: float, exited=lambda: None) -> str | None:
     """Poll `url` until the server behind it answers (any HTTP status), `exited()` gives its process's exit status,
     or `limit_s` pass: None once it answered, else why it did not (its last connection error named)."""
-    import time
-    import urllib.error
+    import urllib.error  # lazy: urllib.request pulls in http and ssl (~20 ms), for `crossover ui` only
     import urllib.request
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a loopback address: never a proxy
@@ -331,9 +329,7 @@ def _reachable(host: str, port: int) -> str:
 def _stop(process, signum: int) -> None:
     """Signal a server and the processes it started (`mlflow ui` runs its web server as a child) and wait for them
     to exit; SIGKILL for any left after 15 s."""
-    import contextlib
-
-    import psutil
+    import psutil  # lazy: ~30 ms, for `crossover ui` only
 
     try:
         tree = [psutil.Process(process.pid)]
@@ -351,8 +347,6 @@ def _stop(process, signum: int) -> None:
 
 def _study_links(uri: str, server: str) -> list[str]:
     """The training-view link of every study in the store (none when it cannot be read: the UI will say why)."""
-    from crossover.tracking.names import training_view_url
-    from crossover.tracking.store import mlflow_client
 
     try:
         experiments = mlflow_client(uri).search_experiments(max_results=200)

@@ -18,6 +18,7 @@ from crossover.cli.common import (
 )
 from crossover.evals.registry import check_spec_tasks
 from crossover.specs import StudySpec, TrialSpec, format_tokens
+from crossover.specs.hardware import Runtime
 from crossover.tracking.names import PROGRESS_METRICS
 
 
@@ -79,8 +80,7 @@ RUNTIME_FILE = "runtime.json"  # in a `crossover train` folder: how the trial tr
 def _trial_runtime(trial: TrialSpec, folder: Path, resume: bool):  # -> crossover.specs.hardware.Runtime
     """How the trial trains: on --resume as it began (recorded in its folder), else resolved here once (`precision:
     auto` on an AVX512 CPU without AMX from the cached measurement) and recorded: a resume never changes precision."""
-    from crossover.specs.hardware import Runtime
-    from crossover.trainers.throughput import runtime_here
+    from crossover.trainers.throughput import runtime_here  # lazy: the trainers stay out of --help
 
     record = folder / RUNTIME_FILE
     if resume:

@@ -27,7 +27,13 @@ from crossover.errors import UserError
 from crossover.platform.anneal import AnnealPlan, plan_anneals
 from crossover.platform.grow import Growth, plan_growth, score_added_tasks
 from crossover.platform.launch import HPARAMS, LAUNCH, LAUNCHES, POINT, TrialLaunch, config_name, launch_of
-from crossover.platform.local_ray import init_local_instance, record_local_instance, state_file
+from crossover.platform.local_ray import (
+    clean_up,
+    init_local_instance,
+    record_local_instance,
+    running_driver,
+    state_file,
+)
 from crossover.platform.tracking import (
     TrialRun,
     finish_study,
@@ -88,13 +94,14 @@ def run_trial(config: dict[str, Any]) -> None:
         return
     try:
         if trial.resources.workers == 1:
+            # lazy: torch and DeepSpeed, for the process that trains (`crossover stop` reads this module's paths)
             from crossover.trainers.launch import RayReporter
             from crossover.trainers.loop import train
 
             result = train(trial, RayReporter("tune", run, launch.storage, branch), runtime=launch.runtime)
             run.set_tags({TAG_DATA_HASH: result["data_hash"]})
         else:
-            from ray.tune.integration.ray_train import TuneReportCallback
+            from ray.tune.integration.ray_train import TuneReportCallback  # lazy: as above, and Ray's seconds
 
             from crossover.trainers.launch import run_workers
 
@@ -150,7 +157,7 @@ def _local_tune_folders(spec: StudySpec, storage: str) -> list[Path]:
 def has_tune_state(spec: StudySpec, storage: str) -> bool:
     """Whether an earlier `crossover run` of the study left Tune state under `storage` for a later one to continue."""
     if "://" in storage:
-        from ray import tune
+        from ray import tune  # lazy: Ray takes seconds to import; `crossover stop` uses this module without it
 
         return tune.Tuner.can_restore(f"{storage.rstrip('/')}/{spec.name}")
     return any(path.is_dir() for path in _local_tune_folders(spec, storage))
@@ -189,8 +196,6 @@ def started_or_removed(folder: Path) -> Iterator[None]:
 def clean_up_after_a_crash(folder: Path, study: str) -> int:
     """Stop the Ray processes an earlier driver of this study left running when it was killed (how many); refuse to
     start beside a driver of the same study that is still running (they would share its Tune state)."""
-    from crossover.platform.local_ray import clean_up, running_driver
-
     record = state_file(folder, study)
     if driver := running_driver(record):
         raise StartError(
@@ -298,6 +303,7 @@ def _fit(options: RunOptions, phase: Phase, callbacks: list, interrupted: Callab
     """Start or join Ray and run the phase's Tuners; their Results. A stopped Tuner (Ctrl-C: some of its trials
     did not finish) ends the study's run there: the Tuners after it wait for the next `crossover run`.
     `interrupted()` raises KeyboardInterrupt if a Ctrl-C came and was lost on the way (see `interrupts_kept`)."""
+    # lazy: Ray (seconds) and the trainers (torch), for the driver only; `crossover stop` uses this module without
     import ray
     from ray import tune
 
@@ -346,7 +352,7 @@ def _fit(options: RunOptions, phase: Phase, callbacks: list, interrupted: Callab
 def _restored(path: str, trainable: Any, space: dict | None):
     """The Tuner saved at `path`, to continue; one saved by a crossover before trials crossed Ray as a TrialLaunch
     cannot be (its trials' configs have another shape): the error says how to start over."""
-    from ray import tune
+    from ray import tune  # lazy: as in _fit
 
     try:
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, param_space=space)
@@ -405,7 +411,7 @@ def _tuners(spec: StudySpec, launches: list[TrialLaunch], max_concurrent: int | 
     the grid point (categorical over the grid's trials) and the hyper-parameters. Scope `per_cell`: one Optuna study
     per grid trial over the hyper-parameters (each cell's AR and MDLM tuned alone), `num_samples` each.
     """
-    from ray import tune
+    from ray import tune  # lazy: as in _fit
 
     def name_of(t) -> str:
         return config_name(t.config, t.trial_id)
@@ -418,7 +424,7 @@ def _tuners(spec: StudySpec, launches: list[TrialLaunch], max_concurrent: int | 
         space = {LAUNCH: tune.grid_search([by_name[t.name] for t in ordered])}
         return [(experiment, tune.TuneConfig(max_concurrent_trials=max_concurrent, **names), space)]
 
-    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search import ConcurrencyLimiter  # lazy: as in _fit, and Optuna only for a search
     from ray.tune.search.optuna import OptunaSearch
 
     class EvalPointOptunaSearch(OptunaSearch):
@@ -447,7 +453,7 @@ def _tuners(spec: StudySpec, launches: list[TrialLaunch], max_concurrent: int | 
 
 
 def _distribution(dist):
-    from ray import tune
+    from ray import tune  # lazy: as in _fit
 
     if dist.uniform is not None:
         return tune.uniform(*dist.uniform)

@@ -31,9 +31,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from crossover.specs import PRESETS, ModelConfig, StudySpec, TrialSpec, longest_first
+from crossover.specs import (
+    PRESETS,
+    ModelConfig,
+    StudySpec,
+    TrialSpec,
+    format_seconds,
+    longest_first,
+    training_flops_per_token,
+)
+from crossover.specs.expand import resolve_model
 from crossover.specs.hardware import CAP_VARS, CpuInfo, NotMeasured, Runtime, cpu_info, resolve_runtime
+from crossover.specs.memory import estimate_memory
+from crossover.specs.study import ModelSpec, SparsitySpec
 from crossover.trainers.schedules import eval_steps
+
+# torch, psutil, crossover.data, the models and the eval tasks are imported inside the functions that measure or
+# cost: `crossover validate` reads this module's cache without torch, and `plan` prints its table before it measures.
 
 MEASURE_SECONDS = 2.0  # per model shape, after one warm-up step
 # Evaluation's cost per scored token position, as a share of a training token's: a forward pass is a third of a
@@ -62,10 +76,10 @@ class WallTime:
 def available_memory(runtime: Runtime) -> int:
     """Bytes a measurement may use: the GPU's free memory, else this machine's available memory."""
     if runtime.device == "cuda":
-        import torch
+        import torch  # lazy: torch (see the note above the imports)
 
         return torch.cuda.mem_get_info()[0]
-    import psutil
+    import psutil  # lazy: measuring only (see the note above the imports)
 
     return psutil.virtual_memory().available
 
@@ -73,8 +87,6 @@ def available_memory(runtime: Runtime) -> int:
 def measurement_memory(trial: TrialSpec, runtime: Runtime) -> int:
     """Peak bytes of the measurement: the whole model in one process (no sharding), with the trial's own activation
     checkpointing and micro batch."""
-    from crossover.specs.memory import estimate_memory
-
     return estimate_memory(
         trial.model,
         precision=runtime.precision,
@@ -90,20 +102,15 @@ def measurement_memory(trial: TrialSpec, runtime: Runtime) -> int:
 def estimated_rate(trial: TrialSpec, runtime: Runtime, memory: int | None = None) -> float:
     """Training tokens/s of a model too large to measure here, from FLOPs per token: a GPU at ASSUMED_MFU of its
     peak, a CPU at the rate measured for REFERENCE_PRESET scaled by the two models' FLOPs per token."""
-    from crossover.specs import training_flops_per_token
-
     flops = training_flops_per_token(trial.model, trial.data.seq_len)
     if runtime.device == "cuda":
-        import torch
+        import torch  # lazy: torch (see the note above the imports)
 
-        from crossover.trainers.loop import PEAK_BF16_FLOPS
+        from crossover.trainers.loop import PEAK_BF16_FLOPS  # lazy: torch
 
         name = torch.cuda.get_device_name()
         peak = next((p for key, p in PEAK_BF16_FLOPS.items() if key in name), min(PEAK_BF16_FLOPS.values()))
         return ASSUMED_MFU * peak / flops
-    from crossover.specs.expand import resolve_model
-    from crossover.specs.study import ModelSpec, SparsitySpec
-
     model = resolve_model(ModelSpec(preset=REFERENCE_PRESET), SparsitySpec(), 0.0, trial.model.vocab_size)
     reference = trial.model_copy(update={"model": model})
     rate = measure_rate(reference, runtime, memory)
@@ -111,7 +118,7 @@ def estimated_rate(trial: TrialSpec, runtime: Runtime, memory: int | None = None
 
 
 def _device_name(runtime: Runtime) -> str:
-    import torch
+    import torch  # lazy: torch (see the note above the imports)
 
     if runtime.device == "cuda":
         return torch.cuda.get_device_name()
@@ -123,7 +130,7 @@ def measure_rate(trial: TrialSpec, runtime: Runtime, memory: int | None = None) 
     """Training tokens/s of one worker of `trial` here (measured for MEASURE_SECONDS, or read from the cache).
     `memory`: the bytes the measurement may use (default: what is free here); a model that needs more is refused
     with MemoryError before anything is allocated."""
-    import torch
+    import torch  # lazy: torch (see the note above the imports)
 
     threads = max(1, int(trial.resources.cpus_per_worker))
     key = json.dumps(
@@ -151,7 +158,7 @@ def measure_rate(trial: TrialSpec, runtime: Runtime, memory: int | None = None) 
 
 def _read_cache() -> dict:
     """The throughput cache (measured rates, precision decisions); empty where there is none or it is unreadable."""
-    from crossover.data.cache import cache_root
+    from crossover.data.cache import cache_root  # lazy: crossover.data imports torch
 
     path = cache_root() / CACHE_FILE
     try:
@@ -163,7 +170,7 @@ def _read_cache() -> dict:
 
 def _cache_put(key: str, value: object) -> None:
     """One entry into the throughput cache, the file rewritten whole (re-read first: other entries are kept)."""
-    from crossover.data.cache import cache_root
+    from crossover.data.cache import cache_root  # lazy: crossover.data imports torch
 
     path = cache_root() / CACHE_FILE
     cache = {**_read_cache(), key: value}
@@ -237,9 +244,9 @@ def study_runtime_here(spec: StudySpec, *, measure: bool = True, cpu: CpuInfo | 
 
 
 def _measure(trial: TrialSpec, runtime: Runtime, threads: int) -> float:
-    import torch
+    import torch  # lazy: torch (see the note above the imports)
 
-    from crossover.models import build_model
+    from crossover.models import build_model  # lazy: torch
     from crossover.models.objectives import ar_inputs_targets, ar_weights
 
     previous = torch.get_num_threads()
@@ -277,7 +284,7 @@ def _measure(trial: TrialSpec, runtime: Runtime, threads: int) -> float:
 def eval_tokens(trial: TrialSpec) -> float:
     """Forward token positions of all the trial's evaluations: each task's cost per eval point (`EvalTask.cost`:
     the held-out loss, the cloze and HumanEval's likelihood ranking; lm-eval tasks and pass@k count 0)."""
-    from crossover.evals.registry import eval_cost
+    from crossover.evals.registry import eval_cost  # lazy: the eval tasks import torch
 
     return eval_cost(trial) * len(eval_steps(trial))
 
@@ -339,7 +346,7 @@ def local_slots(spec: StudySpec, max_concurrent: int | None = None) -> int:
     """Trials at once on this machine: its cores over a trial's (or the GPUs), capped by max_concurrent."""
     res = spec.resources
     if res.gpus_per_worker > 0:
-        import torch
+        import torch  # lazy: torch (see the note above the imports)
 
         fits = int(torch.cuda.device_count() / (res.gpus_per_worker * res.workers)) if torch.cuda.is_available() else 0
     else:
@@ -349,8 +356,6 @@ def local_slots(spec: StudySpec, max_concurrent: int | None = None) -> int:
 
 
 def describe(wall: WallTime, runtime: Runtime) -> str:
-    from crossover.specs import format_seconds
-
     rates = ", ".join(
         f"{label} {rate:,.0f} tok/s" + (" (estimated)" if label in wall.estimated else "")
         for label, rate in wall.rates.items()
@@ -375,7 +380,7 @@ def wall_time_line(
     the estimate was not measured, and why. `after`: a second phase's trials, as in `estimate_wall_time`."""
     runtime = study_runtime_here(spec)
     if runtime.device == "cuda":
-        import torch
+        import torch  # lazy: torch (see the note above the imports)
 
         if not torch.cuda.is_available():
             return None
