@@ -118,12 +118,12 @@ def print_wall_time(spec: StudySpec, max_concurrent: int | None = None, finished
         )
         out.print(f"nothing left to train here: all {total} trials {where}{rest}", highlight=False)
         return
-    line = wall_time_line(remaining_study(spec, left), max_concurrent, after=anneal.bound if anneal else ())
+    said = f"{len(left)} of {total} trials left ({len(done)} {where})" if done else None
+    after = anneal.bound if anneal else ()
+    line = wall_time_line(remaining_study(spec, left), max_concurrent, after=after, trials=said)
     if line is None:
         line = "[dim]no wall-time estimate here: the trials need GPUs and this machine has none[/]"
-    if done:
-        counted, said = f" here: {len(left)} trials,", f"{len(left)} of {total} trials left ({len(done)} {where})"
-        line = line.replace(counted, f" here: {said},", 1) if counted in line else f"{line} ({said})"
+        line += f" ({said})" if said else ""
     out.print(line, highlight=False)
 
 

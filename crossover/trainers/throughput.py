@@ -355,7 +355,8 @@ def local_slots(spec: StudySpec, max_concurrent: int | None = None) -> int:
     return max(1, min(fits, cap) if cap else fits)
 
 
-def describe(wall: WallTime, runtime: Runtime) -> str:
+def describe(wall: WallTime, runtime: Runtime, trials: str | None = None) -> str:
+    """`trials`: how to count the study's trials (default "N trials"; a grown study's "4 of 8 trials left (...)")."""
     rates = ", ".join(
         f"{label} {rate:,.0f} tok/s" + (" (estimated)" if label in wall.estimated else "")
         for label, rate in wall.rates.items()
@@ -363,7 +364,8 @@ def describe(wall: WallTime, runtime: Runtime) -> str:
     notes = "".join(f"; {label} not measured: {why}" for label, why in wall.estimated.items())
     after = f" then up to {len(wall.after)} anneal trials," if wall.after else ""
     return (
-        f"estimated {format_seconds(wall.seconds)} here: {len(wall.per_trial)} trials,{after} {wall.slots} at a time, "
+        f"estimated {format_seconds(wall.seconds)} here: {trials or f'{len(wall.per_trial)} trials'},{after} "
+        f"{wall.slots} at a time, "
         f"{rates} per worker measured in {runtime.precision} on {_device_name(runtime)} (evaluation and start-up "
         f"included){notes}"
     )
@@ -374,10 +376,12 @@ def wall_time_line(
     max_concurrent: int | None = None,
     memory: int | None = None,
     after: Sequence[tuple[TrialSpec, int]] = (),
+    trials: str | None = None,
 ) -> str | None:
     """One line for `plan` and `run`, or None where this machine cannot run the study's trials (GPU trials, no GPU).
     A measurement that fails (a kernel torch cannot run here, too little memory) never ends the plan: the line says
-    the estimate was not measured, and why. `after`: a second phase's trials, as in `estimate_wall_time`."""
+    the estimate was not measured, and why. `after`: a second phase's trials, as in `estimate_wall_time`; `trials`:
+    how the line counts them (`describe`)."""
     runtime = study_runtime_here(spec)
     if runtime.device == "cuda":
         import torch  # lazy: torch (see the note above the imports)
@@ -388,7 +392,7 @@ def wall_time_line(
         wall = estimate_wall_time(spec, runtime, local_slots(spec, max_concurrent), memory, after)
     except Exception as exc:  # any failure of the measurement is reported, never raised
         return f"wall time not measured here: {why_not_measured(exc, runtime)}"
-    return describe(wall, runtime)
+    return describe(wall, runtime, trials)
 
 
 def why_not_measured(exc: Exception, runtime: Runtime) -> str:
