@@ -291,9 +291,9 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
             metrics["scorings_agree"] = share
         best_metrics, tail = _against_ar_best(analysis, cell)
         metrics.update(best_metrics)
-        if not tail:  # no AR's best of its own: the highest eval point, as it is
+        if not tail:  # no AR's best of its own: its best eval point (the lowest for a loss), as it is
             tail = (
-                f"AR's highest eval point {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
+                f"AR's best eval point {curves.ar[peak]:.3g} ({format_tokens(curves.tokens[peak])}, "
                 f"{significant(curves.epochs[peak])} epochs; chosen on the items that score it, not annealed)"
             )
         seed_metrics, seeds = _seeds_of(row)
