@@ -28,6 +28,7 @@ from crossover.tracking.names import (
     ROLE_ANNEAL,
     ROLE_STUDY,
     ROLE_TRIAL,
+    SYSTEM_PREFIX,
     TAG_ANNEAL_OF,
     TAG_ANNEAL_STOP,
     TAG_AR_STOP,
@@ -115,7 +116,8 @@ def _sql_store(client: MlflowClient) -> Any:
 def _histories_sql(store: Any, run_ids: list[str]) -> pd.DataFrame:
     """Every metric history of `run_ids` from MLflow's `metrics` table, one SELECT per chunk of runs, on a raw
     connection of the store's own engine. The ORM path (`get_metric_history_bulk` or column queries) spends ~10 us
-    a row building Python objects: ~15 s for the benchmark's 1.2M values against ~3 s here."""
+    a row building Python objects: ~15 s for the benchmark's 1.2M values against ~3 s here. MLflow's system
+    metrics are left out (a point a minute for each of dozens of keys: more rows than the curves themselves)."""
     engine = store.engine
     quote = engine.dialect.identifier_preparer.quote
     style = engine.dialect.paramstyle
@@ -134,7 +136,8 @@ def _histories_sql(store: Any, run_ids: list[str]) -> pd.DataFrame:
                 marks = ", ".join(f":{i + 1}" for i in range(len(chunk)))
             else:
                 raise NotImplementedError(style)
-            cursor.execute(f"SELECT {columns} FROM {quote('metrics')} WHERE {quote('run_uuid')} IN ({marks})", chunk)
+            where = f"{quote('run_uuid')} IN ({marks}) AND {quote('key')} NOT LIKE '{SYSTEM_PREFIX}%'"
+            cursor.execute(f"SELECT {columns} FROM {quote('metrics')} WHERE {where}", chunk)
             rows.extend(cursor.fetchall())
         cursor.close()
     finally:
@@ -183,7 +186,7 @@ def _trial_table(study: str, runs: list[Any]) -> pd.DataFrame:
             anneal_of=tags.get(TAG_ANNEAL_OF),
             anneal_stop=_number(tags.get(TAG_ANNEAL_STOP)),
             ar_stop=_number(tags.get(TAG_AR_STOP)),
-            metric_keys=sorted(run.data.metrics),
+            metric_keys=sorted(k for k in run.data.metrics if not k.startswith(SYSTEM_PREFIX)),
         )
         row["unique_budget"] = _number(params.get("data.unique_tokens"))
         row["total_budget"] = _number(params.get("train.total_tokens"))

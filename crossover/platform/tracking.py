@@ -11,10 +11,13 @@ when it answers again (retried with backoff when the trial ends).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from crossover.tracking.names import (
     STATE_TAG,
     SUMMARY_COLUMNS,
     SUMMARY_PREFIX,
+    SYSTEM_PREFIX,
     TAG_BRANCH,
     TAG_BRANCH_TOKENS,
     TAG_ERROR,
@@ -84,9 +88,18 @@ def _parent_tags(study: str) -> dict[str, str]:
     return {TAG_ROLE: ROLE_STUDY, TAG_STUDY: study}
 
 
-def start_study(spec: StudySpec, spec_text: str, uri: str, *, fresh: bool = False, trials_hash: str = "") -> str:
+def start_study(
+    spec: StudySpec,
+    spec_text: str,
+    uri: str,
+    *,
+    fresh: bool = False,
+    trials_hash: str = "",
+    tags: dict[str, str] | None = None,
+) -> str:
     """The study's parent run: found again when continuing a study (whose spec may have changed since: it grows,
-    crossover.platform.grow), new for a first or `fresh` start.
+    crossover.platform.grow), new for a first or `fresh` start. `tags` are set on it at every start (the
+    provenance of the driver that runs it now, crossover.platform.provenance).
 
     The parent run keeps the spec: spec/study.yaml and spec/trials.json as they are now, and each version that was
     run as spec/history/<UTC time>.yaml. A search study cannot grow (its trials are samples, not a grid): a changed
@@ -119,6 +132,10 @@ def start_study(spec: StudySpec, spec_text: str, uri: str, *, fresh: bool = Fals
         client.log_text(run_id, json.dumps(table, indent=1), f"{SPEC_DIR}/trials.json")
         client.set_tag(run_id, TAG_SPEC_HASH, text_hash)
     client.set_tag(run_id, TAG_TRIALS_HASH, trials_hash)
+    if tags:
+        from mlflow.entities import RunTag  # lazy: as in TrialRun._open
+
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     return run_id
 
 
@@ -196,6 +213,15 @@ def mark_out_of_spec(uri: str, finished: list, in_spec: set[str]) -> int:
 
 RETRY_WAITS_S = (2, 4, 8, 16, 32)  # about a minute: long enough for a tracking server to restart
 
+# MLflow's system metrics (CPU, memory, disk, network; GPU where nvidia-ml-py finds one) are sampled every
+# SYSTEM_SAMPLING_S and logged as the mean of SYSTEM_SAMPLES samples: one point a minute, where MLflow's default is a
+# point every 10 s. Trials run for hours to days: a week-long one keeps ~10k points per metric, which the UI's charts
+# and the server's tables hold easily, and each sample costs the server a run lookup (MLflow checks the run is open).
+# MLflow's MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL and MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING override both.
+SYSTEM_SAMPLING_S = 30
+SYSTEM_SAMPLES = 2
+_log = logging.getLogger(__name__)
+
 
 def _retrying(call, *args, **kwargs):
     """`call(*args, **kwargs)`, tried again after each of RETRY_WAITS_S while it fails (a server restarting);
@@ -225,7 +251,9 @@ class TrialRun:
         """`continues`: the shorter trial this one continues from its branch checkpoint: its points up to there are this run's too; when it `replaces` it (the spec no longer has
         that trial), its run is deleted once this one finishes, so the study keeps one run per trial (an anneal
         trial continues a longer one's checkpoint the same way, replacing nothing). `tags`: set on the run as it is
-        created, over the trial's own (an anneal run's role, crossover.platform.anneal)."""
+        created, over the trial's own (an anneal run's role, crossover.platform.anneal, and the driver's provenance,
+        crossover.platform.provenance), and again on an unfinished run that is continued: a study continued by a
+        later `crossover run` records the code that trains it now."""
         self.continues, self.tags = continues, tags or {}
         # A run is written from inside training: a down server must cost a failed call, not MLflow's minutes of
         # internal retries. This process retries itself (the buffers below), so turn MLflow's own retries off.
@@ -254,13 +282,15 @@ class TrialRun:
 
     def _open(self, trial: TrialSpec, parent_run_id: str, runtime: Runtime | None):
         """Find or create the trial's run, with its params, marked RUNNING unless it is done (safe to repeat)."""
-        from mlflow.entities import Param  # lazy: mlflow is slow and not in the planner install
+        from mlflow.entities import Param, RunTag  # lazy: mlflow is slow and not in the planner install
 
         experiment_id = _experiment_id(self.client, self.uri, trial.study)
         run = _find_run(self.client, experiment_id, {TAG_TRIAL_ID: trial.trial_id, TAG_PARENT: parent_run_id})
         if run is None:
             tags = {**trial_tags(trial, parent_run_id), **self.tags}
             run = self.client.create_run(experiment_id, tags=tags, run_name=trial.name)
+        elif self.tags and run.info.status != "FINISHED":
+            self.client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
         if not run.data.params and self.continues:  # before the params: their absence says the copy is not done
             self._copy_through(self.continues.run_id, run.info.run_id, self.continues.tokens)
         if not run.data.params:  # new, or created by an attempt that failed before its params were sent
@@ -336,7 +366,9 @@ class TrialRun:
         done = max((m.step for m in self.client.get_metric_history(target, "tokens")), default=-1)
         if done >= tokens:
             return
-        keys = sorted(k for k in self.client.get_run(source).data.metrics if not k.startswith(SUMMARY_PREFIX))
+        # System metrics stay with their run: their steps count samples, not tokens, so no cut at `tokens` applies.
+        metrics = self.client.get_run(source).data.metrics
+        keys = sorted(k for k in metrics if not k.startswith((SUMMARY_PREFIX, SYSTEM_PREFIX)))
         for key in sorted(keys, key=lambda k: k == "tokens"):
             points = [
                 Metric(key, m.value, m.timestamp, m.step)
@@ -357,6 +389,37 @@ class TrialRun:
     def branch_kept(self, folder: str, tokens: int) -> None:
         """The trial's branch checkpoint is whole at `folder`: a longer trial of its lineage can continue it."""
         self.set_tags({TAG_BRANCH: folder, TAG_BRANCH_TOKENS: str(tokens)})
+
+    @contextlib.contextmanager
+    def system_metrics(self) -> Iterator[None]:
+        """MLflow's system metrics on this run while the block trains (`system/cpu_utilization_percentage`,
+        `system/gpu_0_utilization_percentage`, ...; their step counts samples and goes on where a restarted trial's
+        stopped), stopped when it ends however it ends. Used where the trial trains: in its Tune trial's process, or
+        in a multi-worker trial's rank 0 only (that node's metrics). Never fails the trial: a monitor that cannot
+        start or stop is a warning, and MLflow's monitor thread ends itself, losing only the system metrics, on an
+        error of its own or a run no longer RUNNING."""
+        monitor = None
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # lazy: as in _open
+
+            monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=SYSTEM_SAMPLING_S,
+                samples_before_logging=SYSTEM_SAMPLES,
+                resume_logging=True,
+                tracking_uri=self.uri,
+            )
+            monitor.start()
+        except Exception as exc:  # noqa: BLE001 - system metrics are a view of the trial, never a reason to fail it
+            _log.warning("no system metrics for run %s: %s", self.run_id, exc)
+        try:
+            yield
+        finally:
+            if monitor is not None:
+                try:
+                    monitor.finish()  # the samples of an unfinished interval are dropped (MLflow's own behaviour)
+                except Exception as exc:  # noqa: BLE001 - as above
+                    _log.warning("system metrics of run %s not stopped: %s", self.run_id, exc)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag  # lazy: as in _open

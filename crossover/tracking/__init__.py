@@ -30,7 +30,8 @@ Parent run (one current per study)
     `verdict/<cell key>/<name>` (crossed, crossover_tokens, crossover_epochs, ar_lead_final, ar_peak,
     ar_peak_tokens, mdlm_final, efficiency), the cell key being its axis values joined by `_` (`50k`, `high_1B`).
     `crossover run` records `crossover.runtime` (the study's resolved precision and compile, JSON),
-    `crossover.trials_hash`, `crossover.spec_hash` and `crossover.tune_experiment`.
+    `crossover.trials_hash`, `crossover.spec_hash` and `crossover.tune_experiment`, and the provenance it runs with
+    (as on each trial run, below).
 
 Child run (one per trial)
     run name: the trial name (`TrialSpec.name`, e.g. `mdlm-U50k-nano-s0`).
@@ -41,7 +42,10 @@ Child run (one per trial)
     it). `crossover.error` on a failed trial; `crossover.data_hash` once it finished; `crossover.branch` and
     `crossover.branch_tokens` once its branch checkpoint is kept; `crossover.out_of_spec` = `true` on a finished
     trial the study's spec no longer has (the analysis leaves it out); `crossover.extended_by` on a deleted run a
-    longer trial continued.
+    longer trial continued. Provenance, that of the latest driver to train it: `crossover.source.git_commit` (and
+    `mlflow.source.git.commit` where known), `crossover.source.git_dirty` (`true` | `false`; both `unknown` where
+    the source is no git checkout), `crossover.version.<package>` (torch, ray, deepspeed, mlflow, crossover) and
+    `crossover.image` where the driver's `CROSSOVER_IMAGE` is set.
     A retried trial continues its run (found again by trial_id and parent) and may log a step again: the latest
     value wins. Should two runs carry the same trial_id, the one with the most eval points wins (then the latest
     start time).
@@ -64,7 +68,8 @@ Metrics
     Metric names ending in loss, nll, ppl, perplexity or bpb are lower-is-better; all others higher-is-better. The
     rows of `load_curves` are the steps at which any `eval/` metric was logged; other metrics are taken at the latest
     step at or before it. Summary metrics (`summary/acc_final`, `acc_best`, `heldout_loss_final`, `epochs`, step 0)
-    when a trial finishes.
+    when a trial finishes. MLflow's own system metrics (`system/cpu_utilization_percentage`,
+    `system/gpu_0_utilization_percentage`, ...) while a trial trains, with step = the sample's number.
 
 Per-item eval results (for bootstrap intervals)
     Artifact `items/<task key>/<step>.json` on the child run, one per task and eval point, with

@@ -40,6 +40,13 @@ TAG_TUNE_EXPERIMENT = "crossover.tune_experiment"  # parent run: name:trials-has
 TAG_ERROR = "crossover.error"  # trial run: why it failed (cleared when a retry finishes)
 TAG_DATA_HASH = "crossover.data_hash"  # trial run: the hash of every batch it trained on, in order
 TAG_PARENT = "mlflow.parentRunId"
+# Provenance (crossover.platform.provenance): what ran, resolved once on the driver, on the parent run and every trial
+# run; "unknown" where the source is no git checkout (an installed wheel, an image without .git)
+TAG_GIT_COMMIT = "crossover.source.git_commit"  # the commit of the crossover source tree
+TAG_GIT_DIRTY = "crossover.source.git_dirty"  # "true" where tracked files differ from that commit, else "false"
+TAG_MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own commit tag (shown in its UI), where known
+VERSION_TAG = "crossover.version"  # crossover.version.<package>: torch, ray, deepspeed, mlflow, crossover
+TAG_IMAGE = "crossover.image"  # the container image the driver ran in ($CROSSOVER_IMAGE), where set
 # The early-stopped AR (spec block `early_stopped_ar`): the AR trial's run records the stop its validation items chose;
 # the anneal run (role "anneal", left out of the ordinary curves) trains the same trial with its decay ending there.
 TAG_AR_STOP = "crossover.ar_stop"  # AR trial run: the validation-chosen stop (tokens seen)
@@ -73,6 +80,10 @@ LOCAL_UI = "http://127.0.0.1:5000"  # where `crossover ui` serves a local store
 SUMMARY_PREFIX = "summary/"
 SUMMARY_COLUMNS = [f"{SUMMARY_PREFIX}{name}" for name in ("acc_final", "acc_best", "heldout_loss_final", "epochs")]
 HEADLINE_ACCURACY = ("eval/heldout_cloze/acc_pmi", "eval/heldout_cloze/acc")
+
+# MLflow's own system metrics (CPU, memory, disk, network, GPU) on a trial run while it trains, step = sample number:
+# a view of the machine, read by no analysis and copied to no continued run.
+SYSTEM_PREFIX = "system/"
 
 # Every multiple-choice item belongs to one half, by its document: the validation half chooses (AR's stopping
 # point), the test half scores (the analysis' headline values), so no choice is made on the items that judge it.
