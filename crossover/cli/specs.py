@@ -22,6 +22,7 @@ from crossover.cli.common import (
     warn_runtime,
 )
 from crossover.specs import SpecError, format_tokens, plan_study
+from crossover.specs.plan import cluster_wall_time
 from crossover.tracking.store import resolve_tracking_uri
 
 
@@ -61,9 +62,19 @@ def plan(
             "only the rest (else MLFLOW_TRACKING_URI, else ./mlflow.db).",
         ),
     ] = None,
+    cluster_gpus: Annotated[
+        int | None,
+        typer.Option(
+            "--cluster-gpus",
+            min=1,
+            help="The GPUs of the cluster the study will run on, at its autoscaler's maximum (prod overlay: 8 pods x "
+            "8): adds the study's training time there.",
+        ),
+    ] = None,
 ) -> None:
     """One row per trial: epochs, parameters, training FLOPs, estimated GPU-hours and memory per worker, and how
-    long the study takes here; for a study that ran before (or grew), how long what is left takes."""
+    long the study takes here (with --cluster-gpus, on the cluster); for a study that ran before (or grew), how long
+    what is left takes."""
     # lazy: keeps the platform (~50 ms of imports) out of --help and validate
     from crossover.platform.anneal import anneal_cost
     from crossover.platform.grow import finished_in
@@ -104,6 +115,12 @@ def plan(
     implicit = tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
     never_made = uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
     print_wall_time(spec, finished=None if implicit and never_made else finished_in(spec, uri))
+    if cluster_gpus is not None:
+        try:
+            out.print(cluster_wall_time(spec, study_plan, cluster_gpus).line(mfu, gpu_tflops), highlight=False)
+        except ValueError as exc:
+            err.print(f"[red]error:[/] --cluster-gpus {cluster_gpus}: {exc}", highlight=False)
+            raise typer.Exit(USER_ERROR) from None
     out.print(
         f"total: {study_plan.total_flops:.3g} training FLOPs, {significant(study_plan.total_gpu_hours)} GPU-hours "
         f"at {mfu:.0%} MFU of {gpu_tflops:g} TFLOP/s (evaluation not included)"

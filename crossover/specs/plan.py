@@ -3,6 +3,8 @@ analytic counts, and how its `auto` settings resolve on this machine."""
 
 from __future__ import annotations
 
+import heapq
+
 from pydantic import BaseModel
 
 from crossover.specs.hardware import Runtime, resolve_runtime
@@ -93,4 +95,65 @@ def plan_study(spec: StudySpec, mfu: float = 0.4, gpu_tflops: float = 989.0, run
         trials=rows,
         total_flops=sum(r.flops for r in rows),
         total_gpu_hours=sum(r.gpu_hours for r in rows),
+    )
+
+
+# Trials packed on one GPU (gpus_per_worker 1/k) share it: measured on one H200 with the compiled trainer (2026-12-04,
+# docs/results.md), four `mini` trials at once trained 2.31x the tokens of one alone, each at 0.58x its solo rate.
+# Between one and four per GPU the gain is taken as linear; past four, no more.
+PACKED_MEASURED = (4, 2.31)
+
+
+def packed_share(per_gpu: int) -> float:
+    """Each of `per_gpu` trials packed on one GPU trains at this share of its rate alone on it."""
+    measured_k, measured_gain = PACKED_MEASURED
+    gain = 1 + (measured_gain - 1) * (min(per_gpu, measured_k) - 1) / (measured_k - 1)
+    return gain / per_gpu
+
+
+class ClusterWallTime(BaseModel):
+    gpus: int  # the cluster's GPUs at its autoscaler's maximum
+    at_once: int  # trials that fit it at once
+    gpus_per_trial: float
+    per_gpu: int  # trials packed on one GPU (1: none)
+    share: float  # each packed trial's rate against its rate alone (1.0: not packed)
+    hours: float  # training only, at the plan's MFU
+
+    def line(self, mfu: float, gpu_tflops: float) -> str:
+        packing = (
+            f", {self.per_gpu} per GPU each at {self.share:.2f}x its rate alone (measured on an H200: "
+            f"{PACKED_MEASURED[0]} packed trials trained {PACKED_MEASURED[1]}x the tokens of one)"
+            if self.per_gpu > 1
+            else f", {self.gpus_per_trial:g} GPUs each"
+        )
+        return (
+            f"on a cluster of {self.gpus} GPU{'s' if self.gpus > 1 else ''} at its maximum: {self.at_once} trials at once{packing}; "
+            f"about {self.hours:,.3g} hours of training at {mfu:.0%} MFU of {gpu_tflops:g} TFLOP/s "
+            "(evaluation and start-up not included)"
+        )
+
+
+def cluster_wall_time(spec: StudySpec, plan: Plan, gpus: int) -> ClusterWallTime:
+    """The study's training time on a cluster grown to `gpus` GPUs: as many trials at once as fit (`crossover run`
+    queues them all; the autoscaler grows for them), longest first, each onto the slot that frees first, each taking
+    its GPU-hours over its GPUs (a packed trial: over its share of the GPU's measured packed rate)."""
+    res = spec.resources
+    per_trial = res.workers * res.gpus_per_worker
+    if per_trial <= 0:
+        raise ValueError("the study's trials use no GPUs: a cluster's GPUs do not bound them")
+    per_gpu = max(1, round(1 / res.gpus_per_worker)) if res.gpus_per_worker < 1 else 1
+    share = packed_share(per_gpu) if per_gpu > 1 else 1.0
+    at_once = int(gpus // per_trial)
+    if at_once < 1:
+        raise ValueError(f"a trial needs {per_trial:g} GPUs, more than the cluster's {gpus}")
+    if res.max_concurrent:
+        at_once = min(at_once, res.max_concurrent)
+    # A trial alone on its GPUs takes gpu_hours over their count (a packed trial: the GPU-hours of a whole GPU,
+    # slowed to its share while its neighbours run).
+    hours = [row.gpu_hours / max(per_trial, 1) / share for row in sorted(plan.trials, key=lambda r: -r.flops)]
+    loads = [0.0] * at_once
+    for trial_hours in hours:
+        heapq.heapreplace(loads, loads[0] + trial_hours)
+    return ClusterWallTime(
+        gpus=gpus, at_once=at_once, gpus_per_trial=per_trial, per_gpu=per_gpu, share=share, hours=max(loads)
     )
