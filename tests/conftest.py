@@ -24,7 +24,14 @@ SPECS = ROOT / "study_specs"
 # the other. Their time is mostly waiting (Ray and MLflow starting, trial processes importing, faults being noticed),
 # which the other worker's tests fill; and no two Ray instances ever share the machine (the tests count and kill
 # their processes).
-CLUSTER_MODULES = {"test_platform", "test_smoke_study", "test_lost_node", "test_ray_auth", "test_trainer_ray"}
+CLUSTER_MODULES = {
+    "test_platform",
+    "test_smoke_study",
+    "test_lost_node",
+    "test_ray_auth",
+    "test_trainer_ray",
+    "test_autoscaling",
+}
 
 
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 - pytest's hook signature

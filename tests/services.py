@@ -4,6 +4,7 @@ Ray nodes."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -194,12 +195,18 @@ def ray_start(options: Callable[[str], list[str]], env: dict[str, str], gcs_port
 
 
 @contextlib.contextmanager
-def ray_head(env: dict[str, str], num_cpus: int = 2, auth_token: Path | None = None) -> Iterator[tuple[str, str]]:
+def ray_head(
+    env: dict[str, str],
+    num_cpus: int = 2,
+    auth_token: Path | None = None,
+    more_options: tuple[str, ...] = (),
+    port: int | None = None,
+) -> Iterator[tuple[str, str]]:
     """`ray start --head` on loopback (`ray_start`); yields (cluster address, dashboard URL for `ray job submit`). With
     `auth_token` (a token file, `new_auth_token`), the cluster requires that token (`with_token_auth`)."""
     if auth_token is not None:
         env = with_token_auth(env, auth_token)
-    port, dashboard = free_port(), free_port()
+    port, dashboard = port or free_port(), free_port()
 
     def options(temp_dir: str) -> list[str]:  # the agents' ports new at each try
         return [
@@ -232,6 +239,7 @@ def ray_head(env: dict[str, str], num_cpus: int = 2, auth_token: Path | None = N
             str(free_port()),
             "--ray-client-server-port",
             str(free_port()),
+            *more_options,
         ]
 
     temp_dir = ray_start(options, env, gcs_port=port)
@@ -245,6 +253,64 @@ def ray_head(env: dict[str, str], num_cpus: int = 2, auth_token: Path | None = N
         yield f"127.0.0.1:{port}", url
     finally:
         kill_ray_processes(temp_dir, port)
+
+
+@contextlib.contextmanager
+def ray_autoscaling_head(
+    env: dict[str, str], folder: Path, node_cpus: int = 2, max_nodes: int = 3, idle_timeout_s: float = 10
+) -> Iterator[tuple[str, str]]:
+    """A Ray cluster that starts with a head and no worker nodes, and grows as a KubeRay cluster does: Ray's own
+    autoscaler (v1, the monitor `ray start --head --autoscaling-config` runs) with its fake multi-node provider, which
+    starts a real raylet on this machine for each node it launches. The head advertises no CPUs (as the KubeRay
+    head's num-cpus 0); the one node type `cpu` has `node_cpus` CPUs, 0 to `max_nodes` of them, each stopped after
+    `idle_timeout_s` idle. Yields (cluster address, dashboard URL); `env` must carry the cluster's auth settings
+    (`with_token_auth`): its processes (the launched nodes too) inherit it, so `kill_processes_with_env` stops them.
+    Not `ray.cluster_utils.AutoscalingCluster`: it reads an example config the wheel lacks, and its shutdown runs
+    `ray stop --force`, which would stop every other Ray instance on the machine."""
+    port = free_port()  # the GCS port: the config names it before the head starts
+    config = {
+        "cluster_name": "fake",
+        "max_workers": max_nodes,
+        "upscaling_speed": float(max_nodes),
+        "idle_timeout_minutes": idle_timeout_s / 60,
+        "provider": {
+            "type": "fake_multinode",
+            "gcs_address": f"127.0.0.1:{port}",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "available_node_types": {
+            "ray.head.default": {"resources": {}, "node_config": {}, "max_workers": 0},
+            "cpu": {"resources": {"CPU": node_cpus}, "node_config": {}, "min_workers": 0, "max_workers": max_nodes},
+        },
+        "head_node_type": "ray.head.default",
+        **{key: [] for key in ("cluster_synced_files", "initialization_commands", "setup_commands")},
+        **{key: [] for key in ("head_setup_commands", "worker_setup_commands")},
+        **{key: [] for key in ("head_start_ray_commands", "worker_start_ray_commands")},
+        "file_mounts": {},
+        "file_mounts_sync_continuously": False,
+        "auth": {},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "autoscaler.yaml").write_text(json.dumps(config))  # JSON is YAML
+
+    config_option = f"--autoscaling-config={folder / 'autoscaler.yaml'}"
+    with ray_head({**env, "RAY_FAKE_CLUSTER": "1"}, num_cpus=0, more_options=(config_option,), port=port) as head:
+        yield head
+
+
+def ray_nodes(dashboard: str, env: dict[str, str], state: str = "ALIVE") -> list[dict]:
+    """The nodes Ray's state API lists in `state` (ALIVE, DEAD), each a dict with node_id, is_head_node and more;
+    none if the API does not answer."""
+    listed = subprocess.run(
+        [str(BIN / "ray"), "list", "nodes", "--address", dashboard, "--format", "json", "--filter", f"state={state}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return json.loads(listed.stdout) if listed.returncode == 0 else []
 
 
 @contextlib.contextmanager

@@ -29,11 +29,11 @@ import yaml
 
 from .conftest import tiny_study
 from .services import (
-    BIN,
     kill_processes_with_env,
     kill_ray_processes,
     new_auth_token,
     ray_head,
+    ray_nodes,
     ray_worker_node,
     stop_group,
     with_token_auth,
@@ -69,14 +69,7 @@ def trial_processes(temp_dir: str) -> set[int]:
 
 def dead_nodes(dashboard: str, env: dict[str, str]) -> list[str]:
     """The IDs of the nodes Ray's state API lists as dead."""
-    listed = subprocess.run(
-        [str(BIN / "ray"), "list", "nodes", "--address", dashboard, "--format", "json", "--filter", "state=DEAD"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return [node["node_id"] for node in json.loads(listed.stdout)] if listed.returncode == 0 else []
+    return [node["node_id"] for node in ray_nodes(dashboard, env, "DEAD")]
 
 
 def reports(storage: Path, trial: str) -> list[dict]:
