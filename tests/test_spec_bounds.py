@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import tracemalloc
 from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, settings, target
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -175,15 +176,34 @@ FUZZ = settings(
 )
 
 
+# What one document may cost the loader. The caps (64 KiB, 5,000 values, 16 levels, no aliases, 10,000 grid points)
+# bound it: the costliest legal spec, a grid at the 10,000-point cap, loads in ~3 CPU seconds here (tracemalloc
+# doubles that); the long run's costliest of 30,000 fuzzed documents took 1.5 s and 0.3 MiB (docs/results.md), and
+# the unbounded loader spent 115 s and 12 GB on the billion laughs. CPU time, not wall time: a busy machine cannot
+# turn it red. `target` steers hypothesis towards the costliest documents it can find.
+DOCUMENT_PEAK_MIB = 64
+DOCUMENT_CPU_SECONDS = 10.0
+
+
 def assert_spec_or_spec_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "fuzz.yaml"
     path.write_bytes(content)
+    tracemalloc.start()
+    cpu = time.process_time()
     try:
         load(path)
         event("valid spec")
     except SpecError as exc:
         assert exc.problems and all(p.message for p in exc.problems)
         event(f"SpecError at {exc.problems[0].field.split('.')[0].split('[')[0]}")
+    finally:
+        cpu = time.process_time() - cpu
+        peak_mib = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    target(peak_mib, label="peak MiB")
+    target(cpu, label="CPU seconds")
+    assert peak_mib < DOCUMENT_PEAK_MIB, f"one document allocated {peak_mib:.1f} MiB"
+    assert cpu < DOCUMENT_CPU_SECONDS, f"one document took {cpu:.2f} CPU seconds"
 
 
 def _paths(value, prefix=()):
