@@ -157,3 +157,24 @@ def test_where_each_schedule_lets_a_longer_trial_branch_off(tiny_corpus):
     assert branch_step(trial(total_tokens=40960, schedule="constant")) == 40
     assert branch_step(trial(total_tokens=40960, schedule="cosine")) is None
     assert trial(total_tokens=81920, lr=1e-3).lineage_id != short.lineage_id
+
+
+def test_timed_checkpoints_are_not_taken_for_eval_points(tiny_corpus, tmp_path):
+    """A timed checkpoint (train.checkpoint_minutes) that Ray keeps beside the eval points' is no eval point: added
+    tasks are not scored at it, nor does an anneal continue it."""
+    import json
+
+    from crossover.evals.checkpoint import TRIAL_FILE
+    from crossover.platform.grow import kept_checkpoints
+    from crossover.trainers.loop import CLIENT_STATE
+
+    from .conftest import tiny_study
+
+    spec = parse_study(tiny_study(tiny_corpus, eval={"every": "8k"}))  # eval points every 8 steps of 1k tokens
+    trial = spec.expand()[0]
+    for index, tokens in enumerate([8192, 12288, 16384]):  # 12288: a timed checkpoint between two eval points
+        folder = tmp_path / spec.name / trial.name / f"checkpoint_{index:06d}"
+        folder.mkdir(parents=True)
+        (folder / TRIAL_FILE).write_text(trial.model_dump_json())
+        (folder / f"rank0_{CLIENT_STATE}").write_text(json.dumps({"data": {"tokens_seen": tokens}}))
+    assert [tokens for tokens, _ in kept_checkpoints(str(tmp_path), spec, trial)] == [8192, 16384]

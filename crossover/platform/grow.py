@@ -163,11 +163,13 @@ def plan_growth(spec: StudySpec, uri: str, parent_run_id: str) -> Growth:
 
 
 def kept_checkpoints(storage: str, spec: StudySpec, trial: TrialSpec) -> list[tuple[int, Path]]:
-    """(tokens seen, folder) of every checkpoint of `trial` still kept under a local `storage`, in order."""
+    """(tokens seen, folder) of every eval point's checkpoint of `trial` still kept under a local `storage`, in
+    order; not the timed ones (train.checkpoint_minutes) Ray may keep beside them."""
     # lazy: both modules import torch, which crossover plan (before it measures) and the study's driver do without
     from crossover.evals.checkpoint import TRIAL_FILE
     from crossover.trainers.loop import CLIENT_STATE
 
+    eval_points = {step * trial.train.global_batch_tokens for step in eval_steps(trial)}
     found = {}
     root = Path(storage)
     for pattern in (f"{spec.name}*/*/checkpoint_*/{TRIAL_FILE}", f"{spec.name}*/checkpoint_*/{TRIAL_FILE}"):
@@ -179,7 +181,7 @@ def kept_checkpoints(storage: str, spec: StudySpec, trial: TrialSpec) -> list[tu
             except (OSError, ValueError, KeyError):
                 continue  # a checkpoint being written or removed
             found[int(state["data"]["tokens_seen"])] = path.parent
-    return sorted(found.items())
+    return sorted((tokens, folder) for tokens, folder in found.items() if tokens in eval_points)
 
 
 def score_added_tasks(spec: StudySpec, growth: Growth, uri: str, parent_run_id: str, storage: str, say=print) -> None:

@@ -176,6 +176,17 @@ def mark_study_stopped(uri: str, study: str) -> None:
         _retrying(client.set_terminated, run.info.run_id, status="KILLED")
 
 
+def mark_trials_stopped(uri: str, parent_run_id: str) -> None:
+    """The trial runs under the parent run still RUNNING, KILLED: for a study that was stopped. A stopped trial's
+    process marks its own run on its way out, but Tune ends that process without waiting for its training thread,
+    which may be mid-step then (on a busy machine, seconds from its next report, where it learns of the stop)."""
+    client = mlflow_client(uri)
+    experiment_id = _retrying(client.get_run, parent_run_id).info.experiment_id
+    for run in _retrying(_trial_runs, client, experiment_id, parent_run_id):
+        if run.info.status == "RUNNING":
+            _retrying(client.set_terminated, run.info.run_id, status="KILLED")
+
+
 def trial_statuses(uri: str, parent_run_id: str) -> dict[str, str]:
     """Trial id -> MLflow status of each trial run under the parent run: MLflow is the record of what finished."""
     client = mlflow_client(uri)

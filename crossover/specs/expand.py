@@ -90,7 +90,7 @@ def _content_id(trial: dict) -> str:
 # the trials' kept checkpoints, not retrained for) and where and how it runs. How each task scores stays in.
 NOT_IN_IDENTITY = {
     "eval": ("tasks",),
-    "train": ("keep_checkpoints",),
+    "train": ("keep_checkpoints", "checkpoint_minutes"),
     "resources": ("gpu_memory_gb", "max_concurrent", "storage", "max_failures"),
 }
 
