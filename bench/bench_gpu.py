@@ -112,7 +112,7 @@ class Collect:
     def log(self, metrics, step):
         self.metrics.append({"step": step, **metrics})
 
-    def checkpoint(self, metrics, step, checkpoint_dir):
+    def checkpoint(self, metrics, step, checkpoint_dir, eval_point):
         pass
 
     def progress(self, metrics, step):

@@ -39,6 +39,22 @@ def run(study, spec: Path, *args: str, timeout: int = 420) -> subprocess.Complet
     )
 
 
+def start_driver(study, spec: Path) -> tuple[subprocess.Popen, Path]:
+    """`crossover run --quiet` of the study in its own process group, and the log it writes (a file, not a pipe: an
+    unread pipe would block a chatty driver)."""
+    command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"], "--quiet"]
+    log = spec.parent / "driver.log"
+    driver = subprocess.Popen(
+        command,
+        env=study["env"],
+        cwd=spec.parent,
+        start_new_session=True,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    return driver, log
+
+
 def poll_runs(uri: str):
     """`runs` while a study is starting: nothing until the driver has created the store (never race its schema)."""
     if not Path(uri.removeprefix("sqlite:///")).exists():
@@ -230,16 +246,7 @@ def test_driver_killed_mid_study_resumes_without_rerunning_finished_trials(study
 
 def test_stop_ends_a_running_study_leaving_no_process_and_a_rerun_finishes_it(study):
     spec = study["write"](train={"total_tokens": 98304}, eval={"every": 24576}, grid={"objective": ["ar"]})
-    command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"], "--quiet"]
-    log = spec.parent / "driver.log"
-    driver = subprocess.Popen(
-        command,
-        env=study["env"],
-        cwd=spec.parent,
-        start_new_session=True,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    driver, log = start_driver(study, spec)
     try:
         found = wait_for(
             lambda: poll_runs(study["uri"])[2], lambda children: children or driver.poll() is not None, timeout_s=300
@@ -271,9 +278,51 @@ def test_stop_ends_a_running_study_leaving_no_process_and_a_rerun_finishes_it(st
     assert evals == sorted(set(evals)) and evals[-1] == 98304
 
 
-def test_ctrl_c_while_a_study_starts_stops_it_marked_killed(study):
-    """Ctrl-C as soon as the study's parent run exists (Ray starting, or the first trial just placed): exit 130 with
-    a line saying how to continue, and the parent run KILLED, not FINISHED."""
+def test_sigterm_stops_a_running_study_as_ctrl_c_and_the_rerun_continues_from_a_timed_checkpoint(study):
+    """SIGTERM to the driver (`ray job stop`, a Kubernetes pod stopped) ends the study as Ctrl-C does: exit 130, the
+    runs KILLED, not left RUNNING; the trial had checkpoints between eval points (one due every step), and the rerun
+    continues from the latest of those, not from the start."""
+    # One eval point, at the end: every checkpoint before it is a timed one.
+    spec = study["write"](
+        train={"total_tokens": 49152, "checkpoint_minutes": 1e-9}, eval={"every": 49152}, grid={"objective": ["ar"]}
+    )
+    driver, log = start_driver(study, spec)
+    try:
+
+        def logged_tokens() -> list[int]:
+            client, _, children = poll_runs(study["uri"])
+            return history_steps(client, children[0], "tokens") if children else []
+
+        # Three log points: the checkpoints of the first two are written (each follows its step's log).
+        found = wait_for(logged_tokens, lambda steps: len(steps) >= 3 or driver.poll() is not None, timeout_s=300)
+        assert len(found) >= 3, "the trial never trained three steps:\n" + log.read_text()[-3000:]
+        driver.send_signal(signal.SIGTERM)
+        driver.wait(timeout=120)
+    finally:
+        stop_group(driver)
+    assert driver.returncode == 130 and "study stopped" in log.read_text(), log.read_text()[-3000:]
+    _, (parent,), (child,) = runs(study["uri"])
+    assert (parent.info.status, child.info.status) == ("KILLED", "KILLED")
+    kept = {
+        json.loads(state.read_text())["tokens"]
+        for state in Path(study["storage"], "tiny").glob("*/checkpoint_*/rank0_crossover_state.json")
+    }
+    assert kept and 0 < min(kept) and max(kept) < 49152  # timed checkpoints only: no eval point before the end
+
+    resumed = run(study, spec)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    client, (parent,), (child,) = runs(study["uri"])
+    assert (parent.info.status, child.info.status) == ("FINISHED", "FINISHED")
+    # The rerun's first report (Tune counts reports from 1 again in a restored trial): one step after where it began.
+    *_, first = (r for r in tune_results(study, child.info.run_name) if r["iterations_since_restore"] == 1)
+    assert first["tokens"] - 1024 in kept  # it went on from a timed checkpoint of the stopped run
+    assert history_steps(client, child, "eval/heldout_loss/loss") == [49152]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_while_a_study_starts_stops_it_marked_killed(study, signum):
+    """Ctrl-C (or SIGTERM: `ray job stop`, Kubernetes) as soon as the study's parent run exists (Ray starting, or the
+    first trial just placed): exit 130 with a line saying how to continue, and the parent run KILLED, not FINISHED."""
     # A trial far longer than the test: on a loaded machine the first poll that sees the parent run can come late,
     # and the signal must still find the study running (it ends the trial early, so the length costs nothing).
     spec = study["write"](train={"total_tokens": 1_000_000}, grid={"objective": ["ar"]})
@@ -289,7 +338,7 @@ def test_ctrl_c_while_a_study_starts_stops_it_marked_killed(study):
     )
     try:
         assert wait_for(lambda: poll_runs(study["uri"])[1], lambda parents: parents or driver.poll() is not None)
-        driver.send_signal(signal.SIGINT)
+        driver.send_signal(signum)
         output = driver.communicate(timeout=120)[0]
     finally:
         stop_group(driver)
@@ -328,17 +377,7 @@ def test_killed_training_process_restarts_from_its_checkpoint(study):
     spec = study["write"](
         train={"total_tokens": 98304}, eval={"every": 24576}, grid={"objective": ["ar"], "unique_tokens": ["10k"]}
     )
-    command = [*CROSSOVER, "run", str(spec), "--tracking-uri", study["uri"], "--storage", study["storage"], "--quiet"]
-    log = spec.parent / "driver.log"  # a file, not a pipe: an unread pipe would block a chatty driver
-    driver = subprocess.Popen(
-        command,
-        env=study["env"],
-        cwd=spec.parent,
-        start_new_session=True,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    driver, log = start_driver(study, spec)
     killed = None
     try:
         deadline = time.monotonic() + 300

@@ -68,6 +68,26 @@ def test_resume_continues_exactly(tiny_corpus, tmp_path, objective):
         assert b["eval/heldout_loss/loss"] == pytest.approx(a["eval/heldout_loss/loss"], rel=1e-4, abs=1e-4)
 
 
+def test_timed_checkpoints_between_eval_points_are_resumed_from(tiny_corpus, tmp_path):
+    # A checkpoint due every 60 ns: every step that is not an eval point takes a timed one, whatever the machine.
+    trial = trials(tiny_corpus, train={"checkpoint_minutes": 1e-9}, eval={"every": "8k"})["ar"]  # evals every 8 steps
+    whole = train(trial, LocalReporter(tmp_path / "whole"))
+    interrupted = LocalReporter(tmp_path / "split", keep=1)
+    train(trial, interrupted, stop_after_steps=19)
+    # The timed checkpoint at step 19 is kept beside the last eval point's; the ones before it were superseded.
+    names = [p.name for p in interrupted.checkpoints()]
+    assert names == ["checkpoint_000000000016384", "checkpoint_000000000019456_timed"]
+    assert [e["step"] // 1024 for e in interrupted.history()] == [8, 16]  # no timed one taken for an eval point
+    resumed = Trainer(trial, LocalReporter(tmp_path / "split", keep=1))
+    assert resumed.stream.step == 19  # from the timed checkpoint, not the eval point at 16
+    result = resumed.run()
+    assert result["data_hash"] == whole["data_hash"]
+    assert result["train/loss"] == pytest.approx(whole["train/loss"], rel=1e-4, abs=1e-4)
+    assert [p.name for p in interrupted.checkpoints()] == ["checkpoint_000000000040960"]  # the end is an eval point
+    evals_whole = LocalReporter(tmp_path / "whole").history()
+    assert [e["step"] for e in interrupted.history()] == [e["step"] for e in evals_whole]
+
+
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_zero_stages_train_on_cpu(tiny_corpus, tmp_path, stage):
     trial = trials(tiny_corpus, train={"zero_stage": stage, "total_tokens": 16384}, eval={"every": "log:2"})["ar"]

@@ -1,10 +1,12 @@
 """A two-worker trial runs the same loop in a Ray Train worker group and matches the one-worker run."""
 
+from pathlib import Path
+
 import pytest
 
 from crossover.specs import parse_study
 from crossover.trainers.launch import LocalReporter, run_workers
-from crossover.trainers.loop import train
+from crossover.trainers.loop import CLIENT_STATE, train
 
 from .conftest import tiny_study
 
@@ -46,6 +48,36 @@ def test_two_workers_match_one_worker(tiny_corpus, session_cache, tmp_path, monk
     for (_, a), (_, b) in zip(single, double, strict=True):
         assert b == pytest.approx(a, rel=2e-2)
     assert result.checkpoint is not None
+
+
+def test_two_workers_take_timed_checkpoints_at_the_same_steps(
+    tiny_corpus, session_cache, tmp_path, monkeypatch, ray_cluster
+):
+    """Both ranks save at the same steps (a save each decides alone would hang the other or mix steps), Ray keeps the
+    latest timed checkpoint to resume from, and at the end only the eval point's."""
+    import json
+
+    monkeypatch.setenv("CROSSOVER_CACHE", str(session_cache))
+    spec = tiny_study(
+        tiny_corpus,
+        train={"total_tokens": 6144, "warmup_tokens": 0, "keep_checkpoints": 1, "checkpoint_minutes": 1e-9},
+        eval={"every": 6144},  # one eval point, at the end: every earlier checkpoint is a timed one
+        grid={"objective": ["ar"], "unique_tokens": [4096]},
+        resources={"workers": 2, "cpus_per_worker": 1},
+    )
+    trial = parse_study(spec).expand()[0]
+
+    def tokens_of(folder) -> list[int]:
+        return [json.loads((folder / f"rank{r}_{CLIENT_STATE}").read_text())["tokens"] for r in (0, 1)]
+
+    stopped = run_workers(trial, tmp_path / "ray", name="timed", stop_after_steps=4)
+    assert stopped.error is None
+    assert tokens_of(Path(stopped.checkpoint.path)) == [4096, 4096]  # the latest: a timed one, both ranks' files
+    assert [m["eval_point_tokens"] for _, m in stopped.best_checkpoints] == [-1]  # those before it superseded
+
+    finished = run_workers(trial, tmp_path / "ray", name="timed")  # continues from it
+    assert finished.error is None
+    assert [tokens_of(Path(c.path)) for c, _ in finished.best_checkpoints] == [[6144, 6144]]
 
 
 def test_trials_with_a_quarter_gpu_share_one_gpu(ray_cluster, tmp_path):

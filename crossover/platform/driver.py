@@ -34,10 +34,12 @@ from crossover.platform.local_ray import (
     running_driver,
     state_file,
 )
+from crossover.platform.provenance import provenance_tags
 from crossover.platform.tracking import (
     TrialRun,
     finish_study,
     mark_study_stopped,
+    mark_trials_stopped,
     start_study,
     study_runtime,
     trial_statuses,
@@ -49,6 +51,8 @@ from crossover.tracking.names import TAG_DATA_HASH
 from crossover.trainers.throughput import study_runtime_here
 
 # Environment the trials need that a local Ray instance would not otherwise pass on.
+WORKER_GROUP_WAIT_S = 30 * 60  # how long a trial's worker group waits for resources before asking again (run_trial)
+TRIAL_DRIVER_CPU = 0.01  # a multi-worker trial's own process on a cluster: it waits on its workers (trial_resources)
 FORWARDED_ENV = ("CROSSOVER_CACHE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "TOKENIZERS_PARALLELISM")
 
 
@@ -98,13 +102,19 @@ def run_trial(config: dict[str, Any]) -> None:
             from crossover.trainers.launch import RayReporter
             from crossover.trainers.loop import train
 
-            result = train(trial, RayReporter("tune", run, launch.storage, branch), runtime=launch.runtime)
+            with run.system_metrics():
+                result = train(trial, RayReporter("tune", run, launch.storage, branch), runtime=launch.runtime)
             run.set_tags({TAG_DATA_HASH: result["data_hash"]})
         else:
             from ray.tune.integration.ray_train import TuneReportCallback  # lazy: as above, and Ray's seconds
 
             from crossover.trainers.launch import run_workers
 
+            # A worker group that cannot start yet waits for the cluster to grow: its pending placement group is the
+            # demand the autoscaler sees, and a new GPU node can take minutes to come up. Ray Train's 60 s would give
+            # up and ask again and again (it retries without limit), so the request keeps dropping from the
+            # autoscaler's view; Ray Train passes the setting from this process to the trial's controller.
+            os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_GROUP_WAIT_S))
             outcome = run_workers(
                 trial,
                 launch.storage,
@@ -226,12 +236,20 @@ def run_study(options: RunOptions, events: StudyEvents | None = None) -> StudyOu
     try:
         with interrupts_kept() as interrupted:
             trials_hash = _trials_hash(trials)
-            parent_run_id = start_study(spec, options.spec_text, uri, fresh=options.fresh, trials_hash=trials_hash)
+            provenance = provenance_tags()  # here, once: trials may run on machines without the source's git
+            parent_run_id = start_study(
+                spec, options.spec_text, uri, fresh=options.fresh, trials_hash=trials_hash, tags=provenance
+            )
             # Once per study, so every trial (the AR and MDLM of each cell) trains alike; a continued study keeps the
             # resolution it began with.
             runtime = study_runtime(uri, parent_run_id, study_runtime_here(spec))
             launch = functools.partial(
-                TrialLaunch, runtime=runtime, tracking_uri=uri, parent_run_id=parent_run_id, storage=storage
+                TrialLaunch,
+                runtime=runtime,
+                tracking_uri=uri,
+                parent_run_id=parent_run_id,
+                storage=storage,
+                tags=provenance,
             )
             phase = Phase(spec.name, [launch(trial=t) for t in trials])
             if spec.search is None:  # a grid study can grow; a search study's trials are samples
@@ -252,12 +270,16 @@ def run_study(options: RunOptions, events: StudyEvents | None = None) -> StudyOu
                     events.on_anneal(plan)
                 if plan.to_run:
                     name = f"{spec.name}.anneal-{_trials_hash([a.trial for a in plan.to_run])[:8]}"
-                    launches = [launch(trial=a.trial, continues=a.continues, tags=a.tags) for a in plan.to_run]
+                    launches = [
+                        launch(trial=a.trial, continues=a.continues, tags={**provenance, **a.tags}) for a in plan.to_run
+                    ]
                     results += _fit(options, Phase(name, launches), events.callbacks, interrupted)
     except KeyboardInterrupt:  # Ctrl-C before Tune took it over (the parent run being made, Ray starting)
         mark_study_stopped(uri, spec.name)
         raise
     finished, failed, stopped = _sorted_out(results, trial_statuses(uri, parent_run_id))
+    if stopped:
+        mark_trials_stopped(uri, parent_run_id)
     finish_study(uri, parent_run_id, "KILLED" if stopped else "FAILED" if failed else "FINISHED")
     return StudyOutcome(finished, failed, stopped, parent_run_id, experiment)
 
@@ -278,7 +300,12 @@ def interrupts_kept() -> Iterator[Callable[[], None]]:
     is, and where that is a callback whose exceptions are printed and dropped (logging's at-fork lock release, run
     each time Ray's start-up forks a process) the study went on as if never stopped. The handler still raises at
     once, and remembers the signal: the check it yields raises it again at the next safe point if it was dropped.
-    Tune's `fit` puts its own handler in place while trials run and restores this one after."""
+    Tune's `fit` puts its own handler in place while trials run and restores this one after.
+
+    SIGTERM (`ray job stop`, Kubernetes, `kill`) stops the study as Ctrl-C does: its handler calls whichever SIGINT
+    handler is in place, this one or Tune's (called, not sent: a `ray job submit` driver has SIGINT blocked).
+    `ray.init` replaces it with one that exits at once, leaving the trials' runs RUNNING: that exit, while Ray
+    starts, becomes a KeyboardInterrupt here, and the check puts this handler back once Ray has started."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield lambda: None
         return
@@ -288,15 +315,24 @@ def interrupts_kept() -> Iterator[Callable[[], None]]:
         seen.set()
         raise KeyboardInterrupt
 
+    def on_sigterm(signum, frame) -> None:
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, frame)
+
     def check() -> None:
+        signal.signal(signal.SIGTERM, on_sigterm)
         if seen.is_set():
             raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = signal.signal(signal.SIGINT, on_sigint), signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield check
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:
+            raise
+        raise KeyboardInterrupt from None  # ray.init's SIGTERM handler, in place while Ray starts
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
 
 
 def _fit(options: RunOptions, phase: Phase, callbacks: list, interrupted: Callable[[], None]) -> list:
@@ -307,7 +343,7 @@ def _fit(options: RunOptions, phase: Phase, callbacks: list, interrupted: Callab
     import ray
     from ray import tune
 
-    from crossover.trainers.launch import checkpoints_to_keep
+    from crossover.trainers.launch import checkpoint_retention
 
     spec, storage = options.spec, options.storage
     resources = spec.resources
@@ -315,15 +351,18 @@ def _fit(options: RunOptions, phase: Phase, callbacks: list, interrupted: Callab
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         if options.address:
             ray.init(address=options.address, log_to_driver=False)
+            keep_train_coordinator_here()
         else:  # the embedded default: a local instance with this machine's cores
             init_local_instance(runtime_env={"env_vars": env} if env else None)
             record_local_instance(state_file(driver_folder(storage), spec.name))  # so a crash leaves nothing behind
 
     interrupted()
-    trainable = tune.with_resources(run_trial, trial_resources(resources))
-    concurrent = (
-        options.max_concurrent or resources.max_concurrent or worker_groups_that_fit(spec, ray.cluster_resources())
-    )
+    joined = options.address is not None  # a cluster of its own (KubeRay, `ray start`), perhaps autoscaled
+    trainable = tune.with_resources(run_trial, trial_resources(resources, joined))
+    # On a cluster, multi-worker trials queue unbounded: their worker groups' pending requests are what its autoscaler
+    # grows for, up to its maximum, so its size at start says nothing; max_concurrent caps them where asked.
+    fits_here = None if joined else worker_groups_that_fit(spec, ray.cluster_resources())
+    concurrent = options.max_concurrent or resources.max_concurrent or fits_here
     results, tuners = [], _tuners(spec, phase.launches, concurrent, phase.experiment)
     parent = phase.launches[0]
     for index, (name, tune_config, space) in enumerate(tuners):
@@ -335,7 +374,9 @@ def _fit(options: RunOptions, phase: Phase, callbacks: list, interrupted: Callab
                 name=name,
                 storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(spec.train.keep_checkpoints)),
+                checkpoint_config=tune.CheckpointConfig(
+                    **checkpoint_retention(spec.train.keep_checkpoints, [launch.trial for launch in phase.launches])
+                ),
                 callbacks=callbacks,
                 verbose=0,
             )
@@ -347,6 +388,21 @@ def _fit(options: RunOptions, phase: Phase, callbacks: list, interrupted: Callab
         if more_to_come and _sorted_out(fitted, trial_statuses(parent.tracking_uri, parent.parent_run_id))[2]:
             break
     return results
+
+
+def keep_train_coordinator_here() -> None:
+    """Start Ray Train's AutoscalingCoordinator on this node (the head, where a job's driver runs). Each Ray Train
+    run passes its worker group's resources to the autoscaler through that one detached actor, which the first run to
+    need it starts on its own node and which never ends: started by a trial on a worker node, it keeps that node (on
+    KubeRay, a GPU pod) busy in the autoscaler's eyes after the study, so the cluster never shrinks to its head
+    (measured in tests/test_autoscaling.py). Ray's private API: a Ray without it skips this."""
+    try:  # lazy: Ray Data's module, for a driver that joins a cluster only
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return
+    get_or_create_autoscaling_coordinator()
 
 
 def _restored(path: str, trainable: Any, space: dict | None):
@@ -381,21 +437,25 @@ def _sorted_out(results: list, statuses: dict[str, str]) -> tuple[list[str], dic
     return finished, failed, stopped
 
 
-def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
+def trial_resources(resources: ResourcesSpec, joined: bool = False) -> dict[str, float]:
     """What one Tune trial asks Ray for. A one-worker trial trains in its own process and holds the worker's CPUs
-    and GPUs; a fraction of a GPU (gpus_per_worker 0.25) lets Ray place that many trials on one GPU at once."""
+    and GPUs; a fraction of a GPU (gpus_per_worker 0.25) lets Ray place that many trials on one GPU at once.
+
+    A multi-worker trial only waits on its Ray Train worker group, which reserves the workers' resources itself. On a
+    cluster it `joined`, the trial asks for a hundredth of a CPU: never placed on a head that advertises no CPUs (the
+    KubeRay head's num-cpus 0), where it would import torch, it lands beside some node's workers (a prod GPU node
+    keeps 16 of its 80 CPUs free). On the local instance, one machine that is its own head, it asks for one byte of
+    memory, as any CPU it held would be missing from the worker group (on a 2-CPU machine a 0.01-CPU trial leaves
+    1.99 CPUs for two 1-CPU workers: no start)."""
     if resources.workers == 1:
         return {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
-    # The trial only waits on its Ray Train worker group, which reserves the workers' resources itself. Tune needs a
-    # non-empty request: one byte of memory, as any CPU the trial held would be missing from the worker group (on a
-    # 2-CPU machine a 0.01-CPU trial leaves 1.99 CPUs for two 1-CPU workers: no start).
-    return {"cpu": 0, "memory": 1}
+    return {"cpu": TRIAL_DRIVER_CPU} if joined else {"cpu": 0, "memory": 1}
 
 
 def worker_groups_that_fit(spec: StudySpec, cluster: dict[str, float]) -> int | None:
-    """How many multi-worker trials can run at once on `cluster` (Ray's resource totals); None for one-worker
-    trials, whose own requests let Tune fill the cluster. A trial whose worker group must wait for another's to
-    finish would time out starting it, so the limit is set up front (an autoscaling cluster: set max_concurrent)."""
+    """How many multi-worker trials can run at once on the local instance (`cluster`: Ray's resource totals); None
+    for one-worker trials, whose own requests let Tune fill it. Set up front on one machine, whose size is fixed:
+    more trials at once would only start more drivers that wait."""
     res = spec.resources
     if res.workers == 1:
         return None

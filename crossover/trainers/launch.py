@@ -25,6 +25,7 @@ from crossover.specs import TrialSpec
 from crossover.specs.hardware import Runtime
 from crossover.tracking.names import items_path, items_payload
 from crossover.trainers.loop import train
+from crossover.trainers.schedules import eval_steps
 from crossover.trainers.throughput import runtime_here
 
 MetricSink = Callable[[dict[str, float], int], None]
@@ -85,9 +86,20 @@ def space_errors_named(folder: str | Path, destination: str | Path) -> Iterator[
         raise
 
 
-def checkpoints_to_keep(keep: int | str) -> int | None:
-    """Ray's num_to_keep for train.keep_checkpoints (None keeps every one)."""
-    return None if keep == "all" else int(keep)
+EVAL_POINT_TOKENS = "eval_point_tokens"  # reported with a checkpoint to Ray: its eval point's tokens; -1 if timed
+
+
+def checkpoint_retention(keep: int | str, trials: list[TrialSpec]) -> dict[str, Any]:
+    """Ray's CheckpointConfig for train.keep_checkpoints, as keyword arguments (Tune's and Ray Train's are two
+    classes). Ray keeps a trial's latest checkpoint and its `num_to_keep` best by EVAL_POINT_TOKENS: the latest eval
+    points', ranked above every timed checkpoint (train.checkpoint_minutes), so a timed one never displaces an eval
+    point's and goes once it is neither the latest nor needed to fill `keep`. "all" keeps as many as the most eval
+    points any of `trials` has, not every checkpoint: a number, so that superseded timed ones go too."""
+    return {
+        "num_to_keep": max(len(eval_steps(t)) for t in trials) if keep == "all" else int(keep),
+        "checkpoint_score_attribute": EVAL_POINT_TOKENS,
+        "checkpoint_score_order": "max",
+    }
 
 
 def branch_folder(storage: str, trial: TrialSpec) -> str:
@@ -119,10 +131,14 @@ def _local_copy(folder: str) -> Iterator[str]:
         yield local
 
 
+TIMED = "_timed"  # LocalReporter's name ending for a timed checkpoint (train.checkpoint_minutes)
+
+
 class LocalReporter:
-    """Metrics in `folder/metrics.jsonl`, checkpoints in `folder/checkpoint_<tokens>` (the last `keep` kept, or
-    "all") with their eval metrics in `folder/evals.jsonl`, the branch checkpoint in `folder/branch`. `continues`:
-    a shorter trial's branch checkpoint to start from. Used by `crossover train` and the tests."""
+    """Metrics in `folder/metrics.jsonl`, eval points' checkpoints in `folder/checkpoint_<tokens>` (the last `keep`
+    kept, or "all") with their eval metrics in `folder/evals.jsonl`, a timed checkpoint in
+    `folder/checkpoint_<tokens>_timed` until the next checkpoint, the branch checkpoint in `folder/branch`.
+    `continues`: a shorter trial's branch checkpoint to start from. Used by `crossover train` and the tests."""
 
     def __init__(
         self, folder: str | Path, keep: int | str = 2, sink: MetricSink | None = None, continues: str | None = None
@@ -136,8 +152,8 @@ class LocalReporter:
         if self.sink:
             self.sink(metrics, step)
 
-    def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str) -> None:
-        target = self.folder / f"checkpoint_{step:015d}"
+    def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str, eval_point: bool) -> None:
+        target = self.folder / f"checkpoint_{step:015d}{'' if eval_point else TIMED}"
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         check_checkpoint_space(checkpoint_dir, self.folder)
@@ -148,8 +164,12 @@ class LocalReporter:
             shutil.rmtree(partial, ignore_errors=True)
             raise
         partial.rename(target)  # a checkpoint appears whole or not at all
-        append_jsonl(self.folder / "evals.jsonl", {"step": step, **metrics})
-        for old in self.checkpoints()[: -self.keep] if self.keep != "all" else []:
+        if eval_point:
+            append_jsonl(self.folder / "evals.jsonl", {"step": step, **metrics})
+        found = self.checkpoints()
+        superseded = [p for p in found[:-1] if p.name.endswith(TIMED)]  # the latest stays, to resume from
+        at_eval_points = [p for p in found if not p.name.endswith(TIMED)]
+        for old in superseded + (at_eval_points[: -self.keep] if self.keep != "all" else []):
             shutil.rmtree(old)
 
     def keep_branch(self, checkpoint_dir: str, trial: TrialSpec, step: int) -> None:
@@ -188,6 +208,8 @@ class TrackedRun(Protocol):
 
     def branch_kept(self, folder: str, tokens: int) -> None: ...
 
+    def system_metrics(self) -> contextlib.AbstractContextManager[None]: ...  # the machine's, while a block trains
+
 
 class RayReporter:
     """Inside a Ray Tune trial (`api="tune"`, one worker in the trial's process) or a Ray Train worker
@@ -214,12 +236,15 @@ class RayReporter:
         if self.run:
             self.run.log_items(result.task, step, result.item_ids, result.item_metrics)
 
-    def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str) -> None:
+    def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str, eval_point: bool) -> None:
+        """Ray ranks the checkpoints to keep by EVAL_POINT_TOKENS (checkpoint_retention). A timed checkpoint's report
+        carries no eval metric: the Optuna search hears only reports that have its metric (driver._tuners)."""
         ray = self._ray()
         if self.storage:
             check_checkpoint_space(checkpoint_dir, self.storage)
+        ranked = {**metrics, EVAL_POINT_TOKENS: step if eval_point else -1}
         with space_errors_named(checkpoint_dir, self.storage or "Ray's storage"):
-            ray.report(metrics, checkpoint=ray.Checkpoint.from_directory(checkpoint_dir))
+            ray.report(ranked, checkpoint=ray.Checkpoint.from_directory(checkpoint_dir))
 
     def progress(self, metrics: dict[str, float], step: int) -> None:
         """A report without a checkpoint: the driver's progress display learns of every log point, not only of eval
@@ -257,7 +282,8 @@ def _train_worker(config: dict[str, Any]) -> None:
     run = run_factory() if run_factory and ray.train.get_context().get_world_rank() == 0 else None
     runtime = Runtime.model_validate(config["runtime"]) if config.get("runtime") else None
     reporter = RayReporter("train", run, config.get("storage"), config.get("continues"))
-    train(trial, reporter, config.get("stop_after_steps"), runtime)
+    with run.system_metrics() if run else contextlib.nullcontext():  # rank 0's node only: the one that logs
+        train(trial, reporter, config.get("stop_after_steps"), runtime)
 
 
 def run_workers(
@@ -301,7 +327,7 @@ def run_workers(
         run_config=ray.train.RunConfig(
             name=name or trial.name,
             storage_path=str(storage),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoints_to_keep(trial.train.keep_checkpoints)),
+            checkpoint_config=ray.train.CheckpointConfig(**checkpoint_retention(trial.train.keep_checkpoints, [trial])),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             callbacks=callbacks,
         ),

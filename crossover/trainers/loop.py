@@ -1,7 +1,8 @@
 """The one training loop, for AR and MDLM alike, run by every worker of a trial.
 
     data (crossover.data) -> model (crossover.models) in a DeepSpeed engine -> objective (the only difference
-    between matched trials) -> LR set per step from tokens seen -> metrics, eval and checkpoints at eval points
+    between matched trials) -> LR set per step from tokens seen -> metrics, eval and checkpoints at eval points, and
+    a checkpoint between them every train.checkpoint_minutes
 
 Where the loop runs (in the calling process or in Ray Train workers) and where metrics go (Ray, MLflow, the
 console) is the `Reporter`'s business: see crossover.trainers.launch. Resume restores the model, the optimizer, the
@@ -62,8 +63,10 @@ class Reporter(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Train metrics, and eval metrics at eval points (rank 0 only); step = tokens seen."""
 
-    def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str) -> None:
-        """A checkpoint at an eval point, with that point's metrics (every rank; the directory is deleted after)."""
+    def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str, eval_point: bool) -> None:
+        """A checkpoint (every rank; the directory is deleted after): at an eval point, with that point's metrics, or
+        timed (train.checkpoint_minutes), with only tokens and epoch: a point to resume from, superseded by later
+        checkpoints and never taken for an eval point's."""
 
     def progress(self, metrics: dict[str, float], step: int) -> None:
         """The train metrics of a log point that is not an eval point, for live progress (every rank)."""
@@ -139,6 +142,9 @@ class Trainer:
         self.stream = train_stream(trial, self.data, rank=self.rank, world_size=self.world)
         self.data_hash = self.stream.prefix_hash  # equal for every length: an extended trial's is a from-scratch one's
         self.eval_at = eval_steps(trial)
+        minutes = trial.train.checkpoint_minutes
+        self.checkpoint_seconds = minutes * 60 if minutes else None
+        self.steps_per_checkpoint: int | None = None  # timed checkpoints: set at log points (_set_steps_per_checkpoint)
         self.branch_at = branch_step(trial)
         self.flops_per_token = training_flops_per_token(trial.model, trial.data.seq_len)
         self.log_every = max(1, self.stream.num_steps // LOG_POINTS)
@@ -147,6 +153,7 @@ class Trainer:
         with reporter.latest_checkpoint() as resume_dir:
             if resume_dir:
                 self._restore(resume_dir)
+        self.checkpoint_step = self.stream.step  # the step of the latest checkpoint (0: none yet)
 
     # ---- one step
     def _loss(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -192,7 +199,7 @@ class Trainer:
     # ---- the loop
     def run(self, stop_after_steps: int | None = None) -> dict[str, Any]:
         """Train to the end (or `stop_after_steps`). The device is synchronised only at log points (about
-        LOG_POINTS per trial): losses stay on the device until then, and are all checked there."""
+        LOG_POINTS per trial) and checkpoints: losses stay on the device until then, and are all checked there."""
         engine, stream = self.engine, self.stream
         engine.train()
         started, window_start, window_tokens = time.perf_counter(), time.perf_counter(), 0
@@ -241,16 +248,23 @@ class Trainer:
                     for result in results:
                         self.reporter.log_items(result, batch.tokens_seen)
                 if done in self.eval_at:
-                    self._checkpoint(metrics, batch.tokens_seen)
+                    self._checkpoint(metrics, batch.tokens_seen, eval_point=True)
                     engine.train()
                 else:
                     self.reporter.progress(metrics, batch.tokens_seen)
+                self._set_steps_per_checkpoint(metrics["tokens_per_s"])
                 window_start, window_tokens = time.perf_counter(), 0  # evaluation time is not training throughput
             elif not warm:
                 # The first step of a process (compilation, allocator and kernel warm-up) is not throughput either.
                 _synchronize(self.device)
                 window_start, window_tokens = time.perf_counter(), 0
             warm = True
+            if self.steps_per_checkpoint and done - self.checkpoint_step >= self.steps_per_checkpoint:
+                if pending:  # a checkpoint holds only steps whose loss was checked: no diverged state to resume
+                    self._check_finite(pending)
+                    pending = []
+                self._checkpoint({"epoch": batch.epoch}, batch.tokens_seen, eval_point=False)
+                window_start, window_tokens = time.perf_counter(), 0  # nor is writing a checkpoint
             if done == self.branch_at:
                 self._keep_branch(batch.tokens_seen)
             if stop_after_steps is not None and done >= stop_after_steps:
@@ -288,11 +302,24 @@ class Trainer:
         return metrics_of(results), [r for r in results if r.item_ids]  # the held-out loss has no per-item file
 
     # ---- checkpoints
-    def _checkpoint(self, metrics: dict[str, float], tokens: int) -> None:
+    def _checkpoint(self, metrics: dict[str, float], tokens: int, eval_point: bool) -> None:
         """Every rank writes its own files (DeepSpeed names them by rank) into a local directory and hands it to the
         reporter, which merges the ranks' files into one checkpoint (Ray Train does this for its workers)."""
         with self._saved(tokens) as folder:
-            self.reporter.checkpoint({**metrics, "tokens": tokens}, tokens, str(folder))
+            self.reporter.checkpoint({**metrics, "tokens": tokens}, tokens, str(folder), eval_point)
+        self.checkpoint_step = self.stream.step
+
+    def _set_steps_per_checkpoint(self, tokens_per_s: float) -> None:
+        """How many steps make train.checkpoint_minutes, from the throughput since the last log point. Saving is
+        collective, so every rank must choose the same step: asking rank 0's clock at each step would synchronise
+        the device each step (the loop does only at log points), and each rank reading its own clock could fall on
+        either side of a step. So the interval becomes a step count here, where the device is synchronised anyway,
+        from the throughput averaged over the ranks: one value, so one count, on every rank."""
+        if self.checkpoint_seconds is None:
+            return
+        rate = _all_reduce_sum([tokens_per_s], self.device)[0] / self.world
+        step_seconds = self.trial.train.global_batch_tokens / rate
+        self.steps_per_checkpoint = max(1, int(self.checkpoint_seconds / step_seconds))
 
     def _keep_branch(self, tokens: int) -> None:
         with self._saved(tokens) as folder:
