@@ -153,12 +153,13 @@ def with_token_auth(env: dict[str, str], token: Path) -> dict[str, str]:
 
 
 def ray_job_submit(
-    dashboard: str, args: list[str], env: dict[str, str], timeout: float = 1200
+    dashboard: str, args: list[str], env: dict[str, str], timeout: float = 1200, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """`ray job submit --address DASHBOARD ARGS...` with `env`, tried again while the head's job agent is starting."""
+    """`ray job submit --address DASHBOARD ARGS...` with `env` (in `cwd`), tried again while the head's job agent is
+    starting."""
     command = [str(BIN / "ray"), "job", "submit", "--address", dashboard, *args]
     for _ in range(30):  # the head's job agent starts a few seconds after the dashboard answers
-        job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        job = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
         if "No available agent" not in job.stderr:
             break
         time.sleep(3)

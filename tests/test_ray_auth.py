@@ -1,11 +1,13 @@
-"""Ray token authentication on the `ray job submit` path, against a real loopback cluster started as a real one is
-(`RAY_AUTH_MODE=token`, the token from a file named by `RAY_AUTH_TOKEN_PATH`; a token of this test's own, never
-~/.ray/auth_token): a submission without the token or with a wrong one is refused, one with it runs, and its driver
-connects to the cluster with the token the head hands it."""
+"""Ray token authentication on the `ray job submit` path, against a real loopback head started as k8s/README.md
+(section 5) starts a local one: `ray get-auth-token --generate` writes ~/.ray/auth_token (HOME is this test's own
+folder, never the user's), and the head and the client run with `RAY_AUTH_MODE=token`. A submission without that
+mode (the client then sends no token, although one is in ~/.ray) or with a wrong token is refused; one with it runs,
+and its driver connects to the cluster with the token it inherits from the head."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -19,16 +21,17 @@ DRIVER = "import os, ray; ray.init(); print('driver auth', os.environ['RAY_AUTH_
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ray-auth")
-    home = folder / "home"  # a HOME without ~/.ray/auth_token, for the clients that must have no token
+    home = folder / "home"  # this test's own ~/.ray/auth_token
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env |= {"PATH": f"{BIN}:{env['PATH']}", "HOME": str(home)}
-    token = new_auth_token(folder)
-    with ray_head(env, num_cpus=1, auth_token=token) as (_, dashboard):
-        yield {"dashboard": dashboard, "env": env, "token": token}
+    made = subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, capture_output=True, text=True)
+    assert made.returncode == 0 and (home / ".ray" / "auth_token").read_text() == made.stdout, made.stderr
+    with ray_head({**env, "RAY_AUTH_MODE": "token"}, num_cpus=1) as (_, dashboard):
+        yield {"dashboard": dashboard, "env": env}
 
 
-def test_submit_without_the_token_is_refused(cluster):
+def test_submit_without_token_mode_is_refused(cluster):
     job = ray_job_submit(cluster["dashboard"], ["--", "python", "-c", "print(1)"], cluster["env"], timeout=120)
     assert job.returncode != 0
     assert "Authentication required" in job.stderr and "Missing authentication token" in job.stderr, job.stderr
@@ -42,7 +45,7 @@ def test_submit_with_a_wrong_token_is_refused(cluster, tmp_path):
 
 
 def test_submit_with_the_token_runs_and_its_driver_is_authenticated(cluster):
-    env = with_token_auth(cluster["env"], cluster["token"])
+    env = {**cluster["env"], "RAY_AUTH_MODE": "token"}
     job = ray_job_submit(cluster["dashboard"], ["--", "python", "-c", DRIVER], env, timeout=300)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "driver auth token 1.0" in job.stdout and "succeeded" in job.stdout

@@ -1,13 +1,17 @@
 """The smoke study end to end, as on a cluster: `ray start --head` on loopback (2 CPUs), `ray job submit` of
 `crossover run` on the smoke study, a real `mlflow server`; then the trainer's and the analysis' checks on the
 records it made. The study is `study_specs/smoke.yaml` as shipped (300k tokens a trial, budgets 150k and 300k), the
-one `make demo` runs."""
+one `make demo` runs. The spec travels with the job, as k8s/README.md says: `ray job submit --working-dir .` from a
+folder outside the repository that holds only the spec, laid out as the kubelet lays out the ConfigMap that the
+RayJob's submitter uploads the same way (k8s/base/rayjob.yaml), and `crossover run study.yaml` in the driver's
+working directory."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +21,7 @@ from crossover.cli import app
 from crossover.specs import load_study
 from crossover.tracking.names import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TRAIN_METRICS
 
-from .conftest import ROOT, SPECS
+from .conftest import SPECS
 from .services import (
     BIN,
     assert_report_renders,
@@ -33,11 +37,23 @@ pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (t
 SHIPPED = SPECS / "smoke.yaml"
 
 
+def configmap_volume(folder: Path, files: dict[str, str]) -> Path:
+    """`folder` laid out as the kubelet lays out a ConfigMap volume: each key a symlink into `..data`, a symlink to
+    a timestamped folder that holds the files."""
+    stamped = folder / "..2026_01_01_00_00_00.000000000"
+    stamped.mkdir(parents=True)
+    for name, text in files.items():
+        (stamped / name).write_text(text)
+    (folder / "..data").symlink_to(stamped.name)
+    for name in files:
+        (folder / name).symlink_to(f"..data/{name}")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, session_cache):
     base = tmp_path_factory.mktemp("smoke")
-    spec = base / "smoke.yaml"
-    shutil.copy(SHIPPED, spec)
+    job_dir = configmap_volume(base / "job", {"study.yaml": SHIPPED.read_text()})
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "CROSSOVER_CACHE": str(session_cache)}
     # Token auth on, as on a real cluster, with a token of this test's own (never ~/.ray/auth_token). The job's
     # driver and its trials get it from the head: the driver inherits the head's environment.
@@ -46,21 +62,21 @@ def smoke(tmp_path_factory, session_cache):
         runtime_env = {"env_vars": {"CROSSOVER_CACHE": str(session_cache)}}
         args = [
             "--working-dir",
-            str(ROOT),
+            ".",
             "--runtime-env-json",
             json.dumps(runtime_env),
             "--",
             "crossover",
             "run",
-            str(spec),
+            "study.yaml",
             "--tracking-uri",
             url,
             "--storage",
             str(base / "ray"),
             "--quiet",
         ]
-        job = ray_job_submit(dashboard, args, with_token_auth(env, token))
-        yield {"job": job, "uri": url, "base": base, "spec": spec}
+        job = ray_job_submit(dashboard, args, with_token_auth(env, token), cwd=job_dir)
+        yield {"job": job, "uri": url, "base": base, "spec": job_dir / "study.yaml"}
 
 
 def smoke_runs(uri: str):
