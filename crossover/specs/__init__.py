@@ -5,7 +5,7 @@ from crossover.specs.errors import Problem, SpecError
 from crossover.specs.expand import padded_vocab, resolve_model
 from crossover.specs.loader import load_study, parse_study
 from crossover.specs.model import PRESETS, ModelConfig, ParamCounts, count_params, training_flops_per_token
-from crossover.specs.plan import Plan, PlanRow, longest_first, plan_study, training_flops
+from crossover.specs.plan import Plan, PlanRow, fill_slots, longest_first, plan_study, training_flops
 from crossover.specs.study import HYPERPARAMETERS, StudySpec, TrialSpec
 from crossover.specs.tokens import format_seconds, format_tokens, parse_tokens
 
@@ -25,6 +25,7 @@ __all__ = [
     "format_seconds",
     "format_tokens",
     "load_study",
+    "fill_slots",
     "longest_first",
     "padded_vocab",
     "parse_study",

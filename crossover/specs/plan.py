@@ -4,6 +4,7 @@ analytic counts, and how its `auto` settings resolve on this machine."""
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 
 from pydantic import BaseModel
 
@@ -133,6 +134,16 @@ class ClusterWallTime(BaseModel):
         )
 
 
+def fill_slots(durations: Iterable[float], loads: list[float]) -> list[float]:
+    """Each duration, in order, onto the slot that frees first (as Ray Tune places waiting trials); `loads` are the
+    slots' busy times so far. Returns the slots' busy times after."""
+    loads = list(loads)
+    heapq.heapify(loads)
+    for seconds in durations:
+        heapq.heapreplace(loads, loads[0] + seconds)
+    return loads
+
+
 def cluster_wall_time(spec: StudySpec, plan: Plan, gpus: int) -> ClusterWallTime:
     """The study's training time on a cluster grown to `gpus` GPUs: as many trials at once as fit (`crossover run`
     queues them all; the autoscaler grows for them), longest first, each onto the slot that frees first, each taking
@@ -141,8 +152,8 @@ def cluster_wall_time(spec: StudySpec, plan: Plan, gpus: int) -> ClusterWallTime
     per_trial = res.workers * res.gpus_per_worker
     if per_trial <= 0:
         raise ValueError("the study's trials use no GPUs: a cluster's GPUs do not bound them")
-    per_gpu = max(1, round(1 / res.gpus_per_worker)) if res.gpus_per_worker < 1 else 1
-    share = packed_share(per_gpu) if per_gpu > 1 else 1.0
+    per_gpu = round(1 / res.gpus_per_worker) if res.gpus_per_worker < 1 else 1
+    share = packed_share(per_gpu)  # 1.0 for one trial per GPU
     at_once = int(gpus // per_trial)
     if at_once < 1:
         raise ValueError(f"a trial needs {per_trial:g} GPUs, more than the cluster's {gpus}")
@@ -151,9 +162,7 @@ def cluster_wall_time(spec: StudySpec, plan: Plan, gpus: int) -> ClusterWallTime
     # A trial alone on its GPUs takes gpu_hours over their count (a packed trial: the GPU-hours of a whole GPU,
     # slowed to its share while its neighbours run).
     hours = [row.gpu_hours / max(per_trial, 1) / share for row in sorted(plan.trials, key=lambda r: -r.flops)]
-    loads = [0.0] * at_once
-    for trial_hours in hours:
-        heapq.heapreplace(loads, loads[0] + trial_hours)
+    loads = fill_slots(hours, [0.0] * at_once)
     return ClusterWallTime(
         gpus=gpus, at_once=at_once, gpus_per_trial=per_trial, per_gpu=per_gpu, share=share, hours=max(loads)
     )

@@ -22,7 +22,6 @@ shape), so it is made once per machine and `validate`, which imports no torch, r
 
 from __future__ import annotations
 
-import heapq
 import importlib.metadata
 import json
 import os
@@ -36,6 +35,7 @@ from crossover.specs import (
     ModelConfig,
     StudySpec,
     TrialSpec,
+    fill_slots,
     format_seconds,
     longest_first,
     training_flops_per_token,
@@ -327,18 +327,14 @@ def estimate_wall_time(
                 estimated[label] = f"{exc}; estimated from FLOPs per token at {how}"
         rate = rates[label] * trial.resources.workers
         per_trial[trial.name] = TRIAL_START_S + (trial.total_tokens + EVAL_COST * eval_tokens(trial)) / rate
-    loads = [0.0] * max(1, slots)
-    for seconds in per_trial.values():  # each onto the slot that frees first, as Ray Tune places them
-        heapq.heapreplace(loads, loads[0] + seconds)
+    loads = fill_slots(per_trial.values(), [0.0] * max(1, slots))
     phase: dict[str, float] = {}
     for trial, tokens in after:
         rate = rates.get(_model_label(trial.model)) or measure_rate(trial, runtime, memory)
         share = tokens / trial.total_tokens  # its eval points after the checkpoint it continues
         phase[trial.name] = TRIAL_START_S + (tokens + EVAL_COST * eval_tokens(trial) * share) / rate
     if phase:
-        loads = [max(loads)] * len(loads)
-        for seconds in sorted(phase.values(), reverse=True):
-            heapq.heapreplace(loads, loads[0] + seconds)
+        loads = fill_slots(sorted(phase.values(), reverse=True), [max(loads)] * len(loads))
     return WallTime(STUDY_START_S + max(loads), len(loads), rates, per_trial, estimated, phase)
 
 
