@@ -1,5 +1,5 @@
-"""Real services for integration tests, on loopback only, always stopped: an MLflow server, a Ray head and more
-Ray nodes."""
+"""Real services for integration tests, on loopback only, always stopped: an MLflow server, an S3 server (moto), a Ray
+head and more Ray nodes."""
 
 from __future__ import annotations
 
@@ -90,6 +90,41 @@ def mlflow_server(folder: Path, port: int | None = None, backend_uri: str | None
         yield url
     finally:
         stop_group(proc)
+
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def s3_server(folder: Path, port: int | None = None) -> Iterator[str]:
+    """moto's standalone S3 server (a real HTTP S3 API, state in memory) in its own process group; yields its endpoint
+    URL. Clients find it through `s3_env(endpoint)`."""
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / f"moto-{port}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **S3_KEYS},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _up(f"{url}/moto-api/"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto_server did not start: {log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        stop_group(proc)
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """The environment that points boto3, pyarrow, MLflow and Ray at an S3 endpoint on loopback."""
+    return {**S3_KEYS, "AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint}
 
 
 def ray_temp_dir() -> str:
