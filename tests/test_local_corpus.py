@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from crossover.cli import app
 from crossover.data import DataError, load_corpus, store_dir
-from crossover.data.corpus import fingerprint, local_files, size_bound
+from crossover.data.corpus import corpus_files, fingerprint, size_bound
 from crossover.specs.study import CorpusSpec
 
 from .test_data_support import data_spec, make_documents, write_jsonl
@@ -68,7 +68,7 @@ def debian_like_folder(root: Path) -> dict[str, str]:
 def test_a_folder_reads_every_text_file_and_names_what_it_skips(tmp_path):
     texts = debian_like_folder(tmp_path / "corpus")
     for fmt in ("auto", "txt"):
-        found = local_files(CorpusSpec(source=str(tmp_path / "corpus"), format=fmt))
+        found = corpus_files(CorpusSpec(source=str(tmp_path / "corpus"), format=fmt))
         assert found.format == "txt"
         assert [str(p.relative_to(tmp_path / "corpus")) for p in found.files] == READ, fmt
         assert dict(found.skipped) == SKIPPED, fmt
@@ -81,7 +81,7 @@ def test_a_folder_reads_every_text_file_and_names_what_it_skips(tmp_path):
     before, key = fingerprint(spec.corpus), store_dir(spec)
     (tmp_path / "corpus" / "doc" / "random").write_text("now it is text\n")
     assert fingerprint(spec.corpus) != before and store_dir(spec) != key
-    assert "doc/random" in [str(p.relative_to(tmp_path / "corpus")) for p in local_files(spec.corpus).files]
+    assert "doc/random" in [str(p.relative_to(tmp_path / "corpus")) for p in corpus_files(spec.corpus).files]
 
 
 def _study(tmp_path: Path, corpus: str) -> Path:
@@ -128,7 +128,7 @@ def test_structured_files_beside_text_files_need_a_format(tmp_path):
     assert "holds 1 jsonl file(s) (e.g. data/train.jsonl) and 1 other file(s) that would be read as text" in message
     assert "set data.corpus.format: jsonl to read only the jsonl files" in message and "or format: txt" in message
     # format: jsonl reads the jsonl rows and reports the README as skipped
-    found = local_files(CorpusSpec(source=str(tmp_path / "ds"), format="jsonl"))
+    found = corpus_files(CorpusSpec(source=str(tmp_path / "ds"), format="jsonl"))
     assert found.files == [tmp_path / "ds" / "data" / "train.jsonl"]
     assert found.skipped == [("README.md", "not jsonl: data.corpus.format is jsonl")]
     ds = load_corpus(CorpusSpec(source=str(tmp_path / "ds"), format="jsonl"), cache_dir=tmp_path / "hf")
@@ -144,7 +144,7 @@ def test_a_glob_with_a_format_reads_every_match_and_binary_sources_are_refused(t
     docs = make_documents(20, seed=6)
     write_jsonl(tmp_path / "shards" / "shard-00", docs[:10])
     write_jsonl(tmp_path / "shards" / "shard-01", docs[10:])
-    found = local_files(CorpusSpec(source=str(tmp_path / "shards" / "shard-*"), format="jsonl"))
+    found = corpus_files(CorpusSpec(source=str(tmp_path / "shards" / "shard-*"), format="jsonl"))
     assert [p.name for p in found.files] == ["shard-00", "shard-01"] and found.skipped == []
     ds = load_corpus(CorpusSpec(source=str(tmp_path / "shards" / "*"), format="jsonl"), cache_dir=tmp_path / "hf")
     assert ds["text"] == [d["text"] for d in docs]
@@ -152,12 +152,12 @@ def test_a_glob_with_a_format_reads_every_match_and_binary_sources_are_refused(t
     with pytest.raises(
         DataError, match=r"matches no files of format jsonl; skipped: 2 not jsonl \(e.g. shard-00: not jsonl"
     ):
-        local_files(CorpusSpec(source=str(tmp_path / "shards"), format="jsonl"))
+        corpus_files(CorpusSpec(source=str(tmp_path / "shards"), format="jsonl"))
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "a.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(64))
     with pytest.raises(DataError, match=r"matches no files; skipped: 1 binary \(e.g. a.gz: binary: a NUL byte"):
-        local_files(CorpusSpec(source=str(tmp_path / "bin")))
+        corpus_files(CorpusSpec(source=str(tmp_path / "bin")))
     with pytest.raises(DataError, match="is binary: a NUL byte in its first 8 KiB: give a text file"):
-        local_files(CorpusSpec(source=str(tmp_path / "bin" / "a.gz")))
+        corpus_files(CorpusSpec(source=str(tmp_path / "bin" / "a.gz")))
     result = runner.invoke(app, ["data", "prepare", str(_study(tmp_path, str(tmp_path / "bin")))])
     assert result.exit_code == 2 and "matches no files; skipped: 1 binary" in result.output, result.output

@@ -7,41 +7,54 @@
   torch, ray, mlflow and the rest are installed anyway), the same way; roughly 10x the standard library, for studies
   that need more unique tokens offline. Exact duplicates are dropped and documents held out by content hash, as for
   every corpus (crossover.data.store).
-- a local file, directory or glob: jsonl, json, parquet or csv rows (the text in `CorpusSpec.text_field`), or text
-  (one document per file, whatever its extension). `local_files` says which files of a folder or glob are read and
-  why each other one is skipped.
-- `hf:<name>`: a Hugging Face hub dataset by name, `hf_config` and `split` (`streaming: true` streams it once into
+- files: a local file, folder or glob, or the same in object storage, `s3://bucket/prefix` or `gs://bucket/prefix`
+  (an object, every object under a "folder" prefix, or a glob such as `s3://bucket/shards/part-*.jsonl`): jsonl,
+  json, parquet or csv rows (the text in `CorpusSpec.text_field`), or text (one document per file, whatever its
+  extension). `corpus_files` says which files are read and why each other one is skipped; the rules are the same
+  wherever the files are. Object storage is read through `pyarrow.fs`: S3 with the standard AWS variables
+  (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` or `AWS_PROFILE`, `AWS_REGION`, and `AWS_ENDPOINT_URL` for
+  S3-compatible storage such as MinIO or Ceph), GCS with Google's default credentials
+  (`GOOGLE_APPLICATION_CREDENTIALS`, or the node's workload identity).
+- `hf:<name>`: a Hugging Face hub dataset by name, `hf_config` and split (`streaming: true` streams it once into
   an on-disk Dataset instead of downloading the repository). `<name>` may also be a local dataset directory, which
   `datasets.load_dataset` reads the same way.
 
 Everything here but `load_corpus` is cheap (no `datasets` import; of a local folder's or glob's text files only the
-first 8 KiB are read, to tell text from binary): `validate` and `plan` use `fingerprint` and `size_bound`.
+first 8 KiB are read, to tell text from binary; of an object-store source, `fingerprint` and `size_bound` read only
+the listing): `validate` and `plan` use `fingerprint` and `size_bound`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
 import io
 import os
+import shutil
 import sys
 import sysconfig
 import tokenize
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from fnmatch import fnmatchcase
+from pathlib import Path, PurePath, PurePosixPath
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from crossover.data.cache import cache_root, content_key
+from crossover.data.cache import cache_root, content_key, file_lock, remove_stale_tmp, tmp_path_for
 from crossover.data.errors import DataError
 from crossover.specs.study import CorpusSpec
 
 if TYPE_CHECKING:
     import datasets
+    import pyarrow.fs
 
 STDLIB = "stdlib-python"
 PACKAGES = "python-packages"
 HF_PREFIX = "hf:"
+OBJECT_STORE_SCHEMES = ("s3", "gs")
 EXTENSIONS = {  # the structured formats; any other file is read as text (one document) unless it is binary
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -50,19 +63,28 @@ EXTENSIONS = {  # the structured formats; any other file is read as text (one do
     ".csv": "csv",
 }
 SNIFF_BYTES = 8192  # how much of a text file is read to tell text from binary
+REMOTE_READERS = 16  # objects read at once: each read waits on the network, not on this machine
+GCS_RETRY_SECONDS = 3  # pyarrow retries GCS requests for 15 minutes by default: an unreachable source would hang
 _BUILDER = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}
 _EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 def kind(corpus: CorpusSpec) -> str:
-    """'stdlib', 'packages', 'hf' or 'local'."""
+    """'stdlib', 'packages', 'hf' or 'files' (a file, folder or glob, local or in object storage)."""
     if corpus.source == STDLIB:
         return "stdlib"
     if corpus.source == PACKAGES:
         return "packages"
     if corpus.source.startswith(HF_PREFIX):
         return "hf"
-    return "local"
+    return "files"
+
+
+def in_object_store(corpus: CorpusSpec) -> bool:
+    """An `s3://` or `gs://` source (listed, so its size is known without reading it: not `is_remote`)."""
+    return kind(corpus) == "files" and _scheme(corpus.source) is not None
 
 
 def is_remote(corpus: CorpusSpec) -> bool:
@@ -113,23 +135,56 @@ def python_files(corpus: CorpusSpec) -> list[tuple[str, Path]]:
     return [(p.relative_to(root).as_posix(), p) for p in files]
 
 
-@dataclass(frozen=True)
-class LocalFiles:
-    """The files of a local source: the `files` read as `format` (sorted, ids relative to `base`) and the entries of
-    a folder or glob left out, as (path relative to `base`, reason)."""
+Stat = tuple[int, int | None]  # a file's size in bytes and modification time in ns
 
-    base: Path
-    files: list[Path]
+
+@dataclass(frozen=True)
+class CorpusFiles:
+    """The files of a file source, local or in object storage: the `files` read as `format` (sorted; a document's id
+    is its path relative to `base`), each one's `stats`, and the entries of a folder or glob left out, as (path
+    relative to `base`, reason). An object-store source's paths are 'bucket/key', read through its pyarrow
+    `filesystem`; a local source has none."""
+
+    base: PurePath
+    files: list[PurePath]
     format: str
     skipped: list[tuple[str, str]]
+    stats: dict[PurePath, Stat]
+    filesystem: pyarrow.fs.FileSystem | None = None
+    scheme: str = ""  # "s3" or "gs" for object storage
+
+    def id(self, path: PurePath) -> str:
+        return os.path.relpath(path, self.base)
+
+    def uri(self, path: PurePath) -> str:
+        """The path as a user names it: s3://bucket/key, or the local path."""
+        return f"{self.scheme}://{path}" if self.scheme else str(path)
+
+    def read(self, path: PurePath, limit: int = -1) -> bytes:
+        """The file's bytes (its first `limit` ones when given)."""
+        return _read(self.filesystem, path, limit)
 
 
-def local_files(corpus: CorpusSpec) -> LocalFiles:
-    """The files of a local source (a file, a folder or a glob) and those skipped, with their reasons.
+class _Listing(NamedTuple):
+    """What a source names before the format rules apply: one `file`, a `folder` or the matches of a `glob`; the
+    files found (sorted) with their stats, and the entries skipped already (hidden, not a regular file...)."""
+
+    what: str
+    base: PurePath
+    found: list[PurePath]
+    skipped: list[tuple[str, str]]
+    stats: dict[PurePath, Stat]
+    filesystem: pyarrow.fs.FileSystem | None = None
+    scheme: str = ""
+
+
+def corpus_files(corpus: CorpusSpec, sniff: bool = True) -> CorpusFiles:
+    """The files of a file source (a file, a folder or a glob, local or in object storage) and those skipped, with
+    their reasons.
 
     A file named as the source is read in `format`, or by its extension (`EXTENSIONS`, else text). In a folder (walked
-    recursively) or a glob's matches, a file with a structured extension is read in that format and any other file as
-    one text document, except:
+    recursively; in object storage, every object under the prefix) or a glob's matches, a file with a structured
+    extension is read in that format and any other file as one text document, except:
     - hidden files and folders (a name starting with "."), links to folders and what is not a regular file (a
       broken link, a pipe) are skipped;
     - a text file is skipped as binary when its first 8 KiB hold a NUL byte (UTF-16 text too), or as not UTF-8 when
@@ -139,83 +194,245 @@ def local_files(corpus: CorpusSpec) -> LocalFiles:
       corpus): set `format` to choose;
     - an explicit structured `format` reads a folder's files of that extension (the others are skipped) and every
       file a glob matches; `format: txt` reads every file as text.
+    Without `sniff`, text files are not read to tell text from binary (all are kept): what an object-store source's
+    `fingerprint` and `size_bound` use, so that they cost one listing and no read of any object.
     A `hf:<folder>` source is read by `datasets`; its files here only identify its content (`fingerprint`), and
     beside structured files its text files (a README.md) are left out without an error.
     """
     hf = kind(corpus) == "hf"
     source = corpus.source[len(HF_PREFIX) :] if hf else corpus.source
-    path = Path(source).expanduser()
-    if path.is_file():
+    scheme = None if hf else _scheme(source)
+    if scheme is None:
+        return _select(corpus, _local_listing(corpus, source), sniff and not hf, hf)
+    with _object_store_errors(corpus, scheme):
+        return _select(corpus, _object_store_listing(corpus, source, scheme), sniff, hf)
+
+
+def _select(corpus: CorpusSpec, listing: _Listing, sniff: bool, hf: bool) -> CorpusFiles:
+    """The files of a listing that are read, by the rules of `corpus_files`."""
+    base, found, skipped = listing.base, listing.found, list(listing.skipped)
+    if listing.what == "file":
+        path = found[0]
         fmt = corpus.format if corpus.format != "auto" else _ext_format(path) or "txt"
-        problem = _not_text(path) if fmt == "txt" and not hf else None
+        problem = _text_problem(listing.filesystem, path) if fmt == "txt" and sniff else None
         if problem:
             raise DataError(
                 f"corpus source '{corpus.source}' is {problem}: give a text file, or set "
                 f"data.corpus.format to its structured format"
             )
-        return LocalFiles(path.parent, [path], fmt, [])
-    if path.is_dir():
-        base = path
-        candidates, skipped = _folder_entries(path)
-    elif globlib.has_magic(source):
-        matches = sorted(Path(p) for p in globlib.glob(os.path.expanduser(source), recursive=True))
-        candidates = [p for p in matches if p.is_file()]
-        skipped = [(p, "not a regular file") for p in matches if not p.is_file() and not p.is_dir()]
-        base = Path(os.path.commonpath([str(p.parent) for p in candidates])) if candidates else Path(".")
+        files = found
     else:
-        raise DataError(
-            f"corpus source '{corpus.source}' does not exist; give a file, a directory, a glob, "
-            f"'{STDLIB}' or 'hf:<dataset name>'"
-        )
-    fmt = corpus.format if corpus.format != "auto" else _auto_format(corpus, base, candidates, hf)
-    if fmt == "txt" and not hf:
-        files = []
-        for p in candidates:
-            problem = _not_text(p)
-            if problem:
-                skipped.append((p, problem))
-            else:
-                files.append(p)
-    elif fmt != "txt" and (path.is_dir() or corpus.format == "auto"):
-        files = [p for p in candidates if _ext_format(p) == fmt]
-        skipped += [(p, f"not {fmt}: data.corpus.format is {fmt}") for p in candidates if _ext_format(p) != fmt]
-    else:
-        files = candidates  # the glob chose them (or datasets reads a hf:<folder>)
-    listed = sorted((os.path.relpath(p, base) + ("/" if p.is_dir() else ""), why) for p, why in skipped)
+        fmt = corpus.format if corpus.format != "auto" else _auto_format(corpus, base, found, hf)
+        if fmt == "txt" and sniff:
+            problems = _map(listing.filesystem, lambda p: _text_problem(listing.filesystem, p), found)
+            files = [p for p, problem in zip(found, problems, strict=True) if problem is None]
+            skipped += [(os.path.relpath(p, base), why) for p, why in zip(found, problems, strict=True) if why]
+        elif fmt != "txt" and (listing.what == "folder" or corpus.format == "auto"):
+            files = [p for p in found if _ext_format(p) == fmt]
+            skipped += [
+                (os.path.relpath(p, base), f"not {fmt}: data.corpus.format is {fmt}")
+                for p in found
+                if _ext_format(p) != fmt
+            ]
+        else:
+            files = found  # the glob chose them, or datasets reads a hf:<folder>, or text files are not sniffed
+    skipped.sort()
     if not files:
-        reasons = f"; skipped: {count_reasons(listed)} (e.g. {listed[0][0]}: {listed[0][1]})" if listed else ""
+        reasons = f"; skipped: {count_reasons(skipped)} (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise DataError(
             f"corpus source '{corpus.source}' matches no files"
             + (f" of format {corpus.format}" if corpus.format != "auto" else "")
             + reasons
         )
-    return LocalFiles(base, files, fmt, listed)
+    stats = {p: listing.stats[p] for p in files}
+    return CorpusFiles(base, files, fmt, skipped, stats, listing.filesystem, listing.scheme)
 
 
-def _folder_entries(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The regular files under `root` (sorted) and the entries skipped: hidden ones, links to folders (not followed)
-    and whatever is not a regular file."""
+def _local_listing(corpus: CorpusSpec, source: str) -> _Listing:
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _Listing("file", path.parent, [path], [], _local_stats([path]))
+    if path.is_dir():
+        files, skipped = _folder_entries(path)
+        return _Listing("folder", path, files, skipped, _local_stats(files))
+    if globlib.has_magic(source):
+        matches = sorted(Path(p) for p in globlib.glob(os.path.expanduser(source), recursive=True))
+        files = [p for p in matches if p.is_file()]
+        base = Path(os.path.commonpath([str(p.parent) for p in files])) if files else Path(".")
+        skipped = [
+            (os.path.relpath(p, base), "not a regular file") for p in matches if not p.is_file() and not p.is_dir()
+        ]
+        return _Listing("glob", base, files, skipped, _local_stats(files))
+    if "://" in source:
+        raise DataError(
+            f"corpus source '{corpus.source}': unsupported scheme '{source.split('://')[0]}'; give a local path, "
+            "s3://bucket/prefix or gs://bucket/prefix"
+        )
+    raise DataError(
+        f"corpus source '{corpus.source}' does not exist; give a file, a directory, a glob, an s3:// or gs:// URI, "
+        f"'{STDLIB}' or 'hf:<dataset name>'"
+    )
+
+
+def _local_stats(files: Iterable[Path]) -> dict[PurePath, Stat]:
+    return {p: (st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]}
+
+
+def _folder_entries(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The regular files under `root` (sorted) and the entries skipped (relative to `root`, a folder's with a
+    trailing "/"): hidden ones, links to folders (not followed) and whatever is not a regular file."""
     files, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         for d in dirnames:
             if d.startswith("."):
-                skipped.append((here / d, "hidden"))
+                skipped.append((os.path.relpath(here / d, root) + "/", "hidden"))
             elif (here / d).is_symlink():
-                skipped.append((here / d, "link to a folder"))
+                skipped.append((os.path.relpath(here / d, root) + "/", "link to a folder"))
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and not (here / d).is_symlink()]
         for name in filenames:
             p = here / name
             if name.startswith("."):
-                skipped.append((p, "hidden"))
+                skipped.append((os.path.relpath(p, root), "hidden"))
             elif p.is_file():
                 files.append(p)
             else:
-                skipped.append((p, "not a regular file"))
+                skipped.append((os.path.relpath(p, root), "not a regular file"))
     return sorted(files), skipped
 
 
-def _auto_format(corpus: CorpusSpec, base: Path, candidates: list[Path], hf: bool) -> str:
+def _scheme(source: str) -> str | None:
+    """'s3' or 'gs' for an object-store URI, else None."""
+    scheme, sep, _ = source.partition("://")
+    return scheme if sep and scheme in OBJECT_STORE_SCHEMES else None
+
+
+def _object_store_listing(corpus: CorpusSpec, source: str, scheme: str) -> _Listing:
+    """An object, the objects under a prefix (a folder), or those a glob matches: one listing request (per 1,000
+    objects), plus one for a single object."""
+    import pyarrow.fs  # lazy: ~0.4 s, and only object-store sources need it
+
+    path = PurePosixPath(source[len(scheme) + 3 :].strip("/"))
+    bucket = path.parts[0] if path.parts else ""
+    if not bucket or globlib.has_magic(bucket):
+        raise DataError(f"corpus source '{corpus.source}' names no bucket; give {scheme}://bucket/prefix")
+    filesystem = _filesystem(scheme, bucket)
+    magic = next((i for i, part in enumerate(path.parts) if globlib.has_magic(part)), len(path.parts))
+    root = PurePosixPath(*path.parts[:magic])
+    try:
+        infos = filesystem.get_file_info(pyarrow.fs.FileSelector(str(root), recursive=True))
+    except FileNotFoundError:  # nothing under the prefix (a missing bucket is another error)
+        infos = []
+    objects = {PurePosixPath(i.path): (i.size, i.mtime_ns) for i in infos if i.type == pyarrow.fs.FileType.File}
+    if magic < len(path.parts):
+        pattern = path.parts[magic:]
+        files = sorted(p for p in objects if _glob_match(p.parts[magic:], pattern))
+        base = PurePosixPath(os.path.commonpath([str(p.parent) for p in files])) if files else root
+        return _Listing("glob", base, files, [], objects, filesystem, scheme)
+    if objects:
+        files, hidden = [], set()
+        for p in objects:
+            parts = p.relative_to(path).parts
+            first = next((i for i, part in enumerate(parts) if part.startswith(".")), None)
+            if first is None:
+                files.append(p)
+            else:  # a hidden folder is named once, with a trailing "/", as in a local folder
+                hidden.add("/".join(parts[: first + 1]) + ("/" if first < len(parts) - 1 else ""))
+        return _Listing("folder", path, sorted(files), [(h, "hidden") for h in hidden], objects, filesystem, scheme)
+    info = filesystem.get_file_info(str(path))
+    if info.type == pyarrow.fs.FileType.File:
+        return _Listing("file", path.parent, [path], [], {path: (info.size, info.mtime_ns)}, filesystem, scheme)
+    key = "/".join(path.parts[1:])
+    raise DataError(
+        f"corpus source '{corpus.source}' does not exist: bucket '{bucket}' holds no object "
+        + (f"named '{key}' and none under that prefix" if key else "at all")
+        + "; give an object, a folder prefix or a glob"
+    )
+
+
+def _filesystem(scheme: str, bucket: str) -> pyarrow.fs.FileSystem:
+    """pyarrow's filesystem for a bucket, configured as `FileSystem.from_uri` configures it (S3: the endpoint from
+    AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else the bucket's region; credentials from the environment) but giving
+    up sooner where nothing answers: S3 after three attempts a request (from_uri's retries take 8 s to fail on a
+    refused connection; these, 1 to 2 s), GCS after retrying for GCS_RETRY_SECONDS (about 5 s in all, not 15 min)."""
+    import pyarrow.fs  # lazy: as in _object_store_listing
+
+    if scheme == "gs":
+        return pyarrow.fs.GcsFileSystem(retry_time_limit=timedelta(seconds=GCS_RETRY_SECONDS))
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return pyarrow.fs.S3FileSystem(
+        endpoint_override=endpoint,
+        region=None if endpoint else pyarrow.fs.resolve_s3_region(bucket),
+        retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=3),
+    )
+
+
+def _glob_match(parts: Sequence[str], pattern: Sequence[str]) -> bool:
+    """Whether a path's components match a glob's as Python's `glob(recursive=True)` matches them: `**` spans any
+    number of folders, and a wildcard matches no hidden name (one starting with ".")."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(
+            _glob_match(parts[i:], pattern[1:])
+            for i in range(len(parts) + 1)
+            if not any(part.startswith(".") for part in parts[:i])
+        )
+    return (
+        bool(parts)
+        and (pattern[0].startswith(".") or not parts[0].startswith("."))
+        and fnmatchcase(parts[0], pattern[0])
+        and _glob_match(parts[1:], pattern[1:])
+    )
+
+
+@contextlib.contextmanager
+def _object_store_errors(corpus: CorpusSpec, scheme: str) -> Iterator[None]:
+    """An object store's failure (unreachable, no credentials, no such bucket) as a DataError naming the cause and
+    the fix; a local file's OSError (no `scheme`) passes as it is."""
+    if not scheme:
+        yield
+        return
+    import pyarrow  # lazy: as in _object_store_listing
+
+    try:
+        yield
+    except (OSError, pyarrow.ArrowException) as exc:  # pyarrow's "Unknown error" is no OSError
+        if scheme == "s3":
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            where = f"S3 endpoint {endpoint}" if endpoint else "AWS S3 (AWS_ENDPOINT_URL is not set)"
+            fix = (
+                "check the bucket name, that the endpoint is reachable from here, the credentials "
+                "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and, for S3-compatible storage "
+                "(MinIO, Ceph...), AWS_ENDPOINT_URL (its URL)"
+            )
+        else:
+            where = "Google Cloud Storage"
+            fix = (
+                "check the bucket name, network access to storage.googleapis.com and the credentials "
+                "(GOOGLE_APPLICATION_CREDENTIALS: a service account's key file; or the node's workload identity)"
+            )
+        cause = str(exc).split(" error_info=")[0]  # GCS appends its retry policy's internals
+        raise DataError(f"cannot read corpus source '{corpus.source}' from {where}: {cause}. To fix: {fix}") from None
+
+
+def _read(filesystem: pyarrow.fs.FileSystem | None, path: PurePath, limit: int = -1) -> bytes:
+    if filesystem is None:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    with filesystem.open_input_stream(str(path), compression=None) as f:  # as stored, as a local file is read
+        return f.read(None if limit < 0 else limit)
+
+
+def _map(filesystem: pyarrow.fs.FileSystem | None, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """`fn` of each item, in order: several at once for an object store (each read waits on the network)."""
+    if filesystem is None:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(REMOTE_READERS) as pool:
+        return list(pool.map(fn, items))
+
+
+def _auto_format(corpus: CorpusSpec, base: PurePath, candidates: list[PurePath], hf: bool) -> str:
     """The format of a folder's or glob's files under `format: auto`: their structured format, else txt."""
     structured = [p for p in candidates if _ext_format(p)]
     formats = sorted({_ext_format(p) or "" for p in structured})
@@ -236,12 +453,14 @@ def _auto_format(corpus: CorpusSpec, base: Path, candidates: list[Path], hf: boo
     return formats[0] if formats else "txt"
 
 
-def _not_text(path: Path) -> str | None:
-    """Why a file cannot be read as text ('binary: ...', 'not UTF-8: ...', 'unreadable: ...'), None when it can."""
+def _text_problem(filesystem: pyarrow.fs.FileSystem | None, path: PurePath) -> str | None:
+    """Why a file cannot be read as text ('binary: ...', 'not UTF-8: ...', 'unreadable: ...'), None when it can. An
+    object that cannot be read raises: a network or permission failure says nothing about the file."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(SNIFF_BYTES)
+        head = _read(filesystem, path, SNIFF_BYTES)
     except OSError as exc:
+        if filesystem is not None:
+            raise
         return f"unreadable: {exc.strerror or exc}"
     if b"\0" in head:
         return "binary: a NUL byte in its first 8 KiB"
@@ -257,22 +476,16 @@ def count_reasons(skipped: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"{n} {why}" for why, n in counts.most_common())
 
 
-def _ext_format(path: Path) -> str | None:
+def _ext_format(path: PurePath) -> str | None:
     return EXTENSIONS.get(path.suffix.lower())
-
-
-def _stat_list(base: Path, files: Sequence[Path]) -> list[tuple[str, int, int]]:
-    out = []
-    for p in files:
-        st = p.stat()
-        out.append((os.path.relpath(p, base), st.st_size, st.st_mtime_ns))
-    return out
 
 
 def fingerprint(corpus: CorpusSpec) -> dict[str, Any]:
     """What identifies the corpus's content, cheaply: file names, sizes and modification times (no reads).
 
-    A hub dataset is identified by name, config and split: once its store is built, it is used offline.
+    Of an object-store source, its listing: keys, sizes and modification times (an object rewritten with the same
+    size within the same second, S3's time resolution, goes unnoticed: `crossover data prepare --rebuild` reads it
+    again). A hub dataset is identified by name, config and split: once its store is built, it is used offline.
     """
     settings = corpus.model_dump(exclude={"streaming"})
     k = kind(corpus)
@@ -285,12 +498,12 @@ def fingerprint(corpus: CorpusSpec) -> dict[str, Any]:
         }
     if k == "hf" and is_remote(corpus):
         return {"settings": settings}
-    lf = local_files(corpus)
+    found = corpus_files(corpus, sniff=not in_object_store(corpus))
     return {
         "settings": settings,
-        "root": str(lf.base.resolve()),
-        "format": lf.format,
-        "files": _stat_list(lf.base, lf.files),
+        "root": found.uri(found.base) if found.scheme else str(Path(found.base).resolve()),
+        "format": found.format,
+        "files": [(found.id(p), *found.stats[p]) for p in found.files],
     }
 
 
@@ -308,18 +521,18 @@ class SizeBound:
 
 
 def size_bound(corpus: CorpusSpec) -> SizeBound | None:
-    """None where no cheap bound exists (a remote dataset; parquet, which is compressed)."""
+    """None where no cheap bound exists (a hub dataset; parquet, which is compressed). Of an object-store source,
+    from its listing (a binary file skipped when read still counts here: the bound stays a bound)."""
     k = kind(corpus)
     if k in ("stdlib", "packages"):
         sizes = [p.stat().st_size for _, p in python_files(corpus)]
         return SizeBound(sum(sizes) + len(sizes), len(sizes), max(sizes, default=0) + 1)
     if is_remote(corpus):
         return None
-    lf = local_files(corpus)
-    files, fmt = lf.files, lf.format
-    if fmt == "parquet":
+    found = corpus_files(corpus, sniff=not in_object_store(corpus))
+    if found.format == "parquet":
         return None
-    sizes = [p.stat().st_size for p in files]
+    fmt, sizes = found.format, [found.stats[p][0] for p in found.files]
     if fmt == "txt":
         return SizeBound(sum(sizes) + len(sizes), len(sizes), max(sizes, default=0) + 1)
     # jsonl/json/csv: a row's quoting and separators take at least one byte more than its text, which pays for
@@ -328,9 +541,8 @@ def size_bound(corpus: CorpusSpec) -> SizeBound | None:
     return SizeBound(total, total, max(sizes, default=0))
 
 
-def read_source_file(path: Path) -> str:
-    """A source file as text: UTF-8, else its declared (PEP 263) encoding, else UTF-8 with replacement."""
-    data = path.read_bytes()
+def decode_source(data: bytes) -> str:
+    """A source file's bytes as text: UTF-8, else its declared (PEP 263) encoding, else UTF-8 with replacement."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -378,28 +590,54 @@ def _load(corpus: CorpusSpec, cache_dir: str | Path | None, columns: Sequence[st
         return datasets.Dataset.from_dict(
             {
                 "id": [doc_id for doc_id, _ in found],
-                "text": [read_source_file(p) for _, p in found],
+                "text": [decode_source(p.read_bytes()) for _, p in found],
                 "path": [str(p) for _, p in found],
             }
         )
     if k == "hf":
         return _load_hf(corpus, hf_cache, columns, required)
-    lf = local_files(corpus)
-    base, files, fmt = lf.base, lf.files, lf.format
-    if fmt == "txt":
+    found = corpus_files(corpus)
+    if found.format == "txt":
         _check_columns(corpus, ["id", "text", "path"], columns, required)
+        with _object_store_errors(corpus, found.scheme):
+            texts = _map(found.filesystem, lambda p: decode_source(found.read(p)), found.files)
         return datasets.Dataset.from_dict(
-            {
-                "id": [os.path.relpath(p, base) for p in files],
-                "text": [read_source_file(p) for p in files],
-                "path": [str(p) for p in files],
-            }
+            {"id": [found.id(p) for p in found.files], "text": texts, "path": [found.uri(p) for p in found.files]}
         )
+    with _object_store_errors(corpus, found.scheme):
+        files = _download(found, Path(hf_cache) / "object-store") if found.filesystem else found.files
     try:
-        ds = datasets.load_dataset(_BUILDER[fmt], data_files=[str(p) for p in files], split="train", cache_dir=hf_cache)
+        ds = datasets.load_dataset(
+            _BUILDER[found.format], data_files=[str(p) for p in files], split="train", cache_dir=hf_cache
+        )
     except Exception as exc:  # datasets raises many types for unreadable files
-        raise DataError(f"cannot read corpus '{corpus.source}' as {fmt}: {type(exc).__name__}: {exc}") from None
+        raise DataError(
+            f"cannot read corpus '{corpus.source}' as {found.format}: {type(exc).__name__}: {exc}"
+        ) from None
     return _normalize(ds, corpus, columns, required)
+
+
+def _download(found: CorpusFiles, root: Path) -> list[Path]:
+    """Local copies of an object-store source's structured files, for `datasets` to read them as it reads local
+    ones: in `root`/<key of their listing>, reused while the objects are unchanged (as `datasets` keeps a hub
+    dataset's downloads), written under a temporary name and renamed into place when complete."""
+    final = root / content_key(found.uri(found.base), [(found.id(p), *found.stats[p]) for p in found.files])
+    with file_lock(root / f"{final.name}.lock"):
+        if not final.is_dir():
+            remove_stale_tmp(root, final.name)
+            tmp = tmp_path_for(final)
+            try:
+                _map(found.filesystem, lambda p: _copy_object(found.filesystem, p, tmp / found.id(p)), found.files)
+                tmp.rename(final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return [final / found.id(p) for p in found.files]
+
+
+def _copy_object(filesystem: pyarrow.fs.FileSystem, path: PurePath, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with filesystem.open_input_stream(str(path), compression=None) as source, open(target, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 22)
 
 
 def _load_hf(corpus: CorpusSpec, hf_cache: str, columns: Sequence[str], required: bool) -> datasets.Dataset:
