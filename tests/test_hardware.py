@@ -414,3 +414,36 @@ def test_a_trial_trained_alone_keeps_its_runtime_on_resume(monkeypatch, tmp_path
     (folder / RUNTIME_FILE).write_text(began.model_dump_json())
     assert _trial_runtime(trial, folder, resume=True) == began
     assert _trial_runtime(trial, folder, resume=False) == first  # a fresh start resolves again
+
+
+def test_the_wall_time_slows_trials_packed_on_a_gpu_to_the_measured_packing_rate(monkeypatch):
+    """Four trials sharing one GPU (gpus_per_worker 0.25) each train at packed_share(4) of a lone trial's measured
+    rate (an H200 trained 2.31x one trial's tokens with four), so the study takes 4 / 2.31 as long as if each kept
+    its solo rate; the line says so. Two at once (max_concurrent 2) share it at packed_share(2)."""
+    from crossover.specs.hardware import Runtime
+    from crossover.specs.plan import packed_share
+    from crossover.trainers import throughput
+
+    from .conftest import SPECS
+
+    monkeypatch.setattr(throughput, "measure_rate", lambda trial, *_: 1000.0)
+    monkeypatch.setattr(throughput, "_device_name", lambda runtime: "an H200")  # this machine has no GPU to name
+    spec = parse_study(yaml.safe_load((SPECS / "gpu_crossover.yaml").read_text()))
+    gpu = Runtime(device="cuda", precision="bf16", compile=False, why="test")
+    packed = throughput.estimate_wall_time(spec, gpu, slots=4)
+    alone = {
+        t.name: throughput.TRIAL_START_S + (t.total_tokens + throughput.EVAL_COST * throughput.eval_tokens(t)) / 1000.0
+        for t in spec.expand()
+    }
+    slowed = {
+        t.name: throughput.TRIAL_START_S
+        + (t.total_tokens + throughput.EVAL_COST * throughput.eval_tokens(t)) / (1000.0 * packed_share(4))
+        for t in spec.expand()
+    }
+    assert (packed.per_gpu, packed.share) == (4, pytest.approx(2.31 / 4))
+    assert packed.per_trial == pytest.approx(slowed) and packed.per_trial != pytest.approx(alone)
+    assert "4 share each GPU, each at 0.58x its rate alone" in throughput.describe(packed, gpu)
+    two = throughput.estimate_wall_time(spec, gpu, slots=2)
+    assert (two.per_gpu, two.share) == (2, pytest.approx(packed_share(2)))
+    cpu = throughput.estimate_wall_time(spec, gpu.model_copy(update={"device": "cpu"}), slots=4)
+    assert (cpu.per_gpu, cpu.share) == (1, 1.0)  # no GPU: nothing is packed

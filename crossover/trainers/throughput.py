@@ -43,6 +43,7 @@ from crossover.specs import (
 from crossover.specs.expand import resolve_model
 from crossover.specs.hardware import CAP_VARS, CpuInfo, NotMeasured, Runtime, cpu_info, resolve_runtime
 from crossover.specs.memory import estimate_memory
+from crossover.specs.plan import PACKED_MEASURED, packed_share
 from crossover.specs.study import ModelSpec, SparsitySpec
 from crossover.trainers.schedules import eval_steps
 
@@ -71,6 +72,8 @@ class WallTime:
     per_trial: dict[str, float]  # seconds, by trial name
     estimated: dict[str, str] = field(default_factory=dict)  # label -> why its rate is estimated, not measured
     after: dict[str, float] = field(default_factory=dict)  # seconds of the trials of a second phase (the anneal)
+    per_gpu: int = 1  # trials packed on one GPU at once (1: none)
+    share: float = 1.0  # each packed trial's rate against its rate alone (specs.plan.packed_share)
 
 
 def available_memory(runtime: Runtime) -> int:
@@ -316,6 +319,10 @@ def estimate_wall_time(
     rates: dict[str, float] = {}
     per_trial: dict[str, float] = {}
     estimated: dict[str, str] = {}
+    # Trials packed on a GPU (gpus_per_worker 1/k) each train slower than alone: the measured rate is a lone trial's.
+    gpus_per_worker = spec.resources.gpus_per_worker
+    per_gpu = min(round(1 / gpus_per_worker), max(1, slots)) if runtime.device == "cuda" and gpus_per_worker < 1 else 1
+    share = packed_share(per_gpu)
     for trial in longest_first(spec.expand()):  # the order `crossover run` starts them in
         label = _model_label(trial.model)
         if label not in rates:
@@ -325,17 +332,17 @@ def estimate_wall_time(
                 rates[label] = estimated_rate(trial, runtime, memory)
                 how = f"{ASSUMED_MFU:.0%} MFU" if runtime.device == "cuda" else f"{REFERENCE_PRESET}'s rate"
                 estimated[label] = f"{exc}; estimated from FLOPs per token at {how}"
-        rate = rates[label] * trial.resources.workers
+        rate = rates[label] * trial.resources.workers * share
         per_trial[trial.name] = TRIAL_START_S + (trial.total_tokens + EVAL_COST * eval_tokens(trial)) / rate
     loads = fill_slots(per_trial.values(), [0.0] * max(1, slots))
     phase: dict[str, float] = {}
     for trial, tokens in after:
-        rate = rates.get(_model_label(trial.model)) or measure_rate(trial, runtime, memory)
+        rate = (rates.get(_model_label(trial.model)) or measure_rate(trial, runtime, memory)) * share
         share = tokens / trial.total_tokens  # its eval points after the checkpoint it continues
         phase[trial.name] = TRIAL_START_S + (tokens + EVAL_COST * eval_tokens(trial) * share) / rate
     if phase:
         loads = fill_slots(sorted(phase.values(), reverse=True), [max(loads)] * len(loads))
-    return WallTime(STUDY_START_S + max(loads), len(loads), rates, per_trial, estimated, phase)
+    return WallTime(STUDY_START_S + max(loads), len(loads), rates, per_trial, estimated, phase, per_gpu, share)
 
 
 def local_slots(spec: StudySpec, max_concurrent: int | None = None) -> int:
@@ -359,11 +366,17 @@ def describe(wall: WallTime, runtime: Runtime, trials: str | None = None) -> str
     )
     notes = "".join(f"; {label} not measured: {why}" for label, why in wall.estimated.items())
     after = f" then up to {len(wall.after)} anneal trials," if wall.after else ""
+    packed = (
+        f"; {wall.per_gpu} share each GPU, each at {wall.share:.2f}x its rate alone (the packing rate measured on an "
+        f"H200: {PACKED_MEASURED[0]} trials trained {PACKED_MEASURED[1]}x the tokens of one)"
+        if wall.per_gpu > 1
+        else ""
+    )
     return (
         f"estimated {format_seconds(wall.seconds)} here: {trials or f'{len(wall.per_trial)} trials'},{after} "
         f"{wall.slots} at a time, "
         f"{rates} per worker measured in {runtime.precision} on {_device_name(runtime)} (evaluation and start-up "
-        f"included){notes}"
+        f"included){packed}{notes}"
     )
 
 
