@@ -39,20 +39,22 @@ def _budget_lines(spec: StudySpec, prepared) -> tuple[list[list[str]], int]:
     return table, sum(not r["fits"] for r in rows)
 
 
-_VERBOSE_FILES = typer.Option("--verbose", help="List the files of a local folder or glob corpus that were skipped.")
+_VERBOSE_FILES = typer.Option(
+    "--verbose", help="List the files of a folder or glob corpus (local, s3:// or gs://) that were skipped."
+)
 
 
-def _local_files(spec: StudySpec):  # -> crossover.data.corpus.LocalFiles | None
+def _corpus_files(spec: StudySpec):  # -> crossover.data.corpus.CorpusFiles | None
     from crossover.data import corpus as corpora  # lazy: as in _budget_lines
 
-    return corpora.local_files(spec.data.corpus) if corpora.kind(spec.data.corpus) == "local" else None
+    return corpora.corpus_files(spec.data.corpus) if corpora.kind(spec.data.corpus) == "files" else None
 
 
 def _files_lines(spec: StudySpec, verbose: bool) -> list[str]:
-    """How many files of a local folder or glob corpus were read and skipped, by reason (each with `verbose`)."""
+    """How many files of a file, folder or glob corpus were read and skipped, by reason (each with `verbose`)."""
     from crossover.data.corpus import count_reasons  # lazy: as in _budget_lines
 
-    found = _local_files(spec)
+    found = _corpus_files(spec)
     if found is None:
         return []
     line = f"{len(found.files):,} file(s) read as {found.format}"
@@ -109,7 +111,7 @@ def data_stats(
     prepared = prepare_data(spec)
     stats = prepared.stats()
     if as_json:
-        found = _local_files(spec)
+        found = _corpus_files(spec)
         files = (
             None
             if found is None
