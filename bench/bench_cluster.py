@@ -8,9 +8,10 @@ trials of half a CPU per worker (a trial's worker group and its driver's 0.01 CP
 printed beside what it is compared with; on this 2-core machine the trials share its cores, so the times say how the
 platform and the autoscaler behave, not how fast a real cluster trains.
 
-Data preparation by Ray workers (1, 2, 4) is not measured yet: the token store is still built by the driver.
+Data preparation by Ray workers (1, 2, 4), a shared token store built as a Ray Data job, is bench/bench_data_prep.py
+beside this one (`--data-prep` runs it instead of the autoscaling study).
 
-Run: .venv/bin/python bench/bench_cluster.py
+Run: .venv/bin/python bench/bench_cluster.py [--data-prep]
 """
 
 from __future__ import annotations
@@ -99,4 +100,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--data-prep" in sys.argv[1:]:
+        from bench_data_prep import main as data_prep  # beside this file (sys.path[0])
+
+        data_prep()
+    else:
+        main()

@@ -46,7 +46,18 @@ def load_checked(path: Path, quiet: bool = False) -> StudySpec:
 
 # Loggers of the libraries whose routine notices (accelerator detection, database migrations, a local Ray instance
 # starting, Tune's state files) would fill the first screen; Python warnings go the same way.
-LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "DeepSpeed", "deepspeed", "torch", "datasets", "urllib3", "py.warnings")
+LIBRARY_LOGGERS = (
+    "ray",
+    "ray.data",
+    "mlflow",
+    "alembic",
+    "DeepSpeed",
+    "deepspeed",
+    "torch",
+    "datasets",
+    "urllib3",
+    "py.warnings",
+)
 
 
 def library_notices_to(log_file: Path, verbose: bool, libraries: tuple[str, ...]) -> None:
@@ -144,37 +155,113 @@ def text_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def prepare_data(spec: StudySpec, rebuild: bool = False, verify: bool = False):  # -> crossover.data.PreparedData
-    """prepare() with a rich progress bar; DataError exits 2 with its message."""
-    # lazy: rich.progress (~0.1 s) and the data package (numpy) stay out of --help
+def _progress_bar():  # -> (rich Progress, the progress(stage, done, total) callback that feeds it)
+    # lazy: rich.progress (~0.1 s) stays out of --help
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from crossover.data import prepare
-
-    with Progress(
+    bar = Progress(
         TextColumn("{task.description:<20}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=err,
         transient=True,
-    ) as bar:
-        tasks: dict[str, int] = {}
+    )
+    tasks: dict[str, int] = {}
 
-        def progress(stage: str, done: int, total: int | None) -> None:
-            if stage not in tasks:
-                for task in tasks.values():
-                    bar.update(task, completed=bar.tasks[task].total or 1, total=bar.tasks[task].total or 1)
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
+    def progress(stage: str, done: int, total: int | None, rate: str = "") -> None:
+        if stage not in tasks:
+            for task in tasks.values():
+                bar.update(task, completed=bar.tasks[task].total or 1, total=bar.tasks[task].total or 1)
+            tasks[stage] = bar.add_task(stage, total=total, rate="")
+        bar.update(tasks[stage], completed=done, total=total, rate=rate)
 
-        return prepare(
-            spec.data,
-            progress=progress,
-            notify=lambda m: err.print(f"[yellow]{m}[/]", highlight=False),
-            rebuild=rebuild,
-            full_verify=verify,
-        )
+    return bar, progress
+
+
+def _notify(message: str) -> None:
+    err.print(f"[yellow]{escape(message)}[/]", highlight=False)
+
+
+def prepare_data(
+    spec: StudySpec, rebuild: bool = False, verify: bool = False, address: str | None = None
+):  # -> crossover.data.PreparedData
+    """prepare() with a rich progress bar; DataError exits 2 with its message. With `data.store` set and the shared
+    store not built yet, it is built first as a Ray Data job (`build_shared_store`, on the cluster at `address`)."""
+    from crossover.data import prepare  # lazy: the data package (numpy) stays out of --help
+
+    if spec.data.store:
+        from crossover.data.shards import StoreLocation, location_uri  # lazy: as above
+
+        if rebuild or StoreLocation(location_uri(spec.data)).read_json("manifest.json") is None:
+            build_shared_store(spec, address=address, rebuild=rebuild)
+        rebuild = False
+    bar, progress = _progress_bar()
+    with bar:
+        return prepare(spec.data, progress=progress, notify=_notify, rebuild=rebuild, full_verify=verify)
+
+
+def build_shared_store(
+    spec: StudySpec,
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    shard_bytes: int | None = None,
+    rebuild: bool = False,
+):  # -> crossover.platform.data_job.PrepareReport
+    """Build the study's shared token store (`data.store`) as a Ray Data job on the cluster at `address` (else
+    RAY_ADDRESS, else a local Ray instance), `workers` tokenizing (default: one per CPU of the cluster), with a progress bar of shards
+    and tokens per second; prints what it did and the throughput of each worker."""
+    import ray  # lazy: Ray only for the commands that use it
+
+    from crossover.platform.data_job import build_shared_store as build
+    from crossover.platform.data_job import ray_instance
+
+    started = ray_instance(address or os.environ.get("RAY_ADDRESS"), workers or os.cpu_count() or 1)
+    try:
+        workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        bar, progress = _progress_bar()
+
+        def shards(done: int, total: int, tokens: int, seconds: float) -> None:
+            rate = f"{tokens / seconds:,.0f} tokens/s" if seconds > 0 and tokens else ""
+            progress("tokenizing shards", done, total, rate)
+
+        with bar:
+            report = build(
+                spec.data,
+                workers=workers,
+                shard_bytes=shard_bytes,
+                rebuild=rebuild,
+                progress=progress,
+                shard_progress=shards,
+                notify=_notify,
+            )
+    finally:
+        if started:
+            ray.shutdown()
+    print_prepare_report(report)
+    return report
+
+
+def print_prepare_report(report) -> None:  # noqa: ANN001 - a crossover.platform.data_job.PrepareReport
+    if report.complete_before:
+        out.print(f"shared store {escape(report.store)} is complete ({report.shards} shards)", highlight=False)
+        return
+    before = report.shards - report.tokenized
+    out.print(
+        f"[green]built[/] shared store {escape(report.store)}: tokenized {report.tokenized} of {report.shards} shards"
+        + (f" ({before} finished before)" if before else "")
+        + f", {report.tokens:,} tokens in {report.seconds:.1f}s ({report.tokens_per_s:,.0f} tokens/s) "
+        f"with {report.workers} Ray worker(s)",
+        highlight=False,
+    )
+    if report.per_worker:
+        rows = [
+            [name, str(w.shards), f"{w.tokens:,}", f"{w.seconds:.2f}", f"{w.tokens_per_s:,.0f}"]
+            for name, w in sorted(report.per_worker.items())
+        ]
+        print(text_table(["worker", "shards", "tokens", "busy s", "tokens/s"], rows))
 
 
 def print_link(uri: str, experiment_id: str) -> None:

@@ -11,10 +11,13 @@ import typer
 
 from crossover.cli.app import app, out
 from crossover.cli.common import (
+    build_shared_store,
+    library_notices_to,
     load_spec,
     prepare_data,
     text_table,
 )
+from crossover.errors import UserError
 from crossover.specs import StudySpec, format_tokens
 
 data_app = typer.Typer(no_args_is_help=True, help="Build and inspect the token store of a study's data settings.")
@@ -72,14 +75,44 @@ def data_prepare(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild even when a valid store is cached.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Hash every file of a cached store.")] = False,
     verbose: Annotated[bool, _VERBOSE_FILES] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, help="Ray workers tokenizing a shared store (data.store); default: the cluster's CPUs."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="Ray cluster that builds a shared store (else RAY_ADDRESS, else a local instance)."
+        ),
+    ] = None,
+    shard_mb: Annotated[
+        float | None,
+        typer.Option("--shard-mb", min=0.01, help="Text per shard of a shared store, in MB (default: 1/64 of it)."),
+    ] = None,
 ) -> None:
-    """Build (or load from the cache and verify) the tokenizer and token store of a study's data settings."""
+    """Build (or load from the cache and verify) the tokenizer and token store of a study's data settings. With
+    `data.store` set, the store is built there in shards by a Ray Data job over the cluster's CPUs (a re-run
+    continues an interrupted build), then copied (without its shards) into the local cache."""
     spec = load_spec(spec_path)
+    if not spec.data.store and (workers or address or shard_mb):
+        raise UserError(
+            "--workers, --address and --shard-mb build a shared token store: set data.store in the spec to a folder "
+            "on a shared volume or an s3:// or gs:// URI (without it the store is built here, in the local cache)"
+        )
+    if spec.data.store:
+        from crossover.data.cache import cache_root  # lazy: as in _budget_lines
+
+        shard_bytes = None if shard_mb is None else int(shard_mb * 1e6)
+        log = cache_root(spec.data.cache_dir) / "logs" / f"{spec.name}-data.log"
+        library_notices_to(log, verbose, ("ray", "ray.data"))  # the Ray Data job's notices
+        build_shared_store(spec, address=address, workers=workers, shard_bytes=shard_bytes, rebuild=rebuild)
     started = time.perf_counter()
-    prepared = prepare_data(spec, rebuild=rebuild, verify=verify)
+    prepared = prepare_data(spec, verify=verify)
     seconds = time.perf_counter() - started
     m = prepared.manifest
-    verb = "built" if prepared.built else "cached"
+    verb = "local copy" if prepared.source else "built" if prepared.built else "cached"
     out.print(
         f"[green]{verb}[/] {prepared.root} in {seconds:.2f}s: {m['documents']:,} documents, "
         f"{format_tokens(m['tokens'])} tokens ({m['dtype']}), tokenizer {m['tokenizer']['name']} "

@@ -99,9 +99,13 @@ def run(
     check_spec_tasks(spec)  # what this installation cannot run (lm-eval without its extra, no sandbox)
     log_dir = driver_folder(options.storage)
     with started_or_removed(log_dir):  # an unreachable store leaves no log folder behind
-        library_notices_to(log_dir / f"{spec.name}.log", verbose, ("mlflow", "ray"))
+        # Ray Data (which builds a shared token store) configures its own loggers when imported: first, into the log
+        libraries = ("mlflow", "ray", "ray.data") if spec.data.store else ("mlflow", "ray")
+        library_notices_to(log_dir / f"{spec.name}.log", verbose, libraries)
         check_reachable(options.tracking_uri, write=True)
-    prepare_data(spec)  # once, on the driver, so trials never race to build the token store
+    # once, before the trials, so they never race to build the token store: on the driver, or with data.store set as a
+    # Ray Data job on the cluster the study runs on (the trials then fetch the shards their budgets need)
+    prepare_data(spec, address=options.address)
     check_data(spec)  # exact now that the token store exists
 
     from crossover.platform.driver import StudyEvents, clean_up_after_a_crash, run_study  # lazy: as above

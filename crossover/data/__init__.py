@@ -37,9 +37,17 @@ Accounting after step g: `tokens_seen = (g+1) * global_batch_tokens` over all ra
 (a float; the last epoch may be fractional), `unique_tokens_seen = min(tokens_seen, U)`. The run has
 `total_tokens // global_batch_tokens` steps (whole global batches only).
 
+Shared stores. With `data.store` set (a folder on a shared volume, `s3://` or `gs://`), the store lives there in
+shards of whole documents, built by `crossover data prepare` as a Ray Data job over the cluster's CPU workers
+(`crossover.platform.data_job`; a re-run tokenizes only the shards it lacks). The shards concatenate to exactly the
+local store's tokens. `prepare(trial.data)` then copies the manifest, document table, tokenizer and held-out files
+(held-out tokens included, so evaluation needs no shard) into the local cache, and a trial's budget fetches only the
+shards holding its documents (`Budget` calls `PreparedData.fetch_documents`), checking each against its sha256.
+
 How each part works: `corpus` (sources), `tokenizer`, `store` (token store, held-out split, caching and
-verification), `stream` (budgets, epochs, sharding, state), `quality` (scorers and tiers), `check` (the size check of
-`crossover validate` and `crossover plan`). Cache root: `DataSpec.cache_dir`, else `$CROSSOVER_CACHE`, else
+verification), `shards` (shared stores: shard files, records, building a shard, fetching), `stream` (budgets,
+epochs, sharding, state), `quality` (scorers and tiers), `check` (the size check of `crossover validate` and
+`crossover plan`). Cache root: `DataSpec.cache_dir`, else `$CROSSOVER_CACHE`, else
 `~/.cache/crossover`.
 """
 

@@ -12,6 +12,12 @@ Layout of `<cache>/stores/<key>/` (the key hashes the corpus fingerprint and eve
 A store is built under a temporary name and renamed into place when complete; one that fails verification (a
 missing file, a wrong size or hash) is reported, removed and rebuilt.
 
+Stages: `plan_build` (read, hash and deduplicate, held-out reserve, quality scorer, tokenizer: they need the whole
+corpus), `encode_rows` (tokenize and score: the one way tokens are made, for the whole corpus here and for one shard
+of a shared store in `crossover.data.shards`), then the split and tiers and the files (`finish_layout`,
+`write_store_files`, `write_manifest`). With `data.store` set, `prepare` opens the local copy of that shared store
+instead (`shards.open_shared`), which keeps this layout but for a sparse tokens.bin holding only fetched shards.
+
 Held-out split: documents ordered by content hash; the held-out set is the shortest prefix of that order holding
 `heldout_tokens` tokens. The BPE is trained on the documents outside a reserve (the prefix holding 8 bytes per
 held-out token, at most half the corpus), so it never sees held-out text unless the reserve falls short (then the
@@ -30,7 +36,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -91,7 +97,8 @@ def store_key(data: DataSpec) -> str:
 
 
 def store_dir(data: DataSpec) -> Path:
-    return cache_root(data.cache_dir) / "stores" / store_key(data)
+    """Where this machine reads the store: the local store, or the local copy of a shared one (`data.store`)."""
+    return cache_root(data.cache_dir) / ("shared" if data.store else "stores") / store_key(data)
 
 
 def read_manifest(root: Path) -> dict[str, Any] | None:
@@ -104,10 +111,11 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
 class PreparedData:
     """A verified token store, memory-mapped: the tokenizer, special ids, documents, held-out split and tiers."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], built: bool = False):
+    def __init__(self, root: Path, manifest: dict[str, Any], built: bool = False, source: str | None = None):
         self.root = root
         self.manifest = manifest
         self.built = built  # True when this call built the store, False when it came from the cache
+        self.source = source  # the shared store (data.store) this is a local copy of; None for a local store
         tok = manifest["tokenizer"]
         self.eod_id: int = tok["eod_id"]
         self.mask_id: int = tok["mask_id"]
@@ -156,6 +164,22 @@ class PreparedData:
         """Training tokens a unique budget of this tier can draw from (end-of-document tokens included)."""
         return int(self.document_lengths(self.training_documents(quality)).sum())
 
+    @property
+    def tokens_sha256(self) -> str:
+        """Names the store's tokens: tokens.bin's sha256, or for a shared store the sha256 of its shards' hashes."""
+        if "shards" in self.manifest:
+            return self.manifest["shards_sha256"]
+        return self.manifest["files"]["tokens.bin"]["sha256"]
+
+    def fetch_documents(self, docs: np.ndarray) -> list[str]:
+        """Make the tokens of documents `docs` readable: a local store has them all; a copy of a shared store fetches
+        the shards holding them (each checked against its sha256). The names of the shards fetched now."""
+        if self.source is None:
+            return []
+        from crossover.data.shards import fetch_shards, shards_of  # lazy: pyarrow's filesystems, shared stores only
+
+        return fetch_shards(self, shards_of(self.manifest, self.offsets[docs]))
+
     # ---- tokenizer
     @property
     def tokenizer(self) -> Tokenizer:
@@ -184,7 +208,10 @@ class PreparedData:
         return out
 
     def heldout_stream(self) -> np.ndarray:
-        """All held-out tokens, documents in hash order, each followed by end-of-document (int64)."""
+        """All held-out tokens, documents in hash order, each followed by end-of-document (int64). A shared store
+        keeps them in heldout.bin too, so evaluating needs none of its training shards."""
+        if "shards" in self.manifest:
+            return np.fromfile(self.root / "heldout.bin", dtype=self.dtype).astype(np.int64)
         docs = np.flatnonzero(self.heldout)
         docs = docs[np.argsort(self.digests[docs], kind="stable")]
         if len(docs) == 0:
@@ -234,14 +261,22 @@ def prepare(
 ) -> PreparedData:
     """The tokenizer and token store of a data spec, loaded from the cache (and verified) or built.
 
-    Only `corpus`, `tokenizer`, `heldout_tokens`, `quality_scorer` and `cache_dir` matter: every trial of a study
-    (any budget, tier, seq_len or objective) shares one store. `progress(stage, done, total)` reports building;
-    `notify(message)` reports a corrupted store being rebuilt and similar (default: a logging warning).
+    Only `corpus`, `tokenizer`, `heldout_tokens`, `quality_scorer`, `cache_dir` and `store` matter: every trial of a
+    study (any budget, tier, seq_len or objective) shares one store. With `data.store` set the store is a shared
+    one, built by `crossover data prepare` (a Ray Data job, crossover.platform.data_job): this copies its manifest,
+    document table, tokenizer and held-out files into the local cache, and the trial's budget fetches the shards it
+    reads (`PreparedData.fetch_documents`), every file checked in full; `rebuild` and `full_verify` do not apply.
+    `progress(stage, done, total)` reports building; `notify(message)` reports a corrupted store being rebuilt and
+    similar (default: a logging warning).
     Raises DataError for problems the user can fix.
     """
     progress = progress or _quiet_progress
     notify = notify or _log_notify
     cache = cache_root(data.cache_dir)
+    if data.store:
+        from crossover.data.shards import open_shared  # lazy: pyarrow's filesystems, shared stores only
+
+        return open_shared(data, notify=notify)
     key = store_key(data)
     final = cache / "stores" / key
     with file_lock(cache / "stores" / f".{key}.lock"):
@@ -258,7 +293,7 @@ def prepare(
         tmp = tmp_path_for(final)
         tmp.mkdir(parents=True)
         try:
-            manifest = _build(data, key, cache, tmp, progress, notify)
+            manifest = _build(data, cache, tmp, progress, notify)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -331,32 +366,85 @@ def _batches(ds: datasets.Dataset, columns: list[str]) -> Iterator[tuple[int, di
         start += len(next(iter(batch.values())))
 
 
-def _build(data: DataSpec, key: str, cache: Path, out: Path, progress: Progress, notify: Notify) -> dict[str, Any]:
-    """Build the store's files in `out`, stage by stage; its manifest."""
+@dataclass
+class StorePlan:
+    """What a store's build knows before tokenizing (stages 1 to 3, on one machine: they need the whole corpus at
+    once): the corpus, which rows are kept, the held-out reserve, the quality scorer and the tokenizer."""
+
+    data: DataSpec
+    key: str
+    ds: datasets.Dataset
+    docs: _Documents
+    scorer_name: str
+    scorer: QualityScorer | None
+    reserved: np.ndarray
+    tok: Tokenizer
+    tok_key: str
+    size: int
+    dtype: np.dtype
+    started: float
+
+
+def corpus_columns(data: DataSpec) -> tuple[list[str], bool]:
+    """(the columns beside id and text the corpus is loaded with, whether a missing one is an error)."""
+    named_column = data.quality_scorer not in ("auto", "code", "prose")
+    if data.quality_scorer == "auto":
+        return [SCORE_COLUMN], False
+    return ([data.quality_scorer] if named_column else []), named_column
+
+
+def load_store_corpus(data: DataSpec, cache: Path) -> datasets.Dataset:
+    columns, required = corpus_columns(data)
+    return corpora.load_corpus(data.corpus, cache / "hf-datasets", columns=columns, required=required)
+
+
+def plan_build(data: DataSpec, cache: Path, progress: Progress, notify: Notify) -> StorePlan:
+    """Stages 1 to 3: read the corpus, hash and deduplicate its documents, reserve the held-out candidates, choose
+    the quality scorer and train (or load) the tokenizer."""
     started = time.time()
     progress("reading corpus", 0, None)
-    extra = (
-        [SCORE_COLUMN]
-        if data.quality_scorer == "auto"
-        else ([] if data.quality_scorer in ("code", "prose") else [data.quality_scorer])
-    )
-    named_column = data.quality_scorer not in ("auto", "code", "prose")
-    ds = corpora.load_corpus(data.corpus, cache / "hf-datasets", columns=extra, required=named_column)
+    ds = load_store_corpus(data, cache)
     docs = _hash_documents(ds, data, progress)
     scorer_name, scorer = _quality_scorer(ds, data, docs.samples)
     reserved = _heldout_reserve(docs, data)
     tok, tok_key = _train_tokenizer(ds, data, cache, docs.keep & ~reserved, progress, notify)
     size = check_size(tok, data.tokenizer)
     dtype = np.dtype(np.uint16 if size <= 1 << 16 else np.uint32)
-    lengths, scores, tokens_sha = _tokenize(ds, tok, dtype, docs.keep, scorer, scorer_name, out, progress)
+    key = store_key(data)
+    return StorePlan(data, key, ds, docs, scorer_name, scorer, reserved, tok, tok_key, size, dtype, started)
+
+
+def _build(data: DataSpec, cache: Path, out: Path, progress: Progress, notify: Notify) -> dict[str, Any]:
+    """Build the store's files in `out`, stage by stage; its manifest."""
+    plan = plan_build(data, cache, progress, notify)
+    n_rows = len(plan.ds)
+    with open(out / "tokens.bin", "wb") as f:
+        encoded = encode_rows(
+            plan.ds,
+            plan.tok,
+            plan.dtype,
+            plan.docs.keep,
+            plan.scorer,
+            plan.scorer_name,
+            f,
+            lambda done: progress("tokenizing", done, n_rows),
+        )
+        f.flush()
+        os.fsync(f.fileno())
     progress("writing store", 0, None)
-    layout = _split_and_tier(docs, lengths, scores, reserved, data)
-    if layout.tokenizer_saw_heldout and data.tokenizer.pretrained is None:
-        notify("the held-out reserve was too small: the BPE was trained on some held-out documents")
-    _write_store(ds, docs, layout, tok, out)
-    manifest = _manifest(data, key, out, docs, layout, tok, tok_key, size, dtype, scorer_name, started)
-    assert manifest["files"]["tokens.bin"]["sha256"] == tokens_sha
+    layout = finish_layout(plan, encoded.lengths, encoded.scores, notify)
+    write_store_files(plan.ds, plan.docs, layout, plan.tok, out)
+    manifest = write_manifest(plan, layout, out, FILES)
+    assert manifest["files"]["tokens.bin"]["sha256"] == encoded.sha256
     return manifest
+
+
+def finish_layout(plan: StorePlan, lengths: np.ndarray, scores: np.ndarray, notify: Notify) -> _Layout:
+    """Stage 5 from every row's token count and score (however they were tokenized)."""
+    layout = _split_and_tier(plan.docs, lengths, scores, plan.reserved, plan.data)
+    if layout.tokenizer_saw_heldout and plan.data.tokenizer.pretrained is None:
+        notify("the held-out reserve was too small: the BPE was trained on some held-out documents")
+    return layout
 
 
 @dataclass
@@ -456,26 +544,39 @@ def _train_tokenizer(
     return get_tokenizer(data.tokenizer, cache, corpus_key(data), training_texts, notify)
 
 
-def _tokenize(
+@dataclass
+class EncodedRows:
+    """What `encode_rows` wrote: tokens and quality score per row (0 for rows not kept), and the bytes' sha256."""
+
+    lengths: np.ndarray  # int64 per row: the document's tokens plus its end-of-document, 0 where not kept
+    scores: np.ndarray  # float64 per row
+    sha256: str
+    size: int  # bytes written
+
+
+def encode_rows(
     ds: datasets.Dataset,
-    tok,
+    tok: Tokenizer,
     dtype: np.dtype,
     keep: np.ndarray,
     scorer: QualityScorer | None,
     scorer_name: str,
-    out: Path,
-    progress: Progress,
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """Stage 4: every kept document's tokens and end-of-document into tokens.bin (corpus order), scored on the way;
-    (tokens per row, quality score per row, tokens.bin's sha256). The tokenizers library encodes each batch on all
-    cores, one batch ahead on a thread (it releases the GIL), so scoring overlaps encoding."""
+    sink: BinaryIO,
+    progress: Callable[[int], None] | None = None,
+) -> EncodedRows:
+    """Stage 4, the one way a store's tokens are made: each kept row of `ds` (`keep`: bool per row of `ds`) as its
+    token ids and end-of-document, in row order, written to `sink` (a file, or a stream to object storage), scored on
+    the way; `progress(rows done)` after each batch. The whole corpus at once builds a local store's tokens.bin; a
+    range of rows builds one shard of a shared store, and the shards in row order concatenate to those same bytes.
+
+    The tokenizers library encodes each batch on all the cores it is given, one batch ahead on a thread (it
+    releases the GIL), so scoring overlaps encoding."""
     n_rows = len(ds)
     lengths = np.zeros(n_rows, dtype=np.int64)
     scores = np.zeros(n_rows, dtype=np.float64)
     tokens_hash = hashlib.sha256()
     score_cols = ["id", "text"] + ([scorer_name] if scorer is None else [])
     eod = np.array([special_ids(tok).eod], dtype=dtype)
-    tok.encode_special_tokens = True  # a literal "<|endoftext|>" in a document is text, not a separator
 
     def encode(start: int, batch: dict[str, list]) -> tuple[int, dict[str, list], list[int], list]:
         rows = [j for j in range(len(batch["text"])) if keep[start + j]]
@@ -493,8 +594,9 @@ def _tokenize(
             if pending is not None:
                 yield pending.result()
 
-    done = 0
-    with open(out / "tokens.bin", "wb") as f:
+    done = size = 0
+    tok.encode_special_tokens = True  # a literal "<|endoftext|>" in a document is text, not a separator
+    try:
         for start, batch, rows, encodings in encoded():
             pieces = []
             for j, enc in zip(rows, encodings, strict=True):
@@ -503,16 +605,17 @@ def _tokenize(
                 lengths[start + j] = len(enc.ids) + 1
             if pieces:
                 block = np.concatenate(pieces).tobytes()
-                f.write(block)
+                sink.write(block)
                 tokens_hash.update(block)
+                size += len(block)
             for j, s in zip(rows, _score(scorer, scorer_name, batch, rows), strict=True):
                 scores[start + j] = s
             done += len(batch["text"])
-            progress("tokenizing", done, n_rows)
-        f.flush()
-        os.fsync(f.fileno())
-    tok.encode_special_tokens = False
-    return lengths, scores, tokens_hash.hexdigest()
+            if progress is not None:
+                progress(done)
+    finally:
+        tok.encode_special_tokens = False
+    return EncodedRows(lengths, scores, tokens_hash.hexdigest(), size)
 
 
 @dataclass
@@ -556,7 +659,7 @@ def _split_and_tier(
     return _Layout(lengths, scores, digests, offsets, heldout, order[:n_heldout], tiers, saw)
 
 
-def _write_store(ds: datasets.Dataset, docs: _Documents, layout: _Layout, tok, out: Path) -> None:
+def write_store_files(ds: datasets.Dataset, docs: _Documents, layout: _Layout, tok, out: Path) -> None:
     """Stage 6: docs.npz (offsets, digests, scores, tiers, held-out flags), heldout.jsonl (the held-out documents'
     text, hash order) and tokenizer.json beside tokens.bin."""
     np.savez(
@@ -580,21 +683,13 @@ def _write_store(ds: datasets.Dataset, docs: _Documents, layout: _Layout, tok, o
     tok.save(str(out / "tokenizer.json"))
 
 
-def _manifest(
-    data: DataSpec,
-    key: str,
-    out: Path,
-    docs: _Documents,
-    layout: _Layout,
-    tok,
-    tok_key: str,
-    size: int,
-    dtype: np.dtype,
-    scorer_name: str,
-    started: float,
+def write_manifest(
+    plan: StorePlan, layout: _Layout, out: Path, names: tuple[str, ...], extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Stage 7: the manifest (what was built, from what, and each file's size and sha256), written last and synced:
-    a store is whole once its manifest exists."""
+    """Stage 7: the manifest (what was built, from what, and the size and sha256 of each file of `names` in `out`,
+    plus `extra`), written last and synced: a store is whole once its manifest exists."""
+    data, key, docs, tok, dtype = plan.data, plan.key, plan.docs, plan.tok, plan.dtype
+    tok_key, size, scorer_name, started = plan.tok_key, plan.size, plan.scorer_name, plan.started
     lengths, tiers, scores = layout.lengths, layout.tiers, layout.scores
     ids = special_ids(tok)
     n_heldout = len(layout.heldout_order)
@@ -608,7 +703,7 @@ def _manifest(
             "score_min": float(scores[members].min()) if members.any() else None,
             "score_max": float(scores[members].max()) if members.any() else None,
         }
-    files = {name: {"size": (out / name).stat().st_size, "sha256": file_sha256(out / name)} for name in FILES}
+    files = {name: {"size": (out / name).stat().st_size, "sha256": file_sha256(out / name)} for name in names}
     documents, total = len(lengths), layout.total_tokens
     manifest = {
         "version": STORE_VERSION,
@@ -642,6 +737,7 @@ def _manifest(
         "train": {"documents": documents - n_heldout, "tokens": total - heldout_count},
         "quality": {"scorer": scorer_name, "tiers": tier_info},
         "files": files,
+        **(extra or {}),
     }
     with open(out / "manifest.json", "w") as f:
         json.dump(manifest, f, indent=1)

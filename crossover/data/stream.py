@@ -73,6 +73,7 @@ class Budget:
             )
         n = int(np.searchsorted(cum, self.unique_tokens, side="left")) + 1
         self.documents = order[:n]  # store indices, in stream order
+        data.fetch_documents(self.documents)  # a copy of a shared store fetches the shards holding them
         self.starts = data.offsets[self.documents].astype(np.int64)
         self.stream_starts = np.concatenate([[0], cum[: n - 1]]).astype(np.int64)
         self.lengths = lengths[:n].astype(np.int64)
@@ -290,7 +291,7 @@ class TrainStream:
         longer ones)."""
         h = hashlib.sha256()
         params = {
-            "store": self.data.manifest["files"]["tokens.bin"]["sha256"],
+            "store": self.data.tokens_sha256,
             "quality": self.quality,
             "seed": self.seed,
             "unique_tokens": self.unique_tokens,

@@ -92,6 +92,7 @@ NOT_IN_IDENTITY = {
     "eval": ("tasks",),
     "train": ("keep_checkpoints", "checkpoint_minutes"),
     "resources": ("gpu_memory_gb", "max_concurrent", "storage", "max_failures"),
+    "data": ("store",),
 }
 
 

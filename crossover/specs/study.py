@@ -113,13 +113,34 @@ class DataSpec(Strict):
     # Which documents make up a budget: chosen by the trial's seed unless this is set, when every seed trains on the
     # same documents (the seed still sets the initial weights and the data order).
     budget_seed: int | None = Field(default=None, ge=0)
+    # Where the token store lives so every node of a cluster reads it: a folder on a shared volume or an `s3://` /
+    # `gs://` URI. `crossover data prepare` (and `crossover run`, when it is missing) builds it there as a Ray Data
+    # job over the cluster's CPUs, in shards; each trial fetches only the shards its unique budget needs into its
+    # local cache. Unset: the store is built in, and read from, the local cache (`cache_dir`).
+    store: str | None = None
+
+    @field_validator("store")
+    @classmethod
+    def _store_location(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value and value.split("://", 1)[0] not in ("s3", "gs"):
+            raise ValueError(
+                f"data.store '{value}' has an unsupported scheme; give a folder on a shared volume, "
+                "s3://bucket/prefix or gs://bucket/prefix"
+            )
+        if value is not None and "://" not in value and not value.startswith(("/", "~")):
+            raise ValueError(
+                f"data.store '{value}' is a relative path; give an absolute folder on a shared volume (every node "
+                "reaches it at the same path) or an s3:// or gs:// URI"
+            )
+        return value
 
     @model_serializer(mode="wrap")
-    def _without_unset_budget_seed(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # left out while None, so the trial ids of specs written before the field existed stay what they were
+    def _without_unset_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # left out while None, so the trial ids of specs written before these fields existed stay what they were
         dumped = handler(self)
-        if self.budget_seed is None:
-            dumped.pop("budget_seed", None)
+        for name in ("budget_seed", "store"):
+            if getattr(self, name) is None:
+                dumped.pop(name, None)
         return dumped
 
 
