@@ -4,6 +4,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,8 @@ CLUSTER_MODULES = {
     "test_ray_auth",
     "test_trainer_ray",
     "test_autoscaling",
+    "test_object_storage",
+    "test_tracking_postgres",
 }
 
 
@@ -153,6 +156,49 @@ def tiny_checkpoints(tiny_corpus: Path, session_cache: Path, tmp_path_factory: p
             os.environ.pop("CROSSOVER_CACHE", None)
         else:
             os.environ["CROSSOVER_CACHE"] = previous
+
+
+@dataclass(frozen=True)
+class S3:
+    endpoint: str  # the server's URL
+    log: Path  # its log: a line per HTTP request ("GET /bucket/key HTTP/1.1" 200)
+
+    def requests(self, method: str, prefix: str) -> list[str]:
+        """The paths of the requests made so far with `method` under `prefix` (/bucket/key...), in order."""
+        lines = self.log.read_text().splitlines()
+        return [line.split('"')[1].split()[1] for line in lines if f'"{method} {prefix}' in line]
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    """moto's S3 server on loopback (tests/services.py), its variables (`s3_env`) set in this process for the rest of
+    the session, so that boto3, pyarrow, MLflow and every Ray instance or process started after use it (a Ray
+    instance must start after it: its processes keep the environment they started with). One server for every module
+    that asks, each test with a bucket of its own (`new_bucket`)."""
+    from .services import s3_env, s3_server
+
+    folder = tmp_path_factory.mktemp("s3")
+    with s3_server(folder) as endpoint, pytest.MonkeyPatch.context() as patch:
+        for name, value in s3_env(endpoint).items():
+            patch.setenv(name, value)
+        yield S3(endpoint, folder / f"moto-{endpoint.rsplit(':', 1)[1]}.log")
+
+
+def new_bucket(name: str) -> str:
+    """A new bucket on the `s3` fixture's server; its URI (s3://name)."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+def bucket_keys(uri: str) -> list[str]:
+    """The keys of every object under a storage URI (s3://bucket/prefix), below the prefix."""
+    import boto3
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"][len(prefix) :].lstrip("/") for page in pages for item in page.get("Contents", [])]
 
 
 @pytest.fixture

@@ -7,14 +7,15 @@ import pytest
 from crossover.specs import parse_study
 from crossover.trainers.launch import LocalReporter, run_workers
 from crossover.trainers.loop import CLIENT_STATE, train
+from crossover.trainers.storage import rank_copy
 
-from .conftest import tiny_study
+from .conftest import new_bucket, tiny_study
 
 pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(s3):  # the S3 server first: Ray's processes take its variables from this one as they start
     ray = pytest.importorskip("ray")
     from crossover.platform.local_ray import init_local_instance
 
@@ -23,7 +24,7 @@ def ray_cluster():
     ray.shutdown()
 
 
-def test_two_workers_match_one_worker(tiny_corpus, session_cache, tmp_path, monkeypatch, ray_cluster):
+def test_two_workers_match_one_worker(tiny_corpus, session_cache, tmp_path, monkeypatch, ray_cluster, s3):
     monkeypatch.setenv("CROSSOVER_CACHE", str(session_cache))
     spec = tiny_study(
         tiny_corpus,
@@ -48,6 +49,35 @@ def test_two_workers_match_one_worker(tiny_corpus, session_cache, tmp_path, monk
     for (_, a), (_, b) in zip(single, double, strict=True):
         assert b == pytest.approx(a, rel=2e-2)
     assert result.checkpoint is not None
+
+    # The same trial on object storage, stopped after 2 steps and resumed: each rank fetches only the files it
+    # loads (the shared model states, its own optimizer shard and state), and the resumed run equals this one.
+    storage = new_bucket("crossover-two-workers")
+    stopped = run_workers(two, storage, name="split", stop_after_steps=2)
+    assert stopped.error is None and stopped.checkpoint.path.startswith("crossover-two-workers/split/")
+    for rank in (0, 1):
+        with rank_copy(stopped.checkpoint.filesystem, stopped.checkpoint.path, rank) as folder:
+            names = sorted(p.name for p in Path(folder).rglob("*") if p.is_file())
+        other = 1 - rank
+        assert f"rank{rank}_{CLIENT_STATE}" in names and f"rank{other}_{CLIENT_STATE}" not in names, names
+        assert "mp_rank_00_model_states.pt" in names and "trial.json" in names, names
+        (shard,) = [n for n in names if n.endswith("optim_states.pt")]  # ZeRO-1: one optimizer shard per rank
+        assert shard.endswith(f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"), names
+    fetched_before = len(s3.requests("GET", "/crossover-two-workers/split/"))
+    resumed = run_workers(two, storage, name="split")
+    assert resumed.error is None
+    fetched = s3.requests("GET", "/crossover-two-workers/split/")[fetched_before:]
+    shards = sorted({path for path in fetched if path.endswith("optim_states.pt")})  # each rank's, once: resumed
+    assert len(shards) == 2 and all(shard.startswith(f"/{stopped.checkpoint.path}/") for shard in shards), fetched
+    assert [shard.split("zero_pp_")[1] for shard in shards] == [f"rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
+    split = {
+        int(t): loss
+        for f in (stopped, resumed)
+        for t, loss in zip(f.metrics_dataframe["tokens"], f.metrics_dataframe["train/loss"], strict=True)
+    }
+    assert sorted(split) == [1024, 2048, 3072, 4096]
+    for tokens, loss in double:
+        assert split[tokens] == pytest.approx(loss, rel=1e-4, abs=1e-4)
 
 
 def test_two_workers_take_timed_checkpoints_at_the_same_steps(

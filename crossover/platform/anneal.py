@@ -126,14 +126,14 @@ def _kept_checkpoint(
     """The AR trial's latest kept checkpoint at or before the anneal trial's decay start; None: the anneal trains
     from scratch."""
     step = branch_step(trial)
-    if step is None or "://" in storage:
+    if step is None:
         return None
     reach = step * trial.train.global_batch_tokens
     found = [(tokens, folder) for tokens, folder in kept_checkpoints(storage, spec, ar) if tokens <= reach]
     if not found:
         return None
     tokens, folder = found[-1]
-    return Continuation(run_id=run_id, branch=str(folder), tokens=tokens)
+    return Continuation(run_id=run_id, branch=folder, tokens=tokens)
 
 
 def _no_decay_step(trial: TrialSpec) -> bool:
@@ -196,7 +196,7 @@ class AnnealCost:
     AR trial's whole budget (up to the AR trial's last eval point but one: a stop at its end needs no anneal)."""
 
     bound: tuple[tuple[TrialSpec, int], ...]  # per AR trial: its costliest anneal trial and the tokens it trains
-    continued: bool  # whether the bound assumes kept checkpoints (train.keep_checkpoints: all, local storage)
+    continued: bool  # whether the bound assumes kept checkpoints (train.keep_checkpoints: all)
 
     @property
     def tokens(self) -> int:
@@ -218,13 +218,13 @@ class AnnealCost:
         )
 
 
-def anneal_cost(spec: StudySpec, storage: str | None = None, annealed: Collection[str] = ()) -> AnnealCost | None:
+def anneal_cost(spec: StudySpec, annealed: Collection[str] = ()) -> AnnealCost | None:
     """The anneal phase's cost bound (None when the spec does not anneal). A stop is one of the AR trial's eval
     points; the anneal continues the checkpoint of the latest eval point at or before its decay start. `annealed`:
     AR trial ids whose anneal finished earlier (crossover.platform.grow.finished_in), left out."""
     if not spec.early_stopped_ar.anneal or spec.search is not None:
         return None
-    continued = spec.train.keep_checkpoints == "all" and "://" not in (storage or spec.resources.storage or "")
+    continued = spec.train.keep_checkpoints == "all"
     bound = []
     for ar in [t for t in spec.expand() if t.objective == "ar" and t.trial_id not in annealed]:
         batch = ar.train.global_batch_tokens

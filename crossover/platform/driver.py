@@ -48,6 +48,7 @@ from crossover.platform.tracking import (
 from crossover.specs import StudySpec, TrialSpec, longest_first
 from crossover.specs.study import ResourcesSpec
 from crossover.tracking.names import TAG_DATA_HASH
+from crossover.trainers.storage import check_storage, filesystem_of
 from crossover.trainers.throughput import study_runtime_here
 
 # Environment the trials need that a local Ray instance would not otherwise pass on.
@@ -173,6 +174,19 @@ def has_tune_state(spec: StudySpec, storage: str) -> bool:
     return any(path.is_dir() for path in _local_tune_folders(spec, storage))
 
 
+def remove_tune_state(spec: StudySpec, storage: str) -> None:
+    """Remove what earlier runs of the study left under `storage` (a local path or a URI), for `--fresh`: its Tune
+    experiments (its own, a per-cell search's <study>.<trial>, the anneal phase's <study>.anneal-<hash>) and its
+    branch checkpoints (<study>.branches)."""
+    import pyarrow.fs  # lazy: a second to import; `crossover stop` uses this module without it
+
+    filesystem, root = filesystem_of(storage)
+    for found in filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
+        ours = found.base_name == spec.name or found.base_name.startswith(f"{spec.name}.")
+        if ours and found.type == pyarrow.fs.FileType.Directory:
+            filesystem.delete_dir(found.path)
+
+
 class StartError(UserError):
     """A study that cannot start as asked (nothing to continue, contradictory options, already running)."""
 
@@ -180,9 +194,11 @@ class StartError(UserError):
 
 
 def check_start(spec: StudySpec, spec_path: str, storage: str, *, resume: bool, fresh: bool) -> None:
-    """Refuse, before anything is written, a start that contradicts itself or a --resume with nothing to resume."""
+    """Refuse, before anything is written, a start that contradicts itself, object storage that cannot be used
+    (crossover.trainers.storage.check_storage), or a --resume with nothing to resume."""
     if resume and fresh:
         raise StartError("--resume and --fresh contradict each other: choose one")
+    check_storage(storage)
     if resume and not has_tune_state(spec, storage):
         raise StartError(
             f"nothing to continue: study {spec.name} has no earlier run under {storage} (never run "
@@ -230,9 +246,8 @@ def run_study(options: RunOptions, events: StudyEvents | None = None) -> StudyOu
     spec, uri, storage = options.spec, options.tracking_uri, options.storage
     trials = spec.expand()
     experiment = f"{storage.rstrip('/')}/{spec.name}"
-    if options.fresh and "://" not in storage:
-        for path in _local_tune_folders(spec, storage):
-            shutil.rmtree(path, ignore_errors=True)
+    if options.fresh:
+        remove_tune_state(spec, storage)
     try:
         with interrupts_kept() as interrupted:
             trials_hash = _trials_hash(trials)

@@ -15,9 +15,9 @@ so a spec that changed since the last run keeps every finished trial whose id it
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from crossover.platform.launch import Continuation
 from crossover.platform.tracking import TrialRun, current_parent_run_id, mark_out_of_spec, trial_runs_of
@@ -35,6 +35,7 @@ from crossover.tracking.names import (
 )
 from crossover.tracking.store import TrackingError, check_reachable
 from crossover.trainers.schedules import branch_step, eval_steps
+from crossover.trainers.storage import filesystem_of, local_folder
 
 COSINE_NOTE = (
     "longer trials of a cosine schedule train from scratch: every step's learning rate depends on train.total_tokens, "
@@ -162,26 +163,48 @@ def plan_growth(spec: StudySpec, uri: str, parent_run_id: str) -> Growth:
     return growth
 
 
-def kept_checkpoints(storage: str, spec: StudySpec, trial: TrialSpec) -> list[tuple[int, Path]]:
-    """(tokens seen, folder) of every eval point's checkpoint of `trial` still kept under a local `storage`, in
-    order; not the timed ones (train.checkpoint_minutes) Ray may keep beside them."""
+def kept_checkpoints(storage: str, spec: StudySpec, trial: TrialSpec) -> list[tuple[int, str]]:
+    """(tokens seen, folder path or URI) of every eval point's checkpoint of `trial` still kept under `storage` (a
+    local path or a storage URI), in order; not the timed ones (train.checkpoint_minutes) Ray may keep beside them."""
     # lazy: both modules import torch, which crossover plan (before it measures) and the study's driver do without
     from crossover.evals.checkpoint import TRIAL_FILE
     from crossover.trainers.loop import CLIENT_STATE
 
     eval_points = {step * trial.train.global_batch_tokens for step in eval_steps(trial)}
+    filesystem, root = filesystem_of(storage)
     found = {}
-    root = Path(storage)
-    for pattern in (f"{spec.name}*/*/checkpoint_*/{TRIAL_FILE}", f"{spec.name}*/checkpoint_*/{TRIAL_FILE}"):
-        for path in root.glob(pattern):
+    # Tune trials' checkpoints (<study>*/<trial>/checkpoint_*) and Ray Train runs' (<study>-<trial id>/checkpoint_*)
+    for levels in ([f"{spec.name}*", "*", "checkpoint_*"], [f"{spec.name}*", "checkpoint_*"]):
+        for folder in _matching(filesystem, root.rstrip("/"), levels):
             try:
-                if json.loads(path.read_text())["trial_id"] != trial.trial_id:
+                if json.loads(_read(filesystem, f"{folder}/{TRIAL_FILE}"))["trial_id"] != trial.trial_id:
                     continue
-                state = json.loads((path.parent / f"rank0_{CLIENT_STATE}").read_text())
+                state = json.loads(_read(filesystem, f"{folder}/rank0_{CLIENT_STATE}"))
             except (OSError, ValueError, KeyError):
-                continue  # a checkpoint being written or removed
-            found[int(state["data"]["tokens_seen"])] = path.parent
+                continue  # a checkpoint being written or removed, or a folder that is none
+            found[int(state["data"]["tokens_seen"])] = f"{storage.rstrip('/')}{folder[len(root.rstrip('/')) :]}"
     return sorted((tokens, folder) for tokens, folder in found.items() if tokens in eval_points)
+
+
+def _matching(filesystem, root: str, levels: list[str]) -> list[str]:
+    """The folders under `root` whose path below it matches `levels`, one glob pattern per level: listed one level
+    at a time, so object storage lists only the folders on the way, never every checkpoint file under it."""
+    import pyarrow.fs  # lazy: as in crossover.trainers.storage
+
+    folders = [root]
+    for pattern in levels:
+        folders = [
+            info.path
+            for folder in folders
+            for info in filesystem.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+            if info.type == pyarrow.fs.FileType.Directory and fnmatch.fnmatchcase(info.base_name, pattern)
+        ]
+    return folders
+
+
+def _read(filesystem, path: str) -> str:
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read().decode()
 
 
 def score_added_tasks(spec: StudySpec, growth: Growth, uri: str, parent_run_id: str, storage: str, say=print) -> None:
@@ -189,12 +212,6 @@ def score_added_tasks(spec: StudySpec, growth: Growth, uri: str, parent_run_id: 
     from crossover.evals.suite import evaluate_checkpoint, metrics_of  # lazy: torch, as in kept_checkpoints
 
     if not growth.added_tasks:
-        return
-    if "://" in storage:
-        say(
-            f"added tasks not scored: the kept trials' checkpoints are in {storage}, and scoring them is done on "
-            "local storage only; `crossover eval CHECKPOINT --task ...` scores one"
-        )
         return
     trials = {t.trial_id: t for t in growth.kept}
     for trial_id, tasks in growth.added_tasks.items():
@@ -212,6 +229,7 @@ def score_added_tasks(spec: StudySpec, growth: Growth, uri: str, parent_run_id: 
             )
         run = TrialRun(trial, uri, parent_run_id)
         for tokens, folder in checkpoints:
-            results = evaluate_checkpoint(str(folder), tasks)
+            with local_folder(folder) as local:  # downloaded from object storage, read in place otherwise
+                results = evaluate_checkpoint(local, tasks)
             run.log_added(metrics_of(results), tokens, results)
         run.refresh_summary()

@@ -14,7 +14,6 @@ import contextlib
 import errno
 import json
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ from crossover.specs.hardware import Runtime
 from crossover.tracking.names import items_path, items_payload
 from crossover.trainers.loop import train
 from crossover.trainers.schedules import eval_steps
+from crossover.trainers.storage import copy_into, is_uri, local_folder, rank_copy
 from crossover.trainers.throughput import runtime_here
 
 MetricSink = Callable[[dict[str, float], int], None]
@@ -65,7 +65,7 @@ def _no_space(destination: str | Path, needed: int, free: int | None) -> Checkpo
 def check_checkpoint_space(folder: str | Path, destination: str | Path) -> None:
     """Refuse a checkpoint (the files in `folder`) that would not fit on the disk of `destination`, a local path;
     object storage (a URI) has no disk to fill."""
-    if "://" in str(destination):
+    if is_uri(str(destination)):
         return
     target = Path(destination)
     while not target.exists() and target != target.parent:
@@ -106,29 +106,6 @@ def branch_folder(storage: str, trial: TrialSpec) -> str:
     """Where a trial run by `crossover run` keeps its branch checkpoint (see `schedules.branch_step`): beside the
     study's Tune state, so `--fresh` removes it with the rest."""
     return f"{str(storage).rstrip('/')}/{trial.study}.branches/{trial.trial_id}"
-
-
-def _copy_into(source: str, destination: str) -> None:
-    """Copy a folder's files into `destination`, a local path or a storage URI (s3://, gs://: through pyarrow)."""
-    if "://" in destination:
-        import pyarrow.fs  # lazy: only storage URIs need pyarrow (~0.6 s): a local trial starts without it
-
-        pyarrow.fs.copy_files(source, destination)
-    else:
-        shutil.copytree(source, destination, dirs_exist_ok=True)
-
-
-@contextlib.contextmanager
-def _local_copy(folder: str) -> Iterator[str]:
-    """`folder` itself when local, else a temporary download of it."""
-    if "://" not in folder:
-        yield folder
-        return
-    import pyarrow.fs  # lazy: as in _copy_into
-
-    with tempfile.TemporaryDirectory(prefix="crossover-branch-") as local:
-        pyarrow.fs.copy_files(folder, local)
-        yield local
 
 
 TIMED = "_timed"  # LocalReporter's name ending for a timed checkpoint (train.checkpoint_minutes)
@@ -173,7 +150,7 @@ class LocalReporter:
             shutil.rmtree(old)
 
     def keep_branch(self, checkpoint_dir: str, trial: TrialSpec, step: int) -> None:
-        _copy_into(checkpoint_dir, str(self.folder / "branch"))
+        copy_into(checkpoint_dir, str(self.folder / "branch"))
 
     def branch_kept(self, trial: TrialSpec, step: int) -> None:
         """Nothing to record: the folder is the record."""
@@ -253,12 +230,16 @@ class RayReporter:
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:
-        checkpoint = self._ray().get_checkpoint()
+        """Read in place from local storage; from object storage, only the files this rank loads are downloaded
+        (crossover.trainers.storage.rank_copy), not Ray's `as_directory` copy of every rank's."""
+        ray = self._ray()
+        rank = ray.get_context().get_world_rank() if self.api == "train" else 0
+        checkpoint = ray.get_checkpoint()
         if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
+            with rank_copy(checkpoint.filesystem, checkpoint.path, rank) as folder:
                 yield folder
         elif self.continues:
-            with _local_copy(self.continues) as folder:
+            with local_folder(self.continues, rank) as folder:
                 yield folder
         else:
             yield None
@@ -266,7 +247,7 @@ class RayReporter:
     def keep_branch(self, checkpoint_dir: str, trial: TrialSpec, step: int) -> None:
         if self.storage:
             with space_errors_named(checkpoint_dir, self.storage):
-                _copy_into(checkpoint_dir, branch_folder(self.storage, trial))
+                copy_into(checkpoint_dir, branch_folder(self.storage, trial))
 
     def branch_kept(self, trial: TrialSpec, step: int) -> None:
         if self.run and self.storage:
