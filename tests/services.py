@@ -1,5 +1,5 @@
-"""Real services for integration tests, on loopback only, always stopped: an MLflow server, an S3 server (moto), a Ray
-head and more Ray nodes."""
+"""Real services for integration tests, on loopback only, always stopped: an MLflow server, a PostgreSQL server (its
+backend store), an S3 server (moto), a Ray head and more Ray nodes."""
 
 from __future__ import annotations
 
@@ -56,8 +56,12 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(folder: Path, port: int | None = None, backend_uri: str | None = None) -> Iterator[str]:
-    """`mlflow server` in its own process group with a SQLite backend (in `folder`, or `backend_uri`); yields its URL."""
+def mlflow_server(
+    folder: Path, port: int | None = None, backend_uri: str | None = None, artifacts: str | None = None
+) -> Iterator[str]:
+    """`mlflow server` in its own process group with a SQLite backend (in `folder`, or `backend_uri`), serving the
+    artifacts it keeps in `folder`/artifacts or `artifacts` (an s3:// URI: the server reads the `s3_env` variables
+    from this process's environment, as the `s3` fixture sets them); yields its URL."""
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
     backend_uri = backend_uri or f"sqlite:///{folder / 'mlflow.db'}"
@@ -71,7 +75,7 @@ def mlflow_server(folder: Path, port: int | None = None, backend_uri: str | None
         "--backend-store-uri",
         backend_uri,
         "--artifacts-destination",
-        str(folder / "artifacts"),
+        artifacts or str(folder / "artifacts"),
         "--workers",
         "1",
     ]
@@ -90,6 +94,62 @@ def mlflow_server(folder: Path, port: int | None = None, backend_uri: str | None
         yield url
     finally:
         stop_group(proc)
+
+
+# MLflow's PostgreSQL URIs name their driver, psycopg2 (the dev extra's and the MLflow image's): SQLAlchemy 2.1 reads a
+# bare postgresql:// as psycopg 3, which neither installs, and the server would not start.
+POSTGRES = "postgresql+psycopg2://"
+
+
+def _postgres_bin() -> Path:
+    """The folder of Debian's PostgreSQL server binaries (initdb, pg_ctl), the newest if several; skips the test
+    without them, or fails it where CROSSOVER_REQUIRE_POSTGRES=1 (CI installs them)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if found:
+        return found[-1].parent
+    reason = "the PostgreSQL backend test needs Debian's `postgresql` package (apt-get install -y postgresql)"
+    if os.environ.get("CROSSOVER_REQUIRE_POSTGRES") == "1":
+        pytest.fail(reason + "; CROSSOVER_REQUIRE_POSTGRES=1 requires it")
+    pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def postgres_server(port: int | None = None) -> Iterator[str]:
+    """A PostgreSQL server of its own on loopback, its data and unix socket in a new folder under /tmp (removed after);
+    yields its URI (postgresql+psycopg2://postgres@127.0.0.1:PORT/postgres, no password: trust on loopback). PostgreSQL refuses
+    to run as root, so as root (CI) it runs as the `postgres` user Debian's package creates, owning that folder: the
+    folder sits in /tmp, not under pytest's tmp_path, which that user cannot enter. Always stopped at once
+    (`pg_ctl stop -m immediate`: the data is thrown away)."""
+    bin_dir, port = _postgres_bin(), port or free_port()
+    folder = Path(tempfile.mkdtemp(prefix="crossover-pg-", dir="/tmp"))
+    as_owner: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        owner = pwd.getpwnam("postgres")
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    data, log = folder / "data", folder / "server.log"
+
+    def pg(*command: str) -> None:
+        done = subprocess.run([*as_owner, *command], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            server_log = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{command[0]} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}{server_log}")
+
+    try:
+        pg(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off"
+        pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "120", "start")
+        yield f"{POSTGRES}postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(
+                [*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate", "-w"],
+                capture_output=True,
+                timeout=60,
+            )
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -124,7 +184,12 @@ def s3_server(folder: Path, port: int | None = None) -> Iterator[str]:
 
 def s3_env(endpoint: str) -> dict[str, str]:
     """The environment that points boto3, pyarrow, MLflow and Ray at an S3 endpoint on loopback."""
-    return {**S3_KEYS, "AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    return {
+        **S3_KEYS,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+    }
 
 
 def ray_temp_dir() -> str:

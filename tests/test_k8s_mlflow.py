@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from .services import POSTGRES
 from .test_k8s import one, overlay
 
 STARTUP_LIMIT_S = 120  # a bound on waiting for /health, never an assertion on speed
@@ -93,7 +94,7 @@ def _run_init_container(
     """Run the init container's script as written, with the user-store URI and the config path substituted."""
     env = _container_env(init, objects, secret_values)
     uri = env["MLFLOW_AUTH_DATABASE_URI"]
-    assert uri.startswith("postgresql://") and "$(" not in uri, uri  # credentials expanded from the Secret
+    assert uri.startswith(POSTGRES) and "$(" not in uri, uri  # credentials expanded from the Secret
     auth_ini = tmp_path / "auth" / "basic_auth.ini"
     auth_ini.parent.mkdir(exist_ok=True)
     env |= {"MLFLOW_AUTH_DATABASE_URI": auth_db_uri, "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini)}
@@ -110,7 +111,7 @@ def test_auth_config_keeps_a_url_encoded_password(tmp_path):
     objects = overlay("dev")
     (init,) = one(objects, "Deployment", "crossover-mlflow")["spec"]["template"]["spec"]["initContainers"]
     _run_init_container(
-        init, objects, {}, "postgresql://mlflow:p%40ss%25w0rd@crossover-postgres:5432/mlflow_auth", tmp_path
+        init, objects, {}, f"{POSTGRES}mlflow:p%40ss%25w0rd@crossover-postgres:5432/mlflow_auth", tmp_path
     )
 
 
@@ -137,7 +138,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     ]
     user, password = (secret_values[("crossover-postgres", k)] for k in ("username", "password"))
     host = f"{postgres['metadata']['name']}:{postgres['spec']['ports'][0]['port']}"
-    assert env["MLFLOW_BACKEND_STORE_URI"] == f"postgresql://{user}:{password}@{host}/{database}"
+    assert env["MLFLOW_BACKEND_STORE_URI"] == f"{POSTGRES}{user}:{password}@{host}/{database}"
     # The artifacts destination defaults to the PVC mounted in the container.
     mounts = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}

@@ -11,6 +11,11 @@ Evidence: at the kill, A's raylet is the parent of both trial processes and B's 
 the process of each report (`pid`): after the restart a process on B, whose first report comes right after a
 checkpoint, with Tune's iteration count carried on from it (a restart from scratch would report 1,024 tokens, iteration
 1); Ray lists A as dead; MLflow has one finished run per trial, each eval point and train step logged once.
+
+Twice: with the study's storage a local folder and MLflow a SQLite file, and with both in object storage, as on a
+cluster whose nodes share no disk: Ray's storage an `s3://` bucket on moto's S3 server, MLflow an `mlflow server`
+keeping its artifacts in the same bucket. There the trials resume on B from the bucket, and `crossover analyze` reads
+the study back through the server.
 """
 
 from __future__ import annotations
@@ -21,16 +26,20 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
-from .conftest import tiny_study
+from crossover.trainers.storage import filesystem_of
+
+from .conftest import bucket_keys, new_bucket, tiny_study
 from .services import (
     kill_processes_with_env,
     kill_ray_processes,
+    mlflow_server,
     new_auth_token,
     ray_head,
     ray_nodes,
@@ -72,15 +81,39 @@ def dead_nodes(dashboard: str, env: dict[str, str]) -> list[str]:
     return [node["node_id"] for node in ray_nodes(dashboard, env, "DEAD")]
 
 
-def reports(storage: Path, trial: str) -> list[dict]:
+def reports(storage: str, trial: str) -> list[dict]:
     """What Tune recorded of a trial's reports. Tune writes them on the driver and copies them to storage now and
     then; a restarted trial continues from the stored copy, so the last reports before a failure may be missing."""
-    path = storage / "tiny" / trial / "result.json"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    filesystem, path = filesystem_of(f"{storage}/tiny/{trial}/result.json")
+    with filesystem.open_input_stream(path) as stream:
+        return [json.loads(line) for line in stream.read().decode().splitlines()]
+
+
+def stored_checkpoints(storage: str, trial: str) -> list[str]:
+    """The names of a trial's checkpoint folders in the study's storage (a local path or a URI)."""
+    import pyarrow.fs
+
+    filesystem, path = filesystem_of(f"{storage}/tiny/{trial}")
+    found = filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return sorted(f.base_name for f in found if f.base_name.startswith("checkpoint_"))
+
+
+@pytest.fixture(params=["local", "s3"])
+def stores(request, tmp_path) -> Iterator[tuple[str, str]]:
+    """(Ray storage, MLflow tracking URI) of the study: a local folder and a SQLite file, or, as on a cluster whose
+    nodes share no disk, a bucket on moto's S3 server (the `s3` fixture, before the cluster's environment is made)
+    for the checkpoints and an `mlflow server` that keeps its artifacts in the same bucket."""
+    if request.param == "local":
+        yield str(tmp_path / "ray"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+        return
+    request.getfixturevalue("s3")
+    bucket = new_bucket("crossover-lost-node")
+    with mlflow_server(tmp_path / "mlflow", artifacts=f"{bucket}/mlflow") as url:
+        yield f"{bucket}/ray", url
 
 
 @pytest.fixture
-def env(tmp_path, session_cache):
+def env(tmp_path, session_cache, stores):
     """The environment of the cluster's processes and the driver: token auth as on a real cluster, with a token of
     this test's own; CROSSOVER_CACHE for the trials (a driver given --address forwards none of its environment, so
     the trials find the token store through their node's). Afterwards, every process started with it is killed,
@@ -90,10 +123,10 @@ def env(tmp_path, session_cache):
     kill_processes_with_env("RAY_AUTH_TOKEN_PATH", str(token))
 
 
-def test_a_study_survives_losing_the_node_its_trials_run_on(tmp_path, tiny_corpus, env):
+def test_a_study_survives_losing_the_node_its_trials_run_on(tmp_path, tiny_corpus, stores, env):
     spec = tmp_path / "study.yaml"
     spec.write_text(yaml.safe_dump(tiny_study(tiny_corpus, train={"total_tokens": TOTAL}, eval={"every": EVERY})))
-    storage, uri = tmp_path / "ray", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage, uri = stores
     token = Path(env["RAY_AUTH_TOKEN_PATH"])
     log = tmp_path / "driver.log"  # a file, not a pipe: an unread pipe would block a chatty driver
     with ray_head(env, num_cpus=0, auth_token=token) as (address, dashboard), ray_worker_node(address, env, 2) as a:
@@ -106,7 +139,7 @@ def test_a_study_survives_losing_the_node_its_trials_run_on(tmp_path, tiny_corpu
             "--tracking-uri",
             uri,
             "--storage",
-            str(storage),
+            storage,
             "--quiet",
         ]
         driver = subprocess.Popen(
@@ -133,6 +166,7 @@ def test_a_study_survives_losing_the_node_its_trials_run_on(tmp_path, tiny_corpu
                 # checkpoint) returns only once the driver holds it.
                 at_kill = logged(lambda steps: max(steps, default=0) > EVERY)
                 assert driver.poll() is None and len(at_kill) == 2, "no checkpoint:\n" + log.read_text()[-3000:]
+                assert all(stored_checkpoints(storage, name) for name in NAMES)  # in the storage, for B to resume
                 lost, on_a = raylet(a), trial_processes(a)
                 lost_node = next(part.split("=", 1)[1] for part in lost.cmdline() if part.startswith("--node_id="))
                 assert len(on_a) == 2 and not trial_processes(b)  # both trials train on A
@@ -178,3 +212,14 @@ def test_a_study_survives_losing_the_node_its_trials_run_on(tmp_path, tiny_corpu
         assert child.info.status == "FINISHED"
         assert history_steps(client, child, "eval/heldout_loss/loss") == list(range(EVERY, TOTAL + 1, EVERY))
         assert history_steps(client, child, "train/loss") == list(range(BATCH, TOTAL + 1, BATCH))
+    if storage.startswith("s3://"):  # MLflow's artifacts went to the bucket, and the study reads back from there
+        artifacts = bucket_keys(storage.removesuffix("/ray") + "/mlflow")
+        assert any(key.endswith("/artifacts/spec/study.yaml") for key in artifacts), artifacts
+        report = subprocess.run(
+            [*CROSSOVER, "analyze", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / "report")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert report.returncode == 0 and (tmp_path / "report" / "report.html").is_file(), report.stderr[-3000:]

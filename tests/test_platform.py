@@ -57,7 +57,7 @@ def start_driver(study, spec: Path) -> tuple[subprocess.Popen, Path]:
 
 def poll_runs(uri: str):
     """`runs` while a study is starting: nothing until the driver has created the store (never race its schema)."""
-    if not Path(uri.removeprefix("sqlite:///")).exists():
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None, [], []
     try:
         return runs(uri)
