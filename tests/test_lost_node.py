@@ -12,10 +12,10 @@ the process of each report (`pid`): after the restart a process on B, whose firs
 checkpoint, with Tune's iteration count carried on from it (a restart from scratch would report 1,024 tokens, iteration
 1); Ray lists A as dead; MLflow has one finished run per trial, each eval point and train step logged once.
 
-Twice: with the study's storage a local folder and MLflow a SQLite file, and with both in object storage, as on a
-cluster whose nodes share no disk: Ray's storage an `s3://` bucket on moto's S3 server, MLflow an `mlflow server`
-keeping its artifacts in the same bucket. There the trials resume on B from the bucket, and `crossover analyze` reads
-the study back through the server.
+Twice: with the study's storage a local folder and MLflow a SQLite file, and with everything in object storage, as
+on a cluster whose nodes share no disk: one bucket on moto's S3 server holds the corpus, the shared token store
+(`data.store`), Ray's storage and the artifacts of an `mlflow server`. There the trials resume on B from the bucket,
+and `crossover analyze` reads the study back through the server.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import psutil
 import pytest
 import yaml
@@ -99,17 +100,21 @@ def stored_checkpoints(storage: str, trial: str) -> list[str]:
 
 
 @pytest.fixture(params=["local", "s3"])
-def stores(request, tmp_path) -> Iterator[tuple[str, str]]:
-    """(Ray storage, MLflow tracking URI) of the study: a local folder and a SQLite file, or, as on a cluster whose
-    nodes share no disk, a bucket on moto's S3 server (the `s3` fixture, before the cluster's environment is made)
-    for the checkpoints and an `mlflow server` that keeps its artifacts in the same bucket."""
+def stores(request, tmp_path, tiny_corpus) -> Iterator[tuple[str, str, dict]]:
+    """(Ray storage, MLflow tracking URI, the spec's data block) of the study: a local folder, a SQLite file and the
+    local corpus with the token store in each machine's cache; or, as on a cluster whose nodes share no disk, one
+    bucket on moto's S3 server (the `s3` fixture, before the cluster's environment is made) holding the checkpoints,
+    the artifacts of an `mlflow server`, the corpus and the shared token store (`data.store`, built by the driver as
+    a Ray Data job on the cluster)."""
     if request.param == "local":
-        yield str(tmp_path / "ray"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+        yield str(tmp_path / "ray"), f"sqlite:///{tmp_path / 'mlflow.db'}", {}
         return
     request.getfixturevalue("s3")
     bucket = new_bucket("crossover-lost-node")
+    boto3.client("s3").upload_file(str(tiny_corpus), bucket.removeprefix("s3://"), "corpus/tiny.jsonl")
+    data = {"corpus": {"source": f"{bucket}/corpus/tiny.jsonl", "format": "jsonl"}, "store": f"{bucket}/stores"}
     with mlflow_server(tmp_path / "mlflow", artifacts=f"{bucket}/mlflow") as url:
-        yield f"{bucket}/ray", url
+        yield f"{bucket}/ray", url, data
 
 
 @pytest.fixture
@@ -125,8 +130,9 @@ def env(tmp_path, session_cache, stores):
 
 def test_a_study_survives_losing_the_node_its_trials_run_on(tmp_path, tiny_corpus, stores, env):
     spec = tmp_path / "study.yaml"
-    spec.write_text(yaml.safe_dump(tiny_study(tiny_corpus, train={"total_tokens": TOTAL}, eval={"every": EVERY})))
-    storage, uri = stores
+    storage, uri, data = stores
+    blocks = {"data": data, "train": {"total_tokens": TOTAL}, "eval": {"every": EVERY}}
+    spec.write_text(yaml.safe_dump(tiny_study(tiny_corpus, **blocks)))
     token = Path(env["RAY_AUTH_TOKEN_PATH"])
     log = tmp_path / "driver.log"  # a file, not a pipe: an unread pipe would block a chatty driver
     with ray_head(env, num_cpus=0, auth_token=token) as (address, dashboard), ray_worker_node(address, env, 2) as a:
@@ -212,9 +218,11 @@ def test_a_study_survives_losing_the_node_its_trials_run_on(tmp_path, tiny_corpu
         assert child.info.status == "FINISHED"
         assert history_steps(client, child, "eval/heldout_loss/loss") == list(range(EVERY, TOTAL + 1, EVERY))
         assert history_steps(client, child, "train/loss") == list(range(BATCH, TOTAL + 1, BATCH))
-    if storage.startswith("s3://"):  # MLflow's artifacts went to the bucket, and the study reads back from there
-        artifacts = bucket_keys(storage.removesuffix("/ray") + "/mlflow")
+    if storage.startswith("s3://"):  # MLflow's artifacts and the token store are in the bucket; the study reads back
+        bucket = storage.removesuffix("/ray")
+        artifacts = bucket_keys(f"{bucket}/mlflow")
         assert any(key.endswith("/artifacts/spec/study.yaml") for key in artifacts), artifacts
+        assert any(key.endswith("manifest.json") for key in bucket_keys(f"{bucket}/stores")), output[-3000:]
         report = subprocess.run(
             [*CROSSOVER, "analyze", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / "report")],
             env=env,

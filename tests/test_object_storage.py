@@ -19,25 +19,26 @@ pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (t
 
 def test_a_study_on_s3_checkpoints_anneals_and_resumes_there(study, s3):
     storage = new_bucket("crossover-anneal") + "/ray"
-    spec = study["write"](**ANNEAL)  # keep_checkpoints: all, so the anneal can continue a kept checkpoint
+    # keep_checkpoints: all, so that the anneal can continue a kept checkpoint; AR only, all an anneal needs
+    spec = study["write"](**{**ANNEAL, "grid": {"objective": ["ar"], "unique_tokens": ["4k"]}})
     on_s3 = {**study, "storage": storage}
     result = run(on_s3, spec, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 continue a kept checkpoint" in result.stdout, result.stdout  # found in the bucket, not from scratch
     keys = bucket_keys(storage)
     trials = {key.split("/")[1] for key in keys if key.startswith("tiny/") and "/checkpoint_" in key}
-    assert trials == {"ar-U4k-nano-s0", "mdlm-U4k-nano-s0"}, keys  # every eval point's, each rank's files
+    assert trials == {"ar-U4k-nano-s0"}, keys
     assert any(key.startswith("tiny/ar-U4k-nano-s0/checkpoint_") and key.endswith("_optim_states.pt") for key in keys)
     assert any(key.startswith("tiny.branches/") and key.endswith("rank0_crossover_state.json") for key in keys)
     assert any(key.startswith("tiny.anneal-") and key.endswith("/result.json") for key in keys)  # its own experiment
     assert not Path(study["storage"]).exists()  # nothing local but the driver's log
     _, parents, children = runs(study["uri"])
-    assert parents[0].info.status == "FINISHED" and [c.info.status for c in children] == ["FINISHED"] * 3
+    assert parents[0].info.status == "FINISHED" and [c.info.status for c in children] == ["FINISHED"] * 2
 
     again = run(on_s3, spec, "--resume")  # Tune's state restored from the bucket: nothing left to train
     assert again.returncode == 0, again.stdout + again.stderr
     assert "1 AR anneal(s) finished earlier and are kept" in again.stdout, again.stdout
-    assert len(runs(study["uri"])[2]) == 3
+    assert len(runs(study["uri"])[2]) == 2
 
 
 @pytest.mark.parametrize("fault", ["no bucket", "no server"])
