@@ -34,6 +34,7 @@ CLUSTER_MODULES = {
     "test_autoscaling",
     "test_object_storage",
     "test_tracking_postgres",
+    "test_data_store_shards",
 }
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -21,7 +20,8 @@ from crossover.data import DataError, load_corpus
 from crossover.data.corpus import corpus_files, fingerprint, size_bound
 from crossover.specs.study import CorpusSpec
 
-from .services import free_port, s3_env, s3_server
+from .conftest import new_bucket
+from .services import free_port
 from .test_data_support import make_documents, write_jsonl
 from .test_local_corpus import READ, SKIPPED, _study, debian_like_folder
 
@@ -29,19 +29,16 @@ runner = CliRunner()
 
 pytestmark = pytest.mark.usefixtures("default_cache")
 
-BUCKET = "crossover-test"
+BUCKET = "crossover-corpora"
 # what a folder holds that an object store cannot: links (the other skip reasons are the same)
 SKIPPED_IN_S3 = {path: why for path, why in SKIPPED.items() if why not in ("link to a folder", "not a regular file")}
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's S3 server with the bucket, and this process's environment pointing boto3 and pyarrow at it."""
-    with s3_server(tmp_path_factory.mktemp("moto")) as endpoint, pytest.MonkeyPatch.context() as env:
-        for name, value in s3_env(endpoint).items():
-            env.setenv(name, value)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield endpoint
+def bucket(s3) -> str:
+    """A bucket on the session's S3 server (tests/conftest.py `s3`: this process's environment points boto3 and
+    pyarrow at it)."""
+    return new_bucket(BUCKET)
 
 
 def upload(folder: Path, prefix: str) -> str:
@@ -61,7 +58,7 @@ def same_documents(remote: CorpusSpec, local: CorpusSpec, cache: Path) -> list[s
     return a["id"]
 
 
-def test_an_s3_folder_glob_or_object_reads_as_the_same_files_on_disk(s3, tmp_path):
+def test_an_s3_folder_glob_or_object_reads_as_the_same_files_on_disk(bucket, tmp_path):
     debian_like_folder(tmp_path / "corpus")
     source = upload(tmp_path / "corpus", "licences")
     found = corpus_files(CorpusSpec(source=source))
@@ -93,7 +90,7 @@ def test_an_s3_folder_glob_or_object_reads_as_the_same_files_on_disk(s3, tmp_pat
     assert fingerprint(CorpusSpec(source=source)) not in (before, changed)
 
 
-def test_an_s3_jsonl_corpus_reads_as_the_same_rows_on_disk(s3, tmp_path):
+def test_an_s3_jsonl_corpus_reads_as_the_same_rows_on_disk(bucket, tmp_path):
     docs = make_documents(30, seed=34)
     write_jsonl(tmp_path / "shards" / "part-00.jsonl", docs[:12])
     write_jsonl(tmp_path / "shards" / "nested" / "part-01.jsonl", docs[12:])
@@ -113,7 +110,7 @@ def test_an_s3_jsonl_corpus_reads_as_the_same_rows_on_disk(s3, tmp_path):
     assert len([p for p in (tmp_path / "hf" / "object-store").iterdir() if p.is_dir()]) == 1
 
 
-def test_data_prepare_and_stats_report_the_files_of_an_s3_folder(s3, tmp_path):
+def test_data_prepare_and_stats_report_the_files_of_an_s3_folder(bucket, tmp_path):
     debian_like_folder(tmp_path / "corpus")
     spec = _study(tmp_path, upload(tmp_path / "corpus", "reported"))
     summary = f"{len(READ)} file(s) read as txt, {len(SKIPPED_IN_S3)} skipped: 2 hidden, 2 binary, 1 not UTF-8"
@@ -133,14 +130,14 @@ def test_data_prepare_and_stats_report_the_files_of_an_s3_folder(s3, tmp_path):
     assert {s["path"]: s["reason"] for s in files["skipped"]} == SKIPPED_IN_S3
 
 
-def test_a_missing_bucket_an_unreachable_endpoint_or_missing_credentials_exit_2_naming_the_cause(s3, tmp_path):
+def test_a_missing_bucket_an_unreachable_endpoint_or_missing_credentials_exit_2_naming_the_cause(bucket, tmp_path):
     missing = runner.invoke(app, ["data", "prepare", str(_study(tmp_path, "s3://no-such-bucket/docs"))])
     assert missing.exit_code == 2, missing.output
     message = " ".join(missing.output.split())
     assert "cannot read corpus source 's3://no-such-bucket/docs' from S3 endpoint" in message
     assert "The specified bucket does not exist" in message and "check the bucket name" in message
     absent = runner.invoke(app, ["data", "prepare", str(_study(tmp_path, f"s3://{BUCKET}/nothing-here"))])
-    assert absent.exit_code == 2 and "bucket 'crossover-test' holds no object named 'nothing-here'" in absent.output
+    assert absent.exit_code == 2 and f"bucket '{BUCKET}' holds no object named 'nothing-here'" in absent.output
 
     # `crossover validate` lists the objects (no datasets import); an endpoint nothing listens on fails there
     nowhere = f"http://127.0.0.1:{free_port()}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -21,35 +20,23 @@ from crossover.data.shards import StoreLocation, location_uri, shard_rows
 from crossover.specs import parse_study
 from crossover.specs.study import DataSpec
 
-from .conftest import tiny_study
-from .services import s3_env, s3_server
+from .conftest import new_bucket, tiny_study
 
 pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (tests/conftest.py)
 
 SHARD_BYTES = 100_000  # the tiny corpus (2.6 MB of text) in about 26 shards
-BUCKET = "crossover-test"
+BUCKET = "crossover-shards"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory):
-    """moto's S3 server with a bucket; its variables are set before Ray starts, so the Ray workers see them too."""
-    import boto3
-
-    with s3_server(tmp_path_factory.mktemp("moto")) as endpoint:
-        env = s3_env(endpoint)
-        saved = {name: os.environ.get(name) for name in env}
-        os.environ.update(env)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-        yield endpoint
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def bucket(s3) -> str:
+    """A bucket on the session's S3 server (tests/conftest.py `s3`, whose variables are set before Ray starts, so
+    the Ray workers see them too)."""
+    return new_bucket(BUCKET)
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(s3):
+def ray_cluster(bucket):
     ray = pytest.importorskip("ray")
     from crossover.platform.local_ray import init_local_instance
 
@@ -169,7 +156,7 @@ def test_prepare_continues_an_interrupted_build_from_the_cli(shared, local, tmp_
     assert "is complete" in again.output
 
 
-def test_a_store_on_s3(s3, ray_cluster, tiny_corpus, local, tmp_path):
+def test_a_store_on_s3(bucket, ray_cluster, tiny_corpus, local, tmp_path):
     from crossover.platform.data_job import build_shared_store
 
     data = DataSpec(**data_settings(tiny_corpus, tmp_path / "cache", f"s3://{BUCKET}/stores"))
