@@ -12,10 +12,12 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import re
 import secrets
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -323,7 +325,7 @@ def test_head_is_cpu_only_and_workers_have_gpus(name):
             assert not [r for r in c["resources"][kind] if r.endswith("/gpu")], f"head container {c['name']} has a GPU"
     assert "tolerations" not in head_pod and "nodeSelector" not in head_pod
 
-    groups = cluster["spec"]["workerGroupSpecs"]
+    groups = [g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] != CPU_GROUP]
     assert groups
     for group in groups:
         pod = group["template"]["spec"]
@@ -334,6 +336,39 @@ def test_head_is_cpu_only_and_workers_have_gpus(name):
         assert pod["nodeSelector"], f"worker group {group['groupName']} has no node selector"
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         assert group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
+
+
+# The worker group for the Ray Data job that tokenizes a corpus into a shared token store (data.store).
+CPU_GROUP = "cpu"
+
+
+def _group(cluster: dict[str, Any], name: str) -> dict[str, Any]:
+    (group,) = [g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == name]
+    return group
+
+
+def test_prod_has_autoscaled_cpu_workers_for_data_preparation():
+    """Tokenizing actors (1 CPU each) go to CPU pods, not to 8-GPU ones: the group `cpu` asks for no GPU and does
+    not tolerate the GPU nodes' taint; it starts at 0 pods and grows to hold the tokenizing workers `crossover data
+    prepare` starts on a cluster by default; its pods are the GPU workers' in all else (image, Secrets, mounts)."""
+    from crossover.platform.data_job import CLUSTER_WORKERS
+
+    cluster = one(overlay("prod"), "RayCluster")
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
+    cpu, gpu = _group(cluster, CPU_GROUP), _group(cluster, "gpu")
+    pod = cpu["template"]["spec"]
+    (ray,) = pod["containers"]
+    resources = ray["resources"]
+    assert resources["requests"] == resources["limits"], "requests = limits, as every Ray container's"
+    assert set(resources["limits"]) == {"cpu", "memory"}, "a CPU worker asks for no GPU"
+    assert "tolerations" not in pod and "nodeSelector" not in pod, "CPU workers stay off the tainted GPU nodes"
+    assert cpu["rayStartParams"] == {}, "num-cpus from the limits: one tokenizing worker per CPU"
+    assert cpu.get("replicas", 0) == cpu["minReplicas"] == 0 < cpu["maxReplicas"]
+    assert cpu["maxReplicas"] * int(resources["limits"]["cpu"]) == CLUSTER_WORKERS
+    (gpu_ray,) = gpu["template"]["spec"]["containers"]
+    for field in ("image", "env", "envFrom", "volumeMounts"):
+        assert ray[field] == gpu_ray[field], f"the CPU workers' {field} differs from the GPU workers'"
+    assert pod["securityContext"] == gpu["template"]["spec"]["securityContext"]
 
 
 def _volume(pod: dict[str, Any], name: str) -> dict[str, Any]:
@@ -362,6 +397,7 @@ def test_ray_pods_share_storage_and_have_memory_backed_shm(name):
 
 
 def test_dev_has_one_small_gpu_worker():
+    """And no CPU worker group: without the autoscaler its pods would run all the time."""
     cluster = one(overlay("dev"), "RayCluster")
     (group,) = cluster["spec"]["workerGroupSpecs"]
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 1
@@ -428,6 +464,38 @@ def test_rayjob_runs_the_spec_of_its_configmap(name, tmp_path):
     done = subprocess.run([str(cli), "validate", study.name], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"ok {study.name}" in done.stdout
+
+
+def test_prod_study_is_the_paper_study_with_its_store_and_checkpoints_in_a_bucket(tmp_path):
+    """k8s/overlays/prod/study.yaml is study_specs/paper_data_budget.yaml below a header of comments, and keeps the
+    shared token store and the checkpoints in one bucket. `crossover validate` and `crossover plan --cluster-gpus 64`
+    on it, as k8s/README.md runs them before applying prod, succeed without reaching the bucket (the S3 endpoint here
+    is a closed port, so any request would fail), and the plan's hours are those the README quotes."""
+    study_file = K8S / "overlays" / "prod" / "study.yaml"
+    header, _, body = study_file.read_text().partition("\n#\n")
+    assert all(line.startswith("#") for line in header.splitlines())
+    assert body == (ROOT / "study_specs" / "paper_data_budget.yaml").read_text(), "not a copy of the paper study"
+    study = load_study(study_file)
+    store, storage = study.data.store or "", study.resources.storage or ""
+    assert store.startswith("s3://") and storage.startswith("s3://")
+    assert store.split("/")[2] == storage.split("/")[2], "the store and the checkpoints in different buckets"
+
+    with socket.socket() as closed:  # bound and never listening: a connection to it is refused
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+        cli = str(Path(sys.executable).with_name("crossover"))
+        path = str(study_file.relative_to(ROOT))
+        done = [
+            subprocess.run([cli, *command, path, *options], cwd=ROOT, env=env, capture_output=True, text=True)
+            for command, options in ((["validate"], []), (["plan"], ["--cluster-gpus", "64"]))
+        ]
+    for run in done:
+        assert run.returncode == 0, run.stdout + run.stderr
+    readme = (K8S / "README.md").read_text()
+    assert f"crossover validate {path}" in readme and f"crossover plan {path} --cluster-gpus 64" in readme
+    hours = re.search(r"about ([\d.]+) hours of training", done[1].stdout)
+    assert hours and f"about {hours.group(1)} hours" in readme, done[1].stdout
 
 
 @pytest.mark.parametrize("name", OVERLAYS)

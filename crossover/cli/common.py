@@ -211,15 +211,19 @@ def build_shared_store(
     rebuild: bool = False,
 ):  # -> crossover.platform.data_job.PrepareReport
     """Build the study's shared token store (`data.store`) as a Ray Data job on the cluster at `address` (else
-    RAY_ADDRESS, else a local Ray instance), `workers` tokenizing (default: one per CPU of the cluster), with a progress bar of shards
-    and tokens per second; prints what it did and the throughput of each worker."""
+    RAY_ADDRESS, else a local Ray instance), `workers` tokenizing, with a progress bar of shards and tokens per second;
+    prints what it did and the throughput of each worker. Default workers: on a cluster, the CPUs of its nodes without
+    GPUs and at least CLUSTER_WORKERS (an autoscaling cluster grows for them); locally, one per CPU."""
     import ray  # lazy: Ray only for the commands that use it
 
     from crossover.platform.data_job import build_shared_store as build
-    from crossover.platform.data_job import ray_instance
+    from crossover.platform.data_job import default_cluster_workers, ray_instance
 
-    started = ray_instance(address or os.environ.get("RAY_ADDRESS"), workers or os.cpu_count() or 1)
+    address = address or os.environ.get("RAY_ADDRESS")
+    started = ray_instance(address, workers or os.cpu_count() or 1)
     try:
+        if not workers and address:
+            workers = default_cluster_workers(ray.nodes())
         workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         bar, progress = _progress_bar()
 

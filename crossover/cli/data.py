@@ -78,7 +78,10 @@ def data_prepare(
     workers: Annotated[
         int | None,
         typer.Option(
-            "--workers", min=1, help="Ray workers tokenizing a shared store (data.store); default: the cluster's CPUs."
+            "--workers",
+            min=1,
+            help="Ray workers tokenizing a shared store (data.store); default on a cluster: the CPUs of its nodes "
+            "without GPUs, at least 64 (an autoscaling cluster adds CPU workers for them); else this machine's CPUs.",
         ),
     ] = None,
     address: Annotated[

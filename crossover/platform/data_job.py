@@ -32,6 +32,7 @@ from crossover.data.shards import (
     write_shared_store,
 )
 from crossover.data.store import Notify, Progress, plan_build
+from crossover.errors import UserError
 from crossover.specs.study import DataSpec
 
 
@@ -68,6 +69,21 @@ class PrepareReport:
 
 
 ShardProgress = Callable[[int, int, int, float], None]  # (shards done, shards, tokens done, seconds)
+
+# Tokenizing workers on a Ray cluster this process joined, when none are asked for: at least the CPUs of the CPU
+# worker group `cpu` at its maximum (k8s/base/raycluster.yaml: 4 pods x 16 CPUs). An autoscaling cluster may have no
+# CPU worker yet, so its CPUs now say little about what it can grow to: the workers that find no CPU wait, and are
+# the demand its autoscaler answers with CPU pods, while the others tokenize.
+CLUSTER_WORKERS = 64
+
+
+def default_cluster_workers(nodes: list[dict[str, Any]]) -> int:
+    """How many tokenizing workers a joined cluster gets by default: the CPUs of its alive nodes without GPUs
+    (`ray.nodes()`; the CPU workers, not the GPU pods the trials need), and at least CLUSTER_WORKERS."""
+    cpu_only = sum(
+        node["Resources"].get("CPU", 0) for node in nodes if node["Alive"] and not node["Resources"].get("GPU")
+    )
+    return max(CLUSTER_WORKERS, int(cpu_only))
 
 
 class _ShardTask:
@@ -127,6 +143,7 @@ def build_shared_store(
     if shard_progress:
         shard_progress(len(ranges) - len(missing), len(ranges), 0, 0.0)
     if missing:
+        workers = min(workers, len(missing))  # a worker more than there are shards would only wait for a CPU
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours reports shards and tokens per second
         descriptors = ray.data.from_items(
@@ -167,6 +184,12 @@ def ray_instance(address: str | None, workers: int, cpus_per_worker: int = 1) ->
     down after the job)."""
     import ray  # lazy: as in build_shared_store
 
+    if address and address.startswith(("http://", "https://")):
+        raise UserError(
+            f"{address} is a Ray dashboard, the address `ray job submit` takes; a Ray program joins a cluster at its "
+            "GCS address (HOST:6379, RAY_ADDRESS inside a Ray job). Submit the command to the cluster as a job: "
+            "ray job submit --address DASHBOARD --working-dir FOLDER -- crossover data prepare study.yaml"
+        )
     if ray.is_initialized():
         return False
     if address:
