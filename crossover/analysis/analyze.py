@@ -17,7 +17,7 @@ axis, which confidence) that returns a frozen result:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +124,7 @@ class ArBestSeed:
     value: float  # AR's best on the test items
     mdlm_last: float | None  # the same cell's MDLM trial of this seed, its final value on the test items
     run_id: str  # where `value` is read (the anneal run, or the AR run)
+    test_items: Mapping[str, float] | None = None  # AR's best model on each test item (None: no per-item results)
 
 
 @dataclass(frozen=True)
@@ -768,6 +769,7 @@ def find_ar_best(data: StudyData, reading: Reading) -> ArBaseline:
                 float(r.best),
                 float(mdlm[r.seed]) if r.seed in mdlm.index else None,
                 str(r.best_run),
+                _test_scores(items, reading, r.best_run, r.best_step) if items is not None else None,
             )
             for r in ar.itertuples()
         )
@@ -796,23 +798,45 @@ def _last_minus_best(items: pd.Series, reading: Reading, rows: pd.DataFrame) -> 
     early-stopped model and MDLM's last on the same test items (`items`: `_item_results`); None where no seed has
     per-item results of both."""
 
-    def test_items(run_id: str, step: int) -> dict[str, float]:
-        found = items.get((run_id, step))
-        return _half(found, reading.field_name, TEST) or {}
-
     pairs = []
     mdlm = rows[rows["objective"] == "mdlm"].set_index("seed")
     for r in rows[rows["objective"] == "ar"].itertuples():
         if r.seed in mdlm.index:
             last = mdlm.loc[r.seed]
-            pairs.append((test_items(r.best_run, r.best_step), test_items(last["run_id"], last["step"])))
-    ids = sorted(set.intersection(*(set(a) & set(d) for a, d in pairs))) if pairs else []
+            pairs.append(
+                (
+                    _test_scores(items, reading, r.best_run, r.best_step),
+                    _test_scores(items, reading, *last[["run_id", "step"]]),
+                )
+            )
+    return _paired_scores(pairs, reading.higher_is_better, reading.confidence)
+
+
+def _test_scores(items: pd.Series, reading: Reading, run_id: str, step: int) -> dict[str, float]:
+    """{test item id: value} of one run at one eval point (`items`: `_item_results`); empty without them."""
+    return _half(items.get((run_id, step)), reading.field_name, TEST) or {}
+
+
+def _paired_scores(
+    pairs: Sequence[tuple[Mapping[str, float], Mapping[str, float]]], higher_is_better: bool, confidence: float
+) -> Difference | None:
+    """b - a over (a, b) pairs of per-item scores, one pair per seed, on the items every pair has (in the direction
+    where higher is better); None where no item is common."""
+    ids = sorted(set.intersection(*(set(a) & set(b) for a, b in pairs))) if pairs else []
     if not ids:
         return None
-    sign = 1.0 if reading.higher_is_better else -1.0
-    ar = np.array([[a[i] for i in ids] for a, _ in pairs])
-    last = np.array([[d[i] for i in ids] for _, d in pairs])
-    return paired_difference(sign * ar, sign * last, reading.confidence)
+    sign = 1.0 if higher_is_better else -1.0
+    a = np.array([[x[i] for i in ids] for x, _ in pairs])
+    b = np.array([[y[i] for i in ids] for _, y in pairs])
+    return paired_difference(sign * a, sign * b, confidence)
+
+
+def ar_best_change(base: ArBest, other: ArBest, higher_is_better: bool, confidence: float) -> Difference | None:
+    """`other`'s early-stopped AR minus `base`'s (two cells of an axis), paired on the test items and on the seeds
+    both have; None where either lacks per-item results."""
+    base_seeds = {s.seed: s.test_items for s in base.seeds if s.test_items}
+    pairs = [(base_seeds[s.seed], s.test_items) for s in other.seeds if s.test_items and s.seed in base_seeds]
+    return _paired_scores(pairs, higher_is_better, confidence)
 
 
 def fit_scaling(data: StudyData) -> Scaling:

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from crossover.analysis.analyze import StudyAnalysis
+from crossover.analysis.analyze import StudyAnalysis, ar_best_change
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, INTERVAL, NOT_CROSSED, STATUSES, Crossover, compare
 from crossover.analysis.formatting import parameters, position
+from crossover.analysis.paired import Difference
 from crossover.analysis.verdict import Verdict
 from crossover.specs import format_tokens, parse_tokens
 
@@ -121,8 +122,10 @@ def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None
         text = f"undetermined{ci}"
     better = 1.0 if analysis.higher_is_better else -1.0
     peak = int(np.argmax(better * curves.ar))
+    early_stopped = analysis.ar_best.by_cell.get(cell)  # chosen on validation items, scored on test items
     extra = {
-        "ar_best": float(curves.ar[peak]),
+        "ar_peak": float(curves.ar[peak]),
+        "ar_best": early_stopped.value if early_stopped else float(curves.ar[peak]),
         "ar_last": float(curves.ar[-1]),
         "mdlm_best": float(curves.mdlm[int(np.argmax(better * curves.mdlm))]),
         "mdlm_last": float(curves.mdlm[-1]),
@@ -230,10 +233,69 @@ def _ordered_line(analysis: StudyAnalysis, axis: str, points: list[_Point]) -> t
     agreement, why = _judge_order(points, LATER[axis], analysis.confidence)
     line = f"{head}; the paper: {PAPER[axis]}; this study {agreement} ({why})"
     if axis == "model":
-        saturation = ", ".join(f"{p.label} {p.extra['ar_best']:.3g} -> {p.extra['ar_last']:.3g}" for p in points)
+        saturation = ", ".join(f"{p.label} {p.extra['ar_peak']:.3g} -> {p.extra['ar_last']:.3g}" for p in points)
         gaining = sum(p.extra["mdlm_last"] == p.extra["mdlm_best"] for p in points)
-        line += f"; AR's best -> last: {saturation}; MDLM's last is its best in {gaining} of {len(points)} sizes"
+        line += (
+            f"; AR's peak eval point -> last (on every item, a description): {saturation}; MDLM's last is its best "
+            f"in {gaining} of {len(points)} sizes"
+        )
     return line, agreement, {}
+
+
+@dataclass(frozen=True)
+class _Shifts:
+    """How each of several cells' early-stopped AR differs from a base cell's, paired on the test items and seeds,
+    each interval at the level that makes all of them hold at the study's confidence together (Bonferroni); or the
+    point estimates, said so, where a cell lacks per-item results."""
+
+    texts: list[tuple[_Point, str]]  # (point, its change as printed)
+    changes: list[Difference]  # in the direction where higher is better (empty: no intervals)
+    deltas: list[float]  # the point estimates' changes, the same direction
+    how: str  # what the counts rest on
+
+    @property
+    def intervals(self) -> bool:
+        return bool(self.changes)
+
+    def count(self, raised: bool) -> int:
+        if self.intervals:
+            return sum((c.low > 0) if raised else (c.high < 0) for c in self.changes)
+        return sum((d > 0) if raised else (d < 0) for d in self.deltas)
+
+    def verb(self, raised: str) -> str:
+        return f"surely {raised}" if self.intervals else raised
+
+    def and_lowered(self) -> str:
+        return f" and surely lowered it in {self.count(raised=False)}" if self.intervals else ""
+
+
+def _change_text(change: Difference, better: float) -> str:
+    """A change in the metric's own direction (a loss's lower is better), with its interval's level."""
+    low, high = sorted((better * change.low, better * change.high))
+    return f"{better * change.value:+.3g}, {change.confidence:.1%} CI {low:+.3g} to {high:+.3g}"
+
+
+def _ar_best_shifts(analysis: StudyAnalysis, base: _Point, others: list[_Point]) -> _Shifts:
+    better = 1.0 if analysis.higher_is_better else -1.0
+    deltas = [better * (p.extra["ar_best"] - base.extra["ar_best"]) for p in others]
+    level = 1 - (1 - analysis.confidence) / max(1, len(others))
+    by_cell = analysis.ar_best.by_cell
+    changes = [
+        ar_best_change(by_cell[base.cell], by_cell[p.cell], analysis.higher_is_better, level)
+        if base.cell in by_cell and p.cell in by_cell
+        else None
+        for p in others
+    ]
+    if others and all(c is not None for c in changes):
+        texts = [(p, _change_text(c, better)) for p, c in zip(others, changes, strict=True) if c is not None]
+        how = f"paired on the test items ({changes[0].source})" + (
+            f", each interval at {level:.1%} so that the {len(others)} hold {analysis.confidence:.0%} together"
+            if len(others) > 1
+            else ""
+        )
+        return _Shifts(texts, [c for c in changes if c is not None], deltas, how)
+    texts = [(p, f"{better * d:+.3g}") for p, d in zip(others, deltas, strict=True)]
+    return _Shifts(texts, [], deltas, "point estimates, no interval (no per-item results)")
 
 
 def _noise_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, str | None, dict]:
@@ -241,18 +303,18 @@ def _noise_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, str
     noised = [p for p in points if p.label != "clean"]
     if clean is None or not noised:
         return f"{_values_text(points)}; no clean AR and noised AR to compare", CANNOT_TELL, {}
-    parts = [f"clean AR overtaken at {clean.text}, its best {clean.extra['ar_best']:.3g}"]
-    for p in noised:
-        delta = p.extra["ar_best"] - clean.extra["ar_best"]
-        parts.append(f"{p.label}: {p.text}, AR's best {p.extra['ar_best']:.3g} ({delta:+.3g} against clean)")
-    helped = sum(
-        (p.extra["ar_best"] - clean.extra["ar_best"]) * (1 if analysis.higher_is_better else -1) > 0 for p in noised
-    )
+    shifts = _ar_best_shifts(analysis, clean, noised)
+    parts = [f"clean AR: {clean.text}, its best {clean.extra['ar_best']:.3g}"]
+    parts += [
+        f"{p.label}: {p.text}, AR's best {p.extra['ar_best']:.3g} ({shift} against clean)" for p, shift in shifts.texts
+    ]
+    helped = shifts.count(raised=True)
     closed = [p for p in noised if p.surely_ar_ahead_at_end()]
     open_ = [p for p in noised if p.surely_mdlm_ahead_at_end()]
-    saturates = sum(p.extra["ar_last"] != p.extra["ar_best"] for p in noised)
+    saturates = sum(p.extra["ar_last"] != p.extra["ar_peak"] for p in noised)  # on the curves: a description
     summary = (
-        f"noise raised AR's best in {helped} of {len(noised)} variants; MDLM still ahead at the end of "
+        f"noise {shifts.verb('raised')} AR's best in {helped} of {len(noised)} variants"
+        f"{shifts.and_lowered()}; {shifts.how}; MDLM still ahead at the end of "
         f"{len(open_)} of {len(noised)} noised ARs (surely, at the interval's level), AR ahead of it in "
         f"{len(closed)}; the noised AR ends below its own best in {saturates} of {len(noised)}"
     )
@@ -284,10 +346,16 @@ def _sparsity_line(analysis: StudyAnalysis, points: list[_Point]) -> tuple[str, 
     findings = [f"MDLM surely ahead at the end in {len(ahead)} of {len(points)} configurations"]
     if len(dense) >= 2:
         small, large = dense[0], dense[-1]
-        hurt = better * (large.extra["ar_best"] - small.extra["ar_best"]) < 0
+        shift = _ar_best_shifts(analysis, small, [large])
+        if shift.intervals:
+            reading = {1: "more total parameters surely helped", -1: "more total parameters surely hurt"}.get(
+                shift.count(raised=True) - shift.count(raised=False), "cannot tell whether more total parameters hurt"
+            )
+        else:
+            reading = f"more total parameters {'hurt' if shift.deltas[0] < 0 else 'did not hurt'}"
         findings.append(
-            f"more total parameters {'hurt' if hurt else 'did not hurt'} AR's best ({small.label} "
-            f"{small.extra['ar_best']:.3g}, {large.label} {large.extra['ar_best']:.3g})"
+            f"{reading} AR's best ({small.label} {small.extra['ar_best']:.3g}, {large.label} "
+            f"{large.extra['ar_best']:.3g}: {shift.texts[0][1]}; {shift.how})"
         )
     for m in moe:
         total, active = sizes[m.cell]
