@@ -32,6 +32,8 @@ def test_a_study_on_s3_checkpoints_anneals_and_resumes_there(study, s3):
     assert any(key.startswith("tiny.branches/") and key.endswith("rank0_crossover_state.json") for key in keys)
     assert any(key.startswith("tiny.anneal-") and key.endswith("/result.json") for key in keys)  # its own experiment
     assert not Path(study["storage"]).exists()  # nothing local but the driver's log
+    # the embedded store's artifacts (each run's spec) beside the checkpoints, not in a local mlartifacts
+    assert any(key.startswith("mlartifacts/") and key.endswith("/artifacts/spec/study.yaml") for key in keys), keys
     _, parents, children = runs(study["uri"])
     assert parents[0].info.status == "FINISHED" and [c.info.status for c in children] == ["FINISHED"] * 2
 

@@ -253,7 +253,13 @@ def run_study(options: RunOptions, events: StudyEvents | None = None) -> StudyOu
             trials_hash = _trials_hash(trials)
             provenance = provenance_tags()  # here, once: trials may run on machines without the source's git
             parent_run_id = start_study(
-                spec, options.spec_text, uri, fresh=options.fresh, trials_hash=trials_hash, tags=provenance
+                spec,
+                options.spec_text,
+                uri,
+                fresh=options.fresh,
+                trials_hash=trials_hash,
+                tags=provenance,
+                storage=storage,
             )
             # Once per study, so every trial (the AR and MDLM of each cell) trains alike; a continued study keeps the
             # resolution it began with.

@@ -63,13 +63,17 @@ from crossover.tracking.names import (
 from crossover.tracking.store import TrackingError, mlflow_client, search_all_runs
 
 
-def _experiment_id(client, uri: str, study: str) -> str:
-    """The study's experiment, created on its first run."""
+def _experiment_id(client, uri: str, study: str, storage: str | None = None) -> str:
+    """The study's experiment, created on its first run. A tracking server decides where artifacts go (its
+    --artifacts-destination); an embedded store puts them in the study's storage when that is an object store
+    (`<storage>/mlartifacts`: the nodes share no disk), else next to the database."""
     experiment = client.get_experiment_by_name(study)
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
-    if uri.startswith("sqlite:///"):  # absolute, next to the database: trials run in other working directories
+    if uri.startswith("sqlite:///") and storage and "://" in storage:
+        artifact_location = f"{storage.rstrip('/')}/mlartifacts"
+    elif uri.startswith("sqlite:///"):  # absolute, next to the database: trials run in other working directories
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     # A model-training experiment, with a saved view of the summary columns (the verdict's are added by analyze).
     tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: view_state(SUMMARY_COLUMNS)}
@@ -96,17 +100,19 @@ def start_study(
     fresh: bool = False,
     trials_hash: str = "",
     tags: dict[str, str] | None = None,
+    storage: str | None = None,
 ) -> str:
     """The study's parent run: found again when continuing a study (whose spec may have changed since: it grows,
     crossover.platform.grow), new for a first or `fresh` start. `tags` are set on it at every start (the
-    provenance of the driver that runs it now, crossover.platform.provenance).
+    provenance of the driver that runs it now, crossover.platform.provenance). `storage`: the study's Ray storage,
+    where a new experiment of an embedded store keeps its artifacts when it is an object store.
 
     The parent run keeps the spec: spec/study.yaml and spec/trials.json as they are now, and each version that was
     run as spec/history/<UTC time>.yaml. A search study cannot grow (its trials are samples, not a grid): a changed
     one is a TrackingError asking for --fresh or a new study name.
     """
     client = mlflow_client(uri)
-    experiment_id = _experiment_id(client, uri, spec.name)
+    experiment_id = _experiment_id(client, uri, spec.name, storage)
     run = _find_run(client, experiment_id, _parent_tags(spec.name))
     if run is not None and fresh:
         client.set_tag(run.info.run_id, TAG_ROLE, ROLE_SUPERSEDED)
