@@ -414,6 +414,19 @@ def ray_nodes(dashboard: str, env: dict[str, str], state: str = "ALIVE") -> list
     return json.loads(listed.stdout) if listed.returncode == 0 else []
 
 
+def ray_actors(dashboard: str, env: dict[str, str]) -> list[dict]:
+    """Every actor Ray's state API lists (alive or ended), each a dict with actor_id, class_name, node_id and more."""
+    listed = subprocess.run(
+        [str(BIN / "ray"), "list", "actors", "--address", dashboard, "--format", "json", "--detail", "--limit", "1000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    return json.loads(listed.stdout)
+
+
 @contextlib.contextmanager
 def ray_worker_node(address: str, env: dict[str, str], num_cpus: int = 1) -> Iterator[str]:
     """`ray start --address ADDRESS` on loopback (`ray_start`): one more node of a `ray_head` cluster on this machine,

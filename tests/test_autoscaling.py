@@ -9,7 +9,6 @@ Ray's state API (the nodes alive during and after the study, the node of each Tu
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,9 +20,9 @@ import yaml
 
 from .conftest import tiny_study
 from .services import (
-    BIN,
     kill_processes_with_env,
     new_auth_token,
+    ray_actors,
     ray_autoscaling_head,
     ray_nodes,
     stop_group,
@@ -71,15 +70,7 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
 
 def trial_actor_nodes(dashboard: str, env: dict[str, str]) -> list[str]:
     """The node of every Tune trial actor (function trainables: ImplicitFunc), alive or ended."""
-    listed = subprocess.run(
-        [str(BIN / "ray"), "list", "actors", "--address", dashboard, "--format", "json", "--detail", "--limit", "1000"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert listed.returncode == 0, listed.stderr[-2000:]
-    return [actor["node_id"] for actor in json.loads(listed.stdout) if actor["class_name"] == "ImplicitFunc"]
+    return [actor["node_id"] for actor in ray_actors(dashboard, env) if actor["class_name"] == "ImplicitFunc"]
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 import yaml
@@ -22,6 +21,7 @@ from .services import (
     BIN,
     kill_processes_with_env,
     new_auth_token,
+    ray_actors,
     ray_autoscaling_head,
     ray_job_submit,
     ray_nodes,
@@ -61,17 +61,9 @@ def env(tmp_path, session_cache):
 
 def tokenizing_actors(dashboard: str, env: dict[str, str]) -> dict[str, str]:
     """{actor id: node} of every Ray Data map worker (class MapWorker(...)) placed on a node, alive or ended."""
-    listed = subprocess.run(
-        [str(BIN / "ray"), "list", "actors", "--address", dashboard, "--format", "json", "--detail", "--limit", "1000"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert listed.returncode == 0, listed.stderr[-2000:]
     return {
         actor["actor_id"]: actor["node_id"]
-        for actor in json.loads(listed.stdout)
+        for actor in ray_actors(dashboard, env)
         if actor["class_name"].startswith("MapWorker") and actor.get("node_id")
     }
 
