@@ -782,7 +782,7 @@ def find_ar_best(data: StudyData, reading: Reading) -> ArBaseline:
             mdlm_last=float(mdlm.mean()) if len(mdlm) else None,
             test_items=on_test,
             seeds=seeds,
-            difference=_last_minus_best(items, reading, rows) if items is not None else None,
+            difference=_last_minus_best(items, reading, rows, seeds) if items is not None else None,
         )
     return ArBaseline(by_cell)
 
@@ -793,22 +793,18 @@ def _item_results(data: StudyData, column: str) -> pd.Series | None:
     return curves.set_index(["run_id", "step"])[column] if column in curves else None
 
 
-def _last_minus_best(items: pd.Series, reading: Reading, rows: pd.DataFrame) -> Difference | None:
+def _last_minus_best(
+    items: pd.Series, reading: Reading, rows: pd.DataFrame, seeds: Sequence[ArBestSeed]
+) -> Difference | None:
     """MDLM's last minus AR's best in one cell (`_trial_values` rows), paired: per seed that has both, AR's
-    early-stopped model and MDLM's last on the same test items (`items`: `_item_results`); None where no seed has
-    per-item results of both."""
-
-    pairs = []
+    early-stopped model (its test items, read once into `seeds`) and MDLM's last on the same test items (`items`:
+    `_item_results`); None where no seed has per-item results of both."""
     mdlm = rows[rows["objective"] == "mdlm"].set_index("seed")
-    for r in rows[rows["objective"] == "ar"].itertuples():
-        if r.seed in mdlm.index:
-            last = mdlm.loc[r.seed]
-            pairs.append(
-                (
-                    _test_scores(items, reading, r.best_run, r.best_step),
-                    _test_scores(items, reading, *last[["run_id", "step"]]),
-                )
-            )
+    pairs = [
+        (seed.test_items or {}, _test_scores(items, reading, *mdlm.loc[seed.seed][["run_id", "step"]]))
+        for seed in seeds
+        if seed.seed in mdlm.index
+    ]
     return _paired_scores(pairs, reading.higher_is_better, reading.confidence)
 
 
