@@ -1,9 +1,13 @@
 """The early-stopped AR a practitioner would train (spec block `early_stopped_ar`): the eval items split by document
 into validation and test halves, AR's stop chosen on the validation half, one AR trial per AR trial annealed to
 that stop by `crossover run` (real Ray Tune, DeepSpeed and MLflow), kept out of the AR curves and read by the
-analysis as AR's best on the test items; `crossover plan` counts it."""
+analysis as AR's best on the test items; `crossover plan` counts it. The study runs on object storage (moto's S3 server),
+as on a cluster: the anneal continues a checkpoint kept in the bucket and `--resume` restores Tune's state from it
+(local storage's kept checkpoints are continued in test_grow)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import yaml
@@ -27,7 +31,7 @@ from crossover.tracking.names import (
     validation_key,
 )
 
-from .conftest import tiny_study
+from .conftest import bucket_keys, new_bucket, tiny_study
 from .test_platform import run, runs
 
 ANNEAL = {
@@ -103,17 +107,28 @@ def test_plan_counts_the_anneal_trials_on_their_own_line(tiny_corpus, tmp_path):
 
 
 @pytest.mark.xdist_group("ray")
-def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysis_reads_it(study, tmp_path):
+def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysis_reads_it(study, s3, tmp_path):
     from crossover.analysis import analyze_study, read_study
     from crossover.trainers.launch import LocalReporter
     from crossover.trainers.loop import train
     from crossover.trainers.schedules import lr_at
 
     spec = study["write"](**ANNEAL)
-    result = run(study, spec, timeout=900)  # 2 trials and 1 anneal on 2 cores: about 2 minutes
+    on_s3 = {**study, "storage": new_bucket("crossover-anneal") + "/ray"}
+    result = run(on_s3, spec, timeout=900)  # 2 trials and 1 anneal on 2 cores: about 2 minutes
     assert result.returncode == 0, result.stdout + result.stderr
     assert "annealing AR to its validation-chosen stop at " in result.stdout, result.stdout
-    assert "continue a kept checkpoint" in result.stdout and "not annealed (" not in result.stdout, result.stdout
+    # the kept checkpoint found in the bucket, not trained from scratch
+    assert "1 continue a kept checkpoint" in result.stdout and "not annealed (" not in result.stdout, result.stdout
+    keys = bucket_keys(on_s3["storage"])
+    trials_kept = {key.split("/")[1] for key in keys if key.startswith("tiny/") and "/checkpoint_" in key}
+    assert trials_kept == {"ar-U4k-nano-s0", "mdlm-U4k-nano-s0"}, keys  # keep_checkpoints: all
+    assert any(key.startswith("tiny/ar-U4k-nano-s0/checkpoint_") and key.endswith("_optim_states.pt") for key in keys)
+    assert any(key.startswith("tiny.branches/") and key.endswith("rank0_crossover_state.json") for key in keys)
+    assert any(key.startswith("tiny.anneal-") and key.endswith("/result.json") for key in keys)  # its own experiment
+    assert not Path(study["storage"]).exists()  # nothing local but the driver's log
+    # the embedded store's artifacts (each run's spec) beside the checkpoints, not in a local mlartifacts
+    assert any(key.startswith("mlartifacts/") and key.endswith("/artifacts/spec/study.yaml") for key in keys), keys
     client, _, children = runs(study["uri"])
     trials = {t.trial_id: t for t in parse_study(yaml.safe_load(spec.read_text())).expand()}
     anneals = [c for c in children if c.data.tags.get(TAG_ROLE) == ROLE_ANNEAL]
@@ -158,7 +173,7 @@ def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysi
     assert best.seeds[0].run_id in {a.info.run_id for a in anneals}
     assert best.difference is not None and best.difference.seeds == 1  # MDLM's last against it, on the test items
 
-    again = run(study, spec, timeout=900)  # nothing left to train: the grid and its anneals are kept
+    again = run(on_s3, spec, "--resume", timeout=900)  # Tune's state restored from the bucket: nothing to train
     assert again.returncode == 0, again.stdout + again.stderr
     assert "1 AR anneal(s) finished earlier and are kept" in again.stdout, again.stdout
     assert len(runs(study["uri"])[2]) == 3

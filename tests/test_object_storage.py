@@ -1,46 +1,19 @@
-"""A study whose storage is object storage (`s3://`, here moto's real S3 server on loopback): Tune's state, the
-trials' checkpoints and the branch checkpoints go to the bucket, the anneal phase continues kept checkpoints from it,
-`--resume` restores from it, and storage that cannot be used stops `crossover run` before anything starts."""
+"""A study's storage on object storage (`s3://`, here moto's real S3 server on loopback): storage that cannot be used
+stops `crossover run` before anything starts, and `--fresh` removes the study's Tune state there. A whole study on a
+bucket (checkpoints, branches, the anneal phase continuing kept checkpoints, `--resume`) is test_anneal's; a node lost
+mid-trial resuming from the bucket is test_lost_node's."""
 
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from .conftest import bucket_keys, new_bucket, tiny_study
+from .conftest import new_bucket, tiny_study
 from .services import free_port, s3_env
-from .test_anneal import ANNEAL
-from .test_platform import CROSSOVER, run, runs
+from .test_platform import CROSSOVER
 
 pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (tests/conftest.py)
-
-
-def test_a_study_on_s3_checkpoints_anneals_and_resumes_there(study, s3):
-    storage = new_bucket("crossover-anneal") + "/ray"
-    # keep_checkpoints: all, so that the anneal can continue a kept checkpoint; AR only, all an anneal needs
-    spec = study["write"](**{**ANNEAL, "grid": {"objective": ["ar"], "unique_tokens": ["4k"]}})
-    on_s3 = {**study, "storage": storage}
-    result = run(on_s3, spec, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 continue a kept checkpoint" in result.stdout, result.stdout  # found in the bucket, not from scratch
-    keys = bucket_keys(storage)
-    trials = {key.split("/")[1] for key in keys if key.startswith("tiny/") and "/checkpoint_" in key}
-    assert trials == {"ar-U4k-nano-s0"}, keys
-    assert any(key.startswith("tiny/ar-U4k-nano-s0/checkpoint_") and key.endswith("_optim_states.pt") for key in keys)
-    assert any(key.startswith("tiny.branches/") and key.endswith("rank0_crossover_state.json") for key in keys)
-    assert any(key.startswith("tiny.anneal-") and key.endswith("/result.json") for key in keys)  # its own experiment
-    assert not Path(study["storage"]).exists()  # nothing local but the driver's log
-    # the embedded store's artifacts (each run's spec) beside the checkpoints, not in a local mlartifacts
-    assert any(key.startswith("mlartifacts/") and key.endswith("/artifacts/spec/study.yaml") for key in keys), keys
-    _, parents, children = runs(study["uri"])
-    assert parents[0].info.status == "FINISHED" and [c.info.status for c in children] == ["FINISHED"] * 2
-
-    again = run(on_s3, spec, "--resume")  # Tune's state restored from the bucket: nothing left to train
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "1 AR anneal(s) finished earlier and are kept" in again.stdout, again.stdout
-    assert len(runs(study["uri"])[2]) == 2
 
 
 @pytest.mark.parametrize("fault", ["no bucket", "no server"])
