@@ -564,6 +564,7 @@ def test_efficiency_is_against_an_early_stopped_ar_and_says_when_mdlm_is_not_mor
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     raw = smoke_spec("decaying")
     raw["grid"]["unique_tokens"] = ["25k", "50k", "100k", "200k"]
+    raw["exclude"] = [{"objective": "mdlm", "unique_tokens": ["200k"]}]  # AR alone there, as in cpu_efficiency
     write_study(raw, uri, dataclasses.replace(DECAYING_AR, items=1200))  # about half of them test items
     analysis = analyze_study(read_study("decaying", uri), n_boot=300)
     table = analysis.efficiency.table.set_index("unique_tokens")
@@ -578,6 +579,10 @@ def test_efficiency_is_against_an_early_stopped_ar_and_says_when_mdlm_is_not_mor
     assert table.loc[100_000, "ci_high"] < 1
     assert table.loc[50_000, "ratio_final"] > 1.4 and table.loc[50_000, "ci_low_final"] > 1  # AR's decay, as a gain
     lines = {v.cell: v for v in verdicts(analysis)}
+    assert lines["unique_tokens=200k"].line == (
+        "unique_tokens=200k: AR only, no crossover: the study has no MDLM trial here (its AR runs count in the "
+        "data-efficiency ratios)"
+    )
     line = lines["unique_tokens=50k"].line
     assert "MDLM not more data-efficient than an early-stopped AR: data efficiency 0." in line, line
     assert "against AR's best" in line and "; final vs final " in line and "90% intervals over items, 1 seed" in line

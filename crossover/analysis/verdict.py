@@ -266,6 +266,10 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
     for _, row in analysis.crossovers.table.iterrows():
         cell = row["cell"]
         curves = analysis.crossovers.curves.get(cell)
+        if row["status"] == "missing mdlm":  # AR alone by design (the spec's exclude), e.g. a budget for U'/U
+            counts = " (its AR runs count in the data-efficiency ratios)" if "unique_tokens" in analysis.axes else ""
+            out.append(Verdict(cell, f"{cell}: AR only, no crossover: the study has no MDLM trial here{counts}"))
+            continue
         if curves is None or row["status"] not in STATE_CODE:
             out.append(Verdict(cell, f"{cell}: no verdict ({str(row['status']).replace('_', ' ')})"))
             continue
