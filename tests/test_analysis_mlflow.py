@@ -596,6 +596,21 @@ def test_efficiency_is_against_an_early_stopped_ar_and_says_when_mdlm_is_not_mor
     )
 
 
+def test_an_efficiency_interval_over_seeds_at_some_budgets_says_how_many_each_had(tmp_path):
+    """Seeds at the smallest budget only (as study_specs/cpu_efficiency.yaml): the interval resamples seeds where a
+    budget has them and says the range, not "1 seed"."""
+    from crossover.analysis import analyze_study
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = smoke_spec("some-seeds")
+    raw["grid"]["unique_tokens"] = ["25k", "50k", "100k"]
+    raw["seeds"] = [0, 1, 2]
+    raw["exclude"] = [{"unique_tokens": ["50k", "100k"], "seed": [1, 2]}]
+    write_study(raw, uri, SMOKE_TRUTH)
+    table = analyze_study(read_study("some-seeds", uri), n_boot=100).efficiency.table
+    assert set(table["ci_source"]) == {"seeds then items, 1 to 3 seeds by budget and objective"}
+
+
 def test_three_seeds_give_a_seed_then_item_interval_and_the_spread_across_seeds(tmp_path):
     """A cell with three seeds (as study_specs/cpu_crossover_seeds.yaml): the crossover interval resamples seeds, then
     items, and says so; the verdict gives each seed pair's own crossover and the spread of AR's best and MDLM's last."""

@@ -672,8 +672,10 @@ def _efficiency_intervals(
                 continue
             low, high = np.quantile(values, [alpha, 1 - alpha], method="inverted_cdf")
             intervals[(basis, budget)] = (float(low), float(high))
-    n_seeds = int(seeds.map(len).min())
-    seeds_part = f"{n_seeds} seed" + ("s" if n_seeds != 1 else "")
+    fewest = int(seeds.map(len).min())
+    seeds_part = f"{fewest} seed" + ("s" if fewest != 1 else "")
+    if fewest < most_seeds:  # e.g. seeds at one budget only (cpu_efficiency): say the range, not the fewest alone
+        seeds_part = f"{fewest} to {most_seeds} seeds by budget and objective"
     source = (
         f"items, {seeds_part}"
         if item_curves and most_seeds < 2
