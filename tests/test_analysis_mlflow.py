@@ -492,6 +492,9 @@ def test_figures_label_their_axes_and_draw_the_chance_line(store):
     for name, fig in figures.items():
         shown = [ax for ax in fig.axes if ax.get_visible()]
         assert shown and all(ax.get_xlabel() for ax in shown), name
+    (bars,) = figures["efficiency"].axes  # each ratio drawn with its interval, and the interval in its label
+    with_interval = int(analysis.efficiency.table["ci_low"].notna().sum())
+    assert with_interval and sum("90% CI " in text.get_text() for text in bars.texts) == with_interval
 
     def chance_lines(ax) -> list:
         return [line for line in ax.get_lines() if str(line.get_label()).startswith("chance")]

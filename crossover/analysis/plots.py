@@ -12,6 +12,7 @@ import pandas as pd
 from crossover.analysis.analyze import LOSS_METRIC, StudyAnalysis, _other_axes_key
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED, UNDETERMINED
 from crossover.analysis.curves import StudyData
+from crossover.analysis.formatting import missing, ratio
 from crossover.specs import format_tokens, parse_tokens
 
 if TYPE_CHECKING:
@@ -274,7 +275,7 @@ def efficiency_bars(analysis: StudyAnalysis) -> Figure | None:
         return None
     groups = _pick(list(dict.fromkeys(table["group"])), 6)
     table = table[table["group"].isin(groups)]
-    fig = _figure(max(5.0, 0.55 * len(table) + 2), 4.0)
+    fig = _figure(max(6.0, 0.55 * len(table) + 2), 4.4)
     ax = fig.subplots()
     labels, heights, hatches, texts, colors = [], [], [], [], []
     palette = dict(zip(groups, _colors(len(groups)), strict=True))
@@ -296,17 +297,38 @@ def efficiency_bars(analysis: StudyAnalysis) -> Figure | None:
             hatches.append("")
             texts.append("n/a")
     bars = ax.bar(range(len(heights)), heights, color=colors, alpha=0.8)
-    for bar, hatch, text in zip(bars, hatches, texts, strict=True):
+    for x, (bar, hatch, text, (_, row)) in enumerate(zip(bars, hatches, texts, table.iterrows(), strict=True)):
         bar.set_hatch(hatch)
         if hatch:
             bar.set_alpha(0.35)
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+        top = bar.get_height()
+        low, high = row.get("ci_low"), row.get("ci_high")
+        if not missing(low) and not missing(high):  # the interval, drawn within the AR budgets' ratios; an arrow
+            # where it runs beyond them (U'/U is never extrapolated), and its bounds in the label
+            floor, ceiling = row["ratio_below"], row["ratio_above"]
+            shown_low, shown_high = max(low, floor), min(high, ceiling)
+            ax.plot([x, x], [shown_low, shown_high], color="black", lw=1.2)
+            for shown, beyond, arrow in ((shown_low, low < floor, "v"), (shown_high, high > ceiling, "^")):
+                ax.plot([x], [shown], marker=arrow if beyond else "_", color="black", ms=7)
+            text += f"\n{analysis.confidence:.0%} CI {ratio(low, floor, ceiling)} to {ratio(high, floor, ceiling)}"
+            top = max(top, shown_high)
+        ax.annotate(
+            text,
+            (bar.get_x() + bar.get_width() / 2, top),
+            xytext=(0, 5),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.axhline(1, color="black", lw=0.8, ls=":")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # room for the labels above the tallest whisker
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("MDLM unique-token budget U")
     ax.set_ylabel("U'/U (AR budget of equal best performance)")
     ax.set_title(
-        "Data efficiency of MDLM against AR's best (early-stopped)\n(hatched: beyond the AR budgets observed, a bound)",
+        "Data efficiency of MDLM against AR's best (early-stopped)\nwhiskers: the interval (an arrow: beyond the AR "
+        "budgets observed)\nhatched: the ratio itself beyond them, a bound",
         fontsize=9,
     )
     ax.grid(alpha=0.25, axis="y")
