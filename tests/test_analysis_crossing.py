@@ -62,7 +62,7 @@ def test_recovers_a_planted_crossover_within_5_percent_of_the_log_range(where):
     for seed in range(3):
         ar, mdlm = draw_items(np.random.default_rng(seed), where=where, items=2000)
         result = find_crossover(X, ar.mean(1), mdlm.mean(1))
-        assert result.status == "crossed"
+        assert result.point_status == "crossed"
         error = abs(math.log(result.x / true_x(where))) / SPAN
         assert error < 0.05, (where, seed, error)
 
@@ -85,7 +85,7 @@ def test_lower_is_better_metrics_flip_the_sign():
     ar, mdlm = draw_items(np.random.default_rng(7), where=0.4, items=2000)
     up = find_crossover(X, ar.mean(1), mdlm.mean(1))
     down = find_crossover(X, -ar.mean(1), -mdlm.mean(1), higher_is_better=False)
-    assert up.status == down.status == "crossed"
+    assert up.point_status == down.point_status == "crossed"
     assert down.x == pytest.approx(up.x)
 
 
@@ -105,7 +105,7 @@ def test_mdlm_approaching_but_not_passing_is_not_crossed():
     x = np.geomspace(1e6, 1e8, 30)
     ar = 0.6 + 0.1 * lx
     mdlm = ar - 0.05 * (1 - lx) - 0.01
-    assert find_crossover(x, ar, mdlm).status == "not_crossed"
+    assert find_crossover(x, ar, mdlm).point_status == "not_crossed"
 
 
 def test_dip_after_crossing_moves_the_crossover_to_the_last_passage():
@@ -114,7 +114,7 @@ def test_dip_after_crossing_moves_the_crossover_to_the_last_passage():
     lx = np.log10(x)
     margin = np.where(lx < 1, 0.05, np.where(lx < 2, -0.05, 0.05)) + 0.0 * lx
     result = find_crossover(x, np.zeros(60), margin)
-    assert result.status == "crossed"
+    assert result.point_status == "crossed"
     assert 50 < result.x < 200  # the second passage, near x = 100
 
 
@@ -125,7 +125,7 @@ def test_a_single_broken_evaluation_does_not_move_the_crossover():
     broken = d.copy()
     broken[-5] = 0.0  # a failed eval logged as zero accuracy near the end
     robust = find_crossover(X, a, broken)
-    assert robust.status == "crossed"
+    assert robust.point_status == "crossed"
     assert abs(math.log(robust.x / clean.x)) / SPAN < 0.03
 
 
@@ -136,14 +136,15 @@ def test_few_points_use_the_raw_margin(points):
     mdlm = np.linspace(0.4, 0.7, points)
     result = find_crossover(x, ar, mdlm)
     assert result.span is None
-    assert result.status == "crossed"
+    assert result.point_status == "crossed"
     # raw margin -0.1 -> +0.1 linearly in log x: zero crossing exactly at the geometric middle
     assert result.x == pytest.approx(100, rel=1e-6)
 
 
 def test_single_point():
-    assert find_crossover([5.0], [0.5], [0.6]).status == "mdlm_always_ahead"
-    assert find_crossover([5.0], [0.6], [0.5]).status == "not_crossed"
+    assert find_crossover([5.0], [0.5], [0.6]).point_status == "mdlm_always_ahead"
+    assert find_crossover([5.0], [0.6], [0.5]).point_status == "not_crossed"
+    assert find_crossover([5.0], [0.5], [0.6]).status == "undetermined"  # no samples: nothing backs a claim
 
 
 @pytest.mark.parametrize("shape", ["late", "mid"])
@@ -229,7 +230,7 @@ def test_seed_t_draws_have_the_t_spread():
 
 
 def test_the_status_is_decided_by_the_evidence_at_the_study_confidence():
-    assert decide(CROSSED, None, 0.9) == CROSSED  # no samples: the point estimate's
+    assert decide(CROSSED, None, 0.9) == decide(NOT_CROSSED, None, 0.9) == UNDETERMINED  # no samples: no claim
     assert decide(CROSSED, 0.95, 0.9) == CROSSED
     assert decide(CROSSED, 0.9, 0.9) == CROSSED
     assert decide(CROSSED, 0.89, 0.9) == UNDETERMINED
@@ -280,7 +281,7 @@ def test_input_validation():
     with pytest.raises(ValueError, match="one row per x"):
         find_crossover([1, 2, 3], [1, 2, 3], [1, 2, 3], ar_samples=np.ones((2, 2)), mdlm_samples=np.ones((2, 2)))
     nan_points = find_crossover([1, 2, 3, 4], [0.5, np.nan, 0.5, 0.5], [0.4, 0.6, 0.6, 0.6])
-    assert nan_points.n_points == 3 and nan_points.status == "crossed"
+    assert nan_points.n_points == 3 and nan_points.point_status == "crossed"
 
 
 def test_conversions_between_tokens_flops_and_epochs():

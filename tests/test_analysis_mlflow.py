@@ -231,6 +231,10 @@ def test_analyze_command_writes_the_report_and_logs_it_to_the_parent_run(store, 
     assert open_.startswith("unique_tokens=200k: not crossed within 400k tokens (2 epochs): AR ahead at the end by ")
     assert [verdicts[c]["state"] for c in ("unique_tokens=50k", "unique_tokens=200k")] == ["crossed", "not_crossed"]
     assert result.output.index(crossed) < result.output.index("crossover (tokens)")  # before the table
+    # the held-out loss has no per-item results: with one seed nothing backs a claim, and the line says why
+    loss_lines = result.output.split("on the held-out loss (MDLM's is a bound):")[1]
+    assert "unique_tokens=50k: undetermined within " in loss_lines, loss_lines
+    assert "no interval: it needs per-item results or two or more seeds" in loss_lines
     assert markdown.index("## Verdict") < markdown.index("## Crossover per cell") and crossed in markdown
     parent = MlflowClient(store.uri).get_run(data.parent_run_id).data
     assert parent.tags["crossover.verdict.50k"] == crossed

@@ -268,7 +268,7 @@ def _seed_spread(
         if np.isfinite(a).sum() < 2 or np.isfinite(d).sum() < 2:
             continue
         found = find_crossover(x, a, d, higher)  # it leaves out the points a seed has no value at
-        at = {"not_crossed": math.inf, "mdlm_always_ahead": -math.inf}.get(found.status)
+        at = {"not_crossed": math.inf, "mdlm_always_ahead": -math.inf}.get(found.point_status)  # a seed's estimate
         per_seed.append(at if at is not None else _interp_log(found.x, x, tokens))
     if per_seed:
         out["seed_crossover_tokens"] = per_seed
@@ -415,7 +415,7 @@ def find_crossovers(data: StudyData, reading: Reading, n_boot: int = 1000, seed:
     if not sources:
         notes = (
             "No confidence intervals: they need per-item eval results (items/<task>/ artifacts) or two or more "
-            "seeds per objective. Every status is the smoothed point estimate's, which no interval backs.",
+            "seeds per objective. Every status is undetermined; the smoothed point estimate is shown beside it.",
         )
     return Crossovers(pd.DataFrame(rows), results, curves, "/".join(sorted(sources)) or None, notes)
 

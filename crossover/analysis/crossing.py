@@ -35,8 +35,8 @@ throughout) needs MDLM ahead at the end in at least `confidence` of the replicat
 end then reads `crossed` at most about 1 - confidence of the time); `not_crossed` needs AR ahead at the end as
 surely; otherwise `undetermined`, whatever the estimate says. (Deciding at the two-sided interval's upper bound
 instead, one-sided 95% for a 90% study, halves the false claims on a tie but cost a third of the power on a real
-crossing: bench/bench_crossover.py, docs/design.md.) Without samples there are no replicates: the status is the
-point estimate's and `evidence` says so. The bench measures false claims on a tie, power on a real crossing and
+crossing: bench/bench_crossover.py, docs/design.md.) Without samples there are no replicates and nothing backs a
+claim: the status is `undetermined` (the estimate's own is still `point_status`) and `evidence` says why. The bench measures false claims on a tie, power on a real crossing and
 the interval's coverage with 1, 3 and 5 seeds.
 """
 
@@ -100,9 +100,9 @@ class Crossover:
 
 
 def decide(point_status: Status, p_ahead_at_end: float | None, confidence: float) -> Status:
-    """The status the evidence supports (module docstring): the estimate's own where there are no replicates."""
+    """The status the evidence supports (module docstring): undetermined where there are no replicates."""
     if p_ahead_at_end is None:
-        return point_status
+        return UNDETERMINED
     if p_ahead_at_end >= confidence and point_status in (CROSSED, ALWAYS_AHEAD):
         return point_status
     if 1 - p_ahead_at_end >= confidence and point_status == NOT_CROSSED:
@@ -444,7 +444,7 @@ def find_crossover(
     status: Status = ALWAYS_AHEAD if point == -np.inf else NOT_CROSSED if point == np.inf else CROSSED
     result = Crossover(
         x=float(np.exp(point)) if status == CROSSED else None,
-        status=status,
+        status=decide(status, None, confidence),  # no replicates yet: no claim
         point_status=status,
         confidence=confidence,
         n_points=n,

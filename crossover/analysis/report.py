@@ -331,8 +331,8 @@ def _study_facts(analysis: StudyAnalysis, data: StudyData) -> Block:
                 f"{analysis.confidence:.0%} over {ci_source}; a state is 'crossed' or 'not crossed' "
                 "only where the interval says so, 'undetermined' otherwise"
                 if ci_source
-                else "none (no per-item results and fewer than two seeds per objective): every state is the "
-                "point estimate's, which no interval backs"
+                else "none (no per-item results and fewer than two seeds per objective): every state is "
+                "'undetermined', the point estimate shown beside it"
             )
             + ".",
             f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `crossover analyze`.",

@@ -6,8 +6,8 @@ Every line starts with the cell's state, decided by the evidence (crossover.anal
 `not crossed`, `undetermined` (the evidence cannot tell whether MDLM ends ahead; the point estimate is quoted beside
 it as such), or `MDLM ahead at every point`; then the interval, P(crossed) and what the interval resampled (items
 and/or seeds; with one seed it says the interval holds item noise only), both objectives' values at the end, and the
-data efficiency. Without per-item results or seeds the state is the point estimate's and the line says that no
-interval backs it. Crossover positions are quoted to the significant figures the eval grid supports (2 for points
+data efficiency. Without per-item results or seeds nothing backs a claim: the state is `undetermined`, the point
+estimate beside it, and the line says why. Crossover positions are quoted to the significant figures the eval grid supports (2 for points
 ~1.5x apart). Lines read, for the study's metric (cloze accuracy by default):
     unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc_pmi at 1.5M tokens (30 epochs) (90% CI 1.1M to 2M;
         P(crossed) 96%; over seeds as a t with 2 df and items, 3 seeds); at the end AR 0.541, MDLM 0.603; ...
@@ -160,7 +160,7 @@ def _digits(row: pd.Series) -> int:
 def _evidence(row: pd.Series, confidence: float, axis: str) -> str:
     """The interval and what it resampled, or that no interval backs the status."""
     if row.get("ci_low") is None or pd.isna(row.get("ci_low")):
-        return "point estimate: no interval backs this state (one needs per-item results or two or more seeds)"
+        return "no interval: it needs per-item results or two or more seeds"
     p = row.get("p_crossed")
     chance = "" if p is None or pd.isna(p) else f"; P(crossed) {p:.0%}"
     return (
