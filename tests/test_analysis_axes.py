@@ -141,7 +141,7 @@ def test_sparsity_line_covers_every_configuration_and_places_the_moe(tmp_path, f
     assert verdict.axis == "sparsity" and verdict.agreement == expected, verdict.line
     assert "MDLM surely ahead at the end in " in verdict.line and "of 3 configurations" in verdict.line
     assert (
-        "lands " in verdict.line
+        "on the point values (a description, no interval), MDLM's nano/moe4x1 (" in verdict.line
         and "its compute-matched nano/dense" in verdict.line
         and "nano-L4d128f2048/dense" in verdict.line
     ), verdict.line
