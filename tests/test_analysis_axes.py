@@ -11,7 +11,7 @@ import pytest
 from matplotlib.collections import PathCollection
 from typer.testing import CliRunner
 
-from crossover.analysis import analyze_study, axis_verdicts, plots, read_study
+from crossover.analysis import analyze_study, axis_verdicts, plots, read_study, verdicts
 from crossover.analysis.axes import AGREES, CANNOT_TELL, DISAGREES, NEEDS_SEEDS
 from crossover.cli import app
 from crossover.tracking.names import VERDICT_TAG
@@ -146,6 +146,11 @@ def test_sparsity_line_covers_every_configuration_and_places_the_moe(tmp_path, f
         and "nano-L4d128f2048/dense" in verdict.line
     ), verdict.line
     assert "more total parameters " in verdict.line
+    crossed = [v.line for v in verdicts(analysis) if " overtakes AR on " in v.line]
+    assert crossed or expected != AGREES
+    for line in crossed:  # each crossover quoted as its cell's own verdict quotes it (the eval grid's figures)
+        at = line.split(" at ", 1)[1].split(" tokens", 1)[0]
+        assert f"): {at} (CI " in verdict.line, (at, verdict.line)
     # the plot against sparsity shows every configuration: nano/dense and the wide dense model share the "dense"
     # category and are drawn side by side, not on top of each other
     ax = plots.crossover_vs_axis(analysis, "sparsity").axes[0]

@@ -33,7 +33,7 @@ from crossover.analysis.analyze import StudyAnalysis, ar_best_change
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, INTERVAL, NOT_CROSSED, STATUSES, Crossover, compare
 from crossover.analysis.formatting import parameters, position
 from crossover.analysis.paired import Difference
-from crossover.analysis.verdict import Verdict
+from crossover.analysis.verdict import Verdict, crossover_digits
 from crossover.specs import format_tokens, parse_tokens
 
 AGREES, DISAGREES, CANNOT_TELL, NEEDS_SEEDS = "agrees", "disagrees", "cannot tell", "needs seeds"
@@ -93,13 +93,14 @@ def _number(value: object) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def _tokens_at(analysis: StudyAnalysis, cell: str, x: float) -> str:
+def _tokens_at(analysis: StudyAnalysis, cell: str, x: float, digits: int) -> str:
     """A position on the analysis' x axis, printed in tokens (interpolated on the cell's own eval points)."""
     if math.isinf(x) or analysis.x_axis == "tokens":
-        return position(x, "tokens")
+        return position(x, "tokens", digits)
     curves = analysis.crossovers.curves[cell]
     ok = (curves.x > 0) & (curves.tokens > 0)
-    return format_tokens(float(np.exp(np.interp(math.log(x), np.log(curves.x[ok]), np.log(curves.tokens[ok])))))
+    tokens = float(np.exp(np.interp(math.log(x), np.log(curves.x[ok]), np.log(curves.tokens[ok]))))
+    return format_tokens(tokens, digits)
 
 
 def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None:
@@ -108,10 +109,13 @@ def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None
         return None
     curves = analysis.crossovers.curves[cell]
     low, high = _number(row.get("ci_low")), _number(row.get("ci_high"))
-    ci = f" (CI {_tokens_at(analysis, cell, low)} to {_tokens_at(analysis, cell, high)})" if low is not None else ""
+    digits = crossover_digits(row)  # as the cell's own verdict quotes it
+    ci = ""
+    if low is not None:
+        ci = f" (CI {_tokens_at(analysis, cell, low, digits)} to {_tokens_at(analysis, cell, high, digits)})"
     if row["status"] == CROSSED:
         position = float(row["x"])
-        text = f"{format_tokens(float(row['crossover_tokens']))}{ci}"
+        text = f"{format_tokens(float(row['crossover_tokens']), digits)}{ci}"
     elif row["status"] == NOT_CROSSED:
         position, text = math.inf, f"not crossed within {format_tokens(float(curves.tokens[-1]))}{ci}"
     elif row["status"] == ALWAYS_AHEAD:

@@ -146,13 +146,14 @@ def status_phrase(row: pd.Series | None) -> str:
     if row is None:
         return "no verdict"
     if row["status"] == CROSSED:
-        return f"crossed at {format_tokens(float(row['crossover_tokens']), _digits(row))}"
+        return f"crossed at {format_tokens(float(row['crossover_tokens']), crossover_digits(row))}"
     return {NOT_CROSSED: "not crossed", ALWAYS_AHEAD: "MDLM always ahead", UNDETERMINED: "undetermined"}.get(
         row["status"], "no verdict"
     )
 
 
-def _digits(row: pd.Series) -> int:
+def crossover_digits(row: pd.Series) -> int:
+    """The significant figures a cell's crossover positions are quoted to: what its eval grid supports."""
     value = row.get("sig_figs")
     return 2 if value is None or pd.isna(value) else int(value)
 
@@ -164,14 +165,14 @@ def _evidence(row: pd.Series, confidence: float, axis: str) -> str:
     p = row.get("p_crossed")
     chance = "" if p is None or pd.isna(p) else f"; P(crossed) {p:.0%}"
     return (
-        f"{confidence:.0%} CI {interval(row['ci_low'], row['ci_high'], axis, _digits(row), unit=True)}{chance}; "
+        f"{confidence:.0%} CI {interval(row['ci_low'], row['ci_high'], axis, crossover_digits(row), unit=True)}{chance}; "
         f"over {row['ci_source']}"
     )
 
 
 def _head(row: pd.Series, curves, metric: str, confidence: float, axis: str, better: float) -> str:
     """The state, where, and the evidence; both objectives' values at the end beside it."""
-    digits = _digits(row)
+    digits = crossover_digits(row)
     at_end = f"at the end AR {curves.ar[-1]:.3g}, MDLM {curves.mdlm[-1]:.3g}"
     window = tokens_and_epochs(curves.tokens[-1], curves.epochs[-1])
     evidence = _evidence(row, confidence, axis)
