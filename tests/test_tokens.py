@@ -35,3 +35,12 @@ def test_format_is_short_and_close(n):
     text = format_tokens(n)
     assert len(text) <= 6
     assert abs(parse_tokens(text) - n) / n < 0.01 if text[-1] in "kMBT" else parse_tokens(text) == n
+
+
+@pytest.mark.parametrize(
+    ("n", "digits", "expected"),
+    [(958_000, 1, "1M"), (999_999, 3, "1M"), (440_000, 2, "440k"), (40_960, 3, "41k"), (999.6, 3, "1k"), (12, 3, "12")],
+)
+def test_format_rounds_before_it_picks_the_unit(n, digits, expected):
+    """A crossover's interval quoted to one figure reads "200k to 1M", never "1000k"."""
+    assert format_tokens(n, digits) == expected

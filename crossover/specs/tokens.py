@@ -50,12 +50,13 @@ def _bounded(count: int | float | Decimal) -> int:
 def format_tokens(n: int | float, digits: int = 3) -> str:
     """Short readable form used in trial names and tables: 50000 -> 50k, 1500000000 -> 1.5B; at most `digits`
     significant figures (a position between eval points a factor 1.5 apart supports 2)."""
+    n = float(f"{n:.{digits}g}")  # rounded first, so that the unit fits the rounded value: 958k at 1 figure reads 1M
     for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("k", 10**3)):
-        if abs(n) >= scale * 0.9995:  # 999,999 reads 1M, not 1e+03k
-            text = f"{float(f'{n / scale:.{digits}g}'):.4g}"  # rounded to `digits`, printed without an exponent
+        if abs(n) >= scale:
+            text = f"{n / scale:.4g}"  # printed without an exponent
             if "e" not in text:
                 return text + suffix
-    return f"{float(f'{n:.{digits}g}'):.4g}"
+    return f"{n:.4g}"
 
 
 def format_seconds(seconds: float) -> str:
