@@ -146,6 +146,10 @@ def test_sparsity_line_covers_every_configuration_and_places_the_moe(tmp_path, f
         and "nano-L4d128f2048/dense" in verdict.line
     ), verdict.line
     assert "more total parameters " in verdict.line
+    paired = [b for b in analysis.ar_best.by_cell.values() if b.mdlm_last is not None]
+    assert paired and all(  # AR's best and MDLM's last side by side on the same (test) items
+        f"AR's best {b.value:.3g}, MDLM's last {b.mdlm_last:.3g}" in verdict.line for b in paired
+    ), verdict.line
     crossed = [v.line for v in verdicts(analysis) if " overtakes AR on " in v.line]
     assert crossed or expected != AGREES
     for line in crossed:  # each crossover quoted as its cell's own verdict quotes it (the eval grid's figures)

@@ -127,12 +127,14 @@ def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None
     better = 1.0 if analysis.higher_is_better else -1.0
     peak = int(np.argmax(better * curves.ar))
     early_stopped = analysis.ar_best.by_cell.get(cell)  # chosen on validation items, scored on test items
-    extra = {
+    paired = early_stopped is not None and early_stopped.mdlm_last is not None
+    extra = {  # ar_best and mdlm_last on the same items (the test items where there are any); the rest on curves
         "ar_peak": float(curves.ar[peak]),
-        "ar_best": early_stopped.value if early_stopped else float(curves.ar[peak]),
+        "ar_best": early_stopped.value if paired else float(curves.ar[peak]),
         "ar_last": float(curves.ar[-1]),
         "mdlm_best": float(curves.mdlm[int(np.argmax(better * curves.mdlm))]),
-        "mdlm_last": float(curves.mdlm[-1]),
+        "mdlm_end": float(curves.mdlm[-1]),
+        "mdlm_last": early_stopped.mdlm_last if paired else float(curves.mdlm[-1]),
     }
     return _Point(label, cell, row, position, low, high, text, analysis.crossovers.results[cell], extra)
 
@@ -238,7 +240,7 @@ def _ordered_line(analysis: StudyAnalysis, axis: str, points: list[_Point]) -> t
     line = f"{head}; the paper: {PAPER[axis]}; this study {agreement} ({why})"
     if axis == "model":
         saturation = ", ".join(f"{p.label} {p.extra['ar_peak']:.3g} -> {p.extra['ar_last']:.3g}" for p in points)
-        gaining = sum(p.extra["mdlm_last"] == p.extra["mdlm_best"] for p in points)
+        gaining = sum(p.extra["mdlm_end"] == p.extra["mdlm_best"] for p in points)  # both on the curve
         line += (
             f"; AR's peak eval point -> last (on every item, a description): {saturation}; MDLM's last is its best "
             f"in {gaining} of {len(points)} sizes"
