@@ -194,6 +194,8 @@ def test_noise_line_says_whether_noised_ar_closed_the_gap(tmp_path, ar_r_star, m
     assert verdict.line.startswith("noise: clean AR: ") and "im0.1: " in verdict.line
     assert "noise surely raised AR's best in " in verdict.line and "MDLM still ahead at the end of " in verdict.line
     assert "paired on the test items (items, 1 seed x " in verdict.line  # AR's best changes carry intervals
+    noised = [best for cell, best in analysis.ar_best.by_cell.items() if "clean" not in cell]
+    assert noised and all(f"AR's best {b.value:.3g} (" in verdict.line for b in noised)  # early-stopped, test items
     if expected == DISAGREES:  # input masking that makes AR win raised its early-stopped best beyond doubt
         assert "im0.1 closed the gap" in verdict.line and "noise surely raised AR's best in 1 of 2" in verdict.line
     else:  # the small gains (r* 1.5 and 1.3) are within the Bonferroni-corrected intervals

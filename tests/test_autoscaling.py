@@ -30,8 +30,8 @@ from .services import (
 )
 from .test_platform import runs, wait_for
 
-# One worker runs every Ray test (tests/conftest.py); minutes on 2 cores, so `make test-cluster`, not `make test`.
-pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.cluster]
+# One worker runs every Ray test (tests/conftest.py); minutes on 2 cores, so `make test-long`, not `make test`.
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.long]
 
 CROSSOVER = [sys.executable, "-m", "crossover.cli"]
 MAX_NODES, NODE_CPUS = 3, 2

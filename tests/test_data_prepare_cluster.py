@@ -68,7 +68,7 @@ def tokenizing_actors(dashboard: str, env: dict[str, str]) -> dict[str, str]:
     }
 
 
-@pytest.mark.cluster
+@pytest.mark.long
 def test_prepare_as_a_job_grows_an_empty_cluster_for_its_workers(tmp_path, tiny_corpus, env):
     job_dir = tmp_path / "job"  # what `ray job submit --working-dir` uploads: the spec alone, as k8s/overlays/prod
     job_dir.mkdir()

@@ -25,6 +25,7 @@ def snapshot(client, child) -> tuple:
     return child.info.run_id, child.info.end_time, history_steps(client, child, "train/loss")
 
 
+@pytest.mark.long  # `make test-long`: the suite's time (Makefile)
 def test_a_grown_study_trains_only_its_new_trials_and_a_changed_trial_is_a_new_one(study):
     first = study["write"](**SMALL, grid={"objective": ["ar"], "unique_tokens": ["4k"]})
     assert run(study, first).returncode == 0
@@ -65,6 +66,7 @@ def test_a_grown_study_trains_only_its_new_trials_and_a_changed_trial_is_a_new_o
     assert set(read_study("tiny", study["uri"], items=False).trials["trial_id"]) == ids
 
 
+@pytest.mark.long  # `make test-long`: the suite's time (Makefile)
 def test_a_task_added_to_a_finished_study_is_scored_on_the_kept_checkpoints_without_training(study):
     spec = study["write"](
         train={"total_tokens": 8192, "keep_checkpoints": "all"},
@@ -92,6 +94,7 @@ def test_a_task_added_to_a_finished_study_is_scored_on_the_kept_checkpoints_with
     assert "summary/acc_final" in after.data.metrics
 
 
+@pytest.mark.long  # `make test-long`: the suite's time (Makefile)
 def test_a_longer_trial_continues_the_shorter_one_from_its_stable_phase(study, tmp_path):
     """total_tokens doubled: the trial continues from the shorter one's branch checkpoint (wsd: where its decay
     began), equals the longer trial trained from scratch, and the study keeps one run for it whose curves hold

@@ -385,6 +385,7 @@ def test_killed_training_process_restarts_from_its_checkpoint(study):
     assert max(history_steps(client, children[0], "tokens")) == 98304
 
 
+@pytest.mark.long  # `make test-long`: the suite's time (Makefile)
 def test_a_full_disk_at_a_checkpoint_fails_the_trial_naming_the_space_and_a_rerun_resumes(study, tmp_path):
     every, total = 49152, 147456
     disk = tmp_path / "disk"  # a small filesystem of its own for the study's storage, filled up mid-trial
@@ -489,6 +490,7 @@ def test_unreachable_tracking_server_exits_2_before_any_trial(study, tmp_path):
     assert not Path(study["storage"]).exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.long  # `make test-long`: the suite's time (Makefile)
 def test_a_tracking_server_restarted_mid_study_loses_nothing(study, tmp_path):
     total, every = 98304, 24576
     spec = study["write"](
