@@ -208,11 +208,13 @@ def precision_key(trial: TrialSpec, cpu: CpuInfo) -> str | None:
 RATES = ("fp32", "bf16")  # what `precision: auto` measures against each other, in a decision's cache entry
 
 
-def precision_rates(trial: TrialSpec, cpu: CpuInfo | None = None, measure: bool = True) -> tuple[float, float]:
+def precision_rates(
+    trial: TrialSpec, cpu: CpuInfo | None = None, measure: bool = True, memory: int | None = None
+) -> tuple[float, float]:
     """Tokens/s of a training step of `trial` here in fp32 and in bf16 (`measure_rate`, on this CPU), for
     `precision: auto`'s choice on `cpu` (default: this CPU as read): the decision cached under `precision_key`, else
     measured and cached. `measure=False` (validate, torch-free) only reads the cache. Raises NotMeasured, saying why,
-    where it cannot."""
+    where it cannot (`memory`: as in `measure_rate`, a model too large for it is not built)."""
     cpu = cpu or cpu_info()
     key = precision_key(trial, cpu)
     if key is None:
@@ -226,24 +228,30 @@ def precision_rates(trial: TrialSpec, cpu: CpuInfo | None = None, measure: bool 
     for precision in RATES:
         runtime = Runtime(device="cpu", precision=precision, compile=False, why="measuring precision: auto")
         try:
-            rates[precision] = measure_rate(trial, runtime)
+            rates[precision] = measure_rate(trial, runtime, memory)
         except Exception as exc:  # a failed measurement decides nothing; the line says why
             raise NotMeasured(why_not_measured(exc, runtime)) from exc
     _cache_put(key, rates)
     return rates["fp32"], rates["bf16"]
 
 
-def runtime_here(trial: TrialSpec, *, measure: bool = True, cpu: CpuInfo | None = None) -> Runtime:
+def runtime_here(
+    trial: TrialSpec, *, measure: bool = True, cpu: CpuInfo | None = None, memory: int | None = None
+) -> Runtime:
     """How `trial` trains on this machine: `resolve_runtime`, with `precision: auto` on an AVX512 CPU without AMX
     decided by `precision_rates` (measured once per machine and cached; `measure=False` reads only the cache). `cpu`:
-    the CPU the rule reads (default this one); the measurement always runs here."""
-    return resolve_runtime(trial.train, trial.model, trial.resources, cpu, lambda: precision_rates(trial, cpu, measure))
+    the CPU the rule reads (default this one); the measurement always runs here, within `memory` (`measure_rate`)."""
+    return resolve_runtime(
+        trial.train, trial.model, trial.resources, cpu, lambda: precision_rates(trial, cpu, measure, memory)
+    )
 
 
-def study_runtime_here(spec: StudySpec, *, measure: bool = True, cpu: CpuInfo | None = None) -> Runtime:
+def study_runtime_here(
+    spec: StudySpec, *, measure: bool = True, cpu: CpuInfo | None = None, memory: int | None = None
+) -> Runtime:
     """How the study's trials train on this machine (`runtime_here`), decided on its longest trial (the one the
     plan measures first, whose time dominates): one resolution for every trial, so a matched pair trains alike."""
-    return runtime_here(longest_first(spec.expand())[0], measure=measure, cpu=cpu)
+    return runtime_here(longest_first(spec.expand())[0], measure=measure, cpu=cpu, memory=memory)
 
 
 def _measure(trial: TrialSpec, runtime: Runtime, threads: int) -> float:
@@ -391,7 +399,7 @@ def wall_time_line(
     A measurement that fails (a kernel torch cannot run here, too little memory) never ends the plan: the line says
     the estimate was not measured, and why. `after`: a second phase's trials, as in `estimate_wall_time`; `trials`:
     how the line counts them (`describe`)."""
-    runtime = study_runtime_here(spec)
+    runtime = study_runtime_here(spec, memory=memory)  # a model too large for `memory` is never built, even to decide
     if runtime.device == "cuda":
         import torch  # lazy: torch (see the note above the imports)
 
