@@ -128,13 +128,14 @@ def _point(analysis: StudyAnalysis, label: str, row: pd.Series) -> _Point | None
     peak = int(np.argmax(better * curves.ar))
     early_stopped = analysis.ar_best.by_cell.get(cell)  # chosen on validation items, scored on test items
     paired = early_stopped is not None and early_stopped.mdlm_last is not None  # a cell with MDLM trials of its own
+    mdlm_end = float(curves.mdlm[-1])
     extra = {  # ar_best and mdlm_last on the same items (the test items where there are any); the rest on curves
         "ar_peak": float(curves.ar[peak]),
         "ar_best": early_stopped.value if early_stopped else float(curves.ar[peak]),
         "ar_last": float(curves.ar[-1]),
         "mdlm_best": float(curves.mdlm[int(np.argmax(better * curves.mdlm))]),
-        "mdlm_end": float(curves.mdlm[-1]),
-        "mdlm_last": early_stopped.mdlm_last if paired else float(curves.mdlm[-1]),
+        "mdlm_end": mdlm_end,
+        "mdlm_last": early_stopped.mdlm_last if paired else mdlm_end,
     }
     return _Point(label, cell, row, position, low, high, text, analysis.crossovers.results[cell], extra)
 

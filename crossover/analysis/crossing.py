@@ -36,8 +36,8 @@ end then reads `crossed` at most about 1 - confidence of the time); `not_crossed
 surely; otherwise `undetermined`, whatever the estimate says. (Deciding at the two-sided interval's upper bound
 instead, one-sided 95% for a 90% study, halves the false claims on a tie but cost a third of the power on a real
 crossing: bench/bench_crossover.py, docs/design.md.) Without samples there are no replicates and nothing backs a
-claim: the status is `undetermined` (the estimate's own is still `point_status`) and `evidence` says why. The bench measures false claims on a tie, power on a real crossing and
-the interval's coverage with 1, 3 and 5 seeds.
+claim: the status is `undetermined` (the estimate's own is still `point_status`) and `evidence` says why. The bench
+measures false claims on a tie, power on a real crossing and the interval's coverage with 1, 3 and 5 seeds.
 """
 
 from __future__ import annotations

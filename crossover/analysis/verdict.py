@@ -7,8 +7,8 @@ Every line starts with the cell's state, decided by the evidence (crossover.anal
 it as such), or `MDLM ahead at every point`; then the interval, P(crossed) and what the interval resampled (items
 and/or seeds; with one seed it says the interval holds item noise only), both objectives' values at the end, and the
 data efficiency. Without per-item results or seeds nothing backs a claim: the state is `undetermined`, the point
-estimate beside it, and the line says why. Crossover positions are quoted to the significant figures the eval grid supports (2 for points
-~1.5x apart). Lines read, for the study's metric (cloze accuracy by default):
+estimate beside it, and the line says why. Crossover positions are quoted to the significant figures the eval grid
+supports (2 for points ~1.5x apart). Lines read, for the study's metric (cloze accuracy by default):
     unique_tokens=50k: MDLM overtakes AR on heldout_cloze/acc_pmi at 1.5M tokens (30 epochs) (90% CI 1.1M to 2M;
         P(crossed) 96%; over seeds as a t with 2 df and items, 3 seeds); at the end AR 0.541, MDLM 0.603; ...
     unique_tokens=200k: undetermined within 4M tokens (20 epochs): the evidence cannot tell whether MDLM ends ahead
