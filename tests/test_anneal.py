@@ -109,6 +109,7 @@ def test_plan_counts_the_anneal_trials_on_their_own_line(tiny_corpus, tmp_path):
 @pytest.mark.xdist_group("ray")
 def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysis_reads_it(study, s3, tmp_path):
     from crossover.analysis import analyze_study, read_study
+    from crossover.specs.hardware import Runtime
     from crossover.trainers.launch import LocalReporter
     from crossover.trainers.loop import train
     from crossover.trainers.schedules import lr_at
@@ -157,7 +158,16 @@ def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysi
     assert int(anneal.data.tags[TAG_ANNEAL_STOP]) >= 4096  # its decay begins after the first kept checkpoint
     expected = anneal_trial(trials[anneal.data.tags[TAG_ANNEAL_OF]], int(anneal.data.tags[TAG_ANNEAL_STOP]))
     scratch = LocalReporter(tmp_path / "scratch")
-    train(expected, scratch)
+    # with the precision and compile the study resolved for its trials (recorded on the run): on an AVX512 CPU
+    # `precision: auto` is a measurement, which a second one here may resolve the other way
+    params = anneal.data.params
+    runtime = Runtime(
+        device="cpu",
+        precision=params["runtime.precision"],
+        compile=params["runtime.compile"] == "True",
+        why="as the study's trials ran",
+    )
+    train(expected, scratch, runtime=runtime)
     logged = {m.step: m.value for m in client.get_metric_history(anneal.info.run_id, "eval/heldout_cloze/nll")}
     last = scratch.history()[-1]
     assert last["step"] == expected.total_tokens
