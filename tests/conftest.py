@@ -35,6 +35,7 @@ CLUSTER_MODULES = {
     "test_object_storage",
     "test_tracking_postgres",
     "test_data_store_shards",
+    "test_search",
 }
 
 

@@ -111,6 +111,7 @@ def print_wall_time(spec: StudySpec, max_concurrent: int | None = None, finished
     # lazy: keeps the platform (~50 ms of imports) out of --help and validate, which never estimate
     from crossover.platform.anneal import anneal_cost
     from crossover.platform.grow import remaining_study
+    from crossover.specs.search import planned_trials
     from crossover.trainers.throughput import wall_time_line
 
     if finished is not None and finished.unread:
@@ -121,7 +122,11 @@ def print_wall_time(spec: StudySpec, max_concurrent: int | None = None, finished
     done = finished.trials if finished is not None else frozenset()
     # the study's second phase, where it anneals AR to its validation-chosen stop
     anneal = anneal_cost(spec, annealed=finished.annealed if finished is not None else ())
-    total, left = len(spec.expand()), finished.left(spec) if finished is not None else spec.expand()
+    if spec.search is not None:  # samples are drawn as it runs: the search's whole cost, samples and confirmation
+        finished = None
+        done = frozenset()
+    planned = planned_trials(spec)
+    total, left = len(planned), finished.left(spec) if finished is not None else planned
     where = f"finished in {escape(redact(finished.uri))}" if done else ""
     if not left:
         rest = (

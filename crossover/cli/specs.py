@@ -23,6 +23,7 @@ from crossover.cli.common import (
 )
 from crossover.specs import SpecError, format_tokens, plan_study
 from crossover.specs.plan import cluster_wall_time
+from crossover.specs.search import trials_phrase
 from crossover.tracking.store import resolve_tracking_uri
 
 
@@ -38,7 +39,7 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="Study spec YAML f
             failed = True
             err.print(exc.render(), markup=False, highlight=False)
             continue
-        out.print(f"[green]ok[/] {path}: study '{spec.name}', {len(spec.expand())} trials", highlight=False)
+        out.print(f"[green]ok[/] {path}: study '{spec.name}', {trials_phrase(spec)}", highlight=False)
         for note in [*notes, runtime_line(spec, measure=False)]:  # torch-free: a cached measurement only
             out.print(f"  [dim]{note}[/]", highlight=False)
         warn_runtime(spec)

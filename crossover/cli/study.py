@@ -34,6 +34,7 @@ from crossover.errors import UserError
 from crossover.evals.registry import check_spec_tasks
 from crossover.platform.rates import eta_seconds
 from crossover.specs import format_seconds, format_tokens
+from crossover.specs.search import trials_phrase
 from crossover.tracking.names import PROGRESS_METRICS, training_view_url
 from crossover.tracking.store import check_reachable, mlflow_client, resolve_tracking_uri
 
@@ -113,7 +114,7 @@ def run(
     from crossover.platform.progress import StudyProgress
 
     uri = options.tracking_uri
-    out.print(f"study [bold]{spec.name}[/]: {len(spec.expand())} trials; MLflow {uri}", highlight=False)
+    out.print(f"study [bold]{spec.name}[/]: {trials_phrase(spec)}; MLflow {uri}", highlight=False)
     out.print(f"[dim]{runtime_line(spec)}[/]", highlight=False)
     warn_runtime(spec)
     if not options.address:  # on a cluster the trials do not run on this machine
@@ -122,7 +123,8 @@ def run(
         # what is left: the trials an earlier run finished are kept (a store not made yet holds none)
         finished = None if fresh else finished_in(spec, uri)
         print_wall_time(spec, max_concurrent, finished if finished and not finished.unread else None)
-    progress = StudyProgress(spec.name, spec.expand(), out, quiet=quiet or not out.is_terminal)
+    # a search's samples are added as Tune asks for them
+    progress = StudyProgress(spec.name, [] if spec.search else spec.expand(), out, quiet=quiet or not out.is_terminal)
 
     def on_growth(growth) -> None:  # a study that ran before: what it keeps and what runs now
         if growth.kept or growth.out_of_spec or growth.notes:
@@ -133,9 +135,12 @@ def run(
         out.print(plan.summary(), highlight=False)
         progress.add([a.trial for a in plan.to_run])
 
+    def on_search(line: str) -> None:  # a search study: its Optuna studies, then its winners' confirmation
+        out.print(line, highlight=False)
+
     try:
         with progress:
-            outcome = run_study(options, StudyEvents([progress.callback()], on_growth, on_anneal))
+            outcome = run_study(options, StudyEvents([progress.callback()], on_growth, on_anneal, on_search))
     except KeyboardInterrupt:  # before the trials started (Ray starting); once they run, Tune stops them
         err.print(f"study stopped before its trials started: `crossover run {spec_path}` starts it again")
         raise typer.Exit(STOPPED) from None

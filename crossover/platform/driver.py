@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crossover.errors import UserError
 from crossover.platform.anneal import AnnealPlan, plan_anneals
 from crossover.platform.grow import Growth, plan_growth, score_added_tasks
-from crossover.platform.launch import HPARAMS, LAUNCH, LAUNCHES, POINT, TrialLaunch, config_name, launch_of
+from crossover.platform.launch import LAUNCH, TrialLaunch, config_name, launch_of
 from crossover.platform.local_ray import (
     clean_up,
     init_local_instance,
@@ -50,6 +50,9 @@ from crossover.specs.study import ResourcesSpec
 from crossover.tracking.names import TAG_DATA_HASH
 from crossover.trainers.storage import check_storage, filesystem_of
 from crossover.trainers.throughput import study_runtime_here
+
+if TYPE_CHECKING:
+    from crossover.platform.search import SearchPlan
 
 # Environment the trials need that a local Ray instance would not otherwise pass on.
 WORKER_GROUP_WAIT_S = 30 * 60  # how long a trial's worker group waits for resources before asking again (run_trial)
@@ -87,6 +90,7 @@ class StudyEvents:
     callbacks: list = field(default_factory=list)
     on_growth: Callable[[Growth], None] | None = None
     on_anneal: Callable[[AnnealPlan], None] | None = None
+    on_search: Callable[[str], None] | None = None  # a search study's plan, then its confirmation's, one line each
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -248,6 +252,10 @@ def run_study(options: RunOptions, events: StudyEvents | None = None) -> StudyOu
     experiment = f"{storage.rstrip('/')}/{spec.name}"
     if options.fresh:
         remove_tune_state(spec, storage)
+        if spec.search is not None:
+            from crossover.platform.search import forget_search  # lazy: Optuna, for a search study only
+
+            forget_search(spec, driver_folder(storage))
     try:
         with interrupts_kept() as interrupted:
             trials_hash = _trials_hash(trials)
@@ -273,7 +281,9 @@ def run_study(options: RunOptions, events: StudyEvents | None = None) -> StudyOu
                 tags=provenance,
             )
             phase = Phase(spec.name, [launch(trial=t) for t in trials])
-            if spec.search is None:  # a grid study can grow; a search study's trials are samples
+            if spec.search is not None:  # samples side by side, then each winner confirmed on fresh seeds
+                results = _run_search(options, phase.launches, parent_run_id, events, interrupted)
+            else:  # a grid study can grow
                 growth = plan_growth(spec, uri, parent_run_id)
                 if events.on_growth:
                     events.on_growth(growth)
@@ -283,7 +293,7 @@ def run_study(options: RunOptions, events: StudyEvents | None = None) -> StudyOu
                 launches = [launch(trial=t, continues=growth.continues.get(t.trial_id)) for t in to_run]
                 phase = Phase(tune_name, launches, as_saved=not first)
                 experiment = f"{storage.rstrip('/')}/{tune_name}"
-            results = _fit(options, phase, events.callbacks, interrupted) if phase.launches else []
+                results = _fit(options, phase, events.callbacks, interrupted) if phase.launches else []
             stopped = _sorted_out(results, trial_statuses(uri, parent_run_id))[2]
             if spec.early_stopped_ar.anneal and spec.search is None and not stopped:
                 plan = plan_anneals(spec, uri, parent_run_id, storage)
@@ -308,11 +318,43 @@ def run_study(options: RunOptions, events: StudyEvents | None = None) -> StudyOu
 @dataclass(frozen=True)
 class Phase:
     """One Tune experiment of a study: its name under the Ray storage and the trials it runs. `as_saved`: an
-    experiment a grown study made earlier, continued with the trials it was made with (fewer are left to run now)."""
+    experiment a grown study made earlier, continued with the trials it was made with (fewer are left to run now).
+    `search`: the launches are a search's grid trials, whose samples the plan's searcher asks for."""
 
     experiment: str
     launches: list[TrialLaunch]
     as_saved: bool = False
+    search: SearchPlan | None = None
+
+
+def _run_search(
+    options: RunOptions, grid: list[TrialLaunch], parent_run_id: str, events: StudyEvents, interrupted
+) -> list:
+    """A search study's two phases: every group's samples side by side (crossover.platform.search), then, unless
+    stopped, each group's winner and the base settings on the fresh seeds."""
+    from ray import tune  # lazy: as in _fit
+
+    # lazy: Ray's searcher and scheduler classes and Optuna, for a search study's driver only
+    from crossover.platform.search import abandon_running, plan_confirmations, plan_search
+
+    spec, storage, uri = options.spec, options.storage, options.tracking_uri
+    plan = plan_search(spec, grid, driver_folder(storage))
+    say = events.on_search or (lambda line: None)
+    say(plan.summary())
+    results = []
+    if plan.left:
+        name = f"{spec.name}.search-{plan.experiment_suffix}"
+        if not tune.Tuner.can_restore(f"{storage.rstrip('/')}/{name}"):  # a new Tune run: none continues them
+            abandon_running(plan)
+        results = _fit(options, Phase(name, grid, search=plan), events.callbacks, interrupted)
+    if _sorted_out(results, trial_statuses(uri, parent_run_id))[2]:
+        return results  # stopped: the next `crossover run` continues the search
+    confirmations = plan_confirmations(spec, plan, uri, parent_run_id)
+    say(confirmations.summary())
+    if confirmations.launches:
+        name = f"{spec.name}.confirm-{_trials_hash([launch.trial for launch in confirmations.launches])[:8]}"
+        results += _fit(options, Phase(name, confirmations.launches), events.callbacks, interrupted)
+    return results
 
 
 @contextmanager
@@ -357,8 +399,7 @@ def interrupts_kept() -> Iterator[Callable[[], None]]:
 
 
 def _fit(options: RunOptions, phase: Phase, callbacks: list, interrupted: Callable[[], None]) -> list:
-    """Start or join Ray and run the phase's Tuners; their Results. A stopped Tuner (Ctrl-C: some of its trials
-    did not finish) ends the study's run there: the Tuners after it wait for the next `crossover run`.
+    """Start or join Ray and run the phase's Tuner (continued where an earlier run left its state); its Results.
     `interrupted()` raises KeyboardInterrupt if a Ctrl-C came and was lost on the way (see `interrupts_kept`)."""
     # lazy: Ray (seconds) and the trainers (torch), for the driver only; `crossover stop` uses this module without
     import ray
@@ -384,31 +425,24 @@ def _fit(options: RunOptions, phase: Phase, callbacks: list, interrupted: Callab
     # grows for, up to its maximum, so its size at start says nothing; max_concurrent caps them where asked.
     fits_here = None if joined else worker_groups_that_fit(spec, ray.cluster_resources())
     concurrent = options.max_concurrent or resources.max_concurrent or fits_here
-    results, tuners = [], _tuners(spec, phase.launches, concurrent, phase.experiment)
-    parent = phase.launches[0]
-    for index, (name, tune_config, space) in enumerate(tuners):
-        path = f"{storage.rstrip('/')}/{name}"
-        if tune.Tuner.can_restore(path):
-            tuner = _restored(path, trainable, None if phase.as_saved else space)
-        else:
-            run_config = tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-                checkpoint_config=tune.CheckpointConfig(
-                    **checkpoint_retention(spec.train.keep_checkpoints, [launch.trial for launch in phase.launches])
-                ),
-                callbacks=callbacks,
-                verbose=0,
-            )
-            tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
-        interrupted()
-        fitted = list(tuner.fit())
-        results.extend(fitted)
-        more_to_come = index + 1 < len(tuners)
-        if more_to_come and _sorted_out(fitted, trial_statuses(parent.tracking_uri, parent.parent_run_id))[2]:
-            break
-    return results
+    tune_config, space = _tune_config(phase, concurrent)
+    path = f"{storage.rstrip('/')}/{phase.experiment}"
+    if tune.Tuner.can_restore(path):
+        tuner = _restored(path, trainable, None if phase.as_saved or phase.search else space)
+    else:
+        run_config = tune.RunConfig(
+            name=phase.experiment,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                **checkpoint_retention(spec.train.keep_checkpoints, [launch.trial for launch in phase.launches])
+            ),
+            callbacks=callbacks,
+            verbose=0,
+        )
+        tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+    interrupted()
+    return list(tuner.fit())
 
 
 def keep_train_coordinator_here() -> None:
@@ -485,13 +519,10 @@ def worker_groups_that_fit(spec: StudySpec, cluster: dict[str, float]) -> int | 
     return max(1, min(fits))
 
 
-def _tuners(spec: StudySpec, launches: list[TrialLaunch], max_concurrent: int | None, experiment: str):
-    """(experiment name, TuneConfig, parameter space) of each Tuner the study needs.
-
-    No search: one Tuner over every trial of the grid. Search scope `grid`: one Optuna study whose dimensions are
-    the grid point (categorical over the grid's trials) and the hyper-parameters. Scope `per_cell`: one Optuna study
-    per grid trial over the hyper-parameters (each cell's AR and MDLM tuned alone), `num_samples` each.
-    """
+def _tune_config(phase: Phase, max_concurrent: int | None):
+    """The phase's TuneConfig and parameter space. A grid of launches: one Tune trial each, longest first. A search's
+    grid trials: Tune asks `GroupSearch` for each sample (every (cell, objective) its own Optuna study, side by side)
+    and `GroupPruning` stops a sample only against its own group."""
     from ray import tune  # lazy: as in _fit
 
     def name_of(t) -> str:
@@ -499,47 +530,23 @@ def _tuners(spec: StudySpec, launches: list[TrialLaunch], max_concurrent: int | 
 
     # Reusing a finished trial's process for the next saves its imports (torch, DeepSpeed: seconds per trial).
     names = {"trial_name_creator": name_of, "trial_dirname_creator": name_of, "reuse_actors": True}
-    by_name = {launch.trial.name: launch.model_dump(mode="json") for launch in launches}
-    if spec.search is None:
-        ordered = longest_first([launch.trial for launch in launches])
+    if phase.search is None:
+        by_name = {launch.trial.name: launch.model_dump(mode="json") for launch in phase.launches}
+        ordered = longest_first([launch.trial for launch in phase.launches])
         space = {LAUNCH: tune.grid_search([by_name[t.name] for t in ordered])}
-        return [(experiment, tune.TuneConfig(max_concurrent_trials=max_concurrent, **names), space)]
-
-    from ray.tune.search import ConcurrencyLimiter  # lazy: as in _fit, and Optuna only for a search
-    from ray.tune.search.optuna import OptunaSearch
-
-    class EvalPointOptunaSearch(OptunaSearch):
-        """Optuna hears a trial's metric at its eval points; the progress reports between them carry none."""
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if self.metric in result:
-                super().on_trial_result(trial_id, result)
-
-    # Tune would refuse those progress reports for lacking the metric; `expand` checks the name a trial reports.
+        return tune.TuneConfig(max_concurrent_trials=max_concurrent, **names), space
+    # Tune would refuse the progress reports between eval points for lacking the metric.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    search = spec.search
-    hparams = {name: _distribution(dist) for name, dist in search.space.items()}
+    from crossover.platform.search import GroupPruning, GroupSearch  # lazy: as in _run_search
 
-    def tuner(points: list[str]) -> tuple[tune.TuneConfig, dict]:
-        algorithm = EvalPointOptunaSearch(metric=search.metric, mode=search.mode, seed=0)
-        if max_concurrent:
-            algorithm = ConcurrencyLimiter(algorithm, max_concurrent=max_concurrent)
-        # Optuna chooses among names (its categorical values are plain); the trial finds its launch by name.
-        space = {POINT: tune.choice(points), HPARAMS: hparams, LAUNCHES: {p: by_name[p] for p in points}}
-        return tune.TuneConfig(search_alg=algorithm, num_samples=search.num_samples, **names), space
-
-    if search.scope == "grid":
-        return [(spec.name, *tuner(list(by_name)))]
-    return [(f"{spec.name}.{name}", *tuner([name])) for name in by_name]
-
-
-def _distribution(dist):
-    from ray import tune  # lazy: as in _fit
-
-    if dist.uniform is not None:
-        return tune.uniform(*dist.uniform)
-    if dist.loguniform is not None:
-        return tune.loguniform(*dist.loguniform)
-    if dist.int is not None:
-        return tune.randint(dist.int[0], dist.int[1] + 1)
-    return tune.choice(dist.choice)
+    parent = phase.launches[0]
+    search = GroupSearch(phase.search, parent.tracking_uri, parent.parent_run_id)
+    scheduler = GroupPruning(search) if any(g.grace_tokens is not None for g in phase.search.groups.values()) else None
+    config = tune.TuneConfig(
+        search_alg=search,
+        scheduler=scheduler,
+        num_samples=phase.search.left,
+        max_concurrent_trials=max_concurrent,
+        **names,
+    )
+    return config, {}

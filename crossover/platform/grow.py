@@ -115,7 +115,7 @@ def finished_in(spec: StudySpec, uri: str) -> Finished:
 
 def remaining_study(spec: StudySpec, trials: list[TrialSpec]) -> StudySpec:
     """The study with only `trials` (its expansion set to them): what the wall-time estimate reads as the study."""
-    left = spec.model_copy()
+    left = spec.model_copy(update={"search": None})  # a search's samples and confirmations are among `trials`
     left._trials = list(trials)
     return left
 

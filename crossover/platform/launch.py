@@ -38,10 +38,11 @@ class TrialLaunch(BaseModel):
     storage: str  # the study's Ray storage path or URI
     continues: Continuation | None = None
     tags: dict[str, str] = {}  # set on the trial's MLflow run as it starts (an anneal trial's role)
+    search: dict[str, Any] = {}  # a search sample's (or a confirmed winner's) sampled values: `search.<name>` params
 
     def sampled(self, hparams: dict[str, Any]) -> TrialLaunch:
         """This grid trial's launch with a search sample's hyper-parameters applied (see `sampled_trial`)."""
-        return self.model_copy(update={"trial": sampled_trial(self.trial, hparams)})
+        return self.model_copy(update={"trial": sampled_trial(self.trial, hparams), "search": hparams})
 
 
 # The keys of a Tune config: a grid trial's is {LAUNCH: launch}; a search sample's is {POINT: grid trial name,

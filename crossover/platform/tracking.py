@@ -33,6 +33,7 @@ from crossover.tracking.names import (
     ITEMS_DIR,
     ROLE_STUDY,
     ROLE_SUPERSEDED,
+    SEARCH_PARAM_PREFIX,
     SPEC_DIR,
     STATE_TAG,
     SUMMARY_COLUMNS,
@@ -45,6 +46,7 @@ from crossover.tracking.names import (
     TAG_ITEMS,
     TAG_OUT_OF_SPEC,
     TAG_PARENT,
+    TAG_PRUNED_AT,
     TAG_ROLE,
     TAG_RUNTIME,
     TAG_SPEC_HASH,
@@ -108,8 +110,7 @@ def start_study(
     where a new experiment of an embedded store keeps its artifacts when it is an object store.
 
     The parent run keeps the spec: spec/study.yaml and spec/trials.json as they are now, and each version that was
-    run as spec/history/<UTC time>.yaml. A search study cannot grow (its trials are samples, not a grid): a changed
-    one is a TrackingError asking for --fresh or a new study name.
+    run as spec/history/<UTC time>.yaml.
     """
     client = mlflow_client(uri)
     experiment_id = _experiment_id(client, uri, spec.name, storage)
@@ -117,12 +118,6 @@ def start_study(
     if run is not None and fresh:
         client.set_tag(run.info.run_id, TAG_ROLE, ROLE_SUPERSEDED)
         run = None
-    changed = run is not None and run.data.tags.get(TAG_TRIALS_HASH, trials_hash) != trials_hash
-    if changed and spec.search is not None:
-        raise TrackingError(
-            f"study '{spec.name}' already has runs in {uri} for a different set of trials (the spec changed), and a "
-            f"search study cannot grow: run with --fresh to start it over, or give the study a new name"
-        )
     if run is None:
         run = client.create_run(experiment_id, tags=_parent_tags(spec.name), run_name=spec.name)
     elif run.info.status != "RUNNING":
@@ -213,6 +208,13 @@ def trial_runs_of(uri: str, parent_run_id: str) -> list:
     return _retrying(_trial_runs, client, experiment_id, parent_run_id)
 
 
+def find_trial_run(uri: str, parent_run_id: str, trial_id: str):
+    """The run of trial `trial_id` under the parent run, or None where it has none yet."""
+    client = mlflow_client(uri)
+    experiment_id = _retrying(client.get_run, parent_run_id).info.experiment_id
+    return _retrying(_find_run, client, experiment_id, {TAG_TRIAL_ID: trial_id, TAG_PARENT: parent_run_id})
+
+
 def mark_out_of_spec(uri: str, finished: list, in_spec: set[str]) -> int:
     """Tag the finished trial runs the spec no longer has (the analysis leaves them out), untag those it has again;
     how many are out."""
@@ -264,6 +266,7 @@ class TrialRun:
         runtime: Runtime | None = None,
         continues: Continuation | None = None,
         tags: dict[str, str] | None = None,
+        search: dict[str, Any] | None = None,
     ):
         """`continues`: the shorter trial this one continues from its branch checkpoint: its points up to there are this run's too; when it `replaces` it (the spec no longer has
         that trial), its run is deleted once this one finishes, so the study keeps one run per trial (an anneal
@@ -271,7 +274,7 @@ class TrialRun:
         created, over the trial's own (an anneal run's role, crossover.platform.anneal, and the driver's provenance,
         crossover.platform.provenance), and again on an unfinished run that is continued: a study continued by a
         later `crossover run` records the code that trains it now."""
-        self.continues, self.tags = continues, tags or {}
+        self.continues, self.tags, self.search = continues, tags or {}, search or {}
         # A run is written from inside training: a down server must cost a failed call, not MLflow's minutes of
         # internal retries. This process retries itself (the buffers below), so turn MLflow's own retries off.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
@@ -294,7 +297,13 @@ class TrialRun:
     def of(cls, launch: TrialLaunch) -> TrialRun:
         """The run of a launched trial (built where it trains: trials log to MLflow from where they run)."""
         return cls(
-            launch.trial, launch.tracking_uri, launch.parent_run_id, launch.runtime, launch.continues, launch.tags
+            launch.trial,
+            launch.tracking_uri,
+            launch.parent_run_id,
+            launch.runtime,
+            launch.continues,
+            launch.tags,
+            launch.search,
         )
 
     def _open(self, trial: TrialSpec, parent_run_id: str, runtime: Runtime | None):
@@ -311,7 +320,8 @@ class TrialRun:
         if not run.data.params and self.continues:  # before the params: their absence says the copy is not done
             self._copy_through(self.continues.run_id, run.info.run_id, self.continues.tokens)
         if not run.data.params:  # new, or created by an attempt that failed before its params were sent
-            params = [Param(k, v) for k, v in trial_params(trial, runtime).items()]
+            sampled = {f"{SEARCH_PARAM_PREFIX}{k}": str(v) for k, v in self.search.items()}
+            params = [Param(k, v) for k, v in {**trial_params(trial, runtime), **sampled}.items()]
             for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
                 self.client.log_batch(run.info.run_id, params=params[start : start + 100])
         if run.info.status not in ("RUNNING", "FINISHED"):
@@ -463,6 +473,9 @@ class TrialRun:
         _retrying(self._close, error, stopped)
 
     def _close(self, error: str | None, stopped: bool) -> None:
+        # a search sample its group's pruner stopped (crossover.platform.search) is a finished sample, not a stop
+        if stopped and TAG_PRUNED_AT in self.client.get_run(self.run_id).data.tags:
+            stopped = False
         if stopped:
             self.client.set_terminated(self.run_id, status="KILLED")
             return

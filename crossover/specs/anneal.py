@@ -19,10 +19,13 @@ from crossover.tracking.names import EVAL_PREFIX, HEADLINE_ACCURACY, HELDOUT_LOS
 
 def anneal_metric(spec: StudySpec) -> str | None:
     """The metric whose validation half chooses AR's stop: the spec's `early_stopped_ar.metric`, else the headline
-    accuracy (held-out cloze PMI accuracy) where the study runs heldout_cloze, else the accuracy of its first task
-    with items (not the held-out loss, which has none); None when it runs no such task."""
-    if spec.early_stopped_ar.metric:
-        return spec.early_stopped_ar.metric
+    metric (`headline_metric`)."""
+    return spec.early_stopped_ar.metric or headline_metric(spec)
+
+
+def headline_metric(spec: StudySpec) -> str | None:
+    """The headline accuracy (held-out cloze PMI accuracy) where the study runs heldout_cloze, else the accuracy of
+    its first task with items (not the held-out loss, which has none); None when it runs no such task."""
     tasks, headline = [task_key(t) for t in spec.eval.tasks], HEADLINE_ACCURACY[0]
     if headline.split("/")[1] in tasks:
         return headline

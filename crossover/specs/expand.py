@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from crossover.specs.axes import AXES, AXIS, DECLARED
 from crossover.specs.errors import FieldPath, Problem, SpecError
@@ -31,7 +31,6 @@ from crossover.specs.study import (
     closest,
 )
 from crossover.specs.tokens import format_tokens
-from crossover.tracking.names import EVAL_PREFIX, TRAIN_LOSS, task_key
 
 
 def padded_vocab(size: int) -> int:
@@ -241,21 +240,29 @@ def _trial(content: dict[str, Any], model_label: str) -> TrialSpec:
 
 def sampled_trial(trial: TrialSpec, hparams: dict[str, Any]) -> TrialSpec:
     """The grid trial `trial` with a search sample's hyper-parameters, without expanding the study again: each
-    sampled value becomes a one-value axis of the trial (in its name, cell and id, as a grid axis would be) and the
-    trial passes the grid's checks (`RULES`); a sample that cannot train raises SpecError at search.space.<name>."""
+    sampled value becomes a one-value axis of the trial (in its name, cell and id, as a grid axis would be; a noise
+    field changes the `noise` axis) and the trial passes the grid's checks (`RULES`); a sample that cannot train
+    raises SpecError at search.space.<name>."""
     problems: list[Problem] = []
-    values = {}
+    values, noise_values = {}, {}
     for name, value in hparams.items():
         try:
-            values[name] = AXIS[name].adapter.validate_python(value)
+            if name.startswith("noise."):
+                field = name.removeprefix("noise.")
+                noise_values[field] = TypeAdapter(NoiseSpec.model_fields[field].annotation).validate_python(value)
+                NoiseSpec.model_validate({**trial.noise.model_dump(), **noise_values})  # its bounds
+            else:
+                values[name] = AXIS[name].adapter.validate_python(value)
         except ValidationError as exc:
             problems.append(Problem(f"search.space.{name}", f"sampled {value!r}: {exc.errors()[0]['msg']}"))
     if problems:
         raise SpecError(None, problems)
     train = trial.train.model_copy(update={AXIS[name].path[1]: value for name, value in values.items()})
+    noise = trial.noise.model_copy(update=noise_values)
+    model = trial.model.model_copy(update={"dropout": noise.dropout})
     model_label = _model_label(trial)
-    varied = frozenset(trial.axes) | frozenset(values)
-    draft = Draft(trial.objective, trial.data, train, trial.model, model_label, trial.noise, trial.resources, varied)
+    varied = frozenset(trial.axes) | frozenset(values) | ({"noise"} if noise_values else frozenset())
+    draft = Draft(trial.objective, trial.data, train, model, model_label, noise, trial.resources, varied)
     for where, message in (found for rule in RULES if (found := rule(draft))):
         at = (
             f"search.space.{where}"
@@ -268,8 +275,24 @@ def sampled_trial(trial: TrialSpec, hparams: dict[str, Any]) -> TrialSpec:
     if problems:
         raise SpecError(None, problems)
     axes = {**trial.axes, **{name: _label(name, value) for name, value in values.items()}}
+    if noise_values:
+        axes["noise"] = _label("noise", noise)
     content = trial.model_dump(mode="json", exclude={"trial_id", "name", "cell"})
-    return _trial({**content, "axes": axes, "train": train.model_dump(mode="json")}, model_label)
+    content |= {
+        "axes": axes,
+        "train": train.model_dump(mode="json"),
+        "noise": noise.model_dump(mode="json"),
+        "model": model.model_dump(mode="json"),
+    }
+    return _trial(content, model_label)
+
+
+def reseeded(trial: TrialSpec, seed: int) -> TrialSpec:
+    """`trial` on another seed (its initialisation, data order and budget documents unless data.budget_seed holds
+    them): a search winner's confirmation on a fresh seed."""
+    content = trial.model_dump(mode="json", exclude={"trial_id", "name", "cell"})
+    content |= {"seed": seed, "axes": {**trial.axes, **({"seed": str(seed)} if "seed" in trial.axes else {})}}
+    return _trial(content, _model_label(trial))
 
 
 # What a grid point cannot do without: the axis and the problem when neither the grid nor the spec sets it.
@@ -452,20 +475,6 @@ def gpu_memory_fits(model: ModelConfig, train: TrainSpec, seq_len: int, resource
     )
 
 
-def _check_search_metric(expander: _Expander, spec: StudySpec) -> None:
-    """The searched metric is one a trial reports: `train/loss` or `eval/<task>/<metric>` of a task the spec runs
-    (Tune cannot catch a misspelt name: reports between eval points carry no eval metrics)."""
-    metric = spec.search.metric
-    tasks = [task_key(t) for t in spec.eval.tasks]
-    task = metric[len(EVAL_PREFIX) :].split("/")[0] if metric.startswith(EVAL_PREFIX) else None
-    if metric != TRAIN_LOSS and (task not in tasks or metric.count("/") != 2 or metric.endswith("/")):
-        names = ", ".join(f"{EVAL_PREFIX}{k}/<metric>" for k in tasks)
-        expander.fail(
-            ("search", "metric"),
-            f"'{metric}' is not a metric the trials report: use {TRAIN_LOSS} or {names} (a task in eval.tasks)",
-        )
-
-
 MAX_GRID_POINTS = 10_000  # trials a grid may expand to (the paper's largest study has a few hundred)
 
 
@@ -473,9 +482,11 @@ def expand_study(spec: StudySpec) -> list[TrialSpec]:
     """The cartesian product of the grid axes (seeds last), minus `exclude` rules, as complete TrialSpecs."""
     expander = _Expander(spec)
     axes = expander.axis_values()
-    if spec.search is not None:
-        _check_search_metric(expander, spec)
     from crossover.specs.anneal import metric_problem  # lazy: import cycle (specs.anneal imports this module)
+    from crossover.specs.search import search_problems  # lazy: the same cycle
+
+    for where, message in search_problems(spec):
+        expander.fail(where, message)
 
     if problem := metric_problem(spec):
         expander.fail(("early_stopped_ar", "metric" if spec.early_stopped_ar.metric else "anneal"), problem)

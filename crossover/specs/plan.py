@@ -55,7 +55,9 @@ def plan_study(spec: StudySpec, mfu: float = 0.4, gpu_tflops: float = 989.0, run
     """GPU-hours = FLOPs / (MFU x peak FLOP/s); the defaults are an H100's dense bf16 peak at 40% utilisation.
     `runtime`: how the trials train here (`crossover plan` passes the measured one,
     crossover.trainers.throughput.study_runtime_here); default: the rule without measuring."""
-    trials = spec.expand()
+    from crossover.specs.search import planned_trials  # lazy: import cycle (specs.search imports expand, this package)
+
+    trials = planned_trials(spec)
     runtime = runtime or resolve_runtime(spec.train, trials[0].model, spec.resources)
     rows = []
     for trial in trials:

@@ -24,7 +24,6 @@ from pydantic import (
 
 from crossover.specs.model import PRESETS, ModelConfig
 from crossover.specs.tokens import parse_tokens
-from crossover.tracking.names import HELDOUT_LOSS
 
 Tokens = Annotated[int, BeforeValidator(parse_tokens), Field(gt=0)]
 TokensOrZero = Annotated[int, BeforeValidator(parse_tokens), Field(ge=0)]
@@ -352,27 +351,57 @@ class Distribution(Strict):
         return self
 
 
+# Settings a search may sample besides the train hyper-parameters: the regularising noise, AR's main regularisers.
+NOISE_HYPERPARAMETERS = ("noise.dropout", "noise.input_mask")
+SEARCHABLE = (*HYPERPARAMETERS, *NOISE_HYPERPARAMETERS)
+OBJECTIVES = ("ar", "mdlm")
+
+
 class SearchSpec(Strict):
-    """Optuna search over train hyper-parameters, run per cell (each AR/MDLM cell tuned alone) or over the grid."""
+    """Optuna search of each (grid cell, objective) on its own (crossover.platform.search): every group is one Optuna
+    study whose samples are chosen on the metric's validation items; each group's winner is then retrained on
+    `confirm_seeds` fresh seeds beside the spec's base settings on the same seeds, and the verdict compares the
+    confirmed winners. `space` is shared by both objectives, or given per objective (`space: {ar: {...}, mdlm:
+    {...}}`). `scope: grid` makes one Optuna study per objective whose samples also choose the cell."""
 
     method: Literal["optuna"] = "optuna"
-    metric: str = HELDOUT_LOSS
-    mode: Literal["min", "max"] = "min"
-    num_samples: int = Field(default=8, gt=0, le=10_000)  # per cell (or in all, scope grid)
+    # eval/<task>/<metric> of a task with items, read on its validation half; default: the headline accuracy
+    # (crossover.specs.anneal.anneal_metric). AR is scored by its best eval point (early-stopped), MDLM by its last.
+    metric: str | None = None
+    mode: Literal["min", "max"] | None = None  # default: the metric's own direction
+    num_samples: int = Field(default=8, gt=0, le=10_000)  # per (cell, objective); scope grid: per objective
     scope: Literal["per_cell", "grid"] = "per_cell"
-    space: dict[str, Distribution]
+    space: dict[str, dict[str, Distribution]]  # objective -> name -> distribution (a shared space is copied to both)
+    confirm_seeds: int = Field(default=3, ge=1, le=100)  # fresh seeds each winner (and the base) is retrained on
+    # Optuna's median pruner within each (cell, objective), after this share of a trial's tokens (None: no pruning)
+    prune_after: float | None = Field(default=0.33, gt=0, lt=1)
+    # Optuna storage URL (sqlite:///..., postgresql://...) or a journal file path; default: a journal file beside the
+    # study's driver log (its Ray storage when local), so a grown search continues every Optuna study
+    storage: str | None = None
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _per_objective(cls, space: Any) -> Any:
+        """A space keyed by objective is kept; any other is the shared space of both objectives."""
+        if isinstance(space, dict) and space and set(space) <= set(OBJECTIVES):
+            return space
+        return {objective: space for objective in OBJECTIVES}
 
     @field_validator("space")
     @classmethod
-    def _known_names(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
-        for name in space:
-            if name not in HYPERPARAMETERS:
-                raise ValueError(
-                    f"cannot search over '{name}'{closest(name, HYPERPARAMETERS)}; searchable: {', '.join(HYPERPARAMETERS)}"
-                )
-        if not space:
-            raise ValueError("search.space is empty: name at least one hyper-parameter")
+    def _known_names(cls, space: dict[str, dict[str, Distribution]]) -> dict[str, dict[str, Distribution]]:
+        for objective, names in space.items():
+            for name in names:
+                if name not in SEARCHABLE:
+                    raise ValueError(
+                        f"cannot search over '{name}'{closest(name, SEARCHABLE)}; searchable: {', '.join(SEARCHABLE)}"
+                    )
+            if not names:
+                raise ValueError(f"search.space.{objective} is empty: name at least one hyper-parameter")
         return space
+
+    def space_of(self, objective: str) -> dict[str, Distribution]:
+        return self.space.get(objective, {})
 
 
 class EarlyStoppedArSpec(Strict):

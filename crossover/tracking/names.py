@@ -56,7 +56,21 @@ TAG_ANNEAL_METRIC = "crossover.anneal_metric"  # both: the metric whose validati
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
 ROLE_ANNEAL = "anneal"  # an AR trial annealed to the validation-chosen stop of another (crossover.anneal_of)
-ROLE_SUPERSEDED = "superseded"  # a parent run that `crossover run --fresh` replaced
+ROLE_SUPERSEDED = "superseded"  # a parent run that `crossover run --fresh` replaced, or a winner's confirm run
+# after the search found another winner (a grown search)
+
+# A search study (spec block `search`, crossover.platform.search): each (grid cell, objective) is one Optuna study, its
+# samples' runs grouped by TAG_SEARCH_GROUP; once they are done each group's winner is retrained on fresh seeds (role
+# "confirm") beside the spec's base settings on the same seeds (role "base"). Every such run's TAG_CELL is the grid
+# cell (the sampled values are its `search.<name>` params, not part of the cell), so a cell's AR and MDLM pair up.
+TAG_SEARCH_GROUP = "crossover.search_group"  # "<grid cell>/<objective>": the Optuna study the run belongs to
+TAG_SEARCH_VALUE = "crossover.search_value"  # sample run: the value Optuna was told (validation items only)
+TAG_PRUNED_AT = "crossover.pruned_at"  # sample run: tokens seen when its group's pruner stopped it
+TAG_CONFIRMS = "crossover.confirms"  # confirm run: the run id of the winning sample it retrains on a fresh seed
+ROLE_SEARCH = "search"  # one sample of a (cell, objective) search
+ROLE_CONFIRM = "confirm"  # a (cell, objective) winner retrained on a fresh seed
+ROLE_BASE = "base"  # the spec's base settings on the confirm seeds: the reference of the tuning gain
+SEARCH_PARAM_PREFIX = "search."  # sample and confirm runs: the sampled values, one param each (search.lr, ...)
 
 # Metrics (step = tokens seen)
 TRAIN_LOSS = "train/loss"

@@ -215,7 +215,7 @@ class RayReporter:
 
     def checkpoint(self, metrics: dict[str, float], step: int, checkpoint_dir: str, eval_point: bool) -> None:
         """Ray ranks the checkpoints to keep by EVAL_POINT_TOKENS (checkpoint_retention). A timed checkpoint's report
-        carries no eval metric: the Optuna search hears only reports that have its metric (driver._tuners)."""
+        carries no eval metric: the Optuna search hears only reports that have its metric (crossover.platform.search.GroupSearch)."""
         ray = self._ray()
         if self.storage:
             check_checkpoint_space(checkpoint_dir, self.storage)
