@@ -36,8 +36,8 @@ test: setup
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=40 -m "not long"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
 # The tests left out of `make test` to keep the suite near 25 minutes on 2 cores (marked `long`): those on a simulated
-# autoscaling cluster (Ray's fake multi-node provider: real raylets on this machine) and the longest studies of growth
-# and faults; about 12-15 minutes more here.
+# autoscaling cluster (Ray's fake multi-node provider: real raylets on this machine), a node lost from a three-node
+# cluster, and the longest studies of growth and faults; about 15-18 minutes more here.
 test-long: setup
 	$(PY) -m pytest -q -m long --durations=10
 

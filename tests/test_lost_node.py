@@ -51,7 +51,9 @@ from .services import (
 )
 from .test_platform import history_steps, poll_runs, runs, wait_for
 
-pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (tests/conftest.py)
+# One worker runs every Ray test (tests/conftest.py); a three-node cluster and a fault take ~3 minutes of the suite's
+# serial Ray group on 2 cores, so `make test-long` (with the autoscaling cluster's tests), not `make test`.
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.long]
 
 CROSSOVER = [sys.executable, "-m", "crossover.cli"]
 TOTAL, EVERY, BATCH = 98304, 24576, 1024  # three quarters of a trial remain after its first checkpoint
