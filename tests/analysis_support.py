@@ -15,7 +15,7 @@ import yaml
 
 from crossover.platform.tracking import TrialRun, finish_study, start_study
 from crossover.specs import StudySpec, TrialSpec, parse_study
-from crossover.tracking.names import eval_key
+from crossover.tracking.names import SEARCH_PARAM_PREFIX, eval_key
 
 from .synthetic import CLOZE, Truth, eval_steps, item_ids, trial_points
 
@@ -28,15 +28,37 @@ def write_trial(
     steps: Iterable[int] | None = None,
     items: bool = True,
     train_points_per_eval: int = 0,
+    error: str | None = None,
 ) -> None:
-    """Log one synthetic trial into its run (per-item cloze artifacts unless `items=False`) and finish the run.
-    Metrics are buffered and sent in batches of 1,000 values."""
+    """Log one synthetic trial into its run (per-item cloze artifacts unless `items=False`) and finish the run
+    (failed, with `error`). Metrics are buffered and sent in batches of 1,000 values."""
     ids = item_ids(truth)
     for point in trial_points(trial, truth, rng, steps, train_points_per_eval):
         if items and point.items is not None:
             run.log_items(CLOZE, point.step, ids, {k: list(v) for k, v in point.items.items()})
         run.log(point.metrics, point.step, flush=False)
-    run.finish()
+    run.finish(error)
+
+
+def write_search_run(
+    uri: str,
+    parent_run_id: str,
+    trial: TrialSpec,
+    truth: Truth,
+    rng: np.random.Generator,
+    tags: dict[str, str],
+    values: dict[str, Any] | None = None,
+    steps: Iterable[int] | None = None,
+    error: str | None = None,
+) -> str:
+    """One run of a search study (a sample, a confirm or a base run), as crossover.platform.search writes it: the
+    trial's run with `tags` over its own (its role, the grid cell, its search group, ...) and each sampled value of
+    `values` as a `search.<name>` param; finished, or failed with `error`. Returns the run id."""
+    run = TrialRun(trial, uri, parent_run_id, tags=tags)
+    for name, value in (values or {}).items():
+        run.client.log_param(run.run_id, f"{SEARCH_PARAM_PREFIX}{name}", str(value))
+    write_trial(run, trial, truth, rng, steps, error=error)
+    return run.run_id
 
 
 def start(raw: dict[str, Any], uri: str, fresh: bool = False) -> tuple[StudySpec, str]:

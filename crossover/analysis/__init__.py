@@ -18,6 +18,10 @@ Analysis contract
   `StudyAnalysis` composes the frozen results of the analysis' pure stages (`Crossovers`, `ArBaseline`,
   `DataEfficiency`, `Scaling`, `DeltaNll`), see `analyze`.
 - `verdicts(analysis) -> [Verdict]`: one line per cell, see `verdict`.
+- A search study (spec block `search`): `read_study`'s trials are the confirm runs (each (cell, objective)'s winner
+  on fresh seeds), so every verdict compares the two winners; samples and base runs are kept apart
+  (`StudyData.search_samples`, `base_trials`); `analysis.tuning` (`find_tuning`) and `verdict.tuning_lines` give each
+  winner's search, selection score, confirmed score and its gain over the base settings on the same seeds and items.
 - `axis_verdicts(analysis) -> [AxisVerdict]`: one line per axis varied besides the unique budget, read against the
   paper's finding (agrees, disagrees, cannot tell), see `axes`; on the parent run as the tag
   `crossover.verdict.axis_<axis>[_<other axes' values>]` and the metric `verdict/axis_<axis>.../agreement`

@@ -9,6 +9,9 @@ axis, which confidence) that returns a frozen result:
     measure_efficiency -> DataEfficiency U'/U per MDLM budget against AR's best and final values
     fit_scaling     -> Scaling           data-constrained scaling laws on the held-out loss, critical compute
     read_delta_nll  -> DeltaNll          per trial: loss minimum, final, accuracy and Delta NLL there
+    find_tuning     -> Tuning            a search study's winners, their search, and the tuning gain over the base
+
+A search study's trials are its confirm runs (`read_study`), so every stage but the last compares the two winners.
 
 `StudyAnalysis` composes them, built once; the report (crossover.analysis.report), the verdicts
 (crossover.analysis.verdict, crossover.analysis.axes) and the plots read those results and never change them.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +45,7 @@ from crossover.specs.tokens import format_tokens
 from crossover.tracking.names import (
     HEADLINE_ACCURACY,
     HELDOUT_LOSS,
+    SEARCH_PARAM_PREFIX,
     TEST,
     VALIDATION,
     higher_is_better,
@@ -179,6 +183,42 @@ class DeltaNll:
     why_empty: str | None = None
 
 
+@dataclass(frozen=True)
+class TunedObjective:
+    """One (grid cell, objective) of a search study: its Optuna search, its winner confirmed on fresh seeds, and
+    what tuning moved against the spec's base settings on the same seeds. `score` and `gain` read the value the
+    verdict reads: AR's best (early-stopped on the validation items) or MDLM's last, on the test items."""
+
+    cell: str
+    objective: str
+    settings: Mapping[str, str]  # the winner's sampled values, `search.<name>` params of its confirm runs
+    samples: int  # sample runs of the search, and of them:
+    finished: int
+    pruned: int  # stopped by the group's pruner (crossover.pruned_at)
+    failed: int
+    winner_run: str | None  # the winning sample's run (crossover.confirms)
+    selection_score: float | None  # the winner's value in the search (validation items): what chose it
+    seeds: tuple[int, ...] = ()  # the confirm seeds
+    confirmed: float | None = None  # mean over the confirm seeds, on the test items
+    score: Difference | None = None  # its interval (a mean against 0: seeds and items), None without per-item results
+    base: float | None = None  # the base settings' same value, mean over their seeds
+    gain: Difference | None = None  # confirmed minus base, paired on seeds and test items; positive: better
+
+    @property
+    def unfinished(self) -> int:
+        return self.samples - self.finished - self.pruned - self.failed
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """`find_tuning`: per (cell, objective) of a search study; empty for a grid study."""
+
+    by_group: Mapping[tuple[str, str], TunedObjective] = field(default_factory=dict)
+
+    def of_cell(self, cell: str) -> list[TunedObjective]:
+        return [self.by_group[key] for key in sorted(self.by_group) if key[0] == cell]
+
+
 @dataclass(frozen=True, eq=False)
 class StudyAnalysis:
     """The stages' results on one reading of a study, composed once (`analyze_study`). The held-out loss's and the
@@ -193,6 +233,7 @@ class StudyAnalysis:
     efficiency: DataEfficiency = field(default_factory=DataEfficiency)
     scaling: Scaling = field(default_factory=Scaling)
     delta_nll: DeltaNll = field(default_factory=DeltaNll)
+    tuning: Tuning = field(default_factory=Tuning)
     loss: StudyAnalysis | None = None  # the held-out loss's crossovers, when the main metric is another
     scorings: Mapping[str, StudyAnalysis] = field(default_factory=dict)  # the task's other accuracies' crossovers
     model_params: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # cell -> (total, active) parameters
@@ -820,13 +861,11 @@ def _paired_scores(
 ) -> Difference | None:
     """b - a over (a, b) pairs of per-item scores, one pair per seed, on the items every pair has (in the direction
     where higher is better); None where no item is common."""
-    ids = sorted(set.intersection(*(set(a) & set(b) for a, b in pairs))) if pairs else []
-    if not ids:
+    matrix = _common_items([scores for pair in pairs for scores in pair])  # rows a, b, a, b, ...
+    if matrix is None:
         return None
     sign = 1.0 if higher_is_better else -1.0
-    a = np.array([[x[i] for i in ids] for x, _ in pairs])
-    b = np.array([[y[i] for i in ids] for _, y in pairs])
-    return paired_difference(sign * a, sign * b, confidence)
+    return paired_difference(sign * matrix[0::2], sign * matrix[1::2], confidence)
 
 
 def ar_best_change(base: ArBest, other: ArBest, higher_is_better: bool, confidence: float) -> Difference | None:
@@ -975,6 +1014,79 @@ def read_delta_nll(data: StudyData, reading: Reading) -> DeltaNll:
     return DeltaNll(table.sort_values(["cell", "objective", "trial"]).reset_index(drop=True), task, acc)
 
 
+def find_tuning(data: StudyData, reading: Reading) -> Tuning:
+    """Per (cell, objective) of a search study: its search's samples (finished, pruned, failed), the confirmed
+    winner's settings and selection score (its value in the search, on the validation items: the best of the samples,
+    so biased upwards by that choice), its score on the test items over the confirm seeds with their interval, and
+    the tuning gain: the confirm runs minus the base runs, paired on the same seeds and test items
+    (`_paired_scores`). Empty for a grid study."""
+    if not data.searched:
+        return Tuning()
+    confirmed = _headline_scores(data, reading)
+    base = _headline_scores(replace(data, trials=data.base_trials, curves=data.base_curves), reading)
+    samples = data.search_samples  # read_study's: the trial table's columns, even without a row
+    by_group = {}
+    searched = zip(samples["cell"], samples["objective"], strict=True)
+    for cell, objective in dict.fromkeys([*confirmed, *base, *searched]):
+        mine = samples[(samples["cell"] == cell) & (samples["objective"] == objective)]
+        pruned = mine["pruned_at"].notna()
+        confirm_runs = data.trials[(data.trials["cell"] == cell) & (data.trials["objective"] == objective)]
+        winner = confirm_runs["confirms"].dropna()
+        winner_run = str(winner.iloc[0]) if len(winner) else None
+        chosen = mine.loc[mine["run_id"] == winner_run, "search_value"]
+        ours, theirs = confirmed.get((cell, objective), {}), base.get((cell, objective), {})
+        matrix = _common_items([items for _, items in ours.values() if items])
+        common = [s for s in ours if s in theirs and ours[s][1] and theirs[s][1]]
+        by_group[(cell, objective)] = TunedObjective(
+            cell=cell,
+            objective=objective,
+            settings=_search_settings(confirm_runs),
+            samples=len(mine),
+            finished=int(((mine["status"] == "FINISHED") & ~pruned).sum()),
+            pruned=int(pruned.sum()),
+            failed=int(((mine["status"] == "FAILED") & ~pruned).sum()),
+            winner_run=winner_run,
+            selection_score=float(chosen.iloc[0]) if len(chosen) and pd.notna(chosen.iloc[0]) else None,
+            seeds=tuple(sorted(ours)),
+            confirmed=float(np.mean([v for v, _ in ours.values()])) if ours else None,
+            score=paired_difference(np.zeros_like(matrix), matrix, reading.confidence) if matrix is not None else None,
+            base=float(np.mean([v for v, _ in theirs.values()])) if theirs else None,
+            gain=_paired_scores(
+                [(theirs[s][1], ours[s][1]) for s in common], reading.higher_is_better, reading.confidence
+            ),
+        )
+    return Tuning(by_group)
+
+
+def _headline_scores(
+    data: StudyData, reading: Reading
+) -> dict[tuple[str, str], dict[int, tuple[float, Mapping[str, float] | None]]]:
+    """Per (cell, objective), per seed: the value the verdict reads (`_trial_values`' `best`: AR early-stopped on
+    the validation items, MDLM's last), on the test items, and its per-item scores there (None without them)."""
+    if reading.metric not in data.curves or not data.curves[reading.metric].notna().any():
+        return {}
+    values = _trial_values(data, reading.metric, reading.higher_is_better)
+    items = _item_results(data, f"items/{reading.task}") if reading.task in data.item_tasks else None
+    out: dict[tuple[str, str], dict[int, tuple[float, Mapping[str, float] | None]]] = {}
+    for r in values.itertuples():
+        scores = _test_scores(items, reading, r.best_run, r.best_step) if items is not None else None
+        out.setdefault((r.cell, r.objective), {})[int(r.seed)] = (float(r.best), scores or None)
+    return out
+
+
+def _common_items(scores: Sequence[Mapping[str, float]]) -> np.ndarray | None:
+    """(seeds, items) on the items every seed has; None where there is no seed or no common item."""
+    ids = sorted(set.intersection(*(set(s) for s in scores))) if scores else []
+    return np.array([[s[i] for i in ids] for s in scores]) if ids else None
+
+
+def _search_settings(runs: pd.DataFrame) -> dict[str, str]:
+    """The sampled values (`search.<name>` params) of a group's confirm runs: the winner's, one value each."""
+    columns = [c for c in runs.columns if c.startswith(SEARCH_PARAM_PREFIX)]
+    found = {c.removeprefix(SEARCH_PARAM_PREFIX): runs[c].dropna() for c in columns}
+    return {name: str(values.iloc[0]) for name, values in found.items() if len(values)}
+
+
 EQUIVALENCE_MARGIN = 0.02  # accuracy: a change inside +-0.02 is "held" in the Delta NLL view
 
 
@@ -1078,6 +1190,7 @@ def analyze_study(
         efficiency = measure_efficiency(data, reading, n_boot, seed)
         scaling = fit_scaling(data)
         delta_nll = read_delta_nll(data, reading)
+        tuning = find_tuning(data, reading)
         # the loss crossover too, read with its caveat
         loss = crossovers_only(LOSS_METRIC, False) if metric != LOSS_METRIC and LOSS_METRIC in metrics else None
         scorings = {}
@@ -1099,6 +1212,7 @@ def analyze_study(
         efficiency=efficiency,
         scaling=scaling,
         delta_nll=delta_nll,
+        tuning=tuning,
         loss=loss,
         scorings=scorings,
         model_params=_model_params(data),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,18 +27,26 @@ from crossover.tracking.names import (
     EVAL_PREFIX,
     ITEMS_DIR,
     ROLE_ANNEAL,
+    ROLE_BASE,
+    ROLE_CONFIRM,
+    ROLE_SEARCH,
     ROLE_STUDY,
+    ROLE_SUPERSEDED,
     ROLE_TRIAL,
     SYSTEM_PREFIX,
     TAG_ANNEAL_OF,
     TAG_ANNEAL_STOP,
     TAG_AR_STOP,
     TAG_CELL,
+    TAG_CONFIRMS,
     TAG_ITEMS,
     TAG_OBJECTIVE,
     TAG_OUT_OF_SPEC,
     TAG_PARENT,
+    TAG_PRUNED_AT,
     TAG_ROLE,
+    TAG_SEARCH_GROUP,
+    TAG_SEARCH_VALUE,
     TAG_STUDY,
     TAG_TRIAL_ID,
 )
@@ -76,6 +85,20 @@ class StudyData:
     # the layout of `curves` (the last row of each is its final value, per-item results included).
     anneals: pd.DataFrame = field(default_factory=pd.DataFrame)
     anneal_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # A search study (spec block `search`): `trials` and `curves` are its confirm runs, each (cell, objective)'s
+    # winner retrained on fresh seeds, so every verdict compares the two winners. Kept apart in the same layouts:
+    # the search's samples (`search_group`, `search_value`: what Optuna was told, `pruned_at`; their curves without
+    # per-item results, which no stage reads) and the base runs (the spec's own settings on the confirm seeds: the
+    # reference of the tuning gain). Empty for a grid study.
+    search_samples: pd.DataFrame = field(default_factory=pd.DataFrame)
+    search_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    base_trials: pd.DataFrame = field(default_factory=pd.DataFrame)
+    base_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def searched(self) -> bool:
+        """A search study: its verdicts compare confirmed winners."""
+        return not self.search_samples.empty or not self.base_trials.empty
 
     @property
     def axes(self) -> list[str]:
@@ -186,15 +209,39 @@ def _trial_table(study: str, runs: list[Any]) -> pd.DataFrame:
             anneal_of=tags.get(TAG_ANNEAL_OF),
             anneal_stop=_number(tags.get(TAG_ANNEAL_STOP)),
             ar_stop=_number(tags.get(TAG_AR_STOP)),
+            search_group=tags.get(TAG_SEARCH_GROUP),
+            search_value=_number(tags.get(TAG_SEARCH_VALUE)),
+            pruned_at=_number(tags.get(TAG_PRUNED_AT)),
+            confirms=tags.get(TAG_CONFIRMS) or None,  # "": the platform found no winning sample run
             metric_keys=sorted(k for k in run.data.metrics if not k.startswith(SYSTEM_PREFIX)),
         )
         row["unique_budget"] = _number(params.get("data.unique_tokens"))
         row["total_budget"] = _number(params.get("train.total_tokens"))
         rows.append(row)
     trials = pd.DataFrame(rows).sort_values(["start_time", "trial"], kind="stable").reset_index(drop=True)
+    trials = _grid_axes(trials)
     axes = [c for c in trials.columns if c.startswith("axes.")]
     first = ID_COLUMNS + BUDGET_COLUMNS + axes
     return trials[first + [c for c in trials.columns if c not in first]]
+
+
+SEARCH_ROLES = (ROLE_SEARCH, ROLE_CONFIRM, ROLE_BASE)
+_CELL_PART = re.compile(r",(?=[\w.]+=)")  # a cell's "axis=label" parts (a label may hold a comma)
+
+
+def _grid_axes(trials: pd.DataFrame) -> pd.DataFrame:
+    """A search study's runs carry each sampled value as an axis of their trial (crossover.specs.expand.
+    sampled_trial: `axes.lr`, a changed `axes.noise`), but their cell (`crossover.cell`) is the grid cell: the axes
+    read are the grid's, those the cells name, with the cells' labels. A grid study's table is returned as it is."""
+    if not trials["role"].isin(SEARCH_ROLES).any():
+        return trials
+    labels = [dict(p.split("=", 1) for p in _CELL_PART.split(cell) if "=" in p) for cell in trials["cell"]]
+    grid = list(dict.fromkeys(axis for found in labels for axis in found))
+    kept = ("objective", "seed", *grid)
+    trials = trials.drop(columns=[c for c in trials.columns if c.startswith("axes.") and c[5:] not in kept])
+    for axis in grid:
+        trials[f"axes.{axis}"] = [found.get(axis) for found in labels]
+    return trials
 
 
 def _number(text: str | None) -> float:
@@ -208,7 +255,7 @@ def _read_items(client: MlflowClient, trials: pd.DataFrame) -> tuple[dict[tuple[
     """Per-item artifacts items/<task>/<step>.json of the runs tagged with `crossover.items`."""
     found: dict[tuple[str, str, int], dict] = {}
     tasks: set[str] = set()
-    todo = trials[trials["item_tasks"] != ""]
+    todo = trials[(trials["item_tasks"] != "") & (trials["role"] != ROLE_SEARCH)]  # no stage reads a sample's
     if todo.empty:
         return found, []
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar per run
@@ -252,8 +299,10 @@ def read_study(study: str, tracking_uri: str | None = None, items: bool = True, 
     children (`mlflow.parentRunId`) of the current parent run (`crossover.role=study`; runs under parents that
     `crossover run --fresh` marked `superseded` are left out); without such a parent, every run tagged
     `crossover.trial_id` in the study's experiment. Anneal runs (`crossover.role=anneal`) are kept apart, in
-    `anneals` and `anneal_curves`, out of the ordinary trials and curves. `bulk=False` reads the histories through the public client API
-    even from a SQL store (slower; the tests compare both paths)."""
+    `anneals` and `anneal_curves`, out of the ordinary trials and curves. A search study's trials are its confirm
+    runs; its samples and base runs are kept apart too (`StudyData.search_samples`, `base_trials`), and a confirm run
+    of a winner the search replaced (`superseded`) is left out. `bulk=False` reads the histories through the public
+    client API even from a SQL store (slower; the tests compare both paths)."""
     from mlflow.exceptions import MlflowException  # lazy: as in the client above
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -270,7 +319,13 @@ def read_study(study: str, tracking_uri: str | None = None, items: bool = True, 
     parents = [r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_STUDY]
     current = max(parents, key=lambda r: (r.info.start_time or 0, r.info.run_id)) if parents else None
     # Finished trials a grown study's spec no longer has are kept in MLflow but are not the study's any more.
-    trial_runs = [r for r in runs if TAG_TRIAL_ID in r.data.tags and TAG_OUT_OF_SPEC not in r.data.tags]
+    trial_runs = [
+        r
+        for r in runs
+        if TAG_TRIAL_ID in r.data.tags
+        and TAG_OUT_OF_SPEC not in r.data.tags
+        and r.data.tags.get(TAG_ROLE) != ROLE_SUPERSEDED  # an earlier winner's confirm run
+    ]
     if current is not None:  # `crossover run --fresh` superseded the older parents: only the current one's trials
         trial_runs = [r for r in trial_runs if r.data.tags.get(TAG_PARENT) == current.info.run_id]
     if not trial_runs:
@@ -332,26 +387,45 @@ def read_study(study: str, tracking_uri: str | None = None, items: bool = True, 
     anneals = trials[annealed].reset_index(drop=True)
     in_anneal = curves["run_id"].isin(anneals["run_id"])
     anneal_curves = curves[in_anneal].join(anneals.set_index("run_id")[["anneal_of", "anneal_stop"]], on="run_id")
+
+    def of_role(role: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        chosen = trials[trials["role"] == role].reset_index(drop=True)
+        return chosen, curves[curves["run_id"].isin(chosen["run_id"])].reset_index(drop=True)
+
+    samples, sample_curves = of_role(ROLE_SEARCH)
+    base, base_curves = of_role(ROLE_BASE)
+    ordinary = ~trials["role"].isin([ROLE_ANNEAL, ROLE_SEARCH, ROLE_BASE])  # grid trials, or a search's confirm runs
+    if not ordinary.any():
+        raise AnalysisError(
+            f"study '{study}' has {len(samples)} search sample(s) and {len(base)} base run(s) but no confirm runs yet: "
+            f"its verdict compares each (cell, objective)'s winner retrained on fresh seeds; wait for the search to "
+            f"finish"
+        )
     return StudyData(
         study,
         uri,
         experiment_id,
         parent_run_id,
-        trials[~annealed].reset_index(drop=True),
-        curves[~in_anneal].reset_index(drop=True),
+        trials[ordinary].reset_index(drop=True),
+        curves[curves["run_id"].isin(trials.loc[ordinary, "run_id"])].reset_index(drop=True),
         item_tasks,
         anneals,
         anneal_curves.reset_index(drop=True),
+        samples,
+        sample_curves,
+        base,
+        base_curves,
     )
 
 
 def _dedupe(trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
-    """One run per trial_id: a retried trial keeps the run with the most eval points, then the latest."""
-    if not trials["trial_id"].duplicated().any():
+    """One run per trial_id (and role: a search's winner may be the base settings, confirmed beside them): a
+    retried trial keeps the run with the most eval points, then the latest."""
+    if not trials.duplicated(["role", "trial_id"]).any():
         return trials
     points = curves.groupby("run_id").size()
     ranked = trials.assign(_points=trials["run_id"].map(points).fillna(0))
-    ranked = ranked.sort_values(["_points", "start_time"]).drop_duplicates("trial_id", keep="last")
+    ranked = ranked.sort_values(["_points", "start_time"]).drop_duplicates(["role", "trial_id"], keep="last")
     return ranked.drop(columns="_points").sort_index()
 
 

@@ -25,24 +25,30 @@ from crossover.analysis.analyze import (
     DeltaNll,
     Scaling,
     StudyAnalysis,
+    Tuning,
 )
 from crossover.analysis.axes import axis_verdicts
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, INTERVAL, NOT_CROSSED, UNDETERMINED
 from crossover.analysis.curves import StudyData
 from crossover.analysis.formatting import interval, missing, number, position
 from crossover.analysis.verdict import (
+    HEADLINE,
     Verdict,
     delta_nll_lines,
     efficiency_ratio_text,
     loss_verdicts,
     scoring_tables,
+    settings_text,
     status_phrase,
+    tuning_lines,
+    tuning_state,
     verdicts,
 )
 from crossover.tracking.names import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     REPORT_DIR,
+    SEARCH_PARAM_PREFIX,
     STATE_TAG,
     SUMMARY_COLUMNS,
     VERDICT_TAG,
@@ -271,6 +277,7 @@ def build_blocks(analysis: StudyAnalysis, data: StudyData, figures: dict[str, st
     return [
         Block("h1", f"Study {analysis.study}: AR vs MDLM"),
         *_verdict_section(analysis),
+        *_tuning_section(analysis),
         _study_facts(analysis, data),
         *_crossover_section(analysis, figures),
         *_efficiency_section(analysis.efficiency, analysis.confidence, figures),
@@ -314,14 +321,72 @@ def _verdict_section(analysis: StudyAnalysis) -> list[Block]:
     return blocks
 
 
+def _tuning_table(tuning: Tuning) -> pd.DataFrame:
+    """One row per (cell, objective) of a search study: its search, winner, scores and tuning gain."""
+    rows = []
+    for g in tuning.by_group.values():
+        row = {
+            "cell": g.cell,
+            "objective": g.objective,
+            "winner": settings_text(g),
+            "samples": g.samples,
+            "finished": g.finished,
+            "pruned": g.pruned,
+            "failed": g.failed,
+            "winner_run": g.winner_run,
+            "selection_score": g.selection_score,
+            "read": HEADLINE[g.objective],
+            "confirm_seeds": ", ".join(map(str, g.seeds)),
+            "confirmed": g.confirmed,
+            "confirmed_low": g.score.low if g.score else None,
+            "confirmed_high": g.score.high if g.score else None,
+            "base": g.base,
+            "gain": g.gain.value if g.gain else None,
+            "gain_low": g.gain.low if g.gain else None,
+            "gain_high": g.gain.high if g.gain else None,
+            "gain_over": g.gain.source if g.gain else None,
+            "gain_reads": tuning_state(g.gain) if g.gain else None,
+        }
+        rows.append(row | {f"{SEARCH_PARAM_PREFIX}{k}": v for k, v in g.settings.items()})
+    return pd.DataFrame(rows)
+
+
+def _tuning_section(analysis: StudyAnalysis) -> list[Block]:
+    """A search study's tuning: which runs the verdicts compare, each winner's search and the tuning gain."""
+    if not analysis.tuning.by_group:
+        return []
+    return [
+        Block("h2", "Tuning: tuned against tuned"),
+        Block(
+            "p",
+            "A search study: each (cell, objective) was tuned on its own (one Optuna search, its samples chosen on "
+            "the validation items), and its winner retrained on fresh seeds beside the spec's base settings on the "
+            "same seeds. The verdicts above compare the two winners' confirm runs, never the samples or the base "
+            "runs. A winner's selection score is the best of its search on the validation items, so it is biased "
+            "upwards by the choice (the winner's curse); its score on the test items over the confirm seeds is not. "
+            "The tuning gain is the winner minus the base settings, paired on the same seeds and test items (seeds "
+            f"and items variance, a t interval at {analysis.confidence:.0%}); 'cannot tell' where its interval "
+            "holds 0.",
+        ),
+        Block("list", tuning_lines(analysis)),
+        Block("table", _tuning_table(analysis.tuning)),
+    ]
+
+
 def _study_facts(analysis: StudyAnalysis, data: StudyData) -> Block:
     """What was read: the store, the trials, the metric and axis, the states and what backs them."""
     axis, ci_source = analysis.x_axis, analysis.crossovers.ci_source
     seeds = data.trials.groupby("objective")["seed"].nunique().to_dict()
+    runs = f"{len(data.trials)} trial runs"
+    if data.searched:
+        runs = (
+            f"{len(data.trials)} confirm runs (each search winner on fresh seeds; besides them "
+            f"{len(data.search_samples)} search samples and {len(data.base_trials)} base runs, not in the curves)"
+        )
     return Block(
         "list",
         [
-            f"Tracking store: {redact(analysis.tracking_uri)}; {len(data.trials)} trial runs in "
+            f"Tracking store: {redact(analysis.tracking_uri)}; {runs} in "
             f"{data.trials['cell'].nunique()} cells; seeds per objective: "
             + ", ".join(f"{k} {v}" for k, v in sorted(seeds.items())),
             f"Metric: {analysis.metric} ({'higher' if analysis.higher_is_better else 'lower'} is better); "
@@ -579,8 +644,10 @@ def render_html(blocks: list[Block], figure_dir: Path, title: str) -> str:
 
 
 def _csv_tables(analysis: StudyAnalysis) -> dict[str, tuple[pd.DataFrame, str]]:
-    """The report's CSV files: name -> (table, why it is empty when it is; an empty table is not written)."""
-    return {
+    """The report's CSV files: name -> (table, why it is empty when it is; an empty table is not written); a search
+    study's tuning.csv besides."""
+    tuning = {"tuning.csv": (_tuning_table(analysis.tuning), "")} if analysis.tuning.by_group else {}
+    return tuning | {
         "crossovers.csv": (analysis.crossovers.table, "no cell has both AR and MDLM curves"),
         "efficiency.csv": (analysis.efficiency.table, analysis.efficiency.why_empty or "no MDLM budget to compare"),
         "scaling.csv": (_fit_frame(analysis.scaling), "no scaling law was fitted (the scaling laws' section says why)"),
@@ -675,6 +742,8 @@ def write_report(analysis: StudyAnalysis, data: StudyData, out_dir: Path | str, 
             "notes": [*analysis.notes, *analysis.scaling.notes],
             "not_written": {name: why for name, why in _unwritten(analysis)},
         }
+        if analysis.tuning.by_group:  # a search study
+            summary |= {"tuning": tuning_lines(analysis), "tuning_groups": _json_ready(_tuning_table(analysis.tuning))}
         (staging / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -22,6 +22,10 @@ Every line names its metric; positions and intervals print through crossover.ana
 crossover found this way is conservative) and `delta_nll_lines` the Delta NLL view: trials whose held-out loss rose
 after its minimum, with the paired change of their accuracy on the same items and an equivalence margin.
 
+In a search study every line compares the two confirmed winners (`read_study`), and ends with them and what tuning
+moved against the base settings on the same seeds and test items (`tuning_lines` gives the whole reading per cell:
+each search, the winner's selection score and its confirmed score).
+
 They head the report and `crossover analyze`'s output, and are logged on the study's parent MLflow run: a tag
 `crossover.verdict.<cell>` with the line, `crossover.state.<cell>` with the state (`crossover status` prints them),
 and metrics `verdict/<cell>/...` (state 1 MDLM ahead at the end / 0 undetermined / -1 not crossed, crossed 1/0,
@@ -39,9 +43,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from crossover.analysis.analyze import EQUIVALENCE_MARGIN, SCORINGS, StudyAnalysis
+from crossover.analysis.analyze import EQUIVALENCE_MARGIN, SCORINGS, StudyAnalysis, TunedObjective
 from crossover.analysis.crossing import ALWAYS_AHEAD, CROSSED, NOT_CROSSED, UNDETERMINED
 from crossover.analysis.formatting import interval, ratio, significant, tokens_and_epochs
+from crossover.analysis.paired import Difference
 from crossover.specs import format_tokens, parse_tokens
 
 _BAD_KEY = re.compile(r"[^\w.\- /]")
@@ -303,8 +308,119 @@ def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
             )
         seed_metrics, seeds = _seeds_of(row)
         metrics.update(seed_metrics)
-        out.append(Verdict(cell, f"{cell}: {head}; {tail}{seeds}{scorings}{efficiency}", metrics, row["status"]))
+        tuning_metrics, tuning = _tuning_of(analysis, cell)
+        metrics.update(tuning_metrics)
+        line = f"{cell}: {head}; {tail}{seeds}{scorings}{efficiency}{tuning}"
+        out.append(Verdict(cell, line, metrics, row["status"]))
     return out
+
+
+HEADLINE = {"ar": "AR's best", "mdlm": "MDLM's last"}  # what the verdict reads of each objective
+
+
+def tuning_state(gain: Difference) -> str:
+    """The tuning gain in three states: only an interval that excludes zero says tuning moved the value."""
+    return "tuning helped" if gain.low > 0 else "tuning hurt" if gain.high < 0 else "cannot tell"
+
+
+def settings_text(group: TunedObjective) -> str:
+    """The winner's sampled values: "lr=0.0031, weight_decay=0.05" (numbers to 3 significant figures)."""
+
+    def value(text: str) -> str:
+        try:
+            return f"{float(text):.3g}"
+        except ValueError:
+            return text
+
+    return ", ".join(f"{k}={value(v)}" for k, v in group.settings.items()) or "settings not recorded"
+
+
+def gain_text(group: TunedObjective) -> str:
+    """One objective's tuning gain and its reading: "+0.160 (90% CI ...; what it resampled): tuning helped"."""
+    if group.gain is None:
+        return "no paired gain (it needs per-item results of the confirm and base runs on the same seeds)"
+    return f"{group.gain.text(3)}: {tuning_state(group.gain)}"
+
+
+def _against_base(group: TunedObjective) -> str:
+    """ "AR's best 0.802 against the base's 0.621: +0.182 (90% CI ...): tuning helped"."""
+    values = (
+        f" {group.confirmed:.3g} against the base's {group.base:.3g}"
+        if group.confirmed is not None and group.base is not None
+        else ""
+    )
+    return f"{HEADLINE[group.objective]}{values}: {gain_text(group)}"
+
+
+def _chosen(group: TunedObjective) -> str:
+    """How the search chose its winner: "the best of 3 finished samples (1 pruned, 0 failed), selection score 0.62
+    on the validation items (biased upwards by that choice)"."""
+    search = f"the best of {group.finished} finished samples ({group.pruned} pruned, {group.failed} failed)"
+    if group.selection_score is None:
+        return f"{search}, selection score not recorded"
+    return (
+        f"{search}, selection score {group.selection_score:.3g} on the validation items (biased upwards by that choice)"
+    )
+
+
+def _tuning_of(analysis: StudyAnalysis, cell: str) -> tuple[dict[str, float], str]:
+    """A search study's cell: the two winners the verdict compares, and what tuning moved against the base
+    settings: (metrics, phrase); ({}, "") for a grid study."""
+    groups = analysis.tuning.of_cell(cell)
+    if not groups:
+        return {}, ""
+    seeds = sorted({len(g.seeds) for g in groups})
+    winners = "; ".join(f"{g.objective.upper()} {settings_text(g)}, {_chosen(g)}" for g in groups)
+    gains = "; ".join(_against_base(g) for g in groups)
+    metrics = {
+        f"tuning_gain_{g.objective}{suffix}": value
+        for g in groups
+        if g.gain is not None
+        for suffix, value in (("", g.gain.value), ("_low", g.gain.low), ("_high", g.gain.high))
+    }
+    return metrics, (
+        f"; tuned against tuned: the verdict compares each objective's search winner, confirmed on "
+        f"{'/'.join(map(str, seeds))} fresh seeds: {winners}; tuning gain, the winner minus the base settings on the "
+        f"same seeds and test items (positive: better): {gains}"
+    )
+
+
+def tuning_lines(analysis: StudyAnalysis) -> list[str]:
+    """A search study's tuning, one line per cell: for each objective its search (samples finished, pruned,
+    failed), its winner's settings, its selection score (its value in the search on the validation items: the best
+    of the samples, so biased upwards by the choice, the winner's curse), its score on the test items over the
+    confirm seeds with their interval, and the tuning gain against the base settings on the same seeds and items."""
+    lines = []
+    for cell in dict.fromkeys(cell for cell, _ in sorted(analysis.tuning.by_group)):
+        parts = []
+        for g in analysis.tuning.of_cell(cell):
+            search = f"{g.samples} samples: {g.finished} finished, {g.pruned} pruned, {g.failed} failed"
+            if g.unfinished:
+                search += f", {g.unfinished} unfinished"
+            selected = (
+                f"selection score {g.selection_score:.3g} (its value in the search, on the validation items: the "
+                "best of the samples, biased upwards by that choice, the winner's curse)"
+                if g.selection_score is not None
+                else "selection score not recorded"
+            )
+            if g.confirmed is None:
+                confirmed = "not confirmed yet (no confirm run with an eval point)"
+            elif g.score is None:
+                confirmed = f"{HEADLINE[g.objective]} {g.confirmed:.3g} on {len(g.seeds)} confirm seeds (no interval)"
+            else:
+                confirmed = (
+                    f"{HEADLINE[g.objective]} {g.confirmed:.3g} on the test items over confirm seeds "
+                    f"{', '.join(map(str, g.seeds))} ({analysis.confidence:.0%} CI {g.score.low:.3g} to "
+                    f"{g.score.high:.3g}; {g.score.source})"
+                )
+            base = f"' {g.base:.3g}" if g.base is not None else ""
+            parts.append(
+                f"{g.objective.upper()}: search of {search}; winner {settings_text(g)}, {selected}; {confirmed}; "
+                f"tuning gain over the base settings{base} (same seeds and test items, positive: better): "
+                f"{gain_text(g)}"
+            )
+        lines.append(f"{cell}: " + ". ".join(parts))
+    return lines
 
 
 def loss_verdicts(analysis: StudyAnalysis) -> list[Verdict]:
