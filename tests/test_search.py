@@ -154,6 +154,19 @@ def test_groups_search_side_by_side_each_in_its_own_space_and_a_grown_search_reu
     assert sum(config not in (None, search.FINISHED) for config in more) == 4 and more[4] == search.FINISHED
 
 
+def test_two_cells_searches_advance_together_with_a_slot_for_each_group(tiny_corpus, tmp_path):
+    """Two cells x two objectives: four Optuna studies, each asked once before any is asked twice (with four slots,
+    all four searches train at once; Tune's max_concurrent caps the total)."""
+    from crossover.platform.launch import launch_of
+
+    raw = search_spec(tiny_corpus)
+    raw["grid"]["unique_tokens"] = ["4k", "8k"]
+    _, search = _searcher(parse_study(raw), tmp_path)
+    groups = [launch_of(search.suggest(f"t{k}")).tags[TAG_SEARCH_GROUP] for k in range(8)]
+    cells = {f"unique_tokens={u}/{o}" for u in ("4k", "8k") for o in ("ar", "mdlm")}
+    assert set(groups[:4]) == set(groups[4:]) == cells
+
+
 def test_a_sample_is_pruned_only_against_its_own_group_after_its_grace(tiny_corpus, tmp_path):
     spec = parse_study(search_spec(tiny_corpus, num_samples=4))  # grace: a third of 8,192 tokens
     _, search = _searcher(spec, tmp_path)
