@@ -143,10 +143,8 @@ def test_the_verdict_compares_the_two_winners_on_their_confirm_seeds(study):
     assert best.mdlm_last == pytest.approx(mdlm.confirmed)
     (verdict,) = verdicts(analysis)
     assert "tuned against tuned" in verdict.line
-    assert "AR lr=0.003, the best of 3 finished samples (1 pruned, 0 failed), selection score 0.62 on the " in (
-        verdict.line
-    )
-    assert "MDLM lr=0.002, the best of 2 finished samples (1 pruned, 1 failed), selection score 0.52" in verdict.line
+    assert "AR lr=0.003 (search of 4 samples: 3 finished, 1 pruned, 0 failed), selection score 0.62 on " in verdict.line
+    assert "MDLM lr=0.002 (search of 4 samples: 2 finished, 1 pruned, 1 failed), selection score 0.52" in verdict.line
     assert verdict.metrics["tuning_gain_ar_low"] > 0
 
 
@@ -173,8 +171,13 @@ def test_tuning_lines_say_the_search_the_winner_and_its_selection_bias(study):
     (line,) = tuning_lines(study.analysis)
     assert line.startswith(f"{CELL}: AR: search of 4 samples: 3 finished, 1 pruned, 0 failed; winner lr=0.003")
     assert "MDLM: search of 4 samples: 2 finished, 1 pruned, 1 failed; winner lr=0.002" in line
-    assert "selection score 0.62 (its value in the search, on the validation items" in line
-    assert "selection score 0.52" in line
+    # named as what it is: the search metric's value on the validation items, biased its way by the choice
+    assert (study.data.search_metric, study.data.search_higher) == ("eval/heldout_cloze/acc_pmi", True)
+    assert (
+        "selection score 0.62 on heldout_cloze/acc_pmi's validation items (its value in the search: the best of the "
+        "samples, biased upwards by that choice, the winner's curse)"
+    ) in line
+    assert "selection score 0.52 on heldout_cloze/acc_pmi's validation items" in line
     assert line.count("winner's curse") == 2
     assert "on the test items over confirm seeds 1, 2, 3 (90% CI" in line
     ar = study.analysis.tuning.by_group[(CELL, "ar")]

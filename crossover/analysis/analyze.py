@@ -198,6 +198,8 @@ class TunedObjective:
     failed: int
     winner_run: str | None  # the winning sample's run (crossover.confirms)
     selection_score: float | None  # the winner's value in the search (validation items): what chose it
+    selection_metric: str | None = None  # the search's metric, whether higher is better (None: not read)
+    selection_higher: bool | None = None
     seeds: tuple[int, ...] = ()  # the confirm seeds
     confirmed: float | None = None  # mean over the confirm seeds, on the test items
     score: Difference | None = None  # its interval (a mean against 0: seeds and items), None without per-item results
@@ -1047,6 +1049,8 @@ def find_tuning(data: StudyData, reading: Reading) -> Tuning:
             failed=int(((mine["status"] == "FAILED") & ~pruned).sum()),
             winner_run=winner_run,
             selection_score=float(chosen.iloc[0]) if len(chosen) and pd.notna(chosen.iloc[0]) else None,
+            selection_metric=data.search_metric,
+            selection_higher=data.search_higher,
             seeds=tuple(sorted(ours)),
             confirmed=float(np.mean([v for v, _ in ours.values()])) if ours else None,
             score=paired_difference(np.zeros_like(matrix), matrix, reading.confidence) if matrix is not None else None,

@@ -33,6 +33,7 @@ from crossover.tracking.names import (
     ROLE_STUDY,
     ROLE_SUPERSEDED,
     ROLE_TRIAL,
+    SPEC_DIR,
     SYSTEM_PREFIX,
     TAG_ANNEAL_OF,
     TAG_ANNEAL_STOP,
@@ -94,6 +95,9 @@ class StudyData:
     search_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     base_trials: pd.DataFrame = field(default_factory=pd.DataFrame)
     base_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # the metric the search ranked its samples by and its direction (the parent run's spec; None where unread)
+    search_metric: str | None = None
+    search_higher: bool | None = None
 
     @property
     def searched(self) -> bool:
@@ -401,6 +405,8 @@ def read_study(study: str, tracking_uri: str | None = None, items: bool = True, 
             f"its verdict compares each (cell, objective)'s winner retrained on fresh seeds; wait for the search to "
             f"finish"
         )
+    searched = parent_run_id is not None and (len(samples) or len(base))
+    search_metric, search_higher = _search_metric(client, parent_run_id) if searched else (None, None)
     return StudyData(
         study,
         uri,
@@ -415,7 +421,26 @@ def read_study(study: str, tracking_uri: str | None = None, items: bool = True, 
         sample_curves,
         base,
         base_curves,
+        search_metric,
+        search_higher,
     )
+
+
+def _search_metric(client: MlflowClient, parent_run_id: str) -> tuple[str | None, bool | None]:
+    """The metric a search study ranked its samples by, and whether higher is better, from the spec on its parent
+    run (spec/study.yaml); (None, None) where it cannot be read: the analysis then names no metric for it."""
+    import yaml  # lazy: only a search study reads its spec
+
+    from crossover.specs import parse_study
+    from crossover.specs.search import search_higher, search_metric
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            text = Path(client.download_artifacts(parent_run_id, f"{SPEC_DIR}/study.yaml", tmp)).read_text()
+        spec = parse_study(yaml.safe_load(text))
+        return search_metric(spec), search_higher(spec)
+    except Exception:  # noqa: BLE001 - a missing file or a spec this version refuses: the metric goes unnamed
+        return None, None
 
 
 def _dedupe(trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:

@@ -352,14 +352,23 @@ def _against_base(group: TunedObjective) -> str:
     return f"{HEADLINE[group.objective]}{values}: {gain_text(group)}"
 
 
-def _chosen(group: TunedObjective) -> str:
-    """How the search chose its winner: "the best of 3 finished samples (1 pruned, 0 failed), selection score 0.62
-    on the validation items (biased upwards by that choice)"."""
-    search = f"the best of {group.finished} finished samples ({group.pruned} pruned, {group.failed} failed)"
+def search_text(group: TunedObjective) -> str:
+    """ "4 samples: 3 finished, 1 pruned, 0 failed" (and the unfinished, where a search is still running)."""
+    text = f"{group.samples} samples: {group.finished} finished, {group.pruned} pruned, {group.failed} failed"
+    return text + (f", {group.unfinished} unfinished" if group.unfinished else "")
+
+
+def selection_text(group: TunedObjective) -> str:
+    """The winner's value in its search, said as what it is: "selection score 0.62 on heldout_cloze/acc_pmi's
+    validation items (its value in the search: the best of the samples, biased upwards by that choice, the winner's
+    curse)"; the direction of the bias is the search metric's."""
     if group.selection_score is None:
-        return f"{search}, selection score not recorded"
+        return "selection score not recorded"
+    metric = f"{group.selection_metric.removeprefix('eval/')}'s" if group.selection_metric else "the search metric's"
+    way = {True: "upwards", False: "downwards"}.get(group.selection_higher, "towards better")
     return (
-        f"{search}, selection score {group.selection_score:.3g} on the validation items (biased upwards by that choice)"
+        f"selection score {group.selection_score:.3g} on {metric} validation items (its value in the search: the best "
+        f"of the samples, biased {way} by that choice, the winner's curse)"
     )
 
 
@@ -370,7 +379,9 @@ def _tuning_of(analysis: StudyAnalysis, cell: str) -> tuple[dict[str, float], st
     if not groups:
         return {}, ""
     seeds = sorted({len(g.seeds) for g in groups})
-    winners = "; ".join(f"{g.objective.upper()} {settings_text(g)}, {_chosen(g)}" for g in groups)
+    winners = "; ".join(
+        f"{g.objective.upper()} {settings_text(g)} (search of {search_text(g)}), {selection_text(g)}" for g in groups
+    )
     gains = "; ".join(_against_base(g) for g in groups)
     metrics = {
         f"tuning_gain_{g.objective}{suffix}": value
@@ -380,7 +391,7 @@ def _tuning_of(analysis: StudyAnalysis, cell: str) -> tuple[dict[str, float], st
     }
     return metrics, (
         f"; tuned against tuned: the verdict compares each objective's search winner, confirmed on "
-        f"{'/'.join(map(str, seeds))} fresh seeds: {winners}; tuning gain, the winner minus the base settings on the "
+        f"{'/'.join(map(str, seeds))} fresh seed{'s' if seeds != [1] else ''}: {winners}; tuning gain, the winner minus the base settings on the "
         f"same seeds and test items (positive: better): {gains}"
     )
 
@@ -388,21 +399,12 @@ def _tuning_of(analysis: StudyAnalysis, cell: str) -> tuple[dict[str, float], st
 def tuning_lines(analysis: StudyAnalysis) -> list[str]:
     """A search study's tuning, one line per cell: for each objective its search (samples finished, pruned,
     failed), its winner's settings, its selection score (its value in the search on the validation items: the best
-    of the samples, so biased upwards by the choice, the winner's curse), its score on the test items over the
+    of the samples, so biased towards better by the choice, the winner's curse), its score on the test items over the
     confirm seeds with their interval, and the tuning gain against the base settings on the same seeds and items."""
     lines = []
     for cell in dict.fromkeys(cell for cell, _ in sorted(analysis.tuning.by_group)):
         parts = []
         for g in analysis.tuning.of_cell(cell):
-            search = f"{g.samples} samples: {g.finished} finished, {g.pruned} pruned, {g.failed} failed"
-            if g.unfinished:
-                search += f", {g.unfinished} unfinished"
-            selected = (
-                f"selection score {g.selection_score:.3g} (its value in the search, on the validation items: the "
-                "best of the samples, biased upwards by that choice, the winner's curse)"
-                if g.selection_score is not None
-                else "selection score not recorded"
-            )
             if g.confirmed is None:
                 confirmed = "not confirmed yet (no confirm run with an eval point)"
             elif g.score is None:
@@ -415,8 +417,8 @@ def tuning_lines(analysis: StudyAnalysis) -> list[str]:
                 )
             base = f"' {g.base:.3g}" if g.base is not None else ""
             parts.append(
-                f"{g.objective.upper()}: search of {search}; winner {settings_text(g)}, {selected}; {confirmed}; "
-                f"tuning gain over the base settings{base} (same seeds and test items, positive: better): "
+                f"{g.objective.upper()}: search of {search_text(g)}; winner {settings_text(g)}, {selection_text(g)}; "
+                f"{confirmed}; tuning gain over the base settings{base} (same seeds and test items, positive: better): "
                 f"{gain_text(g)}"
             )
         lines.append(f"{cell}: " + ". ".join(parts))
