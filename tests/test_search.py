@@ -75,7 +75,14 @@ def test_each_objective_has_its_own_space_and_the_plan_counts_samples_and_confir
     ("change", "where", "message"),
     [
         ({"search": {**SEARCH, "scope": "grid"}}, "search.scope", "not one scale"),
-        ({"search": {**SEARCH, "metric": "eval/heldout_loss/loss"}}, "search.metric", "no items"),
+        (
+            {
+                "search": {**SEARCH, "metric": "eval/heldout_loss/loss"},
+                "eval": {"every": 2048, "tasks": ["heldout_loss", "heldout_cloze"]},
+            },
+            "search.metric",
+            "no items",
+        ),
         ({"search": {**SEARCH, "metric": "eval/heldout_cloze/nll", "mode": "max"}}, "search.mode", "lower is better"),
         ({"search": {**SEARCH, "space": {"ar": SPACES["ar"]}}}, "search.space", "no mdlm space"),
         (
@@ -274,3 +281,4 @@ def test_a_search_study_runs_both_groups_at_once_prunes_confirms_and_grows(study
         env=study["env"],
     )
     assert analysis.returncode == 0, analysis.stdout + analysis.stderr
+    assert "tuned against tuned" in analysis.stdout and "tuning gain" in analysis.stdout, analysis.stdout

@@ -32,7 +32,8 @@ STUDY = {
         "model": [{"preset": "nano", "layers": 2, "d_model": 64}, "micro"],
         "sparsity": [{"experts": 1}, {"experts": 2, "top_k": 1}],
     },
-    "seeds": [0, 1],
+    "eval": {"tasks": ["heldout_loss", "heldout_cloze"]},  # a search ranks samples on a task's validation items
+    "seeds": [0],  # a search trains on one seed (its winners are confirmed on others)
     "search": {"space": {"lr": {"loguniform": [1e-4, 1e-2]}, "warmup_tokens": {"int": [1024, 4096]}}},
 }
 SAMPLES = [{"lr": 3.3e-3, "warmup_tokens": 2048}, {"lr": 1e-4, "warmup_tokens": 4095}]
@@ -103,5 +104,6 @@ def test_a_search_samples_launch_is_its_grid_trials_with_the_sample_applied():
     config = through_tune({POINT: point, HPARAMS: hparams, LAUNCHES: launches})
     resolved = launch_of(config)
     assert resolved.trial == sampled_trial(trials[2], hparams)
-    assert resolved.model_copy(update={"trial": trials[2]}) == launch(trials[2])
+    assert resolved.search == hparams  # logged as the run's search.<name> params
+    assert resolved.model_copy(update={"trial": trials[2], "search": {}}) == launch(trials[2])
     assert config_name(config, "t7") == f"{point}-t7"

@@ -40,7 +40,7 @@ def analyze(
         write_report,
     )
     from crossover.analysis.formatting import interval, position
-    from crossover.analysis.verdict import delta_nll_lines, loss_verdicts
+    from crossover.analysis.verdict import delta_nll_lines, loss_verdicts, tuning_lines
 
     name = load_spec(Path(study)).name if study.endswith((".yaml", ".yml")) and Path(study).is_file() else study
     data = read_study(name, tracking_uri)
@@ -69,6 +69,10 @@ def analyze(
         print("on the held-out loss (MDLM's is a bound):")
         for verdict in secondary[:50]:
             print(f"  {verdict.line}")
+    if tuned := tuning_lines(analysis):  # a search study: each objective's search, winner and tuning gain
+        print("tuned against tuned (each objective's winner, confirmed on fresh seeds, against its base settings):")
+        for line in tuned[:50]:
+            print(f"  {line}")
     if rising := delta_nll_lines(analysis):
         print("held-out loss rising after its minimum (the Delta NLL view):")
         for line in rising[:50]:
