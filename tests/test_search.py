@@ -199,6 +199,8 @@ def test_a_sample_is_pruned_only_against_its_own_group_after_its_grace(tiny_corp
     # it is worse than every AR sample (never compared with the other objective)
     assert not search.should_prune(mdlm_like, {"tokens": 2048, key: 7.0})
     assert not search.should_prune(mdlm_like, {"tokens": 4096, key: 5.9})
+    # nor at its last eval point, whatever its value: nothing is left to save, and its value would be lost
+    assert not search.should_prune(mdlm_like, {"tokens": 8192, key: 9.0})
     assert search.should_prune(bad_ar, {"tokens": 4096, key: 8.0})
     search.on_trial_complete(bad_ar, {})
     study = search.study(groups[bad_ar])

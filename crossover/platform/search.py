@@ -38,6 +38,7 @@ from crossover.tracking.names import (
     TAG_SEARCH_VALUE,
 )
 from crossover.tracking.store import mlflow_client
+from crossover.trainers.schedules import total_steps
 
 MIN_COMPLETE_TO_PRUNE = 2  # finished samples of a group before its pruner may stop another: a median needs some
 ABANDONED = "crossover_abandoned"  # Optuna user attribute: a sample whose Tune run ended without telling (not counted)
@@ -81,6 +82,7 @@ class Group:
     launches: dict[str, TrialLaunch]  # grid trial name -> launch
     space: dict[str, Distribution]
     grace_tokens: int | None  # no pruning before this many tokens (None: never)
+    total_tokens: int = 0  # a sample's length: its last eval point is never pruned (nothing left to save)
     used: int = 0  # finished samples in its Optuna study (complete, pruned or failed)
     asked: int = 0  # samples asked this run
 
@@ -124,13 +126,14 @@ def plan_search(spec: StudySpec, launches: list[TrialLaunch], driver_folder: Pat
     prune_after = spec.search.prune_after
     groups = {}
     for name, members in search_groups(spec, trials).items():
-        total = members[0].total_tokens
+        total = total_steps(members[0]) * members[0].train.global_batch_tokens  # whole batches: its last point
         groups[name] = Group(
             name,
             members[0].objective,
             {t.name: by_name[t.name] for t in members},
             spec.search.space_of(members[0].objective),
             None if prune_after is None else math.ceil(prune_after * total),
+            total,
         )
     plan = SearchPlan(
         spec.name,
@@ -291,7 +294,8 @@ class GroupSearch(_searcher_base()):  # type: ignore[misc]
         group = self.plan.groups[live.group] if live else None
         if live is None or group.grace_tokens is None or self.metric not in result:
             return False
-        if int(result["tokens"]) < group.grace_tokens or not self._trial(live).should_prune():
+        tokens = int(result["tokens"])
+        if not group.grace_tokens <= tokens < group.total_tokens or not self._trial(live).should_prune():
             return False
         live.pruned_at = int(result["tokens"])
         self._tag(live, {TAG_PRUNED_AT: str(live.pruned_at)})
