@@ -176,7 +176,7 @@ FUZZ = settings(
 )
 
 
-# What one document may cost the loader. The caps (64 KiB, 5,000 values, 16 levels, no aliases, 10,000 grid points)
+# What one document may cost the loader. The caps (64 KiB, 5,000 values, 24 levels, no aliases, 10,000 grid points)
 # bound it: the costliest legal spec, a grid at the 10,000-point cap, loads in ~3 CPU seconds here (tracemalloc
 # doubles that); the long run's costliest of 30,000 fuzzed documents took 1.5 s and 0.3 MiB (docs/results.md), and
 # the unbounded loader spent 115 s and 12 GB on the billion laughs. CPU time, not wall time: a busy machine cannot
