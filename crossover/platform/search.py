@@ -22,8 +22,8 @@ from typing import Any
 from crossover.platform.launch import HPARAMS, LAUNCHES, POINT, TrialLaunch
 from crossover.platform.tracking import find_trial_run, trial_runs_of
 from crossover.specs import SpecError, StudySpec
-from crossover.specs.expand import reseeded, sampled_trial
-from crossover.specs.search import confirm_seeds, search_groups, search_higher, search_key
+from crossover.specs.expand import sampled_trial
+from crossover.specs.search import confirm_trials, search_groups, search_higher, search_key
 from crossover.specs.study import Distribution
 from crossover.tracking.names import (
     ROLE_BASE,
@@ -146,16 +146,17 @@ def plan_search(spec: StudySpec, launches: list[TrialLaunch], driver_folder: Pat
     storage = _open_storage(plan.storage)
     for group in groups.values():
         study = _study(plan, group, storage)
-        group.used = sum(1 for t in study.get_trials(deepcopy=False) if _counts(t))
+        group.used = _finished_samples(study)
     return plan
 
 
-def _counts(trial) -> bool:
-    """Whether an Optuna trial is a finished sample (complete, pruned or failed: never asked again)."""
+def _finished_samples(study) -> int:
+    """How many of an Optuna study's samples are finished (complete, pruned or failed: never asked again), not
+    counting those a stopped run abandoned."""
     import optuna  # lazy: as above
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return trial.state in finished and not trial.user_attrs.get(ABANDONED)
+    return sum(t.state in finished and not t.user_attrs.get(ABANDONED) for t in study.get_trials(deepcopy=False))
 
 
 def _study(plan: SearchPlan, group: Group, storage):
@@ -346,7 +347,7 @@ class GroupSearch(_searcher_base()):  # type: ignore[misc]
         state = json.loads(Path(checkpoint_path).read_text())
         self.live = {k: _Live(**{**v, "reported": set(v["reported"])}) for k, v in state["live"].items()}
         for name, group in self.plan.groups.items():
-            group.used = sum(1 for t in self.study(name).get_trials(deepcopy=False) if _counts(t))
+            group.used = _finished_samples(self.study(name))
             group.asked = sum(live.group == name for live in self.live.values())
 
 
@@ -411,7 +412,8 @@ def plan_confirmations(spec: StudySpec, plan: SearchPlan, uri: str, parent_run_i
 
     storage = _open_storage(plan.storage)
     client = mlflow_client(uri)
-    seeds, launches, winners, notes = confirm_seeds(spec), [], {}, []
+    confirm_runs = [r for r in trial_runs_of(uri, parent_run_id) if r.data.tags.get(TAG_ROLE) == ROLE_CONFIRM]
+    launches, winners, notes = [], {}, []
     for group in plan.groups.values():
         complete = _study(plan, group, storage).get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         for point, base in group.launches.items():
@@ -425,8 +427,7 @@ def plan_confirmations(spec: StudySpec, plan: SearchPlan, uri: str, parent_run_i
             sample = find_trial_run(uri, parent_run_id, sampled_trial(base.trial, hparams).trial_id)
             common = {TAG_SEARCH_GROUP: group.name, TAG_CELL: base.trial.cell}
             confirms = {**common, TAG_ROLE: ROLE_CONFIRM, TAG_CONFIRMS: sample.info.run_id if sample else ""}
-            for seed in seeds:
-                on_seed = reseeded(base.trial, seed)
+            for on_seed in confirm_trials(base.trial, spec):
                 launches.append(
                     base.model_copy(update={"trial": on_seed, "tags": {**base.tags, **common, TAG_ROLE: ROLE_BASE}})
                 )
@@ -439,21 +440,12 @@ def plan_confirmations(spec: StudySpec, plan: SearchPlan, uri: str, parent_run_i
                         }
                     )
                 )
-            _supersede(client, uri, parent_run_id, group.name, confirms[TAG_CONFIRMS], base.trial.cell)
+            for run in confirm_runs:  # an earlier winner's confirm runs of this group and cell: superseded
+                tags = run.data.tags
+                earlier = tags.get(TAG_SEARCH_GROUP) == group.name and tags.get(TAG_CELL) == base.trial.cell
+                if earlier and tags.get(TAG_CONFIRMS) != confirms[TAG_CONFIRMS]:
+                    client.set_tag(run.info.run_id, TAG_ROLE, ROLE_SUPERSEDED)
     return Confirmations(launches, winners, notes)
-
-
-def _supersede(client, uri: str, parent_run_id: str, group: str, winner_run: str, cell: str) -> None:
-    """Confirm runs of this group and cell that retrain another sample than the winner: superseded."""
-    for run in trial_runs_of(uri, parent_run_id):
-        tags = run.data.tags
-        if (
-            tags.get(TAG_ROLE) == ROLE_CONFIRM
-            and tags.get(TAG_SEARCH_GROUP) == group
-            and tags.get(TAG_CELL) == cell
-            and tags.get(TAG_CONFIRMS) != winner_run
-        ):
-            client.set_tag(run.info.run_id, TAG_ROLE, ROLE_SUPERSEDED)
 
 
 def forget_search(spec: StudySpec, driver_folder: Path) -> None:
