@@ -11,19 +11,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from crossover.platform.anneal import anneal_cost
 from crossover.specs import SpecError, parse_study
 from crossover.specs.expand import sampled_trial
 from crossover.specs.search import confirm_seeds, planned_trials, search_groups, search_key, trials_phrase
 from crossover.tracking.names import (
+    ROLE_ANNEAL,
     ROLE_BASE,
     ROLE_CONFIRM,
     ROLE_SEARCH,
+    TAG_ANNEAL_OF,
+    TAG_ANNEAL_STOP,
+    TAG_AR_STOP,
     TAG_CELL,
     TAG_CONFIRMS,
+    TAG_OBJECTIVE,
     TAG_PRUNED_AT,
     TAG_ROLE,
     TAG_SEARCH_GROUP,
     TAG_SEARCH_VALUE,
+    TAG_TRIAL_ID,
 )
 
 from .conftest import tiny_study
@@ -64,6 +71,10 @@ def test_each_objective_has_its_own_space_and_the_plan_counts_samples_and_confir
     planned = planned_trials(spec)  # 3 samples a group, then winner and base on 2 seeds per grid trial
     assert len(planned) == 2 * 3 + 2 * 2 * 2 and len({t.name for t in planned}) == len(planned)
     assert "2 grid trials searched: 6 samples, then 8 trials confirming" in trials_phrase(spec)
+    # the anneal phase anneals the AR the verdict compares: winner and base on each confirm seed, never a sample
+    annealed = parse_study({**search_spec(tiny_corpus, confirm_seeds=2), "early_stopped_ar": {"anneal": True}})
+    assert [t.seed for t, _ in anneal_cost(annealed).bound] == [1, 1, 2, 2]
+    assert all(t.objective == "ar" and t.total_tokens < 8192 for t, _ in anneal_cost(annealed).bound)
     # a sampled noise setting is the trial's (and its model's) as a grid's noise axis would be
     ar = next(t for t in spec.expand() if t.objective == "ar")
     sample = sampled_trial(ar, {"lr": 3e-3, "noise.dropout": 0.1})
@@ -211,12 +222,16 @@ def test_a_sample_is_pruned_only_against_its_own_group_after_its_grace(tiny_corp
 def test_a_search_study_runs_both_groups_at_once_prunes_confirms_and_grows(study, tmp_path):
     """`crossover run` of a search study on a 2-CPU local Ray instance: AR's and MDLM's searches train side by side;
     a hopeless AR learning rate stops early against AR's own samples; each winner and the base settings train on the
-    fresh seed; raising num_samples continues both Optuna studies, training only the new samples."""
+    fresh seed, their AR annealed to its validation-chosen stop; raising num_samples continues both Optuna studies,
+    training only the new samples."""
     import optuna
 
     from .test_platform import CROSSOVER, run, runs
 
-    spec_path = study["write"](**blocks(), resources={"max_concurrent": 2})
+    spec = blocks()
+    spec["train"]["decay_fraction"] = 0.5  # every eval point's anneal decays over at least one 1,024-token batch
+    anneal = {"anneal": True, "metric": "eval/heldout_cloze/acc"}
+    spec_path = study["write"](**spec, resources={"max_concurrent": 2}, early_stopped_ar=anneal)
     raw = yaml.safe_load(spec_path.read_text())
     # AR's samples, in order: two good learning rates, then a hopeless one (MDLM's are Optuna's own draws)
     journal = Path(study["storage"]) / "tiny.optuna.journal"
@@ -264,6 +279,15 @@ def test_a_search_study_runs_both_groups_at_once_prunes_confirms_and_grows(study
         assert confirm.data.tags[TAG_CONFIRMS] == winner.info.run_id
         assert confirm.data.params["train.lr"] == winner.data.params["train.lr"]
     assert all("search.lr" not in b.data.params and b.data.params["train.lr"] == "0.003" for b in bases)
+    # the anneal phase: every compared AR run (confirm and base) has its validation-chosen stop, no sample has one,
+    # and each stop before the end was annealed once (a winner with the base settings is one trial: one anneal)
+    compared_ar = [c for c in confirms + bases if c.data.tags[TAG_OBJECTIVE] == "ar"]
+    assert all(TAG_AR_STOP in c.data.tags for c in compared_ar) and not any(TAG_AR_STOP in c.data.tags for c in samples)
+    to_anneal = {c.data.tags[TAG_TRIAL_ID] for c in compared_ar if int(c.data.tags[TAG_AR_STOP]) < 8192}
+    anneals = [c for c in children if c.data.tags[TAG_ROLE] == ROLE_ANNEAL]
+    assert sorted(c.data.tags[TAG_ANNEAL_OF] for c in anneals) == sorted(to_anneal)
+    stops = {c.data.tags[TAG_TRIAL_ID]: c.data.tags[TAG_AR_STOP] for c in compared_ar}
+    assert all(c.data.tags[TAG_ANNEAL_STOP] == stops[c.data.tags[TAG_ANNEAL_OF]] for c in anneals)
 
     # grown: 4 samples a group; both Optuna studies continue, only the new samples train
     histories = {c.info.run_id: len(client.get_metric_history(c.info.run_id, "tokens")) for c in samples}

@@ -27,6 +27,7 @@ from crossover.platform.grow import finished_runs, kept_checkpoints
 from crossover.platform.launch import Continuation
 from crossover.specs import StudySpec, TrialSpec, format_tokens, training_flops
 from crossover.specs.anneal import anneal_metric, anneal_trial, choose_stop
+from crossover.specs.search import compared_trials
 from crossover.tracking.names import (
     ITEMS_DIR,
     ROLE_ANNEAL,
@@ -34,6 +35,7 @@ from crossover.tracking.names import (
     TAG_ANNEAL_OF,
     TAG_ANNEAL_STOP,
     TAG_AR_STOP,
+    TAG_CELL,
     TAG_ROLE,
     TAG_TRIAL_ID,
     VALIDATION,
@@ -53,10 +55,12 @@ class Anneal:
     stop: int  # tokens: the eval point its validation items chose
     metric: str
     continues: Continuation | None  # the AR trial's kept checkpoint it starts from
+    cell: str  # the AR run's cell: a search's confirm run names its grid cell, not its sampled settings
 
     @property
     def tags(self) -> dict[str, str]:
         return {
+            TAG_CELL: self.cell,
             TAG_ROLE: ROLE_ANNEAL,
             TAG_ANNEAL_OF: self.of.trial_id,
             TAG_ANNEAL_STOP: str(self.stop),
@@ -143,9 +147,12 @@ def _no_decay_step(trial: TrialSpec) -> bool:
     return step is not None and step >= total_steps(trial)
 
 
-def plan_anneals(spec: StudySpec, uri: str, parent_run_id: str, storage: str) -> AnnealPlan:
+def plan_anneals(
+    spec: StudySpec, uri: str, parent_run_id: str, storage: str, compared: Collection[TrialSpec] | None = None
+) -> AnnealPlan:
     """Choose each finished AR trial's stop on its validation items (recorded on its run), and the anneal trial of
-    each where `early_stopped_ar.anneal` is on."""
+    each where `early_stopped_ar.anneal` is on. `compared`: the trials the verdict compares, the grid's by default;
+    a search study's are its confirm and base runs (crossover.platform.search.Confirmations), never its samples."""
     metric = anneal_metric(spec)
     plan = AnnealPlan(metric)
     if metric is None:
@@ -156,7 +163,8 @@ def plan_anneals(spec: StudySpec, uri: str, parent_run_id: str, storage: str) ->
     by_id = {r.data.tags[TAG_TRIAL_ID]: r for r in grid}
     anneal_runs = {r.data.tags[TAG_TRIAL_ID] for r in anneals}
     skipped: dict[str, list[str]] = {}
-    for ar in [t for t in spec.expand() if t.objective == "ar"]:
+    trials = spec.expand() if compared is None else compared
+    for ar in {t.trial_id: t for t in trials if t.objective == "ar"}.values():  # a winner may be the base settings
         run = by_id.get(ar.trial_id)
         if run is None:
             skipped.setdefault("not finished", []).append(ar.name)
@@ -181,7 +189,7 @@ def plan_anneals(spec: StudySpec, uri: str, parent_run_id: str, storage: str) ->
         else:
             trial = anneal_trial(ar, stop)
             continues = _kept_checkpoint(spec, storage, ar, trial, run.info.run_id)
-            plan.anneals.append(Anneal(trial, ar, stop, metric, continues))
+            plan.anneals.append(Anneal(trial, ar, stop, metric, continues, run.data.tags.get(TAG_CELL, ar.cell)))
             if trial.trial_id in anneal_runs:
                 plan.finished.add(trial.trial_id)
     for why, names in skipped.items():
@@ -219,14 +227,14 @@ class AnnealCost:
 
 
 def anneal_cost(spec: StudySpec, annealed: Collection[str] = ()) -> AnnealCost | None:
-    """The anneal phase's cost bound (None when the spec does not anneal). A stop is one of the AR trial's eval
-    points; the anneal continues the checkpoint of the latest eval point at or before its decay start. `annealed`:
+    """The anneal phase's cost bound (None when the spec does not anneal): one anneal per AR trial the verdict compares
+    (a search study's confirm and base runs). A stop is one of the AR trial's eval points; the anneal continues the checkpoint of the latest eval point at or before its decay start. `annealed`:
     AR trial ids whose anneal finished earlier (crossover.platform.grow.finished_in), left out."""
-    if not spec.early_stopped_ar.anneal or spec.search is not None:
+    if not spec.early_stopped_ar.anneal:
         return None
     continued = spec.train.keep_checkpoints == "all"
     bound = []
-    for ar in [t for t in spec.expand() if t.objective == "ar" and t.trial_id not in annealed]:
+    for ar in [t for t in compared_trials(spec) if t.objective == "ar" and t.trial_id not in annealed]:
         batch = ar.train.global_batch_tokens
         points = [s * batch for s in eval_steps(ar)]
         worst, need = None, 0

@@ -242,8 +242,9 @@ def run_study(options: RunOptions, events: StudyEvents | None = None) -> StudyOu
     again, unfinished ones restart from their last checkpoint, and their MLflow runs are continued. A spec that
     changed since makes the study grow (crossover.platform.grow; `events.on_growth` hears what is kept and what runs
     before anything does). `options.fresh` starts over instead (new MLflow parent run, old Tune state removed).
-    With `early_stopped_ar.anneal`, a second phase then anneals each finished AR trial to its validation-chosen stop
-    (crossover.platform.anneal; `events.on_anneal` hears the plan before it trains).
+    With `early_stopped_ar.anneal`, a last phase then anneals each finished AR trial the verdict compares (a search
+    study's confirm and base runs) to its validation-chosen stop (crossover.platform.anneal; `events.on_anneal` hears
+    the plan before it trains).
     """
     events = events or StudyEvents()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress table replaces Tune's console output
@@ -281,8 +282,9 @@ def run_study(options: RunOptions, events: StudyEvents | None = None) -> StudyOu
                 tags=provenance,
             )
             phase = Phase(spec.name, [launch(trial=t) for t in trials])
+            compared = trials  # what the verdict compares, and the anneal phase anneals the AR of
             if spec.search is not None:  # samples side by side, then each winner confirmed on fresh seeds
-                results = _run_search(options, phase.launches, parent_run_id, events, interrupted)
+                results, compared = _run_search(options, phase.launches, parent_run_id, events, interrupted)
             else:  # a grid study can grow
                 growth = plan_growth(spec, uri, parent_run_id)
                 if events.on_growth:
@@ -295,8 +297,8 @@ def run_study(options: RunOptions, events: StudyEvents | None = None) -> StudyOu
                 experiment = f"{storage.rstrip('/')}/{tune_name}"
                 results = _fit(options, phase, events.callbacks, interrupted) if phase.launches else []
             stopped = _sorted_out(results, trial_statuses(uri, parent_run_id))[2]
-            if spec.early_stopped_ar.anneal and spec.search is None and not stopped:
-                plan = plan_anneals(spec, uri, parent_run_id, storage)
+            if spec.early_stopped_ar.anneal and not stopped:
+                plan = plan_anneals(spec, uri, parent_run_id, storage, compared)
                 if events.on_anneal:
                     events.on_anneal(plan)
                 if plan.to_run:
@@ -329,9 +331,10 @@ class Phase:
 
 def _run_search(
     options: RunOptions, grid: list[TrialLaunch], parent_run_id: str, events: StudyEvents, interrupted
-) -> list:
+) -> tuple[list, list[TrialSpec]]:
     """A search study's two phases: every group's samples side by side (crossover.platform.search), then, unless
-    stopped, each group's winner and the base settings on the fresh seeds."""
+    stopped, each group's winner and the base settings on the fresh seeds. Returns Tune's results and the confirm
+    and base trials (what the verdict compares; none when stopped)."""
     from ray import tune  # lazy: as in _fit
 
     # lazy: Ray's searcher and scheduler classes and Optuna, for a search study's driver only
@@ -348,13 +351,14 @@ def _run_search(
             abandon_running(plan)
         results = _fit(options, Phase(name, grid, search=plan), events.callbacks, interrupted)
     if _sorted_out(results, trial_statuses(uri, parent_run_id))[2]:
-        return results  # stopped: the next `crossover run` continues the search
+        return results, []  # stopped: the next `crossover run` continues the search
     confirmations = plan_confirmations(spec, plan, uri, parent_run_id)
     say(confirmations.summary())
-    if confirmations.launches:
-        name = f"{spec.name}.confirm-{_trials_hash([launch.trial for launch in confirmations.launches])[:8]}"
+    confirming = [launch.trial for launch in confirmations.launches]
+    if confirming:
+        name = f"{spec.name}.confirm-{_trials_hash(confirming)[:8]}"
         results += _fit(options, Phase(name, confirmations.launches), events.callbacks, interrupted)
-    return results
+    return results, confirming
 
 
 @contextmanager

@@ -146,15 +146,26 @@ def planned_trials(spec: StudySpec) -> list[TrialSpec]:
     trials = spec.expand()
     if spec.search is None:
         return trials
-    planned = []
+    samples = []
     for members in search_groups(spec, trials).values():
         for number in range(1, spec.search.num_samples + 1):
             trial = members[(number - 1) % len(members)]
-            planned.append(_stand_in(trial, f"sample{number}"))
-        for trial in members:
-            for base in confirm_trials(trial, spec):
-                planned += [base, _stand_in(base, "winner")]
-    return planned
+            samples.append(_stand_in(trial, f"sample{number}"))
+    return samples + compared_trials(spec)
+
+
+def compared_trials(spec: StudySpec) -> list[TrialSpec]:
+    """The trials a study's verdict compares (and whose AR the anneal phase anneals): its grid; for a search study,
+    per grid trial the base settings and a stand-in for the winner on each confirm seed (the winner's settings are
+    known only once the search has run; its cost is the base trial's)."""
+    if spec.search is None:
+        return spec.expand()
+    return [
+        trial
+        for grid in spec.expand()
+        for base in confirm_trials(grid, spec)
+        for trial in (base, _stand_in(base, "winner"))
+    ]
 
 
 def _stand_in(trial: TrialSpec, what: str) -> TrialSpec:
