@@ -106,6 +106,33 @@ def test_plan_counts_the_anneal_trials_on_their_own_line(tiny_corpus, tmp_path):
     assert "anneal:" not in CliRunner().invoke(app, ["plan", str(off)]).output
 
 
+def test_a_stop_at_the_last_eval_point_is_not_annealed_when_the_budget_is_not_whole_batches(tiny_corpus, tmp_path):
+    """A budget that is not a whole number of batches ends at its last eval point (16,384 of 16,500 tokens): a stop
+    there is the trial's own end, annealed by its own schedule; one before it is annealed."""
+    from crossover.platform.anneal import plan_anneals
+    from crossover.platform.tracking import TrialRun, finish_study
+    from crossover.trainers.schedules import eval_steps
+
+    from .analysis_support import start
+
+    raw = tiny_study(tiny_corpus, **{**ANNEAL, "train": {**ANNEAL["train"], "total_tokens": 16500}})
+    raw["grid"] = {"objective": ["ar"], "unique_tokens": ["4k", "8k"]}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec, parent = start(raw, uri)
+    for trial in spec.expand():
+        points = [step * trial.train.global_batch_tokens for step in eval_steps(trial)]
+        assert points[-1] == 16384
+        best = points[-1] if trial.unique_tokens == 4000 else points[3]  # the 8k trial peaks mid-run
+        run = TrialRun(trial, uri, parent)
+        for tokens in points:
+            run.log({"tokens": tokens, validation_key("heldout_cloze", "nll"): 1 + abs(tokens - best) / 1e4}, tokens)
+        run.finish()
+    finish_study(uri, parent)
+    plan = plan_anneals(spec, uri, parent, str(tmp_path / "storage"))
+    assert [(a.of.unique_tokens, a.stop) for a in plan.anneals] == [(8000, 8192)]
+    assert "not annealed (best at the end: the AR trial is its own anneal): ar-U4k" in "; ".join(plan.notes)
+
+
 @pytest.mark.xdist_group("ray")
 def test_run_anneals_each_ar_trial_to_its_validation_chosen_stop_and_the_analysis_reads_it(study, s3, tmp_path):
     from crossover.analysis import analyze_study, read_study

@@ -300,6 +300,11 @@ def test_a_search_study_runs_both_groups_at_once_prunes_confirms_and_grows(study
     samples = [c for c in children if c.data.tags[TAG_ROLE] == ROLE_SEARCH]
     assert len(samples) == 8
     assert all(len(client.get_metric_history(r, "tokens")) == n for r, n in histories.items())  # none retrained
+    # run again with nothing left: a driver whose first Tune call restores the confirm phase trains nothing
+    finished = run(study, spec_path)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "8 finished earlier and reused; 0 to train" in finished.stdout
+    assert len(runs(study["uri"])[2]) == len(children)
     analysis = subprocess.run(
         [*CROSSOVER, "analyze", "tiny", "--tracking-uri", study["uri"], "--out", str(tmp_path / "r")],
         capture_output=True,

@@ -178,7 +178,7 @@ def plan_anneals(
             client.set_tag(run.info.run_id, TAG_ANNEAL_METRIC, metric)
         if not spec.early_stopped_ar.anneal:
             continue
-        if stop >= ar.total_tokens:
+        if stop >= eval_steps(ar)[-1] * ar.train.global_batch_tokens:  # its last point (whole batches of its budget)
             skipped.setdefault("best at the end: the AR trial is its own anneal", []).append(ar.name)
         elif stop <= ar.train.warmup_tokens:
             skipped.setdefault("best inside the warmup", []).append(ar.name)

@@ -441,7 +441,7 @@ def _fit(options: RunOptions, phase: Phase, callbacks: list, interrupted: Callab
             checkpoint_config=tune.CheckpointConfig(
                 **checkpoint_retention(spec.train.keep_checkpoints, [launch.trial for launch in phase.launches])
             ),
-            callbacks=callbacks,
+            callbacks=list(callbacks),  # Tune adds its loggers to the list: no phase's may reach the next's state
             verbose=0,
         )
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
@@ -469,6 +469,10 @@ def _restored(path: str, trainable: Any, space: dict | None):
     cannot be (its trials' configs have another shape): the error says how to start over."""
     from ray import tune  # lazy: as in _fit
 
+    # A state saved before each phase had its own callbacks holds an earlier phase's Tune trials (in Tune's loggers),
+    # whose unpickling looks their trainable up by name before `restore` registers it: a driver that restores before
+    # it fits anything (a finished search study run again) failed with "Unknown trainable".
+    tune.register_trainable(run_trial.__name__, trainable, warn=False)
     try:
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, param_space=space)
     except ValueError as exc:
