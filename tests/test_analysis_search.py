@@ -165,6 +165,14 @@ def test_tuning_gain_reads_a_planted_gain_as_a_gain_and_a_planted_tie_as_cannot_
     for group, reading in ((ar, "tuning helped"), (mdlm, "cannot tell")):
         assert f"base settings' {group.base:.3g} (same seeds and test items, positive: better): " in line
         assert f"{group.gain.text(3)}: {reading}" in line
+    # the gap the tuned verdict is read against: the base settings' MDLM's last minus AR's best, with its interval
+    untuned = study.analysis.tuning.untuned[CELL]
+    assert untuned.seeds == 3 and untuned.value == pytest.approx(mdlm.base - ar.base)
+    assert untuned.low > 0  # the smoke world's MDLM ends ahead of its early-stopped AR
+    assert line.endswith(
+        f"Untuned, the base settings on the same seeds: MDLM's last minus AR's best {untuned.text(3)}: "
+        "MDLM's last surely ahead of an early-stopped AR"
+    )
 
 
 def test_tuning_lines_say_the_search_the_winner_and_its_selection_bias(study):

@@ -216,6 +216,9 @@ class Tuning:
     """`find_tuning`: per (cell, objective) of a search study; empty for a grid study."""
 
     by_group: Mapping[tuple[str, str], TunedObjective] = field(default_factory=dict)
+    # per cell, the base settings' MDLM's last minus AR's best, paired on their seeds and test items: the untuned gap
+    # the tuned verdict is read against (None without per-item results on common seeds)
+    untuned: Mapping[str, Difference | None] = field(default_factory=dict)
 
     def of_cell(self, cell: str) -> list[TunedObjective]:
         return [self.by_group[key] for key in sorted(self.by_group) if key[0] == cell]
@@ -1059,7 +1062,14 @@ def find_tuning(data: StudyData, reading: Reading) -> Tuning:
                 [(theirs[s][1], ours[s][1]) for s in common], reading.higher_is_better, reading.confidence
             ),
         )
-    return Tuning(by_group)
+    untuned = {}
+    for cell in dict.fromkeys(cell for cell, _ in base):
+        ar, mdlm = base.get((cell, "ar"), {}), base.get((cell, "mdlm"), {})
+        common = [s for s in ar if s in mdlm and ar[s][1] and mdlm[s][1]]
+        untuned[cell] = _paired_scores(
+            [(ar[s][1], mdlm[s][1]) for s in common], reading.higher_is_better, reading.confidence
+        )
+    return Tuning(by_group, untuned)
 
 
 def _headline_scores(

@@ -253,15 +253,20 @@ def _against_ar_best(analysis: StudyAnalysis, cell: str) -> tuple[dict[str, floa
     d = best.difference
     if d is None:
         return {}, phrase
-    better = "MDLM's last minus AR's best" if analysis.higher_is_better else "MDLM's advantage over AR's best"
+    metrics = {"last_minus_best": d.value, "last_minus_best_low": d.low, "last_minus_best_high": d.high}
+    return metrics, f"{phrase}: {last_minus_best_text(d, analysis.higher_is_better)}"
+
+
+def last_minus_best_text(d: Difference, higher_is_better: bool) -> str:
+    """ "MDLM's last minus AR's best +0.044 (90% CI ...; what it resampled): cannot tell which is ahead (...)"."""
+    better = "MDLM's last minus AR's best" if higher_is_better else "MDLM's advantage over AR's best"
     if d.excludes_zero():
         reading = "MDLM's last surely ahead of an early-stopped AR" if d.low > 0 else "an early-stopped AR surely ahead"
     elif d.within(EQUIVALENT_WITHIN):
         reading = f"equivalent within +-{EQUIVALENT_WITHIN:g}"
     else:
         reading = f"cannot tell which is ahead (neither excludes zero nor lies within +-{EQUIVALENT_WITHIN:g})"
-    metrics = {"last_minus_best": d.value, "last_minus_best_low": d.low, "last_minus_best_high": d.high}
-    return metrics, f"{phrase}: {better} {d.text(3)}: {reading}"
+    return f"{better} {d.text(3)}: {reading}"
 
 
 def verdicts(analysis: StudyAnalysis) -> list[Verdict]:
@@ -420,6 +425,11 @@ def tuning_lines(analysis: StudyAnalysis) -> list[str]:
                 f"{g.objective.upper()}: search of {search_text(g)}; winner {settings_text(g)}, {selection_text(g)}; "
                 f"{confirmed}; tuning gain over the base settings{base} (same seeds and test items, positive: better): "
                 f"{gain_text(g)}"
+            )
+        if (untuned := analysis.tuning.untuned.get(cell)) is not None:
+            parts.append(
+                f"Untuned, the base settings on the same seeds: "
+                f"{last_minus_best_text(untuned, analysis.higher_is_better)}"
             )
         lines.append(f"{cell}: " + ". ".join(parts))
     return lines
