@@ -172,6 +172,30 @@ def test_groups_search_side_by_side_each_in_its_own_space_and_a_grown_search_reu
     assert sum(config not in (None, search.FINISHED) for config in more) == 4 and more[4] == search.FINISHED
 
 
+def test_a_repeated_setting_is_told_its_earlier_outcome_and_never_trains_twice(tiny_corpus, tmp_path):
+    """TPE repeats itself in a small `choice` space: a repeat of a finished sample is told that sample's value and
+    trains nothing; a repeat of one still training is told failed (the same trial cannot train twice at once)."""
+    from crossover.platform.launch import launch_of
+    from crossover.platform.search import REPEAT_OF
+
+    raw = search_spec(tiny_corpus, num_samples=4, space={"lr": {"choice": [1e-3, 2e-3]}})
+    raw["grid"]["objective"] = ["ar"]
+    _, search = _searcher(parse_study(raw), tmp_path)
+    study = search.study("unique_tokens=4k/ar")
+    for lr in (1e-3, 1e-3, 2e-3, 1e-3):  # Optuna asks these, in order
+        study.enqueue_trial({"lr": lr})
+    first = launch_of(search.suggest("t0"))
+    second = launch_of(search.suggest("t1"))  # the repeat of t0 (training) is told failed; 2e-3 is asked next
+    assert (first.trial.train.lr, second.trial.train.lr) == (1e-3, 2e-3)
+    _finish(search, "t0", [5.0, 4.0])
+    _finish(search, "t1", [5.0, 4.5])
+    assert search.suggest("t2") == search.FINISHED  # the last sample repeats t0's settings: nothing to train
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert [t.user_attrs.get(REPEAT_OF) for t in trials] == [None, -1, None, 0]
+    assert trials[3].value == trials[0].value == 4.0
+
+
 def test_two_cells_searches_advance_together_with_a_slot_for_each_group(tiny_corpus, tmp_path):
     """Two cells x two objectives: four Optuna studies, each asked once before any is asked twice (with four slots,
     all four searches train at once; Tune's max_concurrent caps the total)."""

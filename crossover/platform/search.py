@@ -42,6 +42,9 @@ from crossover.trainers.schedules import total_steps
 
 MIN_COMPLETE_TO_PRUNE = 2  # finished samples of a group before its pruner may stop another: a median needs some
 ABANDONED = "crossover_abandoned"  # Optuna user attribute: a sample whose Tune run ended without telling (not counted)
+REPEAT_OF = (
+    "crossover_repeat_of"  # Optuna user attribute: the earlier sample whose settings it repeats (-1: one training)
+)
 
 
 def optuna_storage(spec: StudySpec, driver_folder: Path) -> str:
@@ -261,6 +264,9 @@ class GroupSearch(_searcher_base()):  # type: ignore[misc]
             study.tell(asked.number, state=optuna.trial.TrialState.FAIL)
             group.used += 1
             return self.suggest(trial_id)
+        if self._told_as_repeat(study, asked, sample):
+            group.used += 1
+            return self.suggest(trial_id)
         group.asked += 1
         launch = base.model_copy(
             update={
@@ -269,6 +275,32 @@ class GroupSearch(_searcher_base()):  # type: ignore[misc]
         )
         self.live[trial_id] = _Live(group.name, asked.number, asked._trial_id, sample)
         return {POINT: point, HPARAMS: hparams, LAUNCHES: {point: launch.model_dump(mode="json")}}
+
+    def _told_as_repeat(self, study, asked, sample: str) -> bool:
+        """Whether the asked settings repeat an earlier sample of the group (TPE repeats itself in a small `int` or
+        `choice` space): then it is told that sample's outcome, trains nothing (the same settings are the same trial,
+        already trained) and counts as a sample. A repeat of one still training is told failed: its value is not known
+        yet, and the same trial cannot train twice at once."""
+        import optuna  # lazy: as above
+
+        state = optuna.trial.TrialState
+        if any(live.trial_id == sample for live in self.live.values()):
+            repeated = None
+        else:
+            earlier = [
+                t
+                for t in study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.FAIL))
+                if t.params == asked.params and not t.user_attrs.get(ABANDONED) and REPEAT_OF not in t.user_attrs
+            ]
+            if not earlier:
+                return False
+            repeated = earlier[-1]
+        study._storage.set_trial_user_attr(asked._trial_id, REPEAT_OF, repeated.number if repeated else -1)
+        if repeated is not None and repeated.state == state.COMPLETE:
+            study.tell(asked.number, repeated.value)
+        else:
+            study.tell(asked.number, state=repeated.state if repeated is not None else state.FAIL)
+        return True
 
     # ---- hearing
     def observe(self, trial_id: str, result: dict) -> None:
