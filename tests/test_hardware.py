@@ -331,6 +331,27 @@ def test_the_wall_time_packs_trials_longest_first_with_evaluation_and_start_up(m
     assert wall.rates == rates
 
 
+def test_the_anneal_phase_costs_each_anneal_its_own_tokens_at_the_measured_rate(monkeypatch):
+    """The second phase (`after`: each anneal trial and the tokens it trains at most) goes on the slots once the grid
+    is done, each anneal at the model's rate, with its share of the evaluation: every one of cpu_efficiency's six
+    equal bounds costs the same (the packing share was overwritten by the first anneal's token share)."""
+    from crossover.platform.anneal import anneal_cost
+    from crossover.trainers import throughput
+
+    from .conftest import SPECS
+
+    monkeypatch.setattr(throughput, "measure_rate", lambda trial, *_: 1000.0)
+    spec = parse_study(yaml.safe_load((SPECS / "cpu_efficiency.yaml").read_text()))
+    bound = anneal_cost(spec).bound
+    wall = throughput.estimate_wall_time(spec, resolve_runtime(spec.train, MODEL, CPU), slots=2, after=bound)
+    expected = {
+        trial.name: throughput.TRIAL_START_S
+        + (tokens + throughput.EVAL_COST * throughput.eval_tokens(trial) * tokens / trial.total_tokens) / 1000.0
+        for trial, tokens in bound
+    }
+    assert len(expected) == 6 and wall.after == pytest.approx(expected) and wall.share == 1.0
+
+
 def tiny_study():
     """Two trials of a one-layer model: a measurement of a few seconds per precision."""
     return parse_study(

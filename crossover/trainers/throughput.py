@@ -346,8 +346,8 @@ def estimate_wall_time(
     phase: dict[str, float] = {}
     for trial, tokens in after:
         rate = (rates.get(_model_label(trial.model)) or measure_rate(trial, runtime, memory)) * share
-        share = tokens / trial.total_tokens  # its eval points after the checkpoint it continues
-        phase[trial.name] = TRIAL_START_S + (tokens + EVAL_COST * eval_tokens(trial) * share) / rate
+        trained = tokens / trial.total_tokens  # its eval points after the checkpoint it continues
+        phase[trial.name] = TRIAL_START_S + (tokens + EVAL_COST * eval_tokens(trial) * trained) / rate
     if phase:
         loads = fill_slots(sorted(phase.values(), reverse=True), [max(loads)] * len(loads))
     return WallTime(STUDY_START_S + max(loads), len(loads), rates, per_trial, estimated, phase, per_gpu, share)
