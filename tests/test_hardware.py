@@ -274,6 +274,38 @@ def test_a_measurement_that_fails_leaves_the_plan_whole(monkeypatch, tmp_path):
     assert json.loads((tmp_path / throughput.CACHE_FILE).read_text())
 
 
+def test_a_rate_measured_on_a_busy_machine_is_measured_again_once_it_is_quiet(monkeypatch, tmp_path):
+    """A rate cached while other work shared the cores is low: the plan line says the machine was busy, and the next
+    plan on a quiet machine measures again; a rate measured quiet (or cached before loads were kept) is reused, and a
+    busy one is reused while the machine is still busy. The load is the OS's 1-minute average per core."""
+    from crossover.trainers import throughput
+
+    from .conftest import SPECS
+
+    monkeypatch.setenv("CROSSOVER_CACHE", str(tmp_path))
+    raw = yaml.safe_load((SPECS / "smoke.yaml").read_text())
+    raw["train"]["precision"] = "fp32"  # one rate to measure (auto would also measure bf16 to decide)
+    spec = parse_study(raw)
+    measured = []
+    real_measure = throughput._measure
+    monkeypatch.setattr(throughput, "_measure", lambda *a: measured.append(1) or real_measure(*a))
+    load = {"now": 3.0}
+    monkeypatch.setattr(throughput, "machine_load", lambda: load["now"])
+    busy = throughput.wall_time_line(spec)
+    assert len(measured) == 1 and "measured while this machine was busy (load 3.0 per core)" in busy, busy
+    assert throughput.wall_time_line(spec) and len(measured) == 1  # still busy: the busy rate is kept
+    load["now"] = 0.2
+    quiet = throughput.wall_time_line(spec)
+    assert len(measured) == 2 and "busy" not in quiet, quiet
+    assert throughput.wall_time_line(spec) and len(measured) == 2  # measured quiet: reused
+    # a rate cached before loads were kept (a bare number) is reused as it is
+    cache = json.loads((tmp_path / throughput.CACHE_FILE).read_text())
+    rates = {key: entry for key, entry in cache.items() if isinstance(entry, dict) and "rate" in entry}
+    assert [entry["load"] for entry in rates.values()] == [0.2]
+    (tmp_path / throughput.CACHE_FILE).write_text(json.dumps({**cache, **{k: 1234.0 for k in rates}}))
+    assert "1,234 tok/s" in throughput.wall_time_line(spec) and len(measured) == 2
+
+
 def test_a_model_too_large_to_measure_here_gets_an_estimated_rate_said_so(monkeypatch, tmp_path):
     """The plan measures a model whole in one process; one that would not fit the memory (here a budget of 1 GiB:
     nano fits, 1b does not) is never built: its rate comes from its FLOPs per token against nano's measured rate,
@@ -384,7 +416,8 @@ def test_auto_on_an_avx512_cpu_without_amx_measures_both_once_and_takes_the_fast
     key = throughput.precision_key(longest_first(spec.expand())[0], avx512)
     fp32, bf16 = cache[key]["fp32"], cache[key]["bf16"]
     # beside the decision, the two step rates under the plan's own keys, which its wall-time estimate reuses
-    assert {json.loads(k)[2]: rate for k, rate in cache.items() if k != key} == {"fp32": fp32, "bf16": bf16}
+    rates = {json.loads(k)[2]: entry["rate"] for k, entry in cache.items() if k != key}
+    assert rates == {"fp32": fp32, "bf16": bf16}
     assert (first.device, first.compile, first.warning) == ("cpu", False, None)
     assert first.precision == ("bf16" if bf16 > fp32 else "fp32")
     if here.isa == "AVX2":

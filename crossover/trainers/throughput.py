@@ -5,7 +5,9 @@ the trials' tokens and evaluations, and how many trials run at once.
 and `crossover run` at its start. The measurement is a training step of the trial's model (forward, backward through
 the fused loss head, AdamW) at its micro batch and sequence length, in the precision the study resolves to, on as many
 threads as a worker gets; it is cached under the crossover cache root by machine, torch version and shape, so a
-second plan takes no measurement. Evaluation is counted over the token positions each eval point scores, at
+second plan takes no measurement, with the machine's load when it was taken: a rate measured while other work shared
+the cores (load above BUSY_LOAD per core) is said so on the line and measured again by the first plan on a quiet
+machine. Evaluation is counted over the token positions each eval point scores, at
 `EVAL_COST` of a training token each; each trial adds its start-up and the study Ray's. Trials start longest first
 and each goes to the slot that frees first, as Ray Tune places them. It is an estimate: contention between trials
 sharing a machine's memory bandwidth (measured: up to ~15% slower training beside a larger model) and GPU packing
@@ -55,6 +57,9 @@ MEASURE_SECONDS = 2.0  # per model shape, after one warm-up step
 # training step, but evaluation's short rows run less efficiently; the laptop studies of 2026-12-04 (nano and micro,
 # AR and MDLM) spent 1.07-1.41x what a third predicted, 1.25x on average.
 EVAL_COST = 0.42
+# A machine whose 1-minute load average per core is above this is busy: a rate measured then is low (a 2-core EPYC
+# loaded by test suites measured micro at a third of its idle rate, and the plan ran 2.2x long).
+BUSY_LOAD = 0.75
 TRIAL_START_S = 20.0  # a trial's process start, imports and data loading before its first step (measured 7-30 s)
 STUDY_START_S = 15.0  # the driver's MLflow parent run and Ray's start before the first trial
 CACHE_FILE = "throughput.json"
@@ -74,6 +79,7 @@ class WallTime:
     after: dict[str, float] = field(default_factory=dict)  # seconds of the trials of a second phase (the anneal)
     per_gpu: int = 1  # trials packed on one GPU at once (1: none)
     share: float = 1.0  # each packed trial's rate against its rate alone (specs.plan.packed_share)
+    load: float = 0.0  # the highest load per core any of its measured rates was taken at (BUSY_LOAD: busy)
 
 
 def available_memory(runtime: Runtime) -> int:
@@ -132,31 +138,55 @@ def _device_name(runtime: Runtime) -> str:
 def measure_rate(trial: TrialSpec, runtime: Runtime, memory: int | None = None) -> float:
     """Training tokens/s of one worker of `trial` here (measured for MEASURE_SECONDS, or read from the cache).
     `memory`: the bytes the measurement may use (default: what is free here); a model that needs more is refused
-    with MemoryError before anything is allocated."""
+    with MemoryError before anything is allocated. A rate cached while the machine was busy is measured again once
+    it is quiet (the busy one is low: every later plan would run long)."""
+    key = _rate_key(trial, runtime)
+    rate, load = cached_rate(key)
+    if rate is not None and (load <= BUSY_LOAD or machine_load() > BUSY_LOAD):
+        return rate
+    need, free = measurement_memory(trial, runtime), memory if memory is not None else available_memory(runtime)
+    if need > free:
+        raise MemoryError(f"measuring it needs ~{need / 2**30:.1f} GiB unsharded, {free / 2**30:.1f} GiB free here")
+    load = machine_load()  # the minute before the measurement: other work sharing the cores
+    rate = _measure(trial, runtime, max(1, int(trial.resources.cpus_per_worker)))
+    _cache_put(key, {"rate": rate, "load": load})
+    return rate
+
+
+def _rate_key(trial: TrialSpec, runtime: Runtime) -> str:
     import torch  # lazy: torch (see the note above the imports)
 
-    threads = max(1, int(trial.resources.cpus_per_worker))
-    key = json.dumps(
+    return json.dumps(
         [
             _device_name(runtime),
             torch.__version__,
             runtime.precision,
-            threads,
+            max(1, int(trial.resources.cpus_per_worker)),
             trial.data.seq_len,
             trial.train.micro_batch,
             trial.model.model_dump(exclude={"preset", "compile", "attention"}),
         ],
         sort_keys=True,
     )
-    cache = _read_cache()
-    if key in cache:
-        return cache[key]
-    need, free = measurement_memory(trial, runtime), memory if memory is not None else available_memory(runtime)
-    if need > free:
-        raise MemoryError(f"measuring it needs ~{need / 2**30:.1f} GiB unsharded, {free / 2**30:.1f} GiB free here")
-    rate = _measure(trial, runtime, threads)
-    _cache_put(key, rate)
-    return rate
+
+
+def cached_rate(key: str) -> tuple[float | None, float]:
+    """A cached rate and the machine's load per core when it was measured (0: unknown, a rate cached before loads
+    were kept); (None, 0) where none is cached."""
+    entry = _read_cache().get(key)
+    if isinstance(entry, (int, float)):
+        return float(entry), 0.0
+    if isinstance(entry, dict) and isinstance(entry.get("rate"), (int, float)):
+        return float(entry["rate"]), float(entry.get("load", 0.0))
+    return None, 0.0
+
+
+def machine_load() -> float:
+    """This machine's 1-minute load average per core (0 where the OS keeps none)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return 0.0
 
 
 def _read_cache() -> dict:
@@ -327,6 +357,7 @@ def estimate_wall_time(
     rates: dict[str, float] = {}
     per_trial: dict[str, float] = {}
     estimated: dict[str, str] = {}
+    load = 0.0
     # Trials packed on a GPU (gpus_per_worker 1/k) each train slower than alone: the measured rate is a lone trial's.
     gpus_per_worker = spec.resources.gpus_per_worker
     per_gpu = min(round(1 / gpus_per_worker), max(1, slots)) if runtime.device == "cuda" and gpus_per_worker < 1 else 1
@@ -336,6 +367,7 @@ def estimate_wall_time(
         if label not in rates:
             try:
                 rates[label] = measure_rate(trial, runtime, memory)
+                load = max(load, cached_rate(_rate_key(trial, runtime))[1])
             except MemoryError as exc:
                 rates[label] = estimated_rate(trial, runtime, memory)
                 how = f"{ASSUMED_MFU:.0%} MFU" if runtime.device == "cuda" else f"{REFERENCE_PRESET}'s rate"
@@ -350,7 +382,7 @@ def estimate_wall_time(
         phase[trial.name] = TRIAL_START_S + (tokens + EVAL_COST * eval_tokens(trial) * trained) / rate
     if phase:
         loads = fill_slots(sorted(phase.values(), reverse=True), [max(loads)] * len(loads))
-    return WallTime(STUDY_START_S + max(loads), len(loads), rates, per_trial, estimated, phase, per_gpu, share)
+    return WallTime(STUDY_START_S + max(loads), len(loads), rates, per_trial, estimated, phase, per_gpu, share, load)
 
 
 def local_slots(spec: StudySpec, max_concurrent: int | None = None) -> int:
@@ -373,6 +405,11 @@ def describe(wall: WallTime, runtime: Runtime, trials: str | None = None) -> str
         for label, rate in wall.rates.items()
     )
     notes = "".join(f"; {label} not measured: {why}" for label, why in wall.estimated.items())
+    if wall.load > BUSY_LOAD:
+        notes += (
+            f"; measured while this machine was busy (load {wall.load:.1f} per core): the estimate runs long, and a "
+            "plan on a quiet machine measures again"
+        )
     after = f" then up to {len(wall.after)} anneal trials," if wall.after else ""
     packed = (
         f"; {wall.per_gpu} share each GPU, each at {wall.share:.2f}x its rate alone (the packing rate measured on an "
