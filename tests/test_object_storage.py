@@ -36,7 +36,7 @@ def test_storage_that_cannot_be_used_exits_2_before_anything_starts(study, s3, f
 def test_fresh_removes_the_study_s_tune_state_and_branches_and_nothing_else(where, s3, tiny_corpus, tmp_path):
     import pyarrow.fs
 
-    from crossover.platform.driver import remove_tune_state
+    from crossover.platform.driver import has_tune_state, remove_tune_state
     from crossover.specs import parse_study
     from crossover.trainers.storage import filesystem_of
 
@@ -50,3 +50,10 @@ def test_fresh_removes_the_study_s_tune_state_and_branches_and_nothing_else(wher
     remove_tune_state(parse_study(tiny_study(tiny_corpus)), storage)
     found = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
     assert sorted(f.path[len(root) + 1 :] for f in found if f.type == pyarrow.fs.FileType.File) == kept
+    # a search study leaves only its phases' experiments (no <study> folder): still something for --resume
+    spec = parse_study(tiny_study(tiny_corpus))
+    assert not has_tune_state(spec, storage)
+    filesystem.create_dir(f"{root}/tiny.search-0a1b2c3d/ar-U10k-nano-s0")
+    with filesystem.open_output_stream(f"{root}/tiny.search-0a1b2c3d/ar-U10k-nano-s0/result.json") as stream:
+        stream.write(b"{}")
+    assert has_tune_state(spec, storage)

@@ -163,32 +163,34 @@ def driver_folder(storage: str) -> Path:
     return Path(storage) if "://" not in storage else Path(".crossover") / "logs"
 
 
-def _local_tune_folders(spec: StudySpec, storage: str) -> list[Path]:
-    """The study's Tune experiment folders under a local `storage`: its own, and one per trial for a per-cell search
-    (<study>.<trial>)."""
-    return [Path(storage) / spec.name, *Path(storage).glob(f"{spec.name}.*")]
-
-
-def has_tune_state(spec: StudySpec, storage: str) -> bool:
-    """Whether an earlier `crossover run` of the study left Tune state under `storage` for a later one to continue."""
-    if "://" in storage:
-        from ray import tune  # lazy: Ray takes seconds to import; `crossover stop` uses this module without it
-
-        return tune.Tuner.can_restore(f"{storage.rstrip('/')}/{spec.name}")
-    return any(path.is_dir() for path in _local_tune_folders(spec, storage))
-
-
-def remove_tune_state(spec: StudySpec, storage: str) -> None:
-    """Remove what earlier runs of the study left under `storage` (a local path or a URI), for `--fresh`: its Tune
-    experiments (its own, a per-cell search's <study>.<trial>, the anneal phase's <study>.anneal-<hash>) and its
-    branch checkpoints (<study>.branches)."""
+def _study_folders(spec: StudySpec, storage: str) -> tuple[Any, list[str]]:
+    """(filesystem, paths) of what earlier runs of the study left under `storage` (a local path or a URI): its Tune
+    experiments (its own, a search's <study>.search-<hash> and <study>.confirm-<hash>, the anneal phase's
+    <study>.anneal-<hash>) and its branch checkpoints (<study>.branches)."""
     import pyarrow.fs  # lazy: a second to import; `crossover stop` uses this module without it
 
     filesystem, root = filesystem_of(storage)
-    for found in filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
-        ours = found.base_name == spec.name or found.base_name.startswith(f"{spec.name}.")
-        if ours and found.type == pyarrow.fs.FileType.Directory:
-            filesystem.delete_dir(found.path)
+    found = filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    ours = [
+        f.path
+        for f in found
+        if f.type == pyarrow.fs.FileType.Directory
+        and (f.base_name == spec.name or f.base_name.startswith(f"{spec.name}."))
+    ]
+    return filesystem, ours
+
+
+def has_tune_state(spec: StudySpec, storage: str) -> bool:
+    """Whether an earlier `crossover run` of the study left state under `storage` for a later one to continue (a
+    search study has no <study> experiment of its own: only its phases')."""
+    return bool(_study_folders(spec, storage)[1])
+
+
+def remove_tune_state(spec: StudySpec, storage: str) -> None:
+    """Remove what earlier runs of the study left under `storage` (`_study_folders`), for `--fresh`."""
+    filesystem, paths = _study_folders(spec, storage)
+    for path in paths:
+        filesystem.delete_dir(path)
 
 
 class StartError(UserError):
