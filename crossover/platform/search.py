@@ -295,7 +295,7 @@ class GroupSearch(_searcher_base()):  # type: ignore[misc]
             if not earlier:
                 return False
             repeated = earlier[-1]
-        study._storage.set_trial_user_attr(asked._trial_id, REPEAT_OF, repeated.number if repeated else -1)
+        asked.set_user_attr(REPEAT_OF, repeated.number if repeated else -1)
         if repeated is not None and repeated.state == state.COMPLETE:
             study.tell(asked.number, repeated.value)
         else:
