@@ -122,6 +122,36 @@ def test_a_trial_fetches_only_the_shards_of_its_budget(shared, local, tiny_corpu
     assert entry["name"] in json.loads((again.root / "present.json").read_text())
 
 
+def test_a_large_copy_hashes_its_fetched_shards_again_only_when_tokens_bin_changed(
+    shared, tiny_corpus, tmp_path, monkeypatch
+):
+    """As a local store over a GiB is, fetched shards over FULL_VERIFY_BYTES in all are not hashed on every open of
+    the copy: only when tokens.bin's stat changed since they were checked or written (a byte changed here)."""
+    from crossover.data import shards
+
+    data, _ = shared
+    monkeypatch.setattr(shards, "FULL_VERIFY_BYTES", 0)  # as if its fetched shards held more than a GiB
+    spec = tiny_study(tiny_corpus, data=data_settings(tiny_corpus, tmp_path / "trial-cache", data.store))
+    trial = parse_study(spec).expand()[0]
+    copy = prepare(trial.data)
+    reference = Budget(copy, trial.unique_tokens, trial.seed).tokens()  # fetches its shards, each checked
+    fetched = json.loads((copy.root / "present.json").read_text())
+    hashed: list[int] = []
+    real = shards.shard_digest
+    monkeypatch.setattr(shards, "shard_digest", lambda payload: hashed.append(1) or real(payload))
+    prepare(trial.data)
+    assert hashed == []  # unchanged since fetched: not hashed again
+    name = next(iter(fetched))
+    entry = next(e for e in shared[1].manifest["shards"] if e["name"] == name)
+    with open(copy.root / "tokens.bin", "r+b") as f:
+        f.seek(entry["tokens"][0] * copy.dtype.itemsize + 1)
+        f.write(b"\xff")
+    notes: list[str] = []
+    again = prepare(trial.data, notify=notes.append)
+    assert len(hashed) == len(fetched) and any("damaged" in n for n in notes)
+    assert np.array_equal(Budget(again, trial.unique_tokens, trial.seed).tokens(), reference)
+
+
 def test_prepare_continues_an_interrupted_build_from_the_cli(shared, local, tmp_path):
     """Shards (and the manifest) removed as if the build had stopped: `crossover data prepare --workers 1` tokenizes
     only those, shows the throughput, and the store is the same."""

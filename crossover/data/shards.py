@@ -26,8 +26,9 @@ Reading (`open_shared`, through `store.prepare` when `data.store` is set): the m
 and held-out files are copied into `<cache>/shared/<key>/` and checked against their sha256; tokens.bin there is a
 sparse file of the full size in which only the fetched shards are written, at their offsets, so `PreparedData.tokens`
 stays one flat memmap. A trial's budget fetches the shards holding its documents (`fetch_shards`); `present.json`
-records the fetched ones with their sha256, and each is checked again whenever the copy is opened (a damaged one is
-fetched again). This module imports no Ray.
+records the fetched ones with their sha256, and each is checked again when the copy is opened (a damaged one is
+fetched again): always where they hold up to FULL_VERIFY_BYTES, else when tokens.bin's stat changed since they were
+last checked or written (`checked.json`), as a local store is. This module imports no Ray.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from crossover.data.cache import file_lock, file_sha256, remove_stale_tmp, tmp_p
 from crossover.data.errors import DataError
 from crossover.data.quality import SCORERS
 from crossover.data.store import (
+    FULL_VERIFY_BYTES,
     Notify,
     PreparedData,
     StorePlan,
@@ -370,19 +372,50 @@ def _shard_bytes(manifest: dict[str, Any], entry: dict[str, Any]) -> tuple[int, 
 
 
 def _check_present(copy: Path, manifest: dict[str, Any], notify: Notify) -> None:
-    """Hash every fetched shard in the copy's tokens.bin; forget a damaged one (the budget fetches it again)."""
+    """Hash every fetched shard in the copy's tokens.bin; forget a damaged one (the budget fetches it again). As a
+    local store is (store.verify_store), fetched shards of more than FULL_VERIFY_BYTES in all are hashed again only
+    when tokens.bin's stat has changed since they were last checked or written (`checked.json`)."""
     present = _present(copy)
     entries = {e["name"]: e for e in manifest["shards"]}
+    total = sum(_shard_bytes(manifest, entries[name])[1] for name in present)
+    if total > FULL_VERIFY_BYTES and _checked(copy) == _signature(copy, present):
+        return
     damaged = []
     with open(copy / "tokens.bin", "rb") as f:
         for name, sha in present.items():
             offset, size = _shard_bytes(manifest, entries[name])
             f.seek(offset)
-            if sha != entries[name]["sha256"] or hashlib.sha256(f.read(size)).hexdigest() != sha:
+            if sha != entries[name]["sha256"] or shard_digest(f.read(size)) != sha:
                 damaged.append(name)
     if damaged:
         notify(f"{len(damaged)} fetched shard(s) of {copy} are damaged ({', '.join(damaged[:3])}); fetching again")
-        write_json_atomic(copy / "present.json", {k: v for k, v in present.items() if k not in damaged})
+        present = {k: v for k, v in present.items() if k not in damaged}
+        write_json_atomic(copy / "present.json", present)
+    _record_checked(copy, present)
+
+
+def shard_digest(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _signature(copy: Path, present: dict[str, str]) -> list:
+    """What a check of the fetched shards vouches for: tokens.bin's stat and the shards it holds."""
+    st = (copy / "tokens.bin").stat()
+    return [[st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino], sorted(present)]
+
+
+def _checked(copy: Path) -> list | None:
+    try:
+        return json.loads((copy / "checked.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _record_checked(copy: Path, present: dict[str, str]) -> None:
+    try:
+        write_json_atomic(copy / "checked.json", _signature(copy, present))
+    except OSError:
+        pass  # a read-only cache: check fully next time
 
 
 def shards_of(manifest: dict[str, Any], token_starts: np.ndarray) -> list[str]:
@@ -409,7 +442,7 @@ def fetch_shards(data: PreparedData, names: Sequence[str]) -> list[str]:
                     continue
                 entry = entries[name]
                 payload = location.read(name + ".bin")
-                if payload is None or hashlib.sha256(payload).hexdigest() != entry["sha256"]:
+                if payload is None or shard_digest(payload) != entry["sha256"]:
                     raise DataError(
                         f"shard {location.uri}/{name}.bin is missing or does not match the store's manifest: the "
                         "shared store is damaged; `crossover data prepare SPEC --rebuild` builds it again"
@@ -421,4 +454,5 @@ def fetch_shards(data: PreparedData, names: Sequence[str]) -> list[str]:
             f.flush()
             os.fsync(f.fileno())
         write_json_atomic(data.root / "present.json", present)
+        _record_checked(data.root, present)  # each shard was checked as it was written; the others before
     return fetched
