@@ -228,8 +228,9 @@ class AnnealCost:
 
 def anneal_cost(spec: StudySpec, annealed: Collection[str] = ()) -> AnnealCost | None:
     """The anneal phase's cost bound (None when the spec does not anneal): one anneal per AR trial the verdict compares
-    (a search study's confirm and base runs). A stop is one of the AR trial's eval points; the anneal continues the checkpoint of the latest eval point at or before its decay start. `annealed`:
-    AR trial ids whose anneal finished earlier (crossover.platform.grow.finished_in), left out."""
+    (a search study's confirm and base runs). A stop is one of the AR trial's eval points; the anneal continues the
+    checkpoint of the latest eval point at or before its decay start. `annealed`: AR trial ids whose anneal finished
+    earlier (crossover.platform.grow.finished_in), left out."""
     if not spec.early_stopped_ar.anneal:
         return None
     continued = spec.train.keep_checkpoints == "all"

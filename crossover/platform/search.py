@@ -42,9 +42,7 @@ from crossover.trainers.schedules import total_steps
 
 MIN_COMPLETE_TO_PRUNE = 2  # finished samples of a group before its pruner may stop another: a median needs some
 ABANDONED = "crossover_abandoned"  # Optuna user attribute: a sample whose Tune run ended without telling (not counted)
-REPEAT_OF = (
-    "crossover_repeat_of"  # Optuna user attribute: the earlier sample whose settings it repeats (-1: one training)
-)
+REPEAT_OF = "crossover_repeat_of"  # Optuna user attribute: the sample whose settings it repeats (-1: one training)
 
 
 def optuna_storage(spec: StudySpec, driver_folder: Path) -> str:
