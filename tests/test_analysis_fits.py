@@ -161,3 +161,24 @@ def test_fits_that_cannot_be_trusted_say_why_and_are_never_identified():
     zigzag = loss * (1 + 0.3 * np.sin(np.arange(len(loss))))  # no law describes this
     poor = fit_data_constrained(tokens, unique, zigzag, "ar")
     assert poor.poor and not poor.identified and any("poor fit" in p for p in poor.problems)
+
+
+def test_a_fit_whose_points_all_lie_past_a_few_epochs_warns_nothing():
+    """Every point past ~4 epochs (a 12.5k budget after a 40k-token warmup, as cpu_tuned_e48): at a small R_D* start
+    the effective data barely moves, the least-squares start's slope is huge and its prediction overflowed, printing
+    numpy's 'overflow encountered in exp' into `crossover analyze`. Such a start is skipped without a warning."""
+    import warnings
+
+    tokens = np.geomspace(53_000, 600_000, 8)
+    loss = 6.2 - 0.4 * np.log(tokens / 53_000) + 0.35 * np.maximum(np.log(tokens / 200_000), 0)
+    runs = np.repeat(["a", "b", "c"], 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fit = fit_data_constrained(
+            np.tile(tokens, 3),
+            np.full(24, 12_500.0),
+            np.tile(loss, 3) * (1 + 0.01 * np.tile([0, 1, -1], 8)),
+            "mdlm",
+            runs=runs,
+        )
+    assert fit.n_runs == 3 and math.isfinite(fit.rmse)

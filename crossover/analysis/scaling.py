@@ -199,7 +199,8 @@ def _fit(
         x = np.log(effective_data(d, u, r_star))
         slope, intercept = np.polyfit(x, target, 1)
         beta = -slope
-        pred = np.log(e + np.exp(intercept) * np.exp(x) ** -beta) if beta > 0 else np.full_like(y, np.nan)
+        with np.errstate(over="ignore", invalid="ignore"):  # a hopeless start overflows: its sse is inf, skipped
+            pred = np.log(e + np.exp(intercept - beta * x)) if beta > 0 else np.full_like(y, np.nan)
         sse = float(np.sum((pred - log_y) ** 2)) if np.all(np.isfinite(pred)) else math.inf
         return sse, float(intercept), float(beta)
 
