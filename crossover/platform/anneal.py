@@ -43,7 +43,7 @@ from crossover.tracking.names import (
     validation_key,
 )
 from crossover.tracking.store import mlflow_client
-from crossover.trainers.schedules import branch_step, eval_steps, total_steps
+from crossover.trainers.schedules import branch_step, eval_steps, total_steps, trained_tokens
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def plan_anneals(
             client.set_tag(run.info.run_id, TAG_ANNEAL_METRIC, metric)
         if not spec.early_stopped_ar.anneal:
             continue
-        if stop >= eval_steps(ar)[-1] * ar.train.global_batch_tokens:  # its last point (whole batches of its budget)
+        if stop >= trained_tokens(ar):  # its last eval point
             skipped.setdefault("best at the end: the AR trial is its own anneal", []).append(ar.name)
         elif stop <= ar.train.warmup_tokens:
             skipped.setdefault("best inside the warmup", []).append(ar.name)

@@ -38,7 +38,7 @@ from crossover.tracking.names import (
     TAG_SEARCH_VALUE,
 )
 from crossover.tracking.store import mlflow_client
-from crossover.trainers.schedules import total_steps
+from crossover.trainers.schedules import trained_tokens
 
 MIN_COMPLETE_TO_PRUNE = 2  # finished samples of a group before its pruner may stop another: a median needs some
 ABANDONED = "crossover_abandoned"  # Optuna user attribute: a sample whose Tune run ended without telling (not counted)
@@ -127,7 +127,7 @@ def plan_search(spec: StudySpec, launches: list[TrialLaunch], driver_folder: Pat
     prune_after = spec.search.prune_after
     groups = {}
     for name, members in search_groups(spec, trials).items():
-        total = total_steps(members[0]) * members[0].train.global_batch_tokens  # whole batches: its last point
+        total = trained_tokens(members[0])  # its last eval point
         groups[name] = Group(
             name,
             members[0].objective,

@@ -36,6 +36,11 @@ def total_steps(trial: TrialSpec) -> int:
     return trial.total_tokens // trial.train.global_batch_tokens
 
 
+def trained_tokens(trial: TrialSpec) -> int:
+    """Tokens a trial trains: its whole global batches, which end at its last eval point (<= train.total_tokens)."""
+    return total_steps(trial) * trial.train.global_batch_tokens
+
+
 def branch_step(trial: TrialSpec) -> int | None:
     """The last optimizer step that every longer trial of the same lineage (only train.total_tokens larger) takes
     exactly as this one does: their states agree there, so a longer trial can continue from this one's checkpoint.
