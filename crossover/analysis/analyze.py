@@ -1041,7 +1041,6 @@ def find_tuning(data: StudyData, reading: Reading) -> Tuning:
         chosen = mine.loc[mine["run_id"] == winner_run, "search_value"]
         ours, theirs = confirmed.get((cell, objective), {}), base.get((cell, objective), {})
         matrix = _common_items([items for _, items in ours.values() if items])
-        common = [s for s in ours if s in theirs and ours[s][1] and theirs[s][1]]
         by_group[(cell, objective)] = TunedObjective(
             cell=cell,
             objective=objective,
@@ -1058,18 +1057,24 @@ def find_tuning(data: StudyData, reading: Reading) -> Tuning:
             confirmed=float(np.mean([v for v, _ in ours.values()])) if ours else None,
             score=paired_difference(np.zeros_like(matrix), matrix, reading.confidence) if matrix is not None else None,
             base=float(np.mean([v for v, _ in theirs.values()])) if theirs else None,
-            gain=_paired_scores(
-                [(theirs[s][1], ours[s][1]) for s in common], reading.higher_is_better, reading.confidence
-            ),
+            gain=_paired_on_seeds(theirs, ours, reading),
         )
-    untuned = {}
-    for cell in dict.fromkeys(cell for cell, _ in base):
-        ar, mdlm = base.get((cell, "ar"), {}), base.get((cell, "mdlm"), {})
-        common = [s for s in ar if s in mdlm and ar[s][1] and mdlm[s][1]]
-        untuned[cell] = _paired_scores(
-            [(ar[s][1], mdlm[s][1]) for s in common], reading.higher_is_better, reading.confidence
-        )
+    untuned = {
+        cell: _paired_on_seeds(base.get((cell, "ar"), {}), base.get((cell, "mdlm"), {}), reading)
+        for cell in dict.fromkeys(cell for cell, _ in base)
+    }
     return Tuning(by_group, untuned)
+
+
+def _paired_on_seeds(
+    a: Mapping[int, tuple[float, Mapping[str, float] | None]],
+    b: Mapping[int, tuple[float, Mapping[str, float] | None]],
+    reading: Reading,
+) -> Difference | None:
+    """b - a (`_headline_scores`' per-seed values) paired on the seeds both have per-item scores for, and their
+    common test items (`_paired_scores`)."""
+    common = [s for s in b if s in a and a[s][1] and b[s][1]]
+    return _paired_scores([(a[s][1], b[s][1]) for s in common], reading.higher_is_better, reading.confidence)
 
 
 def _headline_scores(
