@@ -83,7 +83,7 @@ class Group:
     launches: dict[str, TrialLaunch]  # grid trial name -> launch
     space: dict[str, Distribution]
     grace_tokens: int | None  # no pruning before this many tokens (None: never)
-    total_tokens: int = 0  # a sample's length: its last eval point is never pruned (nothing left to save)
+    total_tokens: int  # a sample's length: its last eval point is never pruned (nothing left to save)
     used: int = 0  # finished samples in its Optuna study (complete, pruned or failed)
     asked: int = 0  # samples asked this run
 
